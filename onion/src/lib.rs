@@ -1,0 +1,27 @@
+#![doc = include_str!("../README.md")]
+
+pub mod epoch;
+pub mod error;
+mod kdf;
+pub mod keyring;
+pub mod keys;
+pub mod packet;
+pub mod replay;
+pub mod reply;
+#[cfg(feature = "trace")]
+pub mod trace;
+
+pub use epoch::{Epoch, EpochSchedule};
+pub use error::{BuildError, KeyError, PeelError, ReplyError, SealError};
+pub use kdf::{ReplayTag, labels};
+pub use keyring::OnionKeyRing;
+pub use keys::{
+    EphemeralSecret, IdentityKeypair, IdentityPublicKey, OnionKeyCert, OnionPublicKey,
+    OnionSecretKey, SharedSecret,
+};
+pub use packet::{
+    BuiltPacket, HEADER_LEN, MAX_HOPS, NodeId, PathHop, Peeled, SizeClass, build_packet,
+    packet_epoch, peel,
+};
+pub use replay::{ReplayFilter, ReplayWindow};
+pub use reply::{ErrorCode, Reply, ReplyLayer, ReplyOpener, ReplySealer, max_response};
