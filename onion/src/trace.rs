@@ -83,3 +83,14 @@ pub fn build_traced(
 pub fn padding_len(hops: usize) -> usize {
     crate::packet::padding_len(hops)
 }
+
+/// X25519 of a secret scalar and a public key through the crate's key types, refusing
+/// non-contributory results; for the RFC 7748 vectors.
+pub fn x25519(
+    secret: &[u8; KEY_LEN],
+    public: &crate::keys::OnionPublicKey,
+) -> Result<[u8; KEY_LEN], crate::error::KeyError> {
+    EphemeralSecret::from_bytes(secret)
+        .diffie_hellman(public)
+        .map(|s| *s.as_bytes())
+}
