@@ -1,0 +1,259 @@
+//! The QUIC link on loopback: key pinning, identities, framing limits, connection caps.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use allium_node::link::{
+    self, Handler, Kind, Link, LinkError, LinkLimits, Peer, Pool, Status, TlsIdentity,
+};
+use allium_onion::IdentityKeypair;
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+use tokio::sync::oneshot;
+
+/// Echoes the body, prefixed with the caller's identity (32 bytes) or 32 zero bytes.
+struct Echo;
+
+impl Handler for Echo {
+    async fn handle(&self, peer: &Peer, kind: Kind, body: Vec<u8>) -> (Status, Vec<u8>) {
+        if kind != Kind::Directory {
+            return (Status::Rejected, Vec::new());
+        }
+        let mut out = peer
+            .identity
+            .map(|i| i.to_bytes())
+            .unwrap_or([0; 32])
+            .to_vec();
+        out.extend_from_slice(&body);
+        (Status::Ok, out)
+    }
+}
+
+struct Server {
+    addr: SocketAddr,
+    identity: IdentityKeypair,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap();
+    }
+}
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+fn start(seed: u64, limits: LinkLimits) -> Server {
+    let identity = IdentityKeypair::generate(&mut ChaCha20Rng::seed_from_u64(seed));
+    let tls = Arc::new(TlsIdentity::new(&identity).unwrap());
+    let link = Link::bind_node(loopback(), tls, limits).unwrap();
+    let addr = link.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        link.serve(
+            Arc::new(Echo),
+            async {
+                let _ = rx.await;
+            },
+            Duration::from_secs(1),
+        )
+        .await;
+    });
+    Server {
+        addr,
+        identity,
+        stop: Some(tx),
+        task,
+    }
+}
+
+fn client() -> Link {
+    Link::bind_client(loopback(), LinkLimits::default()).unwrap()
+}
+
+const T: Duration = Duration::from_secs(5);
+
+#[tokio::test]
+async fn a_client_reaches_the_node_whose_key_it_pinned_anonymously() {
+    let server = start(1, LinkLimits::default());
+    let c = client();
+    let conn = c
+        .connect(server.addr, &server.identity.public())
+        .await
+        .unwrap();
+    let (status, body) = link::request(&conn, Kind::Directory, b"hello", T)
+        .await
+        .unwrap();
+    assert_eq!(status, Status::Ok);
+    assert_eq!(
+        &body[..32],
+        &[0u8; 32],
+        "an anonymous client must not be identified"
+    );
+    assert_eq!(&body[32..], b"hello");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_node_presenting_another_key_is_refused() {
+    let server = start(2, LinkLimits::default());
+    let impostor_expected = IdentityKeypair::generate(&mut ChaCha20Rng::seed_from_u64(99)).public();
+    let err = client()
+        .connect(server.addr, &impostor_expected)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LinkError::Connect { .. }), "{err}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_connecting_node_is_identified_by_its_key() {
+    let server = start(3, LinkLimits::default());
+    let me = IdentityKeypair::generate(&mut ChaCha20Rng::seed_from_u64(4));
+    let link = Arc::new(
+        Link::bind_node(
+            loopback(),
+            Arc::new(TlsIdentity::new(&me).unwrap()),
+            LinkLimits::default(),
+        )
+        .unwrap(),
+    );
+    let pool = Pool::new(link, T);
+    let (status, body) = pool
+        .request(
+            &server.identity.public(),
+            server.addr,
+            Kind::Directory,
+            b"x",
+            T,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, Status::Ok);
+    assert_eq!(&body[..32], me.public().as_bytes());
+    // The pool reuses its connection.
+    pool.request(
+        &server.identity.public(),
+        server.addr,
+        Kind::Directory,
+        b"y",
+        T,
+    )
+    .await
+    .unwrap();
+    assert_eq!(pool.live(), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_and_unknown_frames_are_dropped_and_the_node_keeps_serving() {
+    let server = start(5, LinkLimits::default());
+    let c = client();
+    let conn = c
+        .connect(server.addr, &server.identity.public())
+        .await
+        .unwrap();
+    // A length larger than the kind allows: the stream is reset before any body is read.
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let mut head = vec![Kind::Directory.code()];
+    head.extend_from_slice(&u32::MAX.to_be_bytes());
+    send.write_all(&head).await.unwrap();
+    assert!(link::frame::read_response(&mut recv).await.is_err());
+    // An unknown kind.
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&[0xee, 0, 0, 0, 1, 0]).await.unwrap();
+    assert!(link::frame::read_response(&mut recv).await.is_err());
+    // A truncated request (the sender finishes early).
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&[Kind::Directory.code(), 0, 0, 0, 9, 1, 2])
+        .await
+        .unwrap();
+    send.finish().unwrap();
+    assert!(link::frame::read_response(&mut recv).await.is_err());
+    // Still serving on the same connection.
+    let (status, _) = link::request(&conn, Kind::Directory, b"ok", T)
+        .await
+        .unwrap();
+    assert_eq!(status, Status::Ok);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_sender_is_cut_off_after_the_read_time_out() {
+    let limits = LinkLimits {
+        request_read_timeout: Duration::from_millis(300),
+        ..LinkLimits::default()
+    };
+    let server = start(6, limits);
+    let c = client();
+    let conn = c
+        .connect(server.addr, &server.identity.public())
+        .await
+        .unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&[Kind::Directory.code(), 0, 0])
+        .await
+        .unwrap();
+    // The node resets the stream by itself; no answer ever comes.
+    let outcome = tokio::time::timeout(T, link::frame::read_response(&mut recv)).await;
+    assert!(
+        matches!(outcome, Ok(Err(_))),
+        "the node kept a slow stream open"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn connections_per_address_are_capped() {
+    let limits = LinkLimits {
+        max_connections_per_ip: 2,
+        ..LinkLimits::default()
+    };
+    let server = start(7, limits);
+    let key = server.identity.public();
+    let clients: Vec<Link> = (0..3).map(|_| client()).collect();
+    let a = clients[0].connect(server.addr, &key).await.unwrap();
+    let b = clients[1].connect(server.addr, &key).await.unwrap();
+    // Requests confirm both are established server-side.
+    link::request(&a, Kind::Directory, b"a", T).await.unwrap();
+    link::request(&b, Kind::Directory, b"b", T).await.unwrap();
+    let third = clients[2].connect(server.addr, &key).await;
+    assert!(
+        third.is_err(),
+        "a third connection from one address was accepted"
+    );
+    // Closing one frees its place.
+    a.close(0u32.into(), b"bye");
+    let mut accepted = false;
+    for _ in 0..50 {
+        if let Ok(c) = clients[2].connect(server.addr, &key).await {
+            link::request(&c, Kind::Directory, b"c", T).await.unwrap();
+            accepted = true;
+            break;
+        }
+        // The server learns of the close asynchronously; retry on its own schedule.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(accepted, "a freed place was not reused");
+    server.stop().await;
+}
+
+#[test]
+fn certificate_identity_refuses_garbage() {
+    assert!(link::certificate_identity(&[]).is_err());
+    assert!(link::certificate_identity(&[0x30, 0x03, 0x02, 0x01, 0x00]).is_err());
+    let id = IdentityKeypair::generate(&mut ChaCha20Rng::seed_from_u64(8));
+    let tls = TlsIdentity::new(&id).unwrap();
+    assert_eq!(tls.public(), &id.public());
+    assert!(!format!("{tls:?}").contains(&hex_of(&id.seed()[..4])));
+}
+
+fn hex_of(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
