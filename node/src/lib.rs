@@ -1,3 +1,10 @@
 #![doc = include_str!("../README.md")]
 
+pub mod config;
+pub mod http;
+pub mod keystore;
 pub mod link;
+pub mod logging;
+pub mod metrics;
+pub mod onion_service;
+pub mod shutdown;

@@ -1,0 +1,430 @@
+//! Prometheus metrics of the node. Call sites use typed methods (`metrics.dropped(DropReason::Replay)`),
+//! so every label value comes from a fixed enum and a typo cannot create a new series.
+//!
+//! Labels never carry a mailbox, a client address or anything else that identifies a user: the
+//! metrics page is readable by whoever can reach it.
+
+use std::fmt;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// The `Content-Type` of [`Metrics::render`]'s output (OpenMetrics text, which Prometheus reads).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+macro_rules! label_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal,)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)*
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)*];
+
+            /// The label value.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)*
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl EncodeLabelValue for $name {
+            fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), fmt::Error> {
+                encoder.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+label_enum! {
+    /// Why a packet was dropped.
+    DropReason {
+        /// Not the fixed packet size.
+        BadSize => "bad_size",
+        /// Unknown format version.
+        BadVersion => "bad_version",
+        /// Sealed to an epoch this node holds no key for.
+        UnknownEpoch => "unknown_epoch",
+        /// The key exchange gave an all-zero secret.
+        NonContributory => "non_contributory",
+        /// The header failed authentication.
+        HeaderAuth => "header_auth",
+        /// The payload failed authentication.
+        PayloadAuth => "payload_auth",
+        /// Seen before in this epoch.
+        Replay => "replay",
+        /// Peeled but the routing information does not parse.
+        Malformed => "malformed",
+        /// The next hop's forward queue was full.
+        QueueFull => "queue_full",
+        /// The next hop could not be reached.
+        NextHopUnreachable => "next_hop_unreachable",
+        /// The next hop did not answer in time.
+        NextHopTimeout => "next_hop_timeout",
+        /// The next hop refused the packet.
+        NextHopRejected => "next_hop_rejected",
+        /// The sender exceeded a rate limit.
+        RateLimited => "rate_limited",
+    }
+}
+
+label_enum! {
+    /// A storage request method (the swarm RPC methods).
+    StorageMethod {
+        /// Deposit a message.
+        Store => "store",
+        /// Read messages.
+        Retrieve => "retrieve",
+        /// Delete messages by hash.
+        Delete => "delete",
+        /// Delete a namespace.
+        DeleteAll => "delete_all",
+        /// Change expiries.
+        Expire => "expire",
+        /// Node time and version.
+        Info => "info",
+        /// The swarm of a mailbox.
+        GetSwarm => "get_swarm",
+        /// The roster.
+        Roster => "roster",
+        /// A method id this node does not know.
+        Unknown => "unknown",
+    }
+}
+
+label_enum! {
+    /// How a storage request ended (the swarm response statuses).
+    StorageResult {
+        /// Executed.
+        Ok => "ok",
+        /// Not valid for the schema.
+        Malformed => "malformed",
+        /// Over the size limit.
+        TooLarge => "too_large",
+        /// Unknown method.
+        UnknownMethod => "unknown_method",
+        /// Signature required but absent.
+        AuthRequired => "auth_required",
+        /// Signature invalid.
+        Unauthorized => "unauthorized",
+        /// Timestamp outside the window.
+        ClockSkew => "clock_skew",
+        /// Signed request seen before.
+        Replayed => "replayed",
+        /// TTL outside bounds.
+        TtlOutOfRange => "ttl_out_of_range",
+        /// Expiry outside bounds.
+        ExpiryOutOfRange => "expiry_out_of_range",
+        /// Mailbox quota reached.
+        QuotaExceeded => "quota_exceeded",
+        /// Node size cap reached.
+        NodeFull => "node_full",
+        /// Temporarily unable.
+        Busy => "busy",
+        /// Storage fault.
+        Internal => "internal",
+        /// Not served by this node.
+        Unsupported => "unsupported",
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DropLabels {
+    reason: DropReason,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StorageLabels {
+    method: StorageMethod,
+    result: StorageResult,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct MethodLabels {
+    method: StorageMethod,
+}
+
+/// 0.5 ms to about 8 s: a forward is a QUIC round trip to a peer; a storage request a few disk
+/// operations or a long poll.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 15))
+}
+
+#[derive(Debug)]
+struct Inner {
+    registry: Registry,
+    relayed: Counter,
+    delivered: Counter,
+    dropped: Family<DropLabels, Counter>,
+    replays: Counter,
+    storage_requests: Family<StorageLabels, Counter>,
+    forward_seconds: Histogram,
+    storage_seconds: Family<MethodLabels, Histogram, fn() -> Histogram>,
+    db_size: Gauge,
+    roster_version: Gauge,
+    peers: Gauge,
+    clients: Gauge,
+    replay_load: Gauge<f64, AtomicU64>,
+}
+
+/// The node's metrics. Clones share the same values.
+#[derive(Debug, Clone)]
+pub struct Metrics(Arc<Inner>);
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// All metrics at zero, registered.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let relayed = Counter::default();
+        let delivered = Counter::default();
+        let dropped = Family::<DropLabels, Counter>::default();
+        let replays = Counter::default();
+        let storage_requests = Family::<StorageLabels, Counter>::default();
+        let forward_seconds = latency_histogram();
+        let storage_seconds: Family<MethodLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        let db_size = Gauge::default();
+        let roster_version = Gauge::default();
+        let peers = Gauge::default();
+        let clients = Gauge::default();
+        let replay_load = Gauge::<f64, AtomicU64>::default();
+
+        // Counter names go in without `_total`: the encoder appends it.
+        registry.register(
+            "allium_packets_relayed",
+            "Packets peeled and forwarded to a next hop",
+            relayed.clone(),
+        );
+        registry.register(
+            "allium_packets_delivered",
+            "Packets peeled at their destination and handed to the storage service",
+            delivered.clone(),
+        );
+        registry.register(
+            "allium_packets_dropped",
+            "Packets dropped, by reason",
+            dropped.clone(),
+        );
+        registry.register(
+            "allium_replays",
+            "Packets dropped as replays (also counted in allium_packets_dropped{reason=\"replay\"})",
+            replays.clone(),
+        );
+        registry.register(
+            "allium_storage_requests",
+            "Storage requests executed, by method and result",
+            storage_requests.clone(),
+        );
+        registry.register(
+            "allium_relay_forward_seconds",
+            "Time from receiving a packet to the next hop accepting it",
+            forward_seconds.clone(),
+        );
+        registry.register(
+            "allium_storage_request_seconds",
+            "Time to execute a storage request, by method",
+            storage_seconds.clone(),
+        );
+        registry.register(
+            "allium_db_size_bytes",
+            "Size of the message store on disk",
+            db_size.clone(),
+        );
+        registry.register(
+            "allium_roster_version",
+            "Version of the roster this node holds",
+            roster_version.clone(),
+        );
+        registry.register(
+            "allium_peers_connected",
+            "Open links to other nodes",
+            peers.clone(),
+        );
+        registry.register(
+            "allium_client_connections",
+            "Open connections from clients",
+            clients.clone(),
+        );
+        registry.register(
+            "allium_replay_filter_load",
+            "Fill of the current epoch's replay filter, 0 to 1 (of replay.packets_per_epoch)",
+            replay_load.clone(),
+        );
+
+        Metrics(Arc::new(Inner {
+            registry,
+            relayed,
+            delivered,
+            dropped,
+            replays,
+            storage_requests,
+            forward_seconds,
+            storage_seconds,
+            db_size,
+            roster_version,
+            peers,
+            clients,
+            replay_load,
+        }))
+    }
+
+    /// A packet was forwarded; `elapsed` from receipt to the next hop accepting it.
+    pub fn relayed(&self, elapsed: Duration) {
+        self.0.relayed.inc();
+        self.0.forward_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// A packet reached its destination here.
+    pub fn delivered(&self) {
+        self.0.delivered.inc();
+    }
+
+    /// A packet was dropped. A replay also counts in `allium_replays_total`.
+    pub fn dropped(&self, reason: DropReason) {
+        self.0.dropped.get_or_create(&DropLabels { reason }).inc();
+        if reason == DropReason::Replay {
+            self.0.replays.inc();
+        }
+    }
+
+    /// A storage request finished with `result` after `elapsed`.
+    pub fn storage_request(&self, method: StorageMethod, result: StorageResult, elapsed: Duration) {
+        self.0
+            .storage_requests
+            .get_or_create(&StorageLabels { method, result })
+            .inc();
+        self.0
+            .storage_seconds
+            .get_or_create(&MethodLabels { method })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The store's size on disk.
+    pub fn set_db_size(&self, bytes: u64) {
+        self.0.db_size.set(saturating_i64(bytes));
+    }
+
+    /// The roster version now held.
+    pub fn set_roster_version(&self, version: u64) {
+        self.0.roster_version.set(saturating_i64(version));
+    }
+
+    /// The roster version last set.
+    pub fn roster_version(&self) -> u64 {
+        u64::try_from(self.0.roster_version.get()).unwrap_or(0)
+    }
+
+    /// The current replay filter's fill, 0 to 1.
+    pub fn set_replay_filter_load(&self, load: f64) {
+        self.0.replay_load.set(load);
+    }
+
+    /// Counts an open peer link until the returned guard is dropped.
+    pub fn peer_connected(&self) -> ConnectionGuard {
+        ConnectionGuard::new(self.0.peers.clone())
+    }
+
+    /// Open peer links.
+    pub fn peers_connected(&self) -> u64 {
+        u64::try_from(self.0.peers.get()).unwrap_or(0)
+    }
+
+    /// Counts an open client connection until the returned guard is dropped.
+    pub fn client_connected(&self) -> ConnectionGuard {
+        ConnectionGuard::new(self.0.clients.clone())
+    }
+
+    /// Open client connections.
+    pub fn client_connections(&self) -> u64 {
+        u64::try_from(self.0.clients.get()).unwrap_or(0)
+    }
+
+    /// Every metric in OpenMetrics text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail; an encoder error would be a bug in a label encoder,
+        // and the partial page is still the most useful thing to return.
+        if prometheus_client::encoding::text::encode(&mut out, &self.0.registry).is_err() {
+            tracing::error!("metrics encoding failed; the page is incomplete");
+        }
+        out
+    }
+}
+
+fn saturating_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Holds one count on a connection gauge; dropping it takes the count back, so a connection
+/// task that ends by any path (error, panic, cancellation) leaves the gauge right.
+#[derive(Debug)]
+#[must_use = "the connection is counted only while the guard lives"]
+pub struct ConnectionGuard(Gauge);
+
+impl ConnectionGuard {
+    fn new(gauge: Gauge) -> Self {
+        gauge.inc();
+        ConnectionGuard(gauge)
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_snake_case_and_distinct() {
+        let mut seen = std::collections::HashSet::new();
+        for r in DropReason::ALL {
+            assert!(
+                r.as_str()
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '_')
+            );
+            assert!(seen.insert(r.as_str()));
+        }
+        assert_eq!(DropReason::ALL.len(), 13);
+    }
+
+    #[test]
+    fn guards_count_connections() {
+        let m = Metrics::new();
+        let a = m.peer_connected();
+        let b = m.peer_connected();
+        assert_eq!(m.peers_connected(), 2);
+        drop(a);
+        assert_eq!(m.peers_connected(), 1);
+        drop(b);
+        assert_eq!(m.peers_connected(), 0);
+    }
+}

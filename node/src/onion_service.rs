@@ -1,0 +1,195 @@
+//! What a node does with an onion packet: peel one layer, refuse replays, forward to the next hop
+//! over the pooled link and carry the layered reply back — or, as the destination, execute the
+//! request and seal the response.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use allium_onion::{
+    ErrorCode, IdentityPublicKey, NodeId, OnionKeyRing, PeelError, Peeled, ReplayWindow,
+    packet_epoch, peel,
+};
+use tokio::sync::Semaphore;
+
+use crate::link::{Kind, LinkError, Pool, Status};
+use crate::metrics::{DropReason, Metrics};
+
+/// Finds where a node named in a routing slot can be reached.
+pub trait Neighbours: Send + Sync + 'static {
+    /// The identity key to pin and the address of `node`, if the roster lists it.
+    fn lookup(&self, node: &NodeId) -> Option<(IdentityPublicKey, SocketAddr)>;
+}
+
+/// Executes a request delivered to this node.
+pub trait Destination: Send + Sync + 'static {
+    /// Answers `request` with a body of at most `max_response` bytes, or `None` to refuse it.
+    fn execute(
+        &self,
+        request: Vec<u8>,
+        max_response: usize,
+    ) -> impl Future<Output = Option<Vec<u8>>> + Send;
+}
+
+/// Tunables of the onion service.
+#[derive(Debug, Clone)]
+pub struct OnionConfig {
+    /// How long a relay waits for the next hop's reply.
+    pub forward_timeout: Duration,
+    /// Packets that may wait for their next hop at once; beyond it packets are shed.
+    pub forward_queue: usize,
+}
+
+/// The onion service of one node.
+#[derive(Debug)]
+pub struct OnionService<N, D> {
+    keys: Arc<RwLock<OnionKeyRing>>,
+    replay: Mutex<ReplayWindow>,
+    pool: Arc<Pool>,
+    neighbours: Arc<N>,
+    destination: Arc<D>,
+    metrics: Metrics,
+    forward_timeout: Duration,
+    forward_slots: Semaphore,
+}
+
+fn drop_reason(e: &PeelError) -> DropReason {
+    match e {
+        PeelError::BadSize(_) => DropReason::BadSize,
+        PeelError::BadVersion(_) => DropReason::BadVersion,
+        PeelError::UnknownEpoch(_) => DropReason::UnknownEpoch,
+        PeelError::NonContributory => DropReason::NonContributory,
+        PeelError::HeaderAuth => DropReason::HeaderAuth,
+        PeelError::PayloadAuth => DropReason::PayloadAuth,
+        PeelError::Replay => DropReason::Replay,
+        _ => DropReason::Malformed,
+    }
+}
+
+/// Seconds since the Unix epoch by the system clock (onion-key epochs are wall-clock based).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl<N: Neighbours, D: Destination> OnionService<N, D> {
+    /// A service peeling with `keys`, remembering up to `replay_capacity` layers per epoch.
+    pub fn new(
+        keys: Arc<RwLock<OnionKeyRing>>,
+        replay_capacity: u64,
+        pool: Arc<Pool>,
+        neighbours: Arc<N>,
+        destination: Arc<D>,
+        metrics: Metrics,
+        config: &OnionConfig,
+    ) -> Self {
+        OnionService {
+            keys,
+            replay: Mutex::new(ReplayWindow::new(replay_capacity)),
+            pool,
+            neighbours,
+            destination,
+            metrics,
+            forward_timeout: config.forward_timeout,
+            forward_slots: Semaphore::new(config.forward_queue),
+        }
+    }
+
+    /// Drops the replay filters of epochs whose keys were deleted.
+    pub fn forget_epochs(&self, keep: impl FnMut(allium_onion::Epoch) -> bool) {
+        self.replay
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(keep);
+    }
+
+    fn peel_at<'a>(&self, now: u64, packet: &'a mut [u8]) -> Result<Peeled<'a>, PeelError> {
+        let epoch = packet_epoch(packet)?;
+        let ring = self.keys.read().unwrap_or_else(|p| p.into_inner());
+        let key = ring.get(epoch, now).ok_or(PeelError::UnknownEpoch(epoch))?;
+        // The replay lock is taken only for the filter update, not across the key exchange.
+        peel(key, packet, |e, tag| {
+            let mut replay = self.replay.lock().unwrap_or_else(|p| p.into_inner());
+            let fresh = replay.check_and_insert(e, tag);
+            if let Some(f) = replay.filter(e) {
+                self.metrics.set_replay_filter_load(f.load());
+            }
+            fresh
+        })
+    }
+
+    /// Handles one onion packet; the answer goes back on the stream it came on.
+    pub async fn handle(&self, mut packet: Vec<u8>) -> (Status, Vec<u8>) {
+        let started = Instant::now();
+        let peeled = self.peel_at(unix_now(), &mut packet);
+        match peeled {
+            Err(e) => {
+                tracing::debug!(reason = %e, "packet dropped");
+                self.metrics.dropped(drop_reason(&e));
+                (Status::Rejected, Vec::new())
+            }
+            Ok(Peeled::Deliver { request, reply }) => {
+                let request = request.to_vec();
+                self.metrics.delivered();
+                let answer = self.destination.execute(request, reply.max_body()).await;
+                match answer {
+                    Some(body) if body.len() <= reply.max_body() => match reply.seal(&body) {
+                        Ok(sealed) => (Status::Ok, sealed),
+                        // Unreachable: the length was checked against the same limit.
+                        Err(_) => (Status::Rejected, Vec::new()),
+                    },
+                    Some(body) => {
+                        tracing::warn!(
+                            len = body.len(),
+                            "destination answer exceeds its reply class"
+                        );
+                        (Status::Ok, reply.error(ErrorCode::Rejected))
+                    }
+                    None => (Status::Ok, reply.error(ErrorCode::Rejected)),
+                }
+            }
+            Ok(Peeled::Forward { next, reply }) => {
+                let Some((key, addr)) = self.neighbours.lookup(&next) else {
+                    self.metrics.dropped(DropReason::NextHopUnreachable);
+                    return (Status::Ok, reply.error(ErrorCode::NextHopUnreachable));
+                };
+                let Ok(_slot) = self.forward_slots.try_acquire() else {
+                    self.metrics.dropped(DropReason::QueueFull);
+                    return (Status::Ok, reply.error(ErrorCode::Overloaded));
+                };
+                let outcome = self
+                    .pool
+                    .request(&key, addr, Kind::Onion, &packet, self.forward_timeout)
+                    .await;
+                let answer = match outcome {
+                    Ok((Status::Ok, mut back)) => match reply.wrap(&mut back) {
+                        Ok(()) => back,
+                        Err(reply) => {
+                            self.metrics.dropped(DropReason::NextHopRejected);
+                            reply.error(ErrorCode::NextHopRejected)
+                        }
+                    },
+                    Ok((Status::Rejected, _))
+                    | Err(LinkError::Stream(_) | LinkError::BadFrame(_)) => {
+                        self.metrics.dropped(DropReason::NextHopRejected);
+                        reply.error(ErrorCode::NextHopRejected)
+                    }
+                    Err(LinkError::Timeout) => {
+                        self.metrics.dropped(DropReason::NextHopTimeout);
+                        reply.error(ErrorCode::NextHopTimeout)
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "next hop unreachable");
+                        self.metrics.dropped(DropReason::NextHopUnreachable);
+                        reply.error(ErrorCode::NextHopUnreachable)
+                    }
+                };
+                self.metrics.relayed(started.elapsed());
+                (Status::Ok, answer)
+            }
+        }
+    }
+}
