@@ -1,1 +1,22 @@
 #![doc = include_str!("../README.md")]
+
+pub mod auth;
+mod cbor;
+pub mod crypto;
+pub mod cursor;
+pub mod error;
+pub mod proto;
+pub mod service;
+pub mod store;
+pub mod time;
+
+pub use cbor::MAX_DEPTH;
+pub use cursor::Cursor;
+pub use error::{AuthError, DecodeError, Status, StoreError};
+pub use proto::{
+    Body, CursorKey, Mailbox, MessageHash, Method, Namespace, NodeId, Request, Response,
+    ResponseBody, StoredMessage,
+};
+pub use service::{Handled, Service, ServiceConfig};
+pub use store::{NewMessage, ReplicaMessage, RetrievePage, RetrieveQuery, Store, StoreConfig};
+pub use time::{Clock, ManualClock, SystemClock, UnixMillis};

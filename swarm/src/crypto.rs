@@ -1,0 +1,98 @@
+//! The one place this crate hashes and verifies: BLAKE2b-256 under domain strings, Ed25519.
+
+use blake2::digest::consts::U32;
+use blake2::{Blake2b, Digest};
+use ed25519_dalek::{Signature, VerifyingKey};
+use subtle::ConstantTimeEq;
+
+use crate::proto::{Mailbox, MessageHash, Namespace, NodeId};
+use crate::time::UnixMillis;
+
+type Blake2b256 = Blake2b<U32>;
+
+/// Prefix of the content hash input.
+pub const DOMAIN_MESSAGE: &[u8] = b"allium/v1/storage/message";
+/// Prefix of the request-body digest input.
+pub const DOMAIN_REQUEST: &[u8] = b"allium/v1/storage/request";
+/// First bytes of the data a mailbox key signs.
+pub const DOMAIN_AUTH: &[u8] = b"allium/v1/storage/auth";
+/// Prefix of the replay-cache key input.
+pub const DOMAIN_REPLAY: &[u8] = b"allium/v1/storage/replay";
+
+/// Length of [`signed_data`]'s output.
+pub const SIGNED_DATA_LEN: usize = DOMAIN_AUTH.len() + 1 + 32 + 2 + 8 + 32 + 32;
+
+fn blake2b256(parts: &[&[u8]]) -> [u8; 32] {
+    let mut h = Blake2b256::new();
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize().into()
+}
+
+/// Content hash: the dedupe key and the message's name in delete/expire requests.
+/// `BLAKE2b-256(DOMAIN_MESSAGE || mailbox || namespace (u16 BE) || data)`.
+pub fn content_hash(mailbox: &Mailbox, namespace: Namespace, data: &[u8]) -> MessageHash {
+    MessageHash(blake2b256(&[
+        DOMAIN_MESSAGE,
+        &mailbox.0,
+        &namespace.to_be_bytes(),
+        data,
+    ]))
+}
+
+/// Request digest: `BLAKE2b-256(DOMAIN_REQUEST || body)`, `body` the CBOR bytes of the body map.
+pub fn request_digest(body_cbor: &[u8]) -> [u8; 32] {
+    blake2b256(&[DOMAIN_REQUEST, body_cbor])
+}
+
+/// The bytes a mailbox key signs (whitepaper §3.1):
+/// `DOMAIN_AUTH || method (u8) || mailbox (32) || namespace (u16 BE) || timestamp (u64 BE, ms)
+///  || node identity (32) || digest (32)`.
+pub fn signed_data(
+    method: u8,
+    mailbox: &Mailbox,
+    namespace: Namespace,
+    timestamp: UnixMillis,
+    node: &NodeId,
+    digest: &[u8; 32],
+) -> [u8; SIGNED_DATA_LEN] {
+    let mut out = [0u8; SIGNED_DATA_LEN];
+    let mut w = 0;
+    let parts: [&[u8]; 7] = [
+        DOMAIN_AUTH,
+        &[method],
+        &mailbox.0,
+        &namespace.to_be_bytes(),
+        &timestamp.to_be_bytes(),
+        &node.0,
+        digest,
+    ];
+    for part in parts {
+        out[w..w + part.len()].copy_from_slice(part);
+        w += part.len();
+    }
+    out
+}
+
+/// Replay-cache key of a signed request: `BLAKE2b-256(DOMAIN_REPLAY || signed data)`. Keyed on what
+/// was signed rather than on the signature, so a second signature over the same request is the
+/// same request.
+pub fn replay_key(signed: &[u8]) -> [u8; 32] {
+    blake2b256(&[DOMAIN_REPLAY, signed])
+}
+
+/// Verifies an Ed25519 signature by `mailbox` with `verify_strict` (rejects small-order keys and
+/// non-canonical signatures). Every failure is the same `false`.
+pub fn verify(mailbox: &Mailbox, signed: &[u8], signature: &[u8; 64]) -> bool {
+    let Ok(key) = VerifyingKey::from_bytes(&mailbox.0) else {
+        return false;
+    };
+    key.verify_strict(signed, &Signature::from_bytes(signature))
+        .is_ok()
+}
+
+/// Constant-time equality for keys and digests.
+pub fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.ct_eq(b).into()
+}

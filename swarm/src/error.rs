@@ -1,0 +1,240 @@
+//! Errors: decoding, authentication, the store, and the status codes that go on the wire.
+
+use thiserror::Error;
+
+/// Why a request or response could not be decoded. Never carries input bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum DecodeError {
+    /// The whole message is larger than the protocol allows.
+    #[error("message of {len} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// Length of the input.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The input ends inside an item.
+    #[error("truncated input")]
+    Truncated,
+    /// Bytes follow the top-level item.
+    #[error("trailing bytes after the message")]
+    TrailingBytes,
+    /// An item of another type than the schema expects.
+    #[error("expected {0}")]
+    UnexpectedType(&'static str),
+    /// A head not in shortest form.
+    #[error("non-canonical integer or length encoding")]
+    NonCanonical,
+    /// An indefinite-length string, array or map.
+    #[error("indefinite length")]
+    IndefiniteLength,
+    /// A string or container longer than its limit.
+    #[error("length exceeds the limit of {max}")]
+    TooLong {
+        /// The limit for this field.
+        max: usize,
+    },
+    /// A fixed-size byte string of another length.
+    #[error("byte string must be {expected} bytes")]
+    WrongLength {
+        /// Required length.
+        expected: usize,
+    },
+    /// Containers nested deeper than [`crate::cbor::MAX_DEPTH`].
+    #[error("nesting too deep")]
+    TooDeep,
+    /// A map key the schema does not define.
+    #[error("unknown map key {0}")]
+    UnknownKey(u64),
+    /// A map key not greater than the one before it (duplicate or out of order).
+    #[error("map key {0} duplicated or out of order")]
+    UnorderedKey(u64),
+    /// A required map key is absent.
+    #[error("missing required key {0}")]
+    MissingKey(u64),
+    /// A method id the protocol does not define.
+    #[error("unknown method {0}")]
+    UnknownMethod(u64),
+    /// A status code the protocol does not define.
+    #[error("unknown status {0}")]
+    UnknownStatus(u64),
+    /// Text that is not UTF-8.
+    #[error("invalid UTF-8")]
+    InvalidUtf8,
+    /// A well-formed value outside its allowed range.
+    #[error("invalid value for {0}")]
+    InvalidValue(&'static str),
+}
+
+/// Why a signed request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum AuthError {
+    /// The method needs a signature and none was sent.
+    #[error("signature required")]
+    Missing,
+    /// The method takes no signature and one was sent.
+    #[error("signature not allowed for this method")]
+    Unexpected,
+    /// The signature does not verify for this mailbox, method, node and request (one error for
+    /// all causes, so a refusal tells nothing about the mailbox).
+    #[error("authentication failed")]
+    BadSignature,
+    /// The timestamp is outside the window around the node's clock.
+    #[error("timestamp outside the accepted window")]
+    ClockSkew,
+    /// The same signed request was already executed inside the window.
+    #[error("replayed request")]
+    Replayed,
+    /// The replay cache is full; the request cannot be checked, so it is refused.
+    #[error("replay cache full")]
+    CacheFull,
+}
+
+/// Store failures. Rule violations first, then storage faults.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// TTL outside the configured bounds.
+    #[error("ttl {ttl_ms} ms outside [{min_ms}, {max_ms}]")]
+    TtlOutOfRange {
+        /// Requested TTL.
+        ttl_ms: u64,
+        /// Lower bound.
+        min_ms: u64,
+        /// Upper bound.
+        max_ms: u64,
+    },
+    /// New expiry in the past or beyond now + maximum TTL.
+    #[error("expiry outside (now, now + max ttl]")]
+    ExpiryOutOfRange,
+    /// Message data longer than the protocol allows.
+    #[error("message data too large")]
+    DataTooLarge,
+    /// The mailbox holds its quota.
+    #[error("mailbox quota exceeded")]
+    QuotaExceeded,
+    /// The node holds its size cap (or the disk is full).
+    #[error("node storage full")]
+    NodeFull,
+    /// Too many long-poll waiters registered.
+    #[error("too many waiters")]
+    TooManyWaiters,
+    /// The writer has shut down.
+    #[error("store closed")]
+    Closed,
+    /// Stored data failed a check: the node must not serve it.
+    #[error("corrupt store: {0}")]
+    Corrupt(String),
+    /// The database was written by an unknown schema version.
+    #[error("unsupported schema version {0}")]
+    Schema(u32),
+    /// RocksDB reported an error.
+    #[error("rocksdb: {0}")]
+    Db(#[from] rocksdb::Error),
+}
+
+/// Status codes carried in every response (whitepaper §4). `Ok` is 0; the rest are refusals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum Status {
+    /// Executed; a body follows.
+    Ok = 0,
+    /// Not valid CBOR of the schema.
+    Malformed = 1,
+    /// Over the size limit.
+    TooLarge = 2,
+    /// Unknown method id.
+    UnknownMethod = 3,
+    /// Signature required but absent.
+    AuthRequired = 4,
+    /// Signature invalid (key, node, digest, method, mailbox, namespace or timestamp differ).
+    Unauthorized = 5,
+    /// Timestamp outside ±window; the response's node time lets the client resynchronise.
+    ClockSkew = 6,
+    /// Same signed request seen inside the window.
+    Replayed = 7,
+    /// TTL outside bounds.
+    TtlOutOfRange = 8,
+    /// New expiry outside bounds.
+    ExpiryOutOfRange = 9,
+    /// Mailbox quota reached.
+    QuotaExceeded = 10,
+    /// Node size cap reached or disk full.
+    NodeFull = 11,
+    /// Temporarily unable (queue or replay cache full); retry later.
+    Busy = 12,
+    /// Storage fault on the node.
+    Internal = 13,
+    /// The method is valid but this component does not serve it.
+    Unsupported = 14,
+}
+
+impl Status {
+    /// All statuses, in code order.
+    pub const ALL: [Status; 15] = [
+        Status::Ok,
+        Status::Malformed,
+        Status::TooLarge,
+        Status::UnknownMethod,
+        Status::AuthRequired,
+        Status::Unauthorized,
+        Status::ClockSkew,
+        Status::Replayed,
+        Status::TtlOutOfRange,
+        Status::ExpiryOutOfRange,
+        Status::QuotaExceeded,
+        Status::NodeFull,
+        Status::Busy,
+        Status::Internal,
+        Status::Unsupported,
+    ];
+
+    /// The wire code.
+    pub fn code(self) -> u16 {
+        self as u16
+    }
+
+    /// Parses a wire code.
+    pub fn from_code(c: u64) -> Result<Self, DecodeError> {
+        Self::ALL
+            .into_iter()
+            .find(|s| u64::from(s.code()) == c)
+            .ok_or(DecodeError::UnknownStatus(c))
+    }
+}
+
+impl From<DecodeError> for Status {
+    fn from(e: DecodeError) -> Self {
+        match e {
+            DecodeError::TooLarge { .. } => Status::TooLarge,
+            DecodeError::UnknownMethod(_) => Status::UnknownMethod,
+            _ => Status::Malformed,
+        }
+    }
+}
+
+impl From<AuthError> for Status {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Missing => Status::AuthRequired,
+            AuthError::Unexpected => Status::Malformed,
+            AuthError::BadSignature => Status::Unauthorized,
+            AuthError::ClockSkew => Status::ClockSkew,
+            AuthError::Replayed => Status::Replayed,
+            AuthError::CacheFull => Status::Busy,
+        }
+    }
+}
+
+impl From<&StoreError> for Status {
+    fn from(e: &StoreError) -> Self {
+        match e {
+            StoreError::TtlOutOfRange { .. } => Status::TtlOutOfRange,
+            StoreError::ExpiryOutOfRange => Status::ExpiryOutOfRange,
+            StoreError::DataTooLarge => Status::TooLarge,
+            StoreError::QuotaExceeded => Status::QuotaExceeded,
+            StoreError::NodeFull => Status::NodeFull,
+            StoreError::TooManyWaiters | StoreError::Closed => Status::Busy,
+            StoreError::Corrupt(_) | StoreError::Schema(_) | StoreError::Db(_) => Status::Internal,
+        }
+    }
+}

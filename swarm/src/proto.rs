@@ -1,0 +1,1110 @@
+//! Storage requests and responses, and their encoding (whitepaper §2–§4).
+
+use std::cmp::Ordering;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+
+use ed25519_dalek::{Signer, SigningKey};
+
+use crate::cbor::{Decoder, Encoder, head_len};
+use crate::crypto;
+use crate::error::{DecodeError, Status};
+use crate::time::UnixMillis;
+
+/// Version of this protocol, reported by `info`.
+pub const PROTOCOL_VERSION: u64 = 1;
+/// Largest encoded request a node decodes (fits the 64 KiB onion payload class).
+pub const MAX_REQUEST_BYTES: usize = 65_536;
+/// Largest encoded response.
+pub const MAX_RESPONSE_BYTES: usize = 65_536;
+/// Largest message data.
+pub const MAX_DATA_BYTES: usize = 61_440;
+/// Most hashes in one `delete` or `expire`, and most entries in their responses.
+pub const MAX_HASHES: usize = 256;
+/// Most messages in one `retrieve` response.
+pub const MAX_RETRIEVE_COUNT: u16 = 256;
+/// Budget for the encoded messages of one `retrieve` response (keeps it under
+/// [`MAX_RESPONSE_BYTES`]; one message of [`MAX_DATA_BYTES`] always fits).
+pub const RETRIEVE_BUDGET_BYTES: usize = 64_000;
+/// Longest long-poll wait a `retrieve` may ask for.
+pub const MAX_WAIT_MS: u64 = 60_000;
+/// Most members in a `get_swarm` response.
+pub const MAX_SWARM_MEMBERS: usize = 64;
+/// Largest roster in a `roster` response.
+pub const MAX_ROSTER_BYTES: usize = 61_440;
+/// Longest software string in an `info` response.
+pub const MAX_SOFTWARE_LEN: usize = 64;
+
+/// A mailbox namespace. Namespace 0 is the inbox, where anyone may deposit.
+pub type Namespace = u16;
+/// The public inbox namespace.
+pub const INBOX: Namespace = 0;
+
+macro_rules! key32 {
+    ($(#[$m:meta])* $name:ident) => {
+        $(#[$m])*
+        #[derive(Clone, Copy)]
+        pub struct $name(pub [u8; 32]);
+
+        // Constant-time equality: these are keys and digests (STYLE: arti `ct.rs`).
+        impl PartialEq for $name {
+            fn eq(&self, other: &Self) -> bool {
+                crypto::ct_eq(&self.0, &other.0)
+            }
+        }
+        impl Eq for $name {}
+        impl Hash for $name {
+            fn hash<H: Hasher>(&self, state: &mut H) {
+                self.0.hash(state);
+            }
+        }
+        impl PartialOrd for $name {
+            fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+                Some(self.cmp(other))
+            }
+        }
+        impl Ord for $name {
+            fn cmp(&self, other: &Self) -> Ordering {
+                self.0.cmp(&other.0)
+            }
+        }
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                // Eight hex digits identify a key in logs without printing it whole.
+                write!(f, concat!(stringify!($name), "("))?;
+                for b in &self.0[..4] {
+                    write!(f, "{b:02x}")?;
+                }
+                write!(f, "…)")
+            }
+        }
+    };
+}
+
+key32!(
+    /// A mailbox: the owner's Ed25519 public key.
+    Mailbox
+);
+key32!(
+    /// A node's Ed25519 identity key.
+    NodeId
+);
+key32!(
+    /// A message's content hash ([`crypto::content_hash`]).
+    MessageHash
+);
+
+/// A position in a mailbox namespace: messages are ordered by (timestamp, hash). On the wire
+/// `timestamp (u64 BE) || hash`, 40 bytes, which sorts bytewise in the same order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CursorKey {
+    /// The message timestamp (node time when first accepted).
+    pub timestamp: UnixMillis,
+    /// The content hash.
+    pub hash: MessageHash,
+}
+
+impl CursorKey {
+    /// The key just after every message with `timestamp <= t`.
+    pub fn after_time(t: UnixMillis) -> Self {
+        Self {
+            timestamp: t,
+            hash: MessageHash([0xff; 32]),
+        }
+    }
+    /// The 40-byte wire form.
+    pub fn to_bytes(&self) -> [u8; 40] {
+        let mut b = [0u8; 40];
+        b[..8].copy_from_slice(&self.timestamp.to_be_bytes());
+        b[8..].copy_from_slice(&self.hash.0);
+        b
+    }
+    /// Parses the 40-byte wire form.
+    pub fn from_bytes(b: &[u8; 40]) -> Self {
+        let mut t = [0u8; 8];
+        t.copy_from_slice(&b[..8]);
+        let mut h = [0u8; 32];
+        h.copy_from_slice(&b[8..]);
+        Self {
+            timestamp: u64::from_be_bytes(t),
+            hash: MessageHash(h),
+        }
+    }
+}
+
+/// Method ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Method {
+    /// Deposit a message.
+    Store = 1,
+    /// Read messages after a cursor, optionally waiting.
+    Retrieve = 2,
+    /// Delete messages by hash.
+    Delete = 3,
+    /// Delete every message of a namespace.
+    DeleteAll = 4,
+    /// Set messages' expiry (shorten or extend).
+    Expire = 5,
+    /// Node time and version.
+    Info = 6,
+    /// The swarm holding a mailbox.
+    GetSwarm = 7,
+    /// The signed roster.
+    Roster = 8,
+}
+
+impl Method {
+    /// All methods, in id order.
+    pub const ALL: [Method; 8] = [
+        Method::Store,
+        Method::Retrieve,
+        Method::Delete,
+        Method::DeleteAll,
+        Method::Expire,
+        Method::Info,
+        Method::GetSwarm,
+        Method::Roster,
+    ];
+    /// The wire id.
+    pub fn id(self) -> u8 {
+        self as u8
+    }
+    /// Parses a wire id.
+    pub fn from_id(id: u64) -> Result<Self, DecodeError> {
+        Self::ALL
+            .into_iter()
+            .find(|m| u64::from(m.id()) == id)
+            .ok_or(DecodeError::UnknownMethod(id))
+    }
+}
+
+/// `store`: deposit `data` for `ttl_ms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreRequest {
+    /// Recipient mailbox.
+    pub mailbox: Mailbox,
+    /// Namespace; anything but [`INBOX`] needs the mailbox's signature.
+    pub namespace: Namespace,
+    /// Time to live, milliseconds.
+    pub ttl_ms: u64,
+    /// Message bytes (opaque ciphertext), at most [`MAX_DATA_BYTES`].
+    pub data: Vec<u8>,
+}
+
+/// `retrieve`: messages strictly after `after`, in (timestamp, hash) order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetrieveRequest {
+    /// Mailbox.
+    pub mailbox: Mailbox,
+    /// Namespace.
+    pub namespace: Namespace,
+    /// Exclusive lower bound; `None` = from the start.
+    pub after: Option<CursorKey>,
+    /// Most messages to return, 1..=[`MAX_RETRIEVE_COUNT`]; `None` = the maximum.
+    pub limit: Option<u16>,
+    /// Long-poll: if nothing is there, wait up to this long (1..=[`MAX_WAIT_MS`]) for a message.
+    pub wait_ms: Option<u64>,
+}
+
+/// `delete`: remove messages by hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeleteRequest {
+    /// Mailbox.
+    pub mailbox: Mailbox,
+    /// Namespace.
+    pub namespace: Namespace,
+    /// 1..=[`MAX_HASHES`] content hashes.
+    pub hashes: Vec<MessageHash>,
+}
+
+/// `delete_all`: remove every message of a namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeleteAllRequest {
+    /// Mailbox.
+    pub mailbox: Mailbox,
+    /// Namespace.
+    pub namespace: Namespace,
+}
+
+/// `expire`: set the expiry of messages (shorten or extend).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpireRequest {
+    /// Mailbox.
+    pub mailbox: Mailbox,
+    /// Namespace.
+    pub namespace: Namespace,
+    /// 1..=[`MAX_HASHES`] content hashes.
+    pub hashes: Vec<MessageHash>,
+    /// New absolute expiry; must lie in (now, now + max TTL].
+    pub expiry: UnixMillis,
+}
+
+/// `get_swarm`: which swarm holds `mailbox`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GetSwarmRequest {
+    /// Mailbox.
+    pub mailbox: Mailbox,
+}
+
+/// `roster`: the node's roster, if newer than `known_version`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RosterRequest {
+    /// The newest roster version the client holds.
+    pub known_version: Option<u64>,
+}
+
+/// A request body, one variant per method.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    /// `store`.
+    Store(StoreRequest),
+    /// `retrieve`.
+    Retrieve(RetrieveRequest),
+    /// `delete`.
+    Delete(DeleteRequest),
+    /// `delete_all`.
+    DeleteAll(DeleteAllRequest),
+    /// `expire`.
+    Expire(ExpireRequest),
+    /// `info`.
+    Info,
+    /// `get_swarm`.
+    GetSwarm(GetSwarmRequest),
+    /// `roster`.
+    Roster(RosterRequest),
+}
+
+/// The signature block of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Auth {
+    /// Client's clock when signing, Unix ms.
+    pub timestamp: UnixMillis,
+    /// Ed25519 signature by the mailbox key over [`crypto::signed_data`].
+    pub signature: [u8; 64],
+}
+
+/// A request: a body and, where the method needs one, a signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// What to do.
+    pub body: Body,
+    /// Signature by the mailbox key.
+    pub auth: Option<Auth>,
+}
+
+/// A decoded request with the digest of its body bytes.
+#[derive(Debug, Clone)]
+pub struct DecodedRequest {
+    /// The request.
+    pub request: Request,
+    /// [`crypto::request_digest`] of the body as received.
+    pub digest: [u8; 32],
+}
+
+fn enc_target(e: &mut Encoder, n: usize, mailbox: &Mailbox, namespace: Namespace) {
+    e.map(n)
+        .uint(1)
+        .bytes(&mailbox.0)
+        .uint(2)
+        .uint(namespace.into());
+}
+
+fn enc_hashes(e: &mut Encoder, hashes: &[MessageHash]) {
+    e.array(hashes.len());
+    for h in hashes {
+        e.bytes(&h.0);
+    }
+}
+
+impl Body {
+    /// This body's method.
+    pub fn method(&self) -> Method {
+        match self {
+            Body::Store(_) => Method::Store,
+            Body::Retrieve(_) => Method::Retrieve,
+            Body::Delete(_) => Method::Delete,
+            Body::DeleteAll(_) => Method::DeleteAll,
+            Body::Expire(_) => Method::Expire,
+            Body::Info => Method::Info,
+            Body::GetSwarm(_) => Method::GetSwarm,
+            Body::Roster(_) => Method::Roster,
+        }
+    }
+
+    /// The mailbox and namespace a signature must cover, for methods that need one.
+    pub fn auth_target(&self) -> Option<(Mailbox, Namespace)> {
+        match self {
+            Body::Store(r) if r.namespace == INBOX => None,
+            Body::Store(r) => Some((r.mailbox, r.namespace)),
+            Body::Retrieve(r) => Some((r.mailbox, r.namespace)),
+            Body::Delete(r) => Some((r.mailbox, r.namespace)),
+            Body::DeleteAll(r) => Some((r.mailbox, r.namespace)),
+            Body::Expire(r) => Some((r.mailbox, r.namespace)),
+            Body::Info | Body::GetSwarm(_) | Body::Roster(_) => None,
+        }
+    }
+
+    fn encode_into(&self, e: &mut Encoder) {
+        match self {
+            Body::Store(r) => {
+                enc_target(e, 4, &r.mailbox, r.namespace);
+                e.uint(3).uint(r.ttl_ms).uint(4).bytes(&r.data);
+            }
+            Body::Retrieve(r) => {
+                let n = 2
+                    + usize::from(r.after.is_some())
+                    + usize::from(r.limit.is_some())
+                    + usize::from(r.wait_ms.is_some());
+                enc_target(e, n, &r.mailbox, r.namespace);
+                if let Some(a) = r.after {
+                    e.uint(3).bytes(&a.to_bytes());
+                }
+                if let Some(l) = r.limit {
+                    e.uint(4).uint(l.into());
+                }
+                if let Some(w) = r.wait_ms {
+                    e.uint(5).uint(w);
+                }
+            }
+            Body::Delete(r) => {
+                enc_target(e, 3, &r.mailbox, r.namespace);
+                e.uint(3);
+                enc_hashes(e, &r.hashes);
+            }
+            Body::DeleteAll(r) => enc_target(e, 2, &r.mailbox, r.namespace),
+            Body::Expire(r) => {
+                enc_target(e, 4, &r.mailbox, r.namespace);
+                e.uint(3);
+                enc_hashes(e, &r.hashes);
+                e.uint(4).uint(r.expiry);
+            }
+            Body::Info => {
+                e.map(0);
+            }
+            Body::GetSwarm(r) => {
+                e.map(1).uint(1).bytes(&r.mailbox.0);
+            }
+            Body::Roster(r) => match r.known_version {
+                Some(v) => {
+                    e.map(1).uint(1).uint(v);
+                }
+                None => {
+                    e.map(0);
+                }
+            },
+        }
+    }
+
+    /// The canonical CBOR bytes of this body.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Encoder::default();
+        self.encode_into(&mut e);
+        e.buf
+    }
+
+    /// [`crypto::request_digest`] of this body.
+    pub fn digest(&self) -> [u8; 32] {
+        crypto::request_digest(&self.encode())
+    }
+
+    fn decode(method: Method, d: &mut Decoder<'_>) -> Result<Self, DecodeError> {
+        Ok(match method {
+            Method::Store => {
+                let f = Fields::read(d, 4, |k, d, f| match k {
+                    1 => f.mailbox(d),
+                    2 => f.namespace(d),
+                    3 => f.uint(d, 0),
+                    4 => {
+                        f.data = Some(d.bytes(MAX_DATA_BYTES)?.to_vec());
+                        Ok(())
+                    }
+                    _ => Err(DecodeError::UnknownKey(k)),
+                })?;
+                Body::Store(StoreRequest {
+                    mailbox: need(f.mailbox, 1)?,
+                    namespace: need(f.namespace, 2)?,
+                    ttl_ms: need(f.uints[0], 3)?,
+                    data: need(f.data, 4)?,
+                })
+            }
+            Method::Retrieve => {
+                let f = Fields::read(d, 5, |k, d, f| match k {
+                    1 => f.mailbox(d),
+                    2 => f.namespace(d),
+                    3 => {
+                        f.after = Some(CursorKey::from_bytes(&d.fixed::<40>()?));
+                        Ok(())
+                    }
+                    4 => f.uint(d, 0),
+                    5 => f.uint(d, 1),
+                    _ => Err(DecodeError::UnknownKey(k)),
+                })?;
+                let limit = match f.uints[0] {
+                    None => None,
+                    Some(l) if (1..=u64::from(MAX_RETRIEVE_COUNT)).contains(&l) => Some(l as u16),
+                    Some(_) => return Err(DecodeError::InvalidValue("limit")),
+                };
+                let wait_ms = match f.uints[1] {
+                    None => None,
+                    Some(w @ 1..=MAX_WAIT_MS) => Some(w),
+                    Some(_) => return Err(DecodeError::InvalidValue("wait")),
+                };
+                Body::Retrieve(RetrieveRequest {
+                    mailbox: need(f.mailbox, 1)?,
+                    namespace: need(f.namespace, 2)?,
+                    after: f.after,
+                    limit,
+                    wait_ms,
+                })
+            }
+            Method::Delete | Method::Expire => {
+                let n = if method == Method::Delete { 3 } else { 4 };
+                let f = Fields::read(d, n, |k, d, f| match k {
+                    1 => f.mailbox(d),
+                    2 => f.namespace(d),
+                    3 => f.hashes(d),
+                    4 if n == 4 => f.uint(d, 0),
+                    _ => Err(DecodeError::UnknownKey(k)),
+                })?;
+                let (mailbox, namespace) = (need(f.mailbox, 1)?, need(f.namespace, 2)?);
+                let hashes = need(f.hashes, 3)?;
+                if hashes.is_empty() {
+                    return Err(DecodeError::InvalidValue("hashes"));
+                }
+                if method == Method::Delete {
+                    Body::Delete(DeleteRequest {
+                        mailbox,
+                        namespace,
+                        hashes,
+                    })
+                } else {
+                    let expiry = need(f.uints[0], 4)?;
+                    Body::Expire(ExpireRequest {
+                        mailbox,
+                        namespace,
+                        hashes,
+                        expiry,
+                    })
+                }
+            }
+            Method::DeleteAll => {
+                let f = Fields::read(d, 2, |k, d, f| match k {
+                    1 => f.mailbox(d),
+                    2 => f.namespace(d),
+                    _ => Err(DecodeError::UnknownKey(k)),
+                })?;
+                Body::DeleteAll(DeleteAllRequest {
+                    mailbox: need(f.mailbox, 1)?,
+                    namespace: need(f.namespace, 2)?,
+                })
+            }
+            Method::Info => {
+                Fields::read(d, 0, |k, _, _| Err(DecodeError::UnknownKey(k)))?;
+                Body::Info
+            }
+            Method::GetSwarm => {
+                let f = Fields::read(d, 1, |k, d, f| match k {
+                    1 => f.mailbox(d),
+                    _ => Err(DecodeError::UnknownKey(k)),
+                })?;
+                Body::GetSwarm(GetSwarmRequest {
+                    mailbox: need(f.mailbox, 1)?,
+                })
+            }
+            Method::Roster => {
+                let f = Fields::read(d, 1, |k, d, f| match k {
+                    1 => f.uint(d, 0),
+                    _ => Err(DecodeError::UnknownKey(k)),
+                })?;
+                Body::Roster(RosterRequest {
+                    known_version: f.uints[0],
+                })
+            }
+        })
+    }
+}
+
+fn need<T>(v: Option<T>, key: u64) -> Result<T, DecodeError> {
+    v.ok_or(DecodeError::MissingKey(key))
+}
+
+/// Scratch space for the fields of one map being decoded.
+#[derive(Default)]
+struct Fields {
+    mailbox: Option<Mailbox>,
+    namespace: Option<Namespace>,
+    after: Option<CursorKey>,
+    hashes: Option<Vec<MessageHash>>,
+    data: Option<Vec<u8>>,
+    uints: [Option<u64>; 2],
+}
+
+impl Fields {
+    /// Reads a map of at most `max` entries, handing each key to `f`.
+    fn read(
+        d: &mut Decoder<'_>,
+        max: usize,
+        mut f: impl FnMut(u64, &mut Decoder<'_>, &mut Fields) -> Result<(), DecodeError>,
+    ) -> Result<Fields, DecodeError> {
+        let n = d.map(max)?;
+        let mut fields = Fields::default();
+        let mut prev = None;
+        for _ in 0..n {
+            let k = d.key(&mut prev)?;
+            f(k, d, &mut fields)?;
+        }
+        d.leave();
+        Ok(fields)
+    }
+    fn mailbox(&mut self, d: &mut Decoder<'_>) -> Result<(), DecodeError> {
+        self.mailbox = Some(Mailbox(d.fixed()?));
+        Ok(())
+    }
+    fn namespace(&mut self, d: &mut Decoder<'_>) -> Result<(), DecodeError> {
+        let v = d.uint()?;
+        self.namespace =
+            Some(Namespace::try_from(v).map_err(|_| DecodeError::InvalidValue("namespace"))?);
+        Ok(())
+    }
+    fn uint(&mut self, d: &mut Decoder<'_>, slot: usize) -> Result<(), DecodeError> {
+        self.uints[slot] = Some(d.uint()?);
+        Ok(())
+    }
+    fn hashes(&mut self, d: &mut Decoder<'_>) -> Result<(), DecodeError> {
+        self.hashes = Some(decode_hashes(d)?);
+        Ok(())
+    }
+}
+
+fn decode_hashes(d: &mut Decoder<'_>) -> Result<Vec<MessageHash>, DecodeError> {
+    let n = d.array(MAX_HASHES)?;
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push(MessageHash(d.fixed()?));
+    }
+    d.leave();
+    Ok(v)
+}
+
+impl Request {
+    /// A request without signature (inbox `store`, `info`, `get_swarm`, `roster`).
+    pub fn unsigned(body: Body) -> Self {
+        Self { body, auth: None }
+    }
+
+    /// Signs `body` with the mailbox key for the node `node` at client time `timestamp`.
+    /// A body that needs no signature is returned unsigned.
+    pub fn signed(body: Body, key: &SigningKey, node: &NodeId, timestamp: UnixMillis) -> Self {
+        let Some((mailbox, namespace)) = body.auth_target() else {
+            return Self::unsigned(body);
+        };
+        let signed = crypto::signed_data(
+            body.method().id(),
+            &mailbox,
+            namespace,
+            timestamp,
+            node,
+            &body.digest(),
+        );
+        let signature = key.sign(&signed).to_bytes();
+        Self {
+            body,
+            auth: Some(Auth {
+                timestamp,
+                signature,
+            }),
+        }
+    }
+
+    /// Canonical CBOR encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Encoder::with_capacity(128);
+        e.map(if self.auth.is_some() { 3 } else { 2 });
+        e.uint(1).uint(self.body.method().id().into()).uint(2);
+        self.body.encode_into(&mut e);
+        if let Some(a) = &self.auth {
+            e.uint(3)
+                .map(2)
+                .uint(1)
+                .uint(a.timestamp)
+                .uint(2)
+                .bytes(&a.signature);
+        }
+        e.buf
+    }
+
+    /// Decodes a request, rejecting anything but the canonical encoding of a valid request.
+    pub fn decode(bytes: &[u8]) -> Result<DecodedRequest, DecodeError> {
+        if bytes.len() > MAX_REQUEST_BYTES {
+            return Err(DecodeError::TooLarge {
+                len: bytes.len(),
+                max: MAX_REQUEST_BYTES,
+            });
+        }
+        let mut d = Decoder::new(bytes);
+        let n = d.map(3)?;
+        if n < 2 {
+            return Err(DecodeError::MissingKey(if n == 0 { 1 } else { 2 }));
+        }
+        let mut prev = None;
+        if d.key(&mut prev)? != 1 {
+            return Err(DecodeError::MissingKey(1));
+        }
+        let method = Method::from_id(d.uint()?)?;
+        if d.key(&mut prev)? != 2 {
+            return Err(DecodeError::MissingKey(2));
+        }
+        let start = d.position();
+        let body = Body::decode(method, &mut d)?;
+        let digest = crypto::request_digest(d.slice(start, d.position()));
+        let auth = if n == 3 {
+            match d.key(&mut prev)? {
+                3 => Some(decode_auth(&mut d)?),
+                k => return Err(DecodeError::UnknownKey(k)),
+            }
+        } else {
+            None
+        };
+        d.leave();
+        d.finish()?;
+        Ok(DecodedRequest {
+            request: Request { body, auth },
+            digest,
+        })
+    }
+}
+
+fn decode_auth(d: &mut Decoder<'_>) -> Result<Auth, DecodeError> {
+    let n = d.map(2)?;
+    let mut prev = None;
+    let (mut timestamp, mut signature) = (None, None);
+    for _ in 0..n {
+        match d.key(&mut prev)? {
+            1 => timestamp = Some(d.uint()?),
+            2 => signature = Some(d.fixed::<64>()?),
+            k => return Err(DecodeError::UnknownKey(k)),
+        }
+    }
+    d.leave();
+    Ok(Auth {
+        timestamp: need(timestamp, 1)?,
+        signature: need(signature, 2)?,
+    })
+}
+
+/// A message as stored and returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Content hash.
+    pub hash: MessageHash,
+    /// Timestamp: the accepting node's time; with `hash`, the message's cursor position.
+    pub timestamp: UnixMillis,
+    /// Absolute expiry, Unix ms.
+    pub expiry: UnixMillis,
+    /// Message bytes.
+    pub data: Vec<u8>,
+}
+
+impl StoredMessage {
+    /// The message's position for cursors.
+    pub fn key(&self) -> CursorKey {
+        CursorKey {
+            timestamp: self.timestamp,
+            hash: self.hash,
+        }
+    }
+
+    /// Length of this message's encoding inside a `retrieve` response.
+    pub fn encoded_len(&self) -> usize {
+        Self::encoded_len_of(self.timestamp, self.expiry, self.data.len())
+    }
+
+    /// [`Self::encoded_len`] from the parts.
+    pub fn encoded_len_of(timestamp: UnixMillis, expiry: UnixMillis, data_len: usize) -> usize {
+        // map head, 4 one-byte keys, bstr(32), two uints, bstr(data).
+        1 + 4 + 34 + head_len(timestamp) + head_len(expiry) + head_len(data_len as u64) + data_len
+    }
+
+    fn encode_into(&self, e: &mut Encoder) {
+        e.map(4)
+            .uint(1)
+            .bytes(&self.hash.0)
+            .uint(2)
+            .uint(self.timestamp);
+        e.uint(3).uint(self.expiry).uint(4).bytes(&self.data);
+    }
+
+    fn decode(d: &mut Decoder<'_>) -> Result<Self, DecodeError> {
+        let f = Fields::read(d, 4, |k, d, f| match k {
+            1 => {
+                f.hashes = Some(vec![MessageHash(d.fixed()?)]);
+                Ok(())
+            }
+            2 => f.uint(d, 0),
+            3 => f.uint(d, 1),
+            4 => {
+                f.data = Some(d.bytes(MAX_DATA_BYTES)?.to_vec());
+                Ok(())
+            }
+            _ => Err(DecodeError::UnknownKey(k)),
+        })?;
+        let hash = need(f.hashes.and_then(|h| h.first().copied()), 1)?;
+        Ok(Self {
+            hash,
+            timestamp: need(f.uints[0], 2)?,
+            expiry: need(f.uints[1], 3)?,
+            data: need(f.data, 4)?,
+        })
+    }
+}
+
+/// `store` result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreResponse {
+    /// Content hash.
+    pub hash: MessageHash,
+    /// The message's timestamp (its cursor position with `hash`).
+    pub timestamp: UnixMillis,
+    /// Expiry now in force.
+    pub expiry: UnixMillis,
+    /// The message was already held (its expiry may have been extended).
+    pub duplicate: bool,
+}
+
+/// `retrieve` result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetrieveResponse {
+    /// Messages after the cursor, in (timestamp, hash) order.
+    pub messages: Vec<StoredMessage>,
+    /// A limit cut the page short: ask again after the last message.
+    pub more: bool,
+}
+
+/// `delete` result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeleteResponse {
+    /// Hashes that were held and are now deleted.
+    pub deleted: Vec<MessageHash>,
+}
+
+/// `delete_all` result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeleteAllResponse {
+    /// Number of messages deleted.
+    pub count: u64,
+}
+
+/// `expire` result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpireResponse {
+    /// Messages whose expiry was set, with the new expiry.
+    pub updated: Vec<(MessageHash, UnixMillis)>,
+}
+
+/// `info` result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InfoResponse {
+    /// [`PROTOCOL_VERSION`].
+    pub protocol: u64,
+    /// Node software and version, at most [`MAX_SOFTWARE_LEN`] bytes.
+    pub software: String,
+}
+
+/// `get_swarm` result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GetSwarmResponse {
+    /// Swarm id on the u64 ring.
+    pub swarm_id: u64,
+    /// Identity keys of the swarm's members.
+    pub members: Vec<NodeId>,
+}
+
+/// `roster` result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RosterResponse {
+    /// Version of the node's roster.
+    pub version: u64,
+    /// The signed roster, absent when not newer than the client's.
+    pub roster: Option<Vec<u8>>,
+}
+
+/// A response body, one variant per method.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResponseBody {
+    /// `store`.
+    Store(StoreResponse),
+    /// `retrieve`.
+    Retrieve(RetrieveResponse),
+    /// `delete`.
+    Delete(DeleteResponse),
+    /// `delete_all`.
+    DeleteAll(DeleteAllResponse),
+    /// `expire`.
+    Expire(ExpireResponse),
+    /// `info`.
+    Info(InfoResponse),
+    /// `get_swarm`.
+    GetSwarm(GetSwarmResponse),
+    /// `roster`.
+    Roster(RosterResponse),
+}
+
+impl ResponseBody {
+    /// The method this answers.
+    pub fn method(&self) -> Method {
+        match self {
+            ResponseBody::Store(_) => Method::Store,
+            ResponseBody::Retrieve(_) => Method::Retrieve,
+            ResponseBody::Delete(_) => Method::Delete,
+            ResponseBody::DeleteAll(_) => Method::DeleteAll,
+            ResponseBody::Expire(_) => Method::Expire,
+            ResponseBody::Info(_) => Method::Info,
+            ResponseBody::GetSwarm(_) => Method::GetSwarm,
+            ResponseBody::Roster(_) => Method::Roster,
+        }
+    }
+
+    fn encode_into(&self, e: &mut Encoder) {
+        match self {
+            ResponseBody::Store(r) => {
+                e.map(4).uint(1).bytes(&r.hash.0).uint(2).uint(r.timestamp);
+                e.uint(3).uint(r.expiry).uint(4).bool(r.duplicate);
+            }
+            ResponseBody::Retrieve(r) => {
+                e.map(2).uint(1).array(r.messages.len());
+                for m in &r.messages {
+                    m.encode_into(e);
+                }
+                e.uint(2).bool(r.more);
+            }
+            ResponseBody::Delete(r) => {
+                e.map(1).uint(1);
+                enc_hashes(e, &r.deleted);
+            }
+            ResponseBody::DeleteAll(r) => {
+                e.map(1).uint(1).uint(r.count);
+            }
+            ResponseBody::Expire(r) => {
+                e.map(1).uint(1).array(r.updated.len());
+                for (h, x) in &r.updated {
+                    e.array(2).bytes(&h.0).uint(*x);
+                }
+            }
+            ResponseBody::Info(r) => {
+                e.map(2).uint(1).uint(r.protocol).uint(2).text(&r.software);
+            }
+            ResponseBody::GetSwarm(r) => {
+                e.map(2)
+                    .uint(1)
+                    .uint(r.swarm_id)
+                    .uint(2)
+                    .array(r.members.len());
+                for m in &r.members {
+                    e.bytes(&m.0);
+                }
+            }
+            ResponseBody::Roster(r) => {
+                e.map(if r.roster.is_some() { 2 } else { 1 })
+                    .uint(1)
+                    .uint(r.version);
+                if let Some(b) = &r.roster {
+                    e.uint(2).bytes(b);
+                }
+            }
+        }
+    }
+
+    fn decode(method: Method, d: &mut Decoder<'_>) -> Result<Self, DecodeError> {
+        let n = d.map(4)?;
+        let mut prev = None;
+        let mut key = |d: &mut Decoder<'_>, want: u64| -> Result<(), DecodeError> {
+            match d.key(&mut prev)? {
+                k if k == want => Ok(()),
+                k if k < want => Err(DecodeError::UnknownKey(k)),
+                _ => Err(DecodeError::MissingKey(want)),
+            }
+        };
+        let expect_len = |want: &[usize]| {
+            if want.contains(&n) {
+                Ok(())
+            } else {
+                Err(DecodeError::InvalidValue("map size"))
+            }
+        };
+        let body = match method {
+            Method::Store => {
+                expect_len(&[4])?;
+                key(d, 1)?;
+                let hash = MessageHash(d.fixed()?);
+                key(d, 2)?;
+                let timestamp = d.uint()?;
+                key(d, 3)?;
+                let expiry = d.uint()?;
+                key(d, 4)?;
+                let duplicate = d.bool()?;
+                ResponseBody::Store(StoreResponse {
+                    hash,
+                    timestamp,
+                    expiry,
+                    duplicate,
+                })
+            }
+            Method::Retrieve => {
+                expect_len(&[2])?;
+                key(d, 1)?;
+                let k = d.array(MAX_RETRIEVE_COUNT.into())?;
+                let mut messages = Vec::with_capacity(k);
+                for _ in 0..k {
+                    messages.push(StoredMessage::decode(d)?);
+                }
+                d.leave();
+                key(d, 2)?;
+                ResponseBody::Retrieve(RetrieveResponse {
+                    messages,
+                    more: d.bool()?,
+                })
+            }
+            Method::Delete => {
+                expect_len(&[1])?;
+                key(d, 1)?;
+                ResponseBody::Delete(DeleteResponse {
+                    deleted: decode_hashes(d)?,
+                })
+            }
+            Method::DeleteAll => {
+                expect_len(&[1])?;
+                key(d, 1)?;
+                ResponseBody::DeleteAll(DeleteAllResponse { count: d.uint()? })
+            }
+            Method::Expire => {
+                expect_len(&[1])?;
+                key(d, 1)?;
+                let k = d.array(MAX_HASHES)?;
+                let mut updated = Vec::with_capacity(k);
+                for _ in 0..k {
+                    if d.array(2)? != 2 {
+                        return Err(DecodeError::InvalidValue("expire entry"));
+                    }
+                    updated.push((MessageHash(d.fixed()?), d.uint()?));
+                    d.leave();
+                }
+                d.leave();
+                ResponseBody::Expire(ExpireResponse { updated })
+            }
+            Method::Info => {
+                expect_len(&[2])?;
+                key(d, 1)?;
+                let protocol = d.uint()?;
+                key(d, 2)?;
+                let software = d.text(MAX_SOFTWARE_LEN)?.to_owned();
+                ResponseBody::Info(InfoResponse { protocol, software })
+            }
+            Method::GetSwarm => {
+                expect_len(&[2])?;
+                key(d, 1)?;
+                let swarm_id = d.uint()?;
+                key(d, 2)?;
+                let k = d.array(MAX_SWARM_MEMBERS)?;
+                let mut members = Vec::with_capacity(k);
+                for _ in 0..k {
+                    members.push(NodeId(d.fixed()?));
+                }
+                d.leave();
+                ResponseBody::GetSwarm(GetSwarmResponse { swarm_id, members })
+            }
+            Method::Roster => {
+                expect_len(&[1, 2])?;
+                key(d, 1)?;
+                let version = d.uint()?;
+                let roster = if n == 2 {
+                    key(d, 2)?;
+                    Some(d.bytes(MAX_ROSTER_BYTES)?.to_vec())
+                } else {
+                    None
+                };
+                ResponseBody::Roster(RosterResponse { version, roster })
+            }
+        };
+        d.leave();
+        Ok(body)
+    }
+}
+
+/// A response: the node's time always, then a status, and a body iff the status is `Ok`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// The node's clock when it answered, so a client can correct its own.
+    pub now: UnixMillis,
+    /// The body, or the refusal.
+    pub result: Result<ResponseBody, Status>,
+}
+
+impl Response {
+    /// A refusal. `Status::Ok` is not a refusal; it is mapped to `Internal`.
+    pub fn error(now: UnixMillis, status: Status) -> Self {
+        let status = if status == Status::Ok {
+            Status::Internal
+        } else {
+            status
+        };
+        Self {
+            now,
+            result: Err(status),
+        }
+    }
+
+    /// Canonical CBOR encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Encoder::with_capacity(64);
+        match &self.result {
+            Ok(b) => {
+                e.map(3).uint(1).uint(self.now).uint(2).uint(0).uint(3);
+                b.encode_into(&mut e);
+            }
+            Err(s) => {
+                e.map(2)
+                    .uint(1)
+                    .uint(self.now)
+                    .uint(2)
+                    .uint(s.code().into());
+            }
+        }
+        e.buf
+    }
+
+    /// Decodes the response to a request of `method`.
+    pub fn decode(bytes: &[u8], method: Method) -> Result<Self, DecodeError> {
+        if bytes.len() > MAX_RESPONSE_BYTES {
+            return Err(DecodeError::TooLarge {
+                len: bytes.len(),
+                max: MAX_RESPONSE_BYTES,
+            });
+        }
+        let mut d = Decoder::new(bytes);
+        let n = d.map(3)?;
+        let mut prev = None;
+        if n < 2 || d.key(&mut prev)? != 1 {
+            return Err(DecodeError::MissingKey(1));
+        }
+        let now = d.uint()?;
+        if d.key(&mut prev)? != 2 {
+            return Err(DecodeError::MissingKey(2));
+        }
+        let status = Status::from_code(d.uint()?)?;
+        let result = match (status, n) {
+            (Status::Ok, 3) => {
+                if d.key(&mut prev)? != 3 {
+                    return Err(DecodeError::MissingKey(3));
+                }
+                Ok(ResponseBody::decode(method, &mut d)?)
+            }
+            (Status::Ok, _) => return Err(DecodeError::MissingKey(3)),
+            (s, 2) => Err(s),
+            (_, _) => return Err(DecodeError::InvalidValue("body with error status")),
+        };
+        d.leave();
+        d.finish()?;
+        Ok(Self { now, result })
+    }
+}

@@ -1,0 +1,264 @@
+//! The retrieve cursor (whitepaper §7) against two real stores that receive the same messages
+//! at different times and in different orders: a client polling either member, in any order,
+//! never misses a message, and repeats are dropped by hash.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
+mod common;
+
+use allium_swarm::cursor::Cursor;
+use allium_swarm::proto::{INBOX, Mailbox, MessageHash, RetrieveResponse};
+use allium_swarm::store::ReplicaMessage;
+use allium_swarm::{NewMessage, RetrieveQuery, Store, StoreConfig};
+use common::{T0, key, mailbox, open};
+use proptest::prelude::*;
+use std::collections::{BTreeMap, HashSet};
+
+const D: u64 = 2_000; // replication bound
+const S: u64 = 500; // clock skew bound
+const TTL: u64 = 3_600_000;
+
+struct Member {
+    store: Store,
+    skew: i64,
+}
+
+impl Member {
+    fn clock(&self, t: u64) -> u64 {
+        t.saturating_add_signed(self.skew)
+    }
+}
+
+/// One polling round at `m` at true time `t`, paging with `limit`; feeds the cursor.
+fn poll(
+    m: &Member,
+    mb: Mailbox,
+    cursor: &mut Cursor,
+    t: u64,
+    limit: usize,
+    seen: &mut Vec<MessageHash>,
+) -> usize {
+    let mut repeats = 0;
+    loop {
+        let now = m.clock(t);
+        let q = RetrieveQuery {
+            mailbox: mb,
+            namespace: INBOX,
+            after: cursor.after(),
+            max_count: limit,
+            max_bytes: usize::MAX,
+        };
+        let page = m.store.retrieve(&q, now).unwrap();
+        let n = page.messages.len();
+        let fresh = cursor.accept(
+            now,
+            &RetrieveResponse {
+                messages: page.messages,
+                more: page.more,
+            },
+        );
+        repeats += n - fresh.len();
+        seen.extend(fresh.iter().map(|m| m.hash));
+        if !page.more {
+            return repeats;
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Event {
+    /// A client stores message `id` at member `at`; it reaches the other member `delay` later.
+    Store { at: usize, delay: u64 },
+    /// The owner polls member `at` with page size `limit`.
+    Poll { at: usize, limit: usize },
+}
+
+fn event() -> impl Strategy<Value = (u64, Event)> {
+    let gap = 0..1_500u64;
+    prop_oneof![
+        (gap.clone(), 0..2usize, 0..=D).prop_map(|(g, at, delay)| (g, Event::Store { at, delay })),
+        (gap, 0..2usize, 1..4usize).prop_map(|(g, at, limit)| (g, Event::Poll { at, limit })),
+    ]
+}
+
+fn simulate(skew_b: i64, events: Vec<(u64, Event)>, overlap: u64) -> (usize, usize, usize) {
+    let (_da, a) = open(StoreConfig {
+        overlap_ms: D + S,
+        ..StoreConfig::default()
+    });
+    let (_db, b) = open(StoreConfig {
+        overlap_ms: D + S,
+        ..StoreConfig::default()
+    });
+    let members = [
+        Member { store: a, skew: 0 },
+        Member {
+            store: b,
+            skew: skew_b,
+        },
+    ];
+    let mb = mailbox(&key(1));
+    let mut cursor = Cursor::new(overlap);
+    let mut seen = Vec::new();
+    let mut repeats = 0;
+    let mut all = HashSet::new();
+    // Pending replications, by true delivery time.
+    let mut pending: BTreeMap<(u64, u64), (usize, ReplicaMessage)> = BTreeMap::new();
+    let mut t = T0;
+    let mut id = 0u64;
+    let deliver = |until: u64, pending: &mut BTreeMap<(u64, u64), (usize, ReplicaMessage)>| {
+        while let Some((&(when, _), _)) = pending.first_key_value() {
+            if when > until {
+                break;
+            }
+            let ((when, _), (to, msg)) = pending.pop_first().unwrap();
+            let m = &members[to];
+            m.store.store_replica(msg, m.clock(when)).unwrap();
+        }
+    };
+    for (gap, ev) in events {
+        t += gap;
+        deliver(t, &mut pending);
+        match ev {
+            Event::Store { at, delay } => {
+                let data = id.to_be_bytes().to_vec();
+                id += 1;
+                let m = &members[at];
+                let r = m
+                    .store
+                    .store(
+                        NewMessage {
+                            mailbox: mb,
+                            namespace: INBOX,
+                            ttl_ms: TTL,
+                            data: data.clone(),
+                        },
+                        m.clock(t),
+                    )
+                    .unwrap();
+                all.insert(r.hash);
+                let replica = ReplicaMessage {
+                    mailbox: mb,
+                    namespace: INBOX,
+                    timestamp: r.timestamp,
+                    expiry: r.expiry,
+                    data,
+                };
+                pending.insert((t + delay, id), (1 - at, replica));
+            }
+            Event::Poll { at, limit } => {
+                repeats += poll(&members[at], mb, &mut cursor, t, limit, &mut seen)
+            }
+        }
+    }
+    // Let replication finish, then one more poll at each member, in a fixed order.
+    t += D + 1;
+    deliver(u64::MAX, &mut pending);
+    repeats += poll(&members[0], mb, &mut cursor, t, 2, &mut seen);
+    repeats += poll(&members[1], mb, &mut cursor, t + 1, 2, &mut seen);
+    let unique: HashSet<_> = seen.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        seen.len(),
+        "the cursor handed a message out twice"
+    );
+    let missed = all.difference(&unique).count();
+    (missed, repeats, all.len())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+    /// With overlap = D + S, no message is ever missed, whatever the order of polls and
+    /// deliveries; the final polls at either member return nothing new that was missed earlier.
+    #[test]
+    fn no_message_is_missed(skew in -(S as i64)..=(S as i64), events in proptest::collection::vec(event(), 1..40)) {
+        let (missed, _repeats, _total) = simulate(skew, events, D + S);
+        prop_assert_eq!(missed, 0);
+    }
+}
+
+/// The overlap is what makes it work: the same schedule with no overlap loses a message that
+/// reached the polled member late (the test can fail).
+#[test]
+fn without_overlap_a_late_replica_is_missed() {
+    let schedule = vec![
+        (
+            0,
+            Event::Store {
+                at: 0,
+                delay: 1_500,
+            },
+        ), // at A at t0, reaches B at t0 + 1.5 s
+        (1_000, Event::Poll { at: 1, limit: 10 }), // B polled before the replica arrives
+    ];
+    // Polling B moves a zero-overlap cursor past the message's timestamp; the final polls at A
+    // and B then start after it.
+    let (missed, _, _) = simulate(0, schedule.clone(), 0);
+    assert_eq!(missed, 1);
+    let (missed, _, _) = simulate(0, schedule, D + S);
+    assert_eq!(missed, 0);
+}
+
+/// A replica that arrives later than D + S is filed at `now - (D + S)` at that member, so a client that
+/// polls only that member still sees it.
+#[test]
+fn late_replica_is_refiled_and_seen() {
+    let (_d, b) = open(StoreConfig {
+        overlap_ms: D + S,
+        ..StoreConfig::default()
+    });
+    let mb = mailbox(&key(1));
+    let member = Member { store: b, skew: 0 };
+    let mut cursor = Cursor::new(D + S);
+    let mut seen = Vec::new();
+    poll(&member, mb, &mut cursor, T0 + 10_000, 5, &mut seen);
+    // Accepted elsewhere at T0, arrives here at T0 + 20 s: ten times the bound late.
+    let replica = ReplicaMessage {
+        mailbox: mb,
+        namespace: INBOX,
+        timestamp: T0,
+        expiry: T0 + TTL,
+        data: b"late".to_vec(),
+    };
+    let r = member.store.store_replica(replica, T0 + 20_000).unwrap();
+    assert_eq!(r.timestamp, T0 + 20_000 - (D + S));
+    poll(&member, mb, &mut cursor, T0 + 20_001, 5, &mut seen);
+    assert_eq!(seen.len(), 1);
+}
+
+/// Repeats are bounded: polling the same member again and again, with no new messages, returns
+/// each message at most until the cursor passes it, i.e. within `overlap` of node time.
+#[test]
+fn repeats_stop_after_the_overlap() {
+    let (_d, a) = open(StoreConfig::default());
+    let mb = mailbox(&key(1));
+    let member = Member { store: a, skew: 0 };
+    for i in 0..5u8 {
+        member
+            .store
+            .store(
+                NewMessage {
+                    mailbox: mb,
+                    namespace: INBOX,
+                    ttl_ms: TTL,
+                    data: vec![i],
+                },
+                T0 + u64::from(i),
+            )
+            .unwrap();
+    }
+    let mut cursor = Cursor::new(D + S);
+    let mut seen = Vec::new();
+    assert_eq!(poll(&member, mb, &mut cursor, T0 + 10, 2, &mut seen), 0);
+    assert_eq!(seen.len(), 5);
+    // Within the overlap the messages come back (and are dropped as repeats)…
+    assert_eq!(poll(&member, mb, &mut cursor, T0 + 100, 2, &mut seen), 5);
+    // …once a round starts after their timestamp + overlap, the next one no longer returns them.
+    poll(&member, mb, &mut cursor, T0 + 10 + D + S, 2, &mut seen);
+    assert_eq!(
+        poll(&member, mb, &mut cursor, T0 + 20 + D + S, 2, &mut seen),
+        0
+    );
+    assert_eq!(seen.len(), 5);
+    assert!(cursor.remembered() <= 5);
+}
