@@ -1,11 +1,14 @@
 #![doc = include_str!("../README.md")]
 
+pub mod assign;
 pub mod auth;
 mod cbor;
 pub mod crypto;
 pub mod cursor;
 pub mod error;
+pub mod network;
 pub mod proto;
+pub mod roster;
 pub mod service;
 pub mod store;
 pub mod time;

@@ -1,0 +1,1118 @@
+//! The network file, descriptors, the signed roster, directory messages and swarm assignment
+//! (whitepaper `roster.md`). `ALLIUM_WRITE_VECTORS=1 cargo test -p allium-swarm --test roster`
+//! rewrites `whitepaper/vectors/roster.json` (review the diff: a change is a protocol change).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+
+use allium_onion::{Epoch, IdentityKeypair, OnionKeyCert, OnionSecretKey};
+use allium_swarm::assign::{
+    NodeKey, assign, fold_mailbox, min_members, moved, nearest_swarm, ring_distance,
+};
+use allium_swarm::error::DecodeError;
+use allium_swarm::network::{NetworkError, NetworkFile};
+use allium_swarm::roster::*;
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+const VECTORS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../whitepaper/vectors/roster.json"
+);
+const NOW: u64 = 1_700_000_000;
+
+// ---- helpers ---------------------------------------------------------------------------------
+
+fn kp(seed: u8) -> IdentityKeypair {
+    IdentityKeypair::from_seed(&[seed; 32])
+}
+
+fn cert(id: &IdentityKeypair, epoch: u32, onion_seed: u8) -> OnionKeyCert {
+    OnionKeyCert::sign(
+        id,
+        &OnionSecretKey::from_bytes(Epoch(epoch), &[onion_seed; 32]),
+    )
+}
+
+fn descriptor(seed: u8) -> Descriptor {
+    let id = kp(seed);
+    Descriptor {
+        identity: id.public(),
+        addresses: vec![
+            format!("10.{seed}.0.1:4433").parse().unwrap(),
+            "[2001:db8::1]:4433".parse().unwrap(),
+        ],
+        onion_keys: vec![cert(&id, 100, seed ^ 0x55), cert(&id, 101, seed ^ 0xaa)],
+        software: "allium-node/0.1.0".into(),
+        published_at: NOW,
+    }
+}
+
+fn hexkey(k: &IdentityKeypair) -> String {
+    hex::encode(k.public().as_bytes())
+}
+
+fn network_toml(authorities: &[&IdentityKeypair], threshold: u64) -> String {
+    let mut s = String::from("# test network\nname = \"allium-devnet\"\n");
+    for (i, a) in authorities.iter().enumerate() {
+        s += &format!(
+            "[[authority]]\nidentity = \"{}\"\naddress = \"127.0.0.1:{}\"\n",
+            hexkey(a),
+            4433 + i
+        );
+    }
+    s += &format!(
+        "[params]\nswarm_size = 3\nmin_ttl_secs = 10\nmax_ttl_secs = 1209600\nepoch_secs = 3600\n\
+         allow_same_subnet = false\nroster_threshold = {threshold}\n"
+    );
+    s
+}
+
+fn network(authorities: &[&IdentityKeypair], threshold: u64) -> NetworkFile {
+    NetworkFile::from_toml(&network_toml(authorities, threshold)).unwrap()
+}
+
+/// A roster of the nodes with seeds `seeds`, assigned from scratch with swarm size 3.
+fn roster(name: &str, version: u64, seeds: &[u8]) -> Roster {
+    let descs: Vec<Descriptor> = seeds.iter().map(|s| descriptor(*s)).collect();
+    let keys: Vec<NodeKey> = descs.iter().map(|d| d.identity.to_bytes()).collect();
+    let a = assign(&BTreeMap::new(), &keys, 3);
+    let nodes = descs
+        .iter()
+        .map(|d| NodeEntry::from_descriptor(d, a[&d.identity.to_bytes()]))
+        .collect();
+    Roster::new(name, version, NOW, 3, nodes).unwrap()
+}
+
+/// Minimal CBOR writer for hand-made (possibly invalid) test inputs.
+fn head(major: u8, v: u64, out: &mut Vec<u8>) {
+    let m = major << 5;
+    match v {
+        0..=23 => out.push(m | v as u8),
+        24..=0xff => out.extend([m | 24, v as u8]),
+        0x100..=0xffff => {
+            out.push(m | 25);
+            out.extend((v as u16).to_be_bytes());
+        }
+        0x1_0000..=0xffff_ffff => {
+            out.push(m | 26);
+            out.extend((v as u32).to_be_bytes());
+        }
+        _ => {
+            out.push(m | 27);
+            out.extend(v.to_be_bytes());
+        }
+    }
+}
+
+fn bstr(b: &[u8], out: &mut Vec<u8>) {
+    head(2, b.len() as u64, out);
+    out.extend_from_slice(b);
+}
+
+/// `{0: body, 1: [{0: id, 1: sig}...]}`.
+fn envelope(body: &[u8], sigs: &[([u8; 32], [u8; 64])]) -> Vec<u8> {
+    let mut out = vec![0xa2, 0x00];
+    bstr(body, &mut out);
+    out.push(0x01);
+    head(4, sigs.len() as u64, &mut out);
+    for (id, sig) in sigs {
+        out.extend([0xa2, 0x00]);
+        bstr(id, &mut out);
+        out.push(0x01);
+        bstr(sig, &mut out);
+    }
+    out
+}
+
+fn roster_sig(k: &IdentityKeypair, body: &[u8]) -> ([u8; 32], [u8; 64]) {
+    (
+        k.public().to_bytes(),
+        k.sign(&[ROSTER_DOMAIN, body].concat()),
+    )
+}
+
+/// The roster body with its node entries replaced by `entries` (each an encoded node entry).
+fn with_entries(r: &Roster, entries: &[Vec<u8>]) -> Vec<u8> {
+    let empty = Roster::new(
+        r.network(),
+        r.version(),
+        r.published_at(),
+        r.swarm_size(),
+        vec![],
+    )
+    .unwrap()
+    .encode();
+    let mut out = empty[..empty.len() - 1].to_vec();
+    head(4, entries.len() as u64, &mut out);
+    for e in entries {
+        out.extend_from_slice(e);
+    }
+    out
+}
+
+/// The encoded node entries of `r`, in order.
+fn entries_of(r: &Roster) -> Vec<Vec<u8>> {
+    r.nodes()
+        .iter()
+        .map(|n| {
+            let one = Roster::new(
+                r.network(),
+                r.version(),
+                r.published_at(),
+                r.swarm_size(),
+                vec![n.clone()],
+            )
+            .unwrap()
+            .encode();
+            let empty = with_entries(r, &[]);
+            one[empty.len()..].to_vec()
+        })
+        .collect()
+}
+
+fn replace(haystack: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let pos = haystack
+        .windows(from.len())
+        .position(|w| w == from)
+        .unwrap();
+    let mut out = haystack.to_vec();
+    out[pos..pos + from.len()].copy_from_slice(to);
+    out
+}
+
+// ---- network file ----------------------------------------------------------------------------
+
+#[test]
+fn network_file_round_trips_and_fingerprints() {
+    let (a, b) = (kp(0xa0), kp(0xa1));
+    let n = network(&[&a, &b], 2);
+    assert_eq!(n.name(), "allium-devnet");
+    assert_eq!(n.authorities().len(), 2);
+    assert_eq!(n.params().swarm_size, 3);
+    assert_eq!(n.params().roster_threshold, 2);
+    let again = NetworkFile::from_toml(&n.to_toml()).unwrap();
+    assert_eq!(again, n);
+    assert_eq!(again.fingerprint(), n.fingerprint());
+    // Authority order and layout do not change the fingerprint; any parameter does.
+    let mut reversed = n.authorities().to_vec();
+    reversed.reverse();
+    let r = NetworkFile::new(n.name(), reversed, *n.params()).unwrap();
+    assert_ne!(r.to_toml(), n.to_toml());
+    assert_eq!(r.fingerprint(), n.fingerprint());
+    assert_ne!(network(&[&a, &b], 1).fingerprint(), n.fingerprint());
+    assert_eq!(n.fingerprint_hex().len(), 64);
+    assert!(n.authority(&a.public()).is_some());
+    assert!(n.authority(&kp(1).public()).is_none());
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("network.toml");
+    std::fs::write(&path, n.to_toml()).unwrap();
+    assert_eq!(NetworkFile::load(&path).unwrap(), n);
+    assert!(matches!(
+        NetworkFile::load(&dir.path().join("absent")),
+        Err(NetworkError::Io { .. })
+    ));
+}
+
+#[test]
+fn network_file_errors_name_the_key() {
+    let a = kp(0xa0);
+    let good = network_toml(&[&a], 1);
+    let err = |text: &str| NetworkFile::from_toml(text).unwrap_err();
+    let syntax = |text: &str, word: &str| match err(text) {
+        NetworkError::Syntax(m) => assert!(m.contains(word), "{m:?} lacks {word:?}"),
+        e => panic!("expected a syntax error naming {word}, got {e:?}"),
+    };
+    syntax(
+        &good.replace("swarm_size = 3", "swarm_size = 3\nswarm_szie = 4"),
+        "swarm_szie",
+    );
+    syntax(&format!("colour = 1\n{good}"), "colour");
+    syntax(&good.replace("address =", "port = 1\naddress ="), "port");
+    syntax(&good.replace("epoch_secs = 3600\n", ""), "epoch_secs");
+    syntax(
+        &good.replace("swarm_size = 3", "swarm_size = \"3\""),
+        "swarm_size",
+    );
+    syntax("name = ", "");
+
+    assert!(matches!(
+        err(&good.replace("allium-devnet", "Allium")),
+        NetworkError::BadName
+    ));
+    assert!(matches!(
+        err(&good.replace("allium-devnet", "")),
+        NetworkError::BadName
+    ));
+    let no_auth: String = good
+        .lines()
+        .filter(|l| {
+            !l.contains("identity") && !l.contains("address") && !l.contains("[[authority]]")
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(matches!(err(&no_auth), NetworkError::NoAuthority));
+    let bad_key = good.replace(&hexkey(&a), &"zz".repeat(32));
+    assert!(matches!(
+        err(&bad_key),
+        NetworkError::BadAuthorityKey { index: 0 }
+    ));
+    let short_key = good.replace(&hexkey(&a), "abcd");
+    assert!(matches!(
+        err(&short_key),
+        NetworkError::BadAuthorityKey { index: 0 }
+    ));
+    for addr in [
+        "localhost:4433",
+        "127.0.0.1",
+        "127.0.0.1:0",
+        "0.0.0.0:1",
+        "::1:4433",
+    ] {
+        let t = good.replace("127.0.0.1:4433", addr);
+        assert!(
+            matches!(err(&t), NetworkError::BadAuthorityAddress { index: 0, .. }),
+            "{addr}"
+        );
+    }
+    let dup = network_toml(&[&a, &a], 1);
+    assert!(matches!(
+        err(&dup),
+        NetworkError::DuplicateAuthority { index: 1 }
+    ));
+    let range = |from: &str, to: &str, key: &str| match err(&good.replace(from, to)) {
+        NetworkError::OutOfRange { key: k, .. } => assert_eq!(k, key),
+        e => panic!("{to}: {e:?}"),
+    };
+    range(
+        "roster_threshold = 1",
+        "roster_threshold = 0",
+        "roster_threshold",
+    );
+    range(
+        "roster_threshold = 1",
+        "roster_threshold = 2",
+        "roster_threshold",
+    );
+    range("swarm_size = 3", "swarm_size = 0", "swarm_size");
+    range("swarm_size = 3", "swarm_size = 33", "swarm_size");
+    range(
+        "min_ttl_secs = 10",
+        "min_ttl_secs = 2000000",
+        "max_ttl_secs",
+    );
+    range("min_ttl_secs = 10", "min_ttl_secs = 0", "min_ttl_secs");
+    range("epoch_secs = 3600", "epoch_secs = 0", "epoch_secs");
+    // The messages are readable.
+    let m = err(&good.replace("swarm_size = 3", "swarm_size = 40")).to_string();
+    assert!(m.contains("params.swarm_size") && m.contains("40"), "{m}");
+}
+
+// ---- descriptors -----------------------------------------------------------------------------
+
+#[test]
+fn descriptor_round_trips() {
+    let d = descriptor(1);
+    let signed = SignedDescriptor::sign(&kp(1), &d).unwrap();
+    let bytes = signed.encode();
+    assert_eq!(
+        SignedDescriptor::decode_and_verify(&bytes, NOW, 60).unwrap(),
+        d
+    );
+    assert_eq!(Descriptor::decode(signed.descriptor_bytes()).unwrap(), d);
+    assert_eq!(d.encode(), signed.descriptor_bytes());
+}
+
+#[test]
+fn descriptor_refusals() {
+    let d = descriptor(1);
+    let good = SignedDescriptor::sign(&kp(1), &d).unwrap();
+    let body = good.descriptor_bytes().to_vec();
+    let wrap = |body: &[u8], sig: &[u8]| {
+        let mut out = vec![0xa2, 0x00];
+        bstr(body, &mut out);
+        out.push(0x01);
+        bstr(sig, &mut out);
+        out
+    };
+    let sig = kp(1).sign(&[DESCRIPTOR_DOMAIN, &body].concat());
+    assert_eq!(wrap(&body, &sig), good.encode());
+    let check = |b: &[u8]| SignedDescriptor::decode_and_verify(b, NOW, 60);
+
+    // Signed by another key, a flipped signature bit, no domain string.
+    let other = kp(2).sign(&[DESCRIPTOR_DOMAIN, &body].concat());
+    assert_eq!(check(&wrap(&body, &other)), Err(RosterError::BadSignature));
+    let mut flipped = sig;
+    flipped[10] ^= 1;
+    assert_eq!(
+        check(&wrap(&body, &flipped)),
+        Err(RosterError::BadSignature)
+    );
+    assert_eq!(
+        check(&wrap(&body, &kp(1).sign(&body))),
+        Err(RosterError::BadSignature)
+    );
+
+    // A certificate by another identity, properly signed by the node.
+    let mut foreign = d.clone();
+    foreign.onion_keys[1] = cert(&kp(2), 101, 9);
+    assert_eq!(
+        SignedDescriptor::sign(&kp(1), &foreign),
+        Err(RosterError::CertIdentityMismatch)
+    );
+    let fb = foreign.encode();
+    let fsig = kp(1).sign(&[DESCRIPTOR_DOMAIN, &fb].concat());
+    assert_eq!(
+        check(&wrap(&fb, &fsig)),
+        Err(RosterError::CertIdentityMismatch)
+    );
+
+    // A certificate that does not verify.
+    let c = d.onion_keys[0].to_bytes();
+    let mut bad_c = c;
+    bad_c[100] ^= 1;
+    let bb = replace(&body, &c, &bad_c);
+    let bsig = kp(1).sign(&[DESCRIPTOR_DOMAIN, &bb].concat());
+    assert_eq!(check(&wrap(&bb, &bsig)), Err(RosterError::BadCert));
+
+    // Published too far ahead; exactly at the skew is fine.
+    let mut future = d.clone();
+    future.published_at = NOW + 61;
+    let fut = SignedDescriptor::sign(&kp(1), &future).unwrap().encode();
+    assert!(matches!(check(&fut), Err(RosterError::FromFuture { .. })));
+    assert!(SignedDescriptor::decode_and_verify(&fut, NOW + 1, 60).is_ok());
+
+    // Signing with the wrong key, and the shape rules.
+    assert_eq!(
+        SignedDescriptor::sign(&kp(2), &d),
+        Err(RosterError::WrongSigner)
+    );
+    let mut e = d.clone();
+    e.addresses.clear();
+    assert_eq!(
+        SignedDescriptor::sign(&kp(1), &e),
+        Err(RosterError::Count("addresses"))
+    );
+    let mut e = d.clone();
+    e.addresses.push(e.addresses[0]);
+    assert_eq!(
+        SignedDescriptor::sign(&kp(1), &e),
+        Err(RosterError::BadAddress)
+    );
+    let mut e = d.clone();
+    e.onion_keys.reverse();
+    assert_eq!(
+        SignedDescriptor::sign(&kp(1), &e),
+        Err(RosterError::CertOrder)
+    );
+    let mut e = d.clone();
+    e.software = "x".repeat(65);
+    assert_eq!(
+        SignedDescriptor::sign(&kp(1), &e),
+        Err(RosterError::Invalid("software"))
+    );
+
+    // Truncated, trailing, garbage.
+    let bytes = good.encode();
+    for n in 0..bytes.len() {
+        assert!(check(&bytes[..n]).is_err(), "prefix {n} accepted");
+    }
+    let mut trailing = bytes.clone();
+    trailing.push(0);
+    assert_eq!(
+        check(&trailing),
+        Err(RosterError::Decode(DecodeError::TrailingBytes))
+    );
+    assert!(matches!(
+        check(&vec![0u8; MAX_SIGNED_DESCRIPTOR_BYTES + 1]),
+        Err(RosterError::Decode(DecodeError::TooLarge { .. }))
+    ));
+}
+
+// ---- rosters ---------------------------------------------------------------------------------
+
+#[test]
+fn roster_round_trips_and_answers_lookups() {
+    let auth = kp(0xa0);
+    let net = network(&[&auth], 1);
+    let r = roster("allium-devnet", 7, &[1, 2, 3, 4, 5, 6, 7]);
+    let signed = r.sign(&[&auth]).unwrap();
+    let bytes = signed.encode();
+    let got = SignedRoster::decode_and_verify(&bytes, &net, None).unwrap();
+    assert_eq!(got, r);
+    assert_eq!(SignedRoster::decode(&bytes).unwrap(), signed);
+    assert_eq!(got.version(), 7);
+    assert_eq!(got.nodes().len(), 7);
+    assert!(
+        got.nodes()
+            .windows(2)
+            .all(|w| w[0].identity.as_bytes() < w[1].identity.as_bytes())
+    );
+
+    // 7 nodes, size 3: two swarms of 3 and 4.
+    let swarms = got.swarms();
+    assert_eq!(swarms.len(), 2);
+    assert_eq!(swarms.values().map(Vec::len).sum::<usize>(), 7);
+    let ids: BTreeSet<u64> = swarms.keys().copied().collect();
+    for i in 0..200u8 {
+        let mailbox = [i.wrapping_mul(37); 32].map(|b| b ^ i);
+        let id = got.swarm_for(&mailbox).unwrap();
+        let p = fold_mailbox(&mailbox);
+        let best = ids
+            .iter()
+            .min_by_key(|s| (ring_distance(**s, p), **s))
+            .unwrap();
+        assert_eq!(id, *best);
+        let members = got.members_for(&mailbox);
+        assert_eq!(members.len(), swarms[&id].len());
+        assert!(members.iter().all(|m| m.swarm == id));
+    }
+
+    let d3 = descriptor(3);
+    let entry = got.node(&d3.identity).unwrap();
+    assert_eq!(entry.addresses, d3.addresses);
+    assert_eq!(
+        got.onion_key(&d3.identity, Epoch(101)),
+        Some(*d3.onion_keys[1].onion_key())
+    );
+    assert_eq!(got.onion_key(&d3.identity, Epoch(102)), None);
+    assert_eq!(got.onion_key(&kp(99).public(), Epoch(100)), None);
+    assert!(got.node(&kp(99).public()).is_none());
+
+    // Empty roster: no swarm.
+    let empty = Roster::new("allium-devnet", 1, NOW, 3, vec![]).unwrap();
+    let e = SignedRoster::decode_and_verify(&empty.sign(&[&auth]).unwrap().encode(), &net, None)
+        .unwrap();
+    assert_eq!(e.swarm_for(&[0; 32]), None);
+    assert!(e.members_for(&[0; 32]).is_empty());
+}
+
+#[test]
+fn roster_signature_refusals() {
+    let (a, b, stranger) = (kp(0xa0), kp(0xa1), kp(0xee));
+    let one = network(&[&a], 1);
+    let two = network(&[&a, &b], 2);
+    let r = roster("allium-devnet", 3, &[1, 2, 3]);
+    let body = r.encode();
+    let verify =
+        |bytes: &[u8], net: &NetworkFile| SignedRoster::decode_and_verify(bytes, net, None);
+
+    assert_eq!(
+        verify(&envelope(&body, &[]), &one),
+        Err(RosterError::Unsigned)
+    );
+    let mut bad = roster_sig(&a, &body);
+    bad.1[0] ^= 1;
+    assert_eq!(
+        verify(&envelope(&body, &[bad]), &one),
+        Err(RosterError::BadSignature)
+    );
+    // Signed over the body without the domain string.
+    let nodomain = (a.public().to_bytes(), a.sign(&body));
+    assert_eq!(
+        verify(&envelope(&body, &[nodomain]), &one),
+        Err(RosterError::BadSignature)
+    );
+    assert_eq!(
+        verify(&envelope(&body, &[roster_sig(&stranger, &body)]), &one),
+        Err(RosterError::UnknownAuthority)
+    );
+    // Unknown signatures are ignored, not counted.
+    assert!(
+        verify(
+            &envelope(
+                &body,
+                &[roster_sig(&stranger, &body), roster_sig(&a, &body)]
+            ),
+            &one
+        )
+        .is_ok()
+    );
+
+    // Threshold 2 of 2.
+    let sa = roster_sig(&a, &body);
+    let sb = roster_sig(&b, &body);
+    assert_eq!(
+        verify(&envelope(&body, &[sa]), &two),
+        Err(RosterError::BelowThreshold {
+            valid: 1,
+            needed: 2
+        })
+    );
+    assert_eq!(
+        verify(&envelope(&body, &[sa, sa]), &two),
+        Err(RosterError::BelowThreshold {
+            valid: 1,
+            needed: 2
+        })
+    );
+    assert_eq!(
+        verify(&envelope(&body, &[sa, roster_sig(&stranger, &body)]), &two),
+        Err(RosterError::BelowThreshold {
+            valid: 1,
+            needed: 2
+        })
+    );
+    let mut bad_b = sb;
+    bad_b.1[5] ^= 1;
+    assert_eq!(
+        verify(&envelope(&body, &[sa, bad_b]), &two),
+        Err(RosterError::BadSignature)
+    );
+    // A second, broken signature by an authority that already signed validly is ignored.
+    assert_eq!(verify(&envelope(&body, &[sa, bad, sb]), &two).unwrap(), r);
+    assert_eq!(verify(&envelope(&body, &[sb, sa]), &two).unwrap(), r);
+    assert_eq!(
+        verify(&r.sign(&[&a, &b]).unwrap().encode(), &two).unwrap(),
+        r
+    );
+    // Co-signing: one authority signs, the other adds its signature to the decoded envelope.
+    let mut co = SignedRoster::decode(&r.sign(&[&a]).unwrap().encode()).unwrap();
+    co.add_signature(&b).unwrap();
+    co.add_signature(&b).unwrap();
+    assert_eq!(co.signatures().len(), 2);
+    assert_eq!(verify(&co.encode(), &two).unwrap(), r);
+    assert_eq!(r.sign(&[]), Err(RosterError::SignatureCount));
+}
+
+#[test]
+fn roster_content_refusals() {
+    let a = kp(0xa0);
+    let net = network(&[&a], 1);
+    let signed = |body: &[u8]| envelope(body, &[roster_sig(&a, body)]);
+
+    // Another network's roster, properly signed.
+    let other = roster("other-net", 3, &[1, 2, 3]);
+    assert!(matches!(
+        SignedRoster::decode_and_verify(&signed(&other.encode()), &net, None),
+        Err(RosterError::WrongNetwork { .. })
+    ));
+
+    // Versions: older refused, equal and newer accepted.
+    let r = roster("allium-devnet", 5, &[1, 2, 3]);
+    let bytes = signed(&r.encode());
+    assert_eq!(
+        SignedRoster::decode_and_verify(&bytes, &net, Some(6)),
+        Err(RosterError::Outdated { held: 6, got: 5 })
+    );
+    assert!(SignedRoster::decode_and_verify(&bytes, &net, Some(5)).is_ok());
+    assert!(SignedRoster::decode_and_verify(&bytes, &net, Some(4)).is_ok());
+
+    // A node listed twice, and nodes out of order.
+    let entries = entries_of(&r);
+    let dup = with_entries(
+        &r,
+        &[entries[0].clone(), entries[0].clone(), entries[1].clone()],
+    );
+    assert!(matches!(
+        SignedRoster::decode_and_verify(&signed(&dup), &net, None),
+        Err(RosterError::DuplicateIdentity(_))
+    ));
+    let unsorted = with_entries(&r, &[entries[1].clone(), entries[0].clone()]);
+    assert_eq!(
+        SignedRoster::decode_and_verify(&signed(&unsorted), &net, None),
+        Err(RosterError::Unsorted)
+    );
+    assert_eq!(with_entries(&r, &entries), r.encode());
+    let mut twice = r.nodes().to_vec();
+    twice.push(twice[0].clone());
+    assert!(matches!(
+        Roster::new("allium-devnet", 1, NOW, 3, twice),
+        Err(RosterError::DuplicateIdentity(_))
+    ));
+
+    // A certificate that does not verify, and one by another node (valid in itself).
+    let n0 = &r.nodes()[0];
+    let c = n0.onion_keys[0].to_bytes();
+    let mut bad_c = c;
+    bad_c[70] ^= 1;
+    let body = replace(&r.encode(), &c, &bad_c);
+    assert_eq!(
+        SignedRoster::decode_and_verify(&signed(&body), &net, None),
+        Err(RosterError::BadCert)
+    );
+    let foreign = cert(&kp(0x42), 100, 1).to_bytes();
+    let body = replace(&r.encode(), &c, &foreign);
+    assert_eq!(
+        SignedRoster::decode_and_verify(&signed(&body), &net, None),
+        Err(RosterError::CertIdentityMismatch)
+    );
+    let mut e = n0.clone();
+    e.onion_keys[0] = cert(&kp(0x42), 100, 1);
+    assert_eq!(
+        Roster::new("allium-devnet", 1, NOW, 3, vec![e]),
+        Err(RosterError::CertIdentityMismatch)
+    );
+
+    // A swarm size out of range.
+    let mut body = r.encode();
+    let pos = body.windows(2).position(|w| w == [0x03, 0x03]).unwrap();
+    body[pos + 1] = 0x00;
+    assert_eq!(
+        SignedRoster::decode_and_verify(&signed(&body), &net, None),
+        Err(RosterError::Decode(DecodeError::InvalidValue("swarm size")))
+    );
+}
+
+#[test]
+fn roster_refuses_truncated_garbage_and_oversized_input() {
+    let a = kp(0xa0);
+    let net = network(&[&a], 1);
+    let r = roster("allium-devnet", 1, &[1, 2, 3, 4]);
+    let bytes = r.sign(&[&a]).unwrap().encode();
+    for n in 0..bytes.len() {
+        assert!(
+            SignedRoster::decode_and_verify(&bytes[..n], &net, None).is_err(),
+            "prefix {n}"
+        );
+    }
+    let mut trailing = bytes.clone();
+    trailing.push(0);
+    assert_eq!(
+        SignedRoster::decode_and_verify(&trailing, &net, None),
+        Err(RosterError::Decode(DecodeError::TrailingBytes))
+    );
+    assert!(matches!(
+        SignedRoster::decode_and_verify(&vec![0xa2; MAX_SIGNED_ROSTER_BYTES + 1], &net, None),
+        Err(RosterError::Decode(DecodeError::TooLarge { .. }))
+    ));
+    // A node array that claims more entries than the limit.
+    let mut body = with_entries(&r, &[]);
+    body.pop();
+    head(4, MAX_NODES as u64 + 1, &mut body);
+    assert_eq!(
+        SignedRoster::decode_and_verify(&envelope(&body, &[roster_sig(&a, &body)]), &net, None),
+        Err(RosterError::Decode(DecodeError::TooLong { max: MAX_NODES }))
+    );
+    // Every single-bit flip is refused (or, nowhere, yields another roster).
+    for i in 0..bytes.len() {
+        let mut b = bytes.clone();
+        b[i] ^= 0x04;
+        if let Ok(got) = SignedRoster::decode_and_verify(&b, &net, None) {
+            assert_eq!(got, r, "flip at {i}");
+        }
+    }
+}
+
+#[test]
+fn held_roster_keeps_the_last_good_one() {
+    let a = kp(0xa0);
+    let mut held = HeldRoster::new(network(&[&a], 1));
+    assert_eq!(held.version(), None);
+    let v2 = roster("allium-devnet", 2, &[1, 2, 3])
+        .sign(&[&a])
+        .unwrap()
+        .encode();
+    let v1 = roster("allium-devnet", 1, &[1, 2, 3, 4])
+        .sign(&[&a])
+        .unwrap()
+        .encode();
+    let v3 = roster("allium-devnet", 3, &[1, 2, 3, 4, 5])
+        .sign(&[&a])
+        .unwrap()
+        .encode();
+    assert_eq!(held.offer(&v2), Ok(Offered::Updated));
+    assert_eq!(held.offer(&v2), Ok(Offered::Same));
+    assert!(matches!(
+        held.offer(&v1),
+        Err(RosterError::Outdated { held: 2, got: 1 })
+    ));
+    assert!(held.offer(&v3[..v3.len() - 1]).is_err());
+    let forged = roster("allium-devnet", 9, &[1])
+        .sign(&[&kp(0xee)])
+        .unwrap()
+        .encode();
+    assert_eq!(held.offer(&forged), Err(RosterError::UnknownAuthority));
+    assert_eq!(held.version(), Some(2));
+    assert_eq!(held.signed_bytes(), Some(v2.as_slice()));
+    assert_eq!(held.offer(&v3), Ok(Offered::Updated));
+    assert_eq!(held.roster().unwrap().nodes().len(), 5);
+}
+
+// ---- directory messages ----------------------------------------------------------------------
+
+#[test]
+fn directory_messages_round_trip_and_refuse_malformed_input() {
+    let desc = SignedDescriptor::sign(&kp(1), &descriptor(1))
+        .unwrap()
+        .encode();
+    for req in [
+        DirectoryRequest::Register(desc.clone()),
+        DirectoryRequest::GetRoster { have_version: None },
+        DirectoryRequest::GetRoster {
+            have_version: Some(0),
+        },
+        DirectoryRequest::GetRoster {
+            have_version: Some(u64::MAX),
+        },
+    ] {
+        let b = req.encode();
+        assert_eq!(DirectoryRequest::decode(&b).unwrap(), req);
+        for n in 0..b.len() {
+            assert!(DirectoryRequest::decode(&b[..n]).is_err());
+        }
+    }
+    for resp in [
+        DirectoryResponse::Registered { roster_version: 12 },
+        DirectoryResponse::Roster(vec![1, 2, 3]),
+        DirectoryResponse::NotModified,
+        DirectoryResponse::Refused("node unreachable at 10.0.0.1:4433".into()),
+    ] {
+        let b = resp.encode();
+        assert_eq!(DirectoryResponse::decode(&b).unwrap(), resp);
+        for n in 0..b.len() {
+            assert!(DirectoryResponse::decode(&b[..n]).is_err());
+        }
+    }
+    // A long reason is cut to 256 bytes at a character boundary.
+    let long = DirectoryResponse::Refused("é".repeat(200)).encode();
+    match DirectoryResponse::decode(&long).unwrap() {
+        DirectoryResponse::Refused(s) => assert_eq!(s, "é".repeat(128)),
+        other => panic!("{other:?}"),
+    }
+    // Unknown type, missing field, extra field, oversized inputs.
+    assert_eq!(
+        DirectoryRequest::decode(&[0xa1, 0x00, 0x07]),
+        Err(DecodeError::InvalidValue("directory request type"))
+    );
+    assert_eq!(
+        DirectoryRequest::decode(&[0xa1, 0x00, 0x00]),
+        Err(DecodeError::MissingKey(1))
+    );
+    assert_eq!(
+        DirectoryRequest::decode(&[0xa2, 0x00, 0x00, 0x01, 0x40]),
+        Err(DecodeError::InvalidValue("descriptor"))
+    );
+    assert_eq!(
+        DirectoryResponse::decode(&[0xa2, 0x00, 0x02, 0x01, 0x00]),
+        Err(DecodeError::UnknownKey(1))
+    );
+    assert_eq!(
+        DirectoryResponse::decode(&[0xa0]),
+        Err(DecodeError::MissingKey(0))
+    );
+    assert!(matches!(
+        DirectoryRequest::decode(&vec![0; MAX_DIRECTORY_REQUEST_BYTES + 1]),
+        Err(DecodeError::TooLarge { .. })
+    ));
+    let mut big = vec![0xa2, 0x00, 0x00, 0x01];
+    bstr(&[0; MAX_SIGNED_DESCRIPTOR_BYTES + 1], &mut big);
+    assert!(matches!(
+        DirectoryRequest::decode(&big),
+        Err(DecodeError::TooLong { .. })
+    ));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+        let net = network(&[&kp(0xa0)], 1);
+        let _ = Descriptor::decode(&bytes);
+        let _ = SignedDescriptor::decode_and_verify(&bytes, NOW, 60);
+        let _ = Roster::decode(&bytes);
+        let _ = SignedRoster::decode(&bytes);
+        let _ = SignedRoster::decode_and_verify(&bytes, &net, Some(1));
+        let _ = DirectoryRequest::decode(&bytes);
+        let _ = DirectoryResponse::decode(&bytes);
+        let _ = NetworkFile::from_toml(&String::from_utf8_lossy(&bytes));
+    }
+
+    #[test]
+    fn mutated_rosters_never_panic(i in 0usize..4096, byte in any::<u8>(), cut in 0usize..8) {
+        let a = kp(0xa0);
+        let net = network(&[&a], 1);
+        let r = roster("allium-devnet", 1, &[1, 2]);
+        let mut bytes = r.sign(&[&a]).unwrap().encode();
+        let i = i % bytes.len();
+        bytes[i] = byte;
+        bytes.truncate(bytes.len() - cut.min(bytes.len()));
+        if let Ok(got) = SignedRoster::decode_and_verify(&bytes, &net, None) {
+            prop_assert_eq!(&got, &r);
+        }
+        // The roster body alone, mutated, decodes or fails but never panics.
+        let mut body = r.encode();
+        let j = i % body.len();
+        body[j] = byte;
+        let _ = Roster::decode(&body);
+        let _ = Descriptor::decode(&body);
+    }
+}
+
+// ---- assignment ------------------------------------------------------------------------------
+
+fn node_key(i: u32) -> NodeKey {
+    // Spread-out keys without the cost of Ed25519 (assignment sees only bytes).
+    let mut k = [0u8; 32];
+    let mut x = u64::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5151;
+    for chunk in k.chunks_mut(8) {
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        chunk.copy_from_slice(&x.to_be_bytes());
+    }
+    k
+}
+
+fn sizes(a: &BTreeMap<NodeKey, u64>) -> BTreeMap<u64, usize> {
+    let mut s = BTreeMap::new();
+    for id in a.values() {
+        *s.entry(*id).or_insert(0) += 1;
+    }
+    s
+}
+
+fn check_invariants(a: &BTreeMap<NodeKey, u64>, nodes: &BTreeSet<NodeKey>, size: usize) {
+    // Every node assigned exactly once, and nothing else.
+    assert_eq!(a.keys().copied().collect::<BTreeSet<_>>(), *nodes);
+    let s = sizes(a);
+    if s.len() > 1 {
+        assert!(
+            s.values().all(|n| *n >= min_members(size)),
+            "undersized swarm: {s:?}"
+        );
+    }
+}
+
+#[test]
+fn nearest_is_the_ring_nearest_with_ties_to_the_smaller_id() {
+    let ids: BTreeSet<u64> = [10, 20, u64::MAX - 5].into_iter().collect();
+    assert_eq!(nearest_swarm(&ids, 15), Some(10)); // tie
+    assert_eq!(nearest_swarm(&ids, 16), Some(20));
+    assert_eq!(nearest_swarm(&ids, 2), Some(10));
+    assert_eq!(nearest_swarm(&ids, u64::MAX), Some(u64::MAX - 5));
+    // 2 is 8 from 10 and 8 (wrapping) from MAX-5: tie, the smaller id wins.
+    let ids2: BTreeSet<u64> = [10, u64::MAX - 5].into_iter().collect();
+    assert_eq!(nearest_swarm(&ids2, 2), Some(10));
+    assert_eq!(nearest_swarm(&BTreeSet::new(), 2), None);
+}
+
+#[test]
+fn fresh_assignment_fills_every_swarm() {
+    for size in [1usize, 2, 3, 5, 8] {
+        for n in 0..40u32 {
+            let nodes: Vec<NodeKey> = (0..n).map(node_key).collect();
+            let a = assign(&BTreeMap::new(), &nodes, size);
+            let set: BTreeSet<NodeKey> = nodes.iter().copied().collect();
+            check_invariants(&a, &set, size);
+            let s = sizes(&a);
+            assert!(
+                s.values().all(|m| *m >= size.min(n as usize)),
+                "size {size} n {n}: {s:?}"
+            );
+            if n as usize >= size {
+                assert_eq!(s.len(), n as usize / size);
+            }
+            assert_eq!(assign(&BTreeMap::new(), &nodes, size), a, "deterministic");
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn assignment_is_stable(
+        size in 1usize..7,
+        initial in 0u32..60,
+        events in proptest::collection::vec((any::<bool>(), any::<u32>()), 1..40),
+    ) {
+        let mut nodes: BTreeSet<NodeKey> = (0..initial).map(node_key).collect();
+        let mut a = assign(&BTreeMap::new(), &nodes.iter().copied().collect::<Vec<_>>(), size);
+        let mut next = initial;
+        for (join, pick) in events {
+            let before = a.clone();
+            if join || nodes.is_empty() {
+                nodes.insert(node_key(next));
+                next += 1;
+            } else {
+                let victim = *nodes.iter().nth(pick as usize % nodes.len()).unwrap();
+                nodes.remove(&victim);
+            }
+            let list: Vec<NodeKey> = nodes.iter().copied().collect();
+            a = assign(&before, &list, size);
+            check_invariants(&a, &nodes, size);
+            let m = moved(&before, &a);
+            if join {
+                let created = sizes(&a).len().saturating_sub(sizes(&before).len());
+                prop_assert!(created <= 1);
+                if created == 0 {
+                    prop_assert_eq!(m, 0, "a join moved nodes without creating a swarm");
+                } else {
+                    prop_assert!(m < size, "a join moved {} >= {}", m, size);
+                }
+            } else {
+                prop_assert!(m <= size, "a leave moved {} > {}", m, size);
+            }
+            // Order of the input list does not matter.
+            let mut rev = list.clone();
+            rev.reverse();
+            prop_assert_eq!(assign(&before, &rev, size), a.clone());
+        }
+    }
+}
+
+/// The join/leave measurements reported in `roster.md` §5.4 (published in the vectors file).
+fn measured() -> Value {
+    let mailboxes: Vec<[u8; 32]> = (0..10_000u32)
+        .map(|i| {
+            let mut m = [0u8; 32];
+            m.copy_from_slice(&[node_key(i + 1_000_000), node_key(i + 2_000_000)].concat()[..32]);
+            m
+        })
+        .collect();
+    let holder = |a: &BTreeMap<NodeKey, u64>| -> Vec<Option<u64>> {
+        let ids: BTreeSet<u64> = a.values().copied().collect();
+        mailboxes
+            .iter()
+            .map(|m| nearest_swarm(&ids, fold_mailbox(m)))
+            .collect()
+    };
+    let changed =
+        |x: &[Option<u64>], y: &[Option<u64>]| x.iter().zip(y).filter(|(a, b)| a != b).count();
+    let mut report = vec![];
+    for size in [3usize, 5] {
+        // Grow 0 → 100 one node at a time.
+        let mut nodes: Vec<NodeKey> = vec![];
+        let mut a = BTreeMap::new();
+        let (mut node_moves, mut mb_moves, mut created) = (0, 0, 0);
+        for i in 0..100 {
+            nodes.push(node_key(i));
+            let b = assign(&a, &nodes, size);
+            node_moves += moved(&a, &b);
+            created += sizes(&b).len().saturating_sub(sizes(&a).len());
+            mb_moves += changed(&holder(&a), &holder(&b));
+            a = b;
+        }
+        let grown_swarms = sizes(&a).len();
+        // Then 40 leaves, in a fixed pseudo-random order.
+        let (mut leave_moves, mut leave_max, mut leave_mb, mut dissolved) = (0, 0, 0, 0);
+        for k in 0..40u32 {
+            let idx = (node_key(k)[0] as usize) % nodes.len();
+            nodes.remove(idx);
+            let b = assign(&a, &nodes, size);
+            let m = moved(&a, &b);
+            leave_moves += m;
+            leave_max = leave_max.max(m);
+            dissolved += sizes(&a).len().saturating_sub(sizes(&b).len());
+            leave_mb += changed(&holder(&a), &holder(&b));
+            a = b;
+        }
+        report.push(json!({
+            "swarm_size": size,
+            "join_100": {"node_moves": node_moves, "swarms_created": created,
+                         "swarms": grown_swarms, "mailbox_moves_per_10000": mb_moves},
+            "leave_40": {"node_moves": leave_moves, "max_per_leave": leave_max,
+                         "swarms_dissolved": dissolved, "swarms": sizes(&a).len(),
+                         "mailbox_moves_per_10000": leave_mb},
+        }));
+    }
+    Value::Array(report)
+}
+
+#[test]
+fn measured_moves_hold_the_bounds() {
+    let report = measured();
+    eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
+    for r in report.as_array().unwrap() {
+        let s = r["swarm_size"].as_u64().unwrap();
+        let created = r["join_100"]["swarms_created"].as_u64().unwrap();
+        assert!(r["join_100"]["node_moves"].as_u64().unwrap() <= created * (s - 1));
+        assert!(r["leave_40"]["max_per_leave"].as_u64().unwrap() <= s);
+    }
+}
+
+// ---- vectors ---------------------------------------------------------------------------------
+
+fn vectors() -> Value {
+    let auth = kp(0xa0);
+    let net = network(&[&auth], 1);
+    let d = descriptor(1);
+    let sd = SignedDescriptor::sign(&kp(1), &d).unwrap();
+    let r = roster("allium-devnet", 1, &[1, 2, 3, 4, 5, 6, 7]);
+    let sr = r.sign(&[&auth]).unwrap();
+    let assigned: Vec<Value> = r
+        .nodes()
+        .iter()
+        .map(|n| json!({"identity": hex::encode(n.identity.as_bytes()), "swarm_id": n.swarm}))
+        .collect();
+    let mailboxes: Vec<Value> = [
+        [0u8; 32],
+        [0xff; 32],
+        std::array::from_fn(|i| i as u8),
+        *kp(9).public().as_bytes(),
+    ]
+    .iter()
+    .map(|m| {
+        json!({"mailbox": hex::encode(m), "folded": format!("{:016x}", fold_mailbox(m)),
+                   "swarm_id": r.swarm_for(m)})
+    })
+    .collect();
+    let addr: SocketAddr = "127.0.0.1:4433".parse().unwrap();
+    json!({
+        "network": {
+            "toml": net.to_toml(),
+            "authority_seed": hex::encode([0xa0u8; 32]),
+            "canonical_cbor": hex::encode(net.canonical_bytes()),
+            "fingerprint": net.fingerprint_hex(),
+            "authority_address": addr.to_string(),
+        },
+        "descriptor": {
+            "identity_seed": hex::encode([1u8; 32]),
+            "onion_secret_seeds": [hex::encode([0x54u8; 32]), hex::encode([0xabu8; 32])],
+            "epochs": [100, 101],
+            "descriptor_cbor": hex::encode(sd.descriptor_bytes()),
+            "signed_descriptor_cbor": hex::encode(sd.encode()),
+            "published_at": NOW,
+        },
+        "roster": {
+            "node_seeds": [1, 2, 3, 4, 5, 6, 7],
+            "swarm_size": 3,
+            "assignment": assigned,
+            "roster_cbor": hex::encode(r.encode()),
+            "signed_roster_cbor": hex::encode(sr.encode()),
+        },
+        "swarm_for": mailboxes,
+        "measured_moves": measured(),
+        "directory": {
+            "get_roster_none": hex::encode(DirectoryRequest::GetRoster { have_version: None }.encode()),
+            "get_roster_7": hex::encode(DirectoryRequest::GetRoster { have_version: Some(7) }.encode()),
+            "registered_7": hex::encode(DirectoryResponse::Registered { roster_version: 7 }.encode()),
+            "not_modified": hex::encode(DirectoryResponse::NotModified.encode()),
+            "refused": hex::encode(DirectoryResponse::Refused("unreachable".into()).encode()),
+        },
+    })
+}
+
+#[test]
+fn vectors_match_the_whitepaper() {
+    let computed = vectors();
+    if std::env::var_os("ALLIUM_WRITE_VECTORS").is_some() {
+        let text = serde_json::to_string_pretty(&computed).unwrap() + "\n";
+        std::fs::write(VECTORS, text).unwrap();
+    }
+    let published: Value =
+        serde_json::from_str(&std::fs::read_to_string(VECTORS).unwrap()).unwrap();
+    assert_eq!(
+        published, computed,
+        "whitepaper/vectors/roster.json differs from the code"
+    );
+    // The published bytes verify and re-encode to themselves.
+    let net = NetworkFile::from_toml(published["network"]["toml"].as_str().unwrap()).unwrap();
+    let sr = hex::decode(published["roster"]["signed_roster_cbor"].as_str().unwrap()).unwrap();
+    let r = SignedRoster::decode_and_verify(&sr, &net, None).unwrap();
+    assert_eq!(
+        r.encode(),
+        hex::decode(published["roster"]["roster_cbor"].as_str().unwrap()).unwrap()
+    );
+    assert_eq!(r.sign(&[&kp(0xa0)]).unwrap().encode(), sr);
+    let sd = hex::decode(
+        published["descriptor"]["signed_descriptor_cbor"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    SignedDescriptor::decode_and_verify(&sd, NOW, 0).unwrap();
+}
