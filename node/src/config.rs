@@ -72,6 +72,10 @@ pub const ENV_VARS: &[EnvVar] = &[
         "limits.request_read_timeout_ms",
     ),
     var("ALLIUM_NODE_LIMITS_FORWARD_QUEUE", "limits.forward_queue"),
+    var(
+        "ALLIUM_NODE_LIMITS_REPLY_TIMEOUT_MS",
+        "limits.reply_timeout_ms",
+    ),
     var("ALLIUM_NODE_STORE_MAX_BYTES", "store.max_bytes"),
     var(
         "ALLIUM_NODE_STORE_MAILBOX_QUOTA_BYTES",
@@ -80,6 +84,22 @@ pub const ENV_VARS: &[EnvVar] = &[
     var(
         "ALLIUM_NODE_REPLAY_PACKETS_PER_EPOCH",
         "replay.packets_per_epoch",
+    ),
+    var(
+        "ALLIUM_NODE_DIRECTORY_REGISTER_INTERVAL_MS",
+        "directory.register_interval_ms",
+    ),
+    var(
+        "ALLIUM_NODE_DIRECTORY_ROSTER_REFRESH_MS",
+        "directory.roster_refresh_ms",
+    ),
+    var(
+        "ALLIUM_NODE_DIRECTORY_PUBLISH_INTERVAL_MS",
+        "directory.publish_interval_ms",
+    ),
+    var(
+        "ALLIUM_NODE_DIRECTORY_DESCRIPTOR_TTL_MS",
+        "directory.descriptor_ttl_ms",
     ),
 ];
 
@@ -116,6 +136,8 @@ pub struct NodeConfig {
     pub store: StoreConfig,
     /// Replay filter sizing.
     pub replay: ReplayConfig,
+    /// Registration with the authorities and roster refresh.
+    pub directory: DirectoryConfig,
 }
 
 /// Connection, stream and queue limits.
@@ -142,6 +164,9 @@ pub struct Limits {
     pub request_read_timeout_ms: u64,
     /// Packets waiting to be forwarded per next hop before new ones are dropped (`queue_full`).
     pub forward_queue: u32,
+    /// How long a relay waits for the next hop's complete reply once it accepted the packet,
+    /// ms; longer than the longest long-poll.
+    pub reply_timeout_ms: u64,
 }
 
 /// Message store limits.
@@ -162,6 +187,31 @@ pub struct ReplayConfig {
     pub packets_per_epoch: u64,
 }
 
+/// How often a node talks to the directory.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DirectoryConfig {
+    /// How often a node re-sends its descriptor to the authorities (and after every key roll).
+    pub register_interval_ms: u64,
+    /// How often a node asks for a newer roster.
+    pub roster_refresh_ms: u64,
+    /// Authority only: how often it probes nodes and publishes a roster if anything changed.
+    pub publish_interval_ms: u64,
+    /// Authority only: a node silent for this long leaves the roster.
+    pub descriptor_ttl_ms: u64,
+}
+
+impl Default for DirectoryConfig {
+    fn default() -> Self {
+        DirectoryConfig {
+            register_interval_ms: 60_000,
+            roster_refresh_ms: 30_000,
+            publish_interval_ms: 10_000,
+            descriptor_ttl_ms: 600_000,
+        }
+    }
+}
+
 impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
@@ -177,6 +227,7 @@ impl Default for NodeConfig {
             limits: Limits::default(),
             store: StoreConfig::default(),
             replay: ReplayConfig::default(),
+            directory: DirectoryConfig::default(),
         }
     }
 }
@@ -194,6 +245,7 @@ impl Default for Limits {
             forward_timeout_ms: 5_000,
             request_read_timeout_ms: 5_000,
             forward_queue: 1024,
+            reply_timeout_ms: 90_000,
         }
     }
 }
@@ -216,6 +268,11 @@ impl Default for ReplayConfig {
 }
 
 impl Limits {
+    /// `reply_timeout_ms` as a duration.
+    pub fn reply_timeout(&self) -> Duration {
+        Duration::from_millis(self.reply_timeout_ms)
+    }
+
     /// `idle_timeout_ms` as a duration.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms)
@@ -406,9 +463,16 @@ impl NodeConfig {
             "limits.forward_timeout_ms" => l.forward_timeout_ms = parse(value)?,
             "limits.request_read_timeout_ms" => l.request_read_timeout_ms = parse(value)?,
             "limits.forward_queue" => l.forward_queue = parse(value)?,
+            "limits.reply_timeout_ms" => l.reply_timeout_ms = parse(value)?,
             "store.max_bytes" => self.store.max_bytes = parse(value)?,
             "store.mailbox_quota_bytes" => self.store.mailbox_quota_bytes = parse(value)?,
             "replay.packets_per_epoch" => self.replay.packets_per_epoch = parse(value)?,
+            "directory.register_interval_ms" => {
+                self.directory.register_interval_ms = parse(value)?;
+            }
+            "directory.roster_refresh_ms" => self.directory.roster_refresh_ms = parse(value)?,
+            "directory.publish_interval_ms" => self.directory.publish_interval_ms = parse(value)?,
+            "directory.descriptor_ttl_ms" => self.directory.descriptor_ttl_ms = parse(value)?,
             _ => return Err(format!("unknown config key `{key}`")),
         }
         Ok(())
@@ -459,9 +523,26 @@ impl NodeConfig {
             ("limits.forward_timeout_ms", l.forward_timeout_ms),
             ("limits.request_read_timeout_ms", l.request_read_timeout_ms),
             ("limits.forward_queue", u64::from(l.forward_queue)),
+            ("limits.reply_timeout_ms", l.reply_timeout_ms),
             ("store.max_bytes", self.store.max_bytes),
             ("store.mailbox_quota_bytes", self.store.mailbox_quota_bytes),
             ("replay.packets_per_epoch", self.replay.packets_per_epoch),
+            (
+                "directory.register_interval_ms",
+                self.directory.register_interval_ms,
+            ),
+            (
+                "directory.roster_refresh_ms",
+                self.directory.roster_refresh_ms,
+            ),
+            (
+                "directory.publish_interval_ms",
+                self.directory.publish_interval_ms,
+            ),
+            (
+                "directory.descriptor_ttl_ms",
+                self.directory.descriptor_ttl_ms,
+            ),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be greater than 0"));

@@ -209,3 +209,23 @@ fn with_type(
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
+
+/// A minimal HTTP/1.1 `GET` of a node's local endpoint, for `allium-node status` and tools.
+/// Returns the status code and the body (at most 1 MiB is read).
+pub async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut raw = Vec::new();
+    stream.take(1 << 20).read_to_end(&mut raw).await?;
+    let text = String::from_utf8_lossy(&raw);
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "not an HTTP response");
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(bad)?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(bad)?;
+    Ok((code, body.to_string()))
+}

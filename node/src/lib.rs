@@ -1,6 +1,11 @@
 #![doc = include_str!("../README.md")]
 
+pub mod authority;
 pub mod config;
+pub mod daemon;
+pub mod destination;
+pub mod devnet;
+pub mod directory;
 pub mod http;
 pub mod keystore;
 pub mod link;

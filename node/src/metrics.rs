@@ -398,6 +398,45 @@ impl Drop for ConnectionGuard {
     }
 }
 
+impl From<allium_swarm::Method> for StorageMethod {
+    fn from(m: allium_swarm::Method) -> Self {
+        use allium_swarm::Method as M;
+        match m {
+            M::Store => StorageMethod::Store,
+            M::Retrieve => StorageMethod::Retrieve,
+            M::Delete => StorageMethod::Delete,
+            M::DeleteAll => StorageMethod::DeleteAll,
+            M::Expire => StorageMethod::Expire,
+            M::Info => StorageMethod::Info,
+            M::GetSwarm => StorageMethod::GetSwarm,
+            M::Roster => StorageMethod::Roster,
+        }
+    }
+}
+
+impl From<allium_swarm::Status> for StorageResult {
+    fn from(s: allium_swarm::Status) -> Self {
+        use allium_swarm::Status as S;
+        match s {
+            S::Ok => StorageResult::Ok,
+            S::Malformed => StorageResult::Malformed,
+            S::TooLarge => StorageResult::TooLarge,
+            S::UnknownMethod => StorageResult::UnknownMethod,
+            S::AuthRequired => StorageResult::AuthRequired,
+            S::Unauthorized => StorageResult::Unauthorized,
+            S::ClockSkew => StorageResult::ClockSkew,
+            S::Replayed => StorageResult::Replayed,
+            S::TtlOutOfRange => StorageResult::TtlOutOfRange,
+            S::ExpiryOutOfRange => StorageResult::ExpiryOutOfRange,
+            S::QuotaExceeded => StorageResult::QuotaExceeded,
+            S::NodeFull => StorageResult::NodeFull,
+            S::Busy => StorageResult::Busy,
+            S::Internal => StorageResult::Internal,
+            S::Unsupported => StorageResult::Unsupported,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

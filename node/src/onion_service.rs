@@ -13,7 +13,7 @@ use allium_onion::{
 };
 use tokio::sync::Semaphore;
 
-use crate::link::{Kind, LinkError, Pool, Status};
+use crate::link::{Deadlines, Kind, LinkError, Pool, Status};
 use crate::metrics::{DropReason, Metrics};
 
 /// Finds where a node named in a routing slot can be reached.
@@ -35,8 +35,10 @@ pub trait Destination: Send + Sync + 'static {
 /// Tunables of the onion service.
 #[derive(Debug, Clone)]
 pub struct OnionConfig {
-    /// How long a relay waits for the next hop's reply.
+    /// How long a relay waits for the next hop to accept a packet (a dead hop is found this fast).
     pub forward_timeout: Duration,
+    /// How long a relay waits for the next hop's whole reply (longer than any long-poll).
+    pub reply_timeout: Duration,
     /// Packets that may wait for their next hop at once; beyond it packets are shed.
     pub forward_queue: usize,
 }
@@ -50,7 +52,7 @@ pub struct OnionService<N, D> {
     neighbours: Arc<N>,
     destination: Arc<D>,
     metrics: Metrics,
-    forward_timeout: Duration,
+    deadlines: Deadlines,
     forward_slots: Semaphore,
 }
 
@@ -93,7 +95,10 @@ impl<N: Neighbours, D: Destination> OnionService<N, D> {
             neighbours,
             destination,
             metrics,
-            forward_timeout: config.forward_timeout,
+            deadlines: Deadlines {
+                accept: config.forward_timeout,
+                answer: config.reply_timeout,
+            },
             forward_slots: Semaphore::new(config.forward_queue),
         }
     }
@@ -162,7 +167,7 @@ impl<N: Neighbours, D: Destination> OnionService<N, D> {
                 };
                 let outcome = self
                     .pool
-                    .request(&key, addr, Kind::Onion, &packet, self.forward_timeout)
+                    .request(&key, addr, Kind::Onion, &packet, self.deadlines)
                     .await;
                 let answer = match outcome {
                     Ok((Status::Ok, mut back)) => match reply.wrap(&mut back) {
@@ -173,7 +178,7 @@ impl<N: Neighbours, D: Destination> OnionService<N, D> {
                         }
                     },
                     Ok((Status::Rejected, _))
-                    | Err(LinkError::Stream(_) | LinkError::BadFrame(_)) => {
+                    | Err(LinkError::Stream(_) | LinkError::BadFrame(_) | LinkError::Lost(_)) => {
                         self.metrics.dropped(DropReason::NextHopRejected);
                         reply.error(ErrorCode::NextHopRejected)
                     }

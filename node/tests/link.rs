@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use allium_node::link::{
-    self, Handler, Kind, Link, LinkError, LinkLimits, Peer, Pool, Status, TlsIdentity,
+    self, Deadlines, Handler, Kind, Link, LinkError, LinkLimits, Peer, Pool, Status, TlsIdentity,
 };
 use allium_onion::IdentityKeypair;
 use rand_chacha::ChaCha20Rng;
@@ -87,7 +87,7 @@ async fn a_client_reaches_the_node_whose_key_it_pinned_anonymously() {
         .connect(server.addr, &server.identity.public())
         .await
         .unwrap();
-    let (status, body) = link::request(&conn, Kind::Directory, b"hello", T)
+    let (status, body) = link::request(&conn, Kind::Directory, b"hello", Deadlines::uniform(T))
         .await
         .unwrap();
     assert_eq!(status, Status::Ok);
@@ -131,7 +131,7 @@ async fn a_connecting_node_is_identified_by_its_key() {
             server.addr,
             Kind::Directory,
             b"x",
-            T,
+            Deadlines::uniform(T),
         )
         .await
         .unwrap();
@@ -143,7 +143,7 @@ async fn a_connecting_node_is_identified_by_its_key() {
         server.addr,
         Kind::Directory,
         b"y",
-        T,
+        Deadlines::uniform(T),
     )
     .await
     .unwrap();
@@ -177,7 +177,7 @@ async fn oversized_and_unknown_frames_are_dropped_and_the_node_keeps_serving() {
     send.finish().unwrap();
     assert!(link::frame::read_response(&mut recv).await.is_err());
     // Still serving on the same connection.
-    let (status, _) = link::request(&conn, Kind::Directory, b"ok", T)
+    let (status, _) = link::request(&conn, Kind::Directory, b"ok", Deadlines::uniform(T))
         .await
         .unwrap();
     assert_eq!(status, Status::Ok);
@@ -221,8 +221,12 @@ async fn connections_per_address_are_capped() {
     let a = clients[0].connect(server.addr, &key).await.unwrap();
     let b = clients[1].connect(server.addr, &key).await.unwrap();
     // Requests confirm both are established server-side.
-    link::request(&a, Kind::Directory, b"a", T).await.unwrap();
-    link::request(&b, Kind::Directory, b"b", T).await.unwrap();
+    link::request(&a, Kind::Directory, b"a", Deadlines::uniform(T))
+        .await
+        .unwrap();
+    link::request(&b, Kind::Directory, b"b", Deadlines::uniform(T))
+        .await
+        .unwrap();
     let third = clients[2].connect(server.addr, &key).await;
     assert!(
         third.is_err(),
@@ -233,7 +237,9 @@ async fn connections_per_address_are_capped() {
     let mut accepted = false;
     for _ in 0..50 {
         if let Ok(c) = clients[2].connect(server.addr, &key).await {
-            link::request(&c, Kind::Directory, b"c", T).await.unwrap();
+            link::request(&c, Kind::Directory, b"c", Deadlines::uniform(T))
+                .await
+                .unwrap();
             accepted = true;
             break;
         }

@@ -1,11 +1,15 @@
 //! Request/response framing on a bidirectional QUIC stream.
 //!
 //! ```text
-//! request  = kind (1) || u32be(length) || body      then the sender finishes its side
-//! response = status (1) || u32be(length) || body    then the responder finishes its side
+//! request  = kind (1) || u32be(length) || body               then the sender finishes its side
+//! response = accepted (1 byte, 0x02) || status (1) || u32be(length) || body
+//!                                                             then the responder finishes its side
 //! ```
 //!
-//! The length is checked against the kind's limit before anything is allocated.
+//! The responder writes the accepted byte as soon as it has read the whole request, before any
+//! work: the requester learns within a short time-out that the next hop is alive and working, and
+//! then waits longer for the answer (a long-poll may take a minute). The length is checked against
+//! the kind's limit before anything is allocated.
 
 use quinn::{RecvStream, SendStream};
 
@@ -95,6 +99,29 @@ async fn read_body(recv: &mut RecvStream, len: usize) -> Result<Vec<u8>, LinkErr
         .await
         .map_err(|e| LinkError::Stream(format!("reading frame body: {e}")))?;
     Ok(body)
+}
+
+/// The byte a responder sends once it has read a whole request.
+pub const ACCEPTED: u8 = 0x02;
+
+/// Tells the requester the request arrived whole and is being worked on.
+pub async fn write_accepted(send: &mut SendStream) -> Result<(), LinkError> {
+    send.write_all(&[ACCEPTED])
+        .await
+        .map_err(|e| LinkError::Stream(format!("writing accepted: {e}")))
+}
+
+/// Waits for the accepted byte.
+pub async fn read_accepted(recv: &mut RecvStream) -> Result<(), LinkError> {
+    let mut b = [0u8; 1];
+    recv.read_exact(&mut b)
+        .await
+        .map_err(|e| LinkError::Stream(format!("reading accepted: {e}")))?;
+    if b[0] == ACCEPTED {
+        Ok(())
+    } else {
+        Err(LinkError::BadFrame("expected the accepted byte"))
+    }
 }
 
 /// Reads a request, refusing unknown kinds and oversized lengths before allocating.

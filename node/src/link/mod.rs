@@ -22,6 +22,7 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::crypto::CryptoProvider;
 
 pub use frame::{Kind, Status};
+
 pub use pool::Pool;
 pub use tls::{ALPN, TlsIdentity, certificate_identity};
 
@@ -48,7 +49,10 @@ pub enum LinkError {
         /// Why.
         why: String,
     },
-    /// A stream failed mid-request.
+    /// The connection failed before the peer accepted the request: it was not executed.
+    #[error("connection lost before the request was accepted: {0}")]
+    Lost(String),
+    /// A stream failed after the peer accepted the request.
     #[error("stream: {0}")]
     Stream(String),
     /// A frame broke the format.
@@ -166,8 +170,19 @@ impl Link {
             .transport_config(Arc::new(transport(&limits, false)?))
             .max_incoming(limits.max_connections)
             .migration(false);
-        let endpoint = quinn::Endpoint::server(server, addr)
-            .map_err(|source| LinkError::Bind { addr, source })?;
+        let reset_key =
+            ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &*identity.stateless_reset_key());
+        let socket =
+            std::net::UdpSocket::bind(addr).map_err(|source| LinkError::Bind { addr, source })?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| LinkError::Tls("no async runtime for the QUIC endpoint".into()))?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::new(Arc::new(reset_key)),
+            Some(server),
+            socket,
+            runtime,
+        )
+        .map_err(|source| LinkError::Bind { addr, source })?;
         Ok(Link {
             endpoint,
             identity: Some(identity),
@@ -334,6 +349,10 @@ async fn serve_connection<H: Handler>(
                     return;
                 }
             };
+            if let Err(e) = frame::write_accepted(&mut send).await {
+                tracing::debug!(error = %e, "requester gone");
+                return;
+            }
             let (status, answer) = handler.handle(&peer, kind, body).await;
             if let Err(e) = frame::write_response(&mut send, status, &answer).await {
                 tracing::debug!(error = %e, "response not delivered");
@@ -351,22 +370,51 @@ pub fn peer_identity(conn: &quinn::Connection) -> Option<IdentityPublicKey> {
     certs.first().and_then(|c| certificate_identity(c).ok())
 }
 
-/// Sends one request on a new stream of `conn` and waits up to `timeout` for the response.
+/// How long a request may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    /// Until the peer says it received the whole request: short, so a dead peer is found fast.
+    pub accept: Duration,
+    /// Until the answer is complete: long enough for the slowest request (a long-poll).
+    pub answer: Duration,
+}
+
+impl Deadlines {
+    /// The same limit for both.
+    pub fn uniform(limit: Duration) -> Self {
+        Deadlines {
+            accept: limit,
+            answer: limit,
+        }
+    }
+}
+
+/// Sends one request on a new stream of `conn` and waits for the response within `deadlines`.
 pub async fn request(
     conn: &quinn::Connection,
     kind: Kind,
     body: &[u8],
-    timeout: Duration,
+    deadlines: Deadlines,
 ) -> Result<(Status, Vec<u8>), LinkError> {
+    let lost = |e: LinkError| match e {
+        LinkError::Stream(why) if conn.close_reason().is_some() => LinkError::Lost(why),
+        other => other,
+    };
     let exchange = async {
         let (mut send, mut recv) = conn
             .open_bi()
             .await
-            .map_err(|e| LinkError::Stream(e.to_string()))?;
-        frame::write_request(&mut send, kind, body).await?;
+            .map_err(|e| LinkError::Lost(e.to_string()))?;
+        frame::write_request(&mut send, kind, body)
+            .await
+            .map_err(lost)?;
+        tokio::time::timeout(deadlines.accept, frame::read_accepted(&mut recv))
+            .await
+            .map_err(|_| LinkError::Timeout)?
+            .map_err(lost)?;
         frame::read_response(&mut recv).await
     };
-    tokio::time::timeout(timeout, exchange)
+    tokio::time::timeout(deadlines.answer, exchange)
         .await
         .map_err(|_| LinkError::Timeout)?
 }

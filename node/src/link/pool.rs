@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use allium_onion::IdentityPublicKey;
 
-use super::{Kind, Link, LinkError, Status, request};
+use super::{Deadlines, Kind, Link, LinkError, Status, request};
 
 type Slot = Arc<tokio::sync::Mutex<Option<quinn::Connection>>>;
 
@@ -39,18 +39,18 @@ impl Pool {
         slots.entry(node.to_bytes()).or_default().clone()
     }
 
-    /// A live connection to `node` at `addr`, dialling if there is none. Concurrent callers for
-    /// the same node share one dial.
-    pub async fn connection(
+    /// A live connection to `node` at `addr`, dialling if there is none, and whether it was
+    /// dialled just now. Concurrent callers for the same node share one dial.
+    async fn connection(
         &self,
         node: &IdentityPublicKey,
         addr: SocketAddr,
-    ) -> Result<quinn::Connection, LinkError> {
+    ) -> Result<(quinn::Connection, bool), LinkError> {
         let slot = self.slot(node);
         let mut guard = slot.lock().await;
         if let Some(conn) = guard.as_ref() {
             if conn.close_reason().is_none() && conn.remote_address() == addr {
-                return Ok(conn.clone());
+                return Ok((conn.clone(), false));
             }
         }
         let conn = tokio::time::timeout(self.connect_timeout, self.link.connect(addr, node))
@@ -60,32 +60,57 @@ impl Pool {
                 why: "timed out".into(),
             })??;
         *guard = Some(conn.clone());
-        Ok(conn)
+        Ok((conn, true))
     }
 
-    /// Sends a request to `node` and waits up to `timeout` for the answer. A connection that
-    /// fails is dropped from the pool, so the next request dials afresh.
+    /// Drops `conn` from the pool (if it is still the pooled one), so the next request dials.
+    async fn forget(&self, node: &IdentityPublicKey, conn: &quinn::Connection) {
+        let slot = self.slot(node);
+        let mut guard = slot.lock().await;
+        if guard
+            .as_ref()
+            .is_some_and(|c| c.stable_id() == conn.stable_id())
+        {
+            conn.close(0u32.into(), b"unresponsive");
+            *guard = None;
+        }
+    }
+
+    /// Sends a request to `node` and waits for the answer within `deadlines`.
+    ///
+    /// A pooled connection that turns out to be dead (the peer restarted: its stateless reset
+    /// closes our side at once) is replaced by a fresh dial, once, when the request was provably
+    /// not executed. A connection on which a request timed out is dropped, so the next request
+    /// dials afresh.
     pub async fn request(
         &self,
         node: &IdentityPublicKey,
         addr: SocketAddr,
         kind: Kind,
         body: &[u8],
-        timeout: Duration,
+        deadlines: Deadlines,
     ) -> Result<(Status, Vec<u8>), LinkError> {
-        let conn = self.connection(node, addr).await?;
-        let result = request(&conn, kind, body, timeout).await;
-        if result.is_err() && conn.close_reason().is_some() {
-            let slot = self.slot(node);
-            let mut guard = slot.lock().await;
-            if guard
-                .as_ref()
-                .is_some_and(|c| c.stable_id() == conn.stable_id())
-            {
-                *guard = None;
+        let (conn, fresh) = self.connection(node, addr).await?;
+        match request(&conn, kind, body, deadlines).await {
+            Err(LinkError::Lost(_)) if !fresh => {
+                self.forget(node, &conn).await;
+                let (conn, _) = self.connection(node, addr).await?;
+                let result = request(&conn, kind, body, deadlines).await;
+                if result.is_err() && conn.close_reason().is_some() {
+                    self.forget(node, &conn).await;
+                }
+                result
             }
+            Err(e) => {
+                if matches!(e, LinkError::Timeout | LinkError::Lost(_))
+                    || conn.close_reason().is_some()
+                {
+                    self.forget(node, &conn).await;
+                }
+                Err(e)
+            }
+            ok => ok,
         }
-        result
     }
 
     /// Number of live connections.

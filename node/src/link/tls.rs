@@ -76,6 +76,21 @@ impl TlsIdentity {
         &self.public
     }
 
+    /// The key of the endpoint's QUIC stateless resets, derived from the identity so that a
+    /// restarted node can reset connections its previous run had: peers learn at once that the
+    /// old connection is gone instead of waiting for its idle time-out.
+    pub(crate) fn stateless_reset_key(&self) -> zeroize::Zeroizing<[u8; 32]> {
+        use blake2::digest::{FixedOutput, KeyInit, Update};
+        let seed = &self.pkcs8[PKCS8_ED25519_PREFIX.len()..];
+        let mut out = zeroize::Zeroizing::new([0u8; 32]);
+        if let Ok(mut mac) = blake2::Blake2bMac::<blake2::digest::consts::U32>::new_from_slice(seed)
+        {
+            mac.update(b"allium/v1/quic-stateless-reset");
+            out.copy_from_slice(&mac.finalize_fixed());
+        }
+        out
+    }
+
     pub(crate) fn cert_chain(&self) -> Vec<CertificateDer<'static>> {
         vec![self.cert.clone()]
     }

@@ -1,0 +1,177 @@
+//! Sending a request through a path of nodes and reading the layered reply.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use allium_node::link::{Deadlines, Kind, Link, LinkError, LinkLimits, Pool, Status};
+use allium_onion::{
+    BuildError, Epoch, ErrorCode, IdentityPublicKey, NodeId, OnionPublicKey, PathHop, Reply,
+    ReplyError, SizeClass, build_packet,
+};
+use allium_swarm::roster::{NodeEntry, Roster};
+
+/// One hop of a path, resolved from the roster.
+#[derive(Debug, Clone)]
+pub struct Hop {
+    /// The node's identity (pinned on the link, named in the previous slot).
+    pub identity: IdentityPublicKey,
+    /// Where the node listens.
+    pub addr: SocketAddr,
+    /// The epoch of the onion key used.
+    pub epoch: Epoch,
+    /// The node's onion key for that epoch.
+    pub onion_key: OnionPublicKey,
+}
+
+/// Why a request through the onion path failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The request could not be built (too large, bad path).
+    #[error("cannot build the packet: {0}")]
+    Build(#[from] BuildError),
+    /// The roster lists no onion key of a hop for an accepted epoch.
+    #[error("the roster has no usable onion key for hop {hop}")]
+    NoOnionKey {
+        /// Index of the hop.
+        hop: usize,
+    },
+    /// The first hop could not be reached or did not answer in time.
+    #[error("the first hop is unreachable: {0}")]
+    Guard(#[source] LinkError),
+    /// The first hop dropped the packet.
+    #[error("the first hop rejected the packet")]
+    GuardRejected,
+    /// A hop reported an error; the hop index counts from the first hop (0).
+    #[error("hop {hop} reported {code:?}")]
+    Hop {
+        /// Which hop spoke.
+        hop: usize,
+        /// What it said.
+        code: ErrorCode,
+    },
+    /// The reply could not be authenticated or parsed.
+    #[error("unreadable reply: {0}")]
+    Reply(#[from] ReplyError),
+}
+
+impl SendError {
+    /// The index of the hop that failed, when the failure can be attributed: the hop after the
+    /// one that reported "next hop …", the reporter itself otherwise.
+    pub fn failed_hop(&self) -> Option<usize> {
+        match self {
+            SendError::Guard(_) | SendError::GuardRejected => Some(0),
+            SendError::Hop { hop, code } => Some(match code {
+                ErrorCode::NextHopUnreachable
+                | ErrorCode::NextHopTimeout
+                | ErrorCode::NextHopRejected => hop + 1,
+                _ => *hop,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// The hop of `node` with its onion key for `epoch` (or the nearest accepted one the roster has).
+pub fn hop(node: &NodeEntry, epoch: Epoch) -> Option<Hop> {
+    let candidates = [epoch, epoch.next(), epoch.prev()];
+    let cert = candidates
+        .iter()
+        .find_map(|e| node.onion_keys.iter().find(|c| c.epoch() == *e))?;
+    Some(Hop {
+        identity: node.identity,
+        addr: *node.addresses.first()?,
+        epoch: cert.epoch(),
+        onion_key: *cert.onion_key(),
+    })
+}
+
+/// Resolves a path of roster entries at `epoch`.
+pub fn resolve(path: &[&NodeEntry], epoch: Epoch) -> Result<Vec<Hop>, SendError> {
+    path.iter()
+        .enumerate()
+        .map(|(i, n)| hop(n, epoch).ok_or(SendError::NoOnionKey { hop: i }))
+        .collect()
+}
+
+/// The onion-key epoch current at `unix_secs` under `roster`'s network.
+pub fn epoch_at(epoch_secs: u64, unix_secs: u64) -> Epoch {
+    allium_onion::EpochSchedule::new(epoch_secs)
+        .unwrap_or_default()
+        .epoch_at(unix_secs)
+}
+
+/// How long the guard may take to accept a packet before the client counts it as failed.
+pub const GUARD_ACCEPT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An anonymous client endpoint that sends onion requests over pooled connections to guards.
+#[derive(Debug)]
+pub struct OnionClient {
+    pool: Pool,
+}
+
+impl OnionClient {
+    /// A client bound to an ephemeral local port of the address family of `bind`.
+    pub fn new(bind: SocketAddr) -> Result<Self, LinkError> {
+        let link = Arc::new(Link::bind_client(bind, LinkLimits::default())?);
+        Ok(OnionClient {
+            pool: Pool::new(link, Duration::from_secs(5)),
+        })
+    }
+
+    /// The pool of guard connections.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Sends `request` along `path` (the last hop executes it) and returns the response body.
+    /// `timeout` bounds the whole round trip.
+    pub async fn send(
+        &self,
+        path: &[Hop],
+        request: &[u8],
+        reply_class: SizeClass,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, SendError> {
+        let class = SizeClass::for_request(request.len()).unwrap_or(SizeClass::Large);
+        let hops: Vec<PathHop> = path
+            .iter()
+            .map(|h| PathHop {
+                node: NodeId(h.identity.to_bytes()),
+                epoch: h.epoch,
+                onion_key: h.onion_key,
+            })
+            .collect();
+        let built = build_packet(&mut rand_core::OsRng, &hops, request, class, reply_class)?;
+        let guard = path.first().ok_or(BuildError::BadPathLength {
+            max: allium_onion::MAX_HOPS,
+            got: 0,
+        })?;
+        let (status, mut reply) = self
+            .pool
+            .request(
+                &guard.identity,
+                guard.addr,
+                Kind::Onion,
+                &built.packet,
+                Deadlines {
+                    accept: timeout.min(GUARD_ACCEPT_TIMEOUT),
+                    answer: timeout,
+                },
+            )
+            .await
+            .map_err(SendError::Guard)?;
+        if status == Status::Rejected {
+            return Err(SendError::GuardRejected);
+        }
+        match built.reply.open(&mut reply)? {
+            Reply::Response(body) => Ok(body.to_vec()),
+            Reply::Error { hop, code } => Err(SendError::Hop { hop, code }),
+        }
+    }
+}
+
+/// Roster entries of the swarm that holds `mailbox`.
+pub fn swarm_members<'r>(roster: &'r Roster, mailbox: &[u8; 32]) -> Vec<&'r NodeEntry> {
+    roster.members_for(mailbox)
+}

@@ -1,0 +1,461 @@
+//! The node daemon: key store, onion keys, mailbox store, link, onion service, directory and
+//! metrics, wired together, running until shut down.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use allium_onion::{EpochSchedule, IdentityKeypair, OnionKeyCert, OnionKeyRing};
+use allium_swarm::network::NetworkFile;
+use allium_swarm::roster::{DirectoryRequest, DirectoryResponse};
+use allium_swarm::{Service, ServiceConfig, Store};
+use tokio_util::sync::CancellationToken;
+
+use crate::authority::{Authority, AuthorityConfig};
+use crate::config::NodeConfig;
+use crate::destination::StoreDestination;
+use crate::directory::{
+    RosterState, SelfDescription, answer_get_roster, ask_authorities, descriptor, refresh_roster,
+};
+use crate::http::{self, HealthReport, HealthStatus};
+use crate::keystore::KeyStore;
+use crate::link::{Handler, Kind, Link, LinkLimits, Peer, Pool, Status, TlsIdentity};
+use crate::metrics::Metrics;
+use crate::onion_service::{OnionConfig, OnionService, unix_now};
+use crate::shutdown::ShutdownSignal;
+
+/// Why the daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The network file is missing or invalid.
+    #[error("network file {path}: {source}")]
+    Network {
+        /// Its path.
+        path: std::path::PathBuf,
+        /// Why.
+        source: allium_swarm::network::NetworkError,
+    },
+    /// The key store could not be opened.
+    #[error(transparent)]
+    Keys(#[from] crate::keystore::KeyStoreError),
+    /// The mailbox store could not be opened.
+    #[error("mailbox store: {0}")]
+    Store(#[from] allium_swarm::StoreError),
+    /// The link could not be set up.
+    #[error(transparent)]
+    Link(#[from] crate::link::LinkError),
+    /// The metrics endpoint could not be set up.
+    #[error(transparent)]
+    Http(#[from] http::HttpError),
+    /// A setting that cannot work.
+    #[error("{0}")]
+    Config(String),
+}
+
+type NodeOnion = OnionService<RosterState, StoreDestination>;
+
+struct NodeHandler {
+    onion: Arc<NodeOnion>,
+    roster: Arc<RosterState>,
+    authority: Option<Arc<Authority>>,
+}
+
+impl Handler for NodeHandler {
+    async fn handle(&self, _peer: &Peer, kind: Kind, body: Vec<u8>) -> (Status, Vec<u8>) {
+        match kind {
+            Kind::Onion => self.onion.handle(body).await,
+            Kind::Directory => match DirectoryRequest::decode(&body) {
+                Ok(DirectoryRequest::GetRoster { have_version }) => (
+                    Status::Ok,
+                    answer_get_roster(&self.roster, have_version).encode(),
+                ),
+                Ok(DirectoryRequest::Register(descriptor)) => {
+                    let answer = match &self.authority {
+                        Some(a) => a.register(&descriptor),
+                        None => DirectoryResponse::Refused("this node is not an authority".into()),
+                    };
+                    (Status::Ok, answer.encode())
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "malformed directory request");
+                    (Status::Rejected, Vec::new())
+                }
+            },
+            // Replication between swarm members arrives with its own protocol.
+            Kind::Peer => (Status::Rejected, Vec::new()),
+        }
+    }
+}
+
+fn link_limits(config: &NodeConfig) -> LinkLimits {
+    let l = &config.limits;
+    LinkLimits {
+        max_connections: l.max_connections as usize,
+        max_connections_per_ip: l.max_connections_per_ip as usize,
+        max_streams_per_connection: l.max_streams_per_connection,
+        stream_receive_window: u32::try_from(l.stream_receive_window).unwrap_or(u32::MAX),
+        connection_receive_window: u32::try_from(l.connection_receive_window).unwrap_or(u32::MAX),
+        idle_timeout: l.idle_timeout(),
+        keep_alive: l.keep_alive(),
+        request_read_timeout: l.request_read_timeout(),
+    }
+}
+
+/// Makes the onion keys due, stores them before they are published, and deletes expired ones
+/// from memory and disk. Returns whether a key was made.
+fn rotate_keys(ring: &RwLock<OnionKeyRing>, keys: &KeyStore, onion: &NodeOnion) -> bool {
+    let now = unix_now();
+    let mut rng = rand_core::OsRng;
+    let (made, expired, schedule) = {
+        let mut r = ring.write().unwrap_or_else(|p| p.into_inner());
+        let made = r.ensure(now, &mut rng);
+        let expired = r.prune(now);
+        (made, expired, *r.schedule())
+    };
+    {
+        let r = ring.read().unwrap_or_else(|p| p.into_inner());
+        for epoch in &made {
+            if let Some(key) = r.keys().find(|k| k.epoch() == *epoch) {
+                if let Err(e) = keys.save_onion(key) {
+                    tracing::error!(error = %e, epoch = epoch.0, "could not store an onion key");
+                }
+            }
+        }
+    }
+    for epoch in expired {
+        match keys.delete_onion(epoch) {
+            Ok(_) => tracing::info!(epoch = epoch.0, "onion key deleted after its grace period"),
+            Err(e) => tracing::error!(error = %e, epoch = epoch.0, "could not delete an onion key"),
+        }
+    }
+    onion.forget_epochs(|e| schedule.accepts(e, now));
+    !made.is_empty()
+}
+
+fn current_certs(ring: &RwLock<OnionKeyRing>, identity: &IdentityKeypair) -> Vec<OnionKeyCert> {
+    let now = unix_now();
+    let r = ring.read().unwrap_or_else(|p| p.into_inner());
+    r.schedule()
+        .epochs_to_publish(now)
+        .into_iter()
+        .filter_map(|e| r.get(e, now))
+        .map(|k| OnionKeyCert::sign(identity, k))
+        .collect()
+}
+
+async fn register(
+    pool: &Pool,
+    network: &NetworkFile,
+    identity: &IdentityKeypair,
+    me: &SelfDescription,
+    ring: &RwLock<OnionKeyRing>,
+    timeout: Duration,
+) {
+    let signed = match descriptor(identity, me, current_certs(ring, identity)) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "could not sign this node's descriptor");
+            return;
+        }
+    };
+    match ask_authorities(pool, network, &DirectoryRequest::Register(signed), timeout).await {
+        Some(DirectoryResponse::Registered { .. }) => {
+            tracing::debug!("registered with the authority")
+        }
+        Some(DirectoryResponse::Refused(why)) => tracing::warn!(%why, "registration refused"),
+        Some(other) => tracing::debug!(answer = ?other, "unexpected registration answer"),
+        None => tracing::warn!("no authority reachable for registration"),
+    }
+}
+
+/// Runs `body` every `period` until `stop` fires.
+fn every<F, Fut>(tracker: &ShutdownSignal, stop: CancellationToken, period: Duration, mut body: F)
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    tracker.spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => body().await,
+                () = stop.cancelled() => return,
+            }
+        }
+    });
+}
+
+fn public_address(config: &NodeConfig, bound: SocketAddr) -> Result<SocketAddr, DaemonError> {
+    match config.public_addr {
+        Some(a) => Ok(a),
+        None if !bound.ip().is_unspecified() => Ok(bound),
+        None => Err(DaemonError::Config(format!(
+            "listening on {bound}: set public_addr to the address other nodes reach this node at"
+        ))),
+    }
+}
+
+/// Writes where the node listens, for operators and tools (`allium-node status`, devnet).
+fn write_run_file(dir: &Path, listen: SocketAddr, metrics: SocketAddr, identity: &str) {
+    let body = serde_json::json!({
+        "pid": std::process::id(),
+        "listen": listen.to_string(),
+        "metrics": metrics.to_string(),
+        "identity": identity,
+    });
+    if let Err(e) = std::fs::write(dir.join("run.json"), body.to_string()) {
+        tracing::warn!(error = %e, "could not write run.json");
+    }
+}
+
+/// Runs the node until `shutdown` fires, then stops accepting, lets requests in flight finish,
+/// and closes the store.
+pub async fn run(config: NodeConfig, shutdown: ShutdownSignal) -> Result<(), DaemonError> {
+    let network =
+        NetworkFile::load(&config.network_file).map_err(|source| DaemonError::Network {
+            path: config.network_file.clone(),
+            source,
+        })?;
+    let keys = Arc::new(KeyStore::open(&config.data_dir)?);
+    let identity = IdentityKeypair::from_seed(&keys.identity().seed());
+    let identity_hex: String = identity
+        .public()
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let schedule = EpochSchedule::new(network.params.epoch_secs)
+        .ok_or_else(|| DaemonError::Config("epoch_secs must be positive".into()))?;
+
+    // Onion keys: those on disk that are still accepted, then whatever is due.
+    let mut ring = OnionKeyRing::new(schedule);
+    let loaded = keys.load_onion_keys()?;
+    for bad in loaded.rejected {
+        tracing::warn!(error = %bad, "onion key file ignored");
+    }
+    for key in loaded.keys {
+        if let Err(stale) = ring.insert(key, unix_now()) {
+            let _ = keys.delete_onion(stale.epoch());
+        }
+    }
+    let ring = Arc::new(RwLock::new(ring));
+
+    let metrics = Metrics::new();
+    let params = &network.params;
+    let store_config = allium_swarm::StoreConfig {
+        ttl_min_ms: params.min_ttl_secs.saturating_mul(1000),
+        ttl_max_ms: params.max_ttl_secs.saturating_mul(1000),
+        mailbox_quota_bytes: config.store.mailbox_quota_bytes,
+        node_cap_bytes: config.store.max_bytes,
+        ..allium_swarm::StoreConfig::default()
+    };
+    let store = Arc::new(Store::open(config.data_dir.join("store"), store_config)?);
+    let service = Arc::new(Service::new(
+        store.clone(),
+        ServiceConfig::new(allium_swarm::NodeId(identity.public().to_bytes())),
+    ));
+
+    let link = Arc::new(Link::bind_node(
+        config.listen,
+        Arc::new(TlsIdentity::new(&identity)?),
+        link_limits(&config),
+    )?);
+    let bound = link.local_addr()?;
+    let me = SelfDescription {
+        addresses: vec![public_address(&config, bound)?],
+        software: concat!("allium-node/", env!("CARGO_PKG_VERSION")).to_string(),
+    };
+    let forward_timeout = config.limits.forward_timeout();
+    let pool = Arc::new(Pool::new(link.clone(), forward_timeout));
+    let roster = Arc::new(RosterState::new(
+        network.clone(),
+        Some(config.data_dir.join("roster.cbor")),
+        metrics.clone(),
+    ));
+    roster.load_cache();
+    let destination = Arc::new(StoreDestination::new(
+        service,
+        roster.clone(),
+        metrics.clone(),
+    ));
+    let onion = Arc::new(OnionService::new(
+        ring.clone(),
+        config.replay.packets_per_epoch,
+        pool.clone(),
+        roster.clone(),
+        destination,
+        metrics.clone(),
+        &OnionConfig {
+            forward_timeout,
+            reply_timeout: config.limits.reply_timeout(),
+            forward_queue: config.limits.forward_queue as usize,
+        },
+    ));
+    rotate_keys(&ring, &keys, &onion);
+    let dir = &config.directory;
+    let authority = config.authority.then(|| {
+        Arc::new(Authority::new(
+            IdentityKeypair::from_seed(&identity.seed()),
+            roster.clone(),
+            pool.clone(),
+            AuthorityConfig {
+                publish_interval: Duration::from_millis(dir.publish_interval_ms),
+                descriptor_ttl: Duration::from_millis(dir.descriptor_ttl_ms),
+                probe_timeout: forward_timeout,
+            },
+        ))
+    });
+    if authority.is_some()
+        && !network
+            .authorities()
+            .iter()
+            .any(|a| a.identity == identity.public())
+    {
+        return Err(DaemonError::Config(format!(
+            "authority role requested, but the network file does not list this node's identity {identity_hex}"
+        )));
+    }
+
+    // Metrics and health stay up while the node drains, so they stop on their own signal.
+    let started = Instant::now();
+    let http_stop = ShutdownSignal::new();
+    let health: http::HealthFn = {
+        let metrics = metrics.clone();
+        let roster = roster.clone();
+        let shutdown = shutdown.clone();
+        Arc::new(move || {
+            let status = if shutdown.is_triggered() {
+                HealthStatus::Stopping
+            } else if roster.version().is_none() {
+                HealthStatus::Starting
+            } else {
+                HealthStatus::Ok
+            };
+            HealthReport::from_metrics(status, started, &metrics)
+        })
+    };
+    let (metrics_addr, http_task) = http::serve(
+        config.metrics_listen,
+        metrics.clone(),
+        health,
+        http_stop.clone(),
+    )
+    .await?;
+    write_run_file(&config.data_dir, bound, metrics_addr, &identity_hex);
+    tracing::info!(listen = %bound, metrics = %metrics_addr, identity = %identity_hex,
+        authority = config.authority, "node running");
+
+    // Background work, all stopped by the shutdown signal.
+    let stop = shutdown.token().clone();
+    let identity = Arc::new(identity);
+    {
+        let (pool, network, identity, ring, me) = (
+            pool.clone(),
+            network.clone(),
+            identity.clone(),
+            ring.clone(),
+            me.clone(),
+        );
+        let period = Duration::from_millis(dir.register_interval_ms);
+        every(&shutdown, stop.clone(), period, move || {
+            let (pool, network, identity, ring, me) = (
+                pool.clone(),
+                network.clone(),
+                identity.clone(),
+                ring.clone(),
+                me.clone(),
+            );
+            async move { register(&pool, &network, &identity, &me, &ring, forward_timeout).await }
+        });
+    }
+    {
+        let (pool, roster) = (pool.clone(), roster.clone());
+        let period = Duration::from_millis(dir.roster_refresh_ms);
+        every(&shutdown, stop.clone(), period, move || {
+            let (pool, roster) = (pool.clone(), roster.clone());
+            async move { refresh_roster(&pool, &roster, forward_timeout).await }
+        });
+    }
+    {
+        let (ring, keys, onion, pool, network, identity, me) = (
+            ring.clone(),
+            keys.clone(),
+            onion.clone(),
+            pool.clone(),
+            network.clone(),
+            identity.clone(),
+            me.clone(),
+        );
+        let period = Duration::from_secs((schedule.length_secs() / 8).clamp(1, 60));
+        every(&shutdown, stop.clone(), period, move || {
+            let (ring, keys, onion, pool, network, identity, me) = (
+                ring.clone(),
+                keys.clone(),
+                onion.clone(),
+                pool.clone(),
+                network.clone(),
+                identity.clone(),
+                me.clone(),
+            );
+            async move {
+                // A new key must reach the roster before clients need it.
+                if rotate_keys(&ring, &keys, &onion) {
+                    register(&pool, &network, &identity, &me, &ring, forward_timeout).await;
+                }
+            }
+        });
+    }
+    {
+        let (store, metrics) = (store.clone(), metrics.clone());
+        every(
+            &shutdown,
+            stop.clone(),
+            Duration::from_secs(10),
+            move || {
+                let (store, metrics) = (store.clone(), metrics.clone());
+                async move {
+                    if let Ok(Ok(usage)) = tokio::task::spawn_blocking(move || store.total()).await
+                    {
+                        metrics.set_db_size(usage.bytes);
+                    }
+                }
+            },
+        );
+    }
+    // Expired messages leave the disk in the background; reads never return them meanwhile.
+    let sweeper = store.spawn_sweeper(
+        Arc::new(allium_swarm::SystemClock),
+        Duration::from_secs(5),
+        10_000,
+    )?;
+    if let Some(authority) = &authority {
+        shutdown.spawn(authority.clone().run(stop.clone()));
+    }
+
+    let handler = Arc::new(NodeHandler {
+        onion,
+        roster,
+        authority,
+    });
+    link.serve(
+        handler,
+        shutdown.triggered(),
+        forward_timeout + Duration::from_secs(1),
+    )
+    .await;
+    tracing::info!("stopped accepting; finishing background work");
+    if let Err(e) = shutdown.wait_for_tasks(Duration::from_secs(10)).await {
+        tracing::warn!(error = %e, "background work still running at exit");
+    }
+    http_stop.trigger();
+    let _ = http_task.await;
+    drop(sweeper);
+    drop(pool);
+    // Every acknowledged store was synced before it was acknowledged; closing flushes the rest.
+    drop(store);
+    tracing::info!("node stopped cleanly");
+    Ok(())
+}

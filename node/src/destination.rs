@@ -1,0 +1,115 @@
+//! The destination: executes a storage request delivered by an onion packet against this node's
+//! mailbox store, including long-poll waits, and answers `get_swarm` and `roster` from the roster.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use allium_swarm::proto::{GetSwarmResponse, RosterResponse};
+use allium_swarm::{Body, Handled, NodeId, Response, ResponseBody, Service, Status, UnixMillis};
+
+use crate::directory::RosterState;
+use crate::metrics::{Metrics, StorageMethod, StorageResult};
+use crate::onion_service::Destination;
+
+/// Milliseconds since the Unix epoch by the system clock.
+pub fn now_ms() -> UnixMillis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Executes storage requests on this node.
+#[derive(Debug)]
+pub struct StoreDestination {
+    service: Arc<Service>,
+    roster: Arc<RosterState>,
+    metrics: Metrics,
+}
+
+impl StoreDestination {
+    /// A destination over `service`, answering swarm questions from `roster`.
+    pub fn new(service: Arc<Service>, roster: Arc<RosterState>, metrics: Metrics) -> Self {
+        StoreDestination {
+            service,
+            roster,
+            metrics,
+        }
+    }
+
+    fn answer_locally(&self, body: Body, now: UnixMillis) -> Response {
+        let held = self.roster.current();
+        let result = match (body, held) {
+            (Body::GetSwarm(r), Some(h)) => match h.roster.swarm_for(&r.mailbox.0) {
+                Some(swarm_id) => Ok(ResponseBody::GetSwarm(GetSwarmResponse {
+                    swarm_id,
+                    members: h
+                        .roster
+                        .members_for(&r.mailbox.0)
+                        .iter()
+                        .map(|n| NodeId(n.identity.to_bytes()))
+                        .collect(),
+                })),
+                None => Err(Status::Busy),
+            },
+            (Body::Roster(r), Some(h)) => {
+                let version = h.roster.version();
+                let newer = r.known_version.is_none_or(|k| k < version);
+                Ok(ResponseBody::Roster(RosterResponse {
+                    version,
+                    roster: (newer && h.signed.len() <= allium_swarm::proto::MAX_ROSTER_BYTES)
+                        .then(|| h.signed.clone()),
+                }))
+            }
+            (_, None) => Err(Status::Busy),
+            (_, Some(_)) => Err(Status::Unsupported),
+        };
+        match result {
+            Ok(body) => Response {
+                now,
+                result: Ok(body),
+            },
+            Err(status) => Response::error(now, status),
+        }
+    }
+}
+
+fn method_of(response: &Response) -> StorageMethod {
+    match &response.result {
+        Ok(body) => StorageMethod::from(body.method()),
+        Err(_) => StorageMethod::Unknown,
+    }
+}
+
+impl Destination for StoreDestination {
+    async fn execute(&self, request: Vec<u8>, max_response: usize) -> Option<Vec<u8>> {
+        let started = Instant::now();
+        let service = self.service.clone();
+        // A store waits for its synced write: keep it off the async workers.
+        let handled = tokio::task::spawn_blocking(move || service.handle(&request, now_ms()))
+            .await
+            .ok()?;
+        let response = match handled {
+            Handled::Respond(r) => r,
+            Handled::Wait(pending) => {
+                let service = self.service.clone();
+                tokio::task::spawn_blocking(move || {
+                    pending.watch.wait_timeout(pending.wait);
+                    service.resume(pending, now_ms())
+                })
+                .await
+                .ok()?
+            }
+            Handled::Forward(body) => self.answer_locally(body, self.service.node_time(now_ms())),
+        };
+        let result = match &response.result {
+            Ok(_) => StorageResult::Ok,
+            Err(status) => StorageResult::from(*status),
+        };
+        self.metrics
+            .storage_request(method_of(&response), result, started.elapsed());
+        let encoded = response.encode();
+        // The client chose a reply class too small for this answer; it retries with a larger one.
+        (encoded.len() <= max_response).then_some(encoded)
+    }
+}

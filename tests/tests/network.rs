@@ -1,0 +1,354 @@
+//! Whole-network tests: an authority and six nodes as real processes, real RocksDB, real QUIC on
+//! loopback; requests built with `allium-onion` travel client → guard → middle → exit →
+//! destination.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use allium_client::onion::{Hop, OnionClient, SendError, epoch_at, resolve};
+use allium_node::devnet::Devnet;
+use allium_node::link::{self, Deadlines, Kind, Link, LinkLimits, Status};
+use allium_onion::{ErrorCode, SizeClass};
+use allium_swarm::network::NetworkFile;
+use allium_swarm::proto::{RetrieveRequest, StoreRequest};
+use allium_swarm::roster::{NodeEntry, Roster};
+use allium_swarm::{Body, Mailbox, Method, NodeId, Request, Response, ResponseBody};
+use allium_tests::{serial, start_devnet, wait_for_nodes_to_hold, wait_for_roster};
+use ed25519_dalek::SigningKey;
+
+const T: Duration = Duration::from_secs(10);
+const NODES: usize = 6;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn client() -> OnionClient {
+    OnionClient::new("127.0.0.1:0".parse().unwrap()).unwrap()
+}
+
+/// Three relays outside the mailbox's swarm, then a member of it as destination.
+fn path_for<'r>(roster: &'r Roster, mailbox: &[u8; 32], skip: &[[u8; 32]]) -> Vec<&'r NodeEntry> {
+    let members = roster.members_for(mailbox);
+    let destination = members
+        .iter()
+        .find(|m| !skip.contains(&m.identity.to_bytes()))
+        .copied()
+        .expect("a live member of the swarm");
+    let mut path: Vec<&NodeEntry> = roster
+        .nodes()
+        .iter()
+        .filter(|n| n.identity != destination.identity && !skip.contains(&n.identity.to_bytes()))
+        .take(3)
+        .collect();
+    assert_eq!(path.len(), 3, "not enough relays");
+    path.push(destination);
+    path
+}
+
+fn hops(network: &NetworkFile, path: &[&NodeEntry]) -> Vec<Hop> {
+    resolve(path, epoch_at(network.params.epoch_secs, now_ms() / 1000)).unwrap()
+}
+
+async fn store(
+    client: &OnionClient,
+    path: &[Hop],
+    mailbox: &Mailbox,
+    data: &[u8],
+) -> Result<Response, SendError> {
+    let request = Request::unsigned(Body::Store(StoreRequest {
+        mailbox: *mailbox,
+        namespace: 0,
+        ttl_ms: 3_600_000,
+        data: data.to_vec(),
+    }))
+    .encode();
+    let body = client.send(path, &request, SizeClass::Small, T).await?;
+    Ok(Response::decode(&body, Method::Store).unwrap())
+}
+
+async fn retrieve(client: &OnionClient, path: &[Hop], key: &SigningKey) -> Vec<Vec<u8>> {
+    let mailbox = Mailbox(key.verifying_key().to_bytes());
+    let destination = NodeId(path.last().unwrap().identity.to_bytes());
+    let request = Request::signed(
+        Body::Retrieve(RetrieveRequest {
+            mailbox,
+            namespace: 0,
+            after: None,
+            limit: None,
+            wait_ms: None,
+        }),
+        key,
+        &destination,
+        now_ms(),
+    )
+    .encode();
+    let body = client
+        .send(path, &request, SizeClass::Large, T)
+        .await
+        .unwrap();
+    match Response::decode(&body, Method::Retrieve).unwrap().result {
+        Ok(ResponseBody::Retrieve(r)) => r.messages.into_iter().map(|m| m.data).collect(),
+        other => panic!("retrieve failed: {other:?}"),
+    }
+}
+
+/// The roster once it lists every node and every node holds it.
+async fn formed(net: &mut Devnet, c: &OnionClient, network: &NetworkFile) -> Roster {
+    let roster = wait_for_roster(c.pool(), network, NODES + 1, T * 3)
+        .await
+        .expect("roster formed");
+    assert!(
+        wait_for_nodes_to_hold(net, roster.version(), T * 3).await,
+        "nodes did not fetch roster {}",
+        roster.version()
+    );
+    roster
+}
+
+fn mailbox_key(seed: u8) -> SigningKey {
+    SigningKey::from_bytes(&[seed; 32])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_stored_over_four_layers_is_retrieved_over_four_layers() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut net = start_devnet(dir.path(), NODES).unwrap();
+    let network = NetworkFile::load(&net.network_file).unwrap();
+    let c = client();
+    let roster = formed(&mut net, &c, &network).await;
+    assert!(
+        roster.swarms().len() >= 2,
+        "six nodes and an authority make at least two swarms"
+    );
+
+    let key = mailbox_key(1);
+    let mailbox = Mailbox(key.verifying_key().to_bytes());
+    let path = path_for(&roster, &mailbox.0, &[]);
+    let stored = store(
+        &c,
+        &hops(&network, &path),
+        &mailbox,
+        b"hello through four layers",
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(stored.result, Ok(ResponseBody::Store(_))),
+        "{stored:?}"
+    );
+
+    // Another path (the relays in reverse order), same destination.
+    let mut second = path.clone();
+    second[..3].reverse();
+    let got = retrieve(&c, &hops(&network, &second), &key).await;
+    assert_eq!(got, vec![b"hello through four layers".to_vec()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_presenting_the_wrong_key_is_refused() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let net = start_devnet(dir.path(), 1).unwrap();
+    let link = Link::bind_client("127.0.0.1:0".parse().unwrap(), LinkLimits::default()).unwrap();
+    // Dial node-1's address expecting the authority's key.
+    let err = link
+        .connect(net.nodes[1].addr, &net.nodes[0].identity)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, link::LinkError::Connect { .. }), "{err}");
+    // With the right key it works.
+    link.connect(net.nodes[1].addr, &net.nodes[1].identity)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_relay_is_reported_by_the_hop_before_it() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut net = start_devnet(dir.path(), NODES).unwrap();
+    let network = NetworkFile::load(&net.network_file).unwrap();
+    let c = client();
+    let roster = formed(&mut net, &c, &network).await;
+    let key = mailbox_key(2);
+    let mailbox = Mailbox(key.verifying_key().to_bytes());
+    let path = path_for(&roster, &mailbox.0, &[]);
+    let hops = hops(&network, &path);
+    // Warm every link of the path, then kill the middle relay.
+    store(&c, &hops, &mailbox, b"before").await.unwrap();
+    let middle = net
+        .nodes
+        .iter()
+        .position(|n| n.identity == path[1].identity)
+        .unwrap();
+    net.kill_node(middle).unwrap();
+
+    let err = store(&c, &hops, &mailbox, b"after").await.unwrap_err();
+    match err {
+        SendError::Hop { hop: 0, code } => assert!(
+            matches!(
+                code,
+                ErrorCode::NextHopUnreachable
+                    | ErrorCode::NextHopTimeout
+                    | ErrorCode::NextHopRejected
+            ),
+            "{code:?}"
+        ),
+        other => panic!("expected the guard to report its next hop, got {other}"),
+    }
+    assert_eq!(
+        err_failed_hop(&store(&c, &hops, &mailbox, b"again").await),
+        Some(1)
+    );
+}
+
+fn err_failed_hop(r: &Result<Response, SendError>) -> Option<usize> {
+    r.as_ref().err().and_then(SendError::failed_hop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_keeps_its_keys_its_messages_and_its_place() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut net = start_devnet(dir.path(), NODES).unwrap();
+    let network = NetworkFile::load(&net.network_file).unwrap();
+    let c = client();
+    let roster = formed(&mut net, &c, &network).await;
+    let key = mailbox_key(3);
+    let mailbox = Mailbox(key.verifying_key().to_bytes());
+    let path = path_for(&roster, &mailbox.0, &[]);
+    store(
+        &c,
+        &hops(&network, &path),
+        &mailbox,
+        b"kept across a restart",
+    )
+    .await
+    .unwrap();
+
+    let dest = path[3];
+    let i = net
+        .nodes
+        .iter()
+        .position(|n| n.identity == dest.identity)
+        .unwrap();
+    assert!(
+        net.stop_node(i).unwrap(),
+        "SIGTERM must end the node cleanly"
+    );
+    net.start_node(i).unwrap();
+
+    // Same identity, same swarm, same onion keys in the roster after the restart.
+    let after = formed(&mut net, &c, &network).await;
+    let entry = after.node(&dest.identity).expect("still in the roster");
+    assert_eq!(entry.swarm, dest.swarm);
+    assert_eq!(entry.onion_keys, dest.onion_keys);
+    // The message is still there.
+    let got = retrieve(
+        &c,
+        &hops(&network, &path_for(&after, &mailbox.0, &[])),
+        &key,
+    )
+    .await;
+    assert_eq!(got, vec![b"kept across a restart".to_vec()]);
+}
+
+fn drop_count(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("allium_packets_dropped_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+fn replays(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with("allium_replays_total"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0) as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_truncated_and_replayed_packets_are_dropped_and_counted() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut net = start_devnet(dir.path(), NODES).unwrap();
+    let network = NetworkFile::load(&net.network_file).unwrap();
+    let c = client();
+    let roster = formed(&mut net, &c, &network).await;
+    let key = mailbox_key(4);
+    let mailbox = Mailbox(key.verifying_key().to_bytes());
+    let path = path_for(&roster, &mailbox.0, &[]);
+    let hops = hops(&network, &path);
+    let guard = net
+        .nodes
+        .iter()
+        .find(|n| n.identity == path[0].identity)
+        .unwrap();
+    let before = allium_node::http::get(guard.metrics, "/metrics")
+        .await
+        .unwrap()
+        .1;
+
+    let link = Link::bind_client("127.0.0.1:0".parse().unwrap(), LinkLimits::default()).unwrap();
+    let conn = link.connect(guard.addr, &guard.identity).await.unwrap();
+    let mut garbage = vec![0u8; SizeClass::Small.size()];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut garbage);
+    garbage[0] = 1;
+    let (status, _) = link::request(&conn, Kind::Onion, &garbage, Deadlines::uniform(T))
+        .await
+        .unwrap();
+    assert_eq!(status, Status::Rejected);
+    let (status, _) = link::request(&conn, Kind::Onion, &garbage[..100], Deadlines::uniform(T))
+        .await
+        .unwrap();
+    assert_eq!(status, Status::Rejected);
+
+    // A valid packet, then the same bytes again.
+    let request = Request::unsigned(Body::Store(StoreRequest {
+        mailbox,
+        namespace: 0,
+        ttl_ms: 60_000,
+        data: b"once".to_vec(),
+    }))
+    .encode();
+    let onion_hops: Vec<allium_onion::PathHop> = hops
+        .iter()
+        .map(|h| allium_onion::PathHop {
+            node: allium_onion::NodeId(h.identity.to_bytes()),
+            epoch: h.epoch,
+            onion_key: h.onion_key,
+        })
+        .collect();
+    let built = allium_onion::build_packet(
+        &mut rand_core::OsRng,
+        &onion_hops,
+        &request,
+        SizeClass::Small,
+        SizeClass::Small,
+    )
+    .unwrap();
+    let (status, _) = link::request(&conn, Kind::Onion, &built.packet, Deadlines::uniform(T))
+        .await
+        .unwrap();
+    assert_eq!(status, Status::Ok);
+    let (status, _) = link::request(&conn, Kind::Onion, &built.packet, Deadlines::uniform(T))
+        .await
+        .unwrap();
+    assert_eq!(status, Status::Rejected, "a replay must be dropped");
+
+    let after = allium_node::http::get(guard.metrics, "/metrics")
+        .await
+        .unwrap()
+        .1;
+    assert_eq!(drop_count(&after) - drop_count(&before), 3);
+    assert_eq!(replays(&after) - replays(&before), 1);
+    // The node keeps serving.
+    store(&c, &hops, &mailbox, b"still serving").await.unwrap();
+}
