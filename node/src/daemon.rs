@@ -57,12 +57,24 @@ pub enum DaemonError {
 type NodeOnion = OnionService<RosterState, StoreDestination>;
 
 struct NodeHandler {
+    metrics: Metrics,
     onion: Arc<NodeOnion>,
     roster: Arc<RosterState>,
     authority: Option<Arc<Authority>>,
 }
 
 impl Handler for NodeHandler {
+    type ConnectionGuard = crate::metrics::ConnectionGuard;
+
+    /// Nodes prove an identity on the link; clients do not.
+    fn connected(&self, peer: &Peer) -> Self::ConnectionGuard {
+        if peer.identity.is_some() {
+            self.metrics.peer_connected()
+        } else {
+            self.metrics.client_connected()
+        }
+    }
+
     async fn handle(&self, _peer: &Peer, kind: Kind, body: Vec<u8>) -> (Status, Vec<u8>) {
         match kind {
             Kind::Onion => self.onion.handle(body).await,
@@ -436,6 +448,7 @@ pub async fn run(config: NodeConfig, shutdown: ShutdownSignal) -> Result<(), Dae
     }
 
     let handler = Arc::new(NodeHandler {
+        metrics: metrics.clone(),
         onion,
         roster,
         authority,

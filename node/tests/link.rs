@@ -17,6 +17,10 @@ use tokio::sync::oneshot;
 struct Echo;
 
 impl Handler for Echo {
+    type ConnectionGuard = ();
+
+    fn connected(&self, _peer: &Peer) {}
+
     async fn handle(&self, peer: &Peer, kind: Kind, body: Vec<u8>) -> (Status, Vec<u8>) {
         if kind != Kind::Directory {
             return (Status::Rejected, Vec::new());

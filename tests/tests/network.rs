@@ -266,6 +266,14 @@ fn drop_count(metrics: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
+fn gauge(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| l.split(' ').next() == Some(name))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0) as u64
+}
+
 fn replays(metrics: &str) -> u64 {
     metrics
         .lines()
@@ -349,6 +357,9 @@ async fn garbage_truncated_and_replayed_packets_are_dropped_and_counted() {
         .1;
     assert_eq!(drop_count(&after) - drop_count(&before), 3);
     assert_eq!(replays(&after) - replays(&before), 1);
+    // Our anonymous connection counts as a client; the authority's probes as a peer.
+    assert!(gauge(&after, "allium_client_connections") >= 1, "{after}");
+    assert!(gauge(&after, "allium_peers_connected") >= 1, "{after}");
     // The node keeps serving.
     store(&c, &hops, &mailbox, b"still serving").await.unwrap();
 }

@@ -110,6 +110,12 @@ pub struct Peer {
 
 /// Answers requests arriving on accepted streams.
 pub trait Handler: Send + Sync + 'static {
+    /// Held for as long as a connection is open (for example a gauge's guard).
+    type ConnectionGuard: Send + 'static;
+
+    /// Called once a connection's handshake completed.
+    fn connected(&self, peer: &Peer) -> Self::ConnectionGuard;
+
     /// Answers one request.
     fn handle(
         &self,
@@ -325,6 +331,7 @@ async fn serve_connection<H: Handler>(
         addr: conn.remote_address(),
         identity: peer_identity(&conn),
     });
+    let _guard = handler.connected(&peer);
     loop {
         let (mut send, mut recv) = match conn.accept_bi().await {
             Ok(s) => s,
