@@ -104,6 +104,12 @@ async fn bench(cli: Cli) -> Result<(), String> {
     let roster = roster(&client, &network, cli.nodes + 1)
         .await
         .ok_or("the roster did not form within 60 s")?;
+    if !net
+        .wait_for_roster_version(roster.version(), Duration::from_secs(60))
+        .await
+    {
+        return Err("the nodes did not fetch the roster within 60 s".into());
+    }
 
     let mailbox = Mailbox([7u8; 32]);
     let members = roster.members_for(&mailbox.0);

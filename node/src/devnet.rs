@@ -264,6 +264,36 @@ impl Devnet {
         Ok(())
     }
 
+    /// Waits until every running node serves roster `version` or newer (each fetches it on its
+    /// own schedule), as its health endpoint reports. Returns false if `deadline` passed first.
+    pub async fn wait_for_roster_version(&mut self, version: u64, deadline: Duration) -> bool {
+        let until = Instant::now() + deadline;
+        loop {
+            let mut behind = 0;
+            for node in &mut self.nodes {
+                if !node.is_running() {
+                    continue;
+                }
+                let held = crate::http::get(node.metrics, "/health")
+                    .await
+                    .ok()
+                    .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+                    .and_then(|v| v["roster_version"].as_u64())
+                    .unwrap_or(0);
+                if held < version {
+                    behind += 1;
+                }
+            }
+            if behind == 0 {
+                return true;
+            }
+            if Instant::now() > until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Sends SIGTERM to node `i` and waits for it to exit; returns whether it exited cleanly.
     pub fn stop_node(&mut self, i: usize) -> Result<bool, DevnetError> {
         let Some(mut child) = self.nodes[i].child.take() else {

@@ -50,36 +50,6 @@ pub fn start_devnet(dir: &std::path::Path, nodes: usize) -> Result<Devnet, Devne
     )
 }
 
-/// Waits until every running node of `net` serves roster `version` or newer (each node fetches
-/// it on its own schedule), as its health endpoint reports.
-pub async fn wait_for_nodes_to_hold(net: &mut Devnet, version: u64, deadline: Duration) -> bool {
-    let until = Instant::now() + deadline;
-    loop {
-        let mut behind = 0;
-        for node in net.nodes.iter_mut() {
-            if !node.is_running() {
-                continue;
-            }
-            let held = allium_node::http::get(node.metrics, "/health")
-                .await
-                .ok()
-                .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
-                .and_then(|v| v["roster_version"].as_u64())
-                .unwrap_or(0);
-            if held < version {
-                behind += 1;
-            }
-        }
-        if behind == 0 {
-            return true;
-        }
-        if Instant::now() > until {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Fetches the roster from the authority until it lists `nodes` nodes (or `deadline` passes).
 pub async fn wait_for_roster(
     pool: &Pool,

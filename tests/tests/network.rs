@@ -13,7 +13,7 @@ use allium_swarm::network::NetworkFile;
 use allium_swarm::proto::{RetrieveRequest, StoreRequest};
 use allium_swarm::roster::{NodeEntry, Roster};
 use allium_swarm::{Body, Mailbox, Method, NodeId, Request, Response, ResponseBody};
-use allium_tests::{serial, start_devnet, wait_for_nodes_to_hold, wait_for_roster};
+use allium_tests::{serial, start_devnet, wait_for_roster};
 use ed25519_dalek::SigningKey;
 
 const T: Duration = Duration::from_secs(10);
@@ -102,7 +102,7 @@ async fn formed(net: &mut Devnet, c: &OnionClient, network: &NetworkFile) -> Ros
         .await
         .expect("roster formed");
     assert!(
-        wait_for_nodes_to_hold(net, roster.version(), T * 3).await,
+        net.wait_for_roster_version(roster.version(), T * 3).await,
         "nodes did not fetch roster {}",
         roster.version()
     );
