@@ -17,6 +17,9 @@ use crate::directory::RosterState;
 use crate::link::{Deadlines, Kind, Pool, Status};
 use crate::onion_service::unix_now;
 
+/// Most nodes the authority keeps descriptors of: as many as a roster may list.
+pub const MAX_REGISTERED: usize = allium_swarm::roster::MAX_NODES;
+
 /// How far in the future a descriptor's timestamp may be.
 const MAX_DESCRIPTOR_SKEW_SECS: u64 = 300;
 
@@ -76,6 +79,11 @@ impl Authority {
         };
         let key = descriptor.identity.to_bytes();
         let mut registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        // Descriptors cost nothing to mint (any fresh key signs its own), so the registry is
+        // capped at what a roster can hold; known nodes may always re-register.
+        if registry.len() >= MAX_REGISTERED && !registry.contains_key(&key) {
+            return DirectoryResponse::Refused("registry full".into());
+        }
         let newer = registry
             .get(&key)
             .is_none_or(|r| r.descriptor.published_at <= descriptor.published_at);
@@ -91,6 +99,14 @@ impl Authority {
         DirectoryResponse::Registered {
             roster_version: self.roster.version().unwrap_or(0),
         }
+    }
+
+    /// Number of nodes registered (reachable or not).
+    pub fn registered(&self) -> usize {
+        self.registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     /// Probes and publishes every `publish_interval` until `stop` fires.

@@ -1,0 +1,105 @@
+//! The authority's registration: valid descriptors are kept, bad ones refused, memory capped.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use allium_node::authority::{Authority, AuthorityConfig, MAX_REGISTERED};
+use allium_node::directory::{RosterState, SelfDescription, descriptor};
+use allium_node::link::{Link, LinkLimits, Pool};
+use allium_node::metrics::Metrics;
+use allium_onion::{Epoch, IdentityKeypair, OnionKeyCert, OnionSecretKey};
+use allium_swarm::network::{Authority as NetAuthority, NetworkFile, NetworkParams};
+use allium_swarm::roster::DirectoryResponse;
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+fn authority(rng: &mut ChaCha20Rng) -> Authority {
+    let me = IdentityKeypair::generate(rng);
+    let network = NetworkFile::new(
+        "test-net",
+        vec![NetAuthority {
+            identity: me.public(),
+            address: "127.0.0.1:4433".parse().unwrap(),
+        }],
+        NetworkParams {
+            swarm_size: 3,
+            min_ttl_secs: 10,
+            max_ttl_secs: 1_209_600,
+            epoch_secs: 3600,
+            allow_same_subnet: true,
+            roster_threshold: 1,
+        },
+    )
+    .unwrap();
+    let link = Link::bind_client("127.0.0.1:0".parse().unwrap(), LinkLimits::default()).unwrap();
+    Authority::new(
+        me,
+        Arc::new(RosterState::new(network, None, Metrics::new())),
+        Arc::new(Pool::new(Arc::new(link), Duration::from_secs(1))),
+        AuthorityConfig {
+            publish_interval: Duration::from_secs(1),
+            descriptor_ttl: Duration::from_secs(60),
+            probe_timeout: Duration::from_secs(1),
+        },
+    )
+}
+
+fn signed_descriptor(rng: &mut ChaCha20Rng) -> Vec<u8> {
+    let node = IdentityKeypair::generate(rng);
+    let epoch = Epoch(allium_node::onion_service::unix_now() as u32 / 3600);
+    let onion = OnionSecretKey::generate(epoch, rng);
+    let me = SelfDescription {
+        addresses: vec!["127.0.0.1:5000".parse().unwrap()],
+        software: "test".into(),
+    };
+    descriptor(&node, &me, vec![OnionKeyCert::sign(&node, &onion)]).unwrap()
+}
+
+#[tokio::test]
+async fn valid_descriptors_are_kept_and_bad_ones_refused() {
+    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    let a = authority(&mut rng);
+    let good = signed_descriptor(&mut rng);
+    assert!(matches!(
+        a.register(&good),
+        DirectoryResponse::Registered { .. }
+    ));
+    assert_eq!(a.registered(), 1);
+    let mut bad = good.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    assert!(matches!(a.register(&bad), DirectoryResponse::Refused(_)));
+    assert!(matches!(
+        a.register(b"garbage"),
+        DirectoryResponse::Refused(_)
+    ));
+    assert_eq!(a.registered(), 1);
+}
+
+#[tokio::test]
+async fn the_registry_is_capped_and_known_nodes_may_still_re_register() {
+    let mut rng = ChaCha20Rng::seed_from_u64(2);
+    let a = authority(&mut rng);
+    let first = signed_descriptor(&mut rng);
+    assert!(matches!(
+        a.register(&first),
+        DirectoryResponse::Registered { .. }
+    ));
+    for _ in 1..MAX_REGISTERED {
+        assert!(matches!(
+            a.register(&signed_descriptor(&mut rng)),
+            DirectoryResponse::Registered { .. }
+        ));
+    }
+    assert_eq!(a.registered(), MAX_REGISTERED);
+    match a.register(&signed_descriptor(&mut rng)) {
+        DirectoryResponse::Refused(why) => assert!(why.contains("full"), "{why}"),
+        other => panic!("a registration past the cap was accepted: {other:?}"),
+    }
+    assert_eq!(a.registered(), MAX_REGISTERED);
+    assert!(matches!(
+        a.register(&first),
+        DirectoryResponse::Registered { .. }
+    ));
+}
