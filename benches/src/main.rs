@@ -6,12 +6,11 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use allium_client::onion::{OnionClient, epoch_at, resolve};
-use allium_node::devnet::{Devnet, DevnetOptions};
-use allium_node::directory::ask_authorities;
+use allium_node::devnet::{Devnet, DevnetOptions, wait_for_roster};
 use allium_onion::SizeClass;
 use allium_swarm::network::NetworkFile;
 use allium_swarm::proto::StoreRequest;
-use allium_swarm::roster::{DirectoryRequest, DirectoryResponse, NodeEntry, Roster, SignedRoster};
+use allium_swarm::roster::NodeEntry;
 use allium_swarm::{Body, Mailbox, Request};
 use clap::Parser;
 
@@ -51,24 +50,6 @@ fn node_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("allium-node"))
 }
 
-async fn roster(client: &OnionClient, network: &NetworkFile, nodes: usize) -> Option<Roster> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        let ask = DirectoryRequest::GetRoster { have_version: None };
-        if let Some(DirectoryResponse::Roster(b)) =
-            ask_authorities(client.pool(), network, &ask, Duration::from_secs(2)).await
-        {
-            if let Ok(r) = SignedRoster::decode_and_verify(&b, network, None) {
-                if r.nodes().len() >= nodes {
-                    return Some(r);
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    None
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted.get(i).copied().unwrap_or_default()
@@ -101,9 +82,14 @@ async fn bench(cli: Cli) -> Result<(), String> {
     let network = NetworkFile::load(&net.network_file).map_err(|e| e.to_string())?;
     let client = OnionClient::new("127.0.0.1:0".parse().map_err(|e| format!("{e}"))?)
         .map_err(|e| e.to_string())?;
-    let roster = roster(&client, &network, cli.nodes + 1)
-        .await
-        .ok_or("the roster did not form within 60 s")?;
+    let roster = wait_for_roster(
+        client.pool(),
+        &network,
+        cli.nodes + 1,
+        Duration::from_secs(60),
+    )
+    .await
+    .ok_or("the roster did not form within 60 s")?;
     if !net
         .wait_for_roster_version(roster.version(), Duration::from_secs(60))
         .await

@@ -5,19 +5,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use allium_swarm::proto::{GetSwarmResponse, RosterResponse};
-use allium_swarm::{Body, Handled, NodeId, Response, ResponseBody, Service, Status, UnixMillis};
+use allium_swarm::{
+    Body, Clock, Handled, NodeId, Response, ResponseBody, Service, Status, SystemClock, UnixMillis,
+};
 
 use crate::directory::RosterState;
 use crate::metrics::{Metrics, StorageMethod, StorageResult};
 use crate::onion_service::Destination;
-
-/// Milliseconds since the Unix epoch by the system clock.
-pub fn now_ms() -> UnixMillis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// Executes storage requests on this node.
 #[derive(Debug)]
@@ -86,21 +80,24 @@ impl Destination for StoreDestination {
         let started = Instant::now();
         let service = self.service.clone();
         // A store waits for its synced write: keep it off the async workers.
-        let handled = tokio::task::spawn_blocking(move || service.handle(&request, now_ms()))
-            .await
-            .ok()?;
+        let handled =
+            tokio::task::spawn_blocking(move || service.handle(&request, SystemClock.now()))
+                .await
+                .ok()?;
         let response = match handled {
             Handled::Respond(r) => r,
             Handled::Wait(pending) => {
                 let service = self.service.clone();
                 tokio::task::spawn_blocking(move || {
                     pending.watch.wait_timeout(pending.wait);
-                    service.resume(pending, now_ms())
+                    service.resume(pending, SystemClock.now())
                 })
                 .await
                 .ok()?
             }
-            Handled::Forward(body) => self.answer_locally(body, self.service.node_time(now_ms())),
+            Handled::Forward(body) => {
+                self.answer_locally(body, self.service.node_time(SystemClock.now()))
+            }
         };
         let result = match &response.result {
             Ok(_) => StorageResult::Ok,

@@ -325,6 +325,35 @@ impl Devnet {
     }
 }
 
+/// Asks the authorities for the roster until it lists at least `nodes` nodes; `None` if
+/// `deadline` passes first.
+pub async fn wait_for_roster(
+    pool: &crate::link::Pool,
+    network: &allium_swarm::network::NetworkFile,
+    nodes: usize,
+    deadline: Duration,
+) -> Option<allium_swarm::roster::Roster> {
+    use allium_swarm::roster::{DirectoryRequest, DirectoryResponse, SignedRoster};
+    let until = Instant::now() + deadline;
+    loop {
+        let request = DirectoryRequest::GetRoster { have_version: None };
+        if let Some(DirectoryResponse::Roster(bytes)) =
+            crate::directory::ask_authorities(pool, network, &request, Duration::from_secs(2)).await
+        {
+            if let Ok(roster) = SignedRoster::decode_and_verify(&bytes, network, None) {
+                if roster.nodes().len() >= nodes {
+                    return Some(roster);
+                }
+            }
+        }
+        if Instant::now() > until {
+            return None;
+        }
+        // The authority publishes on its own schedule; ask again shortly.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn signal(pid: u32, sig: &str) -> Result<(), DevnetError> {
     let status = Command::new("kill")
         .arg(format!("-{sig}"))

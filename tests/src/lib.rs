@@ -1,15 +1,11 @@
 #![doc = include_str!("../README.md")]
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
 use tokio::sync::{Mutex, MutexGuard};
 
+pub use allium_node::devnet::wait_for_roster;
 use allium_node::devnet::{Devnet, DevnetError, DevnetOptions};
-use allium_node::directory::ask_authorities;
-use allium_node::link::Pool;
-use allium_swarm::network::NetworkFile;
-use allium_swarm::roster::{DirectoryRequest, DirectoryResponse, Roster, SignedRoster};
 
 /// The `allium-node` executable that `cargo test --workspace` built next to the test binaries.
 pub fn node_binary() -> PathBuf {
@@ -48,31 +44,4 @@ pub fn start_devnet(dir: &std::path::Path, nodes: usize) -> Result<Devnet, Devne
             ..DevnetOptions::default()
         },
     )
-}
-
-/// Fetches the roster from the authority until it lists `nodes` nodes (or `deadline` passes).
-pub async fn wait_for_roster(
-    pool: &Pool,
-    network: &NetworkFile,
-    nodes: usize,
-    deadline: Duration,
-) -> Option<Roster> {
-    let until = Instant::now() + deadline;
-    loop {
-        let request = DirectoryRequest::GetRoster { have_version: None };
-        if let Some(DirectoryResponse::Roster(bytes)) =
-            ask_authorities(pool, network, &request, Duration::from_secs(2)).await
-        {
-            if let Ok(roster) = SignedRoster::decode_and_verify(&bytes, network, None) {
-                if roster.nodes().len() >= nodes {
-                    return Some(roster);
-                }
-            }
-        }
-        if Instant::now() > until {
-            return None;
-        }
-        // The authority publishes on its own schedule; ask again shortly.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
