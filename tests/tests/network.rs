@@ -109,25 +109,62 @@ async fn formed(net: &mut Devnet, c: &OnionClient, network: &NetworkFile) -> Ros
     roster
 }
 
+/// A formed network (an authority and `NODES` nodes, every node holding the roster), a client,
+/// and a mailbox. Bind `_serial` and `_dir` first when destructuring, so they are dropped last:
+/// the node processes stop before their folder goes and before the next test starts.
+struct Fixture {
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+    _dir: tempfile::TempDir,
+    net: Devnet,
+    network: NetworkFile,
+    c: OnionClient,
+    roster: Roster,
+    key: SigningKey,
+    mailbox: Mailbox,
+}
+
+async fn fixture(seed: u8) -> Fixture {
+    let serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut net = start_devnet(dir.path(), NODES).unwrap();
+    let network = NetworkFile::load(&net.network_file).unwrap();
+    let c = client();
+    let roster = formed(&mut net, &c, &network).await;
+    let key = mailbox_key(seed);
+    let mailbox = Mailbox(key.verifying_key().to_bytes());
+    Fixture {
+        _serial: serial,
+        _dir: dir,
+        net,
+        network,
+        c,
+        roster,
+        key,
+        mailbox,
+    }
+}
+
 fn mailbox_key(seed: u8) -> SigningKey {
     SigningKey::from_bytes(&[seed; 32])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_stored_over_four_layers_is_retrieved_over_four_layers() {
-    let _serial = serial().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut net = start_devnet(dir.path(), NODES).unwrap();
-    let network = NetworkFile::load(&net.network_file).unwrap();
-    let c = client();
-    let roster = formed(&mut net, &c, &network).await;
+    let Fixture {
+        _serial,
+        _dir,
+        net: _net,
+        network,
+        c,
+        roster,
+        key,
+        mailbox,
+    } = fixture(1).await;
     assert!(
         roster.swarms().len() >= 2,
         "six nodes and an authority make at least two swarms"
     );
 
-    let key = mailbox_key(1);
-    let mailbox = Mailbox(key.verifying_key().to_bytes());
     let path = path_for(&roster, &mailbox.0, &[]);
     let stored = store(
         &c,
@@ -169,14 +206,16 @@ async fn a_node_presenting_the_wrong_key_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_relay_is_reported_by_the_hop_before_it() {
-    let _serial = serial().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut net = start_devnet(dir.path(), NODES).unwrap();
-    let network = NetworkFile::load(&net.network_file).unwrap();
-    let c = client();
-    let roster = formed(&mut net, &c, &network).await;
-    let key = mailbox_key(2);
-    let mailbox = Mailbox(key.verifying_key().to_bytes());
+    let Fixture {
+        _serial,
+        _dir,
+        mut net,
+        network,
+        c,
+        roster,
+        key: _,
+        mailbox,
+    } = fixture(2).await;
     let path = path_for(&roster, &mailbox.0, &[]);
     let hops = hops(&network, &path);
     // Warm every link of the path, then kill the middle relay.
@@ -213,14 +252,16 @@ fn err_failed_hop(r: &Result<Response, SendError>) -> Option<usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_keeps_its_keys_its_messages_and_its_place() {
-    let _serial = serial().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut net = start_devnet(dir.path(), NODES).unwrap();
-    let network = NetworkFile::load(&net.network_file).unwrap();
-    let c = client();
-    let roster = formed(&mut net, &c, &network).await;
-    let key = mailbox_key(3);
-    let mailbox = Mailbox(key.verifying_key().to_bytes());
+    let Fixture {
+        _serial,
+        _dir,
+        mut net,
+        network,
+        c,
+        roster,
+        key,
+        mailbox,
+    } = fixture(3).await;
     let path = path_for(&roster, &mailbox.0, &[]);
     store(
         &c,
@@ -284,14 +325,16 @@ fn replays(metrics: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_truncated_and_replayed_packets_are_dropped_and_counted() {
-    let _serial = serial().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut net = start_devnet(dir.path(), NODES).unwrap();
-    let network = NetworkFile::load(&net.network_file).unwrap();
-    let c = client();
-    let roster = formed(&mut net, &c, &network).await;
-    let key = mailbox_key(4);
-    let mailbox = Mailbox(key.verifying_key().to_bytes());
+    let Fixture {
+        _serial,
+        _dir,
+        net,
+        network,
+        c,
+        roster,
+        key: _,
+        mailbox,
+    } = fixture(4).await;
     let path = path_for(&roster, &mailbox.0, &[]);
     let hops = hops(&network, &path);
     let guard = net
