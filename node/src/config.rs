@@ -86,6 +86,18 @@ pub const ENV_VARS: &[EnvVar] = &[
         "replay.packets_per_epoch",
     ),
     var(
+        "ALLIUM_NODE_REPLICATION_SYNC_INTERVAL_MS",
+        "replication.sync_interval_ms",
+    ),
+    var(
+        "ALLIUM_NODE_REPLICATION_QUORUM_TIMEOUT_MS",
+        "replication.quorum_timeout_ms",
+    ),
+    var(
+        "ALLIUM_NODE_REPLICATION_MAX_PULL_BYTES",
+        "replication.max_pull_bytes",
+    ),
+    var(
         "ALLIUM_NODE_DIRECTORY_REGISTER_INTERVAL_MS",
         "directory.register_interval_ms",
     ),
@@ -136,8 +148,33 @@ pub struct NodeConfig {
     pub store: StoreConfig,
     /// Replay filter sizing.
     pub replay: ReplayConfig,
+    /// Replication between swarm members.
+    pub replication: ReplicationConfig,
     /// Registration with the authorities and roster refresh.
     pub directory: DirectoryConfig,
+}
+
+/// Replication between swarm members (whitepaper storage §9).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplicationConfig {
+    /// How often the node compares its holdings with each swarm peer (one digest exchange per
+    /// peer when nothing differs) and hands off mailboxes that left its swarm.
+    pub sync_interval_ms: u64,
+    /// How long a store waits for a majority of the swarm before it is answered `not_replicated`.
+    pub quorum_timeout_ms: u64,
+    /// Most message bytes pulled from one peer in one round, bounding repair bandwidth.
+    pub max_pull_bytes: u64,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig {
+            sync_interval_ms: 5_000,
+            quorum_timeout_ms: 3_000,
+            max_pull_bytes: 8 * 1024 * 1024,
+        }
+    }
 }
 
 /// Connection, stream and queue limits.
@@ -227,6 +264,7 @@ impl Default for NodeConfig {
             limits: Limits::default(),
             store: StoreConfig::default(),
             replay: ReplayConfig::default(),
+            replication: ReplicationConfig::default(),
             directory: DirectoryConfig::default(),
         }
     }
@@ -467,6 +505,11 @@ impl NodeConfig {
             "store.max_bytes" => self.store.max_bytes = parse(value)?,
             "store.mailbox_quota_bytes" => self.store.mailbox_quota_bytes = parse(value)?,
             "replay.packets_per_epoch" => self.replay.packets_per_epoch = parse(value)?,
+            "replication.sync_interval_ms" => self.replication.sync_interval_ms = parse(value)?,
+            "replication.quorum_timeout_ms" => {
+                self.replication.quorum_timeout_ms = parse(value)?;
+            }
+            "replication.max_pull_bytes" => self.replication.max_pull_bytes = parse(value)?,
             "directory.register_interval_ms" => {
                 self.directory.register_interval_ms = parse(value)?;
             }
@@ -527,6 +570,18 @@ impl NodeConfig {
             ("store.max_bytes", self.store.max_bytes),
             ("store.mailbox_quota_bytes", self.store.mailbox_quota_bytes),
             ("replay.packets_per_epoch", self.replay.packets_per_epoch),
+            (
+                "replication.sync_interval_ms",
+                self.replication.sync_interval_ms,
+            ),
+            (
+                "replication.quorum_timeout_ms",
+                self.replication.quorum_timeout_ms,
+            ),
+            (
+                "replication.max_pull_bytes",
+                self.replication.max_pull_bytes,
+            ),
             (
                 "directory.register_interval_ms",
                 self.directory.register_interval_ms,

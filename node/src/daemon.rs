@@ -21,9 +21,10 @@ use crate::directory::{
 };
 use crate::http::{self, HealthReport, HealthStatus};
 use crate::keystore::KeyStore;
-use crate::link::{Handler, Kind, Link, LinkLimits, Peer, Pool, Status, TlsIdentity};
+use crate::link::{Deadlines, Handler, Kind, Link, LinkLimits, Peer, Pool, Status, TlsIdentity};
 use crate::metrics::Metrics;
 use crate::onion_service::{OnionConfig, OnionService, unix_now};
+use crate::replication::{Membership, Replicator};
 use crate::shutdown::ShutdownSignal;
 
 /// Why the daemon could not start or stopped with an error.
@@ -59,6 +60,7 @@ type NodeOnion = OnionService<RosterState, StoreDestination>;
 struct NodeHandler {
     metrics: Metrics,
     onion: Arc<NodeOnion>,
+    replicator: Arc<Replicator>,
     roster: Arc<RosterState>,
     authority: Option<Arc<Authority>>,
 }
@@ -75,7 +77,7 @@ impl Handler for NodeHandler {
         }
     }
 
-    async fn handle(&self, _peer: &Peer, kind: Kind, body: Vec<u8>) -> (Status, Vec<u8>) {
+    async fn handle(&self, peer: &Peer, kind: Kind, body: Vec<u8>) -> (Status, Vec<u8>) {
         match kind {
             Kind::Onion => self.onion.handle(body).await,
             Kind::Directory => match DirectoryRequest::decode(&body) {
@@ -95,8 +97,7 @@ impl Handler for NodeHandler {
                     (Status::Rejected, Vec::new())
                 }
             },
-            // Replication between swarm members arrives with its own protocol.
-            Kind::Peer => (Status::Rejected, Vec::new()),
+            Kind::Peer => self.replicator.serve(peer, body).await,
         }
     }
 }
@@ -265,10 +266,6 @@ pub async fn run(config: NodeConfig, shutdown: ShutdownSignal) -> Result<(), Dae
         ..allium_swarm::StoreConfig::default()
     };
     let store = Arc::new(Store::open(config.data_dir.join("store"), store_config)?);
-    let service = Arc::new(Service::new(
-        store.clone(),
-        ServiceConfig::new(allium_swarm::NodeId(identity.public().to_bytes())),
-    ));
 
     let link = Arc::new(Link::bind_node(
         config.listen,
@@ -288,8 +285,27 @@ pub async fn run(config: NodeConfig, shutdown: ShutdownSignal) -> Result<(), Dae
         metrics.clone(),
     ));
     roster.load_cache();
+    let membership = Arc::new(Membership::new(
+        identity.public(),
+        roster.clone(),
+        metrics.clone(),
+    ));
+    let service = Arc::new(Service::with_placement(
+        store.clone(),
+        ServiceConfig::new(allium_swarm::NodeId(identity.public().to_bytes())),
+        membership.clone(),
+    ));
+    let replicator = Arc::new(Replicator::new(
+        membership,
+        service.clone(),
+        pool.clone(),
+        metrics.clone(),
+        config.replication.clone(),
+        Deadlines::uniform(forward_timeout),
+    ));
     let destination = Arc::new(StoreDestination::new(
         service,
+        replicator.clone(),
         roster.clone(),
         metrics.clone(),
     ));
@@ -446,10 +462,12 @@ pub async fn run(config: NodeConfig, shutdown: ShutdownSignal) -> Result<(), Dae
     if let Some(authority) = &authority {
         shutdown.spawn(authority.clone().run(stop.clone()));
     }
+    shutdown.spawn(replicator.clone().run(stop.clone()));
 
     let handler = Arc::new(NodeHandler {
         metrics: metrics.clone(),
         onion,
+        replicator,
         roster,
         authority,
     });

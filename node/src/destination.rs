@@ -12,20 +12,29 @@ use allium_swarm::{
 use crate::directory::RosterState;
 use crate::metrics::{Metrics, StorageMethod, StorageResult};
 use crate::onion_service::Destination;
+use crate::replication::Replicator;
 
 /// Executes storage requests on this node.
 #[derive(Debug)]
 pub struct StoreDestination {
     service: Arc<Service>,
+    replicator: Arc<Replicator>,
     roster: Arc<RosterState>,
     metrics: Metrics,
 }
 
 impl StoreDestination {
-    /// A destination over `service`, answering swarm questions from `roster`.
-    pub fn new(service: Arc<Service>, roster: Arc<RosterState>, metrics: Metrics) -> Self {
+    /// A destination over `service` whose writes reach the swarm through `replicator`,
+    /// answering swarm questions from `roster`.
+    pub fn new(
+        service: Arc<Service>,
+        replicator: Arc<Replicator>,
+        roster: Arc<RosterState>,
+        metrics: Metrics,
+    ) -> Self {
         StoreDestination {
             service,
+            replicator,
             roster,
             metrics,
         }
@@ -59,10 +68,7 @@ impl StoreDestination {
             (_, Some(_)) => Err(Status::Unsupported),
         };
         match result {
-            Ok(body) => Response {
-                now,
-                result: Ok(body),
-            },
+            Ok(body) => Response::ok(now, body),
             Err(status) => Response::error(now, status),
         }
     }
@@ -86,6 +92,11 @@ impl Destination for StoreDestination {
                 .ok()?;
         let response = match handled {
             Handled::Respond(r) => r,
+            Handled::Replicate {
+                response,
+                items,
+                mode,
+            } => self.replicator.finish(response, items, mode).await,
             Handled::Wait(pending) => {
                 let service = self.service.clone();
                 tokio::task::spawn_blocking(move || {

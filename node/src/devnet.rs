@@ -45,6 +45,8 @@ pub struct DevnetOptions {
     pub forward_timeout_ms: u64,
     /// Log filter of the nodes.
     pub log: String,
+    /// Anti-entropy interval of the nodes.
+    pub sync_interval_ms: u64,
 }
 
 impl Default for DevnetOptions {
@@ -55,6 +57,7 @@ impl Default for DevnetOptions {
             epoch_secs: 3600,
             forward_timeout_ms: 2000,
             log: "info".into(),
+            sync_interval_ms: 1000,
         }
     }
 }
@@ -101,6 +104,7 @@ pub struct Devnet {
     /// The authority first, then the nodes.
     pub nodes: Vec<DevnetNode>,
     log: String,
+    opts: DevnetOptions,
 }
 
 /// A free UDP port on loopback. The socket is closed again, so another process could take the
@@ -154,6 +158,7 @@ impl Devnet {
             network_file,
             nodes,
             log: opts.log.clone(),
+            opts: opts.clone(),
         };
         for i in 0..net.nodes.len() {
             net.start_node(i)?;
@@ -188,7 +193,8 @@ impl Devnet {
                 "data_dir = \"{}\"\nlisten = \"127.0.0.1:{}\"\nmetrics_listen = \"127.0.0.1:{}\"\n\
                  network_file = \"{}\"\nauthority = {}\n\n[limits]\nforward_timeout_ms = {}\n\
                  idle_timeout_ms = 30000\nkeep_alive_ms = 5000\n\n[store]\nmax_bytes = 1073741824\n\n\
-                 [replay]\npackets_per_epoch = 100000\n\n[directory]\nregister_interval_ms = 1000\n\
+                 [replay]\npackets_per_epoch = 100000\n\n[replication]\nsync_interval_ms = {}\n\n\
+                 [directory]\nregister_interval_ms = 1000\n\
                  roster_refresh_ms = 500\npublish_interval_ms = 500\ndescriptor_ttl_ms = 5000\n",
                 data_dir.display(),
                 free_port()?,
@@ -196,6 +202,7 @@ impl Devnet {
                 network_file.display(),
                 name == "authority",
                 opts.forward_timeout_ms,
+                opts.sync_interval_ms,
             );
             std::fs::write(&config, text).map_err(io("writing a node config"))?;
         }
@@ -214,6 +221,22 @@ impl Devnet {
             identity,
             child: None,
         })
+    }
+
+    /// Adds a node (`node-<n>`) to the network and starts it; returns its index.
+    pub fn add_node(&mut self) -> Result<usize, DevnetError> {
+        let name = format!("node-{}", self.nodes.len());
+        let node = Self::prepare(
+            &self.binary,
+            &self.dir,
+            &name,
+            &self.network_file,
+            &self.opts,
+        )?;
+        self.nodes.push(node);
+        let i = self.nodes.len() - 1;
+        self.start_node(i)?;
+        Ok(i)
     }
 
     /// The folder holding everything.

@@ -12,4 +12,5 @@ pub mod link;
 pub mod logging;
 pub mod metrics;
 pub mod onion_service;
+pub mod replication;
 pub mod shutdown;

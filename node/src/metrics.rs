@@ -143,7 +143,45 @@ label_enum! {
         Internal => "internal",
         /// Not served by this node.
         Unsupported => "unsupported",
+        /// The mailbox belongs to another swarm.
+        WrongSwarm => "wrong_swarm",
+        /// The node is still pulling its swarm's messages.
+        Syncing => "syncing",
+        /// Held here, but a majority of the swarm did not confirm in time.
+        NotReplicated => "not_replicated",
     }
+}
+
+label_enum! {
+    /// Which way anti-entropy bytes went.
+    SyncDirection {
+        /// Requests this node sent and answers it received, pulling from peers.
+        Pull => "pull",
+        /// Requests from peers and this node's answers.
+        Serve => "serve",
+    }
+}
+
+label_enum! {
+    /// What became of a replication item sent to a peer.
+    ReplicationResult {
+        /// The peer holds it.
+        Ok => "ok",
+        /// The peer refused it.
+        Refused => "refused",
+        /// The peer could not be reached or did not answer.
+        Unreachable => "unreachable",
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct SyncLabels {
+    direction: SyncDirection,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReplicationLabels {
+    result: ReplicationResult,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -183,6 +221,12 @@ struct Inner {
     peers: Gauge,
     clients: Gauge,
     replay_load: Gauge<f64, AtomicU64>,
+    sync_bytes: Family<SyncLabels, Counter>,
+    sync_pulled: Counter,
+    sync_rounds: Counter,
+    replicated: Family<ReplicationLabels, Counter>,
+    handed_off: Counter,
+    syncing: Gauge,
 }
 
 /// The node's metrics. Clones share the same values.
@@ -212,6 +256,42 @@ impl Metrics {
         let peers = Gauge::default();
         let clients = Gauge::default();
         let replay_load = Gauge::<f64, AtomicU64>::default();
+        let sync_bytes = Family::<SyncLabels, Counter>::default();
+        let sync_pulled = Counter::default();
+        let sync_rounds = Counter::default();
+        let replicated = Family::<ReplicationLabels, Counter>::default();
+        let handed_off = Counter::default();
+        let syncing = Gauge::default();
+        registry.register(
+            "allium_sync_bytes",
+            "Anti-entropy protocol bytes (requests and answers), by direction",
+            sync_bytes.clone(),
+        );
+        registry.register(
+            "allium_sync_items_pulled",
+            "Messages, tombstones and expiries pulled from swarm peers by anti-entropy",
+            sync_pulled.clone(),
+        );
+        registry.register(
+            "allium_sync_rounds",
+            "Anti-entropy rounds completed with every reachable swarm peer",
+            sync_rounds.clone(),
+        );
+        registry.register(
+            "allium_replication_items",
+            "Replication items sent to swarm peers, by result",
+            replicated.clone(),
+        );
+        registry.register(
+            "allium_handed_off_mailboxes",
+            "Mailboxes handed to the swarm that now owns them and dropped here",
+            handed_off.clone(),
+        );
+        registry.register(
+            "allium_syncing",
+            "1 while the node is pulling its swarm's messages and refuses retrieves",
+            syncing.clone(),
+        );
 
         // Counter names go in without `_total`: the encoder appends it.
         registry.register(
@@ -289,7 +369,57 @@ impl Metrics {
             peers,
             clients,
             replay_load,
+            sync_bytes,
+            sync_pulled,
+            sync_rounds,
+            replicated,
+            handed_off,
+            syncing,
         }))
+    }
+
+    /// Anti-entropy bytes moved.
+    pub fn sync_bytes(&self, direction: SyncDirection, bytes: usize) {
+        self.0
+            .sync_bytes
+            .get_or_create(&SyncLabels { direction })
+            .inc_by(bytes as u64);
+    }
+
+    /// Anti-entropy bytes moved so far.
+    pub fn sync_bytes_total(&self, direction: SyncDirection) -> u64 {
+        self.0
+            .sync_bytes
+            .get_or_create(&SyncLabels { direction })
+            .get()
+    }
+
+    /// Items pulled from a peer and applied.
+    pub fn sync_pulled(&self, n: usize) {
+        self.0.sync_pulled.inc_by(n as u64);
+    }
+
+    /// A full anti-entropy round finished.
+    pub fn sync_round(&self) {
+        self.0.sync_rounds.inc();
+    }
+
+    /// A replication item's fate at one peer.
+    pub fn replicated(&self, result: ReplicationResult, n: usize) {
+        self.0
+            .replicated
+            .get_or_create(&ReplicationLabels { result })
+            .inc_by(n as u64);
+    }
+
+    /// A mailbox was handed off.
+    pub fn handed_off(&self) {
+        self.0.handed_off.inc();
+    }
+
+    /// Whether the node is syncing.
+    pub fn set_syncing(&self, syncing: bool) {
+        self.0.syncing.set(i64::from(syncing));
     }
 
     /// A packet was forwarded; `elapsed` from receipt to the next hop accepting it.
@@ -433,6 +563,9 @@ impl From<allium_swarm::Status> for StorageResult {
             S::Busy => StorageResult::Busy,
             S::Internal => StorageResult::Internal,
             S::Unsupported => StorageResult::Unsupported,
+            S::WrongSwarm => StorageResult::WrongSwarm,
+            S::Syncing => StorageResult::Syncing,
+            S::NotReplicated => StorageResult::NotReplicated,
         }
     }
 }

@@ -19,6 +19,11 @@ pub const DOMAIN_AUTH: &[u8] = b"allium/v1/storage/auth";
 /// Prefix of the replay-cache key input.
 pub const DOMAIN_REPLAY: &[u8] = b"allium/v1/storage/replay";
 
+/// Prefix of an anti-entropy entry digest.
+pub const DOMAIN_SYNC_ENTRY: &[u8] = b"allium/v1/sync/entry";
+/// Prefix of an anti-entropy root digest.
+pub const DOMAIN_SYNC_ROOT: &[u8] = b"allium/v1/sync/root";
+
 /// Length of [`signed_data`]'s output.
 pub const SIGNED_DATA_LEN: usize = DOMAIN_AUTH.len() + 1 + 32 + 2 + 8 + 32 + 32;
 
@@ -39,6 +44,43 @@ pub fn content_hash(mailbox: &Mailbox, namespace: Namespace, data: &[u8]) -> Mes
         &namespace.to_be_bytes(),
         data,
     ]))
+}
+
+/// Digest of one anti-entropy entry: `BLAKE2b-256(DOMAIN_SYNC_ENTRY || mailbox || namespace
+/// (u16 BE) || hash || state)`, `state` being `0x00 || expiry || set_at` (u64 BE each) for a live
+/// message and `0x01` for a tombstone (whose keep-until time differs between members by design).
+pub fn entry_digest(
+    mailbox: &Mailbox,
+    namespace: Namespace,
+    hash: &MessageHash,
+    live: Option<(UnixMillis, UnixMillis)>,
+) -> [u8; 32] {
+    let mut state = [0u8; 17];
+    let state: &[u8] = match live {
+        Some((expiry, set_at)) => {
+            state[1..9].copy_from_slice(&expiry.to_be_bytes());
+            state[9..].copy_from_slice(&set_at.to_be_bytes());
+            &state
+        }
+        None => &[1],
+    };
+    blake2b256(&[
+        DOMAIN_SYNC_ENTRY,
+        &mailbox.0,
+        &namespace.to_be_bytes(),
+        &hash.0,
+        state,
+    ])
+}
+
+/// Root digest over the 256 bucket digests in bucket order.
+pub fn sync_root(buckets: &[[u8; 32]]) -> [u8; 32] {
+    let mut h = Blake2b256::new();
+    h.update(DOMAIN_SYNC_ROOT);
+    for b in buckets {
+        h.update(b);
+    }
+    h.finalize().into()
 }
 
 /// Request digest: `BLAKE2b-256(DOMAIN_REQUEST || body)`, `body` the CBOR bytes of the body map.

@@ -166,11 +166,18 @@ pub enum Status {
     Internal = 13,
     /// The method is valid but this component does not serve it.
     Unsupported = 14,
+    /// The mailbox belongs to another swarm; the response names it (`redirect`).
+    WrongSwarm = 15,
+    /// The node joined the mailbox's swarm and is still pulling its share; ask another member.
+    Syncing = 16,
+    /// Stored durably here, but fewer than a majority of the swarm confirmed it in time: not
+    /// acknowledged. Retrying (through any member) is safe: stores are idempotent.
+    NotReplicated = 17,
 }
 
 impl Status {
     /// All statuses, in code order.
-    pub const ALL: [Status; 15] = [
+    pub const ALL: [Status; 18] = [
         Status::Ok,
         Status::Malformed,
         Status::TooLarge,
@@ -186,6 +193,9 @@ impl Status {
         Status::Busy,
         Status::Internal,
         Status::Unsupported,
+        Status::WrongSwarm,
+        Status::Syncing,
+        Status::NotReplicated,
     ];
 
     /// The wire code.

@@ -11,6 +11,7 @@ pub mod proto;
 pub mod roster;
 pub mod service;
 pub mod store;
+pub mod sync;
 pub mod time;
 
 pub use cbor::MAX_DEPTH;
@@ -20,6 +21,6 @@ pub use proto::{
     Body, CursorKey, Mailbox, MessageHash, Method, Namespace, NodeId, Request, Response,
     ResponseBody, StoredMessage,
 };
-pub use service::{Handled, Service, ServiceConfig};
-pub use store::{NewMessage, ReplicaMessage, RetrievePage, RetrieveQuery, Store, StoreConfig};
+pub use service::{Handled, Placement, Replication, ServeAll, Service, ServiceConfig};
+pub use store::{NewMessage, RetrievePage, RetrieveQuery, Store, StoreConfig};
 pub use time::{Clock, ManualClock, SystemClock, UnixMillis};

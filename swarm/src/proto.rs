@@ -345,6 +345,19 @@ impl Body {
         }
     }
 
+    /// The mailbox a request stores to or reads from (every method but `info`, `get_swarm`
+    /// and `roster`): the node serves it only if the mailbox is in its swarm.
+    pub fn mailbox(&self) -> Option<Mailbox> {
+        match self {
+            Body::Store(r) => Some(r.mailbox),
+            Body::Retrieve(r) => Some(r.mailbox),
+            Body::Delete(r) => Some(r.mailbox),
+            Body::DeleteAll(r) => Some(r.mailbox),
+            Body::Expire(r) => Some(r.mailbox),
+            Body::Info | Body::GetSwarm(_) | Body::Roster(_) => None,
+        }
+    }
+
     fn encode_into(&self, e: &mut Encoder) {
         match self {
             Body::Store(r) => {
@@ -770,6 +783,9 @@ pub struct StoreResponse {
     pub expiry: UnixMillis,
     /// The message was already held (its expiry may have been extended).
     pub duplicate: bool,
+    /// Swarm members known to hold the message durably, the answering node first. A store is
+    /// acknowledged only when these are a majority of the swarm (storage §9).
+    pub holders: Vec<NodeId>,
 }
 
 /// `retrieve` result.
@@ -820,6 +836,44 @@ pub struct GetSwarmResponse {
     pub members: Vec<NodeId>,
 }
 
+impl GetSwarmResponse {
+    fn encode_into(&self, e: &mut Encoder) {
+        e.map(2).uint(1).uint(self.swarm_id).uint(2);
+        enc_nodes(e, &self.members);
+    }
+
+    /// Keys 1 and 2 of a map already entered.
+    fn decode_fields(d: &mut Decoder<'_>) -> Result<Self, DecodeError> {
+        let mut prev = None;
+        if d.key(&mut prev)? != 1 {
+            return Err(DecodeError::MissingKey(1));
+        }
+        let swarm_id = d.uint()?;
+        if d.key(&mut prev)? != 2 {
+            return Err(DecodeError::MissingKey(2));
+        }
+        let members = decode_nodes(d)?;
+        Ok(Self { swarm_id, members })
+    }
+}
+
+fn enc_nodes(e: &mut Encoder, nodes: &[NodeId]) {
+    e.array(nodes.len());
+    for n in nodes {
+        e.bytes(&n.0);
+    }
+}
+
+fn decode_nodes(d: &mut Decoder<'_>) -> Result<Vec<NodeId>, DecodeError> {
+    let k = d.array(MAX_SWARM_MEMBERS)?;
+    let mut nodes = Vec::with_capacity(k);
+    for _ in 0..k {
+        nodes.push(NodeId(d.fixed()?));
+    }
+    d.leave();
+    Ok(nodes)
+}
+
 /// `roster` result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RosterResponse {
@@ -868,8 +922,9 @@ impl ResponseBody {
     fn encode_into(&self, e: &mut Encoder) {
         match self {
             ResponseBody::Store(r) => {
-                e.map(4).uint(1).bytes(&r.hash.0).uint(2).uint(r.timestamp);
-                e.uint(3).uint(r.expiry).uint(4).bool(r.duplicate);
+                e.map(5).uint(1).bytes(&r.hash.0).uint(2).uint(r.timestamp);
+                e.uint(3).uint(r.expiry).uint(4).bool(r.duplicate).uint(5);
+                enc_nodes(e, &r.holders);
             }
             ResponseBody::Retrieve(r) => {
                 e.map(2).uint(1).array(r.messages.len());
@@ -894,16 +949,7 @@ impl ResponseBody {
             ResponseBody::Info(r) => {
                 e.map(2).uint(1).uint(r.protocol).uint(2).text(&r.software);
             }
-            ResponseBody::GetSwarm(r) => {
-                e.map(2)
-                    .uint(1)
-                    .uint(r.swarm_id)
-                    .uint(2)
-                    .array(r.members.len());
-                for m in &r.members {
-                    e.bytes(&m.0);
-                }
-            }
+            ResponseBody::GetSwarm(r) => r.encode_into(e),
             ResponseBody::Roster(r) => {
                 e.map(if r.roster.is_some() { 2 } else { 1 })
                     .uint(1)
@@ -916,7 +962,7 @@ impl ResponseBody {
     }
 
     fn decode(method: Method, d: &mut Decoder<'_>) -> Result<Self, DecodeError> {
-        let n = d.map(4)?;
+        let n = d.map(5)?;
         let mut prev = None;
         let mut key = |d: &mut Decoder<'_>, want: u64| -> Result<(), DecodeError> {
             match d.key(&mut prev)? {
@@ -934,7 +980,7 @@ impl ResponseBody {
         };
         let body = match method {
             Method::Store => {
-                expect_len(&[4])?;
+                expect_len(&[5])?;
                 key(d, 1)?;
                 let hash = MessageHash(d.fixed()?);
                 key(d, 2)?;
@@ -943,11 +989,14 @@ impl ResponseBody {
                 let expiry = d.uint()?;
                 key(d, 4)?;
                 let duplicate = d.bool()?;
+                key(d, 5)?;
+                let holders = decode_nodes(d)?;
                 ResponseBody::Store(StoreResponse {
                     hash,
                     timestamp,
                     expiry,
                     duplicate,
+                    holders,
                 })
             }
             Method::Retrieve => {
@@ -1002,16 +1051,7 @@ impl ResponseBody {
             }
             Method::GetSwarm => {
                 expect_len(&[2])?;
-                key(d, 1)?;
-                let swarm_id = d.uint()?;
-                key(d, 2)?;
-                let k = d.array(MAX_SWARM_MEMBERS)?;
-                let mut members = Vec::with_capacity(k);
-                for _ in 0..k {
-                    members.push(NodeId(d.fixed()?));
-                }
-                d.leave();
-                ResponseBody::GetSwarm(GetSwarmResponse { swarm_id, members })
+                ResponseBody::GetSwarm(GetSwarmResponse::decode_fields(d)?)
             }
             Method::Roster => {
                 expect_len(&[1, 2])?;
@@ -1032,37 +1072,64 @@ impl ResponseBody {
 }
 
 /// A response: the node's time always, then a status, and a body iff the status is `Ok`.
+/// A `wrong_swarm` refusal names the mailbox's swarm instead.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     /// The node's clock when it answered, so a client can correct its own.
     pub now: UnixMillis,
     /// The body, or the refusal.
     pub result: Result<ResponseBody, Status>,
+    /// With [`Status::WrongSwarm`] only: the swarm the mailbox belongs to.
+    pub redirect: Option<GetSwarmResponse>,
 }
 
 impl Response {
-    /// A refusal. `Status::Ok` is not a refusal; it is mapped to `Internal`.
+    /// An answer with a body.
+    pub fn ok(now: UnixMillis, body: ResponseBody) -> Self {
+        Self {
+            now,
+            result: Ok(body),
+            redirect: None,
+        }
+    }
+
+    /// A refusal. `Status::Ok` is not a refusal; it is mapped to `Internal`. A `WrongSwarm`
+    /// refusal is made with [`Self::wrong_swarm`].
     pub fn error(now: UnixMillis, status: Status) -> Self {
-        let status = if status == Status::Ok {
-            Status::Internal
-        } else {
-            status
+        let status = match status {
+            Status::Ok | Status::WrongSwarm => Status::Internal,
+            s => s,
         };
         Self {
             now,
             result: Err(status),
+            redirect: None,
+        }
+    }
+
+    /// "This mailbox lives in `swarm`."
+    pub fn wrong_swarm(now: UnixMillis, swarm: GetSwarmResponse) -> Self {
+        Self {
+            now,
+            result: Err(Status::WrongSwarm),
+            redirect: Some(swarm),
         }
     }
 
     /// Canonical CBOR encoding.
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Encoder::with_capacity(64);
-        match &self.result {
-            Ok(b) => {
+        match (&self.result, &self.redirect) {
+            (Ok(b), _) => {
                 e.map(3).uint(1).uint(self.now).uint(2).uint(0).uint(3);
                 b.encode_into(&mut e);
             }
-            Err(s) => {
+            (Err(Status::WrongSwarm), Some(swarm)) => {
+                e.map(3).uint(1).uint(self.now).uint(2);
+                e.uint(Status::WrongSwarm.code().into()).uint(4);
+                swarm.encode_into(&mut e);
+            }
+            (Err(s), _) => {
                 e.map(2)
                     .uint(1)
                     .uint(self.now)
@@ -1092,6 +1159,7 @@ impl Response {
             return Err(DecodeError::MissingKey(2));
         }
         let status = Status::from_code(d.uint()?)?;
+        let mut redirect = None;
         let result = match (status, n) {
             (Status::Ok, 3) => {
                 if d.key(&mut prev)? != 3 {
@@ -1100,11 +1168,27 @@ impl Response {
                 Ok(ResponseBody::decode(method, &mut d)?)
             }
             (Status::Ok, _) => return Err(DecodeError::MissingKey(3)),
+            (Status::WrongSwarm, 3) => {
+                if d.key(&mut prev)? != 4 {
+                    return Err(DecodeError::MissingKey(4));
+                }
+                if d.map(2)? != 2 {
+                    return Err(DecodeError::InvalidValue("map size"));
+                }
+                redirect = Some(GetSwarmResponse::decode_fields(&mut d)?);
+                d.leave();
+                Err(Status::WrongSwarm)
+            }
+            (Status::WrongSwarm, _) => return Err(DecodeError::MissingKey(4)),
             (s, 2) => Err(s),
             (_, _) => return Err(DecodeError::InvalidValue("body with error status")),
         };
         d.leave();
         d.finish()?;
-        Ok(Self { now, result })
+        Ok(Self {
+            now,
+            result,
+            redirect,
+        })
     }
 }

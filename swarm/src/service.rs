@@ -9,10 +9,11 @@ use crate::auth::{self, ReplayCache};
 use crate::error::Status;
 use crate::proto::{
     Body, DeleteAllResponse, DeleteResponse, ExpireResponse, InfoResponse, MAX_RETRIEVE_COUNT,
-    NodeId, PROTOCOL_VERSION, RETRIEVE_BUDGET_BYTES, Request, Response, ResponseBody,
-    RetrieveResponse,
+    Mailbox, Method, NodeId, PROTOCOL_VERSION, RETRIEVE_BUDGET_BYTES, Request, Response,
+    ResponseBody, RetrieveResponse,
 };
 use crate::store::{NewMessage, RetrieveQuery, Store, Watch};
+use crate::sync::{EntryKey, Item, ItemMessage};
 use crate::time::{Clock, MonotoneFloor, UnixMillis};
 
 /// Who the node is and how strict it is.
@@ -40,11 +41,48 @@ impl ServiceConfig {
     }
 }
 
+/// Which mailboxes this node serves: the swarm layer's answer to "is this mine?".
+pub trait Placement: Send + Sync {
+    /// `None` to serve a request of `method` for `mailbox`; otherwise the refusal to send
+    /// (`wrong_swarm` with the right swarm, or `syncing`).
+    fn check(&self, mailbox: &Mailbox, method: Method, now: UnixMillis) -> Option<Response>;
+}
+
+/// Serves every mailbox (a node outside any network, and tests of this crate).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServeAll;
+
+impl Placement for ServeAll {
+    fn check(&self, _: &Mailbox, _: Method, _: UnixMillis) -> Option<Response> {
+        None
+    }
+}
+
+/// How a write must reach the rest of the swarm before (or after) it is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replication {
+    /// Answer only once a majority of the swarm holds it (`store`), adding the holders.
+    Quorum,
+    /// Answer now; push to the other members in the background (deletes and expiries, which
+    /// anti-entropy converges in any case).
+    Background,
+}
+
 /// What became of a request.
 #[derive(Debug)]
 pub enum Handled {
     /// Answer now.
     Respond(Response),
+    /// Executed here; `items` must go to the other swarm members as `mode` says, then
+    /// `response` is sent.
+    Replicate {
+        /// The answer (for `store`, its `holders` still to be filled in).
+        response: Response,
+        /// What the other members must apply.
+        items: Vec<Item>,
+        /// When to answer.
+        mode: Replication,
+    },
     /// A long-poll found nothing: wait on [`PendingRetrieve::watch`] for at most
     /// [`PendingRetrieve::wait`], then call [`Service::resume`].
     Wait(PendingRetrieve),
@@ -66,6 +104,7 @@ pub struct PendingRetrieve {
 /// Executes storage requests against a store.
 pub struct Service {
     store: Arc<Store>,
+    placement: Arc<dyn Placement>,
     cfg: ServiceConfig,
     replay: Mutex<ReplayCache>,
     floor: MonotoneFloor,
@@ -82,10 +121,20 @@ impl fmt::Debug for Service {
 impl Service {
     /// A service over `store`.
     pub fn new(store: Arc<Store>, cfg: ServiceConfig) -> Self {
+        Self::with_placement(store, cfg, Arc::new(ServeAll))
+    }
+
+    /// A service over `store` that serves only the mailboxes `placement` accepts.
+    pub fn with_placement(
+        store: Arc<Store>,
+        cfg: ServiceConfig,
+        placement: Arc<dyn Placement>,
+    ) -> Self {
         let floor = MonotoneFloor::new(store.high_water());
         let replay = Mutex::new(ReplayCache::new(cfg.window_ms, cfg.replay_capacity));
         Self {
             store,
+            placement,
             cfg,
             replay,
             floor,
@@ -118,6 +167,14 @@ impl Service {
                 return Handled::Respond(Response::error(now, e.into()));
             }
         }
+        if let Some(mailbox) = decoded.request.body.mailbox() {
+            if let Some(refusal) =
+                self.placement
+                    .check(&mailbox, decoded.request.body.method(), now)
+            {
+                return Handled::Respond(refusal);
+            }
+        }
         self.execute(decoded.request.body, now)
     }
 
@@ -129,9 +186,27 @@ impl Service {
                     mailbox: r.mailbox,
                     namespace: r.namespace,
                     ttl_ms: r.ttl_ms,
-                    data: r.data,
+                    data: r.data.clone(),
                 };
-                s.store(m, now).map(ResponseBody::Store)
+                return match s.store_full(m, now) {
+                    Ok((mut stored, set_at)) => {
+                        stored.holders = vec![self.cfg.node];
+                        let item = Item::Message(ItemMessage {
+                            mailbox: r.mailbox,
+                            namespace: r.namespace,
+                            timestamp: stored.timestamp,
+                            expiry: stored.expiry,
+                            set_at,
+                            data: r.data,
+                        });
+                        Handled::Replicate {
+                            response: Response::ok(now, ResponseBody::Store(stored)),
+                            items: vec![item],
+                            mode: Replication::Quorum,
+                        }
+                    }
+                    Err(e) => Handled::Respond(Response::error(now, Status::from(&e))),
+                };
             }
             Body::Retrieve(r) => {
                 let query = RetrieveQuery {
@@ -162,15 +237,64 @@ impl Service {
                     Err(e) => Err(e),
                 }
             }
-            Body::Delete(r) => s
-                .delete(r.mailbox, r.namespace, r.hashes, now)
-                .map(|deleted| ResponseBody::Delete(DeleteResponse { deleted })),
-            Body::DeleteAll(r) => s
-                .delete_all(r.mailbox, r.namespace, now)
-                .map(|count| ResponseBody::DeleteAll(DeleteAllResponse { count })),
-            Body::Expire(r) => s
-                .expire(r.mailbox, r.namespace, r.hashes, r.expiry, now)
-                .map(|updated| ResponseBody::Expire(ExpireResponse { updated })),
+            Body::Delete(r) => {
+                let until = now.saturating_add(s.config().ttl_max_ms);
+                let items = r
+                    .hashes
+                    .iter()
+                    .map(|&hash| Item::Tombstone {
+                        key: EntryKey {
+                            mailbox: r.mailbox,
+                            namespace: r.namespace,
+                            hash,
+                        },
+                        until,
+                    })
+                    .collect();
+                return background(
+                    now,
+                    s.delete(r.mailbox, r.namespace, r.hashes, now)
+                        .map(|deleted| ResponseBody::Delete(DeleteResponse { deleted })),
+                    items,
+                );
+            }
+            Body::DeleteAll(r) => {
+                return match s.delete_all_full(r.mailbox, r.namespace, now) {
+                    Ok((count, buried)) => background(
+                        now,
+                        Ok(ResponseBody::DeleteAll(DeleteAllResponse { count })),
+                        buried
+                            .into_iter()
+                            .map(|(key, until)| Item::Tombstone { key, until })
+                            .collect(),
+                    ),
+                    Err(e) => Handled::Respond(Response::error(now, Status::from(&e))),
+                };
+            }
+            Body::Expire(r) => {
+                return match s.expire_full(r.mailbox, r.namespace, r.hashes, r.expiry, now) {
+                    Ok((updated, set_at)) => {
+                        let items = updated
+                            .iter()
+                            .map(|&(hash, expiry)| Item::Expiry {
+                                key: EntryKey {
+                                    mailbox: r.mailbox,
+                                    namespace: r.namespace,
+                                    hash,
+                                },
+                                expiry,
+                                set_at,
+                            })
+                            .collect();
+                        background(
+                            now,
+                            Ok(ResponseBody::Expire(ExpireResponse { updated })),
+                            items,
+                        )
+                    }
+                    Err(e) => Handled::Respond(Response::error(now, Status::from(&e))),
+                };
+            }
             Body::Info => Ok(ResponseBody::Info(InfoResponse {
                 protocol: PROTOCOL_VERSION,
                 software: self.cfg.software.clone(),
@@ -178,25 +302,52 @@ impl Service {
             b @ (Body::GetSwarm(_) | Body::Roster(_)) => return Handled::Forward(b),
         };
         Handled::Respond(match result {
-            Ok(body) => Response {
-                now,
-                result: Ok(body),
-            },
+            Ok(body) => Response::ok(now, body),
             Err(e) => Response::error(now, Status::from(&e)),
         })
+    }
+
+    /// Applies replication items from a swarm peer, each checked like a client's write
+    /// (mailbox placement, size, expiry bounds, content hash recomputed). One status per item.
+    pub fn apply_peer_items(&self, items: Vec<Item>, now: UnixMillis) -> Vec<Status> {
+        let now = self.node_time(now);
+        let mut statuses = vec![Status::Ok; items.len()];
+        let mut accepted = Vec::with_capacity(items.len());
+        let mut slots = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            if let Some(refusal) = self.placement.check(item.mailbox(), Method::Store, now) {
+                // A member still syncing may hold what it is sent; anything else is refused.
+                match refusal.result {
+                    Err(Status::Syncing) => {}
+                    Err(s) => {
+                        statuses[i] = s;
+                        continue;
+                    }
+                    Ok(_) => {}
+                }
+            }
+            accepted.push(item);
+            slots.push(i);
+        }
+        for (i, r) in slots.into_iter().zip(self.store.apply_items(accepted, now)) {
+            if let Err(e) = r {
+                statuses[i] = Status::from(&e);
+            }
+        }
+        statuses
     }
 
     /// Re-runs a waiting retrieve at time `now` (after its watch fired or its wait ran out).
     pub fn resume(&self, pending: PendingRetrieve, now: UnixMillis) -> Response {
         let now = self.node_time(now);
         match self.store.retrieve(&pending.query, now) {
-            Ok(page) => Response {
+            Ok(page) => Response::ok(
                 now,
-                result: Ok(ResponseBody::Retrieve(RetrieveResponse {
+                ResponseBody::Retrieve(RetrieveResponse {
                     messages: page.messages,
                     more: page.more,
-                })),
-            },
+                }),
+            ),
             Err(e) => Response::error(now, Status::from(&e)),
         }
     }
@@ -205,7 +356,7 @@ impl Service {
     /// Requests the node answers itself get `Unsupported`.
     pub fn handle_blocking(&self, bytes: &[u8], clock: &dyn Clock) -> Response {
         match self.handle(bytes, clock.now()) {
-            Handled::Respond(r) => r,
+            Handled::Respond(r) | Handled::Replicate { response: r, .. } => r,
             Handled::Wait(p) => {
                 p.watch.wait_timeout(p.wait);
                 self.resume(p, clock.now())
@@ -214,5 +365,21 @@ impl Service {
                 Response::error(self.node_time(clock.now()), Status::Unsupported)
             }
         }
+    }
+}
+
+/// A write answered now and pushed to the other members afterwards.
+fn background(
+    now: UnixMillis,
+    result: Result<ResponseBody, crate::error::StoreError>,
+    items: Vec<Item>,
+) -> Handled {
+    match result {
+        Ok(body) => Handled::Replicate {
+            response: Response::ok(now, body),
+            items,
+            mode: Replication::Background,
+        },
+        Err(e) => Handled::Respond(Response::error(now, Status::from(&e))),
     }
 }

@@ -24,6 +24,7 @@ use crate::error::StoreError;
 use crate::proto::{
     CursorKey, MAX_DATA_BYTES, Mailbox, MessageHash, Namespace, StoreResponse, StoredMessage,
 };
+use crate::sync::{Digests, ENTRY_KEY_LEN, Entry, EntryKey, EntryState, Item, ItemMessage};
 use crate::time::{Clock, UnixMillis};
 
 /// Bytes charged against quota and cap per message on top of its data (keys, indexes, value
@@ -32,7 +33,7 @@ pub const MESSAGE_OVERHEAD: u64 = 128;
 /// Longest a writer waits to fill a group as large as the previous one (see `Writer::run`).
 const GATHER: Duration = Duration::from_micros(200);
 /// Schema version written to `meta/schema`.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 const CF_MSG: &str = "msg";
 const CF_HASH: &str = "hash";
@@ -42,7 +43,8 @@ const CF_META: &str = "meta";
 const META_SCHEMA: &[u8] = b"schema";
 const META_TOTAL: &[u8] = b"total";
 const META_CLOCK: &[u8] = b"clock";
-const VALUE_VERSION: u8 = 1;
+const CF_TOMB: &str = "tomb";
+const VALUE_VERSION: u8 = 2;
 
 /// Store limits and tuning.
 #[derive(Debug, Clone)]
@@ -91,22 +93,6 @@ pub struct NewMessage {
     pub namespace: Namespace,
     /// Time to live, ms.
     pub ttl_ms: u64,
-    /// Message bytes.
-    pub data: Vec<u8>,
-}
-
-/// A message received from another swarm member, carrying the timestamp and expiry the
-/// accepting member gave it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReplicaMessage {
-    /// Recipient mailbox.
-    pub mailbox: Mailbox,
-    /// Namespace.
-    pub namespace: Namespace,
-    /// Timestamp assigned by the accepting member.
-    pub timestamp: UnixMillis,
-    /// Absolute expiry.
-    pub expiry: UnixMillis,
     /// Message bytes.
     pub data: Vec<u8>,
 }
@@ -200,14 +186,6 @@ fn msg_key(mailbox: &Mailbox, ns: Namespace, ts: UnixMillis, hash: &MessageHash)
     k
 }
 
-/// hash key: `prefix || hash`; value: timestamp (u64 BE).
-fn hash_key(mailbox: &Mailbox, ns: Namespace, hash: &MessageHash) -> Vec<u8> {
-    let mut k = Vec::with_capacity(66);
-    k.extend_from_slice(&prefix(mailbox, ns));
-    k.extend_from_slice(&hash.0);
-    k
-}
-
 /// exp key: `expiry (u64 BE) || msg key`; value empty.
 fn exp_key(expiry: UnixMillis, msg_key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(8 + msg_key.len());
@@ -216,20 +194,32 @@ fn exp_key(expiry: UnixMillis, msg_key: &[u8]) -> Vec<u8> {
     k
 }
 
-/// msg value: `version (1) || expiry (u64 BE) || data`.
-fn msg_value(expiry: UnixMillis, data: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(9 + data.len());
+/// tomb exp key: `until (u64 BE) || entry key`; 74 bytes, where a message's is 82.
+fn tomb_exp_key(until: UnixMillis, key: &[u8; ENTRY_KEY_LEN]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + ENTRY_KEY_LEN);
+    k.extend_from_slice(&until.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+/// msg value: `2 || expiry (u64 BE) || set_at (u64 BE) || data`.
+fn msg_value(expiry: UnixMillis, set_at: UnixMillis, data: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(17 + data.len());
     v.push(VALUE_VERSION);
     v.extend_from_slice(&expiry.to_be_bytes());
+    v.extend_from_slice(&set_at.to_be_bytes());
     v.extend_from_slice(data);
     v
 }
 
-fn parse_msg_value(v: &[u8]) -> Result<(UnixMillis, &[u8]), StoreError> {
-    if v.len() < 9 || v[0] != VALUE_VERSION {
-        return Err(corrupt("message value"));
+/// (expiry, set_at, data). Version-1 values (`1 || expiry || data`, schema 1) read with
+/// `set_at = 0`: any later setting wins over them.
+fn parse_msg_value(v: &[u8]) -> Result<(UnixMillis, UnixMillis, &[u8]), StoreError> {
+    match v.first() {
+        Some(1) if v.len() >= 9 => Ok((be64(&v[1..9]), 0, &v[9..])),
+        Some(2) if v.len() >= 17 => Ok((be64(&v[1..9]), be64(&v[9..17]), &v[17..])),
+        _ => Err(corrupt("message value")),
     }
-    Ok((be64(&v[1..9]), &v[9..]))
 }
 
 /// Splits a msg key into (mailbox, namespace, timestamp, hash).
@@ -256,6 +246,7 @@ enum Cf {
     Exp,
     Usage,
     Meta,
+    Tomb,
 }
 
 impl Cf {
@@ -266,6 +257,7 @@ impl Cf {
             Cf::Exp => CF_EXP,
             Cf::Usage => CF_USAGE,
             Cf::Meta => CF_META,
+            Cf::Tomb => CF_TOMB,
         }
     }
 }
@@ -355,7 +347,13 @@ impl Drop for Watch {
 enum Op {
     // The content hash is computed on the caller's thread, off the writer's critical path.
     Store(NewMessage, MessageHash),
-    Replica(ReplicaMessage, MessageHash),
+    Replica(ItemMessage, MessageHash),
+    Tombstone(EntryKey, UnixMillis),
+    SetExpiry {
+        key: EntryKey,
+        expiry: UnixMillis,
+        set_at: UnixMillis,
+    },
     Delete {
         mailbox: Mailbox,
         namespace: Namespace,
@@ -371,6 +369,7 @@ enum Op {
         hashes: Vec<MessageHash>,
         expiry: UnixMillis,
     },
+    Forget(Mailbox),
     Sweep {
         limit: usize,
     },
@@ -380,15 +379,24 @@ enum Op {
 impl Op {
     /// Operations that iterate the database run on an empty overlay (see `Writer::process`).
     fn iterates(&self) -> bool {
-        matches!(self, Op::DeleteAll { .. } | Op::Sweep { .. })
+        matches!(
+            self,
+            Op::DeleteAll { .. } | Op::Sweep { .. } | Op::Forget(_)
+        )
     }
 }
 
 enum Outcome {
-    Stored(StoreResponse),
+    /// The store result, and when the message's expiry was set.
+    Stored(StoreResponse, UnixMillis),
     Deleted(Vec<MessageHash>),
     Count(u64),
-    Expired(Vec<(MessageHash, UnixMillis)>),
+    /// Updated (hash, expiry) pairs and the time they were set.
+    Expired(Vec<(MessageHash, UnixMillis)>, UnixMillis),
+    /// `delete_all`: live messages deleted, and every key buried with its keep-until time.
+    DeletedAll(u64, Vec<(EntryKey, UnixMillis)>),
+    /// A replication item applied (or already superseded).
+    Applied,
 }
 
 type Reply = SyncSender<Result<Outcome, StoreError>>;
@@ -400,10 +408,12 @@ struct Job {
     reply: Option<Reply>,
 }
 
-/// Pending writes of one group, read through before the database.
+/// Pending writes of one group, read through before the database, and the change they make to
+/// the anti-entropy digests (applied only once the group is durable).
 #[derive(Default)]
 struct Overlay {
     map: HashMap<(Cf, Vec<u8>), Option<Vec<u8>>>,
+    digests: Option<Digests>,
 }
 
 impl Overlay {
@@ -419,6 +429,20 @@ impl Overlay {
     fn delete(&mut self, cf: Cf, key: Vec<u8>) {
         self.map.insert((cf, key), None);
     }
+    fn toggle(&mut self, key: EntryKey, state: EntryState) {
+        self.digests
+            .get_or_insert_with(Digests::default)
+            .toggle(&Entry { key, state });
+    }
+}
+
+/// A live message as found by hash.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    ts: UnixMillis,
+    expiry: UnixMillis,
+    set_at: UnixMillis,
+    len: usize,
 }
 
 struct Writer {
@@ -426,6 +450,7 @@ struct Writer {
     cfg: StoreConfig,
     high_water: Arc<AtomicU64>,
     waiters: Arc<Waiters>,
+    digests: Arc<Mutex<Digests>>,
 }
 
 impl Writer {
@@ -496,10 +521,11 @@ impl Writer {
     /// Writes the overlay as one synced batch, then answers and wakes waiters.
     fn commit(
         &self,
-        ov: Overlay,
+        mut ov: Overlay,
         done: &mut Vec<(Option<Reply>, Outcome)>,
         stored: &mut HashSet<(Mailbox, Namespace)>,
     ) {
+        let delta = ov.digests.take();
         let result = if ov.map.is_empty() {
             Ok(())
         } else {
@@ -507,6 +533,9 @@ impl Writer {
         };
         match result {
             Ok(()) => {
+                if let Some(delta) = delta {
+                    lock(&self.digests).merge(&delta);
+                }
                 self.waiters.notify(stored);
                 for (reply, outcome) in done.drain(..) {
                     send(reply, Ok(outcome));
@@ -543,6 +572,13 @@ impl Writer {
         Ok(())
     }
 
+    fn check_expiry(&self, expiry: UnixMillis, now: UnixMillis) -> Result<(), StoreError> {
+        if expiry <= now || expiry > now.saturating_add(self.cfg.ttl_max_ms) {
+            return Err(StoreError::ExpiryOutOfRange);
+        }
+        Ok(())
+    }
+
     fn apply(
         &self,
         ov: &mut Overlay,
@@ -566,37 +602,108 @@ impl Writer {
                         max_ms: max,
                     });
                 }
-                let expiry = now.saturating_add(m.ttl_ms);
-                self.insert(
-                    ov,
-                    m.mailbox,
-                    m.namespace,
-                    m.data,
+                let key = EntryKey {
+                    mailbox: m.mailbox,
+                    namespace: m.namespace,
                     hash,
-                    now,
-                    expiry,
-                    now,
-                    stored,
-                )
-                .map(Outcome::Stored)
+                };
+                let expiry = now.saturating_add(m.ttl_ms);
+                if let Some(until) = self.live_tombstone(ov, &key, now)? {
+                    // Deleted by its owner: a retried store must not bring it back.
+                    return Ok(Outcome::Stored(
+                        StoreResponse {
+                            hash,
+                            timestamp: now,
+                            expiry: until,
+                            duplicate: true,
+                            holders: Vec::new(),
+                        },
+                        now,
+                    ));
+                }
+                if let Some(old) = self.find(ov, &key)? {
+                    if old.expiry > now {
+                        // Dedupe: same content is one message; a later expiry wins.
+                        let (expiry, set_at) = if expiry > old.expiry {
+                            self.set_expiry(ov, &key, old, expiry, now)?;
+                            (expiry, now)
+                        } else {
+                            (old.expiry, old.set_at)
+                        };
+                        return Ok(Outcome::Stored(
+                            StoreResponse {
+                                hash,
+                                timestamp: old.ts,
+                                expiry,
+                                duplicate: true,
+                                holders: Vec::new(),
+                            },
+                            set_at,
+                        ));
+                    }
+                    // Expired but not yet swept: remove it and store afresh.
+                    self.remove(ov, &key, old)?;
+                }
+                self.insert(ov, key, m.data, now, expiry, now, stored)
+                    .map(|r| Outcome::Stored(r, now))
             }
             Op::Replica(m, hash) => {
-                if m.expiry <= now || m.expiry > now.saturating_add(self.cfg.ttl_max_ms) {
-                    return Err(StoreError::ExpiryOutOfRange);
-                }
-                let ts = m.timestamp.max(now.saturating_sub(self.cfg.overlap_ms));
-                self.insert(
-                    ov,
-                    m.mailbox,
-                    m.namespace,
-                    m.data,
+                self.check_expiry(m.expiry, now)?;
+                let key = EntryKey {
+                    mailbox: m.mailbox,
+                    namespace: m.namespace,
                     hash,
-                    ts,
-                    m.expiry,
-                    now,
-                    stored,
-                )
-                .map(Outcome::Stored)
+                };
+                if self.live_tombstone(ov, &key, now)?.is_some() {
+                    return Ok(Outcome::Applied);
+                }
+                if let Some(old) = self.find(ov, &key)? {
+                    if old.expiry > now {
+                        let mine = EntryState::Live {
+                            expiry: old.expiry,
+                            set_at: old.set_at,
+                        };
+                        let theirs = EntryState::Live {
+                            expiry: m.expiry,
+                            set_at: m.set_at,
+                        };
+                        if mine.superseded_by(theirs) {
+                            self.set_expiry(ov, &key, old, m.expiry, m.set_at)?;
+                        }
+                        return Ok(Outcome::Applied);
+                    }
+                    self.remove(ov, &key, old)?;
+                }
+                // A replica arriving late is filed no earlier than `now - overlap`, so that
+                // clients whose cursor passed its timestamp still see it (§8).
+                let ts = m.timestamp.max(now.saturating_sub(self.cfg.overlap_ms));
+                self.insert(ov, key, m.data, ts, m.expiry, m.set_at, stored)?;
+                Ok(Outcome::Applied)
+            }
+            Op::Tombstone(key, until) => {
+                if until <= now {
+                    return Ok(Outcome::Applied);
+                }
+                let until = until.min(now.saturating_add(self.cfg.ttl_max_ms));
+                self.bury(ov, key, until)?;
+                Ok(Outcome::Applied)
+            }
+            Op::SetExpiry {
+                key,
+                expiry,
+                set_at,
+            } => {
+                self.check_expiry(expiry, now)?;
+                if let Some(old) = self.find(ov, &key)? {
+                    let mine = EntryState::Live {
+                        expiry: old.expiry,
+                        set_at: old.set_at,
+                    };
+                    if old.expiry > now && mine.superseded_by(EntryState::Live { expiry, set_at }) {
+                        self.set_expiry(ov, &key, old, expiry, set_at)?;
+                    }
+                }
+                Ok(Outcome::Applied)
             }
             Op::Delete {
                 mailbox,
@@ -605,28 +712,41 @@ impl Writer {
             } => {
                 let mut deleted = Vec::new();
                 let mut seen = HashSet::new();
-                for h in hashes {
-                    if !seen.insert(h) {
+                for hash in hashes {
+                    if !seen.insert(hash) {
                         continue;
                     }
-                    if let Some((ts, exp, len)) = self.find(ov, &mailbox, namespace, &h)? {
-                        self.remove(ov, &mailbox, namespace, ts, &h, exp, len)?;
-                        if exp > now {
-                            deleted.push(h);
-                        }
+                    let key = EntryKey {
+                        mailbox,
+                        namespace,
+                        hash,
+                    };
+                    // A tombstone even for a message not (yet) held here: its replica may
+                    // still be on the way, and must not land after the delete.
+                    let held = self.find(ov, &key)?;
+                    self.bury(ov, key, now.saturating_add(self.cfg.ttl_max_ms))?;
+                    if held.is_some_and(|h| h.expiry > now) {
+                        deleted.push(hash);
                     }
                 }
                 Ok(Outcome::Deleted(deleted))
             }
             Op::DeleteAll { mailbox, namespace } => {
                 let mut count = 0;
-                for (key, value) in self.scan_prefix(&prefix(&mailbox, namespace))? {
-                    let (_, _, ts, h) = parse_msg_key(&key)?;
-                    let (exp, data) = parse_msg_value(&value)?;
-                    self.remove(ov, &mailbox, namespace, ts, &h, exp, data.len())?;
+                let mut buried = Vec::new();
+                for (k, value) in self.scan_prefix(&prefix(&mailbox, namespace))? {
+                    let (_, _, _, hash) = parse_msg_key(&k)?;
+                    let (exp, _, _) = parse_msg_value(&value)?;
+                    let key = EntryKey {
+                        mailbox,
+                        namespace,
+                        hash,
+                    };
+                    self.bury(ov, key, exp)?;
+                    buried.push((key, exp));
                     count += u64::from(exp > now);
                 }
-                Ok(Outcome::Count(count))
+                Ok(Outcome::DeletedAll(count, buried))
             }
             Op::Expire {
                 mailbox,
@@ -634,69 +754,55 @@ impl Writer {
                 hashes,
                 expiry,
             } => {
-                if expiry <= now || expiry > now.saturating_add(self.cfg.ttl_max_ms) {
-                    return Err(StoreError::ExpiryOutOfRange);
-                }
+                self.check_expiry(expiry, now)?;
                 let mut updated = Vec::new();
                 let mut seen = HashSet::new();
-                for h in hashes {
-                    if !seen.insert(h) {
+                for hash in hashes {
+                    if !seen.insert(hash) {
                         continue;
                     }
-                    if let Some((ts, exp, _)) = self.find(ov, &mailbox, namespace, &h)? {
-                        if exp > now {
-                            self.set_expiry(ov, &mailbox, namespace, ts, &h, exp, expiry)?;
-                            updated.push((h, expiry));
+                    let key = EntryKey {
+                        mailbox,
+                        namespace,
+                        hash,
+                    };
+                    if let Some(old) = self.find(ov, &key)? {
+                        if old.expiry > now {
+                            self.set_expiry(ov, &key, old, expiry, now)?;
+                            updated.push((hash, expiry));
                         }
                     }
                 }
-                Ok(Outcome::Expired(updated))
+                Ok(Outcome::Expired(updated, now))
             }
+            Op::Forget(mailbox) => self.forget(ov, &mailbox).map(Outcome::Count),
             Op::Sweep { limit } => self.sweep(ov, now, limit).map(Outcome::Count),
             Op::Shutdown => Ok(Outcome::Count(0)),
         }
     }
 
-    /// Inserts a message with timestamp `ts` and `expiry`, or dedupes it against a live copy.
+    /// Inserts a message the caller has checked is neither held nor deleted.
     #[allow(clippy::too_many_arguments)]
     fn insert(
         &self,
         ov: &mut Overlay,
-        mailbox: Mailbox,
-        namespace: Namespace,
+        key: EntryKey,
         data: Vec<u8>,
-        hash: MessageHash,
         ts: UnixMillis,
         expiry: UnixMillis,
-        now: UnixMillis,
+        set_at: UnixMillis,
         stored: &mut HashSet<(Mailbox, Namespace)>,
     ) -> Result<StoreResponse, StoreError> {
         if data.len() > MAX_DATA_BYTES {
             return Err(StoreError::DataTooLarge);
         }
-        let m = NewMessage {
+        let EntryKey {
             mailbox,
             namespace,
-            ttl_ms: 0,
-            data,
-        };
-        if let Some((old_ts, old_exp, len)) = self.find(ov, &m.mailbox, m.namespace, &hash)? {
-            if old_exp > now {
-                // Dedupe: same content is one message; a later expiry wins.
-                let expiry = old_exp.max(expiry);
-                self.set_expiry(ov, &m.mailbox, m.namespace, old_ts, &hash, old_exp, expiry)?;
-                return Ok(StoreResponse {
-                    hash,
-                    timestamp: old_ts,
-                    expiry,
-                    duplicate: true,
-                });
-            }
-            // Expired but not yet swept: remove it and store afresh.
-            self.remove(ov, &m.mailbox, m.namespace, old_ts, &hash, old_exp, len)?;
-        }
-        let c = charge(m.data.len());
-        let mut usage = Usage::decode(ov.get(&self.db, Cf::Usage, &m.mailbox.0)?)?;
+            hash,
+        } = key;
+        let c = charge(data.len());
+        let mut usage = Usage::decode(ov.get(&self.db, Cf::Usage, &mailbox.0)?)?;
         if usage.bytes.saturating_add(c) > self.cfg.mailbox_quota_bytes {
             return Err(StoreError::QuotaExceeded);
         }
@@ -708,34 +814,26 @@ impl Writer {
         usage.count += 1;
         total.bytes += c;
         total.count += 1;
-        let key = msg_key(&m.mailbox, m.namespace, ts, &hash);
-        ov.put(Cf::Exp, exp_key(expiry, &key), Vec::new());
-        ov.put(Cf::Msg, key, msg_value(expiry, &m.data));
-        ov.put(
-            Cf::Hash,
-            hash_key(&m.mailbox, m.namespace, &hash),
-            ts.to_be_bytes().to_vec(),
-        );
-        ov.put(Cf::Usage, m.mailbox.0.to_vec(), usage.encode());
+        let mk = msg_key(&mailbox, namespace, ts, &hash);
+        ov.put(Cf::Exp, exp_key(expiry, &mk), Vec::new());
+        ov.put(Cf::Msg, mk, msg_value(expiry, set_at, &data));
+        ov.put(Cf::Hash, key.to_bytes().to_vec(), ts.to_be_bytes().to_vec());
+        ov.put(Cf::Usage, mailbox.0.to_vec(), usage.encode());
         ov.put(Cf::Meta, META_TOTAL.to_vec(), total.encode());
-        stored.insert((m.mailbox, m.namespace));
+        ov.toggle(key, EntryState::Live { expiry, set_at });
+        stored.insert((mailbox, namespace));
         Ok(StoreResponse {
             hash,
             timestamp: ts,
             expiry,
             duplicate: false,
+            holders: Vec::new(),
         })
     }
 
-    /// Looks a message up by hash: (timestamp, expiry, data length).
-    fn find(
-        &self,
-        ov: &Overlay,
-        mailbox: &Mailbox,
-        ns: Namespace,
-        hash: &MessageHash,
-    ) -> Result<Option<(UnixMillis, UnixMillis, usize)>, StoreError> {
-        let Some(ts) = ov.get(&self.db, Cf::Hash, &hash_key(mailbox, ns, hash))? else {
+    /// Looks a message up by hash.
+    fn find(&self, ov: &Overlay, key: &EntryKey) -> Result<Option<Held>, StoreError> {
+        let Some(ts) = ov.get(&self.db, Cf::Hash, &key.to_bytes())? else {
             return Ok(None);
         };
         if ts.len() != 8 {
@@ -743,54 +841,94 @@ impl Writer {
         }
         let ts = be64(&ts);
         let value = ov
-            .get(&self.db, Cf::Msg, &msg_key(mailbox, ns, ts, hash))?
+            .get(
+                &self.db,
+                Cf::Msg,
+                &msg_key(&key.mailbox, key.namespace, ts, &key.hash),
+            )?
             .ok_or_else(|| corrupt("hash index entry without message"))?;
-        let (exp, data) = parse_msg_value(&value)?;
-        Ok(Some((ts, exp, data.len())))
+        let (expiry, set_at, data) = parse_msg_value(&value)?;
+        Ok(Some(Held {
+            ts,
+            expiry,
+            set_at,
+            len: data.len(),
+        }))
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// The keep-until time of a tombstone for `key`, if one is held.
+    fn tombstone(&self, ov: &Overlay, key: &EntryKey) -> Result<Option<UnixMillis>, StoreError> {
+        match ov.get(&self.db, Cf::Tomb, &key.to_bytes())? {
+            None => Ok(None),
+            Some(v) if v.len() == 8 => Ok(Some(be64(&v))),
+            Some(_) => Err(corrupt("tombstone")),
+        }
+    }
+
+    /// A tombstone still in force at `now`; an expired one not yet swept is removed here, so
+    /// that the message it named may be stored afresh.
+    fn live_tombstone(
+        &self,
+        ov: &mut Overlay,
+        key: &EntryKey,
+        now: UnixMillis,
+    ) -> Result<Option<UnixMillis>, StoreError> {
+        match self.tombstone(ov, key)? {
+            Some(until) if until > now => Ok(Some(until)),
+            Some(until) => {
+                self.unbury(ov, key, until);
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+
     fn set_expiry(
         &self,
         ov: &mut Overlay,
-        mailbox: &Mailbox,
-        ns: Namespace,
-        ts: UnixMillis,
-        hash: &MessageHash,
-        old: UnixMillis,
-        new: UnixMillis,
+        key: &EntryKey,
+        old: Held,
+        expiry: UnixMillis,
+        set_at: UnixMillis,
     ) -> Result<(), StoreError> {
-        if old == new {
+        if old.expiry == expiry && old.set_at == set_at {
             return Ok(());
         }
-        let key = msg_key(mailbox, ns, ts, hash);
+        let mk = msg_key(&key.mailbox, key.namespace, old.ts, &key.hash);
         let value = ov
-            .get(&self.db, Cf::Msg, &key)?
+            .get(&self.db, Cf::Msg, &mk)?
             .ok_or_else(|| corrupt("message"))?;
-        let (_, data) = parse_msg_value(&value)?;
-        let value = msg_value(new, data);
-        ov.delete(Cf::Exp, exp_key(old, &key));
-        ov.put(Cf::Exp, exp_key(new, &key), Vec::new());
-        ov.put(Cf::Msg, key, value);
+        let (_, _, data) = parse_msg_value(&value)?;
+        let value = msg_value(expiry, set_at, data);
+        ov.delete(Cf::Exp, exp_key(old.expiry, &mk));
+        ov.put(Cf::Exp, exp_key(expiry, &mk), Vec::new());
+        ov.put(Cf::Msg, mk, value);
+        ov.toggle(
+            *key,
+            EntryState::Live {
+                expiry: old.expiry,
+                set_at: old.set_at,
+            },
+        );
+        ov.toggle(*key, EntryState::Live { expiry, set_at });
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn remove(
-        &self,
-        ov: &mut Overlay,
-        mailbox: &Mailbox,
-        ns: Namespace,
-        ts: UnixMillis,
-        hash: &MessageHash,
-        expiry: UnixMillis,
-        data_len: usize,
-    ) -> Result<(), StoreError> {
-        let key = msg_key(mailbox, ns, ts, hash);
-        ov.delete(Cf::Exp, exp_key(expiry, &key));
-        ov.delete(Cf::Msg, key);
-        ov.delete(Cf::Hash, hash_key(mailbox, ns, hash));
-        let c = charge(data_len);
+    /// Removes a held message (no tombstone: see [`Self::bury`]).
+    fn remove(&self, ov: &mut Overlay, key: &EntryKey, held: Held) -> Result<(), StoreError> {
+        let mk = msg_key(&key.mailbox, key.namespace, held.ts, &key.hash);
+        ov.delete(Cf::Exp, exp_key(held.expiry, &mk));
+        ov.delete(Cf::Msg, mk);
+        ov.delete(Cf::Hash, key.to_bytes().to_vec());
+        ov.toggle(
+            *key,
+            EntryState::Live {
+                expiry: held.expiry,
+                set_at: held.set_at,
+            },
+        );
+        let c = charge(held.len);
+        let mailbox = &key.mailbox;
         let mut usage = Usage::decode(ov.get(&self.db, Cf::Usage, &mailbox.0)?)?;
         usage.bytes = usage.bytes.saturating_sub(c);
         usage.count = usage.count.saturating_sub(1);
@@ -806,12 +944,64 @@ impl Writer {
         Ok(())
     }
 
+    /// Deletes `key` for good: removes the message if held and keeps a tombstone until at
+    /// least `until` (and at least the message's own expiry), so no replica brings it back.
+    fn bury(&self, ov: &mut Overlay, key: EntryKey, until: UnixMillis) -> Result<(), StoreError> {
+        let mut until = until;
+        if let Some(held) = self.find(ov, &key)? {
+            until = until.max(held.expiry);
+            self.remove(ov, &key, held)?;
+        }
+        let kb = key.to_bytes();
+        match self.tombstone(ov, &key)? {
+            Some(old) if old >= until => return Ok(()),
+            Some(old) => ov.delete(Cf::Exp, tomb_exp_key(old, &kb)),
+            None => ov.toggle(key, EntryState::Deleted { until }),
+        }
+        ov.put(Cf::Tomb, kb.to_vec(), until.to_be_bytes().to_vec());
+        ov.put(Cf::Exp, tomb_exp_key(until, &kb), Vec::new());
+        Ok(())
+    }
+
+    /// Drops everything held for a mailbox, tombstones included, leaving no tombstone: the
+    /// mailbox moved to another swarm, which now holds it (hand-off, §9.4).
+    fn forget(&self, ov: &mut Overlay, mailbox: &Mailbox) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for (k, _) in self.scan(Cf::Hash, &mailbox.0)? {
+            let key = EntryKey::from_bytes(&k).ok_or_else(|| corrupt("hash index key"))?;
+            if let Some(held) = self.find(ov, &key)? {
+                self.remove(ov, &key, held)?;
+                n += 1;
+            }
+        }
+        for (k, v) in self.scan(Cf::Tomb, &mailbox.0)? {
+            let key = EntryKey::from_bytes(&k).ok_or_else(|| corrupt("tombstone key"))?;
+            if v.len() != 8 {
+                return Err(corrupt("tombstone"));
+            }
+            self.unbury(ov, &key, be64(&v));
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn unbury(&self, ov: &mut Overlay, key: &EntryKey, until: UnixMillis) {
+        let kb = key.to_bytes();
+        ov.delete(Cf::Tomb, kb.to_vec());
+        ov.delete(Cf::Exp, tomb_exp_key(until, &kb));
+        ov.toggle(*key, EntryState::Deleted { until });
+    }
+
     fn scan_prefix(&self, p: &[u8; 34]) -> Result<Vec<KeyValue>, StoreError> {
-        let cf = handle(&self.db, Cf::Msg)?;
+        self.scan(Cf::Msg, p)
+    }
+
+    fn scan(&self, cf: Cf, p: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
+        let h = handle(&self.db, cf)?;
         let mut out = Vec::new();
         for item in self
             .db
-            .iterator_cf(cf, IteratorMode::From(p, Direction::Forward))
+            .iterator_cf(h, IteratorMode::From(p, Direction::Forward))
         {
             let (k, v) = item?;
             if !k.starts_with(p) {
@@ -822,24 +1012,45 @@ impl Writer {
         Ok(out)
     }
 
+    /// Removes up to `limit` expired messages and tombstones.
     fn sweep(&self, ov: &mut Overlay, now: UnixMillis, limit: usize) -> Result<u64, StoreError> {
         let cf = handle(&self.db, Cf::Exp)?;
         let mut n = 0;
         for item in self.db.iterator_cf(cf, IteratorMode::Start) {
             let (k, _) = item?;
-            if n >= limit as u64 || k.len() != 82 || be64(&k[..8]) > now {
+            if n >= limit as u64 || k.len() < 8 || be64(&k[..8]) > now {
                 break;
+            }
+            n += 1;
+            if k.len() == 8 + ENTRY_KEY_LEN {
+                // A tombstone's keep-until time.
+                let key = EntryKey::from_bytes(&k[8..]).ok_or_else(|| corrupt("tombstone key"))?;
+                match self.tombstone(ov, &key)? {
+                    Some(until) if until == be64(&k[..8]) => self.unbury(ov, &key, until),
+                    _ => ov.delete(Cf::Exp, k.to_vec()),
+                }
+                continue;
             }
             let (mailbox, ns, ts, hash) = parse_msg_key(&k[8..])?;
             match ov.get(&self.db, Cf::Msg, &k[8..])? {
                 Some(v) => {
-                    let (exp, data) = parse_msg_value(&v)?;
-                    self.remove(ov, &mailbox, ns, ts, &hash, exp, data.len())?;
+                    let (expiry, set_at, data) = parse_msg_value(&v)?;
+                    let key = EntryKey {
+                        mailbox,
+                        namespace: ns,
+                        hash,
+                    };
+                    let held = Held {
+                        ts,
+                        expiry,
+                        set_at,
+                        len: data.len(),
+                    };
+                    self.remove(ov, &key, held)?;
                 }
                 // An index entry without its message: drop the entry.
                 None => ov.delete(Cf::Exp, k.to_vec()),
             }
-            n += 1;
         }
         Ok(n)
     }
@@ -862,6 +1073,7 @@ pub struct Store {
     cfg: StoreConfig,
     high_water: Arc<AtomicU64>,
     waiters: Arc<Waiters>,
+    digests: Arc<Mutex<Digests>>,
     path: PathBuf,
 }
 
@@ -888,7 +1100,7 @@ impl Ticket {
     /// Blocks until the writer answers.
     pub fn wait(self) -> Result<StoreResponse, StoreError> {
         match self.0.recv() {
-            Ok(Ok(Outcome::Stored(r))) => Ok(r),
+            Ok(Ok(Outcome::Stored(r, _))) => Ok(r),
             Ok(Ok(_)) => Err(StoreError::Corrupt(
                 "writer answered another operation".into(),
             )),
@@ -923,8 +1135,8 @@ impl Store {
         let mut bb = BlockBasedOptions::default();
         bb.set_bloom_filter(10.0, false);
         point.set_block_based_table_factory(&bb);
-        let cfs = [CF_MSG, CF_HASH, CF_EXP, CF_USAGE, CF_META].map(|name| {
-            let o = if name == CF_HASH {
+        let cfs = [CF_MSG, CF_HASH, CF_EXP, CF_USAGE, CF_META, CF_TOMB].map(|name| {
+            let o = if name == CF_HASH || name == CF_TOMB {
                 point.clone()
             } else {
                 Options::default()
@@ -940,6 +1152,13 @@ impl Store {
                 db.put_cf_opt(meta, META_SCHEMA, SCHEMA_VERSION.to_be_bytes(), &wo)?;
             }
             Some(v) if v == SCHEMA_VERSION.to_be_bytes() => {}
+            // Schema 1 lacks only the tombstone family (created above) and `set_at` in values
+            // (read as 0).
+            Some(v) if v == 1u32.to_be_bytes() => {
+                let mut wo = WriteOptions::default();
+                wo.set_sync(true);
+                db.put_cf_opt(meta, META_SCHEMA, SCHEMA_VERSION.to_be_bytes(), &wo)?;
+            }
             Some(v) => {
                 let v: [u8; 4] = v.try_into().map_err(|_| corrupt("schema version"))?;
                 return Err(StoreError::Schema(u32::from_be_bytes(v)));
@@ -955,6 +1174,7 @@ impl Store {
             slots: Mutex::default(),
             max: cfg.max_waiters,
         });
+        let digests = Arc::new(Mutex::new(initial_digests(&db)?));
         let (jobs, rx) = mpsc::sync_channel(cfg.queue_len.max(1));
         let writer = Writer {
             db: Arc::clone(&db),
@@ -964,6 +1184,7 @@ impl Store {
             },
             high_water: Arc::clone(&high_water),
             waiters: Arc::clone(&waiters),
+            digests: Arc::clone(&digests),
         };
         let writer = std::thread::Builder::new()
             .name("allium-store-writer".into())
@@ -976,6 +1197,7 @@ impl Store {
             cfg,
             high_water,
             waiters,
+            digests,
             path,
         })
     }
@@ -1023,15 +1245,67 @@ impl Store {
         self.submit_store(msg, now)?.wait()
     }
 
-    /// Stores a message replicated from another member and returns once it is durable.
-    /// Its expiry must lie in (now, now + max TTL].
-    pub fn store_replica(
+    /// Stores a message like [`Self::store`] and also returns when its expiry was set (what
+    /// a replica of it must carry).
+    pub fn store_full(
         &self,
-        msg: ReplicaMessage,
+        msg: NewMessage,
         now: UnixMillis,
-    ) -> Result<StoreResponse, StoreError> {
+    ) -> Result<(StoreResponse, UnixMillis), StoreError> {
         let hash = crypto::content_hash(&msg.mailbox, msg.namespace, &msg.data);
-        Ticket(self.submit(Op::Replica(msg, hash), now)?).wait()
+        match self.call(Op::Store(msg, hash), now)? {
+            Outcome::Stored(r, set_at) => Ok((r, set_at)),
+            _ => Err(StoreError::Corrupt(
+                "writer answered another operation".into(),
+            )),
+        }
+    }
+
+    /// Applies replication items from another member (whitepaper §9.3) and returns, per item,
+    /// whether it is now durably reflected here. All items share group commits. A message's
+    /// expiry must lie in (now, now + max TTL]; its content hash is recomputed here.
+    pub fn apply_items(&self, items: Vec<Item>, now: UnixMillis) -> Vec<Result<(), StoreError>> {
+        let pending: Vec<_> = items
+            .into_iter()
+            .map(|item| {
+                let op = match item {
+                    Item::Message(m) => {
+                        let hash = crypto::content_hash(&m.mailbox, m.namespace, &m.data);
+                        Op::Replica(m, hash)
+                    }
+                    Item::Tombstone { key, until } => Op::Tombstone(key, until),
+                    Item::Expiry {
+                        key,
+                        expiry,
+                        set_at,
+                    } => Op::SetExpiry {
+                        key,
+                        expiry,
+                        set_at,
+                    },
+                };
+                self.submit(op, now)
+            })
+            .collect();
+        pending
+            .into_iter()
+            .map(|rx| match rx?.recv() {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(StoreError::Closed),
+            })
+            .collect()
+    }
+
+    /// Drops everything held for `mailbox` without leaving tombstones (after handing it off to
+    /// the swarm that now owns it). Returns the number of entries dropped.
+    pub fn forget(&self, mailbox: Mailbox, now: UnixMillis) -> Result<u64, StoreError> {
+        match self.call(Op::Forget(mailbox), now)? {
+            Outcome::Count(n) => Ok(n),
+            _ => Err(StoreError::Corrupt(
+                "writer answered another operation".into(),
+            )),
+        }
     }
 
     /// Deletes messages by hash; returns the hashes that were live.
@@ -1064,8 +1338,21 @@ impl Store {
         namespace: Namespace,
         now: UnixMillis,
     ) -> Result<u64, StoreError> {
+        self.delete_all_full(mailbox, namespace, now)
+            .map(|(n, _)| n)
+    }
+
+    /// [`Self::delete_all`], also returning every key now buried and its keep-until time (what
+    /// the other members must bury too).
+    #[allow(clippy::type_complexity)]
+    pub fn delete_all_full(
+        &self,
+        mailbox: Mailbox,
+        namespace: Namespace,
+        now: UnixMillis,
+    ) -> Result<(u64, Vec<(EntryKey, UnixMillis)>), StoreError> {
         match self.call(Op::DeleteAll { mailbox, namespace }, now)? {
-            Outcome::Count(n) => Ok(n),
+            Outcome::DeletedAll(n, buried) => Ok((n, buried)),
             _ => Err(StoreError::Corrupt(
                 "writer answered another operation".into(),
             )),
@@ -1081,6 +1368,20 @@ impl Store {
         expiry: UnixMillis,
         now: UnixMillis,
     ) -> Result<Vec<(MessageHash, UnixMillis)>, StoreError> {
+        self.expire_full(mailbox, namespace, hashes, expiry, now)
+            .map(|(u, _)| u)
+    }
+
+    /// [`Self::expire`], also returning the time the expiry was set (what replicas carry).
+    #[allow(clippy::type_complexity)]
+    pub fn expire_full(
+        &self,
+        mailbox: Mailbox,
+        namespace: Namespace,
+        hashes: Vec<MessageHash>,
+        expiry: UnixMillis,
+        now: UnixMillis,
+    ) -> Result<(Vec<(MessageHash, UnixMillis)>, UnixMillis), StoreError> {
         match self.call(
             Op::Expire {
                 mailbox,
@@ -1090,7 +1391,7 @@ impl Store {
             },
             now,
         )? {
-            Outcome::Expired(u) => Ok(u),
+            Outcome::Expired(u, set_at) => Ok((u, set_at)),
             _ => Err(StoreError::Corrupt(
                 "writer answered another operation".into(),
             )),
@@ -1139,7 +1440,7 @@ impl Store {
                 continue;
             }
             let (_, _, ts, hash) = parse_msg_key(&k)?;
-            let (expiry, data) = parse_msg_value(&v)?;
+            let (expiry, _, data) = parse_msg_value(&v)?;
             if expiry <= now {
                 continue;
             }
@@ -1228,6 +1529,281 @@ impl Store {
             stop: Some(stop),
             handle: Some(handle),
         })
+    }
+}
+
+// ---- anti-entropy reads (whitepaper §9) ----------------------------------------------------
+
+/// What [`Store::reconcile`] found to do.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Reconcile {
+    /// Items to apply here as they are.
+    pub apply: Vec<Item>,
+    /// Keys whose message must be fetched from the peer.
+    pub fetch: Vec<EntryKey>,
+}
+
+/// Computes the bucket digests from what is on disk (once, at open).
+fn initial_digests(db: &DB) -> Result<Digests, StoreError> {
+    let mut d = Digests::default();
+    for item in db.iterator_cf(handle(db, Cf::Msg)?, IteratorMode::Start) {
+        let (k, v) = item?;
+        let (mailbox, namespace, _, hash) = parse_msg_key(&k)?;
+        let (expiry, set_at, _) = parse_msg_value(&v)?;
+        let key = EntryKey {
+            mailbox,
+            namespace,
+            hash,
+        };
+        d.toggle(&Entry {
+            key,
+            state: EntryState::Live { expiry, set_at },
+        });
+    }
+    for item in db.iterator_cf(handle(db, Cf::Tomb)?, IteratorMode::Start) {
+        let (k, v) = item?;
+        let key = EntryKey::from_bytes(&k).ok_or_else(|| corrupt("tombstone key"))?;
+        if v.len() != 8 {
+            return Err(corrupt("tombstone"));
+        }
+        d.toggle(&Entry {
+            key,
+            state: EntryState::Deleted { until: be64(&v) },
+        });
+    }
+    Ok(d)
+}
+
+impl Store {
+    /// The anti-entropy digests of everything held (durable writes only).
+    pub fn digests(&self) -> Digests {
+        lock(&self.digests).clone()
+    }
+
+    /// What is held under `key`, expired or not.
+    pub fn entry(&self, key: &EntryKey) -> Result<Option<EntryState>, StoreError> {
+        let kb = key.to_bytes();
+        if let Some(v) = self.db.get_cf(handle(&self.db, Cf::Tomb)?, kb)? {
+            if v.len() != 8 {
+                return Err(corrupt("tombstone"));
+            }
+            return Ok(Some(EntryState::Deleted { until: be64(&v) }));
+        }
+        Ok(self
+            .held(key)?
+            .map(|(_, expiry, set_at, _)| EntryState::Live { expiry, set_at }))
+    }
+
+    /// (timestamp, expiry, set_at, data) of a held message.
+    #[allow(clippy::type_complexity)]
+    fn held(
+        &self,
+        key: &EntryKey,
+    ) -> Result<Option<(UnixMillis, UnixMillis, UnixMillis, Vec<u8>)>, StoreError> {
+        let Some(ts) = self
+            .db
+            .get_cf(handle(&self.db, Cf::Hash)?, key.to_bytes())?
+        else {
+            return Ok(None);
+        };
+        if ts.len() != 8 {
+            return Err(corrupt("hash index value"));
+        }
+        let ts = be64(&ts);
+        let mk = msg_key(&key.mailbox, key.namespace, ts, &key.hash);
+        let mut ro = ReadOptions::default();
+        ro.set_verify_checksums(true);
+        // Deleted between the two reads: treat as not held.
+        let Some(v) = self.db.get_cf_opt(handle(&self.db, Cf::Msg)?, mk, &ro)? else {
+            return Ok(None);
+        };
+        let (expiry, set_at, data) = parse_msg_value(&v)?;
+        Ok(Some((ts, expiry, set_at, data.to_vec())))
+    }
+
+    /// Up to `limit` entries of `bucket` after `after`, in key order, and whether more follow.
+    /// Messages and tombstones are listed together (one key is never both).
+    pub fn entries(
+        &self,
+        bucket: u8,
+        after: Option<&EntryKey>,
+        limit: usize,
+    ) -> Result<(Vec<Entry>, bool), StoreError> {
+        let start: Vec<u8> = match after {
+            Some(k) => k.to_bytes().to_vec(),
+            None => vec![bucket],
+        };
+        let upper = successor(&[bucket]);
+        let read = |cf: Cf| -> Result<Vec<(EntryKey, u64)>, StoreError> {
+            let mut ro = ReadOptions::default();
+            if let Some(u) = &upper {
+                ro.set_iterate_upper_bound(u.clone());
+            }
+            let mut out = Vec::new();
+            for item in self.db.iterator_cf_opt(
+                handle(&self.db, cf)?,
+                ro,
+                IteratorMode::From(&start, Direction::Forward),
+            ) {
+                let (k, v) = item?;
+                if k.first() != Some(&bucket) || out.len() > limit {
+                    break;
+                }
+                if *k == *start {
+                    continue;
+                }
+                let key = EntryKey::from_bytes(&k).ok_or_else(|| corrupt("index key"))?;
+                if v.len() != 8 {
+                    return Err(corrupt("index value"));
+                }
+                out.push((key, be64(&v)));
+            }
+            Ok(out)
+        };
+        let live = read(Cf::Hash)?;
+        let dead = read(Cf::Tomb)?;
+        let mut merged: Vec<(EntryKey, Option<u64>, Option<u64>)> = live
+            .into_iter()
+            .map(|(k, ts)| (k, Some(ts), None))
+            .chain(dead.into_iter().map(|(k, until)| (k, None, Some(until))))
+            .collect();
+        merged.sort_by_key(|m| m.0);
+        let more = merged.len() > limit;
+        merged.truncate(limit);
+        let mut entries = Vec::with_capacity(merged.len());
+        for (key, ts, until) in merged {
+            let state = match (ts, until) {
+                (_, Some(until)) => EntryState::Deleted { until },
+                (Some(ts), None) => {
+                    let mk = msg_key(&key.mailbox, key.namespace, ts, &key.hash);
+                    let Some(v) = self.db.get_cf(handle(&self.db, Cf::Msg)?, mk)? else {
+                        continue;
+                    };
+                    let (expiry, set_at, _) = parse_msg_value(&v)?;
+                    EntryState::Live { expiry, set_at }
+                }
+                (None, None) => continue,
+            };
+            entries.push(Entry { key, state });
+        }
+        Ok((entries, more))
+    }
+
+    /// The replication items held under `keys` (messages in full, tombstones), leaving out
+    /// keys not held, and stopping before `max_bytes` of message data.
+    pub fn fetch(&self, keys: &[EntryKey], max_bytes: usize) -> Result<Vec<Item>, StoreError> {
+        let mut items = Vec::new();
+        let mut bytes = 0usize;
+        for key in keys {
+            match self.entry(key)? {
+                Some(EntryState::Deleted { until }) => {
+                    items.push(Item::Tombstone { key: *key, until })
+                }
+                Some(EntryState::Live { .. }) => {
+                    let Some((timestamp, expiry, set_at, data)) = self.held(key)? else {
+                        continue;
+                    };
+                    if !items.is_empty() && bytes + data.len() > max_bytes {
+                        break;
+                    }
+                    bytes += data.len();
+                    items.push(Item::Message(ItemMessage {
+                        mailbox: key.mailbox,
+                        namespace: key.namespace,
+                        timestamp,
+                        expiry,
+                        set_at,
+                        data,
+                    }));
+                }
+                None => {}
+            }
+        }
+        Ok(items)
+    }
+
+    /// Compares a page of a peer's entries with what is held here and says what to do to
+    /// converge (the merge rule of whitepaper §9.3): items to apply as they are (tombstones,
+    /// later expiries) and keys whose message must be fetched. Entries expired at `now`, and
+    /// those `wanted` refuses (mailboxes outside this node's swarm), are skipped.
+    pub fn reconcile(
+        &self,
+        theirs: &[Entry],
+        now: UnixMillis,
+        wanted: impl Fn(&Mailbox) -> bool,
+    ) -> Result<Reconcile, StoreError> {
+        let mut plan = Reconcile::default();
+        for e in theirs {
+            if !wanted(&e.key.mailbox) {
+                continue;
+            }
+            let mine = self.entry(&e.key)?;
+            match (mine, e.state) {
+                (_, EntryState::Deleted { until }) if until > now => {
+                    if !matches!(mine, Some(EntryState::Deleted { .. })) {
+                        plan.apply.push(Item::Tombstone { key: e.key, until });
+                    }
+                }
+                (_, EntryState::Deleted { .. }) => {}
+                (_, EntryState::Live { expiry, .. }) if expiry <= now => {}
+                (None, EntryState::Live { .. }) => plan.fetch.push(e.key),
+                (Some(m @ EntryState::Live { .. }), t @ EntryState::Live { expiry, set_at }) => {
+                    if m.superseded_by(t) {
+                        plan.apply.push(Item::Expiry {
+                            key: e.key,
+                            expiry,
+                            set_at,
+                        });
+                    }
+                }
+                (Some(EntryState::Deleted { .. }), EntryState::Live { .. }) => {}
+            }
+        }
+        Ok(plan)
+    }
+
+    /// The first mailbox after `after` that has messages or tombstones here.
+    pub fn next_mailbox(&self, after: Option<&Mailbox>) -> Result<Option<Mailbox>, StoreError> {
+        let start = match after {
+            Some(m) => match successor(&m.0) {
+                Some(s) => s,
+                None => return Ok(None),
+            },
+            None => Vec::new(),
+        };
+        let mut best: Option<Mailbox> = None;
+        for cf in [Cf::Hash, Cf::Tomb] {
+            let mut it = self.db.iterator_cf(
+                handle(&self.db, cf)?,
+                IteratorMode::From(&start, Direction::Forward),
+            );
+            if let Some(item) = it.next() {
+                let (k, _) = item?;
+                let key = EntryKey::from_bytes(&k).ok_or_else(|| corrupt("index key"))?;
+                if best.is_none_or(|b| key.mailbox < b) {
+                    best = Some(key.mailbox);
+                }
+            }
+        }
+        Ok(best)
+    }
+
+    /// Every key held for `mailbox` (messages and tombstones, all namespaces).
+    pub fn mailbox_keys(&self, mailbox: &Mailbox) -> Result<Vec<EntryKey>, StoreError> {
+        let mut keys = Vec::new();
+        for cf in [Cf::Hash, Cf::Tomb] {
+            for item in self.db.iterator_cf(
+                handle(&self.db, cf)?,
+                IteratorMode::From(&mailbox.0, Direction::Forward),
+            ) {
+                let (k, _) = item?;
+                if !k.starts_with(&mailbox.0) {
+                    break;
+                }
+                keys.push(EntryKey::from_bytes(&k).ok_or_else(|| corrupt("index key"))?);
+            }
+        }
+        Ok(keys)
     }
 }
 

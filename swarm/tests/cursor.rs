@@ -8,7 +8,7 @@ mod common;
 
 use allium_swarm::cursor::Cursor;
 use allium_swarm::proto::{INBOX, Mailbox, MessageHash, RetrieveResponse};
-use allium_swarm::store::ReplicaMessage;
+use allium_swarm::sync::{Item, ItemMessage};
 use allium_swarm::{NewMessage, RetrieveQuery, Store, StoreConfig};
 use common::{T0, key, mailbox, open};
 use proptest::prelude::*;
@@ -103,17 +103,19 @@ fn simulate(skew_b: i64, events: Vec<(u64, Event)>, overlap: u64) -> (usize, usi
     let mut repeats = 0;
     let mut all = HashSet::new();
     // Pending replications, by true delivery time.
-    let mut pending: BTreeMap<(u64, u64), (usize, ReplicaMessage)> = BTreeMap::new();
+    let mut pending: BTreeMap<(u64, u64), (usize, ItemMessage)> = BTreeMap::new();
     let mut t = T0;
     let mut id = 0u64;
-    let deliver = |until: u64, pending: &mut BTreeMap<(u64, u64), (usize, ReplicaMessage)>| {
+    let deliver = |until: u64, pending: &mut BTreeMap<(u64, u64), (usize, ItemMessage)>| {
         while let Some((&(when, _), _)) = pending.first_key_value() {
             if when > until {
                 break;
             }
             let ((when, _), (to, msg)) = pending.pop_first().unwrap();
             let m = &members[to];
-            m.store.store_replica(msg, m.clock(when)).unwrap();
+            for r in m.store.apply_items(vec![Item::Message(msg)], m.clock(when)) {
+                r.unwrap();
+            }
         }
     };
     for (gap, ev) in events {
@@ -137,11 +139,12 @@ fn simulate(skew_b: i64, events: Vec<(u64, Event)>, overlap: u64) -> (usize, usi
                     )
                     .unwrap();
                 all.insert(r.hash);
-                let replica = ReplicaMessage {
+                let replica = ItemMessage {
                     mailbox: mb,
                     namespace: INBOX,
                     timestamp: r.timestamp,
                     expiry: r.expiry,
+                    set_at: r.timestamp,
                     data,
                 };
                 pending.insert((t + delay, id), (1 - at, replica));
@@ -213,17 +216,34 @@ fn late_replica_is_refiled_and_seen() {
     let mut seen = Vec::new();
     poll(&member, mb, &mut cursor, T0 + 10_000, 5, &mut seen);
     // Accepted elsewhere at T0, arrives here at T0 + 20 s: ten times the bound late.
-    let replica = ReplicaMessage {
+    let replica = ItemMessage {
         mailbox: mb,
         namespace: INBOX,
         timestamp: T0,
         expiry: T0 + TTL,
+        set_at: T0,
         data: b"late".to_vec(),
     };
-    let r = member.store.store_replica(replica, T0 + 20_000).unwrap();
-    assert_eq!(r.timestamp, T0 + 20_000 - (D + S));
+    let applied = member
+        .store
+        .apply_items(vec![Item::Message(replica)], T0 + 20_000);
+    assert!(applied.iter().all(Result::is_ok));
     poll(&member, mb, &mut cursor, T0 + 20_001, 5, &mut seen);
     assert_eq!(seen.len(), 1);
+    let page = member
+        .store
+        .retrieve(
+            &RetrieveQuery {
+                mailbox: mb,
+                namespace: INBOX,
+                after: None,
+                max_count: 10,
+                max_bytes: 1 << 20,
+            },
+            T0 + 20_001,
+        )
+        .unwrap();
+    assert_eq!(page.messages[0].timestamp, T0 + 20_000 - (D + S));
 }
 
 /// Repeats are bounded: polling the same member again and again, with no new messages, returns

@@ -111,16 +111,22 @@ fn message() -> impl Strategy<Value = StoredMessage> {
 
 fn response_body() -> impl Strategy<Value = ResponseBody> {
     prop_oneof![
-        (key32(), any::<u64>(), any::<u64>(), any::<bool>()).prop_map(
-            |(h, timestamp, expiry, duplicate)| {
+        (
+            key32(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<bool>(),
+            proptest::collection::vec(key32().prop_map(NodeId), 0..4)
+        )
+            .prop_map(|(h, timestamp, expiry, duplicate, holders)| {
                 ResponseBody::Store(StoreResponse {
                     hash: MessageHash(h),
                     timestamp,
                     expiry,
                     duplicate,
+                    holders,
                 })
-            }
-        ),
+            }),
         (proptest::collection::vec(message(), 0..4), any::<bool>()).prop_map(|(messages, more)| {
             ResponseBody::Retrieve(RetrieveResponse { messages, more })
         }),
@@ -151,22 +157,42 @@ fn response_body() -> impl Strategy<Value = ResponseBody> {
 }
 
 fn response() -> impl Strategy<Value = (Method, Response)> {
-    let ok = (any::<u64>(), response_body())
-        .prop_map(|(now, b)| (b.method(), Response { now, result: Ok(b) }));
+    let ok =
+        (any::<u64>(), response_body()).prop_map(|(now, b)| (b.method(), Response::ok(now, b)));
     let err = (any::<u64>(), 1..Status::ALL.len(), 0..Method::ALL.len()).prop_map(|(now, s, m)| {
-        (
-            Method::ALL[m],
-            Response {
+        let status = Status::ALL[s];
+        let response = if status == Status::WrongSwarm {
+            Response::wrong_swarm(
                 now,
-                result: Err(Status::ALL[s]),
-            },
-        )
+                GetSwarmResponse {
+                    swarm_id: now,
+                    members: vec![NodeId([7; 32])],
+                },
+            )
+        } else {
+            Response::error(now, status)
+        };
+        (Method::ALL[m], response)
     });
     prop_oneof![ok, err]
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+
+    /// Peer messages: arbitrary bytes give a typed error or a value that re-encodes to them.
+    #[test]
+    fn arbitrary_peer_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+        use allium_swarm::sync::{PeerMethod, PeerRequest, PeerResponse};
+        if let Ok(r) = PeerRequest::decode(&bytes) {
+            prop_assert_eq!(r.encode(), bytes.clone());
+        }
+        for m in [PeerMethod::Replicate, PeerMethod::Root, PeerMethod::Buckets, PeerMethod::Entries, PeerMethod::Fetch] {
+            if let Ok(r) = PeerResponse::decode(&bytes, m) {
+                prop_assert_eq!(r.encode(), bytes.clone());
+            }
+        }
+    }
 
     /// Arbitrary bytes: a typed error or a request whose encoding is exactly those bytes.
     #[test]
@@ -285,9 +311,9 @@ fn limits_are_enforced() {
         DecodeError::InvalidValue("wait")
     );
     // The largest retrieve answer fits the response limit.
-    let full = Response {
-        now: u64::MAX,
-        result: Ok(ResponseBody::Retrieve(RetrieveResponse {
+    let full = Response::ok(
+        u64::MAX,
+        ResponseBody::Retrieve(RetrieveResponse {
             messages: vec![StoredMessage {
                 hash: MessageHash([0; 32]),
                 timestamp: u64::MAX,
@@ -295,8 +321,8 @@ fn limits_are_enforced() {
                 data: vec![0; MAX_DATA_BYTES],
             }],
             more: true,
-        })),
-    };
+        }),
+    );
     assert!(full.encode().len() <= MAX_RESPONSE_BYTES);
     // Oversized input is refused by length before parsing.
     assert!(matches!(

@@ -100,6 +100,8 @@ type Messages = BTreeMap<(Mailbox, Namespace, u64, MessageHash), (u64, Vec<u8>)>
 #[derive(Default)]
 struct Model {
     msgs: Messages,
+    /// Deleted (mailbox, namespace, hash) → keep-until: a store of it changes nothing.
+    tombs: BTreeMap<(Mailbox, Namespace, MessageHash), u64>,
 }
 
 impl Model {
@@ -113,6 +115,10 @@ impl Model {
             .keys()
             .find(|k| k.0 == mb && k.1 == ns && k.3 == h)
             .map(|k| (k.2, k.3, k.1, k.0))
+    }
+    fn bury(&mut self, k: (Mailbox, Namespace, MessageHash), until: u64) {
+        let t = self.tombs.entry(k).or_insert(until);
+        *t = (*t).max(until);
     }
     fn usage(&self, mb: Option<Mailbox>) -> Usage {
         let mut u = Usage::default();
@@ -172,6 +178,18 @@ fn run(ops: Vec<Op>) {
                     continue;
                 }
                 let expiry = now + ttl;
+                match model.tombs.get(&(mb, ns, h)) {
+                    Some(&until) if until > now => {
+                        let r = got.unwrap();
+                        assert!(r.duplicate);
+                        assert_eq!((r.timestamp, r.expiry), (now, until));
+                        continue;
+                    }
+                    Some(_) => {
+                        model.tombs.remove(&(mb, ns, h));
+                    }
+                    None => {}
+                }
                 if let Some((ts, ..)) = model.find(mb, ns, h) {
                     let entry = model.msgs.get_mut(&(mb, ns, ts, h)).unwrap();
                     if entry.0 > now {
@@ -237,18 +255,30 @@ fn run(ops: Vec<Op>) {
                     if !seen.insert(h) {
                         continue;
                     }
+                    let mut until = now + TTL_MAX;
                     if let Some((ts, ..)) = model.find(mb, ns, h) {
                         let (exp, _) = model.msgs.remove(&(mb, ns, ts, h)).unwrap();
+                        until = until.max(exp);
                         if exp > now {
                             want.push(h);
                         }
                     }
+                    model.bury((mb, ns, h), until);
                 }
                 assert_eq!(store.delete(mb, ns, hashes, now).unwrap(), want);
             }
             Op::DeleteAll { mb, ns } => {
                 let mb = mbs[mb];
                 let want = model.live(mb, ns, now).len() as u64;
+                let gone: Vec<_> = model
+                    .msgs
+                    .iter()
+                    .filter(|(k, _)| k.0 == mb && k.1 == ns)
+                    .map(|(k, (exp, _))| ((k.0, k.1, k.3), *exp))
+                    .collect();
+                for (k, exp) in gone {
+                    model.bury(k, exp);
+                }
                 model.msgs.retain(|k, _| !(k.0 == mb && k.1 == ns));
                 assert_eq!(store.delete_all(mb, ns, now).unwrap(), want);
             }
@@ -286,9 +316,10 @@ fn run(ops: Vec<Op>) {
                 assert_eq!(got.unwrap(), want);
             }
             Op::Sweep => {
-                let before = model.msgs.len();
+                let before = model.msgs.len() + model.tombs.len();
                 model.msgs.retain(|_, (exp, _)| *exp > now);
-                let want = (before - model.msgs.len()) as u64;
+                model.tombs.retain(|_, until| *until > now);
+                let want = (before - model.msgs.len() - model.tombs.len()) as u64;
                 assert_eq!(store.sweep_expired(now, usize::MAX).unwrap(), want);
             }
             Op::Advance(ms) => now += ms,

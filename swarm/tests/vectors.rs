@@ -66,8 +66,17 @@ fn vectors() -> Value {
             timestamp: TS,
             expiry: TS + 86_400_000,
             duplicate: false,
+            holders: vec![node, NodeId(seq(64))],
         })),
+        redirect: None,
     };
+    let wrong_swarm = Response::wrong_swarm(
+        TS,
+        GetSwarmResponse {
+            swarm_id: 0x8000_0000_0000_0000,
+            members: vec![NodeId(seq(64)), NodeId(seq(96))],
+        },
+    );
     let retrieve = Body::Retrieve(RetrieveRequest {
         mailbox,
         namespace: INBOX,
@@ -89,6 +98,7 @@ fn vectors() -> Value {
             }],
             more: false,
         })),
+        redirect: None,
     };
     let delete = Body::Delete(DeleteRequest {
         mailbox,
@@ -126,7 +136,109 @@ fn vectors() -> Value {
             { "name": "store ok", "method": Method::Store.id(), "response_cbor": hex::encode(store_resp.encode()) },
             { "name": "retrieve one message", "method": Method::Retrieve.id(), "response_cbor": hex::encode(retrieve_resp.encode()) },
             { "name": "clock skew", "method": Method::Retrieve.id(), "response_cbor": hex::encode(Response::error(TS, Status::ClockSkew).encode()) },
+            { "name": "wrong swarm", "method": Method::Store.id(), "response_cbor": hex::encode(wrong_swarm.encode()) },
         ],
+        "sync": sync_vectors(mailbox, hash, &data),
+    })
+}
+
+/// Anti-entropy digests and peer messages (storage §9).
+fn sync_vectors(mailbox: Mailbox, hash: MessageHash, data: &[u8]) -> Value {
+    use allium_swarm::sync::*;
+    let key = EntryKey {
+        mailbox,
+        namespace: INBOX,
+        hash,
+    };
+    let live = Entry {
+        key,
+        state: EntryState::Live {
+            expiry: TS + 86_400_000,
+            set_at: TS,
+        },
+    };
+    let tomb = Entry {
+        key,
+        state: EntryState::Deleted {
+            until: TS + 86_400_000,
+        },
+    };
+    let mut digests = Digests::default();
+    digests.toggle(&live);
+    let item = Item::Message(ItemMessage {
+        mailbox,
+        namespace: INBOX,
+        timestamp: TS,
+        expiry: TS + 86_400_000,
+        set_at: TS,
+        data: data.to_vec(),
+    });
+    let requests = [
+        (
+            "replicate one message",
+            PeerRequest::Replicate(vec![item.clone()]),
+        ),
+        (
+            "replicate a tombstone",
+            PeerRequest::Replicate(vec![Item::Tombstone {
+                key,
+                until: TS + 86_400_000,
+            }]),
+        ),
+        (
+            "replicate an expiry",
+            PeerRequest::Replicate(vec![Item::Expiry {
+                key,
+                expiry: TS + 3_600_000,
+                set_at: TS + 1,
+            }]),
+        ),
+        ("root", PeerRequest::Root),
+        ("buckets", PeerRequest::Buckets),
+        (
+            "entries after a key",
+            PeerRequest::Entries {
+                bucket: mailbox.0[0],
+                after: Some(key),
+                limit: 1024,
+            },
+        ),
+        ("fetch", PeerRequest::Fetch(vec![key])),
+    ];
+    let responses = [
+        (
+            "replicated",
+            PeerMethod::Replicate,
+            PeerResponse::Replicated(vec![Status::Ok, Status::WrongSwarm]),
+        ),
+        ("root", PeerMethod::Root, PeerResponse::Root(digests.root())),
+        (
+            "entries",
+            PeerMethod::Entries,
+            PeerResponse::Entries {
+                entries: vec![live, tomb],
+                more: true,
+            },
+        ),
+        (
+            "fetched",
+            PeerMethod::Fetch,
+            PeerResponse::Fetched(vec![item]),
+        ),
+    ];
+    for (_, r) in &requests {
+        assert_eq!(&PeerRequest::decode(&r.encode()).unwrap(), r);
+    }
+    for (_, m, r) in &responses {
+        assert_eq!(&PeerResponse::decode(&r.encode(), *m).unwrap(), r);
+    }
+    json!({
+        "entry_live": { "expiry": TS + 86_400_000, "set_at": TS, "digest": hex::encode(live.digest()) },
+        "entry_tombstone": { "digest": hex::encode(tomb.digest()) },
+        "root_with_live_entry": hex::encode(digests.root()),
+        "root_empty": hex::encode(Digests::default().root()),
+        "peer_requests": requests.iter().map(|(n, r)| json!({ "name": n, "cbor": hex::encode(r.encode()) })).collect::<Vec<_>>(),
+        "peer_responses": responses.iter().map(|(n, m, r)| json!({ "name": n, "method": *m as u8, "cbor": hex::encode(r.encode()) })).collect::<Vec<_>>(),
     })
 }
 

@@ -1,0 +1,658 @@
+//! Swarm replication on a node (whitepaper storage §9): which mailboxes this node serves, the
+//! quorum a store waits for, the peer protocol it answers, anti-entropy rounds against its swarm
+//! peers, and hand-off of mailboxes that moved to another swarm.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use allium_onion::IdentityPublicKey;
+use allium_swarm::proto::GetSwarmResponse;
+use allium_swarm::sync::{
+    BUCKETS, EntryKey, Item, MAX_ENTRIES, MAX_FETCH, MAX_ITEMS, PeerRequest, PeerResponse,
+};
+use allium_swarm::{
+    Clock, DecodeError, Mailbox, Method, NodeId, Placement, Replication, Response, ResponseBody,
+    Service, Status, Store, StoreError, SystemClock, UnixMillis,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ReplicationConfig;
+use crate::directory::RosterState;
+use crate::link::{self, Deadlines, Kind, LinkError, Peer, Pool};
+use crate::metrics::{Metrics, ReplicationResult, SyncDirection};
+
+/// Message bytes one `fetch` answer carries at most.
+const FETCH_BUDGET: usize = 512 * 1024;
+/// Mailboxes handed off per round at most.
+const HANDOFF_PER_ROUND: usize = 64;
+
+/// A swarm member as the link reaches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Member {
+    /// Its identity (pinned on the link).
+    pub identity: IdentityPublicKey,
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+}
+
+/// This node's place in the roster: its swarm, its peers, and whether it has pulled its share.
+#[derive(Debug)]
+pub struct Membership {
+    me: IdentityPublicKey,
+    roster: Arc<RosterState>,
+    /// The swarm for which a complete anti-entropy round has finished.
+    synced: Mutex<Option<u64>>,
+    metrics: Metrics,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn members(nodes: &[&allium_swarm::roster::NodeEntry]) -> Vec<Member> {
+    nodes
+        .iter()
+        .filter_map(|n| {
+            Some(Member {
+                identity: n.identity,
+                addr: *n.addresses.first()?,
+            })
+        })
+        .collect()
+}
+
+impl Membership {
+    /// The membership of node `me` as `roster` says.
+    pub fn new(me: IdentityPublicKey, roster: Arc<RosterState>, metrics: Metrics) -> Self {
+        metrics.set_syncing(true);
+        Membership {
+            me,
+            roster,
+            synced: Mutex::new(None),
+            metrics,
+        }
+    }
+
+    /// This node's swarm and the other members of it, if the roster lists this node.
+    pub fn my_swarm(&self) -> Option<(u64, Vec<Member>)> {
+        let held = self.roster.current()?;
+        let swarm = held.roster.node(&self.me)?.swarm;
+        let nodes: Vec<_> = held
+            .roster
+            .nodes()
+            .iter()
+            .filter(|n| n.swarm == swarm && n.identity != self.me)
+            .collect();
+        Some((swarm, members(&nodes)))
+    }
+
+    /// The swarm a mailbox belongs to and all its members.
+    pub fn swarm_of(&self, mailbox: &Mailbox) -> Option<(u64, Vec<Member>)> {
+        let held = self.roster.current()?;
+        let swarm = held.roster.swarm_for(&mailbox.0)?;
+        Some((swarm, members(&held.roster.members_for(&mailbox.0))))
+    }
+
+    /// Whether this node's swarm holds `mailbox`.
+    pub fn owns(&self, mailbox: &Mailbox) -> bool {
+        let Some(held) = self.roster.current() else {
+            return false;
+        };
+        let mine = held.roster.node(&self.me).map(|n| n.swarm);
+        mine.is_some() && held.roster.swarm_for(&mailbox.0) == mine
+    }
+
+    /// Whether `node` is a member of this node's swarm.
+    fn is_swarm_peer(&self, node: &IdentityPublicKey) -> bool {
+        self.my_swarm()
+            .is_some_and(|(_, peers)| peers.iter().any(|p| p.identity == *node))
+    }
+
+    /// True until a complete anti-entropy round for the current swarm has finished.
+    pub fn syncing(&self) -> bool {
+        let current = self.my_swarm().map(|(s, _)| s);
+        current.is_some() && *lock(&self.synced) != current
+    }
+
+    fn mark_synced(&self, swarm: u64) {
+        let was = lock(&self.synced).replace(swarm);
+        if was != Some(swarm) {
+            tracing::info!(
+                swarm = format_args!("{swarm:016x}"),
+                "swarm share pulled; serving retrieves"
+            );
+        }
+        self.metrics.set_syncing(false);
+    }
+}
+
+impl Placement for Membership {
+    fn check(&self, mailbox: &Mailbox, method: Method, now: UnixMillis) -> Option<Response> {
+        // Before the first roster the node cannot know; it serves, and clients (which pick
+        // destinations from the roster) do not send it anything yet.
+        let held = self.roster.current()?;
+        let mine = held.roster.node(&self.me)?.swarm;
+        let owner = held.roster.swarm_for(&mailbox.0)?;
+        if owner != mine {
+            let members = held
+                .roster
+                .members_for(&mailbox.0)
+                .iter()
+                .map(|n| NodeId(n.identity.to_bytes()))
+                .collect();
+            return Some(Response::wrong_swarm(
+                now,
+                GetSwarmResponse {
+                    swarm_id: owner,
+                    members,
+                },
+            ));
+        }
+        if method == Method::Retrieve && self.syncing() {
+            self.metrics.set_syncing(true);
+            return Some(Response::error(now, Status::Syncing));
+        }
+        None
+    }
+}
+
+/// Why an exchange with a peer failed.
+#[derive(Debug, thiserror::Error)]
+enum PeerError {
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error("the peer refused the request")]
+    Refused,
+    #[error("undecodable answer: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("the peer answered another method")]
+    Mismatch,
+    #[error("local store: {0}")]
+    Store(#[from] StoreError),
+    #[error("local task failed")]
+    Task,
+}
+
+/// Replication between this node and its swarm.
+#[derive(Debug)]
+pub struct Replicator {
+    membership: Arc<Membership>,
+    service: Arc<Service>,
+    pool: Arc<Pool>,
+    metrics: Metrics,
+    cfg: ReplicationConfig,
+    deadlines: Deadlines,
+    /// The roster version whose hand-off scan completed.
+    handed_off_for: Mutex<Option<u64>>,
+}
+
+impl Replicator {
+    /// Replication for `service`'s store, reaching peers through `pool` within `deadlines`.
+    pub fn new(
+        membership: Arc<Membership>,
+        service: Arc<Service>,
+        pool: Arc<Pool>,
+        metrics: Metrics,
+        cfg: ReplicationConfig,
+        deadlines: Deadlines,
+    ) -> Self {
+        Replicator {
+            membership,
+            service,
+            pool,
+            metrics,
+            cfg,
+            deadlines,
+            handed_off_for: Mutex::new(None),
+        }
+    }
+
+    fn store(&self) -> &Arc<Store> {
+        self.service.store()
+    }
+
+    fn now(&self) -> UnixMillis {
+        self.service.node_time(SystemClock.now())
+    }
+
+    /// Sends `items` to the other members of their mailbox's swarm and completes `response`:
+    /// for [`Replication::Quorum`] it waits until a majority holds them (adding the holders)
+    /// or answers `not_replicated`; for [`Replication::Background`] it answers at once.
+    pub async fn finish(
+        &self,
+        mut response: Response,
+        items: Vec<Item>,
+        mode: Replication,
+    ) -> Response {
+        let Some(mailbox) = items.first().map(|i| *i.mailbox()) else {
+            return response;
+        };
+        let Some((_, members)) = self.membership.swarm_of(&mailbox) else {
+            return response;
+        };
+        let size = members.len();
+        let peers: Vec<Member> = members
+            .into_iter()
+            .filter(|m| m.identity != self.membership.me)
+            .collect();
+        let chunks = Arc::new(chunked(&items));
+        let (tx, mut rx) = tokio::sync::mpsc::channel(peers.len().max(1));
+        for peer in peers {
+            let (pool, chunks, tx, metrics) = (
+                self.pool.clone(),
+                chunks.clone(),
+                tx.clone(),
+                self.metrics.clone(),
+            );
+            let deadlines = self.deadlines;
+            // Detached: members beyond the majority still get the items after the answer.
+            tokio::spawn(async move {
+                let held = send_items(&pool, &peer, &chunks, deadlines, &metrics).await;
+                let _ = tx.send((peer.identity, held)).await;
+            });
+        }
+        drop(tx);
+        if mode == Replication::Background {
+            return response;
+        }
+        let need = size / 2 + 1;
+        let mut holders = match &response.result {
+            Ok(ResponseBody::Store(s)) => s.holders.len(),
+            _ => return response,
+        };
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(self.cfg.quorum_timeout_ms);
+        let mut got = Vec::new();
+        while holders < need {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some((id, true))) => {
+                    holders += 1;
+                    got.push(NodeId(id.to_bytes()));
+                }
+                Ok(Some((_, false))) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if holders < need {
+            tracing::debug!(
+                holders,
+                need,
+                "store not confirmed by a majority of its swarm"
+            );
+            return Response::error(response.now, Status::NotReplicated);
+        }
+        if let Ok(ResponseBody::Store(s)) = &mut response.result {
+            s.holders.extend(got);
+        }
+        response
+    }
+
+    /// Answers a peer request arriving on the link.
+    pub async fn serve(&self, peer: &Peer, body: Vec<u8>) -> (link::Status, Vec<u8>) {
+        let Some(identity) = peer.identity else {
+            return (link::Status::Rejected, Vec::new());
+        };
+        let in_roster = self
+            .membership
+            .roster
+            .current()
+            .is_some_and(|h| h.roster.node(&identity).is_some());
+        if !in_roster {
+            tracing::debug!(peer = %peer.addr, "peer request from a node outside the roster");
+            return (link::Status::Rejected, Vec::new());
+        }
+        let request = match PeerRequest::decode(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(peer = %peer.addr, error = %e, "malformed peer request");
+                return (link::Status::Rejected, Vec::new());
+            }
+        };
+        let syncs = !matches!(request, PeerRequest::Replicate(_));
+        // What a member holds is for its swarm peers only; any roster node may hand items in
+        // (they are checked like a client's writes).
+        if syncs && !self.membership.is_swarm_peer(&identity) {
+            return (link::Status::Rejected, Vec::new());
+        }
+        let in_len = body.len();
+        let answer = match self.answer(request).await {
+            Some(a) => a.encode(),
+            None => return (link::Status::Rejected, Vec::new()),
+        };
+        if syncs {
+            self.metrics
+                .sync_bytes(SyncDirection::Serve, in_len + answer.len());
+        }
+        (link::Status::Ok, answer)
+    }
+
+    async fn answer(&self, request: PeerRequest) -> Option<PeerResponse> {
+        let store = self.store().clone();
+        Some(match request {
+            PeerRequest::Replicate(items) => {
+                let (service, now) = (self.service.clone(), self.now());
+                let statuses =
+                    tokio::task::spawn_blocking(move || service.apply_peer_items(items, now))
+                        .await
+                        .ok()?;
+                PeerResponse::Replicated(statuses)
+            }
+            PeerRequest::Root => PeerResponse::Root(store.digests().root()),
+            PeerRequest::Buckets => PeerResponse::Buckets(store.digests().truncated()),
+            PeerRequest::Entries {
+                bucket,
+                after,
+                limit,
+            } => {
+                let (entries, more) = tokio::task::spawn_blocking(move || {
+                    store.entries(bucket, after.as_ref(), usize::from(limit))
+                })
+                .await
+                .ok()?
+                .ok()?;
+                PeerResponse::Entries { entries, more }
+            }
+            PeerRequest::Fetch(keys) => PeerResponse::Fetched(
+                tokio::task::spawn_blocking(move || store.fetch(&keys, FETCH_BUDGET))
+                    .await
+                    .ok()?
+                    .ok()?,
+            ),
+        })
+    }
+
+    async fn call(&self, peer: &Member, request: PeerRequest) -> Result<PeerResponse, PeerError> {
+        let bytes = request.encode();
+        let (status, body) = self
+            .pool
+            .request(
+                &peer.identity,
+                peer.addr,
+                Kind::Peer,
+                &bytes,
+                self.deadlines,
+            )
+            .await?;
+        self.metrics
+            .sync_bytes(SyncDirection::Pull, bytes.len() + body.len());
+        if status != link::Status::Ok {
+            return Err(PeerError::Refused);
+        }
+        Ok(PeerResponse::decode(&body, request.method())?)
+    }
+
+    /// Pulls from `peer` what this node lacks (a tombstone, a later expiry or a whole
+    /// message) for mailboxes of its swarm. Returns whether everything was pulled; the byte
+    /// budget may leave the rest for the next round.
+    async fn pull_from(&self, peer: &Member) -> Result<bool, PeerError> {
+        let PeerResponse::Root(root) = self.call(peer, PeerRequest::Root).await? else {
+            return Err(PeerError::Mismatch);
+        };
+        let mine = self.store().digests();
+        if root == mine.root() {
+            return Ok(true);
+        }
+        let PeerResponse::Buckets(theirs) = self.call(peer, PeerRequest::Buckets).await? else {
+            return Err(PeerError::Mismatch);
+        };
+        let mine = mine.truncated();
+        let mut budget = usize::try_from(self.cfg.max_pull_bytes).unwrap_or(usize::MAX);
+        let mut complete = true;
+        for bucket in (0..BUCKETS).filter(|&b| theirs.get(b) != mine.get(b)) {
+            let mut after = None;
+            loop {
+                let request = PeerRequest::Entries {
+                    bucket: bucket as u8,
+                    after,
+                    limit: MAX_ENTRIES as u16,
+                };
+                let PeerResponse::Entries { entries, more } = self.call(peer, request).await?
+                else {
+                    return Err(PeerError::Mismatch);
+                };
+                let (store, membership, now) =
+                    (self.store().clone(), self.membership.clone(), self.now());
+                let page = entries.clone();
+                let plan = tokio::task::spawn_blocking(move || {
+                    store.reconcile(&page, now, |m| membership.owns(m))
+                })
+                .await
+                .map_err(|_| PeerError::Task)??;
+                self.apply(plan.apply).await?;
+                for keys in plan.fetch.chunks(MAX_FETCH) {
+                    if budget == 0 {
+                        return Ok(false);
+                    }
+                    let request = PeerRequest::Fetch(keys.to_vec());
+                    let PeerResponse::Fetched(items) = self.call(peer, request).await? else {
+                        return Err(PeerError::Mismatch);
+                    };
+                    complete &= items.len() == keys.len();
+                    let bytes: usize = items
+                        .iter()
+                        .map(|i| match i {
+                            Item::Message(m) => m.data.len(),
+                            _ => 0,
+                        })
+                        .sum();
+                    budget = budget.saturating_sub(bytes);
+                    self.apply(items).await?;
+                }
+                after = entries.last().map(|e| e.key);
+                if !more || after.is_none() {
+                    break;
+                }
+            }
+        }
+        Ok(complete)
+    }
+
+    /// Applies items pulled from a peer, checked as any peer's items are.
+    async fn apply(&self, items: Vec<Item>) -> Result<(), PeerError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let n = items.len();
+        let (service, now) = (self.service.clone(), self.now());
+        let statuses = tokio::task::spawn_blocking(move || service.apply_peer_items(items, now))
+            .await
+            .map_err(|_| PeerError::Task)?;
+        let refused = statuses.iter().filter(|s| **s != Status::Ok).count();
+        if refused > 0 {
+            tracing::debug!(refused, "pulled items not applied");
+        }
+        self.metrics.sync_pulled(n - refused);
+        Ok(())
+    }
+
+    /// One anti-entropy round: pull from every other member of this node's swarm. When every
+    /// member that answered was pulled completely, the node has its share and serves retrieves.
+    pub async fn sync_round(&self) {
+        let Some((swarm, peers)) = self.membership.my_swarm() else {
+            return;
+        };
+        let mut complete = true;
+        for peer in &peers {
+            match self.pull_from(peer).await {
+                Ok(done) => complete &= done,
+                // A member that is down has nothing to give now; it pulls from us when back.
+                Err(PeerError::Link(e)) => {
+                    tracing::debug!(peer = %peer.addr, error = %e, "swarm peer unreachable for anti-entropy");
+                }
+                Err(e) => {
+                    complete = false;
+                    tracing::debug!(peer = %peer.addr, error = %e, "anti-entropy with a swarm peer failed");
+                }
+            }
+        }
+        if complete {
+            self.membership.mark_synced(swarm);
+            self.metrics.sync_round();
+        }
+    }
+
+    /// Hands mailboxes that no longer belong to this node's swarm to the swarm that owns them,
+    /// and drops them here once a majority of that swarm holds every item.
+    pub async fn handoff_round(&self) {
+        let Some(version) = self.membership.roster.version() else {
+            return;
+        };
+        if self.membership.my_swarm().is_none() || *lock(&self.handed_off_for) == Some(version) {
+            return;
+        }
+        let mut after: Option<Mailbox> = None;
+        let mut moved = 0;
+        let mut finished = true;
+        loop {
+            let store = self.store().clone();
+            let next = tokio::task::spawn_blocking(move || store.next_mailbox(after.as_ref()))
+                .await
+                .ok()
+                .and_then(Result::ok);
+            let Some(mailbox) = next.flatten() else { break };
+            after = Some(mailbox);
+            if self.membership.owns(&mailbox) {
+                continue;
+            }
+            if moved >= HANDOFF_PER_ROUND {
+                finished = false;
+                break;
+            }
+            moved += 1;
+            if !self.hand_off(mailbox).await {
+                finished = false;
+            }
+        }
+        if finished {
+            *lock(&self.handed_off_for) = Some(version);
+        }
+    }
+
+    async fn hand_off(&self, mailbox: Mailbox) -> bool {
+        let Some((_, owners)) = self.membership.swarm_of(&mailbox) else {
+            return false;
+        };
+        let store = self.store().clone();
+        let items = tokio::task::spawn_blocking(move || -> Result<Vec<Item>, StoreError> {
+            let keys: Vec<EntryKey> = store.mailbox_keys(&mailbox)?;
+            let mut items = Vec::with_capacity(keys.len());
+            for chunk in keys.chunks(MAX_FETCH) {
+                items.extend(store.fetch(chunk, usize::MAX)?);
+            }
+            Ok(items)
+        })
+        .await;
+        let Ok(Ok(items)) = items else { return false };
+        let chunks = chunked(&items);
+        let mut holders = 0;
+        for owner in &owners {
+            if send_items(&self.pool, owner, &chunks, self.deadlines, &self.metrics).await {
+                holders += 1;
+            }
+        }
+        if holders < owners.len() / 2 + 1 {
+            return false;
+        }
+        let (store, now) = (self.store().clone(), self.now());
+        match tokio::task::spawn_blocking(move || store.forget(mailbox, now)).await {
+            Ok(Ok(_)) => {
+                self.metrics.handed_off();
+                tracing::debug!(holders, "mailbox handed off to its new swarm");
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Runs anti-entropy and hand-off every `sync_interval_ms`, and at once when the roster
+    /// changes, until `stop`.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let interval = Duration::from_millis(self.cfg.sync_interval_ms);
+        let mut last_round: Option<Instant> = None;
+        let mut last_version = None;
+        loop {
+            let version = self.membership.roster.version();
+            let due = last_round.is_none_or(|t| t.elapsed() >= interval);
+            if due || version != last_version {
+                last_version = version;
+                last_round = Some(Instant::now());
+                tokio::select! {
+                    () = async {
+                        self.sync_round().await;
+                        self.handoff_round().await;
+                    } => {}
+                    () = stop.cancelled() => return,
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(interval.min(Duration::from_millis(250))) => {}
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// Items as encoded `replicate` requests of at most [`MAX_ITEMS`] items and about 512 KiB.
+fn chunked(items: &[Item]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    for item in items {
+        let len = match item {
+            Item::Message(m) => m.data.len(),
+            _ => 0,
+        };
+        if !batch.is_empty() && (batch.len() == MAX_ITEMS || bytes + len > FETCH_BUDGET) {
+            out.push(PeerRequest::Replicate(std::mem::take(&mut batch)).encode());
+            bytes = 0;
+        }
+        bytes += len;
+        batch.push(item.clone());
+    }
+    if !batch.is_empty() {
+        out.push(PeerRequest::Replicate(batch).encode());
+    }
+    out
+}
+
+/// Sends encoded `replicate` requests to one peer; true when it holds every item.
+async fn send_items(
+    pool: &Pool,
+    peer: &Member,
+    chunks: &[Vec<u8>],
+    deadlines: Deadlines,
+    metrics: &Metrics,
+) -> bool {
+    for chunk in chunks {
+        let answer = pool
+            .request(&peer.identity, peer.addr, Kind::Peer, chunk, deadlines)
+            .await;
+        let statuses = match answer {
+            Ok((link::Status::Ok, body)) => {
+                match PeerResponse::decode(&body, allium_swarm::sync::PeerMethod::Replicate) {
+                    Ok(PeerResponse::Replicated(s)) => s,
+                    _ => {
+                        metrics.replicated(ReplicationResult::Refused, 1);
+                        return false;
+                    }
+                }
+            }
+            Ok((link::Status::Rejected, _)) => {
+                metrics.replicated(ReplicationResult::Refused, 1);
+                return false;
+            }
+            Err(e) => {
+                tracing::debug!(peer = %peer.addr, error = %e, "replication to a swarm peer failed");
+                metrics.replicated(ReplicationResult::Unreachable, 1);
+                return false;
+            }
+        };
+        let ok = statuses.iter().filter(|s| **s == Status::Ok).count();
+        metrics.replicated(ReplicationResult::Ok, ok);
+        if ok != statuses.len() {
+            metrics.replicated(ReplicationResult::Refused, statuses.len() - ok);
+            return false;
+        }
+    }
+    true
+}
