@@ -113,8 +113,11 @@ impl RosterState {
         }
         self.metrics.set_roster_version(version);
         if let Some(path) = &self.cache {
-            if let Err(e) = write_atomic(path, signed) {
-                tracing::warn!(error = %e, "could not cache the roster");
+            let (dir, name) = (path.parent(), path.file_name().and_then(|n| n.to_str()));
+            if let (Some(dir), Some(name)) = (dir, name) {
+                if let Err(e) = crate::fsutil::write_atomic(dir, name, signed, true) {
+                    tracing::warn!(path = %e.path.display(), error = %e.source, "could not cache the roster");
+                }
             }
         }
         tracing::info!(version, "roster adopted");
@@ -126,21 +129,6 @@ impl Neighbours for RosterState {
     fn lookup(&self, node: &NodeId) -> Option<(IdentityPublicKey, SocketAddr)> {
         self.current()?.index.get(&node.0).copied()
     }
-}
-
-fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 /// Answers the directory requests every node serves: a roster fetch. Registration is the

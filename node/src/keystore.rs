@@ -14,12 +14,14 @@
 use std::fmt;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use allium_onion::{Epoch, IdentityKeypair, OnionSecretKey, keys::KEY_LEN};
 use rand_core::CryptoRngCore;
 use zeroize::Zeroizing;
+
+use crate::fsutil;
 
 /// File name of the identity key in the data directory.
 pub const IDENTITY_FILE: &str = "identity.key";
@@ -334,56 +336,22 @@ fn read_key(path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, KeyStoreError> {
     Ok(key)
 }
 
-/// Writes `dir/name` atomically with mode 0600. With `replace` false an existing file is never
-/// replaced, even by a racing writer: the new file is linked in, which fails if the name exists.
+/// [`fsutil::write_atomic`] with the key store's errors.
 fn write_atomic(dir: &Path, name: &str, bytes: &[u8], replace: bool) -> Result<(), KeyStoreError> {
-    let target = dir.join(name);
-    let tmp = dir.join(format!(".{name}.tmp"));
-    // A temp file left by a crash holds nothing we need.
-    match fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err(&tmp)(e)),
-    }
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io_err(&tmp))?;
-        file.write_all(bytes).map_err(io_err(&tmp))?;
-        file.sync_all().map_err(io_err(&tmp))?;
-        drop(file);
-        if replace {
-            fs::rename(&tmp, &target).map_err(io_err(&target))
+    fsutil::write_atomic(dir, name, bytes, replace).map_err(|e| {
+        if e.source.kind() == io::ErrorKind::AlreadyExists {
+            KeyStoreError::IdentityExists { path: e.path }
         } else {
-            let linked = fs::hard_link(&tmp, &target);
-            let removed = fs::remove_file(&tmp);
-            match linked {
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    Err(KeyStoreError::IdentityExists {
-                        path: target.clone(),
-                    })
-                }
-                Err(e) => Err(io_err(&target)(e)),
-                Ok(()) => removed.map_err(io_err(&tmp)),
+            KeyStoreError::Io {
+                path: e.path,
+                source: e.source,
             }
         }
-    })();
-    if result.is_err() {
-        // Best effort: do not leave a copy of a secret behind.
-        let _ = fs::remove_file(&tmp);
-    }
-    result?;
-    sync_dir(dir)
+    })
 }
 
-/// Makes a rename or removal in `dir` durable.
 fn sync_dir(dir: &Path) -> Result<(), KeyStoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
+    fsutil::sync_dir(dir).map_err(io_err(dir))
 }
 
 #[cfg(test)]

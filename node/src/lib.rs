@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod destination;
 pub mod devnet;
 pub mod directory;
+pub mod fsutil;
 pub mod http;
 pub mod keystore;
 pub mod link;

@@ -1,0 +1,1040 @@
+//! The client's local state directory.
+//!
+//! ```text
+//! <data_dir>/          0700  --data-dir, else $XDG_DATA_HOME/allium, else ~/.local/share/allium
+//!   identity           0600  the 32-byte Ed25519 seed, raw bytes (as the node's identity.key)
+//!   contacts.toml      0600  [contacts] name = "address"
+//!   state.json         0600  cursors, seen message ids and hashes, guards, roster version, clock
+//!   roster.cbor        0600  the last verified roster, opaque here
+//!   history.jsonl      0600  one JSON object per sent or received message, append-only
+//!   lock                     held (flock) by the allium process using the directory
+//! ```
+//!
+//! Every file but the history is replaced atomically (temp file, fsync, rename, fsync of the
+//! directory), so a crash leaves the old file or the new one. Every file is created owner-only
+//! from the start, because contacts and history say who talks to whom. The history is appended to
+//! and synced per entry; a torn last line is skipped when read.
+//!
+//! Nothing here checks addresses, rosters or cursors against the protocol: callers convert them
+//! to and from the plain types stored here, which keeps this module free of the rest of the client.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::ffi::OsString;
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::hash::Hash;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use allium_node::fsutil;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+/// Directory name under `$XDG_DATA_HOME` (or `~/.local/share`).
+pub const APP_DIR: &str = "allium";
+/// The identity seed.
+pub const IDENTITY_FILE: &str = "identity";
+/// The address book.
+pub const CONTACTS_FILE: &str = "contacts.toml";
+/// Cursors, seen sets, guards and the like.
+pub const STATE_FILE: &str = "state.json";
+/// The cached roster.
+pub const ROSTER_FILE: &str = "roster.cbor";
+/// The message log.
+pub const HISTORY_FILE: &str = "history.jsonl";
+/// The advisory lock file.
+pub const LOCK_FILE: &str = "lock";
+
+/// Length of the identity seed.
+pub const SEED_LEN: usize = 32;
+/// How many message ids, and separately how many content hashes, `state.json` remembers. Enough
+/// to cover the fetch overlap many times over while keeping each save small (about 0.5 MB).
+pub const MAX_SEEN: usize = 4096;
+/// Largest roster file read back; a bigger one is not ours.
+pub const MAX_ROSTER_BYTES: u64 = 1 << 20;
+/// Largest `contacts.toml` read.
+pub const MAX_CONTACTS_BYTES: u64 = 1 << 20;
+/// Largest `state.json` read (a full one is about 0.5 MB).
+pub const MAX_STATE_BYTES: u64 = 4 << 20;
+/// Longest history line written or read; longer lines on disk are skipped.
+pub const MAX_HISTORY_LINE: usize = 1 << 20;
+/// Longest contact name.
+pub const MAX_CONTACT_NAME: usize = 32;
+/// The `state.json` format this code writes and reads.
+pub const STATE_VERSION: u32 = 1;
+
+/// Why the data directory could not be used. Each variant names the file and what the user can do,
+/// so a CLI can print it as is and pick an exit code by variant.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// No `--data-dir`, and neither `XDG_DATA_HOME` nor `HOME` is an absolute path.
+    #[error(
+        "cannot place the data directory: give --data-dir, or set XDG_DATA_HOME or HOME to an \
+         absolute path"
+    )]
+    NoDataDir,
+    /// A file system operation failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// Another process holds the data directory's lock.
+    #[error(
+        "{} is in use by another allium process (it holds {}); stop that one first",
+        dir.display(),
+        path.display()
+    )]
+    Locked {
+        /// The data directory.
+        dir: PathBuf,
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// There is no identity yet.
+    #[error("no identity at {}; create one first", path.display())]
+    NoIdentity {
+        /// Where it was expected.
+        path: PathBuf,
+    },
+    /// Writing an identity would replace the existing one, and so the user's address.
+    #[error(
+        "{} already exists; refusing to replace your identity (and address) unless forced",
+        path.display()
+    )]
+    IdentityExists {
+        /// The existing identity file.
+        path: PathBuf,
+    },
+    /// The identity file is readable by others, or the directory writable by them.
+    #[error(
+        "{} has mode {mode:04o}, which lets other users {what}; run `chmod {fix:o} {}`",
+        path.display(),
+        path.display()
+    )]
+    InsecurePermissions {
+        /// The file or directory.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+        /// What the mode allows.
+        what: &'static str,
+        /// The mode to set.
+        fix: u32,
+    },
+    /// A path that must be a regular file is a symlink, directory or the like.
+    #[error("{} is not a regular file", path.display())]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The identity file is not one seed long.
+    #[error("{} is {found} bytes long, expected {expected}; the file is damaged", path.display())]
+    WrongLength {
+        /// The file.
+        path: PathBuf,
+        /// The expected length.
+        expected: u64,
+        /// The actual length.
+        found: u64,
+    },
+    /// A file, or an entry to be written, is larger than this module accepts.
+    #[error("{} is larger than {limit} bytes ({found}); it is not a file allium wrote", path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The cap.
+        limit: u64,
+        /// The size found (at least).
+        found: u64,
+    },
+    /// A file does not parse. The caller decides whether to start afresh.
+    #[error("{} is damaged ({reason}); move it away to start it afresh", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// `state.json` was written by a newer (or unknown) format version.
+    #[error(
+        "{} has format version {found}, this allium reads {STATE_VERSION}; upgrade allium",
+        path.display()
+    )]
+    UnsupportedVersion {
+        /// The file.
+        path: PathBuf,
+        /// The version in it.
+        found: u32,
+    },
+    /// A contact name outside 1–32 characters of `A-Z a-z 0-9 _ . -`.
+    #[error(
+        "invalid contact name {name:?}: use 1 to {MAX_CONTACT_NAME} characters of A-Z a-z 0-9 _ . -"
+    )]
+    InvalidContactName {
+        /// The name given.
+        name: String,
+    },
+    /// `add` of a name already in the address book.
+    #[error("a contact named {name:?} already exists; replace it explicitly")]
+    DuplicateContact {
+        /// The name.
+        name: String,
+    },
+    /// `remove` of a name not in the address book.
+    #[error("no contact named {name:?}")]
+    NoSuchContact {
+        /// The name.
+        name: String,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StateError + '_ {
+    move |source| StateError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn corrupt(path: &Path, reason: impl ToString) -> StateError {
+    StateError::Corrupt {
+        path: path.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+/// The default data directory from the process environment: `$XDG_DATA_HOME/allium`, else
+/// `$HOME/.local/share/allium`.
+pub fn default_data_dir() -> Result<PathBuf, StateError> {
+    data_dir_from_env(std::env::var_os("XDG_DATA_HOME"), std::env::var_os("HOME"))
+}
+
+/// [`default_data_dir`] for given values of `XDG_DATA_HOME` and `HOME` (testable without touching
+/// the environment). Per the XDG spec, an empty or relative `XDG_DATA_HOME` is ignored; a
+/// relative `HOME` is refused rather than silently resolved against the working directory.
+pub fn data_dir_from_env(
+    xdg_data_home: Option<OsString>,
+    home: Option<OsString>,
+) -> Result<PathBuf, StateError> {
+    // No let-chains: the MSRV (1.85) predates them.
+    if let Some(xdg) = xdg_data_home.map(PathBuf::from).filter(|p| p.is_absolute()) {
+        return Ok(xdg.join(APP_DIR));
+    }
+    match home.map(PathBuf::from) {
+        Some(home) if home.is_absolute() => Ok(home.join(".local/share").join(APP_DIR)),
+        _ => Err(StateError::NoDataDir),
+    }
+}
+
+/// The client's data directory. Opening creates it (mode 0700); files are read and written on
+/// demand, so a command touches only what it needs.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    dir: PathBuf,
+}
+
+/// Holds the data directory's exclusive lock until dropped.
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl DataDirLock {
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl DataDir {
+    /// Opens `dir`, creating it and its parents with mode 0700 if needed. Refuses a directory that
+    /// group or others can write: they could swap the identity file.
+    pub fn open(dir: &Path) -> Result<DataDir, StateError> {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io_err(dir))?;
+        check_dir(dir)?;
+        Ok(DataDir {
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// Opens `explicit` (from `--data-dir`) if given, else [`default_data_dir`].
+    pub fn open_or_default(explicit: Option<&Path>) -> Result<DataDir, StateError> {
+        match explicit {
+            Some(dir) => DataDir::open(dir),
+            None => DataDir::open(&default_data_dir()?),
+        }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Takes the exclusive advisory lock on `lock`, without waiting, so that two `allium`
+    /// processes never interleave writes to one directory. Released when the guard drops (or the
+    /// process dies, so a crash leaves no stale lock).
+    pub fn lock(&self) -> Result<DataDirLock, StateError> {
+        let path = self.dir.join(LOCK_FILE);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(DataDirLock { _file: file, path }),
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(StateError::Locked {
+                dir: self.dir.clone(),
+                path,
+            }),
+            Err(e) => Err(io_err(&path)(e.into())),
+        }
+    }
+
+    // ---- identity ----
+
+    /// Stores the identity seed as 32 raw bytes, mode 0600 from creation. Without `force` an
+    /// existing identity is never replaced, even by a racing writer: losing it loses the address.
+    pub fn write_identity(
+        &self,
+        seed: &Zeroizing<[u8; SEED_LEN]>,
+        force: bool,
+    ) -> Result<(), StateError> {
+        let path = self.dir.join(IDENTITY_FILE);
+        if !force && fs::symlink_metadata(&path).is_ok() {
+            return Err(StateError::IdentityExists { path });
+        }
+        write_atomic(&self.dir, IDENTITY_FILE, seed.as_ref(), force)
+    }
+
+    /// Reads the identity seed. Refuses a file that group or others can read (the seed is the
+    /// user's whole identity), a non-regular file, and a file of the wrong length.
+    pub fn read_identity(&self) -> Result<Zeroizing<[u8; SEED_LEN]>, StateError> {
+        let path = self.dir.join(IDENTITY_FILE);
+        // lstat first: a symlink could point the identity at a file we never meant to trust.
+        let link_meta = match fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StateError::NoIdentity { path });
+            }
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        if !link_meta.is_file() {
+            return Err(StateError::NotAFile { path });
+        }
+        let mut file = File::open(&path).map_err(io_err(&path))?;
+        let meta = file.metadata().map_err(io_err(&path))?;
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(StateError::InsecurePermissions {
+                path,
+                mode,
+                what: "read your identity",
+                fix: 0o600,
+            });
+        }
+        let expected = SEED_LEN as u64;
+        if meta.len() != expected {
+            return Err(StateError::WrongLength {
+                path,
+                expected,
+                found: meta.len(),
+            });
+        }
+        let mut seed = Zeroizing::new([0u8; SEED_LEN]);
+        file.read_exact(seed.as_mut()).map_err(io_err(&path))?;
+        // The file may have grown since the stat; longer is still the wrong length.
+        let mut extra = [0u8; 1];
+        if file.read(&mut extra).map_err(io_err(&path))? != 0 {
+            return Err(StateError::WrongLength {
+                path,
+                expected,
+                found: expected + 1,
+            });
+        }
+        Ok(seed)
+    }
+
+    // ---- contacts ----
+
+    /// The address book; empty if there is no file yet.
+    pub fn contacts(&self) -> Result<Contacts, StateError> {
+        let path = self.dir.join(CONTACTS_FILE);
+        match read_capped(&path, MAX_CONTACTS_BYTES)? {
+            None => Ok(Contacts::default()),
+            Some(bytes) => parse_contacts(&path, &bytes),
+        }
+    }
+
+    /// Replaces the address book atomically.
+    pub fn save_contacts(&self, contacts: &Contacts) -> Result<(), StateError> {
+        let path = self.dir.join(CONTACTS_FILE);
+        let body = toml::to_string(&ContactsFile {
+            contacts: contacts.map.clone(),
+        })
+        .map_err(|e| io_err(&path)(io::Error::other(e)))?;
+        let text = format!(
+            "# Allium contacts: name = \"address\". Names are 1 to {MAX_CONTACT_NAME} characters of \
+             A-Z a-z 0-9 _ . -\n{body}"
+        );
+        write_atomic(&self.dir, CONTACTS_FILE, text.as_bytes(), true)
+    }
+
+    // ---- state.json ----
+
+    /// The saved state; the default if there is none yet. A damaged file is an error, not a
+    /// silent reset: forgetting seen ids would show old messages again, and the caller may prefer
+    /// to stop and tell the user.
+    pub fn load_state(&self) -> Result<ClientState, StateError> {
+        let path = self.dir.join(STATE_FILE);
+        match read_capped(&path, MAX_STATE_BYTES)? {
+            None => Ok(ClientState::default()),
+            Some(bytes) => parse_state(&path, &bytes),
+        }
+    }
+
+    /// Replaces the saved state atomically.
+    pub fn save_state(&self, state: &ClientState) -> Result<(), StateError> {
+        let path = self.dir.join(STATE_FILE);
+        let mut bytes = serde_json::to_vec_pretty(&state.to_file())
+            .map_err(|e| io_err(&path)(io::Error::from(e)))?;
+        bytes.push(b'\n');
+        write_atomic(&self.dir, STATE_FILE, &bytes, true)
+    }
+
+    // ---- roster ----
+
+    /// The cached roster bytes, if any. The caller verifies them before use.
+    pub fn read_roster(&self) -> Result<Option<Vec<u8>>, StateError> {
+        read_capped(&self.dir.join(ROSTER_FILE), MAX_ROSTER_BYTES)
+    }
+
+    /// Replaces the cached roster atomically.
+    pub fn write_roster(&self, roster: &[u8]) -> Result<(), StateError> {
+        write_atomic(&self.dir, ROSTER_FILE, roster, true)
+    }
+
+    // ---- history ----
+
+    /// Appends one entry and syncs it, so an acknowledged send or a shown message is on disk.
+    pub fn append_history(&self, entry: &HistoryEntry) -> Result<(), StateError> {
+        let path = self.dir.join(HISTORY_FILE);
+        let line = serde_json::to_vec(entry).map_err(|e| io_err(&path)(io::Error::from(e)))?;
+        if line.len() > MAX_HISTORY_LINE {
+            return Err(StateError::TooLarge {
+                path,
+                limit: MAX_HISTORY_LINE as u64,
+                found: line.len() as u64,
+            });
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        let len = file.metadata().map_err(io_err(&path))?.len();
+        let mut buf = Vec::with_capacity(line.len() + 2);
+        // A crash mid-append leaves a line without its newline; start on a fresh line so the torn
+        // one stays a single unparsable line instead of swallowing this entry.
+        if len > 0 {
+            let mut last = [0u8; 1];
+            file.read_exact_at(&mut last, len - 1)
+                .map_err(io_err(&path))?;
+            if last[0] != b'\n' {
+                buf.push(b'\n');
+            }
+        }
+        buf.extend_from_slice(&line);
+        buf.push(b'\n');
+        (&file).write_all(&buf).map_err(io_err(&path))?;
+        file.sync_data().map_err(io_err(&path))?;
+        if len == 0 {
+            // The file may be new: make its directory entry durable too.
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// The last `limit` entries, oldest first. Reads from the end of the file, so the cost does
+    /// not grow with the log. Lines that do not parse (a torn last line after a crash, or
+    /// anything else damaged) are skipped.
+    pub fn history(&self, limit: usize) -> Result<Vec<HistoryEntry>, StateError> {
+        let path = self.dir.join(HISTORY_FILE);
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let len = file.metadata().map_err(io_err(&path))?.len();
+        let mut entries = read_last_lines(&file, len, limit, |line| {
+            serde_json::from_slice::<HistoryEntry>(line).ok()
+        })
+        .map_err(io_err(&path))?;
+        entries.reverse();
+        Ok(entries)
+    }
+}
+
+/// Refuses a directory others can write to: they could replace our files.
+fn check_dir(dir: &Path) -> Result<(), StateError> {
+    let meta = fs::metadata(dir).map_err(io_err(dir))?;
+    if !meta.is_dir() {
+        return Err(io_err(dir)(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            "not a directory",
+        )));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(StateError::InsecurePermissions {
+            path: dir.to_owned(),
+            mode,
+            what: "replace your identity and state",
+            fix: 0o700,
+        });
+    }
+    Ok(())
+}
+
+/// Reads a whole regular file of at most `limit` bytes; `None` if it does not exist.
+fn read_capped(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, StateError> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    let meta = file.metadata().map_err(io_err(path))?;
+    if !meta.is_file() {
+        return Err(StateError::NotAFile {
+            path: path.to_owned(),
+        });
+    }
+    let too_large = |found| StateError::TooLarge {
+        path: path.to_owned(),
+        limit,
+        found,
+    };
+    if meta.len() > limit {
+        return Err(too_large(meta.len()));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    // `take` guards against a file that grows after the stat.
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_err(path))?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(Some(bytes))
+}
+
+/// [`fsutil::write_atomic`] with the state's errors. Concurrent writers are kept apart by
+/// [`DataDir::lock`].
+fn write_atomic(dir: &Path, name: &str, bytes: &[u8], replace: bool) -> Result<(), StateError> {
+    fsutil::write_atomic(dir, name, bytes, replace).map_err(|e| {
+        if e.source.kind() == io::ErrorKind::AlreadyExists {
+            StateError::IdentityExists { path: e.path }
+        } else {
+            StateError::Io {
+                path: e.path,
+                source: e.source,
+            }
+        }
+    })
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StateError> {
+    fsutil::sync_dir(dir).map_err(io_err(dir))
+}
+
+/// Parses up to `limit` lines from the end of `file` (of length `len`), newest first, reading
+/// backwards in chunks. Lines `parse` rejects are skipped; lines over [`MAX_HISTORY_LINE`] are
+/// skipped without being held in memory whole.
+fn read_last_lines<T>(
+    file: &File,
+    len: u64,
+    limit: usize,
+    mut parse: impl FnMut(&[u8]) -> Option<T>,
+) -> io::Result<Vec<T>> {
+    const CHUNK: u64 = 64 * 1024;
+    let mut out = Vec::new();
+    let mut pos = len;
+    // The bytes from `pos` up to the end of the line that starts before `pos`.
+    let mut tail: Vec<u8> = Vec::new();
+    // The line that starts before `pos` was too long and `tail` dropped it: skip it once found.
+    let mut skip_tail = false;
+    while out.len() < limit {
+        if pos == 0 {
+            if !skip_tail && !tail.is_empty() {
+                out.extend(parse(&tail));
+            }
+            break;
+        }
+        let n = CHUNK.min(pos);
+        pos -= n;
+        let mut data = vec![0u8; usize::try_from(n).unwrap_or(0)];
+        file.read_exact_at(&mut data, pos)?;
+        data.extend_from_slice(&tail);
+        if let Some(first_nl) = data.iter().position(|&b| b == b'\n') {
+            // Everything after the first newline is whole lines; rsplit yields the last first,
+            // and the first one yielded is the line that ended in the old `tail`.
+            for (i, line) in data[first_nl + 1..].rsplit(|&b| b == b'\n').enumerate() {
+                if out.len() >= limit {
+                    break;
+                }
+                if (i == 0 && skip_tail) || line.is_empty() {
+                    continue;
+                }
+                if let Some(v) = parse(line) {
+                    out.push(v);
+                }
+            }
+            skip_tail = false;
+            data.truncate(first_nl);
+        }
+        tail = data;
+        if tail.len() > MAX_HISTORY_LINE {
+            tail = Vec::new();
+            skip_tail = true;
+        }
+    }
+    Ok(out)
+}
+
+// ---- contacts ----
+
+/// The address book: contact name → address string, kept sorted by name. Addresses are stored as
+/// given; the caller parses them with its address type.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Contacts {
+    map: BTreeMap<String, String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ContactsFile {
+    #[serde(default)]
+    contacts: BTreeMap<String, String>,
+}
+
+/// Checks a contact name: 1–32 characters of `A-Z a-z 0-9 _ . -`, so names are easy to type on
+/// the command line and never look like options or paths with separators.
+pub fn validate_contact_name(name: &str) -> Result<(), StateError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_CONTACT_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StateError::InvalidContactName {
+            name: name.to_owned(),
+        })
+    }
+}
+
+impl Contacts {
+    /// An empty address book.
+    pub fn new() -> Contacts {
+        Contacts::default()
+    }
+
+    /// Adds a contact. Refuses an existing name: silently repointing a name at another address
+    /// would send the next message to someone else.
+    pub fn add(&mut self, name: &str, address: &str) -> Result<(), StateError> {
+        validate_contact_name(name)?;
+        if self.map.contains_key(name) {
+            return Err(StateError::DuplicateContact {
+                name: name.to_owned(),
+            });
+        }
+        self.map.insert(name.to_owned(), address.to_owned());
+        Ok(())
+    }
+
+    /// Adds or replaces a contact; returns the address it had before, if any.
+    pub fn replace(&mut self, name: &str, address: &str) -> Result<Option<String>, StateError> {
+        validate_contact_name(name)?;
+        Ok(self.map.insert(name.to_owned(), address.to_owned()))
+    }
+
+    /// Removes a contact and returns its address.
+    pub fn remove(&mut self, name: &str) -> Result<String, StateError> {
+        self.map
+            .remove(name)
+            .ok_or_else(|| StateError::NoSuchContact {
+                name: name.to_owned(),
+            })
+    }
+
+    /// The address of `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.map.get(name).map(String::as_str)
+    }
+
+    /// All contacts as (name, address), sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.map.iter().map(|(n, a)| (n.as_str(), a.as_str()))
+    }
+
+    /// The number of contacts.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+fn parse_contacts(path: &Path, bytes: &[u8]) -> Result<Contacts, StateError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| corrupt(path, e))?;
+    let file: ContactsFile = toml::from_str(text).map_err(|e| corrupt(path, e.message()))?;
+    for name in file.contacts.keys() {
+        validate_contact_name(name).map_err(|e| corrupt(path, e))?;
+    }
+    Ok(Contacts { map: file.contacts })
+}
+
+// ---- state.json ----
+
+/// A retrieve cursor as stored: everything at or before (timestamp, hash) has been delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedCursor {
+    /// The message timestamp (node time, ms since the Unix epoch).
+    pub timestamp: u64,
+    /// The content hash, hex in the file.
+    #[serde(with = "hex_array")]
+    pub hash: [u8; 32],
+}
+
+/// A guard node the client keeps using as its first hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Guard {
+    /// The node's Ed25519 identity key, hex in the file.
+    #[serde(with = "hex_array")]
+    pub identity: [u8; 32],
+    /// When it was chosen (ms since the Unix epoch), so guards can be rotated.
+    pub chosen_at_ms: u64,
+}
+
+/// A set that remembers at most `cap` keys and forgets the oldest first, so the seen sets stay
+/// small however long the client runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Fifo<K: Eq + Hash + Copy> {
+    order: VecDeque<K>,
+    set: HashSet<K>,
+    cap: usize,
+}
+
+impl<K: Eq + Hash + Copy> Fifo<K> {
+    fn new(cap: usize) -> Self {
+        Fifo {
+            order: VecDeque::new(),
+            set: HashSet::new(),
+            cap,
+        }
+    }
+
+    fn contains(&self, k: &K) -> bool {
+        self.set.contains(k)
+    }
+
+    /// Inserts `k` as the newest; an existing key keeps its place. Returns whether it was new.
+    fn insert(&mut self, k: K) -> bool {
+        if !self.set.insert(k) {
+            return false;
+        }
+        self.order.push_back(k);
+        while self.order.len() > self.cap {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
+}
+
+/// The client's mutable state, saved in `state.json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientState {
+    cursors: BTreeMap<[u8; 32], SavedCursor>,
+    seen_ids: Fifo<[u8; 16]>,
+    seen_hashes: Fifo<[u8; 32]>,
+    guards: Vec<Guard>,
+    roster_version: Option<u64>,
+    clock_offset_ms: i64,
+}
+
+impl Default for ClientState {
+    fn default() -> Self {
+        ClientState {
+            cursors: BTreeMap::new(),
+            seen_ids: Fifo::new(MAX_SEEN),
+            seen_hashes: Fifo::new(MAX_SEEN),
+            guards: Vec::new(),
+            roster_version: None,
+            clock_offset_ms: 0,
+        }
+    }
+}
+
+impl ClientState {
+    /// Whether a message with this id was already shown.
+    pub fn seen_id(&self, id: &[u8; 16]) -> bool {
+        self.seen_ids.contains(id)
+    }
+
+    /// Remembers a message id, forgetting the oldest beyond [`MAX_SEEN`]. Returns whether it was
+    /// new; a repeat keeps its original place in the eviction order.
+    pub fn mark_seen_id(&mut self, id: &[u8; 16]) -> bool {
+        self.seen_ids.insert(*id)
+    }
+
+    /// The remembered message ids, oldest first.
+    pub fn seen_ids(&self) -> impl ExactSizeIterator<Item = &[u8; 16]> {
+        self.seen_ids.order.iter()
+    }
+
+    /// Whether a stored message with this content hash was already fetched.
+    pub fn seen_hash(&self, hash: &[u8; 32]) -> bool {
+        self.seen_hashes.contains(hash)
+    }
+
+    /// Remembers a content hash, as [`Self::mark_seen_id`].
+    pub fn mark_seen_hash(&mut self, hash: &[u8; 32]) -> bool {
+        self.seen_hashes.insert(*hash)
+    }
+
+    /// The remembered content hashes, oldest first.
+    pub fn seen_hashes(&self) -> impl ExactSizeIterator<Item = &[u8; 32]> {
+        self.seen_hashes.order.iter()
+    }
+
+    /// The retrieve cursor of a mailbox (its 32-byte key).
+    pub fn cursor(&self, mailbox: &[u8; 32]) -> Option<SavedCursor> {
+        self.cursors.get(mailbox).copied()
+    }
+
+    /// Sets the retrieve cursor of a mailbox.
+    pub fn set_cursor(&mut self, mailbox: &[u8; 32], cursor: SavedCursor) {
+        self.cursors.insert(*mailbox, cursor);
+    }
+
+    /// The guards, in the order they were set.
+    pub fn guards(&self) -> &[Guard] {
+        &self.guards
+    }
+
+    /// Replaces the guards.
+    pub fn set_guards(&mut self, guards: Vec<Guard>) {
+        self.guards = guards;
+    }
+
+    /// The last roster version accepted, so an older roster is never accepted again.
+    pub fn roster_version(&self) -> Option<u64> {
+        self.roster_version
+    }
+
+    /// Records the roster version accepted. The caller checks it is not older.
+    pub fn set_roster_version(&mut self, version: u64) {
+        self.roster_version = Some(version);
+    }
+
+    /// The estimated offset of network time from the local clock, in ms (network − local).
+    pub fn clock_offset_ms(&self) -> i64 {
+        self.clock_offset_ms
+    }
+
+    /// Records the clock offset.
+    pub fn set_clock_offset_ms(&mut self, offset_ms: i64) {
+        self.clock_offset_ms = offset_ms;
+    }
+
+    fn to_file(&self) -> StateFile {
+        StateFile {
+            version: STATE_VERSION,
+            cursors: self.cursors.iter().map(|(k, v)| (Hex(*k), *v)).collect(),
+            seen_ids: self.seen_ids.order.iter().map(|k| Hex(*k)).collect(),
+            seen_hashes: self.seen_hashes.order.iter().map(|k| Hex(*k)).collect(),
+            guards: self.guards.clone(),
+            roster_version: self.roster_version,
+            clock_offset_ms: self.clock_offset_ms,
+        }
+    }
+}
+
+/// The on-disk form of [`ClientState`]. Unknown fields are ignored; `version` guards format
+/// changes that old readers must not misread.
+#[derive(Serialize, Deserialize)]
+struct StateFile {
+    version: u32,
+    #[serde(default)]
+    cursors: BTreeMap<Hex<32>, SavedCursor>,
+    #[serde(default)]
+    seen_ids: Vec<Hex<16>>,
+    #[serde(default)]
+    seen_hashes: Vec<Hex<32>>,
+    #[serde(default)]
+    guards: Vec<Guard>,
+    #[serde(default)]
+    roster_version: Option<u64>,
+    #[serde(default)]
+    clock_offset_ms: i64,
+}
+
+fn parse_state(path: &Path, bytes: &[u8]) -> Result<ClientState, StateError> {
+    let file: StateFile = serde_json::from_slice(bytes).map_err(|e| corrupt(path, e))?;
+    if file.version != STATE_VERSION {
+        return Err(StateError::UnsupportedVersion {
+            path: path.to_owned(),
+            found: file.version,
+        });
+    }
+    let mut state = ClientState {
+        cursors: file.cursors.into_iter().map(|(k, v)| (k.0, v)).collect(),
+        guards: file.guards,
+        roster_version: file.roster_version,
+        clock_offset_ms: file.clock_offset_ms,
+        ..ClientState::default()
+    };
+    // Oldest first on disk; inserting in order keeps the newest MAX_SEEN if the file has more.
+    for id in file.seen_ids {
+        state.seen_ids.insert(id.0);
+    }
+    for hash in file.seen_hashes {
+        state.seen_hashes.insert(hash.0);
+    }
+    Ok(state)
+}
+
+/// Fixed-size bytes as a hex string (a JSON map key too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Hex<const N: usize>([u8; N]);
+
+impl<const N: usize> Serialize for Hex<N> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        hex_array::serialize(&self.0, s)
+    }
+}
+
+impl<'de, const N: usize> Deserialize<'de> for Hex<N> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        hex_array::deserialize(d).map(Hex)
+    }
+}
+
+/// `#[serde(with)]` helpers: `[u8; N]` as lower-case hex.
+mod hex_array {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer, const N: usize>(
+        v: &[u8; N],
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(v))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
+        d: D,
+    ) -> Result<[u8; N], D::Error> {
+        let s = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        let mut out = [0u8; N];
+        hex::decode_to_slice(s.as_bytes(), &mut out).map_err(D::Error::custom)?;
+        Ok(out)
+    }
+}
+
+// ---- history ----
+
+/// Whether a message was sent or received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Sent by this client.
+    Sent,
+    /// Received by this client.
+    Received,
+}
+
+/// One line of `history.jsonl`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// Sent or received.
+    pub direction: Direction,
+    /// The other party's address.
+    pub peer: String,
+    /// When it was sent (ms since the Unix epoch).
+    pub timestamp_ms: u64,
+    /// The message id, hex in the file.
+    #[serde(with = "hex_array")]
+    pub msg_id: [u8; 16],
+    /// The text.
+    pub text: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn state_parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse_state(Path::new("state.json"), &bytes);
+        }
+
+        #[test]
+        fn state_parser_never_panics_on_near_json(text in "[\\[\\]{}\":,0-9a-f ]{0,200}") {
+            let _ = parse_state(Path::new("state.json"), text.as_bytes());
+            let with_version = format!("{{\"version\":1,{text}");
+            let _ = parse_state(Path::new("state.json"), with_version.as_bytes());
+        }
+
+        #[test]
+        fn contacts_parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse_contacts(Path::new("contacts.toml"), &bytes);
+        }
+
+        #[test]
+        fn contacts_parser_never_panics_on_near_toml(text in "[\\[\\]=\"'a-z0-9._\\- \n]{0,200}") {
+            let _ = parse_contacts(Path::new("contacts.toml"), text.as_bytes());
+        }
+    }
+
+    #[test]
+    fn state_round_trips_through_the_file_form() {
+        let mut state = ClientState::default();
+        state.mark_seen_id(&[1; 16]);
+        state.mark_seen_hash(&[2; 32]);
+        state.set_cursor(
+            &[3; 32],
+            SavedCursor {
+                timestamp: 7,
+                hash: [4; 32],
+            },
+        );
+        state.set_roster_version(9);
+        state.set_clock_offset_ms(-12);
+        let bytes = serde_json::to_vec(&state.to_file());
+        assert!(bytes.is_ok());
+        let parsed = parse_state(Path::new("s"), &bytes.unwrap_or_default());
+        assert!(matches!(parsed, Ok(ref p) if *p == state), "{parsed:?}");
+    }
+}
