@@ -168,12 +168,23 @@ pub fn seal(
     body: &[u8],
     timestamp: u64,
     rng: &mut impl CryptoRngCore,
-) -> Result<Vec<u8>, EnvelopeError> {
+) -> Result<Sealed, EnvelopeError> {
     let mut ephemeral = Zeroizing::new([0u8; KEY_LEN]);
     rng.fill_bytes(ephemeral.as_mut());
     let mut msg_id = [0u8; MSG_ID_LEN];
     rng.fill_bytes(&mut msg_id);
-    seal_deterministic(sender, recipient, kind, body, &ephemeral, msg_id, timestamp)
+    let bytes = seal_deterministic(sender, recipient, kind, body, &ephemeral, msg_id, timestamp)?;
+    Ok(Sealed { bytes, msg_id })
+}
+
+/// A sealed envelope and the message id inside it (the sender keeps it to recognise the
+/// message in its own history).
+#[derive(Debug, Clone)]
+pub struct Sealed {
+    /// The envelope, ready to store.
+    pub bytes: Vec<u8>,
+    /// The message id sealed inside.
+    pub msg_id: [u8; MSG_ID_LEN],
 }
 
 /// [`seal`] with every random or time-dependent input given: for test vectors only. Reusing an
@@ -429,7 +440,8 @@ mod tests {
                         &body,
                         1_700_000_000_000,
                         &mut rng
-                    ),
+                    )
+                    .map(|s| s.bytes),
                     Err(EnvelopeError::TooLarge {
                         len,
                         max: max_body_len()
@@ -445,7 +457,8 @@ mod tests {
                 1_700_000_000_000,
                 &mut rng,
             )
-            .unwrap();
+            .unwrap()
+            .bytes;
             assert_eq!(Some(env.len()), bucket_for(len), "len {len}");
             assert!(BUCKETS.contains(&env.len()));
             let opened = open(&bob, &env).unwrap();
@@ -479,7 +492,8 @@ mod tests {
             1_700_000_000_000,
             &mut rng(),
         )
-        .unwrap();
+        .unwrap()
+        .bytes;
         let n = env.len();
         let mut positions = vec![0, 1, 16, 32, 33, 34, 100, 300, n - 17, n - 16, n - 8, n - 1];
         positions.extend((0..n).step_by(13));
@@ -518,7 +532,8 @@ mod tests {
             1_700_000_000_000,
             &mut rng(),
         )
-        .unwrap();
+        .unwrap()
+        .bytes;
         assert_eq!(open(&carol, &env), Err(EnvelopeError::Decrypt));
         assert_eq!(open(&alice, &env), Err(EnvelopeError::Decrypt));
     }
@@ -534,7 +549,8 @@ mod tests {
             1_700_000_000_000,
             &mut rng(),
         )
-        .unwrap();
+        .unwrap()
+        .bytes;
         // u = 0 and u = 1 have small order on Curve25519.
         for u in [[0u8; 32], {
             let mut one = [0u8; 32];
@@ -560,7 +576,8 @@ mod tests {
             1_700_000_000_000,
             &mut rng(),
         )
-        .unwrap();
+        .unwrap()
+        .bytes;
         let p = decrypt_plaintext(&bob, &env).unwrap();
         let forged = encrypt_plaintext(&carol.address(), &[9; 32], &p).unwrap();
         assert_eq!(open(&carol, &forged), Err(EnvelopeError::BadSignature));
@@ -637,7 +654,7 @@ mod tests {
 
         #[test]
         fn round_trip_any_body(body in proptest::collection::vec(any::<u8>(), 0..1200), kind: u8) {
-            let env = seal(&id(1), &id(2).address(), kind, &body, 1_700_000_000_000, &mut rng()).unwrap();
+            let env = seal(&id(1), &id(2).address(), kind, &body, 1_700_000_000_000, &mut rng()).unwrap().bytes;
             let o = open(&id(2), &env).unwrap();
             prop_assert_eq!(o.body, body);
             prop_assert_eq!(o.kind, kind);

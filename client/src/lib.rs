@@ -1,6 +1,8 @@
 #![doc = include_str!("../README.md")]
 
+pub mod cli;
 pub mod envelope;
 pub mod identity;
+pub mod net;
 pub mod onion;
 pub mod state;

@@ -9,14 +9,23 @@ use allium_node::devnet::{Devnet, DevnetError, DevnetOptions};
 
 /// The `allium-node` executable that `cargo test --workspace` built next to the test binaries.
 pub fn node_binary() -> PathBuf {
+    binary("allium-node")
+}
+
+/// The `allium` client executable, built alongside.
+pub fn client_binary() -> PathBuf {
+    binary("allium")
+}
+
+fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
-    // target/<profile>/deps/<test> → target/<profile>/allium-node
+    // target/<profile>/deps/<test> → target/<profile>/<name>
     let dir = exe
         .parent()
         .and_then(|d| d.parent())
         .map(PathBuf::from)
         .unwrap_or_default();
-    dir.join("allium-node")
+    dir.join(name)
 }
 
 /// Whole-network tests start several processes each; running them one at a time keeps a

@@ -1,0 +1,750 @@
+//! The `allium` command: identity, contacts, sending and receiving over the onion network.
+//! Everything it does goes through the library ([`crate::net`], [`crate::envelope`],
+//! [`crate::state`]); this module parses arguments, prints, and maps errors to exit codes.
+#![allow(clippy::print_stdout, clippy::print_stderr)] // printing is this module's job
+
+use std::io::{BufRead, IsTerminal, Read};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::time::Duration;
+
+use allium_swarm::cursor::{Cursor, DEFAULT_OVERLAP_MS};
+use allium_swarm::network::NetworkFile;
+use allium_swarm::proto::{CursorKey, RetrieveResponse};
+use allium_swarm::{Mailbox, MessageHash};
+use clap::{Args, Parser, Subcommand};
+use ed25519_dalek::SigningKey;
+use serde_json::json;
+
+use crate::envelope::{self, EnvelopeError, KIND_TEXT};
+use crate::identity::{Address, AddressError, Identity, IdentityError};
+use crate::net::{Net, NetError, PathReport, Timing};
+use crate::state::{
+    ClientState, DataDir, DataDirLock, Direction, Guard, HistoryEntry, SavedCursor, StateError,
+};
+
+/// Send and receive end-to-end encrypted messages through three onion relays.
+///
+/// Your identity is a key kept in the data directory; your address (allium1…) is what others
+/// send to. Messages wait in your swarm's mailbox until you fetch them, for up to 14 days.
+#[derive(Debug, Parser)]
+#[command(name = "allium", version, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct Global {
+    /// The network file naming the network and its directory authorities (from your network's
+    /// operator, or `allium-node devnet`). Default: `network.toml` in the data directory.
+    #[arg(long, global = true, env = "ALLIUM_NETWORK", value_name = "FILE")]
+    network: Option<PathBuf>,
+    /// Where the identity, contacts and message state live. Default: $XDG_DATA_HOME/allium
+    /// (~/.local/share/allium).
+    #[arg(long, global = true, env = "ALLIUM_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Print results as JSON lines, for scripts.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Give up on the network after this many seconds (per operation, beyond a long-poll's
+    /// wait), and say so.
+    #[arg(long, global = true, default_value_t = 45, value_name = "SECS")]
+    timeout: u64,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a new identity and print its address and recovery phrase.
+    Init {
+        /// Replace an existing identity (its address and messages are lost unless you kept its
+        /// recovery phrase).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Restore an identity from its 24-word recovery phrase, read from standard input.
+    Restore {
+        /// Replace an existing identity.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print your address.
+    Whoami {
+        /// Also draw it as a QR code.
+        #[arg(long)]
+        qr: bool,
+    },
+    /// Manage the names you send to.
+    #[command(subcommand)]
+    Contacts(ContactsCommand),
+    /// Send a text message; it is acknowledged once the recipient's swarm holds it.
+    ///
+    /// Examples: `allium send alice "see you at 6"`, `echo hi | allium send allium1… -`
+    Send {
+        /// A contact name or an address.
+        to: String,
+        /// The text; `-` or nothing reads it from standard input.
+        text: Option<String>,
+    },
+    /// Fetch and print new messages.
+    Inbox,
+    /// Wait for messages and print each as it arrives (Ctrl-C to stop).
+    Listen,
+    /// Show the network, roster, guards and their health.
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
+enum ContactsCommand {
+    /// Add a contact.
+    Add {
+        /// A name: 1–32 of A–Z a–z 0–9 _ . -
+        name: String,
+        /// Their address (allium1…).
+        address: String,
+    },
+    /// List contacts.
+    List,
+    /// Remove a contact.
+    Remove {
+        /// The name.
+        name: String,
+    },
+}
+
+/// Why a command failed, and the exit code it gives.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The address does not parse.
+    #[error("bad address: {0}")]
+    Address(#[from] AddressError),
+    /// No contact by that name, and not an address either.
+    #[error("unknown contact `{0}` (and not an address): add it with `allium contacts add`")]
+    UnknownContact(String),
+    /// The recovery phrase does not parse.
+    #[error("bad recovery phrase: {0}")]
+    Phrase(#[from] IdentityError),
+    /// Local state problem (no identity, permissions, locked …).
+    #[error("{0}")]
+    State(#[from] StateError),
+    /// The network file is missing or invalid.
+    #[error("network file {path}: {reason}")]
+    NetworkFile {
+        /// Where it was looked for.
+        path: PathBuf,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// The message does not fit an envelope.
+    #[error("message too large: {0}")]
+    TooLarge(EnvelopeError),
+    /// The envelope could not be sealed to that address.
+    #[error("cannot seal the message: {0}")]
+    Envelope(EnvelopeError),
+    /// The network could not be reached or refused.
+    #[error("{0}")]
+    Net(#[from] NetError),
+    /// Reading the input failed.
+    #[error("reading standard input: {0}")]
+    Input(std::io::Error),
+}
+
+impl CliError {
+    /// The process exit code (documented in `allium --help` and doc/user.md).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Address(_) | CliError::UnknownContact(_) | CliError::Phrase(_) => 3,
+            CliError::State(_) | CliError::Input(_) => 4,
+            CliError::Envelope(_) => 1,
+            CliError::NetworkFile { .. } => 5,
+            CliError::TooLarge(_) => 6,
+            CliError::Net(NetError::Refused(_)) => 8,
+            CliError::Net(_) => 7,
+        }
+    }
+}
+
+/// Parses the command line, runs it, and reports failure on standard error.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json = cli.global.json;
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("allium: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if json {
+                println!(
+                    "{}",
+                    json!({ "error": e.to_string(), "code": e.exit_code() })
+                );
+            } else {
+                eprintln!("allium: {e}");
+            }
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// What a command needs: the data directory, held locked for the command's duration.
+struct Local {
+    dir: DataDir,
+    _lock: DataDirLock,
+    json: bool,
+    network: Option<PathBuf>,
+    timing: Timing,
+}
+
+impl Local {
+    fn open(g: &Global) -> Result<Local, CliError> {
+        let dir = DataDir::open_or_default(g.data_dir.as_deref())?;
+        let lock = dir.lock()?;
+        Ok(Local {
+            dir,
+            _lock: lock,
+            json: g.json,
+            network: g.network.clone(),
+            timing: Timing {
+                operation: Duration::from_secs(g.timeout.max(1)),
+                attempt: Duration::from_secs(g.timeout.clamp(1, 10)),
+            },
+        })
+    }
+
+    fn identity(&self) -> Result<Identity, CliError> {
+        Ok(Identity::from_seed(&*self.dir.read_identity()?))
+    }
+
+    fn network_file(&self) -> Result<NetworkFile, CliError> {
+        let path = self
+            .network
+            .clone()
+            .unwrap_or_else(|| self.dir.path().join("network.toml"));
+        if !path.exists() {
+            return Err(CliError::NetworkFile {
+                path,
+                reason: "not found; pass --network FILE or set ALLIUM_NETWORK".into(),
+            });
+        }
+        NetworkFile::load(&path).map_err(|e| CliError::NetworkFile {
+            path,
+            reason: e.to_string(),
+        })
+    }
+
+    /// The network client, from the roster, guards and clock offset kept by earlier runs.
+    fn net(&self, state: &ClientState) -> Result<Net, CliError> {
+        let network = self.network_file()?;
+        let roster = self.dir.read_roster()?;
+        let guards: Vec<[u8; 32]> = state.guards().iter().map(|g| g.identity).collect();
+        Ok(Net::new(
+            network,
+            roster.as_deref(),
+            &guards,
+            state.clock_offset_ms(),
+            self.timing,
+        )?)
+    }
+
+    /// Keeps what the network client learnt for the next run.
+    fn save_net(&self, net: &Net, state: &mut ClientState) -> Result<(), CliError> {
+        if let Some((roster, bytes)) = net.roster() {
+            if state.roster_version() != Some(roster.version()) {
+                self.dir.write_roster(&bytes)?;
+                state.set_roster_version(roster.version());
+            }
+        }
+        let now = net.now_ms();
+        let old = state.guards().to_vec();
+        let guards = net
+            .guards()
+            .iter()
+            .map(|g| {
+                let id = g.to_bytes();
+                let chosen_at_ms = old
+                    .iter()
+                    .find(|o| o.identity == id)
+                    .map_or(now, |o| o.chosen_at_ms);
+                Guard {
+                    identity: id,
+                    chosen_at_ms,
+                }
+            })
+            .collect();
+        state.set_guards(guards);
+        state.set_clock_offset_ms(net.clock_offset_ms());
+        self.dir.save_state(state)?;
+        Ok(())
+    }
+
+    fn resolve(&self, to: &str) -> Result<(String, Address), CliError> {
+        let contacts = self.dir.contacts()?;
+        if let Some(address) = contacts.get(to) {
+            return Ok((to.to_owned(), Address::from_str(address)?));
+        }
+        match Address::from_str(to) {
+            Ok(a) => {
+                let name = contacts
+                    .iter()
+                    .find(|(_, addr)| *addr == a.to_string())
+                    .map_or_else(|| a.to_string(), |(n, _)| n.to_owned());
+                Ok((name, a))
+            }
+            Err(e) if to.starts_with("allium1") || to.len() > 32 => Err(e.into()),
+            Err(_) => Err(CliError::UnknownContact(to.to_owned())),
+        }
+    }
+
+    fn name_of(&self, address: &Address) -> String {
+        let text = address.to_string();
+        self.dir
+            .contacts()
+            .ok()
+            .and_then(|c| {
+                c.iter()
+                    .find(|(_, a)| *a == text)
+                    .map(|(n, _)| n.to_owned())
+            })
+            .unwrap_or(text)
+    }
+}
+
+fn short(key: &[u8]) -> String {
+    key.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}
+
+fn describe_path(p: &PathReport) -> String {
+    let roles = ["guard", "middle", "exit", "destination"];
+    p.hops
+        .iter()
+        .zip(&p.addrs)
+        .enumerate()
+        .map(|(i, (h, a))| {
+            format!(
+                "{} {}@{a}",
+                roles.get(i).copied().unwrap_or("hop"),
+                short(h.as_bytes())
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" → ")
+}
+
+fn path_json(p: &PathReport) -> serde_json::Value {
+    json!({
+        "hops": p.hops.iter().map(|h| hex::encode(h.as_bytes())).collect::<Vec<_>>(),
+        "addresses": p.addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "rtt_ms": p.rtt.as_secs_f64() * 1000.0,
+        "attempts": p.attempts,
+    })
+}
+
+async fn run(cli: Cli) -> Result<(), CliError> {
+    let local = Local::open(&cli.global)?;
+    match cli.command {
+        Command::Init { force } => {
+            let id = Identity::generate();
+            local.dir.write_identity(&id.seed(), force)?;
+            print_new_identity(&local, &id, true);
+            Ok(())
+        }
+        Command::Restore { force } => {
+            if std::io::stdin().is_terminal() {
+                eprintln!("Type your 24-word recovery phrase and press Enter:");
+            }
+            let mut line = String::new();
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .map_err(CliError::Input)?;
+            let phrase = zeroize::Zeroizing::new(line);
+            let id = Identity::from_phrase(&phrase)?;
+            local.dir.write_identity(&id.seed(), force)?;
+            print_new_identity(&local, &id, false);
+            Ok(())
+        }
+        Command::Whoami { qr } => {
+            let address = local.identity()?.address();
+            if local.json {
+                println!("{}", json!({ "address": address.to_string() }));
+            } else {
+                println!("{address}");
+                if qr {
+                    println!("{}", address.qr_terminal());
+                }
+            }
+            Ok(())
+        }
+        Command::Contacts(c) => contacts(&local, c),
+        Command::Send { to, text } => send(&local, &to, text).await,
+        Command::Inbox => {
+            let id = local.identity()?;
+            let mut state = local.dir.load_state()?;
+            let net = local.net(&state)?;
+            let shown = fetch_round(&local, &net, &id, &mut state, Duration::ZERO).await;
+            local.save_net(&net, &mut state)?;
+            let shown = shown?;
+            if shown == 0 && !local.json {
+                eprintln!("no new messages");
+            }
+            Ok(())
+        }
+        Command::Listen => {
+            let id = local.identity()?;
+            let mut state = local.dir.load_state()?;
+            let net = local.net(&state)?;
+            if !local.json {
+                eprintln!(
+                    "listening for messages to {} (Ctrl-C to stop)",
+                    id.address()
+                );
+            }
+            let listen = async {
+                loop {
+                    let r =
+                        fetch_round(&local, &net, &id, &mut state, Duration::from_secs(25)).await;
+                    local.save_net(&net, &mut state)?;
+                    match r {
+                        Ok(_) => {}
+                        // A network that is down for a while is waited out, not fatal.
+                        Err(CliError::Net(e @ NetError::Unreachable { .. })) => {
+                            eprintln!("allium: {e}; retrying");
+                            tokio::time::sleep(Duration::from_secs(2)).await;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            };
+            tokio::select! {
+                r = listen => r,
+                _ = tokio::signal::ctrl_c() => Ok(()),
+            }
+        }
+        Command::Status => status(&local).await,
+    }
+}
+
+fn print_new_identity(local: &Local, id: &Identity, fresh: bool) {
+    let address = id.address();
+    if local.json {
+        if fresh {
+            println!(
+                "{}",
+                json!({ "address": address.to_string(), "phrase": id.phrase().as_str() })
+            );
+        } else {
+            println!("{}", json!({ "address": address.to_string() }));
+        }
+        return;
+    }
+    println!("Your address: {address}");
+    if fresh {
+        println!();
+        println!("Recovery phrase — write it down and keep it secret; it restores this identity:");
+        println!();
+        println!("  {}", id.phrase().as_str());
+        println!();
+    }
+    println!("Identity saved in {}", local.dir.path().display());
+}
+
+fn contacts(local: &Local, c: ContactsCommand) -> Result<(), CliError> {
+    let mut contacts = local.dir.contacts()?;
+    match c {
+        ContactsCommand::Add { name, address } => {
+            let a = Address::from_str(&address)?;
+            contacts.add(&name, &a.to_string())?;
+            local.dir.save_contacts(&contacts)?;
+            if local.json {
+                println!("{}", json!({ "added": name, "address": a.to_string() }));
+            } else {
+                println!("added {name}: {a}");
+            }
+        }
+        ContactsCommand::List => {
+            for (name, address) in contacts.iter() {
+                if local.json {
+                    println!("{}", json!({ "name": name, "address": address }));
+                } else {
+                    println!("{name}\t{address}");
+                }
+            }
+        }
+        ContactsCommand::Remove { name } => {
+            contacts.remove(&name)?;
+            local.dir.save_contacts(&contacts)?;
+            if local.json {
+                println!("{}", json!({ "removed": name }));
+            } else {
+                println!("removed {name}");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn send(local: &Local, to: &str, text: Option<String>) -> Result<(), CliError> {
+    let id = local.identity()?;
+    let (name, recipient) = local.resolve(to)?;
+    let text = match text.as_deref() {
+        Some("-") | None => {
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .map_err(CliError::Input)?;
+            s
+        }
+        Some(t) => t.to_owned(),
+    };
+    let mut state = local.dir.load_state()?;
+    let net = local.net(&state)?;
+    let envelope = envelope::seal(
+        &id,
+        &recipient,
+        KIND_TEXT,
+        text.as_bytes(),
+        net.now_ms(),
+        &mut rand_core::OsRng,
+    )
+    .map_err(|e| match e {
+        e @ EnvelopeError::TooLarge { .. } => CliError::TooLarge(e),
+        e => CliError::Envelope(e),
+    })?;
+    let sent = net
+        .store(&Mailbox(recipient.public_key().to_bytes()), envelope.bytes)
+        .await;
+    local.save_net(&net, &mut state)?;
+    let sent = sent?;
+    local.dir.append_history(&HistoryEntry {
+        direction: Direction::Sent,
+        peer: recipient.to_string(),
+        timestamp_ms: net.now_ms(),
+        msg_id: envelope.msg_id,
+        text,
+    })?;
+    let swarm = net
+        .roster()
+        .map(|(r, _)| r.members_for(&recipient.public_key().to_bytes()).len())
+        .unwrap_or(0);
+    if local.json {
+        println!(
+            "{}",
+            json!({
+                "sent": name,
+                "address": recipient.to_string(),
+                "hash": hex::encode(sent.hash.0),
+                "holders": sent.holders.len(),
+                "swarm": swarm,
+                "path": path_json(&sent.path),
+            })
+        );
+    } else {
+        println!(
+            "sent to {name}: held by {} of {swarm} members of their swarm, {:.1} ms",
+            sent.holders.len(),
+            sent.path.rtt.as_secs_f64() * 1000.0
+        );
+        println!("  path: {}", describe_path(&sent.path));
+    }
+    Ok(())
+}
+
+/// Fetches every page of new messages once (the first waiting up to `wait`), prints the new
+/// ones and records them; returns how many were shown.
+async fn fetch_round(
+    local: &Local,
+    net: &Net,
+    id: &Identity,
+    state: &mut ClientState,
+    wait: Duration,
+) -> Result<usize, CliError> {
+    let key = SigningKey::from_bytes(&id.seed());
+    let mailbox = key.verifying_key().to_bytes();
+    let safe = state.cursor(&mailbox).map(|c| CursorKey {
+        timestamp: c.timestamp,
+        hash: MessageHash(c.hash),
+    });
+    let mut cursor = Cursor::resume(DEFAULT_OVERLAP_MS, safe);
+    let mut shown = 0;
+    let mut wait = wait;
+    loop {
+        let page = net.fetch(&key, cursor.after(), wait).await?;
+        wait = Duration::ZERO;
+        let fresh = cursor.accept(
+            page.node_now,
+            &RetrieveResponse {
+                messages: page.messages,
+                more: page.more,
+            },
+        );
+        for m in fresh {
+            if !state.mark_seen_hash(&m.hash.0) {
+                continue;
+            }
+            let opened = match envelope::open(id, &m.data) {
+                Ok(o) => o,
+                Err(e) => {
+                    // Anyone may deposit into an inbox: garbage is skipped, not fatal.
+                    warn(local, &format!("skipped an unreadable message: {e}"));
+                    continue;
+                }
+            };
+            if !state.mark_seen_id(&opened.msg_id) {
+                continue;
+            }
+            let text = String::from_utf8_lossy(&opened.body).into_owned();
+            let from = local.name_of(&opened.sender);
+            if local.json {
+                println!(
+                    "{}",
+                    json!({
+                        "from": from,
+                        "address": opened.sender.to_string(),
+                        "sent_ms": opened.timestamp,
+                        "stored_ms": m.timestamp,
+                        "text": text,
+                        "path": path_json(&page.path),
+                    })
+                );
+            } else {
+                println!("{from}: {text}");
+            }
+            local.dir.append_history(&HistoryEntry {
+                direction: Direction::Received,
+                peer: opened.sender.to_string(),
+                timestamp_ms: opened.timestamp,
+                msg_id: opened.msg_id,
+                text,
+            })?;
+            shown += 1;
+        }
+        if let Some(safe) = cursor.safe() {
+            state.set_cursor(
+                &mailbox,
+                SavedCursor {
+                    timestamp: safe.timestamp,
+                    hash: safe.hash.0,
+                },
+            );
+        }
+        if !page.more {
+            return Ok(shown);
+        }
+    }
+}
+
+fn warn(local: &Local, msg: &str) {
+    if local.json {
+        println!("{}", json!({ "warning": msg }));
+    } else {
+        eprintln!("allium: {msg}");
+    }
+}
+
+async fn status(local: &Local) -> Result<(), CliError> {
+    let mut state = local.dir.load_state()?;
+    let net = local.net(&state)?;
+    let address = local.identity().ok().map(|i| i.address().to_string());
+    let refreshed = net.refresh_roster().await;
+    let mut guards = Vec::new();
+    if let Some((roster, _)) = net.roster() {
+        for g in net.guards() {
+            let addr = roster.node(&g).and_then(|n| n.addresses.first().copied());
+            let health = match addr {
+                Some(a) => {
+                    let started = std::time::Instant::now();
+                    let request = allium_swarm::roster::DirectoryRequest::GetRoster {
+                        have_version: Some(roster.version()),
+                    }
+                    .encode();
+                    match net
+                        .onion()
+                        .pool()
+                        .request(
+                            &g,
+                            a,
+                            allium_node::link::Kind::Directory,
+                            &request,
+                            allium_node::link::Deadlines::uniform(Duration::from_secs(5)),
+                        )
+                        .await
+                    {
+                        Ok(_) => Some(started.elapsed()),
+                        Err(_) => None,
+                    }
+                }
+                None => None,
+            };
+            guards.push((g, addr, health));
+        }
+    }
+    local.save_net(&net, &mut state)?;
+    let roster = net.roster().map(|(r, _)| r);
+    if local.json {
+        println!(
+            "{}",
+            json!({
+                "network": net.network().name,
+                "address": address,
+                "data_dir": local.dir.path().display().to_string(),
+                "roster_version": roster.as_ref().map(|r| r.version()),
+                "nodes": roster.as_ref().map(|r| r.nodes().len()),
+                "swarms": roster.as_ref().map(|r| r.swarms().len()),
+                "roster_error": refreshed.as_ref().err().map(ToString::to_string),
+                "clock_offset_ms": net.clock_offset_ms(),
+                "guards": guards.iter().map(|(g, a, h)| json!({
+                    "identity": hex::encode(g.as_bytes()),
+                    "address": a.map(|a| a.to_string()),
+                    "rtt_ms": h.map(|d| d.as_secs_f64() * 1000.0),
+                })).collect::<Vec<_>>(),
+            })
+        );
+        return Ok(());
+    }
+    println!("network:   {}", net.network().name);
+    if let Some(a) = &address {
+        println!("address:   {a}");
+    }
+    println!("data dir:  {}", local.dir.path().display());
+    match (&roster, &refreshed) {
+        (Some(r), _) => println!(
+            "roster:    version {}, {} nodes in {} swarms",
+            r.version(),
+            r.nodes().len(),
+            r.swarms().len()
+        ),
+        (None, Err(e)) => println!("roster:    none ({e})"),
+        (None, Ok(_)) => println!("roster:    none"),
+    }
+    if let Err(e) = &refreshed {
+        println!("           could not refresh: {e}");
+    }
+    println!(
+        "clock:     {:+} ms from the nodes' time",
+        net.clock_offset_ms()
+    );
+    for (g, a, h) in &guards {
+        let addr = a.map_or_else(|| "?".into(), |a| a.to_string());
+        match h {
+            Some(d) => println!(
+                "guard:     {} at {addr}: up, {:.1} ms",
+                short(g.as_bytes()),
+                d.as_secs_f64() * 1000.0
+            ),
+            None => println!("guard:     {} at {addr}: unreachable", short(g.as_bytes())),
+        }
+    }
+    Ok(())
+}

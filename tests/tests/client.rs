@@ -1,0 +1,333 @@
+//! The `allium` command against real node processes: people exchanging messages both ways,
+//! offline recipients, a relay killed mid-conversation, and an identity restored from its
+//! recovery phrase. Every step runs the real binary with its own data directory.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use allium_node::devnet::Devnet;
+use allium_onion::IdentityPublicKey;
+use allium_swarm::network::NetworkFile;
+use allium_tests::{client_binary, serial, start_devnet, wait_for_roster};
+use serde_json::Value;
+
+const NODES: usize = 6;
+const T: Duration = Duration::from_secs(30);
+
+struct World {
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+    net: Devnet,
+    dir: tempfile::TempDir,
+}
+
+impl World {
+    async fn start() -> World {
+        let serial = serial().await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut net = start_devnet(&dir.path().join("net"), NODES).unwrap();
+        let network = NetworkFile::load(&net.network_file).unwrap();
+        let c = allium_client::onion::OnionClient::new("127.0.0.1:0".parse().unwrap()).unwrap();
+        let roster = wait_for_roster(c.pool(), &network, NODES + 1, T)
+            .await
+            .expect("roster formed");
+        assert!(net.wait_for_roster_version(roster.version(), T).await);
+        World {
+            _serial: serial,
+            net,
+            dir,
+        }
+    }
+
+    fn person(&self, name: &str) -> Person {
+        Person {
+            data: self.dir.path().join(name),
+            network: self.net.network_file.clone(),
+        }
+    }
+
+    fn index_of(&self, hex_identity: &str) -> usize {
+        let id = IdentityPublicKey::from_bytes(&hex::decode(hex_identity).unwrap()).unwrap();
+        self.net
+            .nodes
+            .iter()
+            .position(|n| n.identity == id)
+            .unwrap()
+    }
+}
+
+/// One user: a data directory and the network file.
+struct Person {
+    data: PathBuf,
+    network: PathBuf,
+}
+
+struct Output {
+    code: i32,
+    lines: Vec<Value>,
+    stderr: String,
+}
+
+impl Person {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(client_binary());
+        c.arg("--data-dir")
+            .arg(&self.data)
+            .arg("--network")
+            .arg(&self.network)
+            .arg("--json")
+            .args(args)
+            .env_remove("ALLIUM_NETWORK")
+            .env_remove("ALLIUM_DATA_DIR");
+        c
+    }
+
+    fn run_with_input(&self, args: &[&str], input: &str) -> Output {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        Output {
+            code: out.status.code().unwrap_or(-1),
+            lines: String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+                .collect(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.run_with_input(args, "")
+    }
+
+    /// Runs a command that must succeed; returns its JSON lines.
+    fn ok(&self, args: &[&str]) -> Vec<Value> {
+        let out = self.run(args);
+        assert_eq!(
+            out.code, 0,
+            "allium {args:?} failed: {}{:?}",
+            out.stderr, out.lines
+        );
+        out.lines
+    }
+
+    fn init(&self) -> (String, String) {
+        let l = self.ok(&["init"]);
+        (
+            l[0]["address"].as_str().unwrap().to_owned(),
+            l[0]["phrase"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// Texts of the new messages an `inbox` run shows, with their senders' addresses.
+    fn inbox(&self) -> Vec<(String, String)> {
+        self.ok(&["inbox"])
+            .iter()
+            .filter(|l| l.get("text").is_some())
+            .map(|l| {
+                (
+                    l["address"].as_str().unwrap().to_owned(),
+                    l["text"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    fn send(&self, to: &str, text: &str) -> Value {
+        let l = self.ok(&["send", to, text]);
+        assert!(l[0]["holders"].as_u64().unwrap() * 2 > l[0]["swarm"].as_u64().unwrap());
+        l[0].clone()
+    }
+
+    /// `allium listen`, its JSON lines arriving on a channel.
+    fn listen(&self) -> (Child, mpsc::Receiver<Value>) {
+        let mut child = self
+            .command(&["listen"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str(&line) {
+                    if tx.send(v).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        (child, rx)
+    }
+}
+
+fn texts_within(rx: &mpsc::Receiver<Value>, want: usize, limit: Duration) -> Vec<String> {
+    let deadline = Instant::now() + limit;
+    let mut got = Vec::new();
+    while got.len() < want {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(v) => {
+                if let Some(t) = v.get("text").and_then(Value::as_str) {
+                    got.push(t.to_owned());
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    got
+}
+
+fn exists(p: &Path) -> bool {
+    p.exists()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_people_talk_both_ways_offline_and_after_restoring_an_identity() {
+    let w = World::start().await;
+    let (alice, bob) = (w.person("alice"), w.person("bob"));
+    let (alice_addr, _) = alice.init();
+    let (bob_addr, bob_phrase) = bob.init();
+    assert!(exists(&bob.data.join("identity")));
+
+    // Alice sends twice while Bob is offline (he has never fetched anything).
+    alice.ok(&["contacts", "add", "bob", &bob_addr]);
+    let sent = alice.send("bob", "hello bob");
+    assert_eq!(
+        sent["path"]["hops"].as_array().unwrap().len(),
+        4,
+        "three relays and a destination"
+    );
+    alice.send("bob", "are you there?");
+
+    // Bob comes online: both arrive, from Alice, once.
+    let got = bob.inbox();
+    assert_eq!(
+        got,
+        vec![
+            (alice_addr.clone(), "hello bob".to_owned()),
+            (alice_addr.clone(), "are you there?".to_owned()),
+        ]
+    );
+    assert!(bob.inbox().is_empty(), "nothing is shown twice");
+
+    // And answers by address.
+    bob.send(&alice_addr, "hi alice");
+    assert_eq!(
+        alice.inbox(),
+        vec![(bob_addr.clone(), "hi alice".to_owned())]
+    );
+
+    // Bob restores his identity elsewhere from the phrase; it receives what is sent to him.
+    let bob2 = w.person("bob-restored");
+    let out = bob2.run_with_input(&["restore"], &format!("{bob_phrase}\n"));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.lines[0]["address"].as_str(), Some(bob_addr.as_str()));
+    alice.send("bob", "for both of you");
+    let restored = bob2.inbox();
+    assert!(
+        restored.contains(&(alice_addr.clone(), "for both of you".to_owned())),
+        "{restored:?}"
+    );
+    assert_eq!(
+        restored.len(),
+        3,
+        "the restored identity reads the whole mailbox"
+    );
+    assert_eq!(
+        bob.inbox(),
+        vec![(alice_addr, "for both of you".to_owned())]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_killed_mid_conversation_costs_no_message() {
+    let mut w = World::start().await;
+    let (alice, bob) = (w.person("alice"), w.person("bob"));
+    alice.init();
+    let (bob_addr, _) = bob.init();
+    let (mut listener, rx) = bob.listen();
+
+    let first = alice.send(&bob_addr, "one");
+    // Kill a relay of the path just used (not the authority, which publishes the roster).
+    let hops: Vec<String> = first["path"]["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_str().unwrap().to_owned())
+        .collect();
+    let victim = hops[..3]
+        .iter()
+        .map(|h| w.index_of(h))
+        .find(|&i| i != 0)
+        .expect("a relay other than the authority");
+    w.net.kill_node(victim).unwrap();
+
+    for text in ["two", "three", "four"] {
+        alice.send(&bob_addr, text);
+    }
+    let got = texts_within(&rx, 4, T * 2);
+    listener.kill().unwrap();
+    listener.wait().unwrap();
+    assert_eq!(got, vec!["one", "two", "three", "four"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mistakes_get_clear_errors_and_exit_codes() {
+    let w = World::start().await;
+    let alice = w.person("alice");
+    // No identity yet.
+    assert_eq!(alice.run(&["whoami"]).code, 4);
+    let (addr, _) = alice.init();
+    assert_eq!(
+        alice.run(&["init"]).code,
+        4,
+        "an identity is never replaced silently"
+    );
+    // A mistyped address, an unknown contact.
+    let mut typo = addr.clone().into_bytes();
+    let last = typo.len() - 1;
+    typo[last] = if typo[last] == b'q' { b'p' } else { b'q' };
+    let typo = String::from_utf8(typo).unwrap();
+    assert_eq!(alice.run(&["send", &typo, "x"]).code, 3);
+    assert_eq!(alice.run(&["contacts", "add", "x", &typo]).code, 3);
+    assert_eq!(alice.run(&["send", "nobody", "x"]).code, 3);
+    // Too large for any envelope.
+    let big = "x".repeat(70_000);
+    let out = alice.run_with_input(&["send", &addr, "-"], &big);
+    assert_eq!(out.code, 6, "{}", out.stderr);
+    // A missing network file.
+    let mut lost = w.person("alice");
+    lost.network = w.dir.path().join("no-such-network.toml");
+    assert_eq!(lost.run(&["inbox"]).code, 5);
+    // Status works and names the roster.
+    let status = alice.ok(&["status"]);
+    assert!(status[0]["roster_version"].as_u64().is_some(), "{status:?}");
+    assert_eq!(status[0]["guards"].as_array().unwrap().len(), 3);
+    // With every node down, a send gives up with the network-unreachable code.
+    let mut w = w;
+    w.net.stop();
+    let out = alice.run(&["--timeout", "3", "send", &addr, "into the void"]);
+    assert_eq!(out.code, 7, "{}", out.stderr);
+    assert!(
+        out.lines[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("could not be reached")
+    );
+}
