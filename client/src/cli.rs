@@ -29,7 +29,12 @@ use crate::state::{
 /// Your identity is a key kept in the data directory; your address (allium1…) is what others
 /// send to. Messages wait in your swarm's mailbox until you fetch them, for up to 14 days.
 #[derive(Debug, Parser)]
-#[command(name = "allium", version, propagate_version = true)]
+#[command(
+    name = "allium",
+    version,
+    propagate_version = true,
+    after_long_help = "Getting started:\n  allium --network network.toml init\n  allium contacts add bob allium1…\n  allium send bob \"hello\"\n  allium listen\n\nExit codes: 0 done, 1 other error, 2 usage, 3 bad address, contact or phrase, 4 data\ndirectory (no identity, permissions, locked), 5 network file, 6 message too large,\n7 network unreachable, 8 refused by the network. See doc/user.md."
+)]
 pub struct Cli {
     #[command(flatten)]
     global: Global,
@@ -95,6 +100,13 @@ enum Command {
     Listen,
     /// Show the network, roster, guards and their health.
     Status,
+    /// Print a completion script for a shell.
+    ///
+    /// Example: `allium completions bash > ~/.local/share/bash-completion/completions/allium`
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -157,6 +169,11 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Address(_) | CliError::UnknownContact(_) | CliError::Phrase(_) => 3,
+            CliError::State(
+                StateError::InvalidContactName { .. }
+                | StateError::DuplicateContact { .. }
+                | StateError::NoSuchContact { .. },
+            ) => 3,
             CliError::State(_) | CliError::Input(_) => 4,
             CliError::Envelope(_) => 1,
             CliError::NetworkFile { .. } => 5,
@@ -352,6 +369,11 @@ fn path_json(p: &PathReport) -> serde_json::Value {
 }
 
 async fn run(cli: Cli) -> Result<(), CliError> {
+    if let Command::Completions { shell } = cli.command {
+        use clap::CommandFactory;
+        clap_complete::generate(shell, &mut Cli::command(), "allium", &mut std::io::stdout());
+        return Ok(());
+    }
     let local = Local::open(&cli.global)?;
     match cli.command {
         Command::Init { force } => {
@@ -433,6 +455,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             }
         }
         Command::Status => status(&local).await,
+        Command::Completions { .. } => Ok(()),
     }
 }
 

@@ -1,0 +1,91 @@
+//! The `allium` binary's help, completions and local-only commands (no network needed).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::{Command, Output};
+
+fn allium(dir: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_allium"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .env_remove("ALLIUM_NETWORK")
+        .env_remove("ALLIUM_DATA_DIR")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn every_command_has_help_and_completions_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    for cmd in [
+        vec!["--help"],
+        vec!["init", "--help"],
+        vec!["restore", "--help"],
+        vec!["whoami", "--help"],
+        vec!["contacts", "--help"],
+        vec!["contacts", "add", "--help"],
+        vec!["send", "--help"],
+        vec!["inbox", "--help"],
+        vec!["listen", "--help"],
+        vec!["status", "--help"],
+    ] {
+        let out = allium(dir.path(), &cmd);
+        assert!(out.status.success(), "{cmd:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            text.contains("--data-dir") && text.contains("--network"),
+            "{cmd:?}: {text}"
+        );
+    }
+    for shell in ["bash", "zsh", "fish"] {
+        let out = allium(dir.path(), &["completions", shell]);
+        assert!(out.status.success());
+        assert!(String::from_utf8(out.stdout).unwrap().contains("allium"));
+    }
+}
+
+#[test]
+fn identity_and_contacts_work_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = allium(dir.path(), &["--json", "init"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let address = v["address"].as_str().unwrap().to_owned();
+    assert_eq!(v["phrase"].as_str().unwrap().split(' ').count(), 24);
+    let who = allium(dir.path(), &["whoami", "--qr"]);
+    let text = String::from_utf8(who.stdout).unwrap();
+    assert!(
+        text.starts_with(&address) && text.lines().count() > 10,
+        "{text}"
+    );
+    assert!(
+        allium(dir.path(), &["contacts", "add", "me", &address])
+            .status
+            .success()
+    );
+    let list = String::from_utf8(allium(dir.path(), &["contacts", "list"]).stdout).unwrap();
+    assert_eq!(list.trim(), format!("me\t{address}"));
+    assert_eq!(
+        allium(dir.path(), &["contacts", "add", "me", &address])
+            .status
+            .code(),
+        Some(3)
+    );
+    assert!(
+        allium(dir.path(), &["contacts", "remove", "me"])
+            .status
+            .success()
+    );
+    assert_eq!(
+        allium(dir.path(), &["contacts", "remove", "me"])
+            .status
+            .code(),
+        Some(3)
+    );
+    assert_eq!(
+        allium(dir.path(), &["contacts", "add", "bad name", &address])
+            .status
+            .code(),
+        Some(3)
+    );
+}
