@@ -218,16 +218,21 @@ pub fn main() -> ExitCode {
 /// What a command needs: the data directory, held locked for the command's duration.
 struct Local {
     dir: DataDir,
-    _lock: DataDirLock,
+    /// Held for the whole command, except by `listen`, which takes it only to save.
+    _lock: Option<DataDirLock>,
     json: bool,
     network: Option<PathBuf>,
     timing: Timing,
 }
 
 impl Local {
-    fn open(g: &Global) -> Result<Local, CliError> {
+    fn open(g: &Global, hold_lock: bool) -> Result<Local, CliError> {
         let dir = DataDir::open_or_default(g.data_dir.as_deref())?;
-        let lock = dir.lock()?;
+        let lock = if hold_lock {
+            Some(lock_waiting(&dir)?)
+        } else {
+            None
+        };
         Ok(Local {
             dir,
             _lock: lock,
@@ -284,6 +289,16 @@ impl Local {
             }
         }
         let now = net.now_ms();
+        // Another `allium` on this data directory (a `listen` beside a `send`) may have chosen
+        // guards first: one set of guards per identity, so adopt those.
+        let on_disk = self.dir.load_state().map(|s| s.guards().to_vec());
+        if let Ok(disk) = &on_disk {
+            if !disk.is_empty() {
+                let ids: Vec<[u8; 32]> = disk.iter().map(|g| g.identity).collect();
+                net.adopt_guards(&ids);
+                state.set_guards(disk.clone());
+            }
+        }
         let old = state.guards().to_vec();
         let guards = net
             .guards()
@@ -338,6 +353,20 @@ impl Local {
     }
 }
 
+/// Takes the data directory's lock, waiting a little for another `allium` (a `listen` saving
+/// its position, say) to finish.
+fn lock_waiting(dir: &DataDir) -> Result<DataDirLock, CliError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match dir.lock() {
+            Err(StateError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => return Ok(r?),
+        }
+    }
+}
+
 fn short(key: &[u8]) -> String {
     key.iter().take(4).map(|b| format!("{b:02x}")).collect()
 }
@@ -374,7 +403,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         clap_complete::generate(shell, &mut Cli::command(), "allium", &mut std::io::stdout());
         return Ok(());
     }
-    let local = Local::open(&cli.global)?;
+    let local = Local::open(&cli.global, !matches!(cli.command, Command::Listen))?;
     match cli.command {
         Command::Init { force } => {
             let id = Identity::generate();
@@ -437,7 +466,13 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 loop {
                     let r =
                         fetch_round(&local, &net, &id, &mut state, Duration::from_secs(25)).await;
-                    local.save_net(&net, &mut state)?;
+                    // A `send` from the same data directory may hold the lock for a while;
+                    // the position is then saved after the next round.
+                    match lock_waiting(&local.dir) {
+                        Ok(_lock) => local.save_net(&net, &mut state)?,
+                        Err(CliError::State(StateError::Locked { .. })) => {}
+                        Err(e) => return Err(e),
+                    }
                     match r {
                         Ok(_) => {}
                         // A network that is down for a while is waited out, not fatal.
@@ -637,6 +672,7 @@ async fn fetch_round(
                         "address": opened.sender.to_string(),
                         "sent_ms": opened.timestamp,
                         "stored_ms": m.timestamp,
+                        "received_ms": net.now_ms(),
                         "text": text,
                         "path": path_json(&page.path),
                     })

@@ -303,6 +303,18 @@ impl Net {
             .ok_or_else(|| NetError::NoRoster("none held".into()))
     }
 
+    /// Uses `guards` (kept by another run) instead of the current set, topped up as needed.
+    pub fn adopt_guards(&self, guards: &[[u8; 32]]) {
+        let ids: Vec<IdentityPublicKey> = guards
+            .iter()
+            .filter_map(|g| IdentityPublicKey::from_bytes(g).ok())
+            .collect();
+        if ids != self.guards() {
+            *lock(&self.guards) = ids;
+            self.choose_guards();
+        }
+    }
+
     /// Keeps the guards still in the roster and fills up to [`GUARDS`] with random nodes.
     fn choose_guards(&self) {
         let Some((roster, _)) = self.roster() else {
