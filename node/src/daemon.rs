@@ -201,6 +201,28 @@ where
     });
 }
 
+/// Opens the mailbox store. A store that fails its checks is never served: it is moved aside
+/// (kept for inspection) and the node starts empty, pulling its swarm's messages from the other
+/// members before it answers retrieves (whitepaper storage §9.5).
+fn open_store(data_dir: &Path, cfg: allium_swarm::StoreConfig) -> Result<Store, DaemonError> {
+    let path = data_dir.join("store");
+    match Store::open(&path, cfg.clone()) {
+        Err(e) if e.is_corruption() => {
+            let aside = data_dir.join(format!("store.corrupt-{}", unix_now()));
+            tracing::error!(error = %e, moved_to = %aside.display(),
+                "the mailbox store is corrupt; it is moved aside and the node re-syncs from its swarm");
+            std::fs::rename(&path, &aside).map_err(|io| {
+                DaemonError::Config(format!(
+                    "the mailbox store {} is corrupt ({e}) and could not be moved aside: {io}",
+                    path.display()
+                ))
+            })?;
+            Ok(Store::open(&path, cfg)?)
+        }
+        other => Ok(other?),
+    }
+}
+
 fn public_address(config: &NodeConfig, bound: SocketAddr) -> Result<SocketAddr, DaemonError> {
     match config.public_addr {
         Some(a) => Ok(a),
@@ -265,7 +287,7 @@ pub async fn run(config: NodeConfig, shutdown: ShutdownSignal) -> Result<(), Dae
         node_cap_bytes: config.store.max_bytes,
         ..allium_swarm::StoreConfig::default()
     };
-    let store = Arc::new(Store::open(config.data_dir.join("store"), store_config)?);
+    let store = Arc::new(open_store(&config.data_dir, store_config)?);
 
     let link = Arc::new(Link::bind_node(
         config.listen,

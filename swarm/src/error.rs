@@ -132,6 +132,18 @@ pub enum StoreError {
     Db(#[from] rocksdb::Error),
 }
 
+impl StoreError {
+    /// Whether the error says the stored data failed a check (rather than, say, the database
+    /// being in use or the disk being full).
+    pub fn is_corruption(&self) -> bool {
+        match self {
+            StoreError::Corrupt(_) => true,
+            StoreError::Db(e) => e.kind() == rocksdb::ErrorKind::Corruption,
+            _ => false,
+        }
+    }
+}
+
 /// Status codes carried in every response (whitepaper §4). `Ok` is 0; the rest are refusals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u16)]
