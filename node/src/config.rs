@@ -77,6 +77,7 @@ pub const ENV_VARS: &[EnvVar] = &[
         "limits.reply_timeout_ms",
     ),
     var("ALLIUM_NODE_STORE_MAX_BYTES", "store.max_bytes"),
+    var("ALLIUM_NODE_STORE_MIN_FREE_BYTES", "store.min_free_bytes"),
     var(
         "ALLIUM_NODE_STORE_MAILBOX_QUOTA_BYTES",
         "store.mailbox_quota_bytes",
@@ -214,6 +215,9 @@ pub struct StoreConfig {
     pub max_bytes: u64,
     /// Size cap of one mailbox, bytes.
     pub mailbox_quota_bytes: u64,
+    /// Free space the data directory's file system must keep: below it new messages are
+    /// refused ("full") while reads and deletes go on.
+    pub min_free_bytes: u64,
 }
 
 /// Replay filter sizing.
@@ -293,6 +297,7 @@ impl Default for StoreConfig {
         StoreConfig {
             max_bytes: 10 * GIB,
             mailbox_quota_bytes: 16 * MIB,
+            min_free_bytes: 256 * MIB,
         }
     }
 }
@@ -504,6 +509,7 @@ impl NodeConfig {
             "limits.reply_timeout_ms" => l.reply_timeout_ms = parse(value)?,
             "store.max_bytes" => self.store.max_bytes = parse(value)?,
             "store.mailbox_quota_bytes" => self.store.mailbox_quota_bytes = parse(value)?,
+            "store.min_free_bytes" => self.store.min_free_bytes = parse(value)?,
             "replay.packets_per_epoch" => self.replay.packets_per_epoch = parse(value)?,
             "replication.sync_interval_ms" => self.replication.sync_interval_ms = parse(value)?,
             "replication.quorum_timeout_ms" => {

@@ -285,6 +285,7 @@ pub async fn run(config: NodeConfig, shutdown: ShutdownSignal) -> Result<(), Dae
         ttl_max_ms: params.max_ttl_secs.saturating_mul(1000),
         mailbox_quota_bytes: config.store.mailbox_quota_bytes,
         node_cap_bytes: config.store.max_bytes,
+        min_free_bytes: config.store.min_free_bytes,
         ..allium_swarm::StoreConfig::default()
     };
     let store = Arc::new(open_store(&config.data_dir, store_config)?);

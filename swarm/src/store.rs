@@ -67,6 +67,10 @@ pub struct StoreConfig {
     /// replica arriving more than this after its timestamp is filed at `now - overlap` instead,
     /// so that clients polling this member still see it.
     pub overlap_ms: u64,
+    /// Free space the file system must keep: below it new messages are refused with "full",
+    /// so that RocksDB never runs out of space and deletes, expiries and its own compactions
+    /// (which free space) still work.
+    pub min_free_bytes: u64,
 }
 
 impl Default for StoreConfig {
@@ -80,6 +84,7 @@ impl Default for StoreConfig {
             queue_len: 4_096,
             max_waiters: 4_096,
             overlap_ms: 30_000,
+            min_free_bytes: 64 << 20,
         }
     }
 }
@@ -447,6 +452,9 @@ struct Held {
 
 struct Writer {
     db: Arc<DB>,
+    path: PathBuf,
+    /// Whether the file system had less than `min_free_bytes` free when last looked at.
+    low_space: std::cell::Cell<bool>,
     cfg: StoreConfig,
     high_water: Arc<AtomicU64>,
     waiters: Arc<Waiters>,
@@ -485,8 +493,23 @@ impl Writer {
         }
     }
 
+    /// Looks at the file system's free space once per group that adds messages.
+    fn check_space(&self, group: &[Job]) {
+        if !group
+            .iter()
+            .any(|j| matches!(j.op, Op::Store(..) | Op::Replica(..)))
+        {
+            return;
+        }
+        let free = rustix::fs::statvfs(&self.path)
+            .map(|v| v.f_bavail.saturating_mul(v.f_frsize))
+            .unwrap_or(u64::MAX);
+        self.low_space.set(free < self.cfg.min_free_bytes);
+    }
+
     /// Applies and commits one group; returns true on shutdown.
     fn process(&self, group: &mut Vec<Job>) -> bool {
+        self.check_space(group);
         let mut ov = Overlay::default();
         let mut done: Vec<(Option<Reply>, Outcome)> = Vec::with_capacity(group.len());
         let mut stored = HashSet::new();
@@ -795,6 +818,9 @@ impl Writer {
     ) -> Result<StoreResponse, StoreError> {
         if data.len() > MAX_DATA_BYTES {
             return Err(StoreError::DataTooLarge);
+        }
+        if self.low_space.get() {
+            return Err(StoreError::NodeFull);
         }
         let EntryKey {
             mailbox,
@@ -1178,6 +1204,8 @@ impl Store {
         let (jobs, rx) = mpsc::sync_channel(cfg.queue_len.max(1));
         let writer = Writer {
             db: Arc::clone(&db),
+            path: path.clone(),
+            low_space: std::cell::Cell::new(false),
             cfg: StoreConfig {
                 max_group: cfg.max_group.max(1),
                 ..cfg.clone()
