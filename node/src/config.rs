@@ -76,6 +76,14 @@ pub const ENV_VARS: &[EnvVar] = &[
         "ALLIUM_NODE_LIMITS_REPLY_TIMEOUT_MS",
         "limits.reply_timeout_ms",
     ),
+    var(
+        "ALLIUM_NODE_LIMITS_CLIENT_REQUESTS_PER_SEC",
+        "limits.client_requests_per_sec",
+    ),
+    var(
+        "ALLIUM_NODE_LIMITS_CLIENT_REQUEST_BURST",
+        "limits.client_request_burst",
+    ),
     var("ALLIUM_NODE_STORE_MAX_BYTES", "store.max_bytes"),
     var("ALLIUM_NODE_STORE_MIN_FREE_BYTES", "store.min_free_bytes"),
     var(
@@ -205,6 +213,10 @@ pub struct Limits {
     /// How long a relay waits for the next hop's complete reply once it accepted the packet,
     /// ms; longer than the longest long-poll.
     pub reply_timeout_ms: u64,
+    /// Requests per second one client address (IPv4 address or IPv6 /64) may send on average.
+    pub client_requests_per_sec: u32,
+    /// Requests one client address may send at once above the average.
+    pub client_request_burst: u32,
 }
 
 /// Message store limits.
@@ -288,6 +300,8 @@ impl Default for Limits {
             request_read_timeout_ms: 5_000,
             forward_queue: 1024,
             reply_timeout_ms: 90_000,
+            client_requests_per_sec: 200,
+            client_request_burst: 400,
         }
     }
 }
@@ -507,6 +521,8 @@ impl NodeConfig {
             "limits.request_read_timeout_ms" => l.request_read_timeout_ms = parse(value)?,
             "limits.forward_queue" => l.forward_queue = parse(value)?,
             "limits.reply_timeout_ms" => l.reply_timeout_ms = parse(value)?,
+            "limits.client_requests_per_sec" => l.client_requests_per_sec = parse(value)?,
+            "limits.client_request_burst" => l.client_request_burst = parse(value)?,
             "store.max_bytes" => self.store.max_bytes = parse(value)?,
             "store.mailbox_quota_bytes" => self.store.mailbox_quota_bytes = parse(value)?,
             "store.min_free_bytes" => self.store.min_free_bytes = parse(value)?,
@@ -573,6 +589,14 @@ impl NodeConfig {
             ("limits.request_read_timeout_ms", l.request_read_timeout_ms),
             ("limits.forward_queue", u64::from(l.forward_queue)),
             ("limits.reply_timeout_ms", l.reply_timeout_ms),
+            (
+                "limits.client_requests_per_sec",
+                u64::from(l.client_requests_per_sec),
+            ),
+            (
+                "limits.client_request_burst",
+                u64::from(l.client_request_burst),
+            ),
             ("store.max_bytes", self.store.max_bytes),
             ("store.mailbox_quota_bytes", self.store.mailbox_quota_bytes),
             ("replay.packets_per_epoch", self.replay.packets_per_epoch),

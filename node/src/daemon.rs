@@ -22,8 +22,9 @@ use crate::directory::{
 use crate::http::{self, HealthReport, HealthStatus};
 use crate::keystore::KeyStore;
 use crate::link::{Deadlines, Handler, Kind, Link, LinkLimits, Peer, Pool, Status, TlsIdentity};
-use crate::metrics::Metrics;
+use crate::metrics::{DropReason, Metrics};
 use crate::onion_service::{OnionConfig, OnionService, unix_now};
+use crate::ratelimit::RateLimiter;
 use crate::replication::{Membership, Replicator};
 use crate::shutdown::ShutdownSignal;
 
@@ -59,6 +60,7 @@ type NodeOnion = OnionService<RosterState, StoreDestination>;
 
 struct NodeHandler {
     metrics: Metrics,
+    client_limit: RateLimiter,
     onion: Arc<NodeOnion>,
     replicator: Arc<Replicator>,
     roster: Arc<RosterState>,
@@ -78,6 +80,10 @@ impl Handler for NodeHandler {
     }
 
     async fn handle(&self, peer: &Peer, kind: Kind, body: Vec<u8>) -> (Status, Vec<u8>) {
+        if peer.identity.is_none() && !self.client_limit.allow(peer.addr.ip(), Instant::now()) {
+            self.metrics.dropped(DropReason::RateLimited);
+            return (Status::Rejected, Vec::new());
+        }
         match kind {
             Kind::Onion => self.onion.handle(body).await,
             Kind::Directory => match DirectoryRequest::decode(&body) {
@@ -489,6 +495,11 @@ pub async fn run(config: NodeConfig, shutdown: ShutdownSignal) -> Result<(), Dae
 
     let handler = Arc::new(NodeHandler {
         metrics: metrics.clone(),
+        client_limit: RateLimiter::new(
+            config.limits.client_requests_per_sec,
+            config.limits.client_request_burst,
+            config.limits.max_connections as usize * 4,
+        ),
         onion,
         replicator,
         roster,

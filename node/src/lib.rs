@@ -13,5 +13,6 @@ pub mod link;
 pub mod logging;
 pub mod metrics;
 pub mod onion_service;
+pub mod ratelimit;
 pub mod replication;
 pub mod shutdown;

@@ -99,6 +99,22 @@ impl Default for LinkLimits {
     }
 }
 
+/// The unit per-address limits count: an IPv4 address, or an IPv6 /64 (one host usually holds
+/// a whole /64).
+pub fn ip_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut o = v6.octets();
+                o[8..].fill(0);
+                IpAddr::from(o)
+            }
+        },
+        v4 => v4,
+    }
+}
+
 /// Who is on the other end of an accepted connection.
 #[derive(Debug, Clone)]
 pub struct Peer {
@@ -450,23 +466,8 @@ impl ConnectionCounter {
         }
     }
 
-    /// IPv6 addresses are counted per /64: one host usually holds a whole /64.
-    fn key(ip: IpAddr) -> IpAddr {
-        match ip {
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => IpAddr::V4(v4),
-                None => {
-                    let mut o = v6.octets();
-                    o[8..].fill(0);
-                    IpAddr::from(o)
-                }
-            },
-            v4 => v4,
-        }
-    }
-
     fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<ConnectionSlot> {
-        let key = Self::key(ip);
+        let key = ip_key(ip);
         let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
         let total: usize = map.values().sum();
         let here = map.entry(key).or_insert(0);
