@@ -48,6 +48,7 @@ pub struct Authority {
     pool: Arc<Pool>,
     registry: Mutex<HashMap<[u8; 32], Registered>>,
     config: AuthorityConfig,
+    started: Instant,
 }
 
 impl Authority {
@@ -64,6 +65,7 @@ impl Authority {
             pool,
             registry: Mutex::new(HashMap::new()),
             config,
+            started: Instant::now(),
         }
     }
 
@@ -148,6 +150,23 @@ impl Authority {
             registry.retain(|_, r| r.received.elapsed() < self.config.descriptor_ttl);
             registry.values().map(|r| r.descriptor.clone()).collect()
         };
+        // A restarted authority has heard from nobody yet: until every node of the roster it
+        // held has registered again, or a descriptor's lifetime has passed, it does not publish
+        // a roster that would drop them (and move their mailboxes) for being merely unheard.
+        if self.started.elapsed() < self.config.descriptor_ttl {
+            if let Some(held) = self.roster.current() {
+                let heard: std::collections::HashSet<[u8; 32]> =
+                    candidates.iter().map(|d| d.identity.to_bytes()).collect();
+                if held
+                    .roster
+                    .nodes()
+                    .iter()
+                    .any(|n| !heard.contains(&n.identity.to_bytes()))
+                {
+                    return;
+                }
+            }
+        }
         let mut admitted = Vec::with_capacity(candidates.len());
         for d in candidates {
             if self.reachable(&d).await {

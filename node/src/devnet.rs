@@ -77,6 +77,8 @@ pub struct DevnetNode {
     pub metrics: SocketAddr,
     /// Its identity key.
     pub identity: IdentityPublicKey,
+    /// Where its standard error (its log) goes: `<dir>/<name>.log`.
+    pub log: PathBuf,
     child: Option<Child>,
 }
 
@@ -91,6 +93,13 @@ impl DevnetNode {
     /// The process id, while running.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// The exit status, if the process was started and has exited.
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 }
 
@@ -129,6 +138,17 @@ impl Devnet {
     /// executable at `binary`. Returns once every process is up; the roster forms shortly after
     /// (see [`Devnet::wait_for_roster`]).
     pub fn start(binary: &Path, dir: &Path, opts: &DevnetOptions) -> Result<Devnet, DevnetError> {
+        Self::start_with_progress(binary, dir, opts, |_| true)
+    }
+
+    /// [`Devnet::start`], calling `progress` after each node is up. If `progress` returns false
+    /// the start is abandoned: the nodes started so far are stopped and an error returned.
+    pub fn start_with_progress(
+        binary: &Path,
+        dir: &Path,
+        opts: &DevnetOptions,
+        mut progress: impl FnMut(&DevnetNode) -> bool,
+    ) -> Result<Devnet, DevnetError> {
         std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
         let network_file = dir.join("network.toml");
         let names: Vec<String> = std::iter::once("authority".to_string())
@@ -161,7 +181,16 @@ impl Devnet {
             opts: opts.clone(),
         };
         for i in 0..net.nodes.len() {
-            net.start_node(i)?;
+            let started = net.start_node(i);
+            let outcome = match started {
+                Ok(()) if progress(&net.nodes[i]) => continue,
+                Ok(()) => DevnetError::Startup("start interrupted".into()),
+                Err(e) => e,
+            };
+            // SIGTERM rather than the SIGKILL of `Drop`: the nodes already up keep their data
+            // consistent and their logs end with a clean stop.
+            net.stop();
+            return Err(outcome);
         }
         Ok(net)
     }
@@ -192,6 +221,7 @@ impl Devnet {
             let text = format!(
                 "data_dir = \"{}\"\nlisten = \"127.0.0.1:{}\"\nmetrics_listen = \"127.0.0.1:{}\"\n\
                  network_file = \"{}\"\nauthority = {}\n\n[limits]\nforward_timeout_ms = {}\n\
+                 client_requests_per_sec = 1000000\nclient_request_burst = 1000000\n\
                  idle_timeout_ms = 30000\nkeep_alive_ms = 5000\n\n[store]\nmax_bytes = 1073741824\n\n\
                  [replay]\npackets_per_epoch = 100000\n\n[replication]\nsync_interval_ms = {}\n\n\
                  [directory]\nregister_interval_ms = 1000\n\
@@ -219,6 +249,7 @@ impl Devnet {
             addr: cfg.listen,
             metrics: cfg.metrics_listen,
             identity,
+            log: dir.join(format!("{name}.log")),
             child: None,
         })
     }
@@ -250,8 +281,8 @@ impl Devnet {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.join(format!("{}.log", node.name)))
-            .map_err(io("opening a node log"))?;
+            .open(&node.log)
+            .map_err(io(format!("opening {}", node.log.display())))?;
         let run_file = node.data_dir.join("run.json");
         let _ = std::fs::remove_file(&run_file);
         let child = Command::new(&self.binary)
@@ -264,22 +295,30 @@ impl Devnet {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .map_err(io(format!("starting {}", node.name)))?;
+            .map_err(io(format!(
+                "starting {} ({})",
+                node.name,
+                self.binary.display()
+            )))?;
         node.child = Some(child);
         // The node writes run.json once it listens and serves metrics.
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + START_TIMEOUT;
         while !run_file.exists() {
-            if !node.is_running() {
+            if let Some(status) = node.exited() {
                 return Err(DevnetError::Startup(format!(
-                    "{} exited during start-up; see {}",
+                    "{} exited during start-up ({status}); see its log {}{}",
                     node.name,
-                    self.dir.join(format!("{}.log", node.name)).display()
+                    node.log.display(),
+                    log_tail(&node.log)
                 )));
             }
             if Instant::now() > deadline {
                 return Err(DevnetError::Startup(format!(
-                    "{} did not start in 30 s",
-                    node.name
+                    "{} did not start within {} s; see its log {}{}",
+                    node.name,
+                    START_TIMEOUT.as_secs(),
+                    node.log.display(),
+                    log_tail(&node.log)
                 )));
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -287,27 +326,52 @@ impl Devnet {
         Ok(())
     }
 
+    /// Checks that every node started is still running. A node that exited is reported once
+    /// (it is then no longer counted as started), with its exit status and its log file.
+    pub fn check_running(&mut self) -> Result<(), DevnetError> {
+        for node in &mut self.nodes {
+            if let Some(status) = node.exited() {
+                node.child = None;
+                return Err(DevnetError::Startup(format!(
+                    "{} exited ({status}); see its log {}{}",
+                    node.name,
+                    node.log.display(),
+                    log_tail(&node.log)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks each running node's health endpoint for the roster version it holds; returns how many
+    /// hold `version` or newer, and how many are running.
+    pub async fn nodes_holding(&mut self, version: u64) -> (usize, usize) {
+        let (mut holding, mut running) = (0, 0);
+        for node in &mut self.nodes {
+            if !node.is_running() {
+                continue;
+            }
+            running += 1;
+            let held = crate::http::get(node.metrics, "/health")
+                .await
+                .ok()
+                .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+                .and_then(|v| v["roster_version"].as_u64())
+                .unwrap_or(0);
+            if held >= version {
+                holding += 1;
+            }
+        }
+        (holding, running)
+    }
+
     /// Waits until every running node serves roster `version` or newer (each fetches it on its
     /// own schedule), as its health endpoint reports. Returns false if `deadline` passed first.
     pub async fn wait_for_roster_version(&mut self, version: u64, deadline: Duration) -> bool {
         let until = Instant::now() + deadline;
         loop {
-            let mut behind = 0;
-            for node in &mut self.nodes {
-                if !node.is_running() {
-                    continue;
-                }
-                let held = crate::http::get(node.metrics, "/health")
-                    .await
-                    .ok()
-                    .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
-                    .and_then(|v| v["roster_version"].as_u64())
-                    .unwrap_or(0);
-                if held < version {
-                    behind += 1;
-                }
-            }
-            if behind == 0 {
+            let (holding, running) = self.nodes_holding(version).await;
+            if holding == running {
                 return true;
             }
             if Instant::now() > until {
@@ -322,7 +386,9 @@ impl Devnet {
         let Some(mut child) = self.nodes[i].child.take() else {
             return Ok(true);
         };
-        signal(child.id(), "TERM")?;
+        if child.try_wait().map_err(io("checking a node"))?.is_none() {
+            signal(child.id(), "TERM")?;
+        }
         let status = child.wait().map_err(io("waiting for a node"))?;
         Ok(status.success())
     }
@@ -338,13 +404,130 @@ impl Devnet {
 
     /// Stops every node cleanly; returns the names of those that did not exit cleanly.
     pub fn stop(&mut self) -> Vec<String> {
-        let mut unclean = Vec::new();
-        for i in (0..self.nodes.len()).rev() {
-            if !matches!(self.stop_node(i), Ok(true)) {
-                unclean.push(self.nodes[i].name.clone());
-            }
+        self.stop_all()
+            .into_iter()
+            .filter(|s| !s.clean)
+            .map(|s| s.name)
+            .collect()
+    }
+
+    /// Sends SIGTERM to every running node at once, then waits for each to exit; one still
+    /// running after [`STOP_TIMEOUT`] is killed. Returns what became of each, in node order.
+    pub fn stop_all(&mut self) -> Vec<NodeStopped> {
+        // Signal all first: each node drains for a while, and stopping them one after the other
+        // would add those waits up.
+        let mut stopping = Vec::new();
+        for node in &mut self.nodes {
+            let Some(mut child) = node.child.take() else {
+                continue;
+            };
+            let signalled = match child.try_wait() {
+                // Already exited (a Ctrl-C in the terminal reaches the nodes too) and reaped:
+                // its pid may belong to another process by now.
+                Ok(Some(_)) => Ok(()),
+                _ => signal(child.id(), "TERM"),
+            };
+            stopping.push((node.name.clone(), child, signalled));
         }
-        unclean
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        stopping
+            .into_iter()
+            .map(|(name, mut child, signalled)| {
+                let pid = child.id();
+                let (clean, outcome) = match wait_until(&mut child, deadline) {
+                    Ok(Some(status)) if status.success() => (true, "stopped cleanly".to_string()),
+                    Ok(Some(status)) => (false, format!("exited with {status}")),
+                    Ok(None) => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        (
+                            false,
+                            format!("still running after {} s; killed", STOP_TIMEOUT.as_secs()),
+                        )
+                    }
+                    Err(e) => (false, e.to_string()),
+                };
+                let outcome = match signalled {
+                    Err(e) if !clean => format!("{outcome} ({e})"),
+                    _ => outcome,
+                };
+                NodeStopped {
+                    name,
+                    pid,
+                    clean,
+                    outcome,
+                }
+            })
+            .collect()
+    }
+}
+
+/// What became of one node when the devnet stopped.
+#[derive(Debug, Clone)]
+pub struct NodeStopped {
+    /// The node's name.
+    pub name: String,
+    /// Its process id.
+    pub pid: u32,
+    /// Whether it exited with status 0 after SIGTERM.
+    pub clean: bool,
+    /// In words: "stopped cleanly", "exited with …", "still running after 30 s; killed".
+    pub outcome: String,
+}
+
+/// How long a node may take to start listening.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the nodes may take to drain and exit after SIGTERM before they are killed.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Waits for `child` to exit until `deadline`; `None` if it is still running then.
+fn wait_until(
+    child: &mut Child,
+    deadline: Instant,
+) -> Result<Option<std::process::ExitStatus>, DevnetError> {
+    loop {
+        if let Some(status) = child.try_wait().map_err(io("waiting for a node"))? {
+            return Ok(Some(status));
+        }
+        if Instant::now() > deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The last lines of a node's log, indented, to put under an error: usually they say why.
+fn log_tail(log: &Path) -> String {
+    const LINES: usize = 8;
+    let Ok(text) = std::fs::read_to_string(log) else {
+        return String::new();
+    };
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    let tail = &lines[lines.len().saturating_sub(LINES)..];
+    let mut out = String::from("\n  last lines of the log:");
+    for line in tail {
+        out.push_str("\n    ");
+        out.push_str(line);
+    }
+    out
+}
+
+/// Asks the authorities for the roster once; the verified roster, whatever it lists, or `None`
+/// if no authority answered with a valid one.
+pub async fn fetch_roster(
+    pool: &crate::link::Pool,
+    network: &allium_swarm::network::NetworkFile,
+) -> Option<allium_swarm::roster::Roster> {
+    use allium_swarm::roster::{DirectoryRequest, DirectoryResponse, SignedRoster};
+    let request = DirectoryRequest::GetRoster { have_version: None };
+    match crate::directory::ask_authorities(pool, network, &request, Duration::from_secs(2)).await {
+        Some(DirectoryResponse::Roster(bytes)) => {
+            SignedRoster::decode_and_verify(&bytes, network, None).ok()
+        }
+        _ => None,
     }
 }
 
@@ -356,17 +539,11 @@ pub async fn wait_for_roster(
     nodes: usize,
     deadline: Duration,
 ) -> Option<allium_swarm::roster::Roster> {
-    use allium_swarm::roster::{DirectoryRequest, DirectoryResponse, SignedRoster};
     let until = Instant::now() + deadline;
     loop {
-        let request = DirectoryRequest::GetRoster { have_version: None };
-        if let Some(DirectoryResponse::Roster(bytes)) =
-            crate::directory::ask_authorities(pool, network, &request, Duration::from_secs(2)).await
-        {
-            if let Ok(roster) = SignedRoster::decode_and_verify(&bytes, network, None) {
-                if roster.nodes().len() >= nodes {
-                    return Some(roster);
-                }
+        if let Some(roster) = fetch_roster(pool, network).await {
+            if roster.nodes().len() >= nodes {
+                return Some(roster);
             }
         }
         if Instant::now() > until {
