@@ -1,46 +1,83 @@
-//! `allium-bench`: onion path latency against a local network of real node processes.
+//! `allium-bench`: onion path latency and throughput on a network of real `allium-node`
+//! processes, reported against the floor of the same machine measured in the same run.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-use std::path::PathBuf;
+mod floor;
+mod machine;
+mod net;
+mod stats;
+mod svg;
+
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use allium_client::onion::{OnionClient, epoch_at, resolve};
+use allium_client::identity::Identity;
+use allium_client::onion::{OnionClient, epoch_at};
 use allium_node::devnet::{Devnet, DevnetOptions, wait_for_roster};
-use allium_onion::SizeClass;
 use allium_swarm::network::NetworkFile;
-use allium_swarm::proto::StoreRequest;
-use allium_swarm::roster::NodeEntry;
-use allium_swarm::{Body, Mailbox, Request};
 use clap::Parser;
+use serde_json::{Value, json};
 
-/// Measures the round trip of acknowledged stores through a path of three relays and a
-/// destination, on a local network of real `allium-node` processes that it starts itself.
+use crate::floor::Primitives;
+use crate::machine::Machine;
+use crate::net::{Delivery, Net, Series, Stamp, Throughput};
+use crate::stats::{Latencies, Summary};
+
+/// Measures store and retrieve round trips through 0 to 3 relays, delivery from one client to
+/// another, and acknowledged stores per second under concurrency, on a local network of real
+/// `allium-node` processes it starts itself (or an existing one, `--network`), and reports
+/// each against the floor of this machine measured in the same run.
 #[derive(Debug, Parser)]
 #[command(name = "allium-bench", version)]
 struct Cli {
-    /// Sequential requests to time (after the warm-up).
-    #[arg(long, default_value_t = 1000)]
-    requests: usize,
-    /// Requests sent first and not timed, so every connection on the path is warm.
-    #[arg(long, default_value_t = 50)]
-    warmup: usize,
-    /// Nodes besides the authority.
+    /// Use the running network of this network file instead of starting one.
+    #[arg(long, value_name = "FILE")]
+    network: Option<PathBuf>,
+    /// Nodes besides the authority, when starting a network.
     #[arg(long, default_value_t = 6)]
     nodes: usize,
-    /// Message size in bytes.
-    #[arg(long, default_value_t = 1024)]
-    size: usize,
-    /// Keep the network's folder here instead of a temporary one.
+    /// Keep the started network's folder here instead of a temporary one.
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    /// Where the JSON and the plots go [default: `--dir` if given, else `allium-bench/` in the
+    /// build's target folder when run from there, else the current folder].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// The JSON report [default: OUT/allium-bench.json].
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Timed sequential requests per path length and operation.
+    #[arg(long, default_value_t = 1000)]
+    requests: usize,
+    /// Untimed requests first, so every connection on a path is warm.
+    #[arg(long, default_value_t = 50)]
+    warmup: usize,
+    /// Timed deliveries from one client to another.
+    #[arg(long, default_value_t = 300)]
+    deliveries: usize,
+    /// Concurrency levels of the throughput runs.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,64,256")]
+    concurrency: Vec<usize>,
+    /// Seconds each throughput level is measured (after its warm-up).
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Seconds of untimed load before each throughput level's measurement.
+    #[arg(long, default_value_t = 1.0)]
+    throughput_warmup: f64,
+    /// Onion clients (QUIC endpoints) the throughput tasks share.
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// Stored message size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    /// Log filter of the started nodes (their logs are `<dir>/<node>.log`).
+    #[arg(long, default_value = "warn")]
+    node_log: String,
+    /// Print a shell completion script (bash, zsh, fish, …) and exit.
+    #[arg(long, value_name = "SHELL")]
+    completions: Option<clap_complete::Shell>,
 }
 
 fn node_binary() -> PathBuf {
@@ -50,113 +87,578 @@ fn node_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("allium-node"))
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted.get(i).copied().unwrap_or_default()
+/// `allium-bench/` beside the build's profile folders when the binary runs from a target
+/// folder (so results of `scripts/bench` stay out of the work tree), else the current folder.
+fn default_out() -> PathBuf {
+    let exe = std::env::current_exe().ok();
+    let target = exe.as_deref().and_then(Path::parent).and_then(|profile| {
+        let name = profile.file_name()?.to_str()?;
+        matches!(name, "release" | "debug" | "bench")
+            .then(|| profile.parent())
+            .flatten()
+    });
+    match target {
+        Some(t) => t.join("allium-bench"),
+        None => PathBuf::from("."),
+    }
 }
 
-async fn bench(cli: Cli) -> Result<(), String> {
-    let temp;
-    let dir = match &cli.dir {
-        Some(d) => d.clone(),
-        None => {
-            temp = std::env::temp_dir().join(format!("allium-bench-{}", std::process::id()));
-            temp.clone()
-        }
+fn client() -> Result<OnionClient, String> {
+    OnionClient::new(([127, 0, 0, 1], 0).into()).map_err(|e| e.to_string())
+}
+
+/// The network the bench talks to: started here (and stopped at the end) or given.
+struct Network {
+    devnet: Option<Devnet>,
+    file: NetworkFile,
+    dir: PathBuf,
+    temporary: bool,
+    expected_nodes: usize,
+}
+
+fn start_network(cli: &Cli) -> Result<Network, String> {
+    if let Some(file) = &cli.network {
+        let network = NetworkFile::load(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let dir = cli.out.clone().unwrap_or_else(default_out);
+        return Ok(Network {
+            devnet: None,
+            file: network,
+            dir,
+            temporary: false,
+            expected_nodes: 4,
+        });
+    }
+    let (dir, temporary) = match &cli.dir {
+        Some(d) => (d.clone(), false),
+        None => (
+            std::env::temp_dir().join(format!("allium-bench-{}", std::process::id())),
+            true,
+        ),
     };
     eprintln!(
         "starting an authority and {} nodes in {} …",
         cli.nodes,
         dir.display()
     );
-    let mut net = Devnet::start(
+    let devnet = Devnet::start(
         &node_binary(),
         &dir,
         &DevnetOptions {
             nodes: cli.nodes,
-            log: "warn".into(),
+            log: cli.node_log.clone(),
             ..DevnetOptions::default()
         },
     )
     .map_err(|e| e.to_string())?;
-    let network = NetworkFile::load(&net.network_file).map_err(|e| e.to_string())?;
-    let client = OnionClient::new("127.0.0.1:0".parse().map_err(|e| format!("{e}"))?)
-        .map_err(|e| e.to_string())?;
+    let file = NetworkFile::load(&devnet.network_file).map_err(|e| e.to_string())?;
+    Ok(Network {
+        devnet: Some(devnet),
+        file,
+        dir,
+        temporary,
+        expected_nodes: cli.nodes + 1,
+    })
+}
+
+/// Everything measured.
+struct Results {
+    primitives: Primitives,
+    stores: Vec<(usize, Series)>,
+    retrieves: Vec<(usize, Series)>,
+    delivery: Delivery,
+    throughput: Vec<Throughput>,
+    nodes: usize,
+    elapsed: Duration,
+}
+
+async fn measure(cli: &Cli, network: &mut Network) -> Result<Results, String> {
+    let started = Instant::now();
+    let a = client()?;
+    eprintln!("waiting for the roster …");
     let roster = wait_for_roster(
-        client.pool(),
-        &network,
-        cli.nodes + 1,
+        a.pool(),
+        &network.file,
+        network.expected_nodes,
         Duration::from_secs(60),
     )
     .await
     .ok_or("the roster did not form within 60 s")?;
-    if !net
-        .wait_for_roster_version(roster.version(), Duration::from_secs(60))
-        .await
-    {
-        return Err("the nodes did not fetch the roster within 60 s".into());
-    }
-
-    let mailbox = Mailbox([7u8; 32]);
-    let members = roster.members_for(&mailbox.0);
-    let destination = *members.first().ok_or("no swarm for the mailbox")?;
-    let relays: Vec<&NodeEntry> = roster
-        .nodes()
-        .iter()
-        .filter(|n| n.identity != destination.identity)
-        .take(3)
-        .collect();
-    let mut path = relays.clone();
-    path.push(destination);
-    let hops = resolve(&path, epoch_at(network.params.epoch_secs, now_secs()))
-        .map_err(|e| e.to_string())?;
-
-    let mut samples = Vec::with_capacity(cli.requests);
-    for i in 0..cli.warmup + cli.requests {
-        // Distinct contents: every store is a new message, not a deduplicated one.
-        let mut data = vec![0u8; cli.size];
-        data[..8].copy_from_slice(&(i as u64).to_be_bytes());
-        let request = Request::unsigned(Body::Store(StoreRequest {
-            mailbox,
-            namespace: 0,
-            ttl_ms: 600_000,
-            data,
-        }))
-        .encode();
-        let started = Instant::now();
-        client
-            .send(&hops, &request, SizeClass::Small, Duration::from_secs(10))
+    if let Some(devnet) = &mut network.devnet {
+        if !devnet
+            .wait_for_roster_version(roster.version(), Duration::from_secs(60))
             .await
-            .map_err(|e| format!("request {i}: {e}"))?;
-        if i >= cli.warmup {
-            samples.push(started.elapsed());
+        {
+            return Err("the nodes did not fetch the roster within 60 s".into());
         }
     }
-    samples.sort();
-    println!(
-        "4-layer store round trip ({} sequential requests, {} B messages, {} warm-up requests excluded):",
-        samples.len(),
-        cli.size,
-        cli.warmup
+    let nodes = roster.nodes().len();
+    let epoch = epoch_at(network.file.params.epoch_secs, net::now_ms() / 1000);
+    let net = Arc::new(Net::new(roster, epoch)?);
+
+    eprintln!("measuring the floor (X25519, AES-256-GCM, loopback QUIC, synced RocksDB write) …");
+    std::fs::create_dir_all(&network.dir).map_err(|e| e.to_string())?;
+    let primitives = floor::measure(&network.dir).await?;
+    eprintln!(
+        "  3-relay store floor {:.3} ms",
+        primitives.store_floor(3).as_secs_f64() * 1e3
     );
-    for (name, p) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0)] {
-        println!(
-            "  {name:>4}  {:>9.3} ms",
-            percentile(&samples, p).as_secs_f64() * 1e3
+
+    let template = Latencies::new()?;
+    let stamp = Stamp::default();
+    let owner = Identity::generate();
+    eprintln!(
+        "sequential round trips ({} timed after {} warm-up each) …",
+        cli.requests, cli.warmup
+    );
+    let mut stores = Vec::new();
+    let mut retrieves = Vec::new();
+    for relays in 0..=3 {
+        let s = net::store_series(
+            &net,
+            &a,
+            &owner,
+            relays,
+            cli.size,
+            cli.warmup,
+            cli.requests,
+            &template,
+        )
+        .await?;
+        stores.push((relays, s));
+        let r = net::retrieve_series(
+            &net,
+            &a,
+            &owner,
+            relays,
+            cli.warmup,
+            cli.requests,
+            &template,
+            &stamp,
+        )
+        .await?;
+        retrieves.push((relays, r));
+    }
+
+    eprintln!(
+        "delivery from client A to client B ({} timed) …",
+        cli.deliveries
+    );
+    let b = client()?;
+    let delivery = net::delivery(
+        &net,
+        &a,
+        &b,
+        cli.warmup.min(20),
+        cli.deliveries,
+        &template,
+        &stamp,
+    )
+    .await?;
+
+    eprintln!(
+        "throughput ({:.1} s per level after {:.1} s warm-up, {} clients) …",
+        cli.duration, cli.throughput_warmup, cli.clients
+    );
+    let clients = (0..cli.clients.max(1))
+        .map(|_| client().map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut throughput = Vec::new();
+    for &c in &cli.concurrency {
+        throughput.push(
+            net::throughput(
+                &net,
+                &clients,
+                c.max(1),
+                cli.size,
+                Duration::from_secs_f64(cli.throughput_warmup.max(0.0)),
+                Duration::from_secs_f64(cli.duration.max(0.1)),
+                &template,
+            )
+            .await?,
         );
     }
-    let unclean = net.stop();
+    Ok(Results {
+        primitives,
+        stores,
+        retrieves,
+        delivery,
+        throughput,
+        nodes,
+        elapsed: started.elapsed(),
+    })
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// A goal, its figure and whether it is met.
+struct Goal {
+    name: &'static str,
+    target: String,
+    measured: String,
+    met: bool,
+}
+
+fn goals(r: &Results) -> Vec<Goal> {
+    let floor = ms(r.primitives.store_floor(3));
+    let store3 = r
+        .stores
+        .iter()
+        .find(|(n, _)| *n == 3)
+        .map(|(_, s)| s.latencies.summary())
+        .unwrap_or_default();
+    let c64 = r.throughput.iter().find(|t| t.concurrency == 64);
+    let delivery = r.delivery.latency.latencies.summary();
+    let mut g = vec![
+        Goal {
+            name: "3-relay store p50",
+            target: format!("≤ 1.3 × floor = {:.3} ms", 1.3 * floor),
+            measured: format!("{:.3} ms = {:.2} × floor", store3.p50, store3.p50 / floor),
+            met: store3.p50 <= 1.3 * floor,
+        },
+        Goal {
+            name: "3-relay store p99",
+            target: format!("≤ 3 × floor = {:.3} ms", 3.0 * floor),
+            measured: format!("{:.3} ms = {:.2} × floor", store3.p99, store3.p99 / floor),
+            met: store3.p99 <= 3.0 * floor,
+        },
+    ];
+    if let Some(t) = c64 {
+        g.push(Goal {
+            name: "stores/s at concurrency 64",
+            target: "≥ 3,000".into(),
+            measured: format!("{:.0}", t.per_second()),
+            met: t.per_second() >= 3000.0,
+        });
+    }
+    g.push(Goal {
+        name: "delivery p50",
+        target: "≤ 2 ms".into(),
+        measured: format!("{:.3} ms", delivery.p50),
+        met: delivery.p50 <= 2.0,
+    });
+    g
+}
+
+fn row(op: &str, path: &str, s: &Summary, errors: u64, floor: f64, own: Option<f64>) {
+    println!(
+        "{op:<10} {path:<14} {:>7} {errors:>6} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>7.2} {:>7.2} {:>9}",
+        s.count,
+        s.p50,
+        s.p90,
+        s.p99,
+        s.p999,
+        s.max,
+        s.p50 / floor,
+        s.p99 / floor,
+        own.map(|o| format!("{:.2}", s.p50 / o))
+            .unwrap_or_else(|| "-".into()),
+    );
+}
+
+fn print_table(cli: &Cli, r: &Results, machine: &Machine) {
+    let p = &r.primitives;
+    let floor = ms(p.store_floor(3));
+    println!();
+    println!("allium-bench — {}", machine.line());
+    println!(
+        "{} roster nodes, every process on this machine; {} B messages; swarm quorum acknowledged stores",
+        r.nodes, cli.size
+    );
+    println!();
+    println!(
+        "floor primitives (medians): X25519 {:.1} µs · AES-256-GCM over 4096 B {:.1} µs · loopback QUIC round trip (4096 B each way) {:.1} µs · synced RocksDB put {:.1} µs",
+        p.x25519.as_secs_f64() * 1e6,
+        p.aead.as_secs_f64() * 1e6,
+        p.rtt.as_secs_f64() * 1e6,
+        p.synced_write.as_secs_f64() * 1e6
+    );
+    println!(
+        "reference: build 4-layer packet {:.1} µs · peel one layer {:.1} µs · open envelope {:.1} µs",
+        p.build4.as_secs_f64() * 1e6,
+        p.peel.as_secs_f64() * 1e6,
+        p.envelope_open.as_secs_f64() * 1e6
+    );
+    println!(
+        "floor F of a 3-relay store = 8·X25519 + 16·AEAD + 5·RTT + synced write = {floor:.3} ms"
+    );
+    println!();
+    println!(
+        "{:<10} {:<14} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>9}",
+        "operation",
+        "path",
+        "samples",
+        "errors",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "max ms",
+        "p50/F",
+        "p99/F",
+        "p50/own"
+    );
+    for (relays, s) in &r.stores {
+        row(
+            "store",
+            &format!("{relays} relays"),
+            &s.latencies.summary(),
+            s.errors,
+            floor,
+            Some(ms(p.store_floor(*relays))),
+        );
+    }
+    for (relays, s) in &r.retrieves {
+        row(
+            "retrieve",
+            &format!("{relays} relays"),
+            &s.latencies.summary(),
+            s.errors,
+            floor,
+            Some(ms(p.retrieve_floor(*relays))),
+        );
+    }
+    row(
+        "delivery",
+        "3 + 3 relays",
+        &r.delivery.latency.latencies.summary(),
+        r.delivery.latency.errors,
+        floor,
+        Some(ms(p.delivery_floor())),
+    );
+    row(
+        "send (A)",
+        "3 relays",
+        &r.delivery.send.summary(),
+        0,
+        floor,
+        Some(ms(p.store_floor(3))),
+    );
+    println!("(p50/own: against the floor of that operation and path length, same model)");
+    println!();
+    println!(
+        "{:<12} {:>10} {:>8} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7}",
+        "concurrency",
+        "stores/s",
+        "samples",
+        "errors",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "max ms",
+        "p50/F"
+    );
+    for t in &r.throughput {
+        let s = t.latencies.summary();
+        println!(
+            "{:<12} {:>10.0} {:>8} {:>6} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>7.2}",
+            t.concurrency,
+            t.per_second(),
+            s.count,
+            t.errors,
+            s.p50,
+            s.p90,
+            s.p99,
+            s.p999,
+            s.max,
+            s.p50 / floor
+        );
+    }
+    println!();
+    println!("goals (issue #8):");
+    for g in goals(r) {
+        println!(
+            "  {:<28} {:<26} measured {:<26} {}",
+            g.name,
+            g.target,
+            g.measured,
+            if g.met { "met" } else { "NOT met" }
+        );
+    }
+}
+
+fn series_json(op: &str, relays: usize, s: &Series, floor: f64, own: f64) -> Value {
+    let sum = s.latencies.summary();
+    json!({
+        "operation": op,
+        "relays": relays,
+        "layers": relays + 1,
+        "latency": sum.to_json(),
+        "errors": s.errors,
+        "first_error": s.first_error,
+        "floor_ms": own,
+        "p50_over_store3_floor": sum.p50 / floor,
+        "p99_over_store3_floor": sum.p99 / floor,
+        "p50_over_own_floor": sum.p50 / own,
+    })
+}
+
+fn report_json(cli: &Cli, r: &Results, machine: &Machine) -> Value {
+    let p = &r.primitives;
+    let floor = ms(p.store_floor(3));
+    let mut latency = Vec::new();
+    for (relays, s) in &r.stores {
+        latency.push(series_json(
+            "store",
+            *relays,
+            s,
+            floor,
+            ms(p.store_floor(*relays)),
+        ));
+    }
+    for (relays, s) in &r.retrieves {
+        latency.push(series_json(
+            "retrieve",
+            *relays,
+            s,
+            floor,
+            ms(p.retrieve_floor(*relays)),
+        ));
+    }
+    let d = r.delivery.latency.latencies.summary();
+    json!({
+        "tool": "allium-bench",
+        "version": env!("CARGO_PKG_VERSION"),
+        "command": std::env::args().collect::<Vec<_>>(),
+        "machine": machine.to_json(),
+        "setup": {
+            "network": if cli.network.is_some() { "existing (--network)" } else { "started by allium-bench: authority + nodes as separate processes on loopback" },
+            "roster_nodes": r.nodes,
+            "all_processes_on_one_machine": cli.network.is_none(),
+            "message_bytes": cli.size,
+            "requests_per_series": cli.requests,
+            "warmup_per_series": cli.warmup,
+            "deliveries": cli.deliveries,
+            "throughput_seconds": cli.duration,
+            "throughput_warmup_seconds": cli.throughput_warmup,
+            "throughput_clients": cli.clients,
+            "elapsed_seconds": r.elapsed.as_secs_f64(),
+        },
+        "floor": {
+            "primitives": p.to_json(),
+            "store_floor_ms": (0..=3).map(|n| ms(p.store_floor(n))).collect::<Vec<_>>(),
+            "retrieve_floor_ms": (0..=3).map(|n| ms(p.retrieve_floor(n))).collect::<Vec<_>>(),
+            "delivery_floor_ms": ms(p.delivery_floor()),
+            "store3_floor_ms": floor,
+        },
+        "latency": latency,
+        "delivery": {
+            "latency": d.to_json(),
+            "errors": r.delivery.latency.errors,
+            "first_error": r.delivery.latency.first_error,
+            "repolls": r.delivery.repolls,
+            "sender_ack": r.delivery.send.summary().to_json(),
+            "floor_ms": ms(p.delivery_floor()),
+            "p50_over_own_floor": d.p50 / ms(p.delivery_floor()),
+            "p50_over_store3_floor": d.p50 / floor,
+        },
+        "throughput": r.throughput.iter().map(|t| json!({
+            "concurrency": t.concurrency,
+            "stores_per_second": t.per_second(),
+            "acknowledged": t.acknowledged,
+            "errors": t.errors,
+            "first_error": t.first_error,
+            "seconds": t.seconds,
+            "latency": t.latencies.summary().to_json(),
+            "p50_over_store3_floor": t.latencies.ms(0.5) / floor,
+        })).collect::<Vec<_>>(),
+        "goals": goals(r).iter().map(|g| json!({
+            "goal": g.name, "target": g.target, "measured": g.measured, "met": g.met,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn write_outputs(cli: &Cli, r: &Results, machine: &Machine, out: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let json_path = cli
+        .json
+        .clone()
+        .unwrap_or_else(|| out.join("allium-bench.json"));
+    let text =
+        serde_json::to_string_pretty(&report_json(cli, r, machine)).map_err(|e| e.to_string())?;
+    std::fs::write(&json_path, text + "\n").map_err(|e| format!("{}: {e}", json_path.display()))?;
+
+    let mut lines = Vec::new();
+    for (relays, s) in &r.stores {
+        lines.push(svg::Line {
+            label: format!("store, {relays} relays"),
+            points: s.latencies.percentile_curve(),
+            dashed: false,
+        });
+    }
+    for (relays, s) in &r.retrieves {
+        lines.push(svg::Line {
+            label: format!("retrieve, {relays} relays"),
+            points: s.latencies.percentile_curve(),
+            dashed: true,
+        });
+    }
+    let latency = svg::latency(
+        &format!(
+            "Round trip by path length (floor of a 3-relay store: {:.2} ms)",
+            ms(r.primitives.store_floor(3))
+        ),
+        &lines,
+    );
+    let latency_path = out.join("latency.svg");
+    std::fs::write(&latency_path, latency).map_err(|e| e.to_string())?;
+    let points: Vec<(usize, f64)> = r
+        .throughput
+        .iter()
+        .map(|t| (t.concurrency, t.per_second()))
+        .collect();
+    let tp = svg::throughput("Acknowledged 3-relay stores per second", &points);
+    let tp_path = out.join("throughput.svg");
+    std::fs::write(&tp_path, tp).map_err(|e| e.to_string())?;
+    println!();
+    for p in [&json_path, &latency_path, &tp_path] {
+        println!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+async fn bench(cli: Cli) -> Result<(), String> {
+    let machine = Machine::describe();
+    let mut network = start_network(&cli)?;
+    let out = cli
+        .out
+        .clone()
+        .or_else(|| cli.dir.clone())
+        .unwrap_or_else(default_out);
+    let measured = measure(&cli, &mut network).await;
+    let unclean = match &mut network.devnet {
+        Some(devnet) => {
+            eprintln!("stopping the network …");
+            devnet.stop()
+        }
+        None => Vec::new(),
+    };
+    if network.temporary {
+        let _ = std::fs::remove_dir_all(&network.dir);
+    }
+    let results = measured?;
+    print_table(&cli, &results, &machine);
+    write_outputs(&cli, &results, &machine, &out)?;
     if !unclean.is_empty() {
         return Err(format!("nodes that did not stop cleanly: {unclean:?}"));
-    }
-    if cli.dir.is_none() {
-        let _ = std::fs::remove_dir_all(&dir);
     }
     Ok(())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(shell) = cli.completions {
+        use clap::CommandFactory;
+        clap_complete::generate(
+            shell,
+            &mut Cli::command(),
+            "allium-bench",
+            &mut std::io::stdout(),
+        );
+        return ExitCode::SUCCESS;
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
