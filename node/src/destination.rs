@@ -92,11 +92,11 @@ impl Destination for StoreDestination {
                 .ok()?;
         let response = match handled {
             Handled::Respond(r) => r,
-            Handled::Replicate {
-                response,
-                items,
-                mode,
-            } => self.replicator.finish(response, items, mode).await,
+            Handled::Replicate { response, items } => {
+                self.replicator.spread(items);
+                response
+            }
+            Handled::Store(pending) => self.replicator.acknowledge_store(pending).await,
             Handled::Wait(pending) => {
                 let service = self.service.clone();
                 tokio::task::spawn_blocking(move || {

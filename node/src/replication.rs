@@ -11,7 +11,7 @@ use allium_swarm::sync::{
     BUCKETS, EntryKey, Item, MAX_ENTRIES, MAX_FETCH, MAX_ITEMS, PeerRequest, PeerResponse,
 };
 use allium_swarm::{
-    Clock, DecodeError, Mailbox, Method, NodeId, Placement, Replication, Response, ResponseBody,
+    Clock, DecodeError, Mailbox, Method, NodeId, PendingStore, Placement, Response, ResponseBody,
     Service, Status, Store, StoreError, SystemClock, UnixMillis,
 };
 use tokio_util::sync::CancellationToken;
@@ -215,28 +215,25 @@ impl Replicator {
         self.service.node_time(SystemClock.now())
     }
 
-    /// Sends `items` to the other members of their mailbox's swarm and completes `response`:
-    /// for [`Replication::Quorum`] it waits until a majority holds them (adding the holders)
-    /// or answers `not_replicated`; for [`Replication::Background`] it answers at once.
-    pub async fn finish(
+    /// Sends `items` to every other member of their mailbox's swarm, each in its own detached
+    /// task, and returns the swarm's size and a channel saying, per peer, whether it holds them
+    /// all. `None` when the roster names no swarm for the mailbox.
+    fn send_to_swarm(
         &self,
-        mut response: Response,
-        items: Vec<Item>,
-        mode: Replication,
-    ) -> Response {
-        let Some(mailbox) = items.first().map(|i| *i.mailbox()) else {
-            return response;
-        };
-        let Some((_, members)) = self.membership.swarm_of(&mailbox) else {
-            return response;
-        };
+        items: &[Item],
+    ) -> Option<(
+        usize,
+        tokio::sync::mpsc::Receiver<(IdentityPublicKey, bool)>,
+    )> {
+        let mailbox = *items.first()?.mailbox();
+        let (_, members) = self.membership.swarm_of(&mailbox)?;
         let size = members.len();
         let peers: Vec<Member> = members
             .into_iter()
             .filter(|m| m.identity != self.membership.me)
             .collect();
-        let chunks = Arc::new(chunked(&items));
-        let (tx, mut rx) = tokio::sync::mpsc::channel(peers.len().max(1));
+        let chunks = Arc::new(chunked(items));
+        let (tx, rx) = tokio::sync::mpsc::channel(peers.len().max(1));
         for peer in peers {
             let (pool, chunks, tx, metrics) = (
                 self.pool.clone(),
@@ -251,37 +248,51 @@ impl Replicator {
                 let _ = tx.send((peer.identity, held)).await;
             });
         }
-        drop(tx);
-        if mode == Replication::Background {
-            return response;
-        }
-        let need = size / 2 + 1;
-        let mut holders = match &response.result {
-            Ok(ResponseBody::Store(s)) => s.holders.len(),
-            _ => return response,
-        };
-        let deadline =
-            tokio::time::Instant::now() + Duration::from_millis(self.cfg.quorum_timeout_ms);
-        let mut got = Vec::new();
-        while holders < need {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some((id, true))) => {
-                    holders += 1;
-                    got.push(NodeId(id.to_bytes()));
+        Some((size, rx))
+    }
+
+    /// Sends a delete's or expiry's items to the rest of the swarm in the background.
+    pub fn spread(&self, items: Vec<Item>) {
+        let _ = self.send_to_swarm(&items);
+    }
+
+    /// Completes a store: the local synced write and the copies to the other members run at the
+    /// same time, and the store is acknowledged once a majority of the swarm, this node
+    /// included, holds it — else it is answered `not_replicated`.
+    pub async fn acknowledge_store(&self, pending: PendingStore) -> Response {
+        let sent = self.send_to_swarm(std::slice::from_ref(&pending.item));
+        let local = tokio::task::spawn_blocking(move || pending.finish());
+        let peers = async {
+            let Some((size, mut rx)) = sent else {
+                return (Vec::new(), 1);
+            };
+            let need = size / 2 + 1;
+            let deadline =
+                tokio::time::Instant::now() + Duration::from_millis(self.cfg.quorum_timeout_ms);
+            let mut got = Vec::new();
+            // This node is the first holder once its own write succeeds.
+            while got.len() + 1 < need {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some((id, true))) => got.push(NodeId(id.to_bytes())),
+                    Ok(Some((_, false))) => {}
+                    Ok(None) | Err(_) => break,
                 }
-                Ok(Some((_, false))) => {}
-                Ok(None) | Err(_) => break,
             }
-        }
-        if holders < need {
-            tracing::debug!(
-                holders,
-                need,
-                "store not confirmed by a majority of its swarm"
-            );
-            return Response::error(response.now, Status::NotReplicated);
-        }
+            (got, need)
+        };
+        let (local, (got, need)) = tokio::join!(local, peers);
+        let Ok(mut response) = local else {
+            return Response::error(self.now(), Status::Internal);
+        };
         if let Ok(ResponseBody::Store(s)) = &mut response.result {
+            if got.len() + 1 < need {
+                tracing::debug!(
+                    holders = got.len() + 1,
+                    need,
+                    "store not confirmed by a majority of its swarm"
+                );
+                return Response::error(response.now, Status::NotReplicated);
+            }
             s.holders.extend(got);
         }
         response

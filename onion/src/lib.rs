@@ -20,8 +20,8 @@ pub use keys::{
     OnionSecretKey, SharedSecret,
 };
 pub use packet::{
-    BuiltPacket, HEADER_LEN, MAX_HOPS, NodeId, PathHop, Peeled, SizeClass, build_packet,
-    packet_epoch, peel,
+    BuiltPacket, HEADER_LEN, MAX_HOPS, NodeId, PathHop, Peeled, PreparedPath, SizeClass,
+    build_packet, packet_epoch, peel, prepare_path,
 };
 pub use replay::{ReplayFilter, ReplayWindow};
 pub use reply::{ErrorCode, Reply, ReplyLayer, ReplyOpener, ReplySealer, max_response};

@@ -273,16 +273,83 @@ pub fn build_packet(
     class: SizeClass,
     reply_class: SizeClass,
 ) -> Result<BuiltPacket, BuildError> {
+    prepare_path(rng, path)?.build(request, class, reply_class)
+}
+
+/// The key agreements of one packet with every hop of `path`, made before the request is known:
+/// the public-key work of [`build_packet`] (one ephemeral key pair and one X25519 per hop), so
+/// that a client can do it ahead of time and leave only symmetric work on the request's path.
+pub fn prepare_path(
+    rng: &mut impl CryptoRngCore,
+    path: &[PathHop],
+) -> Result<PreparedPath, BuildError> {
     check_path(path)?;
-    let randomness = BuildRandomness::generate(path.len(), rng);
-    build_with(
-        path,
-        randomness,
-        request,
-        class,
-        reply_class,
-        &mut |_, _, _| {},
-    )
+    PreparedPath::new(path, BuildRandomness::generate(path.len(), rng))
+}
+
+/// A path's key agreements for exactly one packet. It is not `Clone`, and building consumes it:
+/// its keys encrypt under a fixed nonce, so they must never seal two packets.
+pub struct PreparedPath {
+    path: Vec<PathHop>,
+    publics: Vec<[u8; KEY_LEN]>,
+    keys: Vec<LayerKeys>,
+    padding: Vec<u8>,
+}
+
+impl std::fmt::Debug for PreparedPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedPath")
+            .field("hops", &self.path.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PreparedPath {
+    fn new(path: &[PathHop], randomness: BuildRandomness) -> Result<Self, BuildError> {
+        check_path(path)?;
+        let n = path.len();
+        if randomness.ephemerals.len() != n || randomness.padding.len() != padding_len(n) {
+            return Err(BuildError::BadPathLength {
+                max: MAX_HOPS,
+                got: n,
+            });
+        }
+        let mut publics = Vec::with_capacity(n);
+        let mut keys = Vec::with_capacity(n);
+        for (i, (hop, eph)) in path.iter().zip(randomness.ephemerals).enumerate() {
+            let public = *eph.public();
+            let shared = eph
+                .diffie_hellman(&hop.onion_key)
+                .map_err(|_| BuildError::NonContributory { hop: i })?;
+            keys.push(LayerKeys::derive(
+                &shared,
+                &public,
+                hop.onion_key.as_bytes(),
+            ));
+            publics.push(public);
+        }
+        Ok(PreparedPath {
+            path: path.to_vec(),
+            publics,
+            keys,
+            padding: randomness.padding,
+        })
+    }
+
+    /// The hops this packet will take.
+    pub fn hops(&self) -> &[PathHop] {
+        &self.path
+    }
+
+    /// Builds the packet carrying `request` (see [`build_packet`]).
+    pub fn build(
+        self,
+        request: &[u8],
+        class: SizeClass,
+        reply_class: SizeClass,
+    ) -> Result<BuiltPacket, BuildError> {
+        self.build_observed(request, class, reply_class, &mut |_, _, _| {})
+    }
 }
 
 fn check_path(path: &[PathHop]) -> Result<(), BuildError> {
@@ -306,115 +373,110 @@ pub(crate) fn build_with(
     reply_class: SizeClass,
     observe: &mut LayerObserver<'_>,
 ) -> Result<BuiltPacket, BuildError> {
-    check_path(path)?;
-    let n = path.len();
-    if request.len() > class.max_request() {
-        return Err(BuildError::RequestTooLarge {
-            len: request.len(),
-            max: class.max_request(),
-            class,
-        });
-    }
-    if randomness.ephemerals.len() != n || randomness.padding.len() != padding_len(n) {
-        return Err(BuildError::BadPathLength {
-            max: MAX_HOPS,
-            got: n,
-        });
-    }
+    PreparedPath::new(path, randomness)?.build_observed(request, class, reply_class, observe)
+}
 
-    // Key agreement with every hop.
-    let mut publics = Vec::with_capacity(n);
-    let mut keys = Vec::with_capacity(n);
-    for (i, (hop, eph)) in path.iter().zip(randomness.ephemerals).enumerate() {
-        let public = *eph.public();
-        let shared = eph
-            .diffie_hellman(&hop.onion_key)
-            .map_err(|_| BuildError::NonContributory { hop: i })?;
-        keys.push(LayerKeys::derive(
-            &shared,
-            &public,
-            hop.onion_key.as_bytes(),
-        ));
-        publics.push(public);
-    }
-
-    let mut packet = vec![0u8; class.size()];
-    let (header, payload) = packet.split_at_mut(HEADER_LEN);
-
-    // Payload: the request, then one GCM layer per hop from the inside out.
-    payload[0] = reply_class.code();
-    payload[1..5].copy_from_slice(&(request.len() as u32).to_be_bytes());
-    payload[REQUEST_PREFIX_LEN..REQUEST_PREFIX_LEN + request.len()].copy_from_slice(request);
-    let mut payload_tags = vec![[0u8; TAG_LEN]; n];
-    for i in (0..n).rev() {
-        payload_tags[i] = keys[i].payload.seal(&[], payload);
-    }
-
-    // Filler: the bytes that hops 0..n-2 append, as they will look after each later decryption.
-    // After hop j shifts, the last (j+1) slots of the routing header are this filler.
-    let mut filler = Vec::with_capacity(ROUTING_LEN);
-    let mut keystream = [0u8; ROUTING_LEN];
-    for key in keys.iter().take(n - 1) {
-        keystream.fill(0);
-        key.header.gcm_keystream_xor(&mut keystream);
-        let start = ROUTING_LEN - filler.len();
-        for (f, k) in filler.iter_mut().zip(&keystream[start..]) {
-            *f ^= k;
+impl PreparedPath {
+    fn build_observed(
+        self,
+        request: &[u8],
+        class: SizeClass,
+        reply_class: SizeClass,
+        observe: &mut LayerObserver<'_>,
+    ) -> Result<BuiltPacket, BuildError> {
+        let PreparedPath {
+            path,
+            publics,
+            keys,
+            padding,
+        } = self;
+        let n = path.len();
+        if request.len() > class.max_request() {
+            return Err(BuildError::RequestTooLarge {
+                len: request.len(),
+                max: class.max_request(),
+                class,
+            });
         }
-        let mut appended = [0u8; SLOT_LEN];
-        key.filler.ctr_xor(&mut appended);
-        filler.extend_from_slice(&appended);
-    }
 
-    // Routing header, from the last hop back to the first.
-    let routing = &mut header[OFF_ROUTING..];
-    let last = n - 1;
-    let last_slot = Slot::Deliver {
-        payload_tag: payload_tags[last],
-    }
-    .encode();
-    routing[..SLOT_LEN].copy_from_slice(&last_slot);
-    routing[SLOT_LEN..SLOT_LEN + randomness.padding.len()].copy_from_slice(&randomness.padding);
-    // The tail is chosen so that it encrypts to exactly the filler the earlier hops append.
-    let tail = ROUTING_LEN - filler.len();
-    keystream.fill(0);
-    keys[last].header.gcm_keystream_xor(&mut keystream);
-    for ((r, f), k) in routing[tail..]
-        .iter_mut()
-        .zip(&filler)
-        .zip(&keystream[tail..])
-    {
-        *r = f ^ k;
-    }
-    let mut tag = keys[last]
-        .header
-        .seal(&aad(path[last].epoch, &publics[last]), routing);
-    observe(last, &keys[last], &last_slot);
+        let mut packet = vec![0u8; class.size()];
+        let (header, payload) = packet.split_at_mut(HEADER_LEN);
 
-    for i in (0..last).rev() {
-        let slot = Slot::Relay {
-            next_epoch: path[i + 1].epoch,
-            next_node: path[i + 1].node,
-            next_ephemeral: publics[i + 1],
-            next_header_tag: tag,
-            payload_tag: payload_tags[i],
+        // Payload: the request, then one GCM layer per hop from the inside out.
+        payload[0] = reply_class.code();
+        payload[1..5].copy_from_slice(&(request.len() as u32).to_be_bytes());
+        payload[REQUEST_PREFIX_LEN..REQUEST_PREFIX_LEN + request.len()].copy_from_slice(request);
+        let mut payload_tags = vec![[0u8; TAG_LEN]; n];
+        for i in (0..n).rev() {
+            payload_tags[i] = keys[i].payload.seal(&[], payload);
+        }
+
+        // Filler: the bytes that hops 0..n-2 append, as they will look after each later decryption.
+        // After hop j shifts, the last (j+1) slots of the routing header are this filler.
+        let mut filler = Vec::with_capacity(ROUTING_LEN);
+        let mut keystream = [0u8; ROUTING_LEN];
+        for key in keys.iter().take(n - 1) {
+            keystream.fill(0);
+            key.header.gcm_keystream_xor(&mut keystream);
+            let start = ROUTING_LEN - filler.len();
+            for (f, k) in filler.iter_mut().zip(&keystream[start..]) {
+                *f ^= k;
+            }
+            let mut appended = [0u8; SLOT_LEN];
+            key.filler.ctr_xor(&mut appended);
+            filler.extend_from_slice(&appended);
+        }
+
+        // Routing header, from the last hop back to the first.
+        let routing = &mut header[OFF_ROUTING..];
+        let last = n - 1;
+        let last_slot = Slot::Deliver {
+            payload_tag: payload_tags[last],
         }
         .encode();
-        routing.copy_within(..ROUTING_LEN - SLOT_LEN, SLOT_LEN);
-        routing[..SLOT_LEN].copy_from_slice(&slot);
-        tag = keys[i]
+        routing[..SLOT_LEN].copy_from_slice(&last_slot);
+        routing[SLOT_LEN..SLOT_LEN + padding.len()].copy_from_slice(&padding);
+        // The tail is chosen so that it encrypts to exactly the filler the earlier hops append.
+        let tail = ROUTING_LEN - filler.len();
+        keystream.fill(0);
+        keys[last].header.gcm_keystream_xor(&mut keystream);
+        for ((r, f), k) in routing[tail..]
+            .iter_mut()
+            .zip(&filler)
+            .zip(&keystream[tail..])
+        {
+            *r = f ^ k;
+        }
+        let mut tag = keys[last]
             .header
-            .seal(&aad(path[i].epoch, &publics[i]), routing);
-        observe(i, &keys[i], &slot);
+            .seal(&aad(path[last].epoch, &publics[last]), routing);
+        observe(last, &keys[last], &last_slot);
+
+        for i in (0..last).rev() {
+            let slot = Slot::Relay {
+                next_epoch: path[i + 1].epoch,
+                next_node: path[i + 1].node,
+                next_ephemeral: publics[i + 1],
+                next_header_tag: tag,
+                payload_tag: payload_tags[i],
+            }
+            .encode();
+            routing.copy_within(..ROUTING_LEN - SLOT_LEN, SLOT_LEN);
+            routing[..SLOT_LEN].copy_from_slice(&slot);
+            tag = keys[i]
+                .header
+                .seal(&aad(path[i].epoch, &publics[i]), routing);
+            observe(i, &keys[i], &slot);
+        }
+
+        header[0] = VERSION;
+        header[OFF_EPOCH..OFF_EPHEMERAL].copy_from_slice(&path[0].epoch.0.to_be_bytes());
+        header[OFF_EPHEMERAL..OFF_TAG].copy_from_slice(&publics[0]);
+        header[OFF_TAG..OFF_ROUTING].copy_from_slice(&tag);
+
+        let reply = ReplyOpener::new(keys.into_iter().map(|k| (k.reply, k.reply_wrap)).collect());
+        Ok(BuiltPacket { packet, reply })
     }
-
-    header[0] = VERSION;
-    header[OFF_EPOCH..OFF_EPHEMERAL].copy_from_slice(&path[0].epoch.0.to_be_bytes());
-    header[OFF_EPHEMERAL..OFF_TAG].copy_from_slice(&publics[0]);
-    header[OFF_TAG..OFF_ROUTING].copy_from_slice(&tag);
-
-    let reply = ReplyOpener::new(keys.into_iter().map(|k| (k.reply, k.reply_wrap)).collect());
-    Ok(BuiltPacket { packet, reply })
 }
 
 fn aad(epoch: Epoch, ephemeral: &[u8; KEY_LEN]) -> [u8; AAD_LEN] {

@@ -21,6 +21,6 @@ pub use proto::{
     Body, CursorKey, Mailbox, MessageHash, Method, Namespace, NodeId, Request, Response,
     ResponseBody, StoredMessage,
 };
-pub use service::{Handled, Placement, Replication, ServeAll, Service, ServiceConfig};
+pub use service::{Handled, PendingStore, Placement, ServeAll, Service, ServiceConfig};
 pub use store::{NewMessage, RetrievePage, RetrieveQuery, Store, StoreConfig};
 pub use time::{Clock, ManualClock, SystemClock, UnixMillis};

@@ -58,36 +58,51 @@ impl Placement for ServeAll {
     }
 }
 
-/// How a write must reach the rest of the swarm before (or after) it is answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Replication {
-    /// Answer only once a majority of the swarm holds it (`store`), adding the holders.
-    Quorum,
-    /// Answer now; push to the other members in the background (deletes and expiries, which
-    /// anti-entropy converges in any case).
-    Background,
-}
-
 /// What became of a request.
 #[derive(Debug)]
 pub enum Handled {
     /// Answer now.
     Respond(Response),
-    /// Executed here; `items` must go to the other swarm members as `mode` says, then
-    /// `response` is sent.
+    /// A store queued for the local write; its copy goes to the other members at the same
+    /// time (see [`PendingStore`]).
+    Store(PendingStore),
+    /// A delete or expiry executed here: send `response` now, and `items` to the other swarm
+    /// members in the background (anti-entropy converges them in any case).
     Replicate {
-        /// The answer (for `store`, its `holders` still to be filled in).
+        /// The answer.
         response: Response,
         /// What the other members must apply.
         items: Vec<Item>,
-        /// When to answer.
-        mode: Replication,
     },
     /// A long-poll found nothing: wait on [`PendingRetrieve::watch`] for at most
     /// [`PendingRetrieve::wait`], then call [`Service::resume`].
     Wait(PendingRetrieve),
     /// A valid, authenticated request the node itself answers (`get_swarm`, `roster`).
     Forward(Body),
+}
+
+/// A store whose local, synced write is queued. The caller sends `item` to the other members
+/// of the swarm while it waits for [`Self::finish`]: the write and the replication overlap.
+#[derive(Debug)]
+pub struct PendingStore {
+    ticket: crate::store::Ticket,
+    /// The message as the other members must hold it.
+    pub item: Item,
+    now: UnixMillis,
+    node: NodeId,
+}
+
+impl PendingStore {
+    /// Waits (blocking) for the local write; the answer lists this node as the first holder.
+    pub fn finish(self) -> Response {
+        match self.ticket.wait() {
+            Ok(mut stored) => {
+                stored.holders = vec![self.node];
+                Response::ok(self.now, ResponseBody::Store(stored))
+            }
+            Err(e) => Response::error(self.now, Status::from(&e)),
+        }
+    }
 }
 
 /// An authenticated retrieve waiting for a message. Resuming does not re-check the signature
@@ -188,23 +203,27 @@ impl Service {
                     ttl_ms: r.ttl_ms,
                     data: r.data.clone(),
                 };
-                return match s.store_full(m, now) {
-                    Ok((mut stored, set_at)) => {
-                        stored.holders = vec![self.cfg.node];
-                        let item = Item::Message(ItemMessage {
+                // Checked here as well as by the store: the copy for the other members leaves
+                // before the local write is done, and must not carry a TTL the store refuses.
+                let cfg = s.config();
+                if r.ttl_ms < cfg.ttl_min_ms || r.ttl_ms > cfg.ttl_max_ms {
+                    return Handled::Respond(Response::error(now, Status::TtlOutOfRange));
+                }
+                let expiry = now.saturating_add(r.ttl_ms);
+                return match s.submit_store(m, now) {
+                    Ok(ticket) => Handled::Store(PendingStore {
+                        ticket,
+                        item: Item::Message(ItemMessage {
                             mailbox: r.mailbox,
                             namespace: r.namespace,
-                            timestamp: stored.timestamp,
-                            expiry: stored.expiry,
-                            set_at,
+                            timestamp: now,
+                            expiry,
+                            set_at: now,
                             data: r.data,
-                        });
-                        Handled::Replicate {
-                            response: Response::ok(now, ResponseBody::Store(stored)),
-                            items: vec![item],
-                            mode: Replication::Quorum,
-                        }
-                    }
+                        }),
+                        now,
+                        node: self.cfg.node,
+                    }),
                     Err(e) => Handled::Respond(Response::error(now, Status::from(&e))),
                 };
             }
@@ -357,6 +376,7 @@ impl Service {
     pub fn handle_blocking(&self, bytes: &[u8], clock: &dyn Clock) -> Response {
         match self.handle(bytes, clock.now()) {
             Handled::Respond(r) | Handled::Replicate { response: r, .. } => r,
+            Handled::Store(p) => p.finish(),
             Handled::Wait(p) => {
                 p.watch.wait_timeout(p.wait);
                 self.resume(p, clock.now())
@@ -378,7 +398,6 @@ fn background(
         Ok(body) => Handled::Replicate {
             response: Response::ok(now, body),
             items,
-            mode: Replication::Background,
         },
         Err(e) => Handled::Respond(Response::error(now, Status::from(&e))),
     }

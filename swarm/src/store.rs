@@ -418,7 +418,8 @@ struct Job {
 #[derive(Default)]
 struct Overlay {
     map: HashMap<(Cf, Vec<u8>), Option<Vec<u8>>>,
-    digests: Option<Digests>,
+    /// (bucket, entry digest) to XOR into the digests: a few per operation.
+    digests: Vec<(u8, [u8; 32])>,
 }
 
 impl Overlay {
@@ -436,8 +437,7 @@ impl Overlay {
     }
     fn toggle(&mut self, key: EntryKey, state: EntryState) {
         self.digests
-            .get_or_insert_with(Digests::default)
-            .toggle(&Entry { key, state });
+            .push((key.bucket(), Entry { key, state }.digest()));
     }
 }
 
@@ -548,7 +548,7 @@ impl Writer {
         done: &mut Vec<(Option<Reply>, Outcome)>,
         stored: &mut HashSet<(Mailbox, Namespace)>,
     ) {
-        let delta = ov.digests.take();
+        let delta = std::mem::take(&mut ov.digests);
         let result = if ov.map.is_empty() {
             Ok(())
         } else {
@@ -556,8 +556,11 @@ impl Writer {
         };
         match result {
             Ok(()) => {
-                if let Some(delta) = delta {
-                    lock(&self.digests).merge(&delta);
+                if !delta.is_empty() {
+                    let mut digests = lock(&self.digests);
+                    for (bucket, d) in &delta {
+                        digests.xor(*bucket, d);
+                    }
                 }
                 self.waiters.notify(stored);
                 for (reply, outcome) in done.drain(..) {
@@ -682,15 +685,9 @@ impl Writer {
                 }
                 if let Some(old) = self.find(ov, &key)? {
                     if old.expiry > now {
-                        let mine = EntryState::Live {
-                            expiry: old.expiry,
-                            set_at: old.set_at,
-                        };
-                        let theirs = EntryState::Live {
-                            expiry: m.expiry,
-                            set_at: m.set_at,
-                        };
-                        if mine.superseded_by(theirs) {
+                        // A copy of a held message only extends it, as a repeated store does
+                        // (§5.1); expiry changes travel as expiry items (§9.3).
+                        if m.expiry > old.expiry {
                             self.set_expiry(ov, &key, old, m.expiry, m.set_at)?;
                         }
                         return Ok(Outcome::Applied);
