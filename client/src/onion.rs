@@ -1,13 +1,13 @@
 //! Sending a request through a path of nodes and reading the layered reply.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use allium_node::link::{Deadlines, Kind, Link, LinkError, LinkLimits, Pool, Status};
 use allium_onion::{
-    BuildError, Epoch, ErrorCode, IdentityPublicKey, NodeId, OnionPublicKey, PathHop, Reply,
-    ReplyError, SizeClass, build_packet,
+    BuildError, Epoch, ErrorCode, IdentityPublicKey, NodeId, OnionPublicKey, PathHop, PreparedPath,
+    Reply, ReplyError, SizeClass, prepare_path,
 };
 use allium_swarm::roster::{NodeEntry, Roster};
 
@@ -108,6 +108,24 @@ pub const GUARD_ACCEPT_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct OnionClient {
     pool: Pool,
+    /// Key agreements made ahead for the path last used twice in a row, so that the next
+    /// request on it carries only symmetric work.
+    ahead: Mutex<Ahead>,
+}
+
+#[derive(Debug, Default)]
+struct Ahead {
+    last: Option<Vec<PathHop>>,
+    ready: Option<PreparedPath>,
+}
+
+fn same_path(a: &[PathHop], b: &[PathHop]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x.node == y.node
+                && x.epoch == y.epoch
+                && x.onion_key.as_bytes() == y.onion_key.as_bytes()
+        })
 }
 
 impl OnionClient {
@@ -116,6 +134,7 @@ impl OnionClient {
         let link = Arc::new(Link::bind_client(bind, LinkLimits::default())?);
         Ok(OnionClient {
             pool: Pool::new(link, Duration::from_secs(5)),
+            ahead: Mutex::new(Ahead::default()),
         })
     }
 
@@ -142,7 +161,23 @@ impl OnionClient {
                 onion_key: h.onion_key,
             })
             .collect();
-        let built = build_packet(&mut rand_core::OsRng, &hops, request, class, reply_class)?;
+        let (prepared, repeat) = {
+            let mut ahead = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
+            let ready = ahead.ready.take().filter(|p| same_path(p.hops(), &hops));
+            let repeat = ahead.last.as_deref().is_some_and(|l| same_path(l, &hops));
+            ahead.last = Some(hops.clone());
+            (ready, repeat)
+        };
+        let prepared = match prepared {
+            Some(p) => p,
+            None => prepare_path(&mut rand_core::OsRng, &hops)?,
+        };
+        let built = prepared.build(request, class, reply_class)?;
+        // A path used twice in a row is likely used again: make the next packet's key
+        // agreements while this one travels.
+        let next = repeat.then(|| {
+            tokio::task::spawn_blocking(move || prepare_path(&mut rand_core::OsRng, &hops).ok())
+        });
         let guard = path.first().ok_or(BuildError::BadPathLength {
             max: allium_onion::MAX_HOPS,
             got: 0,
@@ -161,6 +196,15 @@ impl OnionClient {
             )
             .await
             .map_err(SendError::Guard)?;
+        if let Some(Ok(Some(p))) = match next {
+            Some(task) => Some(task.await),
+            None => None,
+        } {
+            let mut ahead = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
+            if ahead.ready.is_none() {
+                ahead.ready = Some(p);
+            }
+        }
         if status == Status::Rejected {
             return Err(SendError::GuardRejected);
         }

@@ -367,11 +367,13 @@ impl Devnet {
 
     /// Waits until every running node serves roster `version` or newer (each fetches it on its
     /// own schedule), as its health endpoint reports. Returns false if `deadline` passed first.
+    /// It also waits until each has pulled its swarm's messages and serves retrieves (its
+    /// `allium_syncing` gauge is 0), so that a network is ready when this returns true.
     pub async fn wait_for_roster_version(&mut self, version: u64, deadline: Duration) -> bool {
         let until = Instant::now() + deadline;
         loop {
             let (holding, running) = self.nodes_holding(version).await;
-            if holding == running {
+            if holding == running && self.nodes_syncing().await == 0 {
                 return true;
             }
             if Instant::now() > until {
@@ -379,6 +381,24 @@ impl Devnet {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Running nodes still pulling their swarm's share (or not answering their metrics).
+    async fn nodes_syncing(&mut self) -> usize {
+        let mut syncing = 0;
+        for node in &mut self.nodes {
+            if !node.is_running() {
+                continue;
+            }
+            let synced = crate::http::get(node.metrics, "/metrics")
+                .await
+                .ok()
+                .is_some_and(|(_, body)| body.lines().any(|l| l.trim() == "allium_syncing 0"));
+            if !synced {
+                syncing += 1;
+            }
+        }
+        syncing
     }
 
     /// Sends SIGTERM to node `i` and waits for it to exit; returns whether it exited cleanly.

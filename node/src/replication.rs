@@ -480,6 +480,8 @@ impl Replicator {
     /// member that answered was pulled completely, the node has its share and serves retrieves.
     pub async fn sync_round(&self) {
         let Some((swarm, peers)) = self.membership.my_swarm() else {
+            // In no swarm: nothing to pull, nothing to refuse.
+            self.metrics.set_syncing(false);
             return;
         };
         let mut complete = true;
