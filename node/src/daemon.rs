@@ -325,7 +325,7 @@ pub async fn run(config: NodeConfig, shutdown: ShutdownSignal) -> Result<(), Dae
         membership.clone(),
     ));
     let replicator = Arc::new(Replicator::new(
-        membership,
+        membership.clone(),
         service.clone(),
         pool.clone(),
         metrics.clone(),
@@ -391,7 +391,10 @@ pub async fn run(config: NodeConfig, shutdown: ShutdownSignal) -> Result<(), Dae
             } else {
                 HealthStatus::Ok
             };
-            HealthReport::from_metrics(status, started, &metrics)
+            HealthReport {
+                syncing: membership.syncing(),
+                ..HealthReport::from_metrics(status, started, &metrics)
+            }
         })
     };
     let (metrics_addr, http_task) = http::serve(

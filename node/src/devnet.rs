@@ -368,7 +368,7 @@ impl Devnet {
     /// Waits until every running node serves roster `version` or newer (each fetches it on its
     /// own schedule), as its health endpoint reports. Returns false if `deadline` passed first.
     /// It also waits until each has pulled its swarm's messages and serves retrieves (its
-    /// `allium_syncing` gauge is 0), so that a network is ready when this returns true.
+    /// health report says it is not syncing), so that a network is ready when this returns true.
     pub async fn wait_for_roster_version(&mut self, version: u64, deadline: Duration) -> bool {
         let until = Instant::now() + deadline;
         loop {
@@ -390,10 +390,11 @@ impl Devnet {
             if !node.is_running() {
                 continue;
             }
-            let synced = crate::http::get(node.metrics, "/metrics")
+            let synced = crate::http::get(node.metrics, "/health")
                 .await
                 .ok()
-                .is_some_and(|(_, body)| body.lines().any(|l| l.trim() == "allium_syncing 0"));
+                .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+                .is_some_and(|v| v["syncing"].as_bool() == Some(false));
             if !synced {
                 syncing += 1;
             }

@@ -42,6 +42,8 @@ pub struct HealthReport {
     pub uptime_secs: u64,
     /// Open links to other nodes.
     pub peers: u64,
+    /// The node is pulling its swarm's messages and refuses retrieves meanwhile.
+    pub syncing: bool,
 }
 
 /// The node's overall state.
@@ -65,6 +67,7 @@ impl HealthReport {
             roster_version: metrics.roster_version(),
             uptime_secs: started.elapsed().as_secs(),
             peers: metrics.peers_connected(),
+            syncing: false,
         }
     }
 }

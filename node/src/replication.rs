@@ -479,9 +479,10 @@ impl Replicator {
     /// One anti-entropy round: pull from every other member of this node's swarm. When every
     /// member that answered was pulled completely, the node has its share and serves retrieves.
     pub async fn sync_round(&self) {
+        // The gauge follows the roster: a node newly placed in a swarm is syncing until this
+        // round (or a later one) completes.
+        self.metrics.set_syncing(self.membership.syncing());
         let Some((swarm, peers)) = self.membership.my_swarm() else {
-            // In no swarm: nothing to pull, nothing to refuse.
-            self.metrics.set_syncing(false);
             return;
         };
         let mut complete = true;

@@ -691,6 +691,7 @@ async fn http_bind_failure_is_typed() {
         roster_version: 0,
         uptime_secs: 0,
         peers: 0,
+        syncing: false,
     });
     let err = http::serve(addr, Metrics::new(), health, ShutdownSignal::new())
         .await
