@@ -365,6 +365,7 @@ fn check_path(path: &[PathHop]) -> Result<(), BuildError> {
 /// Observer of each layer's derived keys and slot during construction (test vectors).
 pub(crate) type LayerObserver<'a> = dyn FnMut(usize, &LayerKeys, &[u8; SLOT_LEN]) + 'a;
 
+#[cfg(feature = "trace")]
 pub(crate) fn build_with(
     path: &[PathHop],
     randomness: BuildRandomness,

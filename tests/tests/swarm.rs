@@ -516,3 +516,81 @@ async fn a_member_with_a_corrupt_store_refuses_it_and_resyncs_from_its_swarm() {
     assert!(aside, "the corrupt store is kept aside for inspection");
     eprintln!("a member whose store was corrupt re-synced its 20 messages in {took:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swarm_split_moves_mailboxes_to_the_swarm_that_now_owns_them() {
+    let mut net = Net::start().await;
+    let before = net.roster().await;
+    let swarms_before = before.swarms().len();
+    let mut want = HashMap::new();
+    for seed in 40..52u8 {
+        let mb = mailbox(&key(seed));
+        let members = net.members(&before, &mb);
+        let mut msgs = BTreeSet::new();
+        for n in 0..5u8 {
+            let data = vec![seed, n, 0x5a];
+            let to = net.hop(&before, members[usize::from(n) % members.len()]);
+            let r = store(&net.c, &to, mb, &data).await;
+            assert!(acknowledged(&r, members.len()), "{r:?}");
+            msgs.insert(data);
+        }
+        want.insert(seed, msgs);
+    }
+
+    // Two more nodes, plus a spare member of the largest swarm, make a new swarm: the ring
+    // splits, and the mailboxes nearest the new swarm's id move to it.
+    let joiners = [net.net.add_node().unwrap(), net.net.add_node().unwrap()];
+    let ids: Vec<_> = joiners.iter().map(|&j| net.net.nodes[j].identity).collect();
+    let deadline = Instant::now() + CONVERGE;
+    let after = loop {
+        let r = net.roster().await;
+        if ids.iter().all(|id| r.node(id).is_some()) {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new nodes never entered the roster"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        net.net
+            .wait_for_roster_version(after.version(), T * 3)
+            .await
+    );
+    assert!(
+        after.swarms().len() > swarms_before,
+        "{} swarms before, {} after",
+        swarms_before,
+        after.swarms().len()
+    );
+    let moved: Vec<u8> = want
+        .keys()
+        .copied()
+        .filter(|s| {
+            let mb = mailbox(&key(*s));
+            before.swarm_for(&mb.0) != after.swarm_for(&mb.0)
+        })
+        .collect();
+    assert!(!moved.is_empty(), "no test mailbox changed swarm");
+    let took = converged(&mut net, &want, Expect::Exactly).await;
+    eprintln!(
+        "after a split, {} of {} mailboxes moved swarm; every member of every swarm held exactly its mailboxes' messages {took:?} after the new roster reached every node",
+        moved.len(),
+        want.len()
+    );
+    // Their old swarm no longer serves them: it names the new one.
+    let seed = moved[0];
+    let mb = mailbox(&key(seed));
+    let old_member = before
+        .members_for(&mb.0)
+        .iter()
+        .map(|n| net.index(&n.identity))
+        .find(|&i| !net.members(&after, &mb).contains(&i))
+        .expect("a member of the old swarm outside the new one");
+    let r = store(&net.c, &net.hop(&after, old_member), mb, b"late")
+        .await
+        .unwrap();
+    assert_eq!(r.result, Err(Status::WrongSwarm));
+    assert_eq!(r.redirect.map(|s| s.swarm_id), after.swarm_for(&mb.0));
+}
