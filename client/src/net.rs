@@ -24,6 +24,8 @@ use crate::onion::{Hop, OnionClient, SendError, epoch_at, hop};
 
 /// Guards a client keeps.
 pub const GUARDS: usize = 3;
+/// How often a long-running client asks for a newer roster (and once at the start of each run).
+const ROSTER_REFRESH: Duration = Duration::from_secs(300);
 /// How long a relay that failed is left out of new paths.
 const AVOID_FOR: Duration = Duration::from_secs(120);
 
@@ -143,6 +145,8 @@ pub struct Net {
     roster: Mutex<Option<(Roster, Vec<u8>)>>,
     guards: Mutex<Vec<IdentityPublicKey>>,
     avoid: Mutex<HashMap<[u8; 32], Instant>>,
+    /// When a directory last confirmed the roster held is the newest.
+    refreshed: Mutex<Option<Instant>>,
     /// Node time minus local time, ms: signatures and envelopes use corrected time.
     offset_ms: AtomicI64,
 }
@@ -178,6 +182,7 @@ impl Net {
             roster: Mutex::new(roster),
             guards: Mutex::new(guards),
             avoid: Mutex::new(HashMap::new()),
+            refreshed: Mutex::new(None),
             offset_ms: AtomicI64::new(offset_ms),
         })
     }
@@ -255,6 +260,7 @@ impl Net {
                     Ok(DirectoryResponse::Roster(b)) => b,
                     Ok(DirectoryResponse::NotModified) => {
                         if let Some(v) = held {
+                            *lock(&self.refreshed) = Some(Instant::now());
                             return Ok(v);
                         }
                         continue;
@@ -280,6 +286,7 @@ impl Net {
             match SignedRoster::decode_and_verify(&bytes, &self.network, held) {
                 Ok(roster) => {
                     let version = roster.version();
+                    *lock(&self.refreshed) = Some(Instant::now());
                     *lock(&self.roster) = Some((roster, bytes));
                     self.choose_guards();
                     return Ok(version);
@@ -294,8 +301,13 @@ impl Net {
     }
 
     async fn ensure_roster(&self) -> Result<Roster, NetError> {
+        let stale = lock(&self.refreshed).is_none_or(|t| t.elapsed() >= ROSTER_REFRESH);
         if self.roster().is_none() {
             self.refresh_roster().await?;
+        } else if stale {
+            // A cached roster may lack the onion keys of the current epoch or list nodes that
+            // left: ask for a newer one, and keep the held one if nobody answers.
+            let _ = self.refresh_roster().await;
         }
         self.choose_guards();
         self.roster()
