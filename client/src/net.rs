@@ -425,11 +425,16 @@ impl Net {
         let mut tried: HashSet<[u8; 32]> = HashSet::new();
         let mut redirect: Option<Vec<NodeId>> = None;
         while Instant::now() < deadline {
-            let roster = match self.ensure_roster().await {
-                Ok(r) => r,
-                Err(e) => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let roster = match tokio::time::timeout(left, self.ensure_roster()).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
                     last = e.to_string();
                     tokio::time::sleep(Duration::from_millis(250)).await;
+                    continue;
+                }
+                Err(_) => {
+                    last = "no directory answered in time".into();
                     continue;
                 }
             };
