@@ -23,7 +23,7 @@ use std::ffi::OsString;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::hash::Hash;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use allium_node::fsutil;
@@ -320,48 +320,12 @@ impl DataDir {
     /// user's whole identity), a non-regular file, and a file of the wrong length.
     pub fn read_identity(&self) -> Result<Zeroizing<[u8; SEED_LEN]>, StateError> {
         let path = self.dir.join(IDENTITY_FILE);
-        // lstat first: a symlink could point the identity at a file we never meant to trust.
-        let link_meta = match fs::symlink_metadata(&path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StateError::NoIdentity { path });
+        fsutil::read_secret(&path).map_err(|e| match e {
+            fsutil::PrivateError::Io(e) if e.source.kind() == io::ErrorKind::NotFound => {
+                StateError::NoIdentity { path: path.clone() }
             }
-            Err(e) => return Err(io_err(&path)(e)),
-        };
-        if !link_meta.is_file() {
-            return Err(StateError::NotAFile { path });
-        }
-        let mut file = File::open(&path).map_err(io_err(&path))?;
-        let meta = file.metadata().map_err(io_err(&path))?;
-        let mode = meta.permissions().mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            return Err(StateError::InsecurePermissions {
-                path,
-                mode,
-                what: "read your identity",
-                fix: 0o600,
-            });
-        }
-        let expected = SEED_LEN as u64;
-        if meta.len() != expected {
-            return Err(StateError::WrongLength {
-                path,
-                expected,
-                found: meta.len(),
-            });
-        }
-        let mut seed = Zeroizing::new([0u8; SEED_LEN]);
-        file.read_exact(seed.as_mut()).map_err(io_err(&path))?;
-        // The file may have grown since the stat; longer is still the wrong length.
-        let mut extra = [0u8; 1];
-        if file.read(&mut extra).map_err(io_err(&path))? != 0 {
-            return Err(StateError::WrongLength {
-                path,
-                expected,
-                found: expected + 1,
-            });
-        }
-        Ok(seed)
+            e => private_err(e, "read your identity", 0o600),
+        })
     }
 
     // ---- contacts ----
@@ -489,25 +453,37 @@ impl DataDir {
     }
 }
 
+/// [`fsutil::PrivateError`] as the state says it; `what` and `fix` describe the permission
+/// problem.
+fn private_err(e: fsutil::PrivateError, what: &'static str, fix: u32) -> StateError {
+    match e {
+        fsutil::PrivateError::Io(e) => StateError::Io {
+            path: e.path,
+            source: e.source,
+        },
+        fsutil::PrivateError::NotAFile(path) => StateError::NotAFile { path },
+        fsutil::PrivateError::Insecure { path, mode } => StateError::InsecurePermissions {
+            path,
+            mode,
+            what,
+            fix,
+        },
+        fsutil::PrivateError::WrongLength {
+            path,
+            expected,
+            found,
+        } => StateError::WrongLength {
+            path,
+            expected,
+            found,
+        },
+    }
+}
+
 /// Refuses a directory others can write to: they could replace our files.
 fn check_dir(dir: &Path) -> Result<(), StateError> {
-    let meta = fs::metadata(dir).map_err(io_err(dir))?;
-    if !meta.is_dir() {
-        return Err(io_err(dir)(io::Error::new(
-            io::ErrorKind::NotADirectory,
-            "not a directory",
-        )));
-    }
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o022 != 0 {
-        return Err(StateError::InsecurePermissions {
-            path: dir.to_owned(),
-            mode,
-            what: "replace your identity and state",
-            fix: 0o700,
-        });
-    }
-    Ok(())
+    fsutil::check_private_dir(dir)
+        .map_err(|e| private_err(e, "replace your identity and state", 0o700))
 }
 
 /// Reads a whole regular file of at most `limit` bytes; `None` if it does not exist.

@@ -68,3 +68,92 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8], replace: bool) -> Resu
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir).and_then(|d| d.sync_all())
 }
+
+/// Why a private file or folder (keys, an identity) is refused.
+#[derive(Debug)]
+pub enum PrivateError {
+    /// Inspecting or reading it failed; `source.kind()` is `NotFound` when it is absent.
+    Io(WriteError),
+    /// A file path that is a symlink, a folder or the like.
+    NotAFile(PathBuf),
+    /// Others could read the file, or write into the folder.
+    Insecure {
+        /// The file or folder.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A secret file of another length than the secret.
+    WrongLength {
+        /// The file.
+        path: PathBuf,
+        /// The secret's length.
+        expected: u64,
+        /// The file's length.
+        found: u64,
+    },
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> PrivateError + '_ {
+    move |source| PrivateError::Io(at(path)(source))
+}
+
+/// Refuses a folder that group or others can write to: they could swap the secrets in it.
+pub fn check_private_dir(dir: &Path) -> Result<(), PrivateError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = fs::metadata(dir).map_err(io_at(dir))?;
+    if !meta.is_dir() {
+        return Err(io_at(dir)(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            "not a directory",
+        )));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(PrivateError::Insecure {
+            path: dir.to_owned(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// Reads an `N`-byte secret: a regular file (not a symlink), without group or other permission
+/// bits, exactly `N` bytes long.
+pub fn read_secret<const N: usize>(
+    path: &Path,
+) -> Result<zeroize::Zeroizing<[u8; N]>, PrivateError> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    // lstat first: a symlink could point a secret's path at a file we never meant to trust.
+    let link_meta = fs::symlink_metadata(path).map_err(io_at(path))?;
+    if !link_meta.is_file() {
+        return Err(PrivateError::NotAFile(path.to_owned()));
+    }
+    let mut file = File::open(path).map_err(io_at(path))?;
+    let meta = file.metadata().map_err(io_at(path))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(PrivateError::Insecure {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    let expected = N as u64;
+    let wrong = |found| PrivateError::WrongLength {
+        path: path.to_owned(),
+        expected,
+        found,
+    };
+    if meta.len() != expected {
+        return Err(wrong(meta.len()));
+    }
+    let mut secret = zeroize::Zeroizing::new([0u8; N]);
+    file.read_exact(secret.as_mut()).map_err(io_at(path))?;
+    // The file may have grown since the stat; a longer file is still the wrong length.
+    let mut extra = [0u8; 1];
+    if file.read(&mut extra).map_err(io_at(path))? != 0 {
+        return Err(wrong(expected + 1));
+    }
+    Ok(secret)
+}

@@ -12,9 +12,9 @@
 //! refused, and nothing here prints a secret: secrets pass through [`Zeroizing`] buffers only.
 
 use std::fmt;
-use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::fs::{self, DirBuilder, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use allium_onion::{Epoch, IdentityKeypair, OnionSecretKey, keys::KEY_LEN};
@@ -273,67 +273,41 @@ fn create_private_dir(dir: &Path) -> Result<(), KeyStoreError> {
     }
 }
 
+/// [`fsutil::PrivateError`] as the key store says it; `what` and `fix` describe the permission
+/// problem (others could replace the keys of a folder, or read a key file).
+fn private_err(e: fsutil::PrivateError, what: &'static str, fix: u32) -> KeyStoreError {
+    match e {
+        fsutil::PrivateError::Io(e) => KeyStoreError::Io {
+            path: e.path,
+            source: e.source,
+        },
+        fsutil::PrivateError::NotAFile(path) => KeyStoreError::NotAFile { path },
+        fsutil::PrivateError::Insecure { path, mode } => KeyStoreError::InsecurePermissions {
+            path,
+            mode,
+            what,
+            fix,
+        },
+        fsutil::PrivateError::WrongLength {
+            path,
+            expected,
+            found,
+        } => KeyStoreError::WrongLength {
+            path,
+            expected,
+            found,
+        },
+    }
+}
+
 /// Refuses a directory others can write to: they could swap our key files.
 fn check_dir(dir: &Path) -> Result<(), KeyStoreError> {
-    let meta = fs::metadata(dir).map_err(io_err(dir))?;
-    if !meta.is_dir() {
-        return Err(io_err(dir)(io::Error::new(
-            io::ErrorKind::NotADirectory,
-            "not a directory",
-        )));
-    }
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o022 != 0 {
-        return Err(KeyStoreError::InsecurePermissions {
-            path: dir.to_owned(),
-            mode,
-            what: "replace the node's keys",
-            fix: 0o700,
-        });
-    }
-    Ok(())
+    fsutil::check_private_dir(dir).map_err(|e| private_err(e, "replace the node's keys", 0o700))
 }
 
 /// Reads a key file: a regular file, mode without group/other bits, exactly one key long.
 fn read_key(path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, KeyStoreError> {
-    // lstat first: a symlink could point a key path at a file we never meant to trust.
-    let link_meta = fs::symlink_metadata(path).map_err(io_err(path))?;
-    if !link_meta.is_file() {
-        return Err(KeyStoreError::NotAFile {
-            path: path.to_owned(),
-        });
-    }
-    let mut file = File::open(path).map_err(io_err(path))?;
-    let meta = file.metadata().map_err(io_err(path))?;
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(KeyStoreError::InsecurePermissions {
-            path: path.to_owned(),
-            mode,
-            what: "access the key",
-            fix: 0o600,
-        });
-    }
-    let expected = KEY_LEN as u64;
-    if meta.len() != expected {
-        return Err(KeyStoreError::WrongLength {
-            path: path.to_owned(),
-            expected,
-            found: meta.len(),
-        });
-    }
-    let mut key = Zeroizing::new([0u8; KEY_LEN]);
-    file.read_exact(key.as_mut()).map_err(io_err(path))?;
-    // The file may have grown since the stat; a longer file is still the wrong length.
-    let mut extra = [0u8; 1];
-    if file.read(&mut extra).map_err(io_err(path))? != 0 {
-        return Err(KeyStoreError::WrongLength {
-            path: path.to_owned(),
-            expected,
-            found: expected + 1,
-        });
-    }
-    Ok(key)
+    fsutil::read_secret(path).map_err(|e| private_err(e, "access the key", 0o600))
 }
 
 /// [`fsutil::write_atomic`] with the key store's errors.
