@@ -77,13 +77,14 @@ impl Membership {
     pub fn my_swarm(&self) -> Option<(u64, Vec<Member>)> {
         let held = self.roster.current()?;
         let swarm = held.roster.node(&self.me)?.swarm;
-        let nodes: Vec<_> = held
-            .roster
-            .nodes()
-            .iter()
-            .filter(|n| n.swarm == swarm && n.identity != self.me)
-            .collect();
+        let mut nodes = held.roster.members_of(swarm);
+        nodes.retain(|n| n.identity != self.me);
         Some((swarm, members(&nodes)))
+    }
+
+    /// This node's swarm id, if the roster lists this node.
+    fn my_swarm_id(&self) -> Option<u64> {
+        Some(self.roster.current()?.roster.node(&self.me)?.swarm)
     }
 
     /// The swarm a mailbox belongs to and all its members.
@@ -104,13 +105,16 @@ impl Membership {
 
     /// Whether `node` is a member of this node's swarm.
     fn is_swarm_peer(&self, node: &IdentityPublicKey) -> bool {
-        self.my_swarm()
-            .is_some_and(|(_, peers)| peers.iter().any(|p| p.identity == *node))
+        let Some(held) = self.roster.current() else {
+            return false;
+        };
+        let swarm = |id| held.roster.node(id).map(|n| n.swarm);
+        *node != self.me && swarm(node).is_some() && swarm(node) == swarm(&self.me)
     }
 
     /// True until a complete anti-entropy round for the current swarm has finished.
     pub fn syncing(&self) -> bool {
-        let current = self.my_swarm().map(|(s, _)| s);
+        let current = self.my_swarm_id();
         current.is_some() && *lock(&self.synced) != current
     }
 

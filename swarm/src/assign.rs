@@ -29,17 +29,32 @@ pub fn ring_distance(a: u64, b: u64) -> u64 {
 /// `None` when `ids` is empty.
 pub fn nearest_swarm(ids: &BTreeSet<u64>, point: u64) -> Option<u64> {
     // Only the nearest id at or after `point` and the nearest before it (both wrapping) can win.
-    let after = ids.range(point..).next().or_else(|| ids.iter().next())?;
-    let before = ids
+    let after = ids.range(point..).next().or_else(|| ids.first())?;
+    let before = ids.range(..point).next_back().or_else(|| ids.last())?;
+    Some(closer(point, *after, *before))
+}
+
+/// [`nearest_swarm`] over the keys of a map by swarm id, without collecting them.
+pub fn nearest_swarm_key<V>(swarms: &BTreeMap<u64, V>, point: u64) -> Option<u64> {
+    let after = swarms
+        .range(point..)
+        .next()
+        .or_else(|| swarms.first_key_value())?;
+    let before = swarms
         .range(..point)
         .next_back()
-        .or_else(|| ids.iter().next_back())?;
-    let (da, db) = (ring_distance(*after, point), ring_distance(*before, point));
-    Some(if da < db || (da == db && after < before) {
-        *after
+        .or_else(|| swarms.last_key_value())?;
+    Some(closer(point, *after.0, *before.0))
+}
+
+/// The nearer of two ids to `point`; on a tie, the numerically smaller.
+fn closer(point: u64, after: u64, before: u64) -> u64 {
+    let (da, db) = (ring_distance(after, point), ring_distance(before, point));
+    if da < db || (da == db && after < before) {
+        after
     } else {
-        *before
-    })
+        before
+    }
 }
 
 /// The smallest number of members a swarm keeps when it is not the only one:

@@ -7,13 +7,13 @@
 //!
 //! Every encoding is the deterministic CBOR subset of `storage.md` §2, with map keys from 0.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use allium_onion::{Epoch, IdentityKeypair, IdentityPublicKey, OnionKeyCert, OnionPublicKey};
 use thiserror::Error;
 
-use crate::assign::{fold_mailbox, nearest_swarm};
+use crate::assign::{fold_mailbox, nearest_swarm_key};
 use crate::cbor::{Decoder, Encoder};
 use crate::error::DecodeError;
 use crate::network::{MAX_AUTHORITIES, MAX_NAME_LEN, MAX_SWARM_SIZE, NetworkFile, parse_address};
@@ -696,14 +696,20 @@ impl Roster {
     /// The id of the swarm that holds `mailbox`: the nearest on the ring to its folded key.
     /// `None` for an empty roster.
     pub fn swarm_for(&self, mailbox: &[u8; 32]) -> Option<u64> {
-        let ids: BTreeSet<u64> = self.swarms.keys().copied().collect();
-        nearest_swarm(&ids, fold_mailbox(mailbox))
+        nearest_swarm_key(&self.swarms, fold_mailbox(mailbox))
     }
 
     /// The members of the swarm that holds `mailbox` (empty for an empty roster).
     pub fn members_for(&self, mailbox: &[u8; 32]) -> Vec<&NodeEntry> {
         self.swarm_for(mailbox)
-            .and_then(|id| self.swarms.get(&id))
+            .map(|id| self.members_of(id))
+            .unwrap_or_default()
+    }
+
+    /// The members of swarm `id`, ascending by identity (empty for an unknown id).
+    pub fn members_of(&self, id: u64) -> Vec<&NodeEntry> {
+        self.swarms
+            .get(&id)
             .map(|idx| idx.iter().filter_map(|i| self.nodes.get(*i)).collect())
             .unwrap_or_default()
     }
