@@ -116,6 +116,14 @@ pub struct Devnet {
     opts: DevnetOptions,
 }
 
+/// Whether a health report says its node holds roster `version` or newer.
+fn holds(report: Option<&serde_json::Value>, version: u64) -> bool {
+    report
+        .and_then(|r| r["roster_version"].as_u64())
+        .unwrap_or(0)
+        >= version
+}
+
 /// A free UDP port on loopback. The socket is closed again, so another process could take the
 /// port before the node binds it; on a test machine that race is rare, and a node that fails to
 /// bind says so.
@@ -343,26 +351,32 @@ impl Devnet {
         Ok(())
     }
 
-    /// Asks each running node's health endpoint for the roster version it holds; returns how many
-    /// hold `version` or newer, and how many are running.
-    pub async fn nodes_holding(&mut self, version: u64) -> (usize, usize) {
-        let (mut holding, mut running) = (0, 0);
+    /// The health report of each running node (`None` for one that does not answer).
+    async fn health(&mut self) -> Vec<Option<serde_json::Value>> {
+        let mut reports = Vec::new();
         for node in &mut self.nodes {
             if !node.is_running() {
                 continue;
             }
-            running += 1;
-            let held = crate::http::get(node.metrics, "/health")
-                .await
-                .ok()
-                .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
-                .and_then(|v| v["roster_version"].as_u64())
-                .unwrap_or(0);
-            if held >= version {
-                holding += 1;
-            }
+            reports.push(
+                crate::http::get(node.metrics, "/health")
+                    .await
+                    .ok()
+                    .and_then(|(_, body)| serde_json::from_str(&body).ok()),
+            );
         }
-        (holding, running)
+        reports
+    }
+
+    /// Asks each running node's health endpoint for the roster version it holds; returns how many
+    /// hold `version` or newer, and how many are running.
+    pub async fn nodes_holding(&mut self, version: u64) -> (usize, usize) {
+        let reports = self.health().await;
+        let holding = reports
+            .iter()
+            .filter(|r| holds(r.as_ref(), version))
+            .count();
+        (holding, reports.len())
     }
 
     /// Waits until every running node serves roster `version` or newer (each fetches it on its
@@ -372,8 +386,11 @@ impl Devnet {
     pub async fn wait_for_roster_version(&mut self, version: u64, deadline: Duration) -> bool {
         let until = Instant::now() + deadline;
         loop {
-            let (holding, running) = self.nodes_holding(version).await;
-            if holding == running && self.nodes_syncing().await == 0 {
+            let ready = self.health().await.iter().all(|r| {
+                holds(r.as_ref(), version)
+                    && r.as_ref().and_then(|r| r["syncing"].as_bool()) == Some(false)
+            });
+            if ready {
                 return true;
             }
             if Instant::now() > until {
@@ -381,25 +398,6 @@ impl Devnet {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    }
-
-    /// Running nodes still pulling their swarm's share (or not answering their metrics).
-    async fn nodes_syncing(&mut self) -> usize {
-        let mut syncing = 0;
-        for node in &mut self.nodes {
-            if !node.is_running() {
-                continue;
-            }
-            let synced = crate::http::get(node.metrics, "/health")
-                .await
-                .ok()
-                .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
-                .is_some_and(|v| v["syncing"].as_bool() == Some(false));
-            if !synced {
-                syncing += 1;
-            }
-        }
-        syncing
     }
 
     /// Sends SIGTERM to node `i` and waits for it to exit; returns whether it exited cleanly.
