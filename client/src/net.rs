@@ -459,15 +459,12 @@ impl Net {
             let destination = members[random_index(members.len())];
             let path = match self.path(&roster, destination) {
                 Ok(p) => p,
-                Err(e) => {
-                    // Avoided relays make paths impossible: forgive them and try again.
+                // Avoided relays may make paths impossible: forgive them once.
+                Err(_) if !lock(&self.avoid).is_empty() => {
                     lock(&self.avoid).clear();
-                    last = e.to_string();
-                    if self.path(&roster, destination).is_err() {
-                        return Err(e);
-                    }
-                    continue;
+                    self.path(&roster, destination)?
                 }
+                Err(e) => return Err(e),
             };
             attempts += 1;
             let node = NodeId(destination.identity.to_bytes());
