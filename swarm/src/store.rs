@@ -731,22 +731,12 @@ impl Writer {
                 hashes,
             } => {
                 let mut deleted = Vec::new();
-                let mut seen = HashSet::new();
-                for hash in hashes {
-                    if !seen.insert(hash) {
-                        continue;
-                    }
-                    let key = EntryKey {
-                        mailbox,
-                        namespace,
-                        hash,
-                    };
+                for key in distinct_keys(mailbox, namespace, hashes) {
                     // A tombstone even for a message not (yet) held here: its replica may
                     // still be on the way, and must not land after the delete.
-                    let held = self.find(ov, &key)?;
-                    self.bury(ov, key, now.saturating_add(self.cfg.ttl_max_ms))?;
+                    let held = self.bury(ov, key, now.saturating_add(self.cfg.ttl_max_ms))?;
                     if held.is_some_and(|h| h.expiry > now) {
-                        deleted.push(hash);
+                        deleted.push(key.hash);
                     }
                 }
                 Ok(Outcome::Deleted(deleted))
@@ -776,20 +766,11 @@ impl Writer {
             } => {
                 self.check_expiry(expiry, now)?;
                 let mut updated = Vec::new();
-                let mut seen = HashSet::new();
-                for hash in hashes {
-                    if !seen.insert(hash) {
-                        continue;
-                    }
-                    let key = EntryKey {
-                        mailbox,
-                        namespace,
-                        hash,
-                    };
+                for key in distinct_keys(mailbox, namespace, hashes) {
                     if let Some(old) = self.find(ov, &key)? {
                         if old.expiry > now {
                             self.set_expiry(ov, &key, old, expiry, now)?;
-                            updated.push((hash, expiry));
+                            updated.push((key.hash, expiry));
                         }
                     }
                 }
@@ -969,21 +950,28 @@ impl Writer {
 
     /// Deletes `key` for good: removes the message if held and keeps a tombstone until at
     /// least `until` (and at least the message's own expiry), so no replica brings it back.
-    fn bury(&self, ov: &mut Overlay, key: EntryKey, until: UnixMillis) -> Result<(), StoreError> {
+    /// Returns the message that was held, if any.
+    fn bury(
+        &self,
+        ov: &mut Overlay,
+        key: EntryKey,
+        until: UnixMillis,
+    ) -> Result<Option<Held>, StoreError> {
         let mut until = until;
-        if let Some(held) = self.find(ov, &key)? {
+        let held = self.find(ov, &key)?;
+        if let Some(held) = held {
             until = until.max(held.expiry);
             self.remove(ov, &key, held)?;
         }
         let kb = key.to_bytes();
         match self.tombstone(ov, &key)? {
-            Some(old) if old >= until => return Ok(()),
+            Some(old) if old >= until => return Ok(held),
             Some(old) => ov.delete(Cf::Exp, tomb_exp_key(old, &kb)),
             None => ov.toggle(key, EntryState::Deleted { until }),
         }
         ov.put(Cf::Tomb, kb.to_vec(), until.to_be_bytes().to_vec());
         ov.put(Cf::Exp, tomb_exp_key(until, &kb), Vec::new());
-        Ok(())
+        Ok(held)
     }
 
     /// Drops everything held for a mailbox, tombstones included, leaving no tombstone: the
@@ -1077,6 +1065,23 @@ impl Writer {
         }
         Ok(n)
     }
+}
+
+/// The keys of `hashes` in (mailbox, namespace), each once, in request order.
+fn distinct_keys(
+    mailbox: Mailbox,
+    namespace: Namespace,
+    hashes: Vec<MessageHash>,
+) -> impl Iterator<Item = EntryKey> {
+    let mut seen = HashSet::new();
+    hashes
+        .into_iter()
+        .filter(move |h| seen.insert(*h))
+        .map(move |hash| EntryKey {
+            mailbox,
+            namespace,
+            hash,
+        })
 }
 
 fn send(reply: Option<Reply>, r: Result<Outcome, StoreError>) {
