@@ -158,13 +158,6 @@ impl Digests {
         }
     }
 
-    /// XORs every bucket of `other` into this one.
-    pub fn merge(&mut self, other: &Digests) {
-        for (b, d) in other.0.iter().enumerate() {
-            self.xor(b as u8, d);
-        }
-    }
-
     /// The root digest over all buckets.
     pub fn root(&self) -> [u8; 32] {
         crypto::sync_root(&self.0[..])
