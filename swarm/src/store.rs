@@ -392,8 +392,8 @@ impl Op {
 }
 
 enum Outcome {
-    /// The store result, and when the message's expiry was set.
-    Stored(StoreResponse, UnixMillis),
+    /// The store result.
+    Stored(StoreResponse),
     Deleted(Vec<MessageHash>),
     Count(u64),
     /// Updated (hash, expiry) pairs and the time they were set.
@@ -636,42 +636,36 @@ impl Writer {
                 let expiry = now.saturating_add(m.ttl_ms);
                 if let Some(until) = self.live_tombstone(ov, &key, now)? {
                     // Deleted by its owner: a retried store must not bring it back.
-                    return Ok(Outcome::Stored(
-                        StoreResponse {
-                            hash,
-                            timestamp: now,
-                            expiry: until,
-                            duplicate: true,
-                            holders: Vec::new(),
-                        },
-                        now,
-                    ));
+                    return Ok(Outcome::Stored(StoreResponse {
+                        hash,
+                        timestamp: now,
+                        expiry: until,
+                        duplicate: true,
+                        holders: Vec::new(),
+                    }));
                 }
                 if let Some(old) = self.find(ov, &key)? {
                     if old.expiry > now {
                         // Dedupe: same content is one message; a later expiry wins.
-                        let (expiry, set_at) = if expiry > old.expiry {
+                        let expiry = if expiry > old.expiry {
                             self.set_expiry(ov, &key, old, expiry, now)?;
-                            (expiry, now)
+                            expiry
                         } else {
-                            (old.expiry, old.set_at)
+                            old.expiry
                         };
-                        return Ok(Outcome::Stored(
-                            StoreResponse {
-                                hash,
-                                timestamp: old.ts,
-                                expiry,
-                                duplicate: true,
-                                holders: Vec::new(),
-                            },
-                            set_at,
-                        ));
+                        return Ok(Outcome::Stored(StoreResponse {
+                            hash,
+                            timestamp: old.ts,
+                            expiry,
+                            duplicate: true,
+                            holders: Vec::new(),
+                        }));
                     }
                     // Expired but not yet swept: remove it and store afresh.
                     self.remove(ov, &key, old)?;
                 }
                 self.insert(ov, key, m.data, now, expiry, now, stored)
-                    .map(|r| Outcome::Stored(r, now))
+                    .map(Outcome::Stored)
             }
             Op::Replica(m, hash) => {
                 self.check_expiry(m.expiry, now)?;
@@ -1128,7 +1122,7 @@ impl Ticket {
     /// Blocks until the writer answers.
     pub fn wait(self) -> Result<StoreResponse, StoreError> {
         match self.0.recv() {
-            Ok(Ok(Outcome::Stored(r, _))) => Ok(r),
+            Ok(Ok(Outcome::Stored(r))) => Ok(r),
             Ok(Ok(_)) => Err(StoreError::Corrupt(
                 "writer answered another operation".into(),
             )),
@@ -1273,22 +1267,6 @@ impl Store {
     /// Stores a message and returns once it is durable on disk (WAL synced).
     pub fn store(&self, msg: NewMessage, now: UnixMillis) -> Result<StoreResponse, StoreError> {
         self.submit_store(msg, now)?.wait()
-    }
-
-    /// Stores a message like [`Self::store`] and also returns when its expiry was set (what
-    /// a replica of it must carry).
-    pub fn store_full(
-        &self,
-        msg: NewMessage,
-        now: UnixMillis,
-    ) -> Result<(StoreResponse, UnixMillis), StoreError> {
-        let hash = crypto::content_hash(&msg.mailbox, msg.namespace, &msg.data);
-        match self.call(Op::Store(msg, hash), now)? {
-            Outcome::Stored(r, set_at) => Ok((r, set_at)),
-            _ => Err(StoreError::Corrupt(
-                "writer answered another operation".into(),
-            )),
-        }
     }
 
     /// Applies replication items from another member (whitepaper §9.3) and returns, per item,
