@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use allium_swarm::proto::{INBOX, Mailbox};
+use allium_proto::storage::{INBOX, Mailbox};
 use allium_swarm::{NewMessage, RetrieveQuery, Store, StoreConfig};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
@@ -23,7 +23,7 @@ fn message(n: u64) -> NewMessage {
     let mut mb = [7u8; 32];
     mb[..2].copy_from_slice(&((n % 1024) as u16).to_le_bytes());
     NewMessage {
-        mailbox: Mailbox(mb),
+        mailbox: Mailbox::from_bytes(mb),
         namespace: INBOX,
         ttl_ms: 86_400_000,
         data,
@@ -81,7 +81,7 @@ fn synced_store(c: &mut Criterion) {
 fn retrieve_100(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), bench_config()).unwrap();
-    let mb = Mailbox([9; 32]);
+    let mb = Mailbox::from_bytes([9; 32]);
     for n in 0..100u64 {
         let mut m = message(n);
         m.mailbox = mb;

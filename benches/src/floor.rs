@@ -11,9 +11,7 @@ use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
 use allium_client::envelope;
 use allium_client::identity::Identity;
-use allium_node::link::{
-    self, Deadlines, Handler, Kind, Link, LinkLimits, Peer, Status, TlsIdentity,
-};
+use allium_link::{Deadlines, Handler, Kind, Link, LinkLimits, Peer, Status, TlsIdentity};
 use allium_onion::{
     Epoch, IdentityKeypair, NodeId, OnionSecretKey, PathHop, SizeClass, build_packet, peel,
 };
@@ -147,7 +145,7 @@ impl Handler for Echo {
 }
 
 async fn quic_rtt(samples: usize) -> Result<(Duration, usize), String> {
-    let e = |e: link::LinkError| e.to_string();
+    let e = |e: allium_link::LinkError| e.to_string();
     let keys = IdentityKeypair::generate(&mut OsRng);
     let public = keys.public();
     let tls = Arc::new(TlsIdentity::new(&keys).map_err(e)?);
@@ -176,7 +174,7 @@ async fn quic_rtt(samples: usize) -> Result<(Duration, usize), String> {
     let mut v = Vec::with_capacity(samples);
     for i in 0..samples + samples / 5 {
         let t = Instant::now();
-        let (status, answer) = link::request(&conn, Kind::Onion, &body, deadlines)
+        let (status, answer) = allium_link::request(&conn, Kind::Onion, &body, deadlines)
             .await
             .map_err(e)?;
         let d = t.elapsed();

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use allium_client::identity::Identity;
 use allium_client::onion::{OnionClient, epoch_at};
 use allium_node::devnet::{Devnet, DevnetOptions, wait_for_roster};
-use allium_swarm::network::NetworkFile;
+use allium_proto::network::NetworkFile;
 use clap::Parser;
 use serde_json::{Value, json};
 

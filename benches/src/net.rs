@@ -9,9 +9,9 @@ use allium_client::envelope;
 use allium_client::identity::Identity;
 use allium_client::onion::{Hop, OnionClient, hop};
 use allium_onion::{Epoch, SizeClass};
-use allium_swarm::proto::{CursorKey, INBOX, RetrieveRequest, StoreRequest};
-use allium_swarm::roster::{NodeEntry, Roster};
-use allium_swarm::{Body, Mailbox, Method, NodeId, Request, Response, ResponseBody, Status};
+use allium_proto::roster::{NodeEntry, Roster};
+use allium_proto::storage::{CursorKey, INBOX, RetrieveRequest, StoreRequest};
+use allium_proto::{Body, Mailbox, Method, Request, Response, ResponseBody, Status};
 use ed25519_dalek::SigningKey;
 use rand_core::{OsRng, RngCore};
 
@@ -79,7 +79,7 @@ impl Net {
     /// The members of `mailbox`'s swarm.
     pub fn members(&self, mailbox: &Mailbox) -> Vec<Hop> {
         self.roster
-            .members_for(&mailbox.0)
+            .members_for(mailbox)
             .into_iter()
             .filter_map(|n| self.hop_of(n))
             .collect()
@@ -250,7 +250,7 @@ pub async fn store_series(
     n: usize,
     template: &Latencies,
 ) -> Result<Series, String> {
-    let mailbox = Mailbox(who.public().to_bytes());
+    let mailbox = Mailbox::from_bytes(who.public().to_bytes());
     let members = net.members(&mailbox);
     let dest = members.first().ok_or("no swarm for the mailbox")?;
     let path = net.path(relays, 0, dest);
@@ -281,14 +281,14 @@ fn retrieve_request(
 ) -> Vec<u8> {
     Request::signed(
         Body::Retrieve(RetrieveRequest {
-            mailbox: Mailbox(key.verifying_key().to_bytes()),
+            mailbox: Mailbox::from_bytes(key.verifying_key().to_bytes()),
             namespace: INBOX,
             after,
             limit: Some(limit),
             wait_ms,
         }),
         key,
-        &NodeId(dest.identity.to_bytes()),
+        &dest.identity.node_id(),
         stamp.next(),
     )
     .encode()
@@ -307,7 +307,7 @@ pub async fn retrieve_series(
     stamp: &Stamp,
 ) -> Result<Series, String> {
     let key = SigningKey::from_bytes(&who.seed());
-    let mailbox = Mailbox(key.verifying_key().to_bytes());
+    let mailbox = Mailbox::from_bytes(key.verifying_key().to_bytes());
     let dest = net
         .members(&mailbox)
         .first()
@@ -366,7 +366,7 @@ pub async fn delivery(
     let alice = Identity::generate();
     let bob = Identity::generate();
     let bob_key = SigningKey::from_bytes(&bob.seed());
-    let bob_mailbox = Mailbox(bob.public().to_bytes());
+    let bob_mailbox = Mailbox::from_bytes(bob.public().to_bytes());
     let bob_address = bob.address();
     let members = net.members(&bob_mailbox);
     let member = members.first().cloned().ok_or("no swarm for B's mailbox")?;
@@ -548,7 +548,7 @@ pub async fn throughput(
             while Instant::now() < end {
                 let mut mb = [0u8; 32];
                 OsRng.fill_bytes(&mut mb);
-                let mailbox = Mailbox(mb);
+                let mailbox = Mailbox::from_bytes(mb);
                 k = k.wrapping_add(1);
                 let Some(path) = net.random_path(&mailbox, k) else {
                     return (hist, ok, errors + 1, Some("no path".to_string()));

@@ -9,10 +9,10 @@ use std::process::ExitCode;
 use std::str::FromStr;
 use std::time::Duration;
 
-use allium_swarm::cursor::{Cursor, DEFAULT_OVERLAP_MS};
-use allium_swarm::network::NetworkFile;
-use allium_swarm::proto::{CursorKey, RetrieveResponse};
-use allium_swarm::{Mailbox, MessageHash};
+use allium_proto::cursor::{Cursor, DEFAULT_OVERLAP_MS};
+use allium_proto::network::NetworkFile;
+use allium_proto::storage::{CursorKey, RetrieveResponse};
+use allium_proto::{Mailbox, MessageHash, NodeId};
 use clap::{Args, Parser, Subcommand};
 use ed25519_dalek::SigningKey;
 use serde_json::json;
@@ -270,7 +270,11 @@ impl Local {
     fn net(&self, state: &ClientState) -> Result<Net, CliError> {
         let network = self.network_file()?;
         let roster = self.dir.read_roster()?;
-        let guards: Vec<[u8; 32]> = state.guards().iter().map(|g| g.identity).collect();
+        let guards: Vec<NodeId> = state
+            .guards()
+            .iter()
+            .map(|g| NodeId::from_bytes(g.identity))
+            .collect();
         Ok(Net::new(
             network,
             roster.as_deref(),
@@ -282,10 +286,10 @@ impl Local {
 
     /// Keeps what the network client learnt for the next run.
     fn save_net(&self, net: &Net, state: &mut ClientState) -> Result<(), CliError> {
-        if let Some((roster, bytes)) = net.roster() {
-            if state.roster_version() != Some(roster.version()) {
-                self.dir.write_roster(&bytes)?;
-                state.set_roster_version(roster.version());
+        if let Some(held) = net.roster() {
+            if state.roster_version() != Some(held.version()) {
+                self.dir.write_roster(held.signed())?;
+                state.set_roster_version(held.version());
             }
         }
         let now = net.now_ms();
@@ -294,7 +298,10 @@ impl Local {
         let on_disk = self.dir.load_state().map(|s| s.guards().to_vec());
         if let Ok(disk) = &on_disk {
             if !disk.is_empty() {
-                let ids: Vec<[u8; 32]> = disk.iter().map(|g| g.identity).collect();
+                let ids: Vec<NodeId> = disk
+                    .iter()
+                    .map(|g| NodeId::from_bytes(g.identity))
+                    .collect();
                 net.adopt_guards(&ids);
                 state.set_guards(disk.clone());
             }
@@ -581,7 +588,10 @@ async fn send(local: &Local, to: &str, text: Option<String>) -> Result<(), CliEr
         e => CliError::Envelope(e),
     })?;
     let sent = net
-        .store(&Mailbox(recipient.public_key().to_bytes()), envelope.bytes)
+        .store(
+            &Mailbox::from_bytes(recipient.public_key().to_bytes()),
+            envelope.bytes,
+        )
         .await;
     local.save_net(&net, &mut state)?;
     let sent = sent?;
@@ -594,7 +604,11 @@ async fn send(local: &Local, to: &str, text: Option<String>) -> Result<(), CliEr
     })?;
     let swarm = net
         .roster()
-        .map(|(r, _)| r.members_for(&recipient.public_key().to_bytes()).len())
+        .map(|h| {
+            h.roster()
+                .members_for(&Mailbox::from_bytes(recipient.public_key().to_bytes()))
+                .len()
+        })
         .unwrap_or(0);
     if local.json {
         println!(
@@ -717,40 +731,15 @@ async fn status(local: &Local) -> Result<(), CliError> {
     let net = local.net(&state)?;
     let address = local.identity().ok().map(|i| i.address().to_string());
     let refreshed = net.refresh_roster().await;
-    let mut guards = Vec::new();
-    if let Some((roster, _)) = net.roster() {
-        for g in net.guards() {
-            let addr = roster.node(&g).and_then(|n| n.addresses.first().copied());
-            let health = match addr {
-                Some(a) => {
-                    let started = std::time::Instant::now();
-                    let request = allium_swarm::roster::DirectoryRequest::GetRoster {
-                        have_version: Some(roster.version()),
-                    }
-                    .encode();
-                    match net
-                        .onion()
-                        .pool()
-                        .request(
-                            &g,
-                            a,
-                            allium_node::link::Kind::Directory,
-                            &request,
-                            allium_node::link::Deadlines::uniform(Duration::from_secs(5)),
-                        )
-                        .await
-                    {
-                        Ok(_) => Some(started.elapsed()),
-                        Err(_) => None,
-                    }
-                }
-                None => None,
-            };
-            guards.push((g, addr, health));
-        }
-    }
+    let guards: Vec<_> = net
+        .guard_health()
+        .await
+        .into_iter()
+        .map(|g| (g.identity, g.addr, g.rtt))
+        .collect();
     local.save_net(&net, &mut state)?;
-    let roster = net.roster().map(|(r, _)| r);
+    let held = net.roster();
+    let roster = held.as_ref().map(|h| h.roster());
     if local.json {
         println!(
             "{}",
@@ -764,7 +753,7 @@ async fn status(local: &Local) -> Result<(), CliError> {
                 "roster_error": refreshed.as_ref().err().map(ToString::to_string),
                 "clock_offset_ms": net.clock_offset_ms(),
                 "guards": guards.iter().map(|(g, a, h)| json!({
-                    "identity": hex::encode(g.as_bytes()),
+                    "identity": g.to_string(),
                     "address": a.map(|a| a.to_string()),
                     "rtt_ms": h.map(|d| d.as_secs_f64() * 1000.0),
                 })).collect::<Vec<_>>(),

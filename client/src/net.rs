@@ -5,16 +5,16 @@
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use allium_node::link::{Deadlines, Kind, Status as LinkStatus};
+use allium_link::directory::{self, Source};
 use allium_onion::{IdentityPublicKey, SizeClass};
-use allium_swarm::network::NetworkFile;
-use allium_swarm::proto::{CursorKey, RetrieveRequest, StoreRequest};
-use allium_swarm::roster::{DirectoryRequest, DirectoryResponse, NodeEntry, Roster, SignedRoster};
-use allium_swarm::{
-    Body, Mailbox, MessageHash, Method, NodeId, Request, Response, ResponseBody, Status,
+use allium_proto::network::NetworkFile;
+use allium_proto::roster::{DirectoryRequest, HeldRoster, NodeEntry, Roster, RosterHolder};
+use allium_proto::storage::{CursorKey, RetrieveRequest, StoreRequest};
+use allium_proto::{
+    Body, Mailbox, MessageHash, Method, NodeId, Request, Response, ResponseBody, Retry, Status,
     StoredMessage,
 };
 use ed25519_dalek::SigningKey;
@@ -26,6 +26,10 @@ use crate::onion::{Hop, OnionClient, SendError, epoch_at, hop};
 pub const GUARDS: usize = 3;
 /// How often a long-running client asks for a newer roster (and once at the start of each run).
 const ROSTER_REFRESH: Duration = Duration::from_secs(300);
+/// How long to wait before asking another member after a `busy` answer.
+const LATER_PAUSE: Duration = Duration::from_millis(200);
+/// How long `status` waits for a guard to answer.
+const GUARD_PROBE: Duration = Duration::from_secs(5);
 /// How long a relay that failed is left out of new paths.
 const AVOID_FOR: Duration = Duration::from_secs(120);
 
@@ -88,6 +92,17 @@ pub struct PathReport {
     pub attempts: usize,
 }
 
+/// A guard and whether it answers.
+#[derive(Debug, Clone)]
+pub struct GuardHealth {
+    /// The guard.
+    pub identity: NodeId,
+    /// Its address, if the roster lists it.
+    pub addr: Option<SocketAddr>,
+    /// The round trip of a directory request to it, if it answered.
+    pub rtt: Option<Duration>,
+}
+
 /// An acknowledged store.
 #[derive(Debug, Clone)]
 pub struct Stored {
@@ -139,12 +154,11 @@ fn random_index(n: usize) -> usize {
 /// A client's connection to one network.
 #[derive(Debug)]
 pub struct Net {
-    network: NetworkFile,
     onion: OnionClient,
     timing: Timing,
-    roster: Mutex<Option<(Roster, Vec<u8>)>>,
-    guards: Mutex<Vec<IdentityPublicKey>>,
-    avoid: Mutex<HashMap<[u8; 32], Instant>>,
+    roster: RosterHolder,
+    guards: Mutex<Vec<NodeId>>,
+    avoid: Mutex<HashMap<NodeId, Instant>>,
     /// When a directory last confirmed the roster held is the newest.
     refreshed: Mutex<Option<Instant>>,
     /// Node time minus local time, ms: signatures and envelopes use corrected time.
@@ -157,7 +171,7 @@ impl Net {
     pub fn new(
         network: NetworkFile,
         cached_roster: Option<&[u8]>,
-        guards: &[[u8; 32]],
+        guards: &[NodeId],
         offset_ms: i64,
         timing: Timing,
     ) -> Result<Net, NetError> {
@@ -166,20 +180,16 @@ impl Net {
             attempts: 0,
             last: e.to_string(),
         })?;
-        let roster = cached_roster.and_then(|b| {
-            SignedRoster::decode_and_verify(b, &network, None)
-                .ok()
-                .map(|r| (r, b.to_vec()))
-        });
-        let guards = guards
-            .iter()
-            .filter_map(|g| IdentityPublicKey::from_bytes(g).ok())
-            .collect();
+        let roster = RosterHolder::new(network);
+        if let Some(b) = cached_roster {
+            // A damaged or foreign cache is as good as none: a fresh roster is fetched.
+            let _ = roster.offer(b);
+        }
+        let guards = guards.to_vec();
         Ok(Net {
-            network,
             onion,
             timing,
-            roster: Mutex::new(roster),
+            roster,
             guards: Mutex::new(guards),
             avoid: Mutex::new(HashMap::new()),
             refreshed: Mutex::new(None),
@@ -189,7 +199,7 @@ impl Net {
 
     /// The network file.
     pub fn network(&self) -> &NetworkFile {
-        &self.network
+        self.roster.network()
     }
 
     /// The onion client (for tools that build their own requests).
@@ -197,13 +207,13 @@ impl Net {
         &self.onion
     }
 
-    /// The roster held, and its signed bytes (to cache).
-    pub fn roster(&self) -> Option<(Roster, Vec<u8>)> {
-        lock(&self.roster).clone()
+    /// The roster held, with its signed bytes (to cache).
+    pub fn roster(&self) -> Option<Arc<HeldRoster>> {
+        self.roster.current()
     }
 
     /// The guards in use.
-    pub fn guards(&self) -> Vec<IdentityPublicKey> {
+    pub fn guards(&self) -> Vec<NodeId> {
         lock(&self.guards).clone()
     }
 
@@ -226,81 +236,45 @@ impl Net {
     /// Fetches a newer roster from a guard or an authority and verifies it; keeps the held one
     /// when nothing newer and valid comes. Returns the version held.
     pub async fn refresh_roster(&self) -> Result<u64, NetError> {
-        let held = self.roster().map(|(r, _)| r.version());
-        let request = DirectoryRequest::GetRoster { have_version: held }.encode();
-        let mut sources: Vec<(IdentityPublicKey, SocketAddr)> = Vec::new();
-        if let Some((roster, _)) = self.roster() {
+        let held = self.roster.version();
+        let mut sources: Vec<Source> = Vec::new();
+        if let Some(h) = self.roster() {
             for g in self.guards() {
-                if let Some(a) = roster.node(&g).and_then(|n| n.addresses.first()) {
-                    sources.push((g, *a));
+                if let Some(n) = h.roster().node(&g) {
+                    if let Some(addr) = n.addresses.first() {
+                        sources.push(Source {
+                            identity: n.identity,
+                            addr: *addr,
+                        });
+                    }
                 }
             }
         }
-        sources.extend(
-            self.network
-                .authorities()
-                .iter()
-                .map(|a| (a.identity, a.address)),
-        );
-        let mut last = String::from("no source");
-        for (identity, addr) in sources {
-            let answer = self
-                .onion
-                .pool()
-                .request(
-                    &identity,
-                    addr,
-                    Kind::Directory,
-                    &request,
-                    Deadlines::uniform(self.timing.attempt),
-                )
-                .await;
-            let bytes = match answer {
-                Ok((LinkStatus::Ok, body)) => match DirectoryResponse::decode(&body) {
-                    Ok(DirectoryResponse::Roster(b)) => b,
-                    Ok(DirectoryResponse::NotModified) => {
-                        if let Some(v) = held {
-                            *lock(&self.refreshed) = Some(Instant::now());
-                            return Ok(v);
-                        }
-                        continue;
-                    }
-                    Ok(other) => {
-                        last = format!("unexpected answer {other:?}");
-                        continue;
-                    }
-                    Err(e) => {
-                        last = e.to_string();
-                        continue;
-                    }
-                },
-                Ok((LinkStatus::Rejected, _)) => {
-                    last = "refused".into();
-                    continue;
-                }
-                Err(e) => {
-                    last = format!("{addr}: {e}");
-                    continue;
-                }
-            };
-            match SignedRoster::decode_and_verify(&bytes, &self.network, held) {
-                Ok(roster) => {
-                    let version = roster.version();
-                    *lock(&self.refreshed) = Some(Instant::now());
-                    *lock(&self.roster) = Some((roster, bytes));
-                    self.choose_guards();
-                    return Ok(version);
-                }
-                Err(e) => last = format!("roster refused: {e}"),
+        sources.extend(self.network().authorities().iter().map(|a| Source {
+            identity: a.identity,
+            addr: a.address,
+        }));
+        let refreshed = directory::refresh_roster(
+            self.onion.pool(),
+            &sources,
+            held,
+            self.timing.attempt,
+            |b| self.roster.offer(b),
+        )
+        .await;
+        match (refreshed, self.roster.version()) {
+            (Ok(_), Some(version)) => {
+                *lock(&self.refreshed) = Some(Instant::now());
+                self.choose_guards();
+                Ok(version)
             }
-        }
-        match held {
-            Some(v) => Ok(v),
-            None => Err(NetError::NoRoster(last)),
+            (Err(_), Some(version)) => Ok(version),
+            (Ok(_), None) => Err(NetError::NoRoster("no roster came".into())),
+            (Err(e), None) => Err(NetError::NoRoster(e.to_string())),
         }
     }
 
-    async fn ensure_roster(&self) -> Result<Roster, NetError> {
+    async fn ensure_roster(&self) -> Result<Arc<HeldRoster>, NetError> {
         let stale = lock(&self.refreshed).is_none_or(|t| t.elapsed() >= ROSTER_REFRESH);
         if self.roster().is_none() {
             self.refresh_roster().await?;
@@ -311,59 +285,92 @@ impl Net {
         }
         self.choose_guards();
         self.roster()
-            .map(|(r, _)| r)
             .ok_or_else(|| NetError::NoRoster("none held".into()))
     }
 
+    /// Each guard with its address and the round trip of a directory request to it (`None` when
+    /// it did not answer within five seconds).
+    pub async fn guard_health(&self) -> Vec<GuardHealth> {
+        let Some(held) = self.roster() else {
+            return Vec::new();
+        };
+        let request = DirectoryRequest::GetRoster {
+            have_version: Some(held.version()),
+        };
+        let mut out = Vec::new();
+        for g in self.guards() {
+            let entry = held.roster().node(&g);
+            let source = entry.and_then(|n| {
+                Some(Source {
+                    identity: n.identity,
+                    addr: *n.addresses.first()?,
+                })
+            });
+            let rtt = match &source {
+                Some(source) => {
+                    let started = Instant::now();
+                    let sources = std::slice::from_ref(source);
+                    let answer =
+                        directory::ask(self.onion.pool(), sources, &request, GUARD_PROBE).await;
+                    answer.ok().map(|_| started.elapsed())
+                }
+                None => None,
+            };
+            out.push(GuardHealth {
+                identity: g,
+                addr: source.map(|s| s.addr),
+                rtt,
+            });
+        }
+        out
+    }
+
     /// Uses `guards` (kept by another run) instead of the current set, topped up as needed.
-    pub fn adopt_guards(&self, guards: &[[u8; 32]]) {
-        let ids: Vec<IdentityPublicKey> = guards
-            .iter()
-            .filter_map(|g| IdentityPublicKey::from_bytes(g).ok())
-            .collect();
-        if ids != self.guards() {
-            *lock(&self.guards) = ids;
+    pub fn adopt_guards(&self, guards: &[NodeId]) {
+        if guards != self.guards() {
+            *lock(&self.guards) = guards.to_vec();
             self.choose_guards();
         }
     }
 
     /// Keeps the guards still in the roster and fills up to [`GUARDS`] with random nodes.
     fn choose_guards(&self) {
-        let Some((roster, _)) = self.roster() else {
+        let Some(held) = self.roster() else {
             return;
         };
+        let roster = held.roster();
         let mut guards = lock(&self.guards);
         guards.retain(|g| roster.node(g).is_some());
         let mut candidates: Vec<&NodeEntry> = roster
             .nodes()
             .iter()
-            .filter(|n| !guards.contains(&n.identity) && !n.addresses.is_empty())
+            .filter(|n| !guards.contains(&n.identity.node_id()) && !n.addresses.is_empty())
             .collect();
         while guards.len() < GUARDS && !candidates.is_empty() {
             let n = candidates.swap_remove(random_index(candidates.len()));
-            guards.push(n.identity);
+            guards.push(n.identity.node_id());
         }
     }
 
-    fn avoided(&self) -> HashSet<[u8; 32]> {
+    fn avoided(&self) -> HashSet<NodeId> {
         let mut avoid = lock(&self.avoid);
         avoid.retain(|_, since| since.elapsed() < AVOID_FOR);
         avoid.keys().copied().collect()
     }
 
-    fn avoid(&self, node: &IdentityPublicKey) {
-        lock(&self.avoid).insert(node.to_bytes(), Instant::now());
+    fn avoid(&self, node: NodeId) {
+        lock(&self.avoid).insert(node, Instant::now());
     }
 
     /// Three relays (a guard, a middle, an exit) then `destination`, all distinct, avoiding
     /// recently failed relays and, unless the network allows it, two nodes of one subnet.
     fn path(&self, roster: &Roster, destination: &NodeEntry) -> Result<Vec<Hop>, NetError> {
         let avoid = self.avoided();
-        let same_subnet_ok = self.network.params.allow_same_subnet;
+        let same_subnet_ok = self.network().params.allow_same_subnet;
         let fits = |n: &NodeEntry, chosen: &[&NodeEntry]| {
             !n.addresses.is_empty()
                 && n.identity != destination.identity
-                && !avoid.contains(&n.identity.to_bytes())
+                && !avoid.contains(&n.identity.node_id())
                 && chosen.iter().all(|c| c.identity != n.identity)
                 && (same_subnet_ok
                     || chosen.iter().chain(std::iter::once(&destination)).all(|c| {
@@ -400,7 +407,7 @@ impl Net {
             chosen.push(n);
         }
         chosen.push(destination);
-        let epoch = epoch_at(self.network.params.epoch_secs, self.now_ms() / 1000);
+        let epoch = epoch_at(self.network().params.epoch_secs, self.now_ms() / 1000);
         chosen
             .iter()
             .map(|n| hop(n, epoch).ok_or(NetError::TooFewNodes(roster.nodes().len())))
@@ -422,7 +429,7 @@ impl Net {
         let deadline = started + self.timing.operation + wait;
         let mut attempts = 0;
         let mut last = String::from("no attempt");
-        let mut tried: HashSet<[u8; 32]> = HashSet::new();
+        let mut tried: HashSet<NodeId> = HashSet::new();
         let mut redirect: Option<Vec<NodeId>> = None;
         while Instant::now() < deadline {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -441,15 +448,14 @@ impl Net {
             let mut members: Vec<&NodeEntry> = match &redirect {
                 Some(ids) => ids
                     .iter()
-                    .filter_map(|id| IdentityPublicKey::from_bytes(&id.0).ok())
-                    .filter_map(|id| roster.node(&id))
+                    .filter_map(|id| roster.roster().node(id))
                     .collect(),
-                None => roster.members_for(&mailbox.0),
+                None => roster.roster().members_for(mailbox),
             };
             if members.is_empty() {
                 return Err(NetError::NoSwarm);
             }
-            members.retain(|m| !tried.contains(&m.identity.to_bytes()));
+            members.retain(|m| !tried.contains(&m.identity.node_id()));
             if members.is_empty() {
                 // Every member tried once: start over (a syncing member may be ready now).
                 tried.clear();
@@ -457,17 +463,17 @@ impl Net {
                 continue;
             }
             let destination = members[random_index(members.len())];
-            let path = match self.path(&roster, destination) {
+            let path = match self.path(roster.roster(), destination) {
                 Ok(p) => p,
                 // Avoided relays may make paths impossible: forgive them once.
                 Err(_) if !lock(&self.avoid).is_empty() => {
                     lock(&self.avoid).clear();
-                    self.path(&roster, destination)?
+                    self.path(roster.roster(), destination)?
                 }
                 Err(e) => return Err(e),
             };
             attempts += 1;
-            let node = NodeId(destination.identity.to_bytes());
+            let node = destination.identity.node_id();
             let request = make(&node, self.now_ms());
             let left = deadline.saturating_duration_since(Instant::now());
             let budget = (self.timing.attempt + wait).min(left);
@@ -483,7 +489,7 @@ impl Net {
                     last = e.to_string();
                     self.blame(&path, &e);
                     if e.failed_hop() == Some(path.len() - 1) {
-                        tried.insert(node.0);
+                        tried.insert(node);
                     }
                     continue;
                 }
@@ -492,7 +498,7 @@ impl Net {
                 Ok(r) => r,
                 Err(e) => {
                     last = format!("undecodable answer: {e}");
-                    tried.insert(node.0);
+                    tried.insert(node);
                     continue;
                 }
             };
@@ -503,22 +509,27 @@ impl Net {
                 rtt,
                 attempts,
             };
-            match response.result {
+            let status = match response.result {
                 Ok(_) => return Ok((response, report)),
+                Err(status) => status,
+            };
+            last = format!("{status:?}");
+            if status == Status::WrongSwarm {
+                redirect = response.redirect.map(|r| r.members);
+                let _ = self.refresh_roster().await;
+            }
+            match status.retry() {
                 // Signed with a clock the node refused: the offset is corrected now.
-                Err(Status::ClockSkew) => last = "clock skew corrected".into(),
-                Err(Status::WrongSwarm) => {
-                    last = "wrong swarm".into();
-                    redirect = response.redirect.map(|r| r.members);
-                    let _ = self.refresh_roster().await;
+                Retry::Now => {}
+                Retry::Elsewhere => {
+                    tried.insert(node);
                 }
-                Err(
-                    s @ (Status::Syncing | Status::NotReplicated | Status::Busy | Status::Internal),
-                ) => {
-                    last = format!("{s:?}");
-                    tried.insert(node.0);
+                Retry::Later => {
+                    tried.insert(node);
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    tokio::time::sleep(LATER_PAUSE.min(left)).await;
                 }
-                Err(s) => return Err(NetError::Refused(s)),
+                Retry::Never => return Err(NetError::Refused(status)),
             }
         }
         Err(NetError::Unreachable {
@@ -531,9 +542,10 @@ impl Net {
     /// Leaves the node a failure names out of new paths: a relay, or the guard.
     fn blame(&self, path: &[Hop], error: &SendError) {
         if let Some(h) = error.failed_hop().and_then(|i| path.get(i)) {
-            self.avoid(&h.identity);
+            let id = h.identity.node_id();
+            self.avoid(id);
             let mut guards = lock(&self.guards);
-            if let Some(i) = guards.iter().position(|g| *g == h.identity) {
+            if let Some(i) = guards.iter().position(|g| *g == id) {
                 // A failed guard goes to the back; it stays a guard unless it leaves the roster.
                 let g = guards.remove(i);
                 guards.push(g);
@@ -544,7 +556,7 @@ impl Net {
     /// Stores `data` in the inbox of `recipient` (an Ed25519 key), acknowledged only once a
     /// majority of the recipient's swarm holds it.
     pub async fn store(&self, recipient: &Mailbox, data: Vec<u8>) -> Result<Stored, NetError> {
-        let ttl_ms = self.network.params.max_ttl_secs.saturating_mul(1000);
+        let ttl_ms = self.network().params.max_ttl_secs.saturating_mul(1000);
         let request = Request::unsigned(Body::Store(StoreRequest {
             mailbox: *recipient,
             namespace: 0,
@@ -574,10 +586,10 @@ impl Net {
         after: Option<CursorKey>,
         wait: Duration,
     ) -> Result<Fetched, NetError> {
-        let mailbox = Mailbox(key.verifying_key().to_bytes());
+        let mailbox = Mailbox::from_bytes(key.verifying_key().to_bytes());
         let wait_ms = u64::try_from(wait.as_millis())
             .unwrap_or(u64::MAX)
-            .min(allium_swarm::proto::MAX_WAIT_MS);
+            .min(allium_proto::storage::MAX_WAIT_MS);
         let make = |node: &NodeId, now: u64| {
             Request::signed(
                 Body::Retrieve(RetrieveRequest {

@@ -4,12 +4,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use allium_node::link::{Deadlines, Kind, Link, LinkError, LinkLimits, Pool, Status};
+use allium_link::{Deadlines, Kind, Link, LinkError, LinkLimits, Pool, Status};
 use allium_onion::{
-    BuildError, Epoch, ErrorCode, IdentityPublicKey, NodeId, OnionPublicKey, PathHop, PreparedPath,
-    Reply, ReplyError, SizeClass, prepare_path,
+    BuildError, Epoch, ErrorCode, IdentityPublicKey, OnionPublicKey, PathHop, PreparedPath, Reply,
+    ReplyError, SizeClass, prepare_path,
 };
-use allium_swarm::roster::{NodeEntry, Roster};
+use allium_proto::roster::NodeEntry;
 
 /// One hop of a path, resolved from the roster.
 #[derive(Debug, Clone)]
@@ -156,7 +156,7 @@ impl OnionClient {
         let hops: Vec<PathHop> = path
             .iter()
             .map(|h| PathHop {
-                node: NodeId(h.identity.to_bytes()),
+                node: h.identity.node_id(),
                 epoch: h.epoch,
                 onion_key: h.onion_key,
             })
@@ -213,9 +213,4 @@ impl OnionClient {
             Reply::Error { hop, code } => Err(SendError::Hop { hop, code }),
         }
     }
-}
-
-/// Roster entries of the swarm that holds `mailbox`.
-pub fn swarm_members<'r>(roster: &'r Roster, mailbox: &[u8; 32]) -> Vec<&'r NodeEntry> {
-    roster.members_for(mailbox)
 }

@@ -26,7 +26,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use allium_node::fsutil;
+use allium_fsutil as fsutil;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -236,18 +236,7 @@ pub struct DataDir {
 }
 
 /// Holds the data directory's exclusive lock until dropped.
-#[derive(Debug)]
-pub struct DataDirLock {
-    _file: File,
-    path: PathBuf,
-}
-
-impl DataDirLock {
-    /// The lock file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
+pub type DataDirLock = fsutil::DirLock;
 
 impl DataDir {
     /// Opens `dir`, creating it and its parents with mode 0700 if needed. Refuses a directory that
@@ -281,23 +270,16 @@ impl DataDir {
     /// processes never interleave writes to one directory. Released when the guard drops (or the
     /// process dies, so a crash leaves no stale lock).
     pub fn lock(&self) -> Result<DataDirLock, StateError> {
-        let path = self.dir.join(LOCK_FILE);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => Ok(DataDirLock { _file: file, path }),
-            Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(StateError::Locked {
+        fsutil::lock(&self.dir.join(LOCK_FILE)).map_err(|e| match e {
+            fsutil::LockError::Held(path) => StateError::Locked {
                 dir: self.dir.clone(),
                 path,
-            }),
-            Err(e) => Err(io_err(&path)(e.into())),
-        }
+            },
+            fsutil::LockError::Io(e) => StateError::Io {
+                path: e.path,
+                source: e.source,
+            },
+        })
     }
 
     // ---- identity ----

@@ -6,19 +6,19 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use allium_onion::IdentityKeypair;
-use allium_swarm::assign::assign;
-use allium_swarm::roster::{
+use allium_onion::{IdentityKeypair, NodeId};
+use allium_proto::assign::assign;
+use allium_proto::roster::{
     Descriptor, DirectoryRequest, DirectoryResponse, NodeEntry, Roster, SignedDescriptor,
 };
 use tokio_util::sync::CancellationToken;
 
 use crate::directory::RosterState;
-use crate::link::{Deadlines, Kind, Pool, Status};
 use crate::onion_service::unix_now;
+use allium_link::{Deadlines, Kind, Pool, Status};
 
 /// Most nodes the authority keeps descriptors of: as many as a roster may list.
-pub const MAX_REGISTERED: usize = allium_swarm::roster::MAX_NODES;
+pub const MAX_REGISTERED: usize = allium_proto::roster::MAX_NODES;
 
 /// How far in the future a descriptor's timestamp may be.
 const MAX_DESCRIPTOR_SKEW_SECS: u64 = 300;
@@ -46,7 +46,7 @@ pub struct Authority {
     identity: IdentityKeypair,
     roster: Arc<RosterState>,
     pool: Arc<Pool>,
-    registry: Mutex<HashMap<[u8; 32], Registered>>,
+    registry: Mutex<HashMap<NodeId, Registered>>,
     config: AuthorityConfig,
     started: Instant,
 }
@@ -79,7 +79,7 @@ impl Authority {
             Ok(d) => d,
             Err(e) => return DirectoryResponse::Refused(e.to_string()),
         };
-        let key = descriptor.identity.to_bytes();
+        let key = descriptor.identity.node_id();
         let mut registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
         // Descriptors cost nothing to mint (any fresh key signs its own), so the registry is
         // capped at what a roster can hold; known nodes may always re-register.
@@ -155,13 +155,13 @@ impl Authority {
         // a roster that would drop them (and move their mailboxes) for being merely unheard.
         if self.started.elapsed() < self.config.descriptor_ttl {
             if let Some(held) = self.roster.current() {
-                let heard: std::collections::HashSet<[u8; 32]> =
-                    candidates.iter().map(|d| d.identity.to_bytes()).collect();
+                let heard: std::collections::HashSet<NodeId> =
+                    candidates.iter().map(|d| d.identity.node_id()).collect();
                 if held
-                    .roster
+                    .roster()
                     .nodes()
                     .iter()
-                    .any(|n| !heard.contains(&n.identity.to_bytes()))
+                    .any(|n| !heard.contains(&n.identity.node_id()))
                 {
                     return;
                 }
@@ -175,11 +175,11 @@ impl Authority {
                 tracing::info!(node = ?d.identity, "node not reachable at its address; left out");
             }
         }
-        admitted.sort_by_key(|d| d.identity.to_bytes());
+        admitted.sort_by_key(|d| d.identity.node_id());
 
         let current = self.roster.current();
         let unchanged = current.as_ref().is_some_and(|h| {
-            let nodes = h.roster.nodes();
+            let nodes = h.roster().nodes();
             nodes.len() == admitted.len()
                 && nodes.iter().zip(&admitted).all(|(n, d)| {
                     n.identity == d.identity
@@ -192,23 +192,17 @@ impl Authority {
             return;
         }
 
-        let previous: BTreeMap<[u8; 32], u64> = current
+        let previous: BTreeMap<NodeId, u64> = current
             .as_ref()
-            .map(|h| {
-                h.roster
-                    .nodes()
-                    .iter()
-                    .map(|n| (n.identity.to_bytes(), n.swarm))
-                    .collect()
-            })
+            .map(|h| h.roster().assignment())
             .unwrap_or_default();
-        let keys: Vec<[u8; 32]> = admitted.iter().map(|d| d.identity.to_bytes()).collect();
+        let keys: Vec<NodeId> = admitted.iter().map(|d| d.identity.node_id()).collect();
         let network = self.roster.network();
         let swarms = assign(&previous, &keys, network.params.swarm_size);
         let nodes = admitted
             .into_iter()
             .filter_map(|d| {
-                let swarm = *swarms.get(&d.identity.to_bytes())?;
+                let swarm = *swarms.get(&d.identity.node_id())?;
                 Some(NodeEntry {
                     identity: d.identity,
                     addresses: d.addresses,
@@ -218,7 +212,7 @@ impl Authority {
                 })
             })
             .collect();
-        let version = current.as_ref().map_or(1, |h| h.roster.version() + 1);
+        let version = current.as_ref().map_or(1, |h| h.roster().version() + 1);
         let signed = Roster::new(
             network.name.clone(),
             version,

@@ -8,25 +8,23 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use allium_onion::{EpochSchedule, IdentityKeypair, OnionKeyCert, OnionKeyRing};
-use allium_swarm::network::NetworkFile;
-use allium_swarm::roster::{DirectoryRequest, DirectoryResponse};
+use allium_proto::network::NetworkFile;
+use allium_proto::roster::{DirectoryRequest, DirectoryResponse};
 use allium_swarm::{Service, ServiceConfig, Store};
 use tokio_util::sync::CancellationToken;
 
 use crate::authority::{Authority, AuthorityConfig};
 use crate::config::NodeConfig;
 use crate::destination::StoreDestination;
-use crate::directory::{
-    RosterState, SelfDescription, answer_get_roster, ask_authorities, descriptor, refresh_roster,
-};
+use crate::directory::{RosterState, SelfDescription, authorities, descriptor, refresh_roster};
 use crate::http::{self, HealthReport, HealthStatus};
 use crate::keystore::KeyStore;
-use crate::link::{Deadlines, Handler, Kind, Link, LinkLimits, Peer, Pool, Status, TlsIdentity};
 use crate::metrics::{DropReason, Metrics};
 use crate::onion_service::{OnionConfig, OnionService, unix_now};
 use crate::ratelimit::RateLimiter;
 use crate::replication::{Membership, Replicator};
 use crate::shutdown::ShutdownSignal;
+use allium_link::{Deadlines, Handler, Kind, Link, LinkLimits, Peer, Pool, Status, TlsIdentity};
 
 /// Why the daemon could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +35,7 @@ pub enum DaemonError {
         /// Its path.
         path: std::path::PathBuf,
         /// Why.
-        source: allium_swarm::network::NetworkError,
+        source: allium_proto::network::NetworkError,
     },
     /// The key store could not be opened.
     #[error(transparent)]
@@ -47,7 +45,7 @@ pub enum DaemonError {
     Store(#[from] allium_swarm::StoreError),
     /// The link could not be set up.
     #[error(transparent)]
-    Link(#[from] crate::link::LinkError),
+    Link(#[from] allium_link::LinkError),
     /// The metrics endpoint could not be set up.
     #[error(transparent)]
     Http(#[from] http::HttpError),
@@ -87,10 +85,9 @@ impl Handler for NodeHandler {
         match kind {
             Kind::Onion => self.onion.handle(body).await,
             Kind::Directory => match DirectoryRequest::decode(&body) {
-                Ok(DirectoryRequest::GetRoster { have_version }) => (
-                    Status::Ok,
-                    answer_get_roster(&self.roster, have_version).encode(),
-                ),
+                Ok(DirectoryRequest::GetRoster { have_version }) => {
+                    (Status::Ok, self.roster.answer(have_version).encode())
+                }
                 Ok(DirectoryRequest::Register(descriptor)) => {
                     let answer = match &self.authority {
                         Some(a) => a.register(&descriptor),
@@ -179,13 +176,14 @@ async fn register(
             return;
         }
     };
-    match ask_authorities(pool, network, &DirectoryRequest::Register(signed), timeout).await {
-        Some(DirectoryResponse::Registered { .. }) => {
+    let request = DirectoryRequest::Register(signed);
+    match allium_link::directory::ask(pool, &authorities(network), &request, timeout).await {
+        Ok((DirectoryResponse::Registered { .. }, _)) => {
             tracing::debug!("registered with the authority")
         }
-        Some(DirectoryResponse::Refused(why)) => tracing::warn!(%why, "registration refused"),
-        Some(other) => tracing::debug!(answer = ?other, "unexpected registration answer"),
-        None => tracing::warn!("no authority reachable for registration"),
+        Ok((DirectoryResponse::Refused(why), _)) => tracing::warn!(%why, "registration refused"),
+        Ok((other, _)) => tracing::debug!(answer = ?other, "unexpected registration answer"),
+        Err(e) => tracing::warn!(error = %e, "no authority reachable for registration"),
     }
 }
 
@@ -315,13 +313,13 @@ pub async fn run(config: NodeConfig, shutdown: ShutdownSignal) -> Result<(), Dae
     ));
     roster.load_cache();
     let membership = Arc::new(Membership::new(
-        identity.public(),
+        identity.public().node_id(),
         roster.clone(),
         metrics.clone(),
     ));
     let service = Arc::new(Service::with_placement(
         store.clone(),
-        ServiceConfig::new(allium_swarm::NodeId(identity.public().to_bytes())),
+        ServiceConfig::new(identity.public().node_id()),
         membership.clone(),
     ));
     let replicator = Arc::new(Replicator::new(
@@ -487,7 +485,7 @@ pub async fn run(config: NodeConfig, shutdown: ShutdownSignal) -> Result<(), Dae
     }
     // Expired messages leave the disk in the background; reads never return them meanwhile.
     let sweeper = store.spawn_sweeper(
-        Arc::new(allium_swarm::SystemClock),
+        Arc::new(allium_proto::SystemClock),
         Duration::from_secs(5),
         10_000,
     )?;

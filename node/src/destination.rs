@@ -4,10 +4,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use allium_swarm::proto::{GetSwarmResponse, RosterResponse};
-use allium_swarm::{
-    Body, Clock, Handled, NodeId, Response, ResponseBody, Service, Status, SystemClock, UnixMillis,
-};
+use allium_proto::storage::{GetSwarmResponse, RosterResponse};
+use allium_proto::{Body, Clock, Response, ResponseBody, Status, SystemClock, UnixMillis};
+use allium_swarm::{Handled, Service};
 
 use crate::directory::RosterState;
 use crate::metrics::{Metrics, StorageMethod, StorageResult};
@@ -43,25 +42,25 @@ impl StoreDestination {
     fn answer_locally(&self, body: Body, now: UnixMillis) -> Response {
         let held = self.roster.current();
         let result = match (body, held) {
-            (Body::GetSwarm(r), Some(h)) => match h.roster.swarm_for(&r.mailbox.0) {
+            (Body::GetSwarm(r), Some(h)) => match h.roster().swarm_for(&r.mailbox) {
                 Some(swarm_id) => Ok(ResponseBody::GetSwarm(GetSwarmResponse {
                     swarm_id,
                     members: h
-                        .roster
-                        .members_for(&r.mailbox.0)
+                        .roster()
+                        .members_for(&r.mailbox)
                         .iter()
-                        .map(|n| NodeId(n.identity.to_bytes()))
+                        .map(|n| n.identity.node_id())
                         .collect(),
                 })),
                 None => Err(Status::Busy),
             },
             (Body::Roster(r), Some(h)) => {
-                let version = h.roster.version();
+                let version = h.roster().version();
                 let newer = r.known_version.is_none_or(|k| k < version);
                 Ok(ResponseBody::Roster(RosterResponse {
                     version,
-                    roster: (newer && h.signed.len() <= allium_swarm::proto::MAX_ROSTER_BYTES)
-                        .then(|| h.signed.clone()),
+                    roster: (newer && h.signed().len() <= allium_proto::storage::MAX_ROSTER_BYTES)
+                        .then(|| h.signed().to_vec()),
                 }))
             }
             (_, None) => Err(Status::Busy),

@@ -537,13 +537,14 @@ fn log_tail(log: &Path) -> String {
 /// Asks the authorities for the roster once; the verified roster, whatever it lists, or `None`
 /// if no authority answered with a valid one.
 pub async fn fetch_roster(
-    pool: &crate::link::Pool,
-    network: &allium_swarm::network::NetworkFile,
-) -> Option<allium_swarm::roster::Roster> {
-    use allium_swarm::roster::{DirectoryRequest, DirectoryResponse, SignedRoster};
+    pool: &allium_link::Pool,
+    network: &allium_proto::network::NetworkFile,
+) -> Option<allium_proto::roster::Roster> {
+    use allium_proto::roster::{DirectoryRequest, DirectoryResponse, SignedRoster};
     let request = DirectoryRequest::GetRoster { have_version: None };
-    match crate::directory::ask_authorities(pool, network, &request, Duration::from_secs(2)).await {
-        Some(DirectoryResponse::Roster(bytes)) => {
+    let sources = crate::directory::authorities(network);
+    match allium_link::directory::ask(pool, &sources, &request, Duration::from_secs(2)).await {
+        Ok((DirectoryResponse::Roster(bytes), _)) => {
             SignedRoster::decode_and_verify(&bytes, network, None).ok()
         }
         _ => None,
@@ -553,11 +554,11 @@ pub async fn fetch_roster(
 /// Asks the authorities for the roster until it lists at least `nodes` nodes; `None` if
 /// `deadline` passes first.
 pub async fn wait_for_roster(
-    pool: &crate::link::Pool,
-    network: &allium_swarm::network::NetworkFile,
+    pool: &allium_link::Pool,
+    network: &allium_proto::network::NetworkFile,
     nodes: usize,
     deadline: Duration,
-) -> Option<allium_swarm::roster::Roster> {
+) -> Option<allium_proto::roster::Roster> {
     let until = Instant::now() + deadline;
     loop {
         if let Some(roster) = fetch_roster(pool, network).await {

@@ -21,7 +21,7 @@ use allium_onion::{Epoch, IdentityKeypair, OnionSecretKey, keys::KEY_LEN};
 use rand_core::CryptoRngCore;
 use zeroize::Zeroizing;
 
-use crate::fsutil;
+use allium_fsutil as fsutil;
 
 /// File name of the identity key in the data directory.
 pub const IDENTITY_FILE: &str = "identity.key";

@@ -6,13 +6,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use allium_link::{Link, LinkLimits, Pool};
 use allium_node::config::{CONFIG_FILE_ENV, ConfigOverrides, NodeConfig};
 use allium_node::devnet::{self, Devnet, DevnetOptions};
 use allium_node::keystore::KeyStore;
-use allium_node::link::{Link, LinkLimits, Pool};
 use allium_node::shutdown::ShutdownSignal;
 use allium_node::{daemon, logging};
-use allium_swarm::network::NetworkFile;
+use allium_proto::network::NetworkFile;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use clap_complete::Shell;
 

@@ -528,9 +528,9 @@ impl Drop for ConnectionGuard {
     }
 }
 
-impl From<allium_swarm::Method> for StorageMethod {
-    fn from(m: allium_swarm::Method) -> Self {
-        use allium_swarm::Method as M;
+impl From<allium_proto::Method> for StorageMethod {
+    fn from(m: allium_proto::Method) -> Self {
+        use allium_proto::Method as M;
         match m {
             M::Store => StorageMethod::Store,
             M::Retrieve => StorageMethod::Retrieve,
@@ -544,9 +544,9 @@ impl From<allium_swarm::Method> for StorageMethod {
     }
 }
 
-impl From<allium_swarm::Status> for StorageResult {
-    fn from(s: allium_swarm::Status) -> Self {
-        use allium_swarm::Status as S;
+impl From<allium_proto::Status> for StorageResult {
+    fn from(s: allium_proto::Status) -> Self {
+        use allium_proto::Status as S;
         match s {
             S::Ok => StorageResult::Ok,
             S::Malformed => StorageResult::Malformed,

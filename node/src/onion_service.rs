@@ -13,8 +13,8 @@ use allium_onion::{
 };
 use tokio::sync::Semaphore;
 
-use crate::link::{Deadlines, Kind, LinkError, Pool, Status};
 use crate::metrics::{DropReason, Metrics};
+use allium_link::{Deadlines, Kind, LinkError, Pool, Status};
 
 /// Finds where a node named in a routing slot can be reached.
 pub trait Neighbours: Send + Sync + 'static {

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::link::ip_key;
+use allium_link::ip_key;
 
 #[derive(Debug, Clone, Copy)]
 struct Bucket {

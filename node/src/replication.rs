@@ -6,20 +6,21 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use allium_onion::IdentityPublicKey;
-use allium_swarm::proto::GetSwarmResponse;
-use allium_swarm::sync::{
+use allium_proto::storage::GetSwarmResponse;
+use allium_proto::sync::{
     BUCKETS, EntryKey, Item, MAX_ENTRIES, MAX_FETCH, MAX_ITEMS, PeerRequest, PeerResponse,
 };
-use allium_swarm::{
-    Clock, DecodeError, Mailbox, Method, NodeId, PendingStore, Placement, Response, ResponseBody,
-    Service, Status, Store, StoreError, SystemClock, UnixMillis,
+use allium_proto::{
+    Clock, DecodeError, Mailbox, Method, NodeId, Response, ResponseBody, Status, SystemClock,
+    UnixMillis,
 };
+use allium_swarm::{PendingStore, Placement, Service, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ReplicationConfig;
 use crate::directory::RosterState;
-use crate::link::{self, Deadlines, Kind, LinkError, Peer, Pool};
 use crate::metrics::{Metrics, ReplicationResult, SyncDirection};
+use allium_link::{Deadlines, Kind, LinkError, Peer, Pool};
 
 /// Message bytes one `fetch` answer carries at most.
 const FETCH_BUDGET: usize = 512 * 1024;
@@ -38,7 +39,7 @@ pub struct Member {
 /// This node's place in the roster: its swarm, its peers, and whether it has pulled its share.
 #[derive(Debug)]
 pub struct Membership {
-    me: IdentityPublicKey,
+    me: NodeId,
     roster: Arc<RosterState>,
     /// The swarm for which a complete anti-entropy round has finished.
     synced: Mutex<Option<u64>>,
@@ -49,7 +50,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn members(nodes: &[&allium_swarm::roster::NodeEntry]) -> Vec<Member> {
+fn members(nodes: &[&allium_proto::roster::NodeEntry]) -> Vec<Member> {
     nodes
         .iter()
         .filter_map(|n| {
@@ -63,7 +64,7 @@ fn members(nodes: &[&allium_swarm::roster::NodeEntry]) -> Vec<Member> {
 
 impl Membership {
     /// The membership of node `me` as `roster` says.
-    pub fn new(me: IdentityPublicKey, roster: Arc<RosterState>, metrics: Metrics) -> Self {
+    pub fn new(me: NodeId, roster: Arc<RosterState>, metrics: Metrics) -> Self {
         metrics.set_syncing(true);
         Membership {
             me,
@@ -76,22 +77,22 @@ impl Membership {
     /// This node's swarm and the other members of it, if the roster lists this node.
     pub fn my_swarm(&self) -> Option<(u64, Vec<Member>)> {
         let held = self.roster.current()?;
-        let swarm = held.roster.node(&self.me)?.swarm;
-        let mut nodes = held.roster.members_of(swarm);
-        nodes.retain(|n| n.identity != self.me);
+        let swarm = held.roster().node(&self.me)?.swarm;
+        let mut nodes = held.roster().members_of(swarm);
+        nodes.retain(|n| n.identity.node_id() != self.me);
         Some((swarm, members(&nodes)))
     }
 
     /// This node's swarm id, if the roster lists this node.
     fn my_swarm_id(&self) -> Option<u64> {
-        Some(self.roster.current()?.roster.node(&self.me)?.swarm)
+        Some(self.roster.current()?.roster().node(&self.me)?.swarm)
     }
 
     /// The swarm a mailbox belongs to and all its members.
     pub fn swarm_of(&self, mailbox: &Mailbox) -> Option<(u64, Vec<Member>)> {
         let held = self.roster.current()?;
-        let swarm = held.roster.swarm_for(&mailbox.0)?;
-        Some((swarm, members(&held.roster.members_for(&mailbox.0))))
+        let swarm = held.roster().swarm_for(mailbox)?;
+        Some((swarm, members(&held.roster().members_for(mailbox))))
     }
 
     /// Whether this node's swarm holds `mailbox`.
@@ -99,16 +100,16 @@ impl Membership {
         let Some(held) = self.roster.current() else {
             return false;
         };
-        let mine = held.roster.node(&self.me).map(|n| n.swarm);
-        mine.is_some() && held.roster.swarm_for(&mailbox.0) == mine
+        let mine = held.roster().node(&self.me).map(|n| n.swarm);
+        mine.is_some() && held.roster().swarm_for(mailbox) == mine
     }
 
     /// Whether `node` is a member of this node's swarm.
-    fn is_swarm_peer(&self, node: &IdentityPublicKey) -> bool {
+    fn is_swarm_peer(&self, node: &NodeId) -> bool {
         let Some(held) = self.roster.current() else {
             return false;
         };
-        let swarm = |id| held.roster.node(id).map(|n| n.swarm);
+        let swarm = |id| held.roster().node(id).map(|n| n.swarm);
         *node != self.me && swarm(node).is_some() && swarm(node) == swarm(&self.me)
     }
 
@@ -135,14 +136,14 @@ impl Placement for Membership {
         // Before the first roster the node cannot know; it serves, and clients (which pick
         // destinations from the roster) do not send it anything yet.
         let held = self.roster.current()?;
-        let mine = held.roster.node(&self.me)?.swarm;
-        let owner = held.roster.swarm_for(&mailbox.0)?;
+        let mine = held.roster().node(&self.me)?.swarm;
+        let owner = held.roster().swarm_for(mailbox)?;
         if owner != mine {
             let members = held
-                .roster
-                .members_for(&mailbox.0)
+                .roster()
+                .members_for(mailbox)
                 .iter()
-                .map(|n| NodeId(n.identity.to_bytes()))
+                .map(|n| n.identity.node_id())
                 .collect();
             return Some(Response::wrong_swarm(
                 now,
@@ -234,7 +235,7 @@ impl Replicator {
         let size = members.len();
         let peers: Vec<Member> = members
             .into_iter()
-            .filter(|m| m.identity != self.membership.me)
+            .filter(|m| m.identity.node_id() != self.membership.me)
             .collect();
         let chunks = Arc::new(chunked(items));
         let (tx, rx) = tokio::sync::mpsc::channel(peers.len().max(1));
@@ -277,7 +278,7 @@ impl Replicator {
             // This node is the first holder once its own write succeeds.
             while got.len() + 1 < need {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some((id, true))) => got.push(NodeId(id.to_bytes())),
+                    Ok(Some((id, true))) => got.push(id.node_id()),
                     Ok(Some((_, false))) => {}
                     Ok(None) | Err(_) => break,
                 }
@@ -303,42 +304,42 @@ impl Replicator {
     }
 
     /// Answers a peer request arriving on the link.
-    pub async fn serve(&self, peer: &Peer, body: Vec<u8>) -> (link::Status, Vec<u8>) {
-        let Some(identity) = peer.identity else {
-            return (link::Status::Rejected, Vec::new());
+    pub async fn serve(&self, peer: &Peer, body: Vec<u8>) -> (allium_link::Status, Vec<u8>) {
+        let Some(identity) = peer.identity.map(|k| k.node_id()) else {
+            return (allium_link::Status::Rejected, Vec::new());
         };
         let in_roster = self
             .membership
             .roster
             .current()
-            .is_some_and(|h| h.roster.node(&identity).is_some());
+            .is_some_and(|h| h.roster().node(&identity).is_some());
         if !in_roster {
             tracing::debug!(peer = %peer.addr, "peer request from a node outside the roster");
-            return (link::Status::Rejected, Vec::new());
+            return (allium_link::Status::Rejected, Vec::new());
         }
         let request = match PeerRequest::decode(&body) {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(peer = %peer.addr, error = %e, "malformed peer request");
-                return (link::Status::Rejected, Vec::new());
+                return (allium_link::Status::Rejected, Vec::new());
             }
         };
         let syncs = !matches!(request, PeerRequest::Replicate(_));
         // What a member holds is for its swarm peers only; any roster node may hand items in
         // (they are checked like a client's writes).
         if syncs && !self.membership.is_swarm_peer(&identity) {
-            return (link::Status::Rejected, Vec::new());
+            return (allium_link::Status::Rejected, Vec::new());
         }
         let in_len = body.len();
         let answer = match self.answer(request).await {
             Some(a) => a.encode(),
-            None => return (link::Status::Rejected, Vec::new()),
+            None => return (allium_link::Status::Rejected, Vec::new()),
         };
         if syncs {
             self.metrics
                 .sync_bytes(SyncDirection::Serve, in_len + answer.len());
         }
-        (link::Status::Ok, answer)
+        (allium_link::Status::Ok, answer)
     }
 
     async fn answer(&self, request: PeerRequest) -> Option<PeerResponse> {
@@ -390,7 +391,7 @@ impl Replicator {
             .await?;
         self.metrics
             .sync_bytes(SyncDirection::Pull, bytes.len() + body.len());
-        if status != link::Status::Ok {
+        if status != allium_link::Status::Ok {
             return Err(PeerError::Refused);
         }
         Ok(PeerResponse::decode(&body, request.method())?)
@@ -646,8 +647,8 @@ async fn send_items(
             .request(&peer.identity, peer.addr, Kind::Peer, chunk, deadlines)
             .await;
         let statuses = match answer {
-            Ok((link::Status::Ok, body)) => {
-                match PeerResponse::decode(&body, allium_swarm::sync::PeerMethod::Replicate) {
+            Ok((allium_link::Status::Ok, body)) => {
+                match PeerResponse::decode(&body, allium_proto::sync::PeerMethod::Replicate) {
                     Ok(PeerResponse::Replicated(s)) => s,
                     _ => {
                         metrics.replicated(ReplicationResult::Refused, 1);
@@ -655,7 +656,7 @@ async fn send_items(
                     }
                 }
             }
-            Ok((link::Status::Rejected, _)) => {
+            Ok((allium_link::Status::Rejected, _)) => {
                 metrics.replicated(ReplicationResult::Refused, 1);
                 return false;
             }

@@ -4,13 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use allium_link::{Link, LinkLimits, Pool};
 use allium_node::authority::{Authority, AuthorityConfig, MAX_REGISTERED};
 use allium_node::directory::{RosterState, SelfDescription, descriptor};
-use allium_node::link::{Link, LinkLimits, Pool};
 use allium_node::metrics::Metrics;
 use allium_onion::{Epoch, IdentityKeypair, OnionKeyCert, OnionSecretKey};
-use allium_swarm::network::{Authority as NetAuthority, NetworkFile, NetworkParams};
-use allium_swarm::roster::DirectoryResponse;
+use allium_proto::network::{Authority as NetAuthority, NetworkFile, NetworkParams};
+use allium_proto::roster::DirectoryResponse;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 

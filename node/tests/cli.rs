@@ -236,7 +236,7 @@ fn identities(dir: &Path) -> Vec<String> {
 fn authority_key(network_file: &Path) -> String {
     let text = std::fs::read_to_string(network_file)
         .unwrap_or_else(|e| panic!("reading {}: {e}", network_file.display()));
-    let network = allium_swarm::network::NetworkFile::from_toml(&text)
+    let network = allium_proto::network::NetworkFile::from_toml(&text)
         .unwrap_or_else(|e| panic!("{}: {e}", network_file.display()));
     hex::encode(network.authorities()[0].identity.as_bytes())
 }
@@ -366,7 +366,7 @@ fn check_network_prints_the_fingerprint_or_the_fault() {
     std::fs::write(&file, text).unwrap_or_else(|e| panic!("{e}"));
     let path = file.to_string_lossy().into_owned();
     let out = stdout_of(&["check-network", &path]);
-    let expected = allium_swarm::network::NetworkFile::from_toml(text)
+    let expected = allium_proto::network::NetworkFile::from_toml(text)
         .unwrap_or_else(|e| panic!("{e}"))
         .fingerprint_hex();
     assert!(out.contains(&expected), "{out}");

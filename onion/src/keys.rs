@@ -74,6 +74,11 @@ impl IdentityPublicKey {
             .map_err(|_| KeyError::BadSignature)
     }
 
+    /// This key as a node's name.
+    pub fn node_id(&self) -> crate::NodeId {
+        crate::NodeId::from(self)
+    }
+
     /// The underlying verifying key, for code that needs the `ed25519-dalek` type.
     pub fn verifying_key(&self) -> &VerifyingKey {
         &self.0
@@ -95,13 +100,14 @@ impl Eq for IdentityPublicKey {}
 
 impl fmt::Debug for IdentityPublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Public, but long: the first bytes identify a node in debug output.
-        let b = self.as_bytes();
-        write!(
-            f,
-            "IdentityPublicKey({:02x}{:02x}{:02x}{:02x}…)",
-            b[0], b[1], b[2], b[3]
-        )
+        write!(f, "IdentityPublicKey({:?})", self.node_id())
+    }
+}
+
+/// 64 hex digits, as [`Id`](crate::Id) prints.
+impl fmt::Display for IdentityPublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.node_id(), f)
     }
 }
 

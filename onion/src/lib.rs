@@ -2,6 +2,7 @@
 
 pub mod epoch;
 pub mod error;
+pub mod id;
 mod kdf;
 pub mod keyring;
 pub mod keys;
@@ -13,6 +14,7 @@ pub mod trace;
 
 pub use epoch::{Epoch, EpochSchedule};
 pub use error::{BuildError, KeyError, PeelError, ReplyError, SealError};
+pub use id::{Id, NodeId, NodeRole, Role};
 pub use kdf::{ReplayTag, labels};
 pub use keyring::OnionKeyRing;
 pub use keys::{
@@ -20,8 +22,8 @@ pub use keys::{
     OnionSecretKey, SharedSecret,
 };
 pub use packet::{
-    BuiltPacket, HEADER_LEN, MAX_HOPS, NodeId, PathHop, Peeled, PreparedPath, SizeClass,
-    build_packet, packet_epoch, peel, prepare_path,
+    BuiltPacket, HEADER_LEN, MAX_HOPS, PathHop, Peeled, PreparedPath, SizeClass, build_packet,
+    packet_epoch, peel, prepare_path,
 };
 pub use replay::{ReplayFilter, ReplayWindow};
 pub use reply::{ErrorCode, Reply, ReplyLayer, ReplyOpener, ReplySealer, max_response};

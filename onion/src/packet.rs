@@ -14,10 +14,10 @@
 //! from either end. The whitepaper (`whitepaper/onion.md`) is the normative description.
 
 use rand_core::CryptoRngCore;
-use subtle::ConstantTimeEq;
 
 use crate::epoch::Epoch;
 use crate::error::{BuildError, PeelError};
+use crate::id::NodeId;
 use crate::kdf::{LayerKeys, ReplayTag};
 use crate::keys::{EphemeralSecret, KEY_LEN, OnionPublicKey, OnionSecretKey};
 use crate::reply::{ReplyLayer, ReplyOpener, ReplySealer};
@@ -111,40 +111,6 @@ impl SizeClass {
     }
 }
 
-/// A node's name in a routing slot: its 32-byte Ed25519 identity key, uninterpreted here.
-#[derive(Clone, Copy)]
-pub struct NodeId(pub [u8; KEY_LEN]);
-
-impl PartialEq for NodeId {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.ct_eq(&other.0).into()
-    }
-}
-impl Eq for NodeId {}
-
-impl std::hash::Hash for NodeId {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.0.hash(state);
-    }
-}
-
-impl std::fmt::Debug for NodeId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let b = &self.0;
-        write!(
-            f,
-            "NodeId({:02x}{:02x}{:02x}{:02x}…)",
-            b[0], b[1], b[2], b[3]
-        )
-    }
-}
-
-impl From<&crate::keys::IdentityPublicKey> for NodeId {
-    fn from(key: &crate::keys::IdentityPublicKey) -> Self {
-        NodeId(key.to_bytes())
-    }
-}
-
 /// One hop of a path as the sender knows it from the roster.
 #[derive(Debug, Clone)]
 pub struct PathHop {
@@ -184,7 +150,7 @@ impl Slot {
             } => {
                 s[0] = CMD_RELAY;
                 s[4..8].copy_from_slice(&next_epoch.0.to_be_bytes());
-                s[8..40].copy_from_slice(&next_node.0);
+                s[8..40].copy_from_slice(next_node.as_bytes());
                 s[40..72].copy_from_slice(next_ephemeral);
                 s[72..88].copy_from_slice(next_header_tag);
                 s[88..104].copy_from_slice(payload_tag);
@@ -214,7 +180,7 @@ impl Slot {
         match s[0] {
             CMD_RELAY => Ok(Slot::Relay {
                 next_epoch: Epoch(u32::from_be_bytes([s[4], s[5], s[6], s[7]])),
-                next_node: NodeId(arr(8..40)),
+                next_node: NodeId::from_bytes(arr(8..40)),
                 next_ephemeral: arr(40..72),
                 next_header_tag: tag(72..88),
                 payload_tag: tag(88..104),

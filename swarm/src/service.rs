@@ -5,16 +5,16 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::auth::{self, ReplayCache};
-use crate::error::Status;
-use crate::proto::{
+use crate::store::{NewMessage, RetrieveQuery, Store, Watch};
+use allium_proto::auth::{self, ReplayCache};
+use allium_proto::error::Status;
+use allium_proto::storage::{
     Body, DeleteAllResponse, DeleteResponse, ExpireResponse, InfoResponse, MAX_RETRIEVE_COUNT,
     Mailbox, Method, NodeId, PROTOCOL_VERSION, RETRIEVE_BUDGET_BYTES, Request, Response,
     ResponseBody, RetrieveResponse,
 };
-use crate::store::{NewMessage, RetrieveQuery, Store, Watch};
-use crate::sync::{EntryKey, Item, ItemMessage};
-use crate::time::{Clock, MonotoneFloor, UnixMillis};
+use allium_proto::sync::{EntryKey, Item, ItemMessage};
+use allium_proto::time::{Clock, MonotoneFloor, UnixMillis};
 
 /// Who the node is and how strict it is.
 #[derive(Debug, Clone)]
@@ -25,7 +25,7 @@ pub struct ServiceConfig {
     pub window_ms: u64,
     /// Replay cache capacity.
     pub replay_capacity: usize,
-    /// Reported by `info`, at most [`crate::proto::MAX_SOFTWARE_LEN`] bytes.
+    /// Reported by `info`, at most [`allium_proto::storage::MAX_SOFTWARE_LEN`] bytes.
     pub software: String,
 }
 
@@ -391,7 +391,7 @@ impl Service {
 /// A write answered now and pushed to the other members afterwards.
 fn background(
     now: UnixMillis,
-    result: Result<ResponseBody, crate::error::StoreError>,
+    result: Result<ResponseBody, crate::StoreError>,
     items: Vec<Item>,
 ) -> Handled {
     match result {

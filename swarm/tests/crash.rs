@@ -12,8 +12,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use allium_swarm::crypto::content_hash;
-use allium_swarm::proto::{INBOX, MessageHash};
+use allium_proto::crypto::content_hash;
+use allium_proto::storage::{INBOX, MessageHash};
 use allium_swarm::store::MESSAGE_OVERHEAD;
 use allium_swarm::{NewMessage, RetrieveQuery, Store, StoreConfig};
 use common::{T0, key, mailbox};

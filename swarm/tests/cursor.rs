@@ -6,9 +6,9 @@
 
 mod common;
 
-use allium_swarm::cursor::Cursor;
-use allium_swarm::proto::{INBOX, Mailbox, MessageHash, RetrieveResponse};
-use allium_swarm::sync::{Item, ItemMessage};
+use allium_proto::cursor::Cursor;
+use allium_proto::storage::{INBOX, Mailbox, MessageHash, RetrieveResponse};
+use allium_proto::sync::{Item, ItemMessage};
 use allium_swarm::{NewMessage, RetrieveQuery, Store, StoreConfig};
 use common::{T0, key, mailbox, open};
 use proptest::prelude::*;

@@ -7,7 +7,7 @@ mod common;
 
 use std::process::Command;
 
-use allium_swarm::proto::INBOX;
+use allium_proto::storage::INBOX;
 use allium_swarm::{NewMessage, RetrieveQuery, Store, StoreConfig, StoreError};
 use common::{T0, key, mailbox};
 
@@ -34,7 +34,7 @@ impl Drop for Tmpfs {
     }
 }
 
-fn put(store: &Store, n: usize, t: u64) -> Result<allium_swarm::MessageHash, StoreError> {
+fn put(store: &Store, n: usize, t: u64) -> Result<allium_proto::MessageHash, StoreError> {
     let mut data = vec![(n % 251) as u8; 16 * 1024];
     data[..8].copy_from_slice(&(n as u64).to_be_bytes());
     store

@@ -8,8 +8,8 @@ mod common;
 
 use std::collections::{BTreeMap, HashSet};
 
-use allium_swarm::crypto::content_hash;
-use allium_swarm::proto::{CursorKey, INBOX, Mailbox, MessageHash, Namespace, StoredMessage};
+use allium_proto::crypto::content_hash;
+use allium_proto::storage::{CursorKey, INBOX, Mailbox, MessageHash, Namespace, StoredMessage};
 use allium_swarm::store::{MESSAGE_OVERHEAD, Usage};
 use allium_swarm::{NewMessage, RetrieveQuery, StoreConfig, StoreError};
 use common::{T0, key, mailbox, open};

@@ -10,10 +10,11 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use allium_swarm::crypto;
-use allium_swarm::proto::*;
+use allium_proto::crypto;
+use allium_proto::storage::*;
+use allium_proto::{ManualClock, Status};
 use allium_swarm::store::Usage;
-use allium_swarm::{Handled, ManualClock, Service, ServiceConfig, Status, StoreConfig};
+use allium_swarm::{Handled, Service, ServiceConfig, StoreConfig};
 use common::{T0, key, mailbox, node_id, open};
 
 const NODE: u8 = 200;
@@ -196,7 +197,7 @@ fn authentication_failures_are_refused() {
     assert_eq!(status(&call(&s, &flipped, now)), Status::Unauthorized);
 
     // A mailbox that is not a valid curve point.
-    let bad_mb = Mailbox([0xff; 32]);
+    let bad_mb = Mailbox::from_bytes([0xff; 32]);
     let r = Request::signed(retrieve_body(bad_mb), &k, &node, now);
     let r = Request {
         body: retrieve_body(bad_mb),

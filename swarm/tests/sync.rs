@@ -5,8 +5,8 @@
 
 mod common;
 
-use allium_swarm::proto::{INBOX, Mailbox, MessageHash};
-use allium_swarm::sync::{BUCKETS, Item, PeerRequest, PeerResponse};
+use allium_proto::storage::{INBOX, Mailbox, MessageHash};
+use allium_proto::sync::{BUCKETS, Item, PeerRequest, PeerResponse};
 use allium_swarm::{NewMessage, RetrieveQuery, Store, StoreConfig};
 use common::{T0, key, mailbox, open};
 use proptest::prelude::*;
@@ -177,7 +177,7 @@ fn a_delete_arriving_before_its_message_wins() {
     b.delete(mb, INBOX, vec![h], T0 + 1).unwrap();
     let items = a
         .fetch(
-            &[allium_swarm::sync::EntryKey {
+            &[allium_proto::sync::EntryKey {
                 mailbox: mb,
                 namespace: INBOX,
                 hash: h,
@@ -252,7 +252,7 @@ fn expired_tombstones_are_swept() {
     assert_eq!(s.mailbox_keys(&mb).unwrap().len(), 1);
     assert_eq!(s.sweep_expired(T0 + 10_001, 100).unwrap(), 1);
     assert!(s.mailbox_keys(&mb).unwrap().is_empty());
-    assert_eq!(s.digests(), allium_swarm::sync::Digests::default());
+    assert_eq!(s.digests(), allium_proto::sync::Digests::default());
 }
 
 #[derive(Debug, Clone)]
@@ -291,13 +291,13 @@ proptest! {
                 Op::Store(m, d) => { put(pick(m), mbs[usize::from(d % 2)], &[d], t); }
                 Op::Delete(m, d) => {
                     let mb = mbs[usize::from(d % 2)];
-                    let h = allium_swarm::crypto::content_hash(&mb, INBOX, &[d]);
+                    let h = allium_proto::crypto::content_hash(&mb, INBOX, &[d]);
                     pick(m).delete(mb, INBOX, vec![h], t).unwrap();
                     deleted.insert(h);
                 }
                 Op::Expire(m, d, secs) => {
                     let mb = mbs[usize::from(d % 2)];
-                    let h = allium_swarm::crypto::content_hash(&mb, INBOX, &[d]);
+                    let h = allium_proto::crypto::content_hash(&mb, INBOX, &[d]);
                     pick(m).expire(mb, INBOX, vec![h], t + u64::from(secs) * 1000, t).unwrap();
                 }
                 Op::Sync => sync(&a, &b, t),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use allium_node::devnet::Devnet;
 use allium_onion::IdentityPublicKey;
-use allium_swarm::network::NetworkFile;
+use allium_proto::network::NetworkFile;
 use allium_tests::{client_binary, serial, start_devnet, wait_for_roster};
 use serde_json::Value;
 

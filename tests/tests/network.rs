@@ -6,13 +6,13 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use allium_client::onion::{Hop, OnionClient, SendError, epoch_at, resolve};
+use allium_link::{Deadlines, Kind, Link, LinkLimits, Status};
 use allium_node::devnet::Devnet;
-use allium_node::link::{self, Deadlines, Kind, Link, LinkLimits, Status};
 use allium_onion::{ErrorCode, SizeClass};
-use allium_swarm::network::NetworkFile;
-use allium_swarm::proto::{RetrieveRequest, StoreRequest};
-use allium_swarm::roster::{NodeEntry, Roster};
-use allium_swarm::{Body, Mailbox, Method, NodeId, Request, Response, ResponseBody};
+use allium_proto::network::NetworkFile;
+use allium_proto::roster::{NodeEntry, Roster};
+use allium_proto::storage::{RetrieveRequest, StoreRequest};
+use allium_proto::{Body, Mailbox, Method, NodeId, Request, Response, ResponseBody};
 use allium_tests::{serial, start_devnet, wait_for_roster};
 use ed25519_dalek::SigningKey;
 
@@ -31,17 +31,17 @@ fn client() -> OnionClient {
 }
 
 /// Three relays outside the mailbox's swarm, then a member of it as destination.
-fn path_for<'r>(roster: &'r Roster, mailbox: &[u8; 32], skip: &[[u8; 32]]) -> Vec<&'r NodeEntry> {
+fn path_for<'r>(roster: &'r Roster, mailbox: &Mailbox, skip: &[NodeId]) -> Vec<&'r NodeEntry> {
     let members = roster.members_for(mailbox);
     let destination = members
         .iter()
-        .find(|m| !skip.contains(&m.identity.to_bytes()))
+        .find(|m| !skip.contains(&m.identity.node_id()))
         .copied()
         .expect("a live member of the swarm");
     let mut path: Vec<&NodeEntry> = roster
         .nodes()
         .iter()
-        .filter(|n| n.identity != destination.identity && !skip.contains(&n.identity.to_bytes()))
+        .filter(|n| n.identity != destination.identity && !skip.contains(&n.identity.node_id()))
         .take(3)
         .collect();
     assert_eq!(path.len(), 3, "not enough relays");
@@ -71,8 +71,8 @@ async fn store(
 }
 
 async fn retrieve(client: &OnionClient, path: &[Hop], key: &SigningKey) -> Vec<Vec<u8>> {
-    let mailbox = Mailbox(key.verifying_key().to_bytes());
-    let destination = NodeId(path.last().unwrap().identity.to_bytes());
+    let mailbox = Mailbox::from_bytes(key.verifying_key().to_bytes());
+    let destination = NodeId::from_bytes(path.last().unwrap().identity.to_bytes());
     let request = Request::signed(
         Body::Retrieve(RetrieveRequest {
             mailbox,
@@ -131,7 +131,7 @@ async fn fixture(seed: u8) -> Fixture {
     let c = client();
     let roster = formed(&mut net, &c, &network).await;
     let key = mailbox_key(seed);
-    let mailbox = Mailbox(key.verifying_key().to_bytes());
+    let mailbox = Mailbox::from_bytes(key.verifying_key().to_bytes());
     Fixture {
         _serial: serial,
         _dir: dir,
@@ -165,7 +165,7 @@ async fn a_message_stored_over_four_layers_is_retrieved_over_four_layers() {
         "six nodes and an authority make at least two swarms"
     );
 
-    let path = path_for(&roster, &mailbox.0, &[]);
+    let path = path_for(&roster, &mailbox, &[]);
     let stored = store(
         &c,
         &hops(&network, &path),
@@ -197,7 +197,10 @@ async fn a_node_presenting_the_wrong_key_is_refused() {
         .connect(net.nodes[1].addr, &net.nodes[0].identity)
         .await
         .unwrap_err();
-    assert!(matches!(err, link::LinkError::Connect { .. }), "{err}");
+    assert!(
+        matches!(err, allium_link::LinkError::Connect { .. }),
+        "{err}"
+    );
     // With the right key it works.
     link.connect(net.nodes[1].addr, &net.nodes[1].identity)
         .await
@@ -216,7 +219,7 @@ async fn a_killed_relay_is_reported_by_the_hop_before_it() {
         key: _,
         mailbox,
     } = fixture(2).await;
-    let path = path_for(&roster, &mailbox.0, &[]);
+    let path = path_for(&roster, &mailbox, &[]);
     let hops = hops(&network, &path);
     // Warm every link of the path, then kill the middle relay.
     store(&c, &hops, &mailbox, b"before").await.unwrap();
@@ -262,7 +265,7 @@ async fn a_restarted_node_keeps_its_keys_its_messages_and_its_place() {
         key,
         mailbox,
     } = fixture(3).await;
-    let path = path_for(&roster, &mailbox.0, &[]);
+    let path = path_for(&roster, &mailbox, &[]);
     store(
         &c,
         &hops(&network, &path),
@@ -286,16 +289,13 @@ async fn a_restarted_node_keeps_its_keys_its_messages_and_its_place() {
 
     // Same identity, same swarm, same onion keys in the roster after the restart.
     let after = formed(&mut net, &c, &network).await;
-    let entry = after.node(&dest.identity).expect("still in the roster");
+    let entry = after
+        .node(&dest.identity.node_id())
+        .expect("still in the roster");
     assert_eq!(entry.swarm, dest.swarm);
     assert_eq!(entry.onion_keys, dest.onion_keys);
     // The message is still there.
-    let got = retrieve(
-        &c,
-        &hops(&network, &path_for(&after, &mailbox.0, &[])),
-        &key,
-    )
-    .await;
+    let got = retrieve(&c, &hops(&network, &path_for(&after, &mailbox, &[])), &key).await;
     assert_eq!(got, vec![b"kept across a restart".to_vec()]);
 }
 
@@ -335,7 +335,7 @@ async fn garbage_truncated_and_replayed_packets_are_dropped_and_counted() {
         key: _,
         mailbox,
     } = fixture(4).await;
-    let path = path_for(&roster, &mailbox.0, &[]);
+    let path = path_for(&roster, &mailbox, &[]);
     let hops = hops(&network, &path);
     let guard = net
         .nodes
@@ -352,13 +352,14 @@ async fn garbage_truncated_and_replayed_packets_are_dropped_and_counted() {
     let mut garbage = vec![0u8; SizeClass::Small.size()];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut garbage);
     garbage[0] = 1;
-    let (status, _) = link::request(&conn, Kind::Onion, &garbage, Deadlines::uniform(T))
+    let (status, _) = allium_link::request(&conn, Kind::Onion, &garbage, Deadlines::uniform(T))
         .await
         .unwrap();
     assert_eq!(status, Status::Rejected);
-    let (status, _) = link::request(&conn, Kind::Onion, &garbage[..100], Deadlines::uniform(T))
-        .await
-        .unwrap();
+    let (status, _) =
+        allium_link::request(&conn, Kind::Onion, &garbage[..100], Deadlines::uniform(T))
+            .await
+            .unwrap();
     assert_eq!(status, Status::Rejected);
 
     // A valid packet, then the same bytes again.
@@ -372,7 +373,7 @@ async fn garbage_truncated_and_replayed_packets_are_dropped_and_counted() {
     let onion_hops: Vec<allium_onion::PathHop> = hops
         .iter()
         .map(|h| allium_onion::PathHop {
-            node: allium_onion::NodeId(h.identity.to_bytes()),
+            node: h.identity.node_id(),
             epoch: h.epoch,
             onion_key: h.onion_key,
         })
@@ -385,13 +386,15 @@ async fn garbage_truncated_and_replayed_packets_are_dropped_and_counted() {
         SizeClass::Small,
     )
     .unwrap();
-    let (status, _) = link::request(&conn, Kind::Onion, &built.packet, Deadlines::uniform(T))
-        .await
-        .unwrap();
+    let (status, _) =
+        allium_link::request(&conn, Kind::Onion, &built.packet, Deadlines::uniform(T))
+            .await
+            .unwrap();
     assert_eq!(status, Status::Ok);
-    let (status, _) = link::request(&conn, Kind::Onion, &built.packet, Deadlines::uniform(T))
-        .await
-        .unwrap();
+    let (status, _) =
+        allium_link::request(&conn, Kind::Onion, &built.packet, Deadlines::uniform(T))
+            .await
+            .unwrap();
     assert_eq!(status, Status::Rejected, "a replay must be dropped");
 
     let after = allium_node::http::get(guard.metrics, "/metrics")

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use allium_client::onion::{Hop, OnionClient, SendError, epoch_at, hop};
 use allium_node::devnet::Devnet;
 use allium_onion::{IdentityPublicKey, SizeClass};
-use allium_swarm::network::NetworkFile;
-use allium_swarm::proto::{DeleteRequest, RetrieveRequest, StoreRequest};
-use allium_swarm::roster::Roster;
-use allium_swarm::{Body, Mailbox, Method, NodeId, Request, Response, ResponseBody, Status};
+use allium_proto::network::NetworkFile;
+use allium_proto::roster::Roster;
+use allium_proto::storage::{DeleteRequest, RetrieveRequest, StoreRequest};
+use allium_proto::{Body, Mailbox, Method, NodeId, Request, Response, ResponseBody, Status};
 use allium_tests::{serial, start_devnet, wait_for_roster};
 use ed25519_dalek::SigningKey;
 
@@ -35,7 +35,7 @@ fn key(seed: u8) -> SigningKey {
 }
 
 fn mailbox(k: &SigningKey) -> Mailbox {
-    Mailbox(k.verifying_key().to_bytes())
+    Mailbox::from_bytes(k.verifying_key().to_bytes())
 }
 
 struct Net {
@@ -85,7 +85,7 @@ impl Net {
     /// Devnet indices of the members of `mb`'s swarm, authority excluded (it keeps publishing).
     fn members(&self, roster: &Roster, mb: &Mailbox) -> Vec<usize> {
         roster
-            .members_for(&mb.0)
+            .members_for(mb)
             .iter()
             .map(|n| self.index(&n.identity))
             .collect()
@@ -94,7 +94,7 @@ impl Net {
     /// The one-hop path to node `i`: the client talks to the destination directly.
     fn hop(&self, roster: &Roster, i: usize) -> Hop {
         let entry = roster
-            .node(&self.net.nodes[i].identity)
+            .node(&self.net.nodes[i].identity.node_id())
             .expect("node in roster");
         hop(
             entry,
@@ -137,7 +137,7 @@ async fn held(c: &OnionClient, to: &Hop, k: &SigningKey) -> Result<BTreeSet<Vec<
             wait_ms: None,
         }),
         k,
-        &NodeId(to.identity.to_bytes()),
+        &to.identity.node_id(),
         now_ms(),
     );
     match call(c, to, req.encode(), Method::Retrieve).await {
@@ -165,7 +165,7 @@ fn acknowledged(r: &Result<Response, SendError>, swarm_size: usize) -> bool {
                 "acknowledged by {} of {swarm_size}",
                 s.holders.len()
             );
-            let distinct: BTreeSet<_> = s.holders.iter().map(|h| h.0).collect();
+            let distinct: BTreeSet<_> = s.holders.iter().collect();
             assert_eq!(distinct.len(), s.holders.len(), "holders listed twice");
             true
         }
@@ -356,7 +356,7 @@ async fn a_member_that_was_down_converges_and_a_deleted_message_stays_deleted() 
             hashes: vec![doomed_hash.unwrap()],
         }),
         &k,
-        &NodeId(to.identity.to_bytes()),
+        &to.identity.node_id(),
         now_ms(),
     );
     let r = call(&net.c, &to, delete.encode(), Method::Delete)
@@ -429,7 +429,7 @@ async fn a_node_joining_a_swarm_ends_up_holding_its_messages() {
     let deadline = Instant::now() + CONVERGE;
     let roster = loop {
         let r = net.roster().await;
-        if r.node(&id).is_some() {
+        if r.node(&id.node_id()).is_some() {
             break r;
         }
         assert!(
@@ -470,12 +470,12 @@ async fn a_node_joining_a_swarm_ends_up_holding_its_messages() {
         .unwrap();
     assert_eq!(r.result, Err(Status::WrongSwarm));
     let redirect = r.redirect.expect("a wrong-swarm answer names the swarm");
-    assert_eq!(Some(redirect.swarm_id), roster.swarm_for(&mb.0));
-    let named: BTreeSet<[u8; 32]> = redirect.members.iter().map(|m| m.0).collect();
-    let expected: BTreeSet<[u8; 32]> = roster
-        .members_for(&mb.0)
+    assert_eq!(Some(redirect.swarm_id), roster.swarm_for(&mb));
+    let named: BTreeSet<NodeId> = redirect.members.iter().copied().collect();
+    let expected: BTreeSet<NodeId> = roster
+        .members_for(&mb)
         .iter()
-        .map(|n| n.identity.to_bytes())
+        .map(|n| n.identity.node_id())
         .collect();
     assert_eq!(named, expected);
 }
@@ -544,7 +544,7 @@ async fn a_swarm_split_moves_mailboxes_to_the_swarm_that_now_owns_them() {
     let deadline = Instant::now() + CONVERGE;
     let after = loop {
         let r = net.roster().await;
-        if ids.iter().all(|id| r.node(id).is_some()) {
+        if ids.iter().all(|id| r.node(&id.node_id()).is_some()) {
             break r;
         }
         assert!(
@@ -569,7 +569,7 @@ async fn a_swarm_split_moves_mailboxes_to_the_swarm_that_now_owns_them() {
         .copied()
         .filter(|s| {
             let mb = mailbox(&key(*s));
-            before.swarm_for(&mb.0) != after.swarm_for(&mb.0)
+            before.swarm_for(&mb) != after.swarm_for(&mb)
         })
         .collect();
     assert!(!moved.is_empty(), "no test mailbox changed swarm");
@@ -583,7 +583,7 @@ async fn a_swarm_split_moves_mailboxes_to_the_swarm_that_now_owns_them() {
     let seed = moved[0];
     let mb = mailbox(&key(seed));
     let old_member = before
-        .members_for(&mb.0)
+        .members_for(&mb)
         .iter()
         .map(|n| net.index(&n.identity))
         .find(|&i| !net.members(&after, &mb).contains(&i))
@@ -592,5 +592,5 @@ async fn a_swarm_split_moves_mailboxes_to_the_swarm_that_now_owns_them() {
         .await
         .unwrap();
     assert_eq!(r.result, Err(Status::WrongSwarm));
-    assert_eq!(r.redirect.map(|s| s.swarm_id), after.swarm_for(&mb.0));
+    assert_eq!(r.redirect.map(|s| s.swarm_id), after.swarm_for(&mb));
 }

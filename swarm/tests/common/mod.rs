@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests: real RocksDB stores in temporary directories.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use allium_swarm::proto::{Mailbox, NodeId};
+use allium_proto::storage::{Mailbox, NodeId};
 use allium_swarm::{Store, StoreConfig};
 use ed25519_dalek::SigningKey;
 
@@ -13,11 +13,11 @@ pub fn key(seed: u8) -> SigningKey {
 }
 
 pub fn mailbox(k: &SigningKey) -> Mailbox {
-    Mailbox(k.verifying_key().to_bytes())
+    Mailbox::from_bytes(k.verifying_key().to_bytes())
 }
 
 pub fn node_id(seed: u8) -> NodeId {
-    NodeId(key(seed).verifying_key().to_bytes())
+    NodeId::from_bytes(key(seed).verifying_key().to_bytes())
 }
 
 pub fn open(cfg: StoreConfig) -> (tempfile::TempDir, Store) {

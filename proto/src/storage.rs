@@ -4,6 +4,7 @@ use std::cmp::Ordering;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 
+use allium_onion::{Id, Role};
 use ed25519_dalek::{Signer, SigningKey};
 
 use crate::cbor::{Decoder, Encoder, head_len};
@@ -40,59 +41,52 @@ pub type Namespace = u16;
 /// The public inbox namespace.
 pub const INBOX: Namespace = 0;
 
-macro_rules! key32 {
-    ($(#[$m:meta])* $name:ident) => {
-        $(#[$m])*
-        #[derive(Clone, Copy)]
-        pub struct $name(pub [u8; 32]);
+pub use allium_onion::NodeId;
 
-        // Constant-time equality: these are keys and digests (STYLE: arti `ct.rs`).
-        impl PartialEq for $name {
-            fn eq(&self, other: &Self) -> bool {
-                crypto::ct_eq(&self.0, &other.0)
-            }
-        }
-        impl Eq for $name {}
-        impl Hash for $name {
-            fn hash<H: Hasher>(&self, state: &mut H) {
-                self.0.hash(state);
-            }
-        }
-        impl PartialOrd for $name {
-            fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-                Some(self.cmp(other))
-            }
-        }
-        impl Ord for $name {
-            fn cmp(&self, other: &Self) -> Ordering {
-                self.0.cmp(&other.0)
-            }
-        }
-        impl fmt::Debug for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                // Eight hex digits identify a key in logs without printing it whole.
-                write!(f, concat!(stringify!($name), "("))?;
-                for b in &self.0[..4] {
-                    write!(f, "{b:02x}")?;
-                }
-                write!(f, "…)")
-            }
-        }
-    };
+/// The role of a key that names a mailbox: the owner's Ed25519 public key.
+#[derive(Debug)]
+pub enum MailboxRole {}
+
+impl Role for MailboxRole {
+    const NAME: &'static str = "Mailbox";
 }
 
-key32!(
-    /// A mailbox: the owner's Ed25519 public key.
-    Mailbox
-);
-key32!(
-    /// A node's Ed25519 identity key.
-    NodeId
-);
-key32!(
-    /// A message's content hash ([`crypto::content_hash`]).
-    MessageHash
-);
+/// A mailbox: the owner's Ed25519 public key.
+pub type Mailbox = Id<MailboxRole>;
+
+/// A message's content hash ([`crypto::content_hash`]).
+#[derive(Clone, Copy)]
+pub struct MessageHash(pub [u8; 32]);
+
+// Constant-time equality: a hash names a message a reader may not know (STYLE: arti `ct.rs`).
+impl PartialEq for MessageHash {
+    fn eq(&self, other: &Self) -> bool {
+        crypto::ct_eq(&self.0, &other.0)
+    }
+}
+impl Eq for MessageHash {}
+impl Hash for MessageHash {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+impl PartialOrd for MessageHash {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for MessageHash {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.cmp(&other.0)
+    }
+}
+impl fmt::Debug for MessageHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MessageHash(")?;
+        self.0[..4].iter().try_for_each(|b| write!(f, "{b:02x}"))?;
+        write!(f, "…)")
+    }
+}
 
 /// A position in a mailbox namespace: messages are ordered by (timestamp, hash). On the wire
 /// `timestamp (u64 BE) || hash`, 40 bytes, which sorts bytewise in the same order.
@@ -305,7 +299,7 @@ pub struct DecodedRequest {
 fn enc_target(e: &mut Encoder, n: usize, mailbox: &Mailbox, namespace: Namespace) {
     e.map(n)
         .uint(1)
-        .bytes(&mailbox.0)
+        .bytes(mailbox.as_bytes())
         .uint(2)
         .uint(namespace.into());
 }
@@ -396,7 +390,7 @@ impl Body {
                 e.map(0);
             }
             Body::GetSwarm(r) => {
-                e.map(1).uint(1).bytes(&r.mailbox.0);
+                e.map(1).uint(1).bytes(r.mailbox.as_bytes());
             }
             Body::Roster(r) => match r.known_version {
                 Some(v) => {
@@ -571,7 +565,7 @@ impl Fields {
         Ok(fields)
     }
     fn mailbox(&mut self, d: &mut Decoder<'_>) -> Result<(), DecodeError> {
-        self.mailbox = Some(Mailbox(d.fixed()?));
+        self.mailbox = Some(Mailbox::from_bytes(d.fixed()?));
         Ok(())
     }
     fn namespace(&mut self, d: &mut Decoder<'_>) -> Result<(), DecodeError> {
@@ -860,7 +854,7 @@ impl GetSwarmResponse {
 fn enc_nodes(e: &mut Encoder, nodes: &[NodeId]) {
     e.array(nodes.len());
     for n in nodes {
-        e.bytes(&n.0);
+        e.bytes(n.as_bytes());
     }
 }
 
@@ -868,7 +862,7 @@ fn decode_nodes(d: &mut Decoder<'_>) -> Result<Vec<NodeId>, DecodeError> {
     let k = d.array(MAX_SWARM_MEMBERS)?;
     let mut nodes = Vec::with_capacity(k);
     for _ in 0..k {
-        nodes.push(NodeId(d.fixed()?));
+        nodes.push(NodeId::from_bytes(d.fixed()?));
     }
     d.leave();
     Ok(nodes)

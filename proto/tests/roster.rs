@@ -1,5 +1,5 @@
 //! The network file, descriptors, the signed roster, directory messages and swarm assignment
-//! (whitepaper `roster.md`). `ALLIUM_WRITE_VECTORS=1 cargo test -p allium-swarm --test roster`
+//! (whitepaper `roster.md`). `ALLIUM_WRITE_VECTORS=1 cargo test -p allium-proto --test roster`
 //! rewrites `whitepaper/vectors/roster.json` (review the diff: a change is a protocol change).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -7,12 +7,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use allium_onion::{Epoch, IdentityKeypair, OnionKeyCert, OnionSecretKey};
-use allium_swarm::assign::{
-    NodeKey, assign, fold_mailbox, min_members, moved, nearest_swarm, ring_distance,
+use allium_proto::assign::{
+    assign, fold_mailbox, min_members, moved, nearest_swarm, ring_distance,
 };
-use allium_swarm::error::DecodeError;
-use allium_swarm::network::{NetworkError, NetworkFile};
-use allium_swarm::roster::*;
+use allium_proto::error::DecodeError;
+use allium_proto::network::{NetworkError, NetworkFile};
+use allium_proto::roster::*;
+use allium_proto::{Mailbox, NodeId};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -76,11 +77,11 @@ fn network(authorities: &[&IdentityKeypair], threshold: u64) -> NetworkFile {
 /// A roster of the nodes with seeds `seeds`, assigned from scratch with swarm size 3.
 fn roster(name: &str, version: u64, seeds: &[u8]) -> Roster {
     let descs: Vec<Descriptor> = seeds.iter().map(|s| descriptor(*s)).collect();
-    let keys: Vec<NodeKey> = descs.iter().map(|d| d.identity.to_bytes()).collect();
+    let keys: Vec<NodeId> = descs.iter().map(|d| d.identity.node_id()).collect();
     let a = assign(&BTreeMap::new(), &keys, 3);
     let nodes = descs
         .iter()
-        .map(|d| NodeEntry::from_descriptor(d, a[&d.identity.to_bytes()]))
+        .map(|d| NodeEntry::from_descriptor(d, a[&d.identity.node_id()]))
         .collect();
     Roster::new(name, version, NOW, 3, nodes).unwrap()
 }
@@ -457,7 +458,7 @@ fn roster_round_trips_and_answers_lookups() {
     assert_eq!(swarms.values().map(Vec::len).sum::<usize>(), 7);
     let ids: BTreeSet<u64> = swarms.keys().copied().collect();
     for i in 0..200u8 {
-        let mailbox = [i.wrapping_mul(37); 32].map(|b| b ^ i);
+        let mailbox = Mailbox::from_bytes([i.wrapping_mul(37); 32].map(|b| b ^ i));
         let id = got.swarm_for(&mailbox).unwrap();
         let p = fold_mailbox(&mailbox);
         let best = ids
@@ -471,22 +472,22 @@ fn roster_round_trips_and_answers_lookups() {
     }
 
     let d3 = descriptor(3);
-    let entry = got.node(&d3.identity).unwrap();
+    let entry = got.node(&d3.identity.node_id()).unwrap();
     assert_eq!(entry.addresses, d3.addresses);
     assert_eq!(
-        got.onion_key(&d3.identity, Epoch(101)),
+        got.onion_key(&d3.identity.node_id(), Epoch(101)),
         Some(*d3.onion_keys[1].onion_key())
     );
-    assert_eq!(got.onion_key(&d3.identity, Epoch(102)), None);
-    assert_eq!(got.onion_key(&kp(99).public(), Epoch(100)), None);
-    assert!(got.node(&kp(99).public()).is_none());
+    assert_eq!(got.onion_key(&d3.identity.node_id(), Epoch(102)), None);
+    assert_eq!(got.onion_key(&kp(99).public().node_id(), Epoch(100)), None);
+    assert!(got.node(&kp(99).public().node_id()).is_none());
 
     // Empty roster: no swarm.
     let empty = Roster::new("allium-devnet", 1, NOW, 3, vec![]).unwrap();
     let e = SignedRoster::decode_and_verify(&empty.sign(&[&auth]).unwrap().encode(), &net, None)
         .unwrap();
-    assert_eq!(e.swarm_for(&[0; 32]), None);
-    assert!(e.members_for(&[0; 32]).is_empty());
+    assert_eq!(e.swarm_for(&Mailbox::from_bytes([0; 32])), None);
+    assert!(e.members_for(&Mailbox::from_bytes([0; 32])).is_empty());
 }
 
 #[test]
@@ -699,8 +700,9 @@ fn roster_refuses_truncated_garbage_and_oversized_input() {
 #[test]
 fn held_roster_keeps_the_last_good_one() {
     let a = kp(0xa0);
-    let mut held = HeldRoster::new(network(&[&a], 1));
+    let held = RosterHolder::new(network(&[&a], 1));
     assert_eq!(held.version(), None);
+    assert!(matches!(held.answer(None), DirectoryResponse::Refused(_)));
     let v2 = roster("allium-devnet", 2, &[1, 2, 3])
         .sign(&[&a])
         .unwrap()
@@ -726,9 +728,11 @@ fn held_roster_keeps_the_last_good_one() {
         .encode();
     assert_eq!(held.offer(&forged), Err(RosterError::UnknownAuthority));
     assert_eq!(held.version(), Some(2));
-    assert_eq!(held.signed_bytes(), Some(v2.as_slice()));
+    assert_eq!(held.current().unwrap().signed(), v2.as_slice());
+    assert_eq!(held.answer(Some(2)), DirectoryResponse::NotModified);
+    assert_eq!(held.answer(Some(1)), DirectoryResponse::Roster(v2.clone()));
     assert_eq!(held.offer(&v3), Ok(Offered::Updated));
-    assert_eq!(held.roster().unwrap().nodes().len(), 5);
+    assert_eq!(held.current().unwrap().roster().nodes().len(), 5);
 }
 
 // ---- directory messages ----------------------------------------------------------------------
@@ -844,7 +848,7 @@ proptest! {
 
 // ---- assignment ------------------------------------------------------------------------------
 
-fn node_key(i: u32) -> NodeKey {
+fn node_key(i: u32) -> NodeId {
     // Spread-out keys without the cost of Ed25519 (assignment sees only bytes).
     let mut k = [0u8; 32];
     let mut x = u64::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5151;
@@ -853,10 +857,10 @@ fn node_key(i: u32) -> NodeKey {
         x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
         chunk.copy_from_slice(&x.to_be_bytes());
     }
-    k
+    NodeId::from_bytes(k)
 }
 
-fn sizes(a: &BTreeMap<NodeKey, u64>) -> BTreeMap<u64, usize> {
+fn sizes(a: &BTreeMap<NodeId, u64>) -> BTreeMap<u64, usize> {
     let mut s = BTreeMap::new();
     for id in a.values() {
         *s.entry(*id).or_insert(0) += 1;
@@ -864,7 +868,7 @@ fn sizes(a: &BTreeMap<NodeKey, u64>) -> BTreeMap<u64, usize> {
     s
 }
 
-fn check_invariants(a: &BTreeMap<NodeKey, u64>, nodes: &BTreeSet<NodeKey>, size: usize) {
+fn check_invariants(a: &BTreeMap<NodeId, u64>, nodes: &BTreeSet<NodeId>, size: usize) {
     // Every node assigned exactly once, and nothing else.
     assert_eq!(a.keys().copied().collect::<BTreeSet<_>>(), *nodes);
     let s = sizes(a);
@@ -893,9 +897,9 @@ fn nearest_is_the_ring_nearest_with_ties_to_the_smaller_id() {
 fn fresh_assignment_fills_every_swarm() {
     for size in [1usize, 2, 3, 5, 8] {
         for n in 0..40u32 {
-            let nodes: Vec<NodeKey> = (0..n).map(node_key).collect();
+            let nodes: Vec<NodeId> = (0..n).map(node_key).collect();
             let a = assign(&BTreeMap::new(), &nodes, size);
-            let set: BTreeSet<NodeKey> = nodes.iter().copied().collect();
+            let set: BTreeSet<NodeId> = nodes.iter().copied().collect();
             check_invariants(&a, &set, size);
             let s = sizes(&a);
             assert!(
@@ -919,7 +923,7 @@ proptest! {
         initial in 0u32..60,
         events in proptest::collection::vec((any::<bool>(), any::<u32>()), 1..40),
     ) {
-        let mut nodes: BTreeSet<NodeKey> = (0..initial).map(node_key).collect();
+        let mut nodes: BTreeSet<NodeId> = (0..initial).map(node_key).collect();
         let mut a = assign(&BTreeMap::new(), &nodes.iter().copied().collect::<Vec<_>>(), size);
         let mut next = initial;
         for (join, pick) in events {
@@ -931,7 +935,7 @@ proptest! {
                 let victim = *nodes.iter().nth(pick as usize % nodes.len()).unwrap();
                 nodes.remove(&victim);
             }
-            let list: Vec<NodeKey> = nodes.iter().copied().collect();
+            let list: Vec<NodeId> = nodes.iter().copied().collect();
             a = assign(&before, &list, size);
             check_invariants(&a, &nodes, size);
             let m = moved(&before, &a);
@@ -956,14 +960,15 @@ proptest! {
 
 /// The join/leave measurements reported in `roster.md` §5.4 (published in the vectors file).
 fn measured() -> Value {
-    let mailboxes: Vec<[u8; 32]> = (0..10_000u32)
+    let mailboxes: Vec<Mailbox> = (0..10_000u32)
         .map(|i| {
             let mut m = [0u8; 32];
-            m.copy_from_slice(&[node_key(i + 1_000_000), node_key(i + 2_000_000)].concat()[..32]);
-            m
+            let halves = [node_key(i + 1_000_000), node_key(i + 2_000_000)];
+            m.copy_from_slice(&[halves[0].to_bytes(), halves[1].to_bytes()].concat()[..32]);
+            Mailbox::from_bytes(m)
         })
         .collect();
-    let holder = |a: &BTreeMap<NodeKey, u64>| -> Vec<Option<u64>> {
+    let holder = |a: &BTreeMap<NodeId, u64>| -> Vec<Option<u64>> {
         let ids: BTreeSet<u64> = a.values().copied().collect();
         mailboxes
             .iter()
@@ -975,7 +980,7 @@ fn measured() -> Value {
     let mut report = vec![];
     for size in [3usize, 5] {
         // Grow 0 → 100 one node at a time.
-        let mut nodes: Vec<NodeKey> = vec![];
+        let mut nodes: Vec<NodeId> = vec![];
         let mut a = BTreeMap::new();
         let (mut node_moves, mut mb_moves, mut created) = (0, 0, 0);
         for i in 0..100 {
@@ -990,7 +995,7 @@ fn measured() -> Value {
         // Then 40 leaves, in a fixed pseudo-random order.
         let (mut leave_moves, mut leave_max, mut leave_mb, mut dissolved) = (0, 0, 0, 0);
         for k in 0..40u32 {
-            let idx = (node_key(k)[0] as usize) % nodes.len();
+            let idx = (node_key(k).as_bytes()[0] as usize) % nodes.len();
             nodes.remove(idx);
             let b = assign(&a, &nodes, size);
             let m = moved(&a, &b);
@@ -1046,8 +1051,9 @@ fn vectors() -> Value {
     ]
     .iter()
     .map(|m| {
-        json!({"mailbox": hex::encode(m), "folded": format!("{:016x}", fold_mailbox(m)),
-                   "swarm_id": r.swarm_for(m)})
+        let m = Mailbox::from_bytes(*m);
+        json!({"mailbox": hex::encode(m.as_bytes()), "folded": format!("{:016x}", fold_mailbox(&m)),
+                   "swarm_id": r.swarm_for(&m)})
     })
     .collect();
     let addr: SocketAddr = "127.0.0.1:4433".parse().unwrap();

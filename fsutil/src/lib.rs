@@ -1,5 +1,6 @@
-//! Crash-safe file writes, shared by the node's key store and roster cache and by the client's
-//! local state: a crash leaves the old file or the new one, never a torn one.
+//! Private, crash-safe files, shared by the node's key store and roster cache and by the client's
+//! local state: a crash leaves the old file or the new one, never a torn one; secrets are read only
+//! from files nobody else can read; one process at a time holds a directory's lock.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -156,4 +157,48 @@ pub fn read_secret<const N: usize>(
         return Err(wrong(expected + 1));
     }
     Ok(secret)
+}
+
+/// An exclusive advisory lock (`flock`) on a file, held until dropped. The kernel releases it
+/// when the process dies, so a crash leaves no stale lock.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl DirLock {
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Why [`lock`] did not take the lock.
+#[derive(Debug)]
+pub enum LockError {
+    /// Another process (or another handle in this one) holds it.
+    Held(PathBuf),
+    /// The lock file could not be opened or locked.
+    Io(WriteError),
+}
+
+/// Takes the exclusive lock on `path` (created 0600 if absent) without waiting.
+pub fn lock(path: &Path) -> Result<DirLock, LockError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| LockError::Io(at(path)(e)))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(DirLock {
+            _file: file,
+            path: path.to_owned(),
+        }),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(LockError::Held(path.to_owned())),
+        Err(e) => Err(LockError::Io(at(path)(e.into()))),
+    }
 }

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use allium_node::link::{
-    self, Deadlines, Handler, Kind, Link, LinkError, LinkLimits, Peer, Pool, Status, TlsIdentity,
+use allium_link::{
+    Deadlines, Handler, Kind, Link, LinkError, LinkLimits, Peer, Pool, Status, TlsIdentity,
 };
 use allium_onion::IdentityKeypair;
 use rand_chacha::ChaCha20Rng;
@@ -91,9 +91,10 @@ async fn a_client_reaches_the_node_whose_key_it_pinned_anonymously() {
         .connect(server.addr, &server.identity.public())
         .await
         .unwrap();
-    let (status, body) = link::request(&conn, Kind::Directory, b"hello", Deadlines::uniform(T))
-        .await
-        .unwrap();
+    let (status, body) =
+        allium_link::request(&conn, Kind::Directory, b"hello", Deadlines::uniform(T))
+            .await
+            .unwrap();
     assert_eq!(status, Status::Ok);
     assert_eq!(
         &body[..32],
@@ -168,20 +169,20 @@ async fn oversized_and_unknown_frames_are_dropped_and_the_node_keeps_serving() {
     let mut head = vec![Kind::Directory.code()];
     head.extend_from_slice(&u32::MAX.to_be_bytes());
     send.write_all(&head).await.unwrap();
-    assert!(link::frame::read_response(&mut recv).await.is_err());
+    assert!(allium_link::frame::read_response(&mut recv).await.is_err());
     // An unknown kind.
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     send.write_all(&[0xee, 0, 0, 0, 1, 0]).await.unwrap();
-    assert!(link::frame::read_response(&mut recv).await.is_err());
+    assert!(allium_link::frame::read_response(&mut recv).await.is_err());
     // A truncated request (the sender finishes early).
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     send.write_all(&[Kind::Directory.code(), 0, 0, 0, 9, 1, 2])
         .await
         .unwrap();
     send.finish().unwrap();
-    assert!(link::frame::read_response(&mut recv).await.is_err());
+    assert!(allium_link::frame::read_response(&mut recv).await.is_err());
     // Still serving on the same connection.
-    let (status, _) = link::request(&conn, Kind::Directory, b"ok", Deadlines::uniform(T))
+    let (status, _) = allium_link::request(&conn, Kind::Directory, b"ok", Deadlines::uniform(T))
         .await
         .unwrap();
     assert_eq!(status, Status::Ok);
@@ -205,7 +206,7 @@ async fn a_slow_sender_is_cut_off_after_the_read_time_out() {
         .await
         .unwrap();
     // The node resets the stream by itself; no answer ever comes.
-    let outcome = tokio::time::timeout(T, link::frame::read_response(&mut recv)).await;
+    let outcome = tokio::time::timeout(T, allium_link::frame::read_response(&mut recv)).await;
     assert!(
         matches!(outcome, Ok(Err(_))),
         "the node kept a slow stream open"
@@ -225,10 +226,10 @@ async fn connections_per_address_are_capped() {
     let a = clients[0].connect(server.addr, &key).await.unwrap();
     let b = clients[1].connect(server.addr, &key).await.unwrap();
     // Requests confirm both are established server-side.
-    link::request(&a, Kind::Directory, b"a", Deadlines::uniform(T))
+    allium_link::request(&a, Kind::Directory, b"a", Deadlines::uniform(T))
         .await
         .unwrap();
-    link::request(&b, Kind::Directory, b"b", Deadlines::uniform(T))
+    allium_link::request(&b, Kind::Directory, b"b", Deadlines::uniform(T))
         .await
         .unwrap();
     let third = clients[2].connect(server.addr, &key).await;
@@ -241,7 +242,7 @@ async fn connections_per_address_are_capped() {
     let mut accepted = false;
     for _ in 0..50 {
         if let Ok(c) = clients[2].connect(server.addr, &key).await {
-            link::request(&c, Kind::Directory, b"c", Deadlines::uniform(T))
+            allium_link::request(&c, Kind::Directory, b"c", Deadlines::uniform(T))
                 .await
                 .unwrap();
             accepted = true;
@@ -256,8 +257,8 @@ async fn connections_per_address_are_capped() {
 
 #[test]
 fn certificate_identity_refuses_garbage() {
-    assert!(link::certificate_identity(&[]).is_err());
-    assert!(link::certificate_identity(&[0x30, 0x03, 0x02, 0x01, 0x00]).is_err());
+    assert!(allium_link::certificate_identity(&[]).is_err());
+    assert!(allium_link::certificate_identity(&[0x30, 0x03, 0x02, 0x01, 0x00]).is_err());
     let id = IdentityKeypair::generate(&mut ChaCha20Rng::seed_from_u64(8));
     let tls = TlsIdentity::new(&id).unwrap();
     assert_eq!(tls.public(), &id.public());

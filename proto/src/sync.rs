@@ -4,7 +4,7 @@
 use crate::cbor::{Decoder, Encoder};
 use crate::crypto;
 use crate::error::{DecodeError, Status};
-use crate::proto::{MAX_DATA_BYTES, Mailbox, MessageHash, Namespace};
+use crate::storage::{MAX_DATA_BYTES, Mailbox, MessageHash, Namespace};
 use crate::time::UnixMillis;
 
 /// Anti-entropy buckets: a mailbox falls in bucket `mailbox[0]`.
@@ -37,7 +37,7 @@ impl EntryKey {
     /// The 66 key bytes (also the store's index key).
     pub fn to_bytes(&self) -> [u8; ENTRY_KEY_LEN] {
         let mut k = [0u8; ENTRY_KEY_LEN];
-        k[..32].copy_from_slice(&self.mailbox.0);
+        k[..32].copy_from_slice(self.mailbox.as_bytes());
         k[32..34].copy_from_slice(&self.namespace.to_be_bytes());
         k[34..].copy_from_slice(&self.hash.0);
         k
@@ -53,7 +53,7 @@ impl EntryKey {
         let mut hash = [0u8; 32];
         hash.copy_from_slice(&b[34..]);
         Some(Self {
-            mailbox: Mailbox(mailbox),
+            mailbox: Mailbox::from_bytes(mailbox),
             namespace: u16::from_be_bytes([b[32], b[33]]),
             hash: MessageHash(hash),
         })
@@ -61,7 +61,7 @@ impl EntryKey {
 
     /// The anti-entropy bucket.
     pub fn bucket(&self) -> u8 {
-        self.mailbox.0[0]
+        self.mailbox.as_bytes()[0]
     }
 }
 
@@ -230,7 +230,7 @@ impl Item {
             Item::Message(m) => {
                 e.array(7)
                     .uint(0)
-                    .bytes(&m.mailbox.0)
+                    .bytes(m.mailbox.as_bytes())
                     .uint(m.namespace.into());
                 e.uint(m.timestamp)
                     .uint(m.expiry)
@@ -238,7 +238,7 @@ impl Item {
                     .bytes(&m.data);
             }
             Item::Tombstone { key, until } => {
-                e.array(5).uint(1).bytes(&key.mailbox.0);
+                e.array(5).uint(1).bytes(key.mailbox.as_bytes());
                 e.uint(key.namespace.into()).bytes(&key.hash.0).uint(*until);
             }
             Item::Expiry {
@@ -246,7 +246,7 @@ impl Item {
                 expiry,
                 set_at,
             } => {
-                e.array(6).uint(2).bytes(&key.mailbox.0);
+                e.array(6).uint(2).bytes(key.mailbox.as_bytes());
                 e.uint(key.namespace.into()).bytes(&key.hash.0);
                 e.uint(*expiry).uint(*set_at);
             }
@@ -256,7 +256,7 @@ impl Item {
     fn decode(d: &mut Decoder<'_>) -> Result<Self, DecodeError> {
         let n = d.array(7)?;
         let kind = d.uint()?;
-        let mailbox = Mailbox(d.fixed()?);
+        let mailbox = Mailbox::from_bytes(d.fixed()?);
         let namespace = namespace(d)?;
         let item = match (kind, n) {
             (0, 7) => Item::Message(ItemMessage {

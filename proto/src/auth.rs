@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashSet};
 
 use crate::crypto;
 use crate::error::AuthError;
-use crate::proto::{DecodedRequest, NodeId};
+use crate::storage::{DecodedRequest, NodeId};
 use crate::time::UnixMillis;
 
 /// A signed request is accepted while its timestamp is within this many ms of the node's clock.

@@ -5,7 +5,7 @@ use blake2::{Blake2b, Digest};
 use ed25519_dalek::{Signature, VerifyingKey};
 use subtle::ConstantTimeEq;
 
-use crate::proto::{Mailbox, MessageHash, Namespace, NodeId};
+use crate::storage::{Mailbox, MessageHash, Namespace, NodeId};
 use crate::time::UnixMillis;
 
 type Blake2b256 = Blake2b<U32>;
@@ -40,7 +40,7 @@ fn blake2b256(parts: &[&[u8]]) -> [u8; 32] {
 pub fn content_hash(mailbox: &Mailbox, namespace: Namespace, data: &[u8]) -> MessageHash {
     MessageHash(blake2b256(&[
         DOMAIN_MESSAGE,
-        &mailbox.0,
+        mailbox.as_bytes(),
         &namespace.to_be_bytes(),
         data,
     ]))
@@ -66,7 +66,7 @@ pub fn entry_digest(
     };
     blake2b256(&[
         DOMAIN_SYNC_ENTRY,
-        &mailbox.0,
+        mailbox.as_bytes(),
         &namespace.to_be_bytes(),
         &hash.0,
         state,
@@ -104,10 +104,10 @@ pub fn signed_data(
     let parts: [&[u8]; 7] = [
         DOMAIN_AUTH,
         &[method],
-        &mailbox.0,
+        mailbox.as_bytes(),
         &namespace.to_be_bytes(),
         &timestamp.to_be_bytes(),
-        &node.0,
+        node.as_bytes(),
         digest,
     ];
     for part in parts {
@@ -127,7 +127,7 @@ pub fn replay_key(signed: &[u8]) -> [u8; 32] {
 /// Verifies an Ed25519 signature by `mailbox` with `verify_strict` (rejects small-order keys and
 /// non-canonical signatures). Every failure is the same `false`.
 pub fn verify(mailbox: &Mailbox, signed: &[u8], signature: &[u8; 64]) -> bool {
-    let Ok(key) = VerifyingKey::from_bytes(&mailbox.0) else {
+    let Ok(key) = VerifyingKey::from_bytes(mailbox.as_bytes()) else {
         return false;
     };
     key.verify_strict(signed, &Signature::from_bytes(signature))

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use crate::proto::{CursorKey, MessageHash, RetrieveResponse, StoredMessage};
+use crate::storage::{CursorKey, MessageHash, RetrieveResponse, StoredMessage};
 use crate::time::UnixMillis;
 
 /// D + S for the default network parameters (20 s replication bound, 10 s clock skew).

@@ -19,7 +19,7 @@ use std::fmt::{self, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use allium_onion::IdentityPublicKey;
+use allium_onion::{IdentityPublicKey, NodeId};
 use blake2::digest::consts::U32;
 use blake2::{Blake2b, Digest};
 use serde::Deserialize;
@@ -201,26 +201,8 @@ fn range(key: &'static str, value: u64, min: u64, max: u64) -> Result<u64, Netwo
     }
 }
 
-fn decode_hex32(s: &str) -> Option<[u8; 32]> {
-    let b = s.as_bytes();
-    if b.len() != 64 {
-        return None;
-    }
-    let nibble = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    };
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = (nibble(b[2 * i])? << 4) | nibble(b[2 * i + 1])?;
-    }
-    Some(out)
-}
-
-/// Lower-case hex of `bytes`.
-pub(crate) fn to_hex(bytes: &[u8]) -> String {
+/// Lower-case hex of a digest.
+fn to_hex(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
         let _ = write!(s, "{b:02x}");
@@ -292,8 +274,8 @@ impl NetworkFile {
             if index >= MAX_AUTHORITIES {
                 return Err(NetworkError::TooManyAuthorities);
             }
-            let identity = decode_hex32(&a.identity)
-                .and_then(|b| IdentityPublicKey::from_bytes(&b).ok())
+            let identity = NodeId::from_hex(&a.identity)
+                .and_then(|id| id.public_key().ok())
                 .ok_or(NetworkError::BadAuthorityKey { index })?;
             let address =
                 parse_address(&a.address).ok_or_else(|| NetworkError::BadAuthorityAddress {
@@ -338,7 +320,7 @@ impl NetworkFile {
         let _ = writeln!(s, "name = \"{}\"", self.name);
         for a in &self.authorities {
             let _ = writeln!(s, "\n[[authority]]");
-            let _ = writeln!(s, "identity = \"{}\"", to_hex(a.identity.as_bytes()));
+            let _ = writeln!(s, "identity = \"{}\"", a.identity);
             let _ = writeln!(s, "address = \"{}\"", a.address);
         }
         let p = &self.params;

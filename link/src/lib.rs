@@ -1,3 +1,4 @@
+#![doc = include_str!("../README.md")]
 //! The QUIC link between clients and nodes and between nodes.
 //!
 //! TLS 1.3 over QUIC (quinn + rustls), ALPN [`ALPN`]. A node's TLS identity is its Ed25519
@@ -7,6 +8,7 @@
 //! connections per address, connections in all, streams per connection and bytes in flight are
 //! capped.
 
+pub mod directory;
 pub mod frame;
 pub mod pool;
 pub mod tls;
@@ -23,6 +25,7 @@ use rustls::crypto::CryptoProvider;
 
 pub use frame::{Kind, Status};
 
+pub use directory::Source;
 pub use pool::Pool;
 pub use tls::{ALPN, TlsIdentity, certificate_identity};
 

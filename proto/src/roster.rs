@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
 
 use allium_onion::{Epoch, IdentityKeypair, IdentityPublicKey, OnionKeyCert, OnionPublicKey};
 use thiserror::Error;
@@ -17,6 +18,7 @@ use crate::assign::{fold_mailbox, nearest_swarm_key};
 use crate::cbor::{Decoder, Encoder};
 use crate::error::DecodeError;
 use crate::network::{MAX_AUTHORITIES, MAX_NAME_LEN, MAX_SWARM_SIZE, NetworkFile, parse_address};
+use crate::storage::{Mailbox, NodeId};
 
 /// Domain string of a descriptor signature.
 pub const DESCRIPTOR_DOMAIN: &[u8] = b"allium/v1/descriptor";
@@ -678,9 +680,9 @@ impl Roster {
     }
 
     /// The entry of `identity`, if listed.
-    pub fn node(&self, identity: &IdentityPublicKey) -> Option<&NodeEntry> {
+    pub fn node(&self, identity: &NodeId) -> Option<&NodeEntry> {
         self.nodes
-            .binary_search_by(|n| n.identity.as_bytes().cmp(identity.as_bytes()))
+            .binary_search_by(|n| n.identity.node_id().cmp(identity))
             .ok()
             .and_then(|i| self.nodes.get(i))
     }
@@ -695,12 +697,12 @@ impl Roster {
 
     /// The id of the swarm that holds `mailbox`: the nearest on the ring to its folded key.
     /// `None` for an empty roster.
-    pub fn swarm_for(&self, mailbox: &[u8; 32]) -> Option<u64> {
+    pub fn swarm_for(&self, mailbox: &Mailbox) -> Option<u64> {
         nearest_swarm_key(&self.swarms, fold_mailbox(mailbox))
     }
 
     /// The members of the swarm that holds `mailbox` (empty for an empty roster).
-    pub fn members_for(&self, mailbox: &[u8; 32]) -> Vec<&NodeEntry> {
+    pub fn members_for(&self, mailbox: &Mailbox) -> Vec<&NodeEntry> {
         self.swarm_for(mailbox)
             .map(|id| self.members_of(id))
             .unwrap_or_default()
@@ -715,15 +717,15 @@ impl Roster {
     }
 
     /// The onion key `node` certified for `epoch`, if it is listed and published one.
-    pub fn onion_key(&self, node: &IdentityPublicKey, epoch: Epoch) -> Option<OnionPublicKey> {
+    pub fn onion_key(&self, node: &NodeId, epoch: Epoch) -> Option<OnionPublicKey> {
         self.node(node)?.onion_key(epoch)
     }
 
     /// The assignment this roster records, as [`crate::assign::assign`] takes it.
-    pub fn assignment(&self) -> BTreeMap<crate::assign::NodeKey, u64> {
+    pub fn assignment(&self) -> BTreeMap<NodeId, u64> {
         self.nodes
             .iter()
-            .map(|n| (n.identity.to_bytes(), n.swarm))
+            .map(|n| (n.identity.node_id(), n.swarm))
             .collect()
     }
 }
@@ -732,7 +734,7 @@ impl Roster {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RosterSignature {
     /// The signing authority's identity.
-    pub authority: [u8; 32],
+    pub authority: NodeId,
     /// Ed25519 over `"allium/v1/roster" || roster bytes`.
     pub signature: [u8; SIG_LEN],
 }
@@ -754,7 +756,7 @@ impl SignedRoster {
     /// Adds `authority`'s signature (replacing an earlier one by the same key). Fails when
     /// [`MAX_AUTHORITIES`] other keys have signed already.
     pub fn add_signature(&mut self, authority: &IdentityKeypair) -> Result<(), RosterError> {
-        let id = authority.public().to_bytes();
+        let id = authority.public().node_id();
         let signature = authority.sign(&signed_message(ROSTER_DOMAIN, &self.roster));
         if let Some(s) = self.signatures.iter_mut().find(|s| s.authority == id) {
             s.signature = signature;
@@ -791,7 +793,7 @@ impl SignedRoster {
         for s in &self.signatures {
             e.map(2)
                 .uint(0)
-                .bytes(&s.authority)
+                .bytes(s.authority.as_bytes())
                 .uint(1)
                 .bytes(&s.signature);
         }
@@ -814,7 +816,7 @@ impl SignedRoster {
             let mut p = None;
             fixed_map(&mut d, 2)?;
             key(&mut d, &mut p, 0)?;
-            let authority = d.fixed::<32>()?;
+            let authority = NodeId::from_bytes(d.fixed::<32>()?);
             key(&mut d, &mut p, 1)?;
             let signature = d.fixed::<SIG_LEN>()?;
             d.leave();
@@ -837,13 +839,13 @@ impl SignedRoster {
             return Err(RosterError::Unsigned);
         }
         let message = signed_message(ROSTER_DOMAIN, &self.roster);
-        let mut valid: Vec<[u8; 32]> = Vec::new();
+        let mut valid: Vec<NodeId> = Vec::new();
         let (mut listed, mut failed) = (false, false);
         for s in &self.signatures {
             let Some(a) = network
                 .authorities()
                 .iter()
-                .find(|a| *a.identity.as_bytes() == s.authority)
+                .find(|a| a.identity.node_id() == s.authority)
             else {
                 continue;
             };
@@ -1078,62 +1080,107 @@ impl DirectoryResponse {
 // ---------------------------------------------------------------------------------------------
 // The roster a client or node holds.
 
-/// The last good roster a client or node holds, and the rule for replacing it: a new roster is
-/// taken only if [`SignedRoster::decode_and_verify`] accepts it against the held version; on any
-/// refusal the held roster stays in use (BAD_INPUTS row 25).
-#[derive(Debug, Clone)]
+/// A verified roster and the signed bytes it came in, served to others as they are.
+#[derive(Debug)]
 pub struct HeldRoster {
-    network: NetworkFile,
-    current: Option<(Roster, Vec<u8>)>,
+    roster: Roster,
+    signed: Vec<u8>,
 }
 
-/// What [`HeldRoster::offer`] did with a roster.
+impl HeldRoster {
+    /// The roster.
+    pub fn roster(&self) -> &Roster {
+        &self.roster
+    }
+
+    /// Its signed encoding.
+    pub fn signed(&self) -> &[u8] {
+        &self.signed
+    }
+
+    /// Its version.
+    pub fn version(&self) -> u64 {
+        self.roster.version()
+    }
+}
+
+/// What [`RosterHolder::offer`] did with a roster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Offered {
     /// A newer version replaced the held one.
     Updated,
-    /// The same version as the one held; nothing changed.
+    /// Not newer than the one held (the same version, or an older one that another thread's
+    /// newer one overtook); nothing changed.
     Same,
 }
 
-impl HeldRoster {
+/// The last good roster of one network, shared by every task of a node or a client, and the
+/// rule for replacing it: a roster is taken only if [`SignedRoster::decode_and_verify`] accepts
+/// it against the version held; on any refusal the held roster stays in use (BAD_INPUTS row 25).
+/// It never goes back to an older version.
+#[derive(Debug)]
+pub struct RosterHolder {
+    network: NetworkFile,
+    held: RwLock<Option<Arc<HeldRoster>>>,
+}
+
+impl RosterHolder {
     /// Holds no roster yet.
     pub fn new(network: NetworkFile) -> Self {
-        HeldRoster {
+        RosterHolder {
             network,
-            current: None,
+            held: RwLock::new(None),
         }
-    }
-
-    /// Verifies `signed_roster` and takes it if it is newer than the one held. On error the
-    /// held roster is unchanged.
-    pub fn offer(&mut self, signed_roster: &[u8]) -> Result<Offered, RosterError> {
-        let held = self.version();
-        let roster = SignedRoster::decode_and_verify(signed_roster, &self.network, held)?;
-        if held == Some(roster.version()) {
-            return Ok(Offered::Same);
-        }
-        self.current = Some((roster, signed_roster.to_vec()));
-        Ok(Offered::Updated)
-    }
-
-    /// The held roster.
-    pub fn roster(&self) -> Option<&Roster> {
-        self.current.as_ref().map(|(r, _)| r)
-    }
-
-    /// The held roster's signed encoding, to serve to others.
-    pub fn signed_bytes(&self) -> Option<&[u8]> {
-        self.current.as_ref().map(|(_, b)| b.as_slice())
-    }
-
-    /// The held version.
-    pub fn version(&self) -> Option<u64> {
-        self.roster().map(Roster::version)
     }
 
     /// The network file rosters are checked against.
     pub fn network(&self) -> &NetworkFile {
         &self.network
+    }
+
+    /// The roster in use.
+    pub fn current(&self) -> Option<Arc<HeldRoster>> {
+        self.held
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The version in use.
+    pub fn version(&self) -> Option<u64> {
+        self.current().map(|h| h.version())
+    }
+
+    /// Verifies `signed` and takes it if it is newer than the roster held. On error the held
+    /// roster is unchanged.
+    pub fn offer(&self, signed: &[u8]) -> Result<Offered, RosterError> {
+        let held = self.version();
+        let roster = SignedRoster::decode_and_verify(signed, &self.network, held)?;
+        if held == Some(roster.version()) {
+            return Ok(Offered::Same);
+        }
+        let new = Arc::new(HeldRoster {
+            roster,
+            signed: signed.to_vec(),
+        });
+        let mut slot = self
+            .held
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Another task may have taken a newer one meanwhile.
+        if slot.as_ref().is_some_and(|h| h.version() >= new.version()) {
+            return Ok(Offered::Same);
+        }
+        *slot = Some(new);
+        Ok(Offered::Updated)
+    }
+
+    /// The answer to a directory `get_roster` from someone who holds `have_version`.
+    pub fn answer(&self, have_version: Option<u64>) -> DirectoryResponse {
+        match self.current() {
+            Some(h) if Some(h.version()) == have_version => DirectoryResponse::NotModified,
+            Some(h) => DirectoryResponse::Roster(h.signed.clone()),
+            None => DirectoryResponse::Refused("no roster yet".into()),
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! Every decoder that reads bytes from the network: never panics, and whatever decodes is the
 //! canonical encoding of what it decoded to.
 
-use allium_swarm::proto::{Method, Request, Response};
+use allium_proto::storage::{Method, Request, Response};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,12 +1,12 @@
 //! Recomputes the test vectors published in `whitepaper/vectors/storage.json` and fails on any
-//! difference. `ALLIUM_WRITE_VECTORS=1 cargo test -p allium-swarm --test vectors` rewrites the
+//! difference. `ALLIUM_WRITE_VECTORS=1 cargo test -p allium-proto --test vectors` rewrites the
 //! file (review the diff: a change is a protocol change).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
-use allium_swarm::crypto;
-use allium_swarm::error::Status;
-use allium_swarm::proto::*;
+use allium_proto::crypto;
+use allium_proto::error::Status;
+use allium_proto::storage::*;
 use ed25519_dalek::{Signature, SigningKey, Verifier};
 use serde_json::{Value, json};
 
@@ -48,8 +48,8 @@ fn signed_vector(name: &str, body: Body, key: &SigningKey, node: &NodeId) -> Val
 fn vectors() -> Value {
     let key = SigningKey::from_bytes(&seq(0));
     let node_key = SigningKey::from_bytes(&seq(32));
-    let mailbox = Mailbox(key.verifying_key().to_bytes());
-    let node = NodeId(node_key.verifying_key().to_bytes());
+    let mailbox = Mailbox::from_bytes(key.verifying_key().to_bytes());
+    let node = NodeId::from_bytes(node_key.verifying_key().to_bytes());
     let data = b"hello allium".to_vec();
     let hash = crypto::content_hash(&mailbox, INBOX, &data);
 
@@ -66,7 +66,7 @@ fn vectors() -> Value {
             timestamp: TS,
             expiry: TS + 86_400_000,
             duplicate: false,
-            holders: vec![node, NodeId(seq(64))],
+            holders: vec![node, NodeId::from_bytes(seq(64))],
         })),
         redirect: None,
     };
@@ -74,7 +74,7 @@ fn vectors() -> Value {
         TS,
         GetSwarmResponse {
             swarm_id: 0x8000_0000_0000_0000,
-            members: vec![NodeId(seq(64)), NodeId(seq(96))],
+            members: vec![NodeId::from_bytes(seq(64)), NodeId::from_bytes(seq(96))],
         },
     );
     let retrieve = Body::Retrieve(RetrieveRequest {
@@ -114,11 +114,11 @@ fn vectors() -> Value {
     json!({
         "description": "Allium storage protocol v1 test vectors (whitepaper/storage.md). Hex strings; integers are Unix ms.",
         "mailbox_seed": hex::encode(seq(0)),
-        "mailbox": hex::encode(mailbox.0),
+        "mailbox": hex::encode(mailbox.as_bytes()),
         "node_seed": hex::encode(seq(32)),
-        "node": hex::encode(node.0),
+        "node": hex::encode(node.as_bytes()),
         "content_hash": {
-            "mailbox": hex::encode(mailbox.0),
+            "mailbox": hex::encode(mailbox.as_bytes()),
             "namespace": INBOX,
             "data": hex::encode(&data),
             "hash": hex::encode(hash.0),
@@ -144,7 +144,7 @@ fn vectors() -> Value {
 
 /// Anti-entropy digests and peer messages (storage §9).
 fn sync_vectors(mailbox: Mailbox, hash: MessageHash, data: &[u8]) -> Value {
-    use allium_swarm::sync::*;
+    use allium_proto::sync::*;
     let key = EntryKey {
         mailbox,
         namespace: INBOX,
@@ -198,7 +198,7 @@ fn sync_vectors(mailbox: Mailbox, hash: MessageHash, data: &[u8]) -> Value {
         (
             "entries after a key",
             PeerRequest::Entries {
-                bucket: mailbox.0[0],
+                bucket: mailbox.as_bytes()[0],
                 after: Some(key),
                 limit: 1024,
             },

@@ -7,13 +7,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-/// A node as assignment sees it: its 32-byte Ed25519 identity.
-pub type NodeKey = [u8; 32];
+use crate::storage::{Mailbox, NodeId};
 
-/// Folds a 32-byte mailbox key to a point on the ring: the XOR of its four 8-byte big-endian
-/// words.
-pub fn fold_mailbox(mailbox: &[u8; 32]) -> u64 {
-    mailbox.chunks_exact(8).fold(0u64, |acc, w| {
+/// Folds a mailbox key to a point on the ring: the XOR of its four 8-byte big-endian words.
+pub fn fold_mailbox(mailbox: &Mailbox) -> u64 {
+    mailbox.as_bytes().chunks_exact(8).fold(0u64, |acc, w| {
         let mut word = [0u8; 8];
         word.copy_from_slice(w);
         acc ^ u64::from_be_bytes(word)
@@ -87,21 +85,21 @@ pub fn min_members(swarm_size: usize) -> usize {
 /// A `swarm_size` of 0 is treated as 1. Duplicates in `nodes`
 /// count once.
 pub fn assign(
-    previous: &BTreeMap<NodeKey, u64>,
-    nodes: &[NodeKey],
+    previous: &BTreeMap<NodeId, u64>,
+    nodes: &[NodeId],
     swarm_size: usize,
-) -> BTreeMap<NodeKey, u64> {
+) -> BTreeMap<NodeId, u64> {
     let size = swarm_size.max(1);
-    let alive: BTreeSet<NodeKey> = nodes.iter().copied().collect();
+    let alive: BTreeSet<NodeId> = nodes.iter().copied().collect();
 
     // Rule 1.
-    let mut swarms: BTreeMap<u64, BTreeSet<NodeKey>> = BTreeMap::new();
+    let mut swarms: BTreeMap<u64, BTreeSet<NodeId>> = BTreeMap::new();
     for (node, id) in previous {
         if alive.contains(node) {
             swarms.entry(*id).or_default().insert(*node);
         }
     }
-    let mut unassigned: Vec<NodeKey> = alive
+    let mut unassigned: Vec<NodeId> = alive
         .iter()
         .filter(|n| !previous.contains_key(*n))
         .copied()
@@ -128,7 +126,7 @@ pub fn assign(
             break;
         };
         let take = size.min(unassigned.len());
-        let mut members: BTreeSet<NodeKey> = unassigned
+        let mut members: BTreeSet<NodeId> = unassigned
             .split_off(unassigned.len() - take)
             .into_iter()
             .collect();
@@ -188,16 +186,16 @@ pub fn assign(
 }
 
 /// Members beyond `size`, summed over all swarms.
-fn spare(swarms: &BTreeMap<u64, BTreeSet<NodeKey>>, size: usize) -> usize {
+fn spare(swarms: &BTreeMap<u64, BTreeSet<NodeId>>, size: usize) -> usize {
     swarms.values().map(|m| m.len().saturating_sub(size)).sum()
 }
 
-fn len(swarms: &BTreeMap<u64, BTreeSet<NodeKey>>, id: u64) -> usize {
+fn len(swarms: &BTreeMap<u64, BTreeSet<NodeId>>, id: u64) -> usize {
     swarms.get(&id).map_or(0, BTreeSet::len)
 }
 
 /// The swarm with the fewest members (tie: smaller id).
-fn smallest(swarms: &BTreeMap<u64, BTreeSet<NodeKey>>) -> Option<u64> {
+fn smallest(swarms: &BTreeMap<u64, BTreeSet<NodeId>>) -> Option<u64> {
     swarms
         .iter()
         .min_by_key(|(id, m)| (m.len(), **id))
@@ -205,7 +203,7 @@ fn smallest(swarms: &BTreeMap<u64, BTreeSet<NodeKey>>) -> Option<u64> {
 }
 
 /// The swarm with the most members (tie: smaller id).
-fn largest(swarms: &BTreeMap<u64, BTreeSet<NodeKey>>) -> Option<u64> {
+fn largest(swarms: &BTreeMap<u64, BTreeSet<NodeId>>) -> Option<u64> {
     swarms
         .iter()
         .min_by_key(|(id, m)| (std::cmp::Reverse(m.len()), **id))
@@ -215,7 +213,7 @@ fn largest(swarms: &BTreeMap<u64, BTreeSet<NodeKey>>) -> Option<u64> {
 /// The id of a new swarm: 0 for the first; otherwise the midpoint of the largest gap between
 /// consecutive ids on the ring (tie: the gap that starts at the smaller id). `None` if no gap
 /// has room.
-fn new_swarm_id(swarms: &BTreeMap<u64, BTreeSet<NodeKey>>) -> Option<u64> {
+fn new_swarm_id(swarms: &BTreeMap<u64, BTreeSet<NodeId>>) -> Option<u64> {
     let ids: Vec<u64> = swarms.keys().copied().collect();
     let (first, last) = match (ids.first(), ids.last()) {
         (Some(f), Some(l)) => (*f, *l),
@@ -246,7 +244,7 @@ fn new_swarm_id(swarms: &BTreeMap<u64, BTreeSet<NodeKey>>) -> Option<u64> {
 }
 
 /// Number of nodes present in both assignments whose swarm differs.
-pub fn moved(before: &BTreeMap<NodeKey, u64>, after: &BTreeMap<NodeKey, u64>) -> usize {
+pub fn moved(before: &BTreeMap<NodeId, u64>, after: &BTreeMap<NodeId, u64>) -> usize {
     before
         .iter()
         .filter(|(n, id)| after.get(*n).is_some_and(|a| a != *id))
@@ -255,11 +253,12 @@ pub fn moved(before: &BTreeMap<NodeKey, u64>, after: &BTreeMap<NodeKey, u64>) ->
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
     fn gaps_split_evenly() {
-        let mut swarms: BTreeMap<u64, BTreeSet<NodeKey>> = BTreeMap::new();
+        let mut swarms: BTreeMap<u64, BTreeSet<NodeId>> = BTreeMap::new();
         let mut ids = vec![];
         for _ in 0..4 {
             let id = new_swarm_id(&swarms).unwrap();
@@ -276,6 +275,6 @@ mod tests {
         m[15] = 2;
         m[31] = 4;
         m[0] = 0x80;
-        assert_eq!(fold_mailbox(&m), 0x8000_0000_0000_0007);
+        assert_eq!(fold_mailbox(&Mailbox::from_bytes(m)), 0x8000_0000_0000_0007);
     }
 }

@@ -19,13 +19,15 @@ use rocksdb::{
     Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions,
 };
 
-use crate::crypto;
-use crate::error::StoreError;
-use crate::proto::{
+use allium_proto::crypto;
+pub mod error;
+
+use allium_proto::storage::{
     CursorKey, MAX_DATA_BYTES, Mailbox, MessageHash, Namespace, StoreResponse, StoredMessage,
 };
-use crate::sync::{Digests, ENTRY_KEY_LEN, Entry, EntryKey, EntryState, Item, ItemMessage};
-use crate::time::{Clock, UnixMillis};
+use allium_proto::sync::{Digests, ENTRY_KEY_LEN, Entry, EntryKey, EntryState, Item, ItemMessage};
+use allium_proto::time::{Clock, UnixMillis};
+use error::StoreError;
 
 /// Bytes charged against quota and cap per message on top of its data (keys, indexes, value
 /// header), so that many tiny messages cannot evade the byte limits.
@@ -177,7 +179,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// `mailbox (32) || namespace (u16 BE)`.
 fn prefix(mailbox: &Mailbox, ns: Namespace) -> [u8; 34] {
     let mut k = [0u8; 34];
-    k[..32].copy_from_slice(&mailbox.0);
+    k[..32].copy_from_slice(mailbox.as_bytes());
     k[32..].copy_from_slice(&ns.to_be_bytes());
     k
 }
@@ -237,7 +239,7 @@ fn parse_msg_key(k: &[u8]) -> Result<(Mailbox, Namespace, UnixMillis, MessageHas
     let ns = u16::from_be_bytes([k[32], k[33]]);
     let mut h = [0u8; 32];
     h.copy_from_slice(&k[42..]);
-    Ok((Mailbox(m), ns, be64(&k[34..42]), MessageHash(h)))
+    Ok((Mailbox::from_bytes(m), ns, be64(&k[34..42]), MessageHash(h)))
 }
 
 fn charge(data_len: usize) -> u64 {
@@ -800,7 +802,7 @@ impl Writer {
             hash,
         } = key;
         let c = charge(data.len());
-        let mut usage = Usage::decode(ov.get(&self.db, Cf::Usage, &mailbox.0)?)?;
+        let mut usage = Usage::decode(ov.get(&self.db, Cf::Usage, mailbox.as_bytes())?)?;
         if usage.bytes.saturating_add(c) > self.cfg.mailbox_quota_bytes {
             return Err(StoreError::QuotaExceeded);
         }
@@ -816,7 +818,7 @@ impl Writer {
         ov.put(Cf::Exp, exp_key(expiry, &mk), Vec::new());
         ov.put(Cf::Msg, mk, msg_value(expiry, set_at, &data));
         ov.put(Cf::Hash, key.to_bytes().to_vec(), ts.to_be_bytes().to_vec());
-        ov.put(Cf::Usage, mailbox.0.to_vec(), usage.encode());
+        ov.put(Cf::Usage, mailbox.as_bytes().to_vec(), usage.encode());
         ov.put(Cf::Meta, META_TOTAL.to_vec(), total.encode());
         ov.toggle(key, EntryState::Live { expiry, set_at });
         stored.insert((mailbox, namespace));
@@ -927,13 +929,13 @@ impl Writer {
         );
         let c = charge(held.len);
         let mailbox = &key.mailbox;
-        let mut usage = Usage::decode(ov.get(&self.db, Cf::Usage, &mailbox.0)?)?;
+        let mut usage = Usage::decode(ov.get(&self.db, Cf::Usage, mailbox.as_bytes())?)?;
         usage.bytes = usage.bytes.saturating_sub(c);
         usage.count = usage.count.saturating_sub(1);
         if usage.count == 0 {
-            ov.delete(Cf::Usage, mailbox.0.to_vec());
+            ov.delete(Cf::Usage, mailbox.as_bytes().to_vec());
         } else {
-            ov.put(Cf::Usage, mailbox.0.to_vec(), usage.encode());
+            ov.put(Cf::Usage, mailbox.as_bytes().to_vec(), usage.encode());
         }
         let mut total = Usage::decode(ov.get(&self.db, Cf::Meta, META_TOTAL)?)?;
         total.bytes = total.bytes.saturating_sub(c);
@@ -972,14 +974,14 @@ impl Writer {
     /// mailbox moved to another swarm, which now holds it (hand-off, §9.4).
     fn forget(&self, ov: &mut Overlay, mailbox: &Mailbox) -> Result<u64, StoreError> {
         let mut n = 0;
-        for (k, _) in self.scan(Cf::Hash, &mailbox.0)? {
+        for (k, _) in self.scan(Cf::Hash, mailbox.as_bytes())? {
             let key = EntryKey::from_bytes(&k).ok_or_else(|| corrupt("hash index key"))?;
             if let Some(held) = self.find(ov, &key)? {
                 self.remove(ov, &key, held)?;
                 n += 1;
             }
         }
-        for (k, v) in self.scan(Cf::Tomb, &mailbox.0)? {
+        for (k, v) in self.scan(Cf::Tomb, mailbox.as_bytes())? {
             let key = EntryKey::from_bytes(&k).ok_or_else(|| corrupt("tombstone key"))?;
             if v.len() != 8 {
                 return Err(corrupt("tombstone"));
@@ -1471,7 +1473,10 @@ impl Store {
 
     /// Usage of one mailbox (all namespaces).
     pub fn usage(&self, mailbox: &Mailbox) -> Result<Usage, StoreError> {
-        Usage::decode(self.db.get_cf(handle(&self.db, Cf::Usage)?, mailbox.0)?)
+        Usage::decode(
+            self.db
+                .get_cf(handle(&self.db, Cf::Usage)?, mailbox.as_bytes())?,
+        )
     }
 
     /// Usage of the whole node.
@@ -1773,7 +1778,7 @@ impl Store {
     /// The first mailbox after `after` that has messages or tombstones here.
     pub fn next_mailbox(&self, after: Option<&Mailbox>) -> Result<Option<Mailbox>, StoreError> {
         let start = match after {
-            Some(m) => match successor(&m.0) {
+            Some(m) => match successor(m.as_bytes()) {
                 Some(s) => s,
                 None => return Ok(None),
             },
@@ -1802,10 +1807,10 @@ impl Store {
         for cf in [Cf::Hash, Cf::Tomb] {
             for item in self.db.iterator_cf(
                 handle(&self.db, cf)?,
-                IteratorMode::From(&mailbox.0, Direction::Forward),
+                IteratorMode::From(mailbox.as_bytes(), Direction::Forward),
             ) {
                 let (k, _) = item?;
-                if !k.starts_with(&mailbox.0) {
+                if !k.starts_with(mailbox.as_bytes()) {
                     break;
                 }
                 keys.push(EntryKey::from_bytes(&k).ok_or_else(|| corrupt("index key"))?);

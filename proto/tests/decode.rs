@@ -3,8 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
-use allium_swarm::proto::*;
-use allium_swarm::{DecodeError, Status};
+use allium_proto::storage::*;
+use allium_proto::{DecodeError, Status};
 use proptest::prelude::*;
 
 fn key32() -> impl Strategy<Value = [u8; 32]> + Clone {
@@ -16,7 +16,7 @@ fn hashes() -> impl Strategy<Value = Vec<MessageHash>> {
 }
 
 fn body() -> impl Strategy<Value = Body> {
-    let mb = key32().prop_map(Mailbox as fn([u8; 32]) -> Mailbox);
+    let mb = key32().prop_map(Mailbox::from_bytes);
     let ns = any::<u16>();
     let after = proptest::option::of((any::<u64>(), key32()).prop_map(|(t, h)| CursorKey {
         timestamp: t,
@@ -116,7 +116,7 @@ fn response_body() -> impl Strategy<Value = ResponseBody> {
             any::<u64>(),
             any::<u64>(),
             any::<bool>(),
-            proptest::collection::vec(key32().prop_map(NodeId), 0..4)
+            proptest::collection::vec(key32().prop_map(NodeId::from_bytes), 0..4)
         )
             .prop_map(|(h, timestamp, expiry, duplicate, holders)| {
                 ResponseBody::Store(StoreResponse {
@@ -140,7 +140,7 @@ fn response_body() -> impl Strategy<Value = ResponseBody> {
         )),
         (
             any::<u64>(),
-            proptest::collection::vec(key32().prop_map(NodeId), 0..4)
+            proptest::collection::vec(key32().prop_map(NodeId::from_bytes), 0..4)
         )
             .prop_map(
                 |(swarm_id, members)| ResponseBody::GetSwarm(GetSwarmResponse {
@@ -166,7 +166,7 @@ fn response() -> impl Strategy<Value = (Method, Response)> {
                 now,
                 GetSwarmResponse {
                     swarm_id: now,
-                    members: vec![NodeId([7; 32])],
+                    members: vec![NodeId::from_bytes([7; 32])],
                 },
             )
         } else {
@@ -183,7 +183,7 @@ proptest! {
     /// Peer messages: arbitrary bytes give a typed error or a value that re-encodes to them.
     #[test]
     fn arbitrary_peer_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
-        use allium_swarm::sync::{PeerMethod, PeerRequest, PeerResponse};
+        use allium_proto::sync::{PeerMethod, PeerRequest, PeerResponse};
         if let Ok(r) = PeerRequest::decode(&bytes) {
             prop_assert_eq!(r.encode(), bytes.clone());
         }
@@ -247,7 +247,7 @@ proptest! {
 
 #[test]
 fn limits_are_enforced() {
-    let mb = Mailbox([1; 32]);
+    let mb = Mailbox::from_bytes([1; 32]);
     // Data one byte over the limit.
     let big = Request::unsigned(Body::Store(StoreRequest {
         mailbox: mb,

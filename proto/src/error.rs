@@ -1,4 +1,5 @@
-//! Errors: decoding, authentication, the store, and the status codes that go on the wire.
+//! Errors: decoding, authentication, and the status codes that go on the wire with the retry
+//! class a client reads from each.
 
 use thiserror::Error;
 
@@ -90,58 +91,21 @@ pub enum AuthError {
     CacheFull,
 }
 
-/// Store failures. Rule violations first, then storage faults.
-#[derive(Debug, Error)]
-pub enum StoreError {
-    /// TTL outside the configured bounds.
-    #[error("ttl {ttl_ms} ms outside [{min_ms}, {max_ms}]")]
-    TtlOutOfRange {
-        /// Requested TTL.
-        ttl_ms: u64,
-        /// Lower bound.
-        min_ms: u64,
-        /// Upper bound.
-        max_ms: u64,
-    },
-    /// New expiry in the past or beyond now + maximum TTL.
-    #[error("expiry outside (now, now + max ttl]")]
-    ExpiryOutOfRange,
-    /// Message data longer than the protocol allows.
-    #[error("message data too large")]
-    DataTooLarge,
-    /// The mailbox holds its quota.
-    #[error("mailbox quota exceeded")]
-    QuotaExceeded,
-    /// The node holds its size cap (or the disk is full).
-    #[error("node storage full")]
-    NodeFull,
-    /// Too many long-poll waiters registered.
-    #[error("too many waiters")]
-    TooManyWaiters,
-    /// The writer has shut down.
-    #[error("store closed")]
-    Closed,
-    /// Stored data failed a check: the node must not serve it.
-    #[error("corrupt store: {0}")]
-    Corrupt(String),
-    /// The database was written by an unknown schema version.
-    #[error("unsupported schema version {0}")]
-    Schema(u32),
-    /// RocksDB reported an error.
-    #[error("rocksdb: {0}")]
-    Db(#[from] rocksdb::Error),
-}
-
-impl StoreError {
-    /// Whether the error says the stored data failed a check (rather than, say, the database
-    /// being in use or the disk being full).
-    pub fn is_corruption(&self) -> bool {
-        match self {
-            StoreError::Corrupt(_) => true,
-            StoreError::Db(e) => e.kind() == rocksdb::ErrorKind::Corruption,
-            _ => false,
-        }
-    }
+/// What a client does after a refusal (arti's `RetryTime`): the request loop reads this instead of
+/// matching status codes itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Retry {
+    /// Retry at once through the same member: the refusal was about this attempt only (the
+    /// signature's clock, now corrected from the answer's node time).
+    Now,
+    /// Retry at once through another member of the swarm (or the swarm the answer names): this
+    /// member cannot serve the request now, another may.
+    Elsewhere,
+    /// Retry through another member after a pause: the node is short of a resource that frees
+    /// up by itself.
+    Later,
+    /// Do not retry: the same request would be refused again.
+    Never,
 }
 
 /// Status codes carried in every response (whitepaper §4). `Ok` is 0; the rest are refusals.
@@ -210,6 +174,29 @@ impl Status {
         Status::NotReplicated,
     ];
 
+    /// What a client does after this answer ([`Retry::Never`] for `Ok`, which needs no retry).
+    pub fn retry(self) -> Retry {
+        match self {
+            Status::ClockSkew => Retry::Now,
+            Status::WrongSwarm | Status::Syncing | Status::NotReplicated | Status::Internal => {
+                Retry::Elsewhere
+            }
+            Status::Busy => Retry::Later,
+            Status::Ok
+            | Status::Malformed
+            | Status::TooLarge
+            | Status::UnknownMethod
+            | Status::AuthRequired
+            | Status::Unauthorized
+            | Status::Replayed
+            | Status::TtlOutOfRange
+            | Status::ExpiryOutOfRange
+            | Status::QuotaExceeded
+            | Status::NodeFull
+            | Status::Unsupported => Retry::Never,
+        }
+    }
+
     /// The wire code.
     pub fn code(self) -> u16 {
         self as u16
@@ -243,20 +230,6 @@ impl From<AuthError> for Status {
             AuthError::ClockSkew => Status::ClockSkew,
             AuthError::Replayed => Status::Replayed,
             AuthError::CacheFull => Status::Busy,
-        }
-    }
-}
-
-impl From<&StoreError> for Status {
-    fn from(e: &StoreError) -> Self {
-        match e {
-            StoreError::TtlOutOfRange { .. } => Status::TtlOutOfRange,
-            StoreError::ExpiryOutOfRange => Status::ExpiryOutOfRange,
-            StoreError::DataTooLarge => Status::TooLarge,
-            StoreError::QuotaExceeded => Status::QuotaExceeded,
-            StoreError::NodeFull => Status::NodeFull,
-            StoreError::TooManyWaiters | StoreError::Closed => Status::Busy,
-            StoreError::Corrupt(_) | StoreError::Schema(_) | StoreError::Db(_) => Status::Internal,
         }
     }
 }
