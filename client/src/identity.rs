@@ -216,11 +216,6 @@ impl Identity {
 pub struct Address(IdentityPublicKey);
 
 impl Address {
-    /// The address of `key`, refusing keys an address may not hold (small order, non-canonical).
-    pub fn from_public_key(key: IdentityPublicKey) -> Result<Self, AddressError> {
-        Self::from_key_bytes(key.as_bytes())
-    }
-
     /// The address of a 32-byte Ed25519 public key, with the same checks as parsing.
     pub fn from_key_bytes(bytes: &[u8; KEY_LEN]) -> Result<Self, AddressError> {
         let key = IdentityPublicKey::from_bytes(bytes).map_err(|_| AddressError::InvalidKey)?;

@@ -108,37 +108,15 @@ pub enum StateError {
         /// The existing identity file.
         path: PathBuf,
     },
-    /// The identity file is readable by others, or the directory writable by them.
-    #[error(
-        "{} has mode {mode:04o}, which lets other users {what}; run `chmod {fix:o} {}`",
-        path.display(),
-        path.display()
-    )]
-    InsecurePermissions {
-        /// The file or directory.
-        path: PathBuf,
-        /// Its permission bits.
-        mode: u32,
-        /// What the mode allows.
-        what: &'static str,
-        /// The mode to set.
-        fix: u32,
-    },
+    /// The identity file is readable by others, the directory writable by them, the identity is
+    /// not a regular file, or not one seed long.
+    #[error(transparent)]
+    Private(#[from] fsutil::PrivateError),
     /// A path that must be a regular file is a symlink, directory or the like.
     #[error("{} is not a regular file", path.display())]
     NotAFile {
         /// The path.
         path: PathBuf,
-    },
-    /// The identity file is not one seed long.
-    #[error("{} is {found} bytes long, expected {expected}; the file is damaged", path.display())]
-    WrongLength {
-        /// The file.
-        path: PathBuf,
-        /// The expected length.
-        expected: u64,
-        /// The actual length.
-        found: u64,
     },
     /// A file, or an entry to be written, is larger than this module accepts.
     #[error("{} is larger than {limit} bytes ({found}); it is not a file allium wrote", path.display())]
@@ -302,11 +280,12 @@ impl DataDir {
     /// user's whole identity), a non-regular file, and a file of the wrong length.
     pub fn read_identity(&self) -> Result<Zeroizing<[u8; SEED_LEN]>, StateError> {
         let path = self.dir.join(IDENTITY_FILE);
-        fsutil::read_secret(&path).map_err(|e| match e {
-            fsutil::PrivateError::Io(e) if e.source.kind() == io::ErrorKind::NotFound => {
+        fsutil::read_secret(&path).map_err(|e| {
+            if e.is_not_found() {
                 StateError::NoIdentity { path: path.clone() }
+            } else {
+                e.into()
             }
-            e => private_err(e, "read your identity", 0o600),
         })
     }
 
@@ -435,37 +414,9 @@ impl DataDir {
     }
 }
 
-/// [`fsutil::PrivateError`] as the state says it; `what` and `fix` describe the permission
-/// problem.
-fn private_err(e: fsutil::PrivateError, what: &'static str, fix: u32) -> StateError {
-    match e {
-        fsutil::PrivateError::Io(e) => StateError::Io {
-            path: e.path,
-            source: e.source,
-        },
-        fsutil::PrivateError::NotAFile(path) => StateError::NotAFile { path },
-        fsutil::PrivateError::Insecure { path, mode } => StateError::InsecurePermissions {
-            path,
-            mode,
-            what,
-            fix,
-        },
-        fsutil::PrivateError::WrongLength {
-            path,
-            expected,
-            found,
-        } => StateError::WrongLength {
-            path,
-            expected,
-            found,
-        },
-    }
-}
-
 /// Refuses a directory others can write to: they could replace our files.
 fn check_dir(dir: &Path) -> Result<(), StateError> {
-    fsutil::check_private_dir(dir)
-        .map_err(|e| private_err(e, "replace your identity and state", 0o700))
+    Ok(fsutil::check_private_dir(dir)?)
 }
 
 /// Reads a whole regular file of at most `limit` bytes; `None` if it does not exist.

@@ -14,6 +14,7 @@ use allium_client::state::{
     MAX_ROSTER_BYTES, MAX_SEEN, ROSTER_FILE, STATE_FILE, SavedCursor, StateError,
     data_dir_from_env, validate_contact_name,
 };
+use allium_fsutil::PrivateError;
 use proptest::prelude::*;
 use zeroize::Zeroizing;
 
@@ -94,7 +95,7 @@ fn group_writable_directory_is_refused() {
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o770)).unwrap();
     assert!(matches!(
         DataDir::open(&dir),
-        Err(StateError::InsecurePermissions { fix: 0o700, .. })
+        Err(StateError::Private(e @ PrivateError::Insecure { dir: true, .. })) if e.fix_mode() == Some(0o700)
     ));
 }
 
@@ -124,11 +125,11 @@ fn identity_readable_by_others_is_refused() {
     assert!(
         matches!(
             err,
-            StateError::InsecurePermissions {
+            StateError::Private(PrivateError::Insecure {
                 mode: 0o644,
-                fix: 0o600,
+                dir: false,
                 ..
-            }
+            })
         ),
         "{err:?}"
     );
@@ -153,11 +154,11 @@ fn missing_and_wrong_length_identity_are_distinct_errors() {
     drop(f);
     assert!(matches!(
         dd.read_identity(),
-        Err(StateError::WrongLength {
+        Err(StateError::Private(PrivateError::WrongLength {
             expected: 32,
             found: 31,
             ..
-        })
+        }))
     ));
 }
 
@@ -170,7 +171,7 @@ fn symlinked_identity_is_refused() {
     std::os::unix::fs::symlink(&elsewhere, dd.path().join(IDENTITY_FILE)).unwrap();
     assert!(matches!(
         dd.read_identity(),
-        Err(StateError::NotAFile { .. })
+        Err(StateError::Private(PrivateError::NotAFile(_)))
     ));
 }
 

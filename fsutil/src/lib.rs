@@ -7,9 +7,10 @@ use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-/// A failed write, with the path it concerned. `source.kind()` is `AlreadyExists` when a write
-/// that must not replace found the file there.
-#[derive(Debug)]
+/// A failed file operation, with the path it concerned. `source.kind()` is `AlreadyExists` when a
+/// write that must not replace found the file there.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {source}", path.display())]
 pub struct WriteError {
     /// The file or folder the failing step touched.
     pub path: PathBuf,
@@ -70,21 +71,34 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir).and_then(|d| d.sync_all())
 }
 
-/// Why a private file or folder (keys, an identity) is refused.
-#[derive(Debug)]
+/// Why a private file or folder (keys, an identity) is refused. Callers carry it as the `source`
+/// of their own error; its message names the file and the command that fixes it.
+#[derive(Debug, thiserror::Error)]
 pub enum PrivateError {
-    /// Inspecting or reading it failed; `source.kind()` is `NotFound` when it is absent.
+    /// Inspecting or reading it failed; [`Self::is_not_found`] when it is absent.
+    #[error(transparent)]
     Io(WriteError),
     /// A file path that is a symlink, a folder or the like.
+    #[error("{} is not a regular file", .0.display())]
     NotAFile(PathBuf),
     /// Others could read the file, or write into the folder.
+    #[error(
+        "{} has mode {mode:04o}, which lets other users {}; run `chmod {:o} {}`",
+        path.display(),
+        if *dir { "replace the files in it" } else { "read it" },
+        self.fix_mode().unwrap_or(0),
+        path.display()
+    )]
     Insecure {
         /// The file or folder.
         path: PathBuf,
         /// Its permission bits.
         mode: u32,
+        /// Whether it is a folder.
+        dir: bool,
     },
     /// A secret file of another length than the secret.
+    #[error("{} is {found} bytes long, expected {expected}; the file is damaged", path.display())]
     WrongLength {
         /// The file.
         path: PathBuf,
@@ -93,6 +107,22 @@ pub enum PrivateError {
         /// The file's length.
         found: u64,
     },
+}
+
+impl PrivateError {
+    /// Whether the file or folder does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, PrivateError::Io(e) if e.source.kind() == io::ErrorKind::NotFound)
+    }
+
+    /// The mode that fixes an [`Insecure`](Self::Insecure) file (0600) or folder (0700).
+    pub fn fix_mode(&self) -> Option<u32> {
+        match self {
+            PrivateError::Insecure { dir: true, .. } => Some(0o700),
+            PrivateError::Insecure { dir: false, .. } => Some(0o600),
+            _ => None,
+        }
+    }
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> PrivateError + '_ {
@@ -114,6 +144,7 @@ pub fn check_private_dir(dir: &Path) -> Result<(), PrivateError> {
         return Err(PrivateError::Insecure {
             path: dir.to_owned(),
             mode,
+            dir: true,
         });
     }
     Ok(())
@@ -138,6 +169,7 @@ pub fn read_secret<const N: usize>(
         return Err(PrivateError::Insecure {
             path: path.to_owned(),
             mode,
+            dir: false,
         });
     }
     let expected = N as u64;
@@ -175,11 +207,13 @@ impl DirLock {
 }
 
 /// Why [`lock`] did not take the lock.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum LockError {
     /// Another process (or another handle in this one) holds it.
+    #[error("{} is held by another process", .0.display())]
     Held(PathBuf),
     /// The lock file could not be opened or locked.
+    #[error(transparent)]
     Io(WriteError),
 }
 

@@ -203,13 +203,7 @@ impl Authority {
             .into_iter()
             .filter_map(|d| {
                 let swarm = *swarms.get(&d.identity.node_id())?;
-                Some(NodeEntry {
-                    identity: d.identity,
-                    addresses: d.addresses,
-                    onion_keys: d.onion_keys,
-                    swarm,
-                    software: d.software,
-                })
+                Some(NodeEntry::from_descriptor(d, swarm))
             })
             .collect();
         let version = current.as_ref().map_or(1, |h| h.roster().version() + 1);

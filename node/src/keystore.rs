@@ -55,38 +55,10 @@ pub enum KeyStoreError {
         /// Where it was expected.
         path: PathBuf,
     },
-    /// A key file can be read by group or others, or a directory written by them.
-    #[error(
-        "{} has mode {mode:04o}, which lets other users {what}; run `chmod {fix:o} {}`",
-        path.display(),
-        path.display()
-    )]
-    InsecurePermissions {
-        /// The file or directory.
-        path: PathBuf,
-        /// Its permission bits.
-        mode: u32,
-        /// What the mode allows.
-        what: &'static str,
-        /// The mode to set.
-        fix: u32,
-    },
-    /// A key file is not exactly one key long.
-    #[error("{} is {found} bytes long, expected {expected}; the file is damaged", path.display())]
-    WrongLength {
-        /// The file.
-        path: PathBuf,
-        /// The expected length.
-        expected: u64,
-        /// The actual length.
-        found: u64,
-    },
-    /// A key path is a symlink, directory or other non-regular file.
-    #[error("{} is not a regular file", path.display())]
-    NotAFile {
-        /// The path.
-        path: PathBuf,
-    },
+    /// A key file that others can read, a key folder others can write, a key path that is not a
+    /// regular file, or a key file of the wrong length.
+    #[error(transparent)]
+    Private(#[from] fsutil::PrivateError),
     /// A file in the onion key directory whose name is not `<epoch>.key`.
     #[error("{} is not named <epoch>.key; remove or rename it", path.display())]
     BadFileName {
@@ -150,15 +122,11 @@ impl KeyStore {
     pub fn open(data_dir: &Path) -> Result<KeyStore, KeyStoreError> {
         let path = data_dir.join(IDENTITY_FILE);
         match check_dir(data_dir) {
-            Err(KeyStoreError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-                return Err(KeyStoreError::NoIdentity { path });
-            }
+            Err(e) if e.is_not_found() => return Err(KeyStoreError::NoIdentity { path }),
             other => other?,
         }
         let seed = match read_key(&path) {
-            Err(KeyStoreError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-                return Err(KeyStoreError::NoIdentity { path });
-            }
+            Err(e) if e.is_not_found() => return Err(KeyStoreError::NoIdentity { path }),
             other => other?,
         };
         let identity = IdentityKeypair::from_seed(&seed);
@@ -224,7 +192,7 @@ impl KeyStore {
             };
             match read_key(&path) {
                 Ok(bytes) => load.keys.push(OnionSecretKey::from_bytes(epoch, &bytes)),
-                Err(e) => load.rejected.push(e),
+                Err(e) => load.rejected.push(e.into()),
             }
         }
         load.keys.sort_by_key(|k| k.epoch());
@@ -268,46 +236,19 @@ fn parse_onion_file_name(name: &str) -> Option<Epoch> {
 /// Creates `dir` (and parents) mode 0700, or checks an existing one.
 fn create_private_dir(dir: &Path) -> Result<(), KeyStoreError> {
     match DirBuilder::new().recursive(true).mode(0o700).create(dir) {
-        Ok(()) => check_dir(dir),
+        Ok(()) => Ok(check_dir(dir)?),
         Err(e) => Err(io_err(dir)(e)),
     }
 }
 
-/// [`fsutil::PrivateError`] as the key store says it; `what` and `fix` describe the permission
-/// problem (others could replace the keys of a folder, or read a key file).
-fn private_err(e: fsutil::PrivateError, what: &'static str, fix: u32) -> KeyStoreError {
-    match e {
-        fsutil::PrivateError::Io(e) => KeyStoreError::Io {
-            path: e.path,
-            source: e.source,
-        },
-        fsutil::PrivateError::NotAFile(path) => KeyStoreError::NotAFile { path },
-        fsutil::PrivateError::Insecure { path, mode } => KeyStoreError::InsecurePermissions {
-            path,
-            mode,
-            what,
-            fix,
-        },
-        fsutil::PrivateError::WrongLength {
-            path,
-            expected,
-            found,
-        } => KeyStoreError::WrongLength {
-            path,
-            expected,
-            found,
-        },
-    }
-}
-
 /// Refuses a directory others can write to: they could swap our key files.
-fn check_dir(dir: &Path) -> Result<(), KeyStoreError> {
-    fsutil::check_private_dir(dir).map_err(|e| private_err(e, "replace the node's keys", 0o700))
+fn check_dir(dir: &Path) -> Result<(), fsutil::PrivateError> {
+    fsutil::check_private_dir(dir)
 }
 
 /// Reads a key file: a regular file, mode without group/other bits, exactly one key long.
-fn read_key(path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, KeyStoreError> {
-    fsutil::read_secret(path).map_err(|e| private_err(e, "access the key", 0o600))
+fn read_key(path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, fsutil::PrivateError> {
+    fsutil::read_secret(path)
 }
 
 /// [`fsutil::write_atomic`] with the key store's errors.

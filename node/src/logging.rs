@@ -64,18 +64,6 @@ pub fn sensitive<T>(value: T) -> Sensitive<T> {
     Sensitive(value)
 }
 
-impl<T> Sensitive<T> {
-    /// The value, for use other than printing.
-    pub fn into_inner(self) -> T {
-        self.0
-    }
-
-    /// The value, for use other than printing.
-    pub fn as_inner(&self) -> &T {
-        &self.0
-    }
-}
-
 const SCRUBBED: &str = "[scrubbed]";
 
 impl<T: fmt::Display> fmt::Display for Sensitive<T> {

@@ -386,14 +386,6 @@ impl Metrics {
             .inc_by(bytes as u64);
     }
 
-    /// Anti-entropy bytes moved so far.
-    pub fn sync_bytes_total(&self, direction: SyncDirection) -> u64 {
-        self.0
-            .sync_bytes
-            .get_or_create(&SyncLabels { direction })
-            .get()
-    }
-
     /// Items pulled from a peer and applied.
     pub fn sync_pulled(&self, n: usize) {
         self.0.sync_pulled.inc_by(n as u64);
@@ -486,11 +478,6 @@ impl Metrics {
     /// Counts an open client connection until the returned guard is dropped.
     pub fn client_connected(&self) -> ConnectionGuard {
         ConnectionGuard::new(self.0.clients.clone())
-    }
-
-    /// Open client connections.
-    pub fn client_connections(&self) -> u64 {
-        u64::try_from(self.0.clients.get()).unwrap_or(0)
     }
 
     /// Every metric in OpenMetrics text format.

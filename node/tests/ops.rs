@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use allium_fsutil::PrivateError;
 use allium_node::config::{ConfigError, ConfigOverrides, ENV_VARS, NodeConfig};
 use allium_node::http::{self, HealthReport, HealthStatus};
 use allium_node::keystore::{IDENTITY_FILE, KeyStore, KeyStoreError, ONION_DIR};
@@ -362,7 +363,10 @@ fn keystore_refuses_a_readable_identity() {
     chmod(&path, 0o644);
     let err = KeyStore::open(tmp.path()).unwrap_err();
     assert!(
-        matches!(err, KeyStoreError::InsecurePermissions { mode: 0o644, .. }),
+        matches!(
+            err,
+            KeyStoreError::Private(PrivateError::Insecure { mode: 0o644, .. })
+        ),
         "{err:?}"
     );
     let msg = err.to_string();
@@ -394,7 +398,7 @@ fn keystore_refuses_a_wrong_length_identity() {
         chmod(&path, 0o600);
         let err = KeyStore::open(tmp.path()).unwrap_err();
         assert!(
-            matches!(err, KeyStoreError::WrongLength { expected: 32, found, .. } if found == len as u64),
+            matches!(err, KeyStoreError::Private(PrivateError::WrongLength { expected: 32, found, .. }) if found == len as u64),
             "{len}: {err:?}"
         );
     }
@@ -409,7 +413,10 @@ fn keystore_refuses_a_symlinked_identity() {
     fs::rename(&path, &elsewhere).unwrap();
     std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
     let err = KeyStore::open(tmp.path()).unwrap_err();
-    assert!(matches!(err, KeyStoreError::NotAFile { .. }), "{err:?}");
+    assert!(
+        matches!(err, KeyStoreError::Private(PrivateError::NotAFile(_))),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -482,13 +489,19 @@ fn malformed_onion_files_are_refused_not_fatal() {
     assert_eq!(load.keys[0].epoch(), Epoch(1));
     assert_eq!(load.rejected.len(), 5, "{:?}", load.rejected);
     let count = |f: fn(&KeyStoreError) -> bool| load.rejected.iter().filter(|e| f(e)).count();
-    assert_eq!(count(|e| matches!(e, KeyStoreError::WrongLength { .. })), 1);
     assert_eq!(
-        count(|e| matches!(e, KeyStoreError::InsecurePermissions { .. })),
+        count(|e| matches!(e, KeyStoreError::Private(PrivateError::WrongLength { .. }))),
+        1
+    );
+    assert_eq!(
+        count(|e| matches!(e, KeyStoreError::Private(PrivateError::Insecure { .. }))),
         1
     );
     assert_eq!(count(|e| matches!(e, KeyStoreError::BadFileName { .. })), 2);
-    assert_eq!(count(|e| matches!(e, KeyStoreError::NotAFile { .. })), 1);
+    assert_eq!(
+        count(|e| matches!(e, KeyStoreError::Private(PrivateError::NotAFile(_)))),
+        1
+    );
 }
 
 #[test]

@@ -444,13 +444,13 @@ pub struct NodeEntry {
 
 impl NodeEntry {
     /// The entry for a registered node placed in swarm `swarm`.
-    pub fn from_descriptor(descriptor: &Descriptor, swarm: u64) -> Self {
+    pub fn from_descriptor(descriptor: Descriptor, swarm: u64) -> Self {
         NodeEntry {
             identity: descriptor.identity,
-            addresses: descriptor.addresses.clone(),
-            onion_keys: descriptor.onion_keys.clone(),
+            addresses: descriptor.addresses,
+            onion_keys: descriptor.onion_keys,
             swarm,
-            software: descriptor.software.clone(),
+            software: descriptor.software,
         }
     }
 
@@ -770,11 +770,6 @@ impl SignedRoster {
             signature,
         });
         Ok(())
-    }
-
-    /// The encoded roster that was signed.
-    pub fn roster_bytes(&self) -> &[u8] {
-        &self.roster
     }
 
     /// The signatures, in the order they were added.

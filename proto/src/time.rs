@@ -34,10 +34,6 @@ impl ManualClock {
     pub fn new(start: UnixMillis) -> Self {
         Self(AtomicU64::new(start))
     }
-    /// Moves the clock forward by `ms`.
-    pub fn advance(&self, ms: u64) {
-        self.0.fetch_add(ms, Ordering::SeqCst);
-    }
     /// Sets the clock, also backwards (to simulate a clock step).
     pub fn set(&self, t: UnixMillis) {
         self.0.store(t, Ordering::SeqCst);

@@ -80,8 +80,11 @@ fn roster(name: &str, version: u64, seeds: &[u8]) -> Roster {
     let keys: Vec<NodeId> = descs.iter().map(|d| d.identity.node_id()).collect();
     let a = assign(&BTreeMap::new(), &keys, 3);
     let nodes = descs
-        .iter()
-        .map(|d| NodeEntry::from_descriptor(d, a[&d.identity.node_id()]))
+        .into_iter()
+        .map(|d| {
+            let swarm = a[&d.identity.node_id()];
+            NodeEntry::from_descriptor(d, swarm)
+        })
         .collect();
     Roster::new(name, version, NOW, 3, nodes).unwrap()
 }
