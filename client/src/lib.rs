@@ -5,4 +5,5 @@ pub mod envelope;
 pub mod identity;
 pub mod net;
 pub mod onion;
+pub mod session;
 pub mod state;

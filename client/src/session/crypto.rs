@@ -1,0 +1,370 @@
+//! The primitives of sessions in one place: X25519 with its checks, ML-KEM-768 from
+//! `libcrux-ml-kem`, HKDF-SHA-256 and HMAC-SHA-256 with the labels of `whitepaper/sessions.md`
+//! §7, and AES-256-GCM under message keys that are consumed by use.
+
+use std::fmt;
+
+use aes_gcm::aead::AeadInPlace;
+use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
+use hkdf::Hkdf;
+use hmac::{Hmac, Mac};
+use libcrux_ml_kem::mlkem768;
+use rand_core::CryptoRngCore;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use x25519_dalek::{PublicKey, StaticSecret};
+use zeroize::{Zeroize, Zeroizing};
+
+use super::{KEM_CT_LEN, KEM_EK_LEN, KEM_SEED_LEN, KEY_LEN, SessionError, TAG_LEN, labels};
+
+/// An X25519 secret key (32 random bytes; X25519 clamps at use).
+pub(crate) type DhSecret = Zeroizing<[u8; KEY_LEN]>;
+
+/// 32 fresh random bytes, wiped on drop.
+pub(crate) fn random_secret(rng: &mut impl CryptoRngCore) -> DhSecret {
+    let mut s = Zeroizing::new([0u8; KEY_LEN]);
+    rng.fill_bytes(s.as_mut());
+    s
+}
+
+/// The public key of an X25519 secret.
+pub(crate) fn dh_public(secret: &[u8; KEY_LEN]) -> [u8; KEY_LEN] {
+    PublicKey::from(&StaticSecret::from(*secret)).to_bytes()
+}
+
+/// `X25519(secret, public)`, refusing the all-zero output of a small-order `public` (RFC 7748
+/// §6.1): a non-contributory exchange would let the peer fix the shared secret.
+pub(crate) fn dh(secret: &[u8; KEY_LEN], public: &[u8; KEY_LEN]) -> Result<DhSecret, SessionError> {
+    let shared = StaticSecret::from(*secret).diffie_hellman(&PublicKey::from(*public));
+    if !shared.was_contributory() {
+        return Err(SessionError::NonContributory);
+    }
+    Ok(Zeroizing::new(shared.to_bytes()))
+}
+
+/// A published X25519 key must be canonical (`u < p`, top bit clear, so it has one encoding) and
+/// not of small order (checked by an exchange with a fixed scalar, which gives zero exactly for
+/// small-order points since clamped scalars are multiples of 8).
+pub(crate) fn check_x25519_public(public: &[u8; KEY_LEN]) -> Result<(), SessionError> {
+    let top_bit = public[31] & 0x80 != 0;
+    // u ≥ p = 2^255 − 19 with the top bit clear: 0x7f, then 30 × 0xff, then a low byte ≥ 0xed.
+    let at_least_p =
+        public[31] == 0x7f && public[1..31].iter().all(|&b| b == 0xff) && public[0] >= 0xed;
+    if top_bit || at_least_p {
+        return Err(SessionError::WeakKey);
+    }
+    dh(&[0x42; KEY_LEN], public)
+        .map(|_| ())
+        .map_err(|_| SessionError::WeakKey)
+}
+
+/// An ML-KEM-768 key pair held as its 64-byte seed `d || z` (FIPS 203 `KeyGen_internal`), with
+/// its encapsulation key. The 2400-byte decapsulation key is re-derived when it is needed (once
+/// per received chain), so the state stores 64 secret bytes instead of 2400.
+#[derive(Clone)]
+pub(crate) struct KemKeyPair {
+    seed: Zeroizing<[u8; KEM_SEED_LEN]>,
+    ek: Box<[u8; KEM_EK_LEN]>,
+}
+
+impl fmt::Debug for KemKeyPair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KemKeyPair(<redacted>)")
+    }
+}
+
+impl KemKeyPair {
+    pub(crate) fn generate(rng: &mut impl CryptoRngCore) -> Self {
+        let mut seed = Zeroizing::new([0u8; KEM_SEED_LEN]);
+        rng.fill_bytes(seed.as_mut());
+        Self::from_seed(seed)
+    }
+
+    pub(crate) fn from_seed(seed: Zeroizing<[u8; KEM_SEED_LEN]>) -> Self {
+        let (sk, pk) = mlkem768::generate_key_pair(*seed).into_parts();
+        wipe_private(sk);
+        KemKeyPair {
+            seed,
+            ek: Box::new(*pk.as_slice()),
+        }
+    }
+
+    pub(crate) fn seed(&self) -> &[u8; KEM_SEED_LEN] {
+        &self.seed
+    }
+
+    pub(crate) fn ek(&self) -> &[u8; KEM_EK_LEN] {
+        &self.ek
+    }
+
+    /// ML-KEM-768 decapsulation. A ciphertext that was not made for this key gives a
+    /// pseudorandom secret (implicit rejection), caught later by the AEAD.
+    pub(crate) fn decapsulate(&self, ct: &[u8; KEM_CT_LEN]) -> Zeroizing<[u8; KEY_LEN]> {
+        let (sk, _) = mlkem768::generate_key_pair(*self.seed).into_parts();
+        let ss = mlkem768::decapsulate(&sk, &mlkem768::MlKem768Ciphertext::from(ct));
+        wipe_private(sk);
+        Zeroizing::new(ss)
+    }
+}
+
+/// Best-effort wipe of a libcrux private key, which does not zeroize itself.
+fn wipe_private(sk: mlkem768::MlKem768PrivateKey) {
+    let mut bytes: [u8; 2400] = sk.into();
+    bytes.zeroize();
+}
+
+/// The encapsulation-key check of FIPS 203 §7.2 (every coefficient reduced mod q).
+pub(crate) fn check_kem_ek(ek: &[u8; KEM_EK_LEN]) -> Result<(), SessionError> {
+    if mlkem768::validate_public_key(&mlkem768::MlKem768PublicKey::from(ek)) {
+        Ok(())
+    } else {
+        Err(SessionError::BadKemKey)
+    }
+}
+
+/// A secret of 32 bytes, wiped on drop.
+pub(crate) type Secret = Zeroizing<[u8; KEY_LEN]>;
+
+/// ML-KEM-768 encapsulation to a checked `ek` with 32 random bytes `m`.
+pub(crate) fn encapsulate(
+    ek: &[u8; KEM_EK_LEN],
+    rng: &mut impl CryptoRngCore,
+) -> Result<(Box<[u8; KEM_CT_LEN]>, Secret), SessionError> {
+    check_kem_ek(ek)?;
+    let mut m = Zeroizing::new([0u8; KEY_LEN]);
+    rng.fill_bytes(m.as_mut());
+    let (ct, ss) = mlkem768::encapsulate(&mlkem768::MlKem768PublicKey::from(ek), *m);
+    Ok((Box::new(*ct.as_slice()), Zeroizing::new(ss)))
+}
+
+/// `HKDF-SHA-256(salt, ikm, info)` expanded to `N` bytes.
+pub(crate) fn hkdf<const N: usize>(
+    salt: &[u8],
+    ikm: &[&[u8]],
+    info: &[u8],
+) -> Result<Zeroizing<[u8; N]>, SessionError> {
+    let mut input = Zeroizing::new(Vec::with_capacity(ikm.iter().map(|p| p.len()).sum()));
+    for part in ikm {
+        input.extend_from_slice(part);
+    }
+    let mut out = Zeroizing::new([0u8; N]);
+    Hkdf::<Sha256>::new(Some(salt), &input)
+        .expand(info, out.as_mut())
+        .map_err(|_| SessionError::Kdf)?;
+    Ok(out)
+}
+
+/// `HMAC-SHA-256(key, label)`.
+fn hmac(key: &[u8; KEY_LEN], label: &[u8]) -> Result<Zeroizing<[u8; KEY_LEN]>, SessionError> {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).map_err(|_| SessionError::Kdf)?;
+    mac.update(label);
+    let mut out = Zeroizing::new([0u8; KEY_LEN]);
+    out.copy_from_slice(&mac.finalize().into_bytes());
+    Ok(out)
+}
+
+/// `SHA-256` of the concatenation of `parts`.
+pub(crate) fn sha256(parts: &[&[u8]]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize().into()
+}
+
+/// `KDF_RK`: `RK', CK = HKDF(salt = RK, IKM = DH_out || KEM_ss, info = "…/root")`.
+pub(crate) fn kdf_rk(
+    root: &[u8; KEY_LEN],
+    dh_out: &[u8; KEY_LEN],
+    kem_ss: &[u8; KEY_LEN],
+) -> Result<(Zeroizing<[u8; KEY_LEN]>, ChainKey), SessionError> {
+    let out = hkdf::<64>(root, &[dh_out, kem_ss], labels::ROOT)?;
+    let mut rk = Zeroizing::new([0u8; KEY_LEN]);
+    let mut ck = Zeroizing::new([0u8; KEY_LEN]);
+    rk.copy_from_slice(&out[..KEY_LEN]);
+    ck.copy_from_slice(&out[KEY_LEN..]);
+    Ok((rk, ChainKey(ck)))
+}
+
+/// A symmetric chain key. `KDF_CK` turns it into a message key and the next chain key.
+#[derive(Clone)]
+pub(crate) struct ChainKey(pub(crate) Zeroizing<[u8; KEY_LEN]>);
+
+impl ChainKey {
+    /// `MK = HMAC(CK, "…/message-key")`, `CK' = HMAC(CK, "…/chain-key")`.
+    pub(crate) fn step(&self) -> Result<(ChainKey, MessageKey), SessionError> {
+        let mk = hmac(&self.0, labels::MESSAGE_KEY)?;
+        let next = hmac(&self.0, labels::CHAIN_KEY)?;
+        Ok((ChainKey(next), MessageKey(mk)))
+    }
+}
+
+/// A message key. `encrypt` and `decrypt` take it by value, so one key can never seal two
+/// messages or open one twice.
+#[derive(Clone)]
+pub(crate) struct MessageKey(pub(crate) Zeroizing<[u8; KEY_LEN]>);
+
+impl MessageKey {
+    /// `key || nonce = HKDF(salt = 0^32, IKM = MK, info = "…/aead")`, 32 + 12 bytes.
+    fn aead(&self) -> Result<(Aes256Gcm, Nonce<aes_gcm::aead::consts::U12>), SessionError> {
+        let out = hkdf::<44>(&[0u8; 32], &[self.0.as_ref()], labels::AEAD)?;
+        let cipher = Aes256Gcm::new_from_slice(&out[..KEY_LEN]).map_err(|_| SessionError::Kdf)?;
+        Ok((cipher, *Nonce::from_slice(&out[KEY_LEN..])))
+    }
+
+    /// `C || tag = AES-256-GCM(key, nonce, ad, plaintext)`.
+    pub(crate) fn encrypt(self, ad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, SessionError> {
+        let (cipher, nonce) = self.aead()?;
+        let mut out = Vec::with_capacity(plaintext.len() + TAG_LEN);
+        out.extend_from_slice(plaintext);
+        let tag = cipher
+            .encrypt_in_place_detached(&nonce, ad, &mut out)
+            .map_err(|_| SessionError::TooLarge)?;
+        out.extend_from_slice(&tag);
+        Ok(out)
+    }
+
+    /// Opens `C || tag`; any change to it or to `ad` is [`SessionError::Decrypt`].
+    pub(crate) fn decrypt(
+        self,
+        ad: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, SessionError> {
+        let Some(body_len) = ciphertext.len().checked_sub(TAG_LEN) else {
+            return Err(SessionError::Decrypt);
+        };
+        let (cipher, nonce) = self.aead()?;
+        let mut out = Zeroizing::new(ciphertext[..body_len].to_vec());
+        cipher
+            .decrypt_in_place_detached(
+                &nonce,
+                ad,
+                &mut out,
+                Tag::from_slice(&ciphertext[body_len..]),
+            )
+            .map_err(|_| SessionError::Decrypt)?;
+        Ok(out)
+    }
+}
+
+/// Constant-time equality of two byte strings of public length.
+pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    use super::*;
+
+    #[test]
+    fn small_order_and_non_canonical_x25519_keys_are_refused() {
+        // 0, 1, a point of order 8, p − 1, p, p + 1, and a key with the top bit set.
+        let mut order8 = [0u8; 32];
+        order8.copy_from_slice(
+            &hex::decode("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")
+                .unwrap_or_default(),
+        );
+        let mut p_minus_1 = [0xff; 32];
+        p_minus_1[0] = 0xec;
+        p_minus_1[31] = 0x7f;
+        let mut p = p_minus_1;
+        p[0] = 0xed;
+        let mut p_plus_1 = p_minus_1;
+        p_plus_1[0] = 0xee;
+        let mut high = dh_public(&[7; 32]);
+        high[31] |= 0x80;
+        for bad in [
+            [0u8; 32],
+            {
+                let mut one = [0u8; 32];
+                one[0] = 1;
+                one
+            },
+            order8,
+            p_minus_1,
+            p,
+            p_plus_1,
+            high,
+        ] {
+            assert_eq!(
+                check_x25519_public(&bad),
+                Err(SessionError::WeakKey),
+                "{}",
+                hex::encode(bad)
+            );
+        }
+        assert_eq!(check_x25519_public(&dh_public(&[7; 32])), Ok(()));
+        assert_eq!(
+            dh(&[7; 32], &[0; 32]).err(),
+            Some(SessionError::NonContributory)
+        );
+    }
+
+    #[test]
+    fn kem_round_trip_and_implicit_rejection() {
+        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        let kp = KemKeyPair::generate(&mut rng);
+        let (ct, ss) = encapsulate(kp.ek(), &mut rng).unwrap_or_else(|_| unreachable!());
+        assert_eq!(*kp.decapsulate(&ct), *ss);
+        let mut other = ct.clone();
+        other[0] ^= 1;
+        assert_ne!(*kp.decapsulate(&other), *ss);
+        // A seed restores the same key pair.
+        let again = KemKeyPair::from_seed(Zeroizing::new(*kp.seed()));
+        assert_eq!(again.ek(), kp.ek());
+        let mut bad_ek = *kp.ek();
+        bad_ek[..2].copy_from_slice(&[0xff, 0xff]);
+        assert_eq!(check_kem_ek(&bad_ek), Err(SessionError::BadKemKey));
+        assert_eq!(format!("{kp:?}"), "KemKeyPair(<redacted>)");
+    }
+
+    #[test]
+    fn chain_and_message_keys() {
+        let ck = ChainKey(Zeroizing::new([3; 32]));
+        let (next, mk) = ck.step().unwrap_or_else(|_| unreachable!());
+        let (_, mk_again) = ck.step().unwrap_or_else(|_| unreachable!());
+        assert_ne!(*next.0, *mk.0);
+        let sealed = mk.encrypt(b"ad", b"text").unwrap_or_default();
+        assert_eq!(sealed.len(), 4 + TAG_LEN);
+        assert_eq!(
+            mk_again.clone().decrypt(b"ad", &sealed).map(|p| p.to_vec()),
+            Ok(b"text".to_vec())
+        );
+        assert_eq!(
+            mk_again.clone().decrypt(b"AD", &sealed).err(),
+            Some(SessionError::Decrypt)
+        );
+        assert_eq!(
+            mk_again.decrypt(b"ad", &sealed[..10]).err(),
+            Some(SessionError::Decrypt)
+        );
+    }
+
+    #[test]
+    fn labels_are_distinct() {
+        use super::super::labels::*;
+        let all = [
+            DEVICE_CERT,
+            PREKEY_BUNDLE,
+            PQXDH,
+            SESSION_ID,
+            ROOT,
+            MESSAGE_KEY,
+            CHAIN_KEY,
+            AEAD,
+            MESSAGE,
+            ENVELOPE_KEY,
+            ENVELOPE,
+            SAFETY_NUMBER,
+        ];
+        for (i, a) in all.iter().enumerate() {
+            assert!(a.starts_with(b"allium/v1/session/"));
+            for b in &all[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
+}
