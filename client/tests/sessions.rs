@@ -900,3 +900,97 @@ mod interleavings {
         }
     }
 }
+
+/// Rough costs, for the whitepaper: `cargo test --release -p allium-client --test sessions --
+/// --ignored costs --nocapture`.
+#[test]
+#[ignore]
+fn costs() {
+    use std::time::Instant;
+    const N: u32 = 200;
+    let per = |t: Instant| t.elapsed().as_secs_f64() * 1e6 / f64::from(N);
+    let mut alice = Device::new(1);
+    let mut bob = Device::new(2);
+
+    let t = Instant::now();
+    let mut starts = Vec::new();
+    for _ in 0..N {
+        let mut a = Session::initiate(&alice.keys, &bob.bundle, T0, &mut alice.rng).unwrap();
+        let p = a.encrypt(b"hello").unwrap();
+        starts.push(alice.seal(&bob, &p));
+    }
+    let seal_start = per(t);
+    let t = Instant::now();
+    for e in &starts {
+        let o = bob.open(e);
+        let _ = bob.accept(&o);
+    }
+    let open_start = per(t);
+
+    let (mut alice, mut bob, mut a, mut b) = established();
+    let t = Instant::now();
+    let mut msgs = Vec::new();
+    for _ in 0..N {
+        let p = a.encrypt(b"hello").unwrap();
+        msgs.push(alice.seal(&bob, &p));
+    }
+    let seal_ratchet = per(t);
+    let t = Instant::now();
+    for e in &msgs {
+        let o = bob.open(e);
+        decrypt(&mut b, &alice, &o.payload, &mut bob.rng).unwrap();
+    }
+    let open_ratchet = per(t);
+
+    // Ping-pong: every message opens a new chain, so every decryption is a KEM step.
+    let t = Instant::now();
+    for _ in 0..N / 2 {
+        let p = a.encrypt(b"ping").unwrap();
+        decrypt(&mut b, &alice, &p, &mut bob.rng).unwrap();
+        let q = b.encrypt(b"pong").unwrap();
+        decrypt(&mut a, &bob, &q, &mut alice.rng).unwrap();
+    }
+    let kem_step = per(t);
+    let t = Instant::now();
+    for _ in 0..N {
+        let p = a.encrypt(b"same chain").unwrap();
+        decrypt(&mut b, &alice, &p, &mut bob.rng).unwrap();
+    }
+    let same_chain = per(t);
+
+    // The outer layer tried with three prekeys, the right one last.
+    let env = alice.seal(&bob, &a.encrypt(b"x").unwrap());
+    for _ in 1..3 {
+        bob.bundle = bob
+            .prekeys
+            .rotate(&bob.keys, T0, PREKEY_LIFETIME_MS, &mut bob.rng)
+            .unwrap();
+    }
+    let t = Instant::now();
+    for _ in 0..N {
+        bob.open(&env);
+    }
+    let open_third = per(t);
+    let fresh = alice.seal(&bob, &a.encrypt(b"x").unwrap());
+    let t = Instant::now();
+    for _ in 0..N {
+        bob.open(&fresh);
+    }
+    let open_first = per(t);
+
+    let enc = b.encode();
+    let t = Instant::now();
+    for _ in 0..N {
+        let _ = Session::decode(&enc).unwrap();
+    }
+    let decode = per(t);
+    let t = Instant::now();
+    let _ = session::safety_number(&[1; 32], &[2; 32]);
+    let safety = t.elapsed().as_secs_f64() * 1e6;
+    eprintln!(
+        "µs: start seal {seal_start:.0} open+accept {open_start:.0}; ratchet seal {seal_ratchet:.0} \
+         open+decrypt {open_ratchet:.0}; message pair with KEM steps (encrypt + decrypt) {kem_step:.0}, \
+         same chain {same_chain:.0}; envelope open with the first prekey {open_first:.0}, the third \
+         {open_third:.0}; state decode {decode:.0}; safety number {safety:.0}"
+    );
+}

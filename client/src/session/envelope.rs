@@ -150,9 +150,8 @@ pub fn decrypt_plaintext(
     for set in prekeys.live(now) {
         // A small-order E_pub gives zero with every prekey: refuse it at the first.
         let ss = crypto::dh(&set.spk, &e_pub)?;
-        let spk = crypto::dh_public(&set.spk);
         let mut p = Zeroizing::new(body.to_vec());
-        let opened = envelope_key(&ss, &e_pub, &spk)?
+        let opened = envelope_key(&ss, &e_pub, &set.spk_pub)?
             .decrypt_in_place_detached(&Nonce::default(), &aad(), p.as_mut_slice(), tag)
             .is_ok();
         if opened {

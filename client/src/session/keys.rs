@@ -392,6 +392,8 @@ impl PrekeyBundle {
 pub struct PrekeySecrets {
     pub(crate) spk_id: u32,
     pub(crate) spk: DhSecret,
+    /// `pub(spk)`, kept to spare an X25519 base multiplication per envelope tried.
+    pub(crate) spk_pub: [u8; KEY_LEN],
     pub(crate) pqspk_id: u32,
     pub(crate) pqspk: KemKeyPair,
     pub(crate) valid_from: u64,
@@ -420,7 +422,7 @@ impl PrekeySecrets {
         for part in [
             device.cert.as_bytes().as_slice(),
             &self.spk_id.to_be_bytes(),
-            &crypto::dh_public(&self.spk),
+            &self.spk_pub,
             &self.pqspk_id.to_be_bytes(),
             self.pqspk.ek(),
             &self.valid_from.to_be_bytes(),
@@ -460,6 +462,7 @@ impl PrekeySecrets {
         let expires = r.u64()?;
         Ok(PrekeySecrets {
             spk_id,
+            spk_pub: crypto::dh_public(&spk),
             spk,
             pqspk_id,
             pqspk: KemKeyPair::from_seed(seed),
@@ -502,6 +505,7 @@ impl PrekeyStore {
         let pqspk = KemKeyPair::generate(rng);
         let set = PrekeySecrets {
             spk_id: id,
+            spk_pub: crypto::dh_public(&spk),
             spk,
             pqspk_id: id,
             pqspk,

@@ -453,7 +453,7 @@ impl Session {
         let dh3 = crypto::dh(&set.spk, &start.ephemeral)?;
         let ss = set.pqspk.decapsulate(ct);
         let sk = pqxdh_sk(&dh1, &dh2, &dh3, &ss)?;
-        let spk_pub = crypto::dh_public(&set.spk);
+        let spk_pub = set.spk_pub;
         let id = session_id(
             sender,
             device.cert(),
