@@ -702,7 +702,11 @@ fn state_encoding_round_trips_and_its_size() {
         pending.encode().len()
     );
     assert!(format!("{b:?}").len() < 400);
-    assert!(!format!("{b:?}").contains(&hex::encode(&enc[200..232])));
+    // The responder's root key follows version, id, role, certificate and the pending flag.
+    let root = 1 + 32 + 1 + session::CERT_LEN + 1;
+    let shown = format!("{b:?}");
+    assert!(!shown.contains(&hex::encode(&enc[root..root + 32])));
+    assert!(!shown.contains(&format!("{:?}", &enc[root..root + 8])));
 }
 
 #[test]
@@ -804,6 +808,17 @@ mod decoders {
         }
 
         #[test]
+        fn envelopes_of_garbage(fill in proptest::collection::vec(any::<u8>(), 1..64), bucket in 0usize..3) {
+            let store = STORE.with(|s| s.clone());
+            let len = allium_client::envelope::BUCKETS[bucket];
+            let mut bytes: Vec<u8> = fill.iter().copied().cycle().take(len).collect();
+            prop_assert!(envelope::open(&store, &bytes, T0).is_err());
+            bytes[0] = envelope::ENVELOPE_VERSION;
+            prop_assert!(envelope::open(&store, &bytes, T0).is_err());
+            prop_assert!(envelope::open(&store, &bytes[..len - 1], T0).is_err());
+        }
+
+        #[test]
         fn mutated_encodings(at in any::<prop::sample::Index>(), xor in 1u8..=255, cut in any::<prop::sample::Index>()) {
             let (_, _, a, b) = fixture();
             for enc in [a.encode().to_vec(), b.encode().to_vec()] {
@@ -814,6 +829,10 @@ mod decoders {
                 let _ = Session::decode(&enc[..cut.index(enc.len())]);
             }
         }
+    }
+
+    thread_local! {
+        static STORE: PrekeyStore = Device::new(2).prekeys;
     }
 
     fn fixture() -> (Device, Device, Session, Session) {

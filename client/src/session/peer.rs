@@ -86,8 +86,10 @@ impl PeerSessions {
             }
             return Ok(plaintext);
         }
-        if let Some(active) = self.sessions.first()
-            && active.peer() != &opened.sender
+        if self
+            .sessions
+            .first()
+            .is_some_and(|active| active.peer() != &opened.sender)
         {
             return Err(SessionError::WrongSender);
         }

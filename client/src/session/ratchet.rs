@@ -604,10 +604,11 @@ impl Session {
         let h = &m.header;
         let ad = RatchetMessage::ad(&m.session_id, h);
         let current = crypto::ct_eq(&h.dh, &self.peer_ratchet);
-        if let Some(recv) = &self.recv
-            && current
-            && !crypto::ct_eq(&h.kem_hash(), &recv.kem_hash)
-        {
+        let repeats_other_kem = self
+            .recv
+            .as_ref()
+            .is_some_and(|recv| current && !crypto::ct_eq(&h.kem_hash(), &recv.kem_hash));
+        if repeats_other_kem {
             return Err(SessionError::HeaderMismatch);
         }
         if let Some(at) = self
