@@ -9,20 +9,17 @@ use std::process::ExitCode;
 use std::str::FromStr;
 use std::time::Duration;
 
-use allium_proto::cursor::{Cursor, DEFAULT_OVERLAP_MS};
+use allium_proto::NodeId;
 use allium_proto::network::NetworkFile;
-use allium_proto::storage::{CursorKey, RetrieveResponse};
-use allium_proto::{Mailbox, MessageHash, NodeId};
 use clap::{Args, Parser, Subcommand};
-use ed25519_dalek::SigningKey;
 use serde_json::json;
 
-use crate::envelope::{self, EnvelopeError, KIND_TEXT};
 use crate::identity::{Address, AddressError, Identity, IdentityError};
+use crate::messenger::payload::Content;
+use crate::messenger::{Account, Messenger, MessengerError, Received, Skipped};
 use crate::net::{Net, NetError, PathReport, Timing};
-use crate::state::{
-    ClientState, DataDir, DataDirLock, Direction, Guard, HistoryEntry, SavedCursor, StateError,
-};
+use crate::session;
+use crate::state::{ClientState, DataDir, DataDirLock, Guard, StateError};
 
 /// Send and receive end-to-end encrypted messages through three onion relays.
 ///
@@ -33,7 +30,7 @@ use crate::state::{
     name = "allium",
     version,
     propagate_version = true,
-    after_long_help = "Getting started:\n  allium --network network.toml init\n  allium contacts add bob allium1…\n  allium send bob \"hello\"\n  allium listen\n\nExit codes: 0 done, 1 other error, 2 usage, 3 bad address, contact or phrase, 4 data\ndirectory (no identity, permissions, locked), 5 network file, 6 message too large,\n7 network unreachable, 8 refused by the network. See doc/user.md."
+    after_long_help = "Getting started:\n  allium --network network.toml init\n  allium contacts add bob allium1…\n  allium send bob \"hello\"\n  allium listen\n\nExit codes: 0 done, 1 other error, 2 usage, 3 bad address, contact or phrase, 4 data\ndirectory (no identity, permissions, locked), 5 network file, 6 message too large,\n7 network unreachable, 8 refused by the network, 9 the recipient has published no keys.\nSee doc/user.md."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -125,6 +122,15 @@ enum ContactsCommand {
         /// The name.
         name: String,
     },
+    /// Show the safety number you and a contact compare (in person or on a call); with
+    /// `--confirm`, record that the numbers matched.
+    Verify {
+        /// The name.
+        name: String,
+        /// The numbers matched: mark the contact verified.
+        #[arg(long)]
+        confirm: bool,
+    },
 }
 
 /// Why a command failed, and the exit code it gives.
@@ -150,18 +156,28 @@ pub enum CliError {
         /// Why it cannot be used.
         reason: String,
     },
-    /// The message does not fit an envelope.
-    #[error("message too large: {0}")]
-    TooLarge(EnvelopeError),
-    /// The envelope could not be sealed to that address.
-    #[error("cannot seal the message: {0}")]
-    Envelope(EnvelopeError),
     /// The network could not be reached or refused.
     #[error("{0}")]
     Net(#[from] NetError),
+    /// Sending or receiving failed for a reason of its own (keys, sessions, the recipient).
+    #[error("{0}")]
+    Messenger(MessengerError),
     /// Reading the input failed.
     #[error("reading standard input: {0}")]
     Input(std::io::Error),
+    /// The input is not UTF-8 text.
+    #[error("standard input is not UTF-8 text")]
+    NotText,
+}
+
+impl From<MessengerError> for CliError {
+    fn from(e: MessengerError) -> Self {
+        match e {
+            MessengerError::State(e) => CliError::State(e),
+            MessengerError::Net(e) => CliError::Net(e),
+            e => CliError::Messenger(e),
+        }
+    }
 }
 
 impl CliError {
@@ -175,11 +191,14 @@ impl CliError {
                 | StateError::NoSuchContact { .. },
             ) => 3,
             CliError::State(_) | CliError::Input(_) => 4,
-            CliError::Envelope(_) => 1,
+            CliError::NotText => 2,
             CliError::NetworkFile { .. } => 5,
-            CliError::TooLarge(_) => 6,
             CliError::Net(NetError::Refused(_)) => 8,
             CliError::Net(_) => 7,
+            CliError::Messenger(MessengerError::Keys { .. } | MessengerError::Peer { .. }) => 4,
+            CliError::Messenger(MessengerError::TooLarge(_)) => 6,
+            CliError::Messenger(MessengerError::NoBundle(_)) => 9,
+            CliError::Messenger(_) => 1,
         }
     }
 }
@@ -247,6 +266,13 @@ impl Local {
 
     fn identity(&self) -> Result<Identity, CliError> {
         Ok(Identity::from_seed(&*self.dir.read_identity()?))
+    }
+
+    /// The messenger of this device: its identity, device keys and prekeys (created on first
+    /// use).
+    fn messenger(&self, now_ms: u64) -> Result<Messenger, CliError> {
+        let account = Account::open(&self.dir, self.identity()?, now_ms)?;
+        Ok(Messenger::new(self.dir.clone(), account)?)
     }
 
     fn network_file(&self) -> Result<NetworkFile, CliError> {
@@ -345,19 +371,6 @@ impl Local {
             Err(_) => Err(CliError::UnknownContact(to.to_owned())),
         }
     }
-
-    fn name_of(&self, address: &Address) -> String {
-        let text = address.to_string();
-        self.dir
-            .contacts()
-            .ok()
-            .and_then(|c| {
-                c.iter()
-                    .find(|(_, a)| *a == text)
-                    .map(|(n, _)| n.to_owned())
-            })
-            .unwrap_or(text)
-    }
 }
 
 /// Takes the data directory's lock, waiting a little for another `allium` (a `listen` saving
@@ -415,22 +428,27 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Init { force } => {
             let id = Identity::generate();
             local.dir.write_identity(&id.seed(), force)?;
+            local.dir.reset_device()?;
             print_new_identity(&local, &id, true);
+            publish_at_start(&local).await;
             Ok(())
         }
         Command::Restore { force } => {
             if std::io::stdin().is_terminal() {
                 eprintln!("Type your 24-word recovery phrase and press Enter:");
             }
-            let mut line = String::new();
+            let mut bytes = Vec::new();
             std::io::stdin()
                 .lock()
-                .read_line(&mut line)
+                .read_until(b'\n', &mut bytes)
                 .map_err(CliError::Input)?;
-            let phrase = zeroize::Zeroizing::new(line);
-            let id = Identity::from_phrase(&phrase)?;
+            let bytes = zeroize::Zeroizing::new(bytes);
+            let phrase = std::str::from_utf8(&bytes).map_err(|_| CliError::NotText)?;
+            let id = Identity::from_phrase(phrase)?;
             local.dir.write_identity(&id.seed(), force)?;
+            local.dir.reset_device()?;
             print_new_identity(&local, &id, false);
+            publish_at_start(&local).await;
             Ok(())
         }
         Command::Whoami { qr } => {
@@ -448,10 +466,10 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Contacts(c) => contacts(&local, c),
         Command::Send { to, text } => send(&local, &to, text).await,
         Command::Inbox => {
-            let id = local.identity()?;
             let mut state = local.dir.load_state()?;
             let net = local.net(&state)?;
-            let shown = fetch_round(&local, &net, &id, &mut state, Duration::ZERO).await;
+            let mut messenger = local.messenger(net.now_ms())?;
+            let shown = fetch_round(&local, &net, &mut messenger, &mut state, Duration::ZERO).await;
             local.save_net(&net, &mut state)?;
             let shown = shown?;
             if shown == 0 && !local.json {
@@ -460,19 +478,25 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Listen => {
-            let id = local.identity()?;
             let mut state = local.dir.load_state()?;
             let net = local.net(&state)?;
+            let mut messenger = local.messenger(net.now_ms())?;
             if !local.json {
                 eprintln!(
                     "listening for messages to {} (Ctrl-C to stop)",
-                    id.address()
+                    messenger.account().identity().address()
                 );
             }
             let listen = async {
                 loop {
-                    let r =
-                        fetch_round(&local, &net, &id, &mut state, Duration::from_secs(25)).await;
+                    let r = fetch_round(
+                        &local,
+                        &net,
+                        &mut messenger,
+                        &mut state,
+                        Duration::from_secs(25),
+                    )
+                    .await;
                     // A `send` from the same data directory may hold the lock for a while;
                     // the position is then saved after the next round.
                     match lock_waiting(&local.dir) {
@@ -540,10 +564,50 @@ fn contacts(local: &Local, c: ContactsCommand) -> Result<(), CliError> {
         }
         ContactsCommand::List => {
             for (name, address) in contacts.iter() {
+                let verified = contacts.verified(name).is_some();
                 if local.json {
-                    println!("{}", json!({ "name": name, "address": address }));
+                    println!(
+                        "{}",
+                        json!({ "name": name, "address": address, "verified": verified })
+                    );
                 } else {
-                    println!("{name}\t{address}");
+                    let mark = if verified { "\tverified" } else { "" };
+                    println!("{name}\t{address}{mark}");
+                }
+            }
+        }
+        ContactsCommand::Verify { name, confirm } => {
+            let address = contacts
+                .get(&name)
+                .ok_or_else(|| StateError::NoSuchContact { name: name.clone() })?;
+            let theirs = Address::from_str(address)?;
+            let mine = local.identity()?.address();
+            let number = session::safety_number(
+                mine.public_key().as_bytes(),
+                theirs.public_key().as_bytes(),
+            );
+            if confirm {
+                contacts.set_verified(&name, &number)?;
+                local.dir.save_contacts(&contacts)?;
+            }
+            let verified = contacts.verified(&name) == Some(number.as_str());
+            if local.json {
+                println!(
+                    "{}",
+                    json!({ "name": name, "safety_number": number, "verified": verified })
+                );
+            } else {
+                println!("Safety number with {name}:");
+                println!();
+                println!("  {}", session::grouped(&number));
+                println!();
+                if verified {
+                    println!("{name} is verified.");
+                } else {
+                    println!(
+                        "Compare it with the number {name} sees (in person or on a call). If they \
+                         match, run `allium contacts verify {name} --confirm`."
+                    );
                 }
             }
         }
@@ -561,71 +625,47 @@ fn contacts(local: &Local, c: ContactsCommand) -> Result<(), CliError> {
 }
 
 async fn send(local: &Local, to: &str, text: Option<String>) -> Result<(), CliError> {
-    let id = local.identity()?;
     let (name, recipient) = local.resolve(to)?;
     let text = match text.as_deref() {
         Some("-") | None => {
-            let mut s = String::new();
+            let mut bytes = Vec::new();
             std::io::stdin()
-                .read_to_string(&mut s)
+                .read_to_end(&mut bytes)
                 .map_err(CliError::Input)?;
-            s
+            String::from_utf8(bytes).map_err(|_| CliError::NotText)?
         }
         Some(t) => t.to_owned(),
     };
+    Messenger::check_size(&text)?;
     let mut state = local.dir.load_state()?;
     let net = local.net(&state)?;
-    let envelope = envelope::seal(
-        &id,
-        &recipient,
-        KIND_TEXT,
-        text.as_bytes(),
-        net.now_ms(),
-        &mut rand_core::OsRng,
-    )
-    .map_err(|e| match e {
-        e @ EnvelopeError::TooLarge { .. } => CliError::TooLarge(e),
-        e => CliError::Envelope(e),
-    })?;
-    let sent = net
-        .store(
-            &Mailbox::from_bytes(recipient.public_key().to_bytes()),
-            envelope.bytes,
-        )
-        .await;
+    let mut messenger = local.messenger(net.now_ms())?;
+    let sent = async {
+        messenger.publish(&net, &mut state).await?;
+        messenger.flush(&net).await?;
+        messenger.send_text(&net, &recipient, &text).await
+    }
+    .await;
     local.save_net(&net, &mut state)?;
     let sent = sent?;
-    local.dir.append_history(&HistoryEntry {
-        direction: Direction::Sent,
-        peer: recipient.to_string(),
-        timestamp_ms: net.now_ms(),
-        msg_id: envelope.msg_id,
-        text,
-    })?;
-    let swarm = net
-        .roster()
-        .map(|h| {
-            h.roster()
-                .members_for(&Mailbox::from_bytes(recipient.public_key().to_bytes()))
-                .len()
-        })
-        .unwrap_or(0);
     if local.json {
         println!(
             "{}",
             json!({
                 "sent": name,
                 "address": recipient.to_string(),
-                "hash": hex::encode(sent.hash.0),
-                "holders": sent.holders.len(),
-                "swarm": swarm,
+                "msg_id": hex::encode(sent.msg_id),
+                "devices": sent.devices,
+                "holders": sent.holders,
+                "swarm": sent.members,
                 "path": path_json(&sent.path),
             })
         );
     } else {
         println!(
-            "sent to {name}: held by {} of {swarm} members of their swarm, {:.1} ms",
-            sent.holders.len(),
+            "sent to {name}: held by {} of {} members of their swarm, {:.1} ms",
+            sent.holders,
+            sent.members,
             sent.path.rtt.as_secs_f64() * 1000.0
         );
         println!("  path: {}", describe_path(&sent.path));
@@ -633,89 +673,94 @@ async fn send(local: &Local, to: &str, text: Option<String>) -> Result<(), CliEr
     Ok(())
 }
 
-/// Fetches every page of new messages once (the first waiting up to `wait`), prints the new
-/// ones and records them; returns how many were shown.
+/// Publishes this device's keys right after `init` or `restore` if the network is known and
+/// answers; otherwise says they go out with the next command that reaches the network.
+async fn publish_at_start(local: &Local) {
+    if local.network_file().is_err() {
+        // No network known yet: the first command that has one publishes.
+        return;
+    }
+    let published = async {
+        let mut state = local.dir.load_state()?;
+        let net = local.net(&state)?;
+        let mut messenger = local.messenger(net.now_ms())?;
+        let r = messenger.publish(&net, &mut state).await;
+        local.save_net(&net, &mut state)?;
+        r?;
+        Ok::<(), CliError>(())
+    }
+    .await;
+    match published {
+        Ok(()) if !local.json => eprintln!("Your keys are published: others can write to you."),
+        Ok(()) => {}
+        Err(e) => warn(
+            local,
+            &format!(
+                "your keys are not published yet ({e}); they will be the next time allium reaches \
+                 the network"
+            ),
+        ),
+    }
+}
+
+/// Sends what earlier runs left unsent, publishes new prekeys when due, then fetches every page
+/// of new messages once (the first waiting up to `wait`) and prints each after it is recorded;
+/// returns how many were shown.
 async fn fetch_round(
     local: &Local,
     net: &Net,
-    id: &Identity,
+    messenger: &mut Messenger,
     state: &mut ClientState,
     wait: Duration,
 ) -> Result<usize, CliError> {
-    let key = SigningKey::from_bytes(&id.seed());
-    let mailbox = key.verifying_key().to_bytes();
-    let safe = state.cursor(&mailbox).map(|c| CursorKey {
-        timestamp: c.timestamp,
-        hash: MessageHash(c.hash),
-    });
-    let mut cursor = Cursor::resume(DEFAULT_OVERLAP_MS, safe);
-    let mut shown = 0;
-    let mut wait = wait;
-    loop {
-        let page = net.fetch(&key, cursor.after(), wait).await?;
-        wait = Duration::ZERO;
-        let fresh = cursor.accept(
-            page.node_now,
-            &RetrieveResponse {
-                messages: page.messages,
-                more: page.more,
-            },
-        );
-        for m in fresh {
-            if !state.mark_seen_hash(&m.hash.0) {
-                continue;
-            }
-            let opened = match envelope::open(id, &m.data) {
-                Ok(o) => o,
-                Err(e) => {
-                    // Anyone may deposit into an inbox: garbage is skipped, not fatal.
-                    warn(local, &format!("skipped an unreadable message: {e}"));
-                    continue;
-                }
-            };
-            if !state.mark_seen_id(&opened.msg_id) {
-                continue;
-            }
-            let text = String::from_utf8_lossy(&opened.body).into_owned();
-            let from = local.name_of(&opened.sender);
-            if local.json {
-                println!(
-                    "{}",
-                    json!({
-                        "from": from,
-                        "address": opened.sender.to_string(),
-                        "sent_ms": opened.timestamp,
-                        "stored_ms": m.timestamp,
-                        "received_ms": net.now_ms(),
-                        "text": text,
-                        "path": path_json(&page.path),
-                    })
-                );
-            } else {
-                println!("{from}: {text}");
-            }
-            local.dir.append_history(&HistoryEntry {
-                direction: Direction::Received,
-                peer: opened.sender.to_string(),
-                timestamp_ms: opened.timestamp,
-                msg_id: opened.msg_id,
-                text,
-            })?;
-            shown += 1;
-        }
-        if let Some(safe) = cursor.safe() {
-            state.set_cursor(
-                &mailbox,
-                SavedCursor {
-                    timestamp: safe.timestamp,
-                    hash: safe.hash.0,
-                },
+    messenger.flush(net).await?;
+    messenger.publish(net, state).await?;
+    let names = local.dir.contacts()?;
+    let name_of = |a: &Address| {
+        let text = a.to_string();
+        names
+            .iter()
+            .find(|(_, addr)| *addr == text)
+            .map_or(text.clone(), |(n, _)| n.to_owned())
+    };
+    let on_message = |r: &Received| {
+        let Content::Text(text) = &r.message.content;
+        let from = name_of(&r.from);
+        if local.json {
+            println!(
+                "{}",
+                json!({
+                    "from": from,
+                    "address": r.from.to_string(),
+                    "device": r.device_id,
+                    "msg_id": hex::encode(r.message.msg_id),
+                    "sent_ms": r.message.sent_ms,
+                    "stored_ms": r.stored_ms,
+                    "received_ms": net.now_ms(),
+                    "text": text,
+                    "path": path_json(&r.path),
+                })
             );
+        } else {
+            println!("{from}: {text}");
         }
-        if !page.more {
-            return Ok(shown);
-        }
-    }
+    };
+    let on_skip = |s: &Skipped| {
+        let what = match s {
+            Skipped::Unreadable(e) => format!("skipped an unreadable message: {e}"),
+            Skipped::Undecryptable { from, error } => format!(
+                "skipped a message from {} that does not decrypt: {error}",
+                from.as_ref().map_or_else(|| "someone".into(), &name_of)
+            ),
+            Skipped::UnknownContent(e) => {
+                format!("skipped a message this version cannot show: {e}")
+            }
+        };
+        warn(local, &what);
+    };
+    Ok(messenger
+        .receive(net, state, wait, on_message, on_skip)
+        .await?)
 }
 
 fn warn(local: &Local, msg: &str) {

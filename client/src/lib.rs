@@ -3,6 +3,7 @@
 pub mod cli;
 pub mod envelope;
 pub mod identity;
+pub mod messenger;
 pub mod net;
 pub mod onion;
 pub mod session;

@@ -12,7 +12,7 @@ use allium_link::directory::{self, Source};
 use allium_onion::{IdentityPublicKey, SizeClass};
 use allium_proto::network::NetworkFile;
 use allium_proto::roster::{DirectoryRequest, HeldRoster, NodeEntry, Roster, RosterHolder};
-use allium_proto::storage::{CursorKey, RetrieveRequest, StoreRequest};
+use allium_proto::storage::{CursorKey, INBOX, Namespace, PUBLIC, RetrieveRequest, StoreRequest};
 use allium_proto::{
     Body, Mailbox, MessageHash, Method, NodeId, Request, Response, ResponseBody, Retry, Status,
     StoredMessage,
@@ -557,17 +557,32 @@ impl Net {
     /// majority of the recipient's swarm holds it.
     pub async fn store(&self, recipient: &Mailbox, data: Vec<u8>) -> Result<Stored, NetError> {
         let ttl_ms = self.network().params.max_ttl_secs.saturating_mul(1000);
-        let request = Request::unsigned(Body::Store(StoreRequest {
-            mailbox: *recipient,
-            namespace: 0,
+        self.store_in(recipient, INBOX, ttl_ms, data, None).await
+    }
+
+    /// Stores `data` in `namespace` of `mailbox` for `ttl_ms`, signed with `owner` (the mailbox
+    /// key) where the namespace needs it; acknowledged once a majority of the swarm holds it.
+    pub async fn store_in(
+        &self,
+        mailbox: &Mailbox,
+        namespace: Namespace,
+        ttl_ms: u64,
+        data: Vec<u8>,
+        owner: Option<&SigningKey>,
+    ) -> Result<Stored, NetError> {
+        let body = Body::Store(StoreRequest {
+            mailbox: *mailbox,
+            namespace,
             ttl_ms,
             data,
-        }))
-        .encode();
+        });
+        let unsigned = Request::unsigned(body.clone()).encode();
+        let make = |node: &NodeId, now: u64| match owner {
+            Some(key) => Request::signed(body.clone(), key, node, now).encode(),
+            None => unsigned.clone(),
+        };
         let (response, path) = self
-            .request(recipient, Method::Store, Duration::ZERO, |_, _| {
-                request.clone()
-            })
+            .request(mailbox, Method::Store, Duration::ZERO, make)
             .await?;
         match response.result {
             Ok(ResponseBody::Store(s)) => Ok(Stored {
@@ -576,6 +591,39 @@ impl Net {
                 path,
             }),
             _ => Err(NetError::Refused(Status::Internal)),
+        }
+    }
+
+    /// Every live message of `mailbox`'s public namespace (storage.md §4.3): no signature, all
+    /// pages.
+    pub async fn fetch_public(&self, mailbox: &Mailbox) -> Result<Vec<StoredMessage>, NetError> {
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let body = Body::Retrieve(RetrieveRequest {
+                mailbox: *mailbox,
+                namespace: PUBLIC,
+                after,
+                limit: None,
+                wait_ms: None,
+            });
+            let request = Request::unsigned(body).encode();
+            let (response, _) = self
+                .request(mailbox, Method::Retrieve, Duration::ZERO, |_, _| {
+                    request.clone()
+                })
+                .await?;
+            let Ok(ResponseBody::Retrieve(page)) = response.result else {
+                return Err(NetError::Refused(Status::Internal));
+            };
+            after = page.messages.last().map(|m| CursorKey {
+                timestamp: m.timestamp,
+                hash: m.hash,
+            });
+            out.extend(page.messages);
+            if !page.more || after.is_none() {
+                return Ok(out);
+            }
         }
     }
 

@@ -7,6 +7,10 @@
 //!   state.json         0600  cursors, seen message ids and hashes, guards, roster version, clock
 //!   roster.cbor        0600  the last verified roster, opaque here
 //!   history.jsonl      0600  one JSON object per sent or received message, append-only
+//!   device.key         0600  this device's keys and certificate (sessions.md §2)
+//!   prekeys.bin        0600  this device's prekey secrets (sessions.md §3.2)
+//!   peers/             0700  one file per peer account: bundles, sessions, outbox
+//!     <account>.bin    0600  (hex of the account key; messenger::peer)
 //!   lock                     held (flock) by the allium process using the directory
 //! ```
 //!
@@ -44,6 +48,17 @@ pub const ROSTER_FILE: &str = "roster.cbor";
 pub const HISTORY_FILE: &str = "history.jsonl";
 /// The advisory lock file.
 pub const LOCK_FILE: &str = "lock";
+/// This device's keys.
+pub const DEVICE_FILE: &str = "device.key";
+/// This device's prekey secrets.
+pub const PREKEYS_FILE: &str = "prekeys.bin";
+/// The folder of per-peer files.
+pub const PEERS_DIR: &str = "peers";
+/// Largest device or prekey file read (a full prekey store is about 4 KB).
+pub const MAX_KEYS_BYTES: u64 = 64 << 10;
+/// Largest peer file read: sixteen devices' sessions with their skipped keys and a full outbox
+/// stay well below it.
+pub const MAX_PEER_BYTES: u64 = 64 << 20;
 
 /// Length of the identity seed.
 pub const SEED_LEN: usize = 32;
@@ -305,6 +320,7 @@ impl DataDir {
         let path = self.dir.join(CONTACTS_FILE);
         let body = toml::to_string(&ContactsFile {
             contacts: contacts.map.clone(),
+            verified: contacts.verified.clone(),
         })
         .map_err(|e| io_err(&path)(io::Error::other(e)))?;
         let text = format!(
@@ -346,6 +362,108 @@ impl DataDir {
     /// Replaces the cached roster atomically.
     pub fn write_roster(&self, roster: &[u8]) -> Result<(), StateError> {
         write_atomic(&self.dir, ROSTER_FILE, roster, true)
+    }
+
+    // ---- device keys, prekeys, peers ----
+
+    /// This device's keys, if set up.
+    pub fn read_device(&self) -> Result<Option<Zeroizing<Vec<u8>>>, StateError> {
+        Ok(fsutil::read_private(
+            &self.dir.join(DEVICE_FILE),
+            MAX_KEYS_BYTES,
+        )?)
+    }
+
+    /// Writes this device's keys; never replaces existing ones unless `replace`.
+    pub fn write_device(&self, bytes: &[u8], replace: bool) -> Result<(), StateError> {
+        write_atomic(&self.dir, DEVICE_FILE, bytes, replace)
+    }
+
+    /// This device's prekey secrets, if any.
+    pub fn read_prekeys(&self) -> Result<Option<Zeroizing<Vec<u8>>>, StateError> {
+        Ok(fsutil::read_private(
+            &self.dir.join(PREKEYS_FILE),
+            MAX_KEYS_BYTES,
+        )?)
+    }
+
+    /// Replaces the prekey secrets atomically.
+    pub fn write_prekeys(&self, bytes: &[u8]) -> Result<(), StateError> {
+        write_atomic(&self.dir, PREKEYS_FILE, bytes, true)
+    }
+
+    /// Forgets this device's keys, prekeys and sessions, and what `state.json` says about them:
+    /// after `init --force` or `restore` the device starts over as a new device of the new
+    /// identity (forward secrecy means old sessions cannot be carried over anyway).
+    pub fn reset_device(&self) -> Result<(), StateError> {
+        for name in [DEVICE_FILE, PREKEYS_FILE] {
+            let path = self.dir.join(name);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&path)(e)),
+            }
+        }
+        let peers = self.dir.join(PEERS_DIR);
+        match fs::remove_dir_all(&peers) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&peers)(e)),
+        }
+        sync_dir(&self.dir)?;
+        let mut state = self.load_state()?;
+        state.published_prekey = None;
+        self.save_state(&state)
+    }
+
+    fn peers_dir(&self) -> Result<PathBuf, StateError> {
+        let dir = self.dir.join(PEERS_DIR);
+        match DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => sync_dir(&self.dir)?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err(&dir)(e)),
+        }
+        check_dir(&dir)?;
+        Ok(dir)
+    }
+
+    /// The file of peer account `account` (its 32-byte key), if any.
+    pub fn read_peer(&self, account: &[u8; 32]) -> Result<Option<Zeroizing<Vec<u8>>>, StateError> {
+        let path = self
+            .dir
+            .join(PEERS_DIR)
+            .join(format!("{}.bin", hex::encode(account)));
+        Ok(fsutil::read_private(&path, MAX_PEER_BYTES)?)
+    }
+
+    /// Replaces the file of peer account `account` atomically.
+    pub fn write_peer(&self, account: &[u8; 32], bytes: &[u8]) -> Result<(), StateError> {
+        let dir = self.peers_dir()?;
+        write_atomic(&dir, &format!("{}.bin", hex::encode(account)), bytes, true)
+    }
+
+    /// The accounts that have a peer file.
+    pub fn peers(&self) -> Result<Vec<[u8; 32]>, StateError> {
+        let dir = self.dir.join(PEERS_DIR);
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(&dir)(e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io_err(&dir))?;
+            let name = entry.file_name();
+            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".bin")) else {
+                continue;
+            };
+            let mut key = [0u8; 32];
+            if hex::decode_to_slice(stem, &mut key).is_ok() {
+                out.push(key);
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
     }
 
     // ---- history ----
@@ -531,12 +649,16 @@ fn read_last_lines<T>(
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Contacts {
     map: BTreeMap<String, String>,
+    /// Contacts whose safety number the person confirmed, with that number.
+    verified: BTreeMap<String, String>,
 }
 
 #[derive(Serialize, Deserialize)]
 struct ContactsFile {
     #[serde(default)]
     contacts: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    verified: BTreeMap<String, String>,
 }
 
 /// Checks a contact name: 1–32 characters of `A-Z a-z 0-9 _ . -`, so names are easy to type on
@@ -575,19 +697,42 @@ impl Contacts {
         Ok(())
     }
 
-    /// Adds or replaces a contact; returns the address it had before, if any.
+    /// Adds or replaces a contact; returns the address it had before, if any. A new address is
+    /// not verified.
     pub fn replace(&mut self, name: &str, address: &str) -> Result<Option<String>, StateError> {
         validate_contact_name(name)?;
-        Ok(self.map.insert(name.to_owned(), address.to_owned()))
+        let old = self.map.insert(name.to_owned(), address.to_owned());
+        if old.as_deref() != Some(address) {
+            self.verified.remove(name);
+        }
+        Ok(old)
     }
 
     /// Removes a contact and returns its address.
     pub fn remove(&mut self, name: &str) -> Result<String, StateError> {
+        self.verified.remove(name);
         self.map
             .remove(name)
             .ok_or_else(|| StateError::NoSuchContact {
                 name: name.to_owned(),
             })
+    }
+
+    /// Records that the person compared `safety_number` with `name` and they matched.
+    pub fn set_verified(&mut self, name: &str, safety_number: &str) -> Result<(), StateError> {
+        if !self.map.contains_key(name) {
+            return Err(StateError::NoSuchContact {
+                name: name.to_owned(),
+            });
+        }
+        self.verified
+            .insert(name.to_owned(), safety_number.to_owned());
+        Ok(())
+    }
+
+    /// The safety number recorded when `name` was verified, if it was.
+    pub fn verified(&self, name: &str) -> Option<&str> {
+        self.verified.get(name).map(String::as_str)
     }
 
     /// The address of `name`.
@@ -614,10 +759,15 @@ impl Contacts {
 fn parse_contacts(path: &Path, bytes: &[u8]) -> Result<Contacts, StateError> {
     let text = std::str::from_utf8(bytes).map_err(|e| corrupt(path, e))?;
     let file: ContactsFile = toml::from_str(text).map_err(|e| corrupt(path, e.message()))?;
-    for name in file.contacts.keys() {
+    for name in file.contacts.keys().chain(file.verified.keys()) {
         validate_contact_name(name).map_err(|e| corrupt(path, e))?;
     }
-    Ok(Contacts { map: file.contacts })
+    let mut verified = file.verified;
+    verified.retain(|name, _| file.contacts.contains_key(name));
+    Ok(Contacts {
+        map: file.contacts,
+        verified,
+    })
 }
 
 // ---- state.json ----
@@ -688,6 +838,7 @@ pub struct ClientState {
     guards: Vec<Guard>,
     roster_version: Option<u64>,
     clock_offset_ms: i64,
+    published_prekey: Option<u32>,
 }
 
 impl Default for ClientState {
@@ -699,6 +850,7 @@ impl Default for ClientState {
             guards: Vec::new(),
             roster_version: None,
             clock_offset_ms: 0,
+            published_prekey: None,
         }
     }
 }
@@ -775,6 +927,16 @@ impl ClientState {
         self.clock_offset_ms = offset_ms;
     }
 
+    /// The id of the newest prekey bundle the swarm acknowledged publishing.
+    pub fn published_prekey(&self) -> Option<u32> {
+        self.published_prekey
+    }
+
+    /// Records that the bundle of prekey `id` is published.
+    pub fn set_published_prekey(&mut self, id: u32) {
+        self.published_prekey = Some(id);
+    }
+
     fn to_file(&self) -> StateFile {
         StateFile {
             version: STATE_VERSION,
@@ -784,6 +946,7 @@ impl ClientState {
             guards: self.guards.clone(),
             roster_version: self.roster_version,
             clock_offset_ms: self.clock_offset_ms,
+            published_prekey: self.published_prekey,
         }
     }
 }
@@ -805,6 +968,8 @@ struct StateFile {
     roster_version: Option<u64>,
     #[serde(default)]
     clock_offset_ms: i64,
+    #[serde(default)]
+    published_prekey: Option<u32>,
 }
 
 fn parse_state(path: &Path, bytes: &[u8]) -> Result<ClientState, StateError> {
@@ -820,6 +985,7 @@ fn parse_state(path: &Path, bytes: &[u8]) -> Result<ClientState, StateError> {
         guards: file.guards,
         roster_version: file.roster_version,
         clock_offset_ms: file.clock_offset_ms,
+        published_prekey: file.published_prekey,
         ..ClientState::default()
     };
     // Oldest first on disk; inserting in order keeps the newest MAX_SEEN if the file has more.
@@ -896,6 +1062,25 @@ pub struct HistoryEntry {
     pub msg_id: [u8; 16],
     /// The text.
     pub text: String,
+    /// For a sent message, how far it got. A later line with the same `msg_id` and direction
+    /// updates an earlier one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<Delivery>,
+}
+
+/// How far a sent message got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// Sealed and kept in the outbox; not yet acknowledged by the recipient's swarm.
+    Sending,
+    /// Acknowledged: held by `holders` of the swarm's `members`.
+    Stored {
+        /// Members holding it.
+        holders: u32,
+        /// Members of the swarm.
+        members: u32,
+    },
 }
 
 #[cfg(test)]

@@ -48,6 +48,7 @@ fn entry(i: u64) -> HistoryEntry {
         timestamp_ms: 1_700_000_000_000 + i,
         msg_id: [i as u8; 16],
         text: format!("message {i}\nwith a newline and \"quotes\""),
+        delivery: None,
     }
 }
 

@@ -107,6 +107,16 @@ pub enum PrivateError {
         /// The file's length.
         found: u64,
     },
+    /// A private file longer than its limit: not one this program wrote.
+    #[error("{} is larger than {max} bytes ({found}); it is not a file allium wrote", path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The limit.
+        max: u64,
+        /// The size found (at least).
+        found: u64,
+    },
 }
 
 impl PrivateError {
@@ -235,4 +245,50 @@ pub fn lock(path: &Path) -> Result<DirLock, LockError> {
         Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(LockError::Held(path.to_owned())),
         Err(e) => Err(LockError::Io(at(path)(e.into()))),
     }
+}
+
+/// Reads a private file of at most `max` bytes: a regular file (not a symlink) without group or
+/// other permission bits. `None` when it does not exist. The bytes are wiped when dropped.
+pub fn read_private(
+    path: &Path,
+    max: u64,
+) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, PrivateError> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let link_meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_at(path)(e)),
+    };
+    if !link_meta.is_file() {
+        return Err(PrivateError::NotAFile(path.to_owned()));
+    }
+    let file = File::open(path).map_err(io_at(path))?;
+    let meta = file.metadata().map_err(io_at(path))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(PrivateError::Insecure {
+            path: path.to_owned(),
+            mode,
+            dir: false,
+        });
+    }
+    let too_long = |found| PrivateError::TooLarge {
+        path: path.to_owned(),
+        max,
+        found,
+    };
+    if meta.len() > max {
+        return Err(too_long(meta.len()));
+    }
+    let mut bytes =
+        zeroize::Zeroizing::new(Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0)));
+    // `take` guards against a file that grows after the stat.
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_at(path))?;
+    if bytes.len() as u64 > max {
+        return Err(too_long(bytes.len() as u64));
+    }
+    Ok(Some(bytes))
 }

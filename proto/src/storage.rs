@@ -36,10 +36,14 @@ pub const MAX_ROSTER_BYTES: usize = 61_440;
 /// Longest software string in an `info` response.
 pub const MAX_SOFTWARE_LEN: usize = 64;
 
-/// A mailbox namespace. Namespace 0 is the inbox, where anyone may deposit.
+/// A mailbox namespace (storage.md §4.3): who may write and who may read depends on it.
 pub type Namespace = u16;
-/// The public inbox namespace.
+/// The inbox: anyone deposits, the owner reads.
 pub const INBOX: Namespace = 0;
+/// Owner-only records (the owner's devices keep their shared state here).
+pub const OWNER: Namespace = 1;
+/// Published records: the owner writes, anyone reads (prekey bundles, device lists).
+pub const PUBLIC: Namespace = 2;
 
 pub use allium_onion::NodeId;
 
@@ -331,6 +335,7 @@ impl Body {
         match self {
             Body::Store(r) if r.namespace == INBOX => None,
             Body::Store(r) => Some((r.mailbox, r.namespace)),
+            Body::Retrieve(r) if r.namespace == PUBLIC => None,
             Body::Retrieve(r) => Some((r.mailbox, r.namespace)),
             Body::Delete(r) => Some((r.mailbox, r.namespace)),
             Body::DeleteAll(r) => Some((r.mailbox, r.namespace)),

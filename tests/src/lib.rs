@@ -17,7 +17,12 @@ pub fn client_binary() -> PathBuf {
     binary("allium")
 }
 
+/// `ALLIUM_BIN_DIR` names the folder of the binaries (as for `scripts/demo`); otherwise they are
+/// the ones built next to the test.
 fn binary(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("ALLIUM_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
     let exe = std::env::current_exe().unwrap_or_default();
     // target/<profile>/deps/<test> → target/<profile>/<name>
     let dir = exe
