@@ -1,5 +1,7 @@
 #![doc = include_str!("../README.md")]
 
+pub mod people;
+
 use std::path::PathBuf;
 
 use tokio::sync::{Mutex, MutexGuard};

@@ -204,24 +204,30 @@ pub enum Skipped {
 pub struct Messenger {
     dir: DataDir,
     account: Account,
-    /// Message ids recorded in the history (the recent ones): a message decrypted twice after
-    /// a crash is recorded once.
+    /// Received message ids recorded in the history (the recent ones): a message decrypted
+    /// twice after a crash is recorded once.
     recorded: HashSet<[u8; 16]>,
+    /// Sent message ids the history records: an outbox entry left by a crash before its history
+    /// line gets one when it is flushed.
+    recorded_sent: HashSet<[u8; 16]>,
 }
 
 impl Messenger {
     /// The messenger of `account` over `dir`.
     pub fn new(dir: DataDir, account: Account) -> Result<Messenger, MessengerError> {
-        let recorded = dir
-            .history(HISTORY_INDEX)?
-            .into_iter()
-            .filter(|e| e.direction == Direction::Received)
-            .map(|e| e.msg_id)
-            .collect();
+        let mut recorded = HashSet::new();
+        let mut recorded_sent = HashSet::new();
+        for e in dir.history(HISTORY_INDEX)? {
+            match e.direction {
+                Direction::Received => recorded.insert(e.msg_id),
+                Direction::Sent => recorded_sent.insert(e.msg_id),
+            };
+        }
         Ok(Messenger {
             dir,
             account,
             recorded,
+            recorded_sent,
         })
     }
 
@@ -409,22 +415,14 @@ impl Messenger {
                 msg_id,
                 device,
                 envelope: env,
+                message: plaintext.clone(),
             });
         }
         let devices = sealed.len();
         record.outbox.extend(sealed);
         // One atomic write: the spent chain keys and the envelopes they sealed.
         self.save_peer(to, &record)?;
-        let entry = HistoryEntry {
-            direction: Direction::Sent,
-            peer: to.to_string(),
-            timestamp_ms: now,
-            msg_id,
-            text: text.to_owned(),
-            delivery: Some(Delivery::Sending),
-        };
-        self.dir.append_history(&entry)?;
-        let last = self.flush_peer(net, to, &mut record, &entry).await?;
+        let last = self.flush_peer(net, to, &mut record, Some(msg_id)).await?;
         let Some((holders, members, path)) = last else {
             return Err(MessengerError::Net(NetError::NoSwarm));
         };
@@ -437,50 +435,61 @@ impl Messenger {
         })
     }
 
-    /// Stores the outbox of one peer, oldest first, removing each envelope once acknowledged
-    /// and recording the delivery of `entry`'s message when its envelopes are all out. Returns
-    /// the acknowledgement of the last envelope of `entry`'s message.
+    /// Records an outgoing message in the history (once) with its delivery.
+    fn record_sent(
+        &mut self,
+        to: &Address,
+        out: &Outgoing,
+        delivery: Delivery,
+    ) -> Result<(), MessengerError> {
+        let Ok(message) = AppMessage::decode(&out.message) else {
+            return Ok(());
+        };
+        let Content::Text(text) = message.content;
+        self.dir.append_history(&HistoryEntry {
+            direction: Direction::Sent,
+            peer: to.to_string(),
+            timestamp_ms: message.sent_ms,
+            msg_id: out.msg_id,
+            text,
+            delivery: Some(delivery),
+        })?;
+        self.recorded_sent.insert(out.msg_id);
+        Ok(())
+    }
+
+    /// Stores the outbox of one peer, oldest first, removing each envelope once acknowledged.
+    /// The history records each message as sending before its first envelope goes out (also a
+    /// message a crash left in the outbox unrecorded) and as stored once its last one is
+    /// acknowledged. Returns the acknowledgement of the last envelope of message `wanted`.
     async fn flush_peer(
-        &self,
+        &mut self,
         net: &Net,
         to: &Address,
         record: &mut PeerRecord,
-        entry: &HistoryEntry,
+        wanted: Option<[u8; 16]>,
     ) -> Result<Option<(usize, usize, PathReport)>, MessengerError> {
         let mailbox = Mailbox::from_bytes(to.public_key().to_bytes());
         let mut last = None;
         while let Some(next) = record.outbox.first().cloned() {
-            let stored = net.store(&mailbox, next.envelope).await?;
+            if !self.recorded_sent.contains(&next.msg_id) {
+                self.record_sent(to, &next, Delivery::Sending)?;
+            }
+            let stored = net.store(&mailbox, next.envelope.clone()).await?;
             record.outbox.remove(0);
             self.save_peer(to, record)?;
             let members = net
                 .roster()
                 .map_or(0, |h| h.roster().members_for(&mailbox).len());
-            let done = !record.outbox.iter().any(|o| o.msg_id == next.msg_id);
-            if next.msg_id == entry.msg_id {
+            if Some(next.msg_id) == wanted {
                 last = Some((stored.holders.len(), members, stored.path));
             }
-            if done {
+            if !record.outbox.iter().any(|o| o.msg_id == next.msg_id) {
                 let delivery = Delivery::Stored {
                     holders: u32::try_from(stored.holders.len()).unwrap_or(u32::MAX),
                     members: u32::try_from(members).unwrap_or(u32::MAX),
                 };
-                let update = HistoryEntry {
-                    msg_id: next.msg_id,
-                    delivery: Some(delivery),
-                    ..entry.clone()
-                };
-                // The text of an older message is in its own first line; this line only moves
-                // its delivery on.
-                let update = if next.msg_id == entry.msg_id {
-                    update
-                } else {
-                    HistoryEntry {
-                        text: String::new(),
-                        ..update
-                    }
-                };
-                self.dir.append_history(&update)?;
+                self.record_sent(to, &next, delivery)?;
             }
         }
         Ok(last)
@@ -488,7 +497,7 @@ impl Messenger {
 
     /// Sends whatever earlier runs left in the outboxes (after a crash or an unreachable
     /// network). Returns how many envelopes went out.
-    pub async fn flush(&self, net: &Net) -> Result<usize, MessengerError> {
+    pub async fn flush(&mut self, net: &Net) -> Result<usize, MessengerError> {
         let mut sent = 0;
         for key in self.dir.peers()? {
             let Ok(to) = Address::from_key_bytes(&key) else {
@@ -499,15 +508,7 @@ impl Messenger {
                 continue;
             }
             let before = record.outbox.len();
-            let entry = HistoryEntry {
-                direction: Direction::Sent,
-                peer: to.to_string(),
-                timestamp_ms: net.now_ms(),
-                msg_id: [0; 16],
-                text: String::new(),
-                delivery: None,
-            };
-            self.flush_peer(net, &to, &mut record, &entry).await?;
+            self.flush_peer(net, &to, &mut record, None).await?;
             sent += before - record.outbox.len();
         }
         Ok(sent)

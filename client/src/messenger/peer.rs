@@ -9,7 +9,8 @@
 //! ```text
 //! peer    = 0x01 || u64be(fetched_at) || u8(b) || b × bundle
 //!                || u8(s) || s × (signing key (32) || u32be(len) || peer sessions)
-//!                || u16be(o) || o × (msg_id (16) || signing key (32) || u32be(len) || envelope)
+//!                || u16be(o) || o × (msg_id (16) || signing key (32) || u32be(len) || envelope
+//!                                    || u32be(len) || application message)
 //! ```
 
 use std::collections::BTreeMap;
@@ -38,6 +39,9 @@ pub struct Outgoing {
     pub device: [u8; 32],
     /// The envelope, resent as is until acknowledged (the swarm deduplicates it by hash).
     pub envelope: Vec<u8>,
+    /// The application message it carries (`payload`), so the history can record the message
+    /// from the outbox alone.
+    pub message: Vec<u8>,
 }
 
 /// What a client keeps about one peer account.
@@ -125,6 +129,8 @@ impl PeerRecord {
             out.extend_from_slice(&o.device);
             out.extend_from_slice(&u32::try_from(o.envelope.len()).unwrap_or(0).to_be_bytes());
             out.extend_from_slice(&o.envelope);
+            out.extend_from_slice(&u32::try_from(o.message.len()).unwrap_or(0).to_be_bytes());
+            out.extend_from_slice(&o.message);
         }
         out
     }
@@ -171,10 +177,16 @@ impl PeerRecord {
                 return Err(PeerRecordError::Malformed("outbox envelope length"));
             }
             let envelope = r.take(len, "outbox envelope")?.to_vec();
+            let len = r.u32("outbox message length")?;
+            if len > MAX_ENVELOPE {
+                return Err(PeerRecordError::Malformed("outbox message length"));
+            }
+            let message = r.take(len, "outbox message")?.to_vec();
             outbox.push(Outgoing {
                 msg_id,
                 device,
                 envelope,
+                message,
             });
         }
         if !r.0.is_empty() {
@@ -211,6 +223,7 @@ mod tests {
                 msg_id: [1; 16],
                 device: [2; 32],
                 envelope: vec![3; 512],
+                message: vec![4; 30],
             }],
         };
         let back = PeerRecord::decode(&rec.encode()).unwrap();
