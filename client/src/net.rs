@@ -425,6 +425,20 @@ impl Net {
         wait: Duration,
         make: impl Fn(&NodeId, u64) -> Vec<u8>,
     ) -> Result<(Response, PathReport), NetError> {
+        self.request_excluding(mailbox, method, wait, make, &HashSet::new())
+            .await
+    }
+
+    /// [`Self::request`] to a member of the swarm not in `exclude` (a reader asking a majority
+    /// asks each member once); [`NetError::NoSwarm`] when every member is excluded.
+    pub async fn request_excluding(
+        &self,
+        mailbox: &Mailbox,
+        method: Method,
+        wait: Duration,
+        make: impl Fn(&NodeId, u64) -> Vec<u8>,
+        exclude: &HashSet<NodeId>,
+    ) -> Result<(Response, PathReport), NetError> {
         let started = Instant::now();
         let deadline = started + self.timing.operation + wait;
         let mut attempts = 0;
@@ -452,6 +466,7 @@ impl Net {
                     .collect(),
                 None => roster.roster().members_for(mailbox),
             };
+            members.retain(|m| !exclude.contains(&m.identity.node_id()));
             if members.is_empty() {
                 return Err(NetError::NoSwarm);
             }
@@ -594,11 +609,39 @@ impl Net {
         }
     }
 
-    /// Every live message of `mailbox`'s public namespace (storage.md §4.3): no signature, all
-    /// pages.
+    /// Every live message of `mailbox`'s public namespace (storage.md §4.3), read from a
+    /// majority of its swarm and merged: any store a majority acknowledged is in it, even when
+    /// one member has not received its copy yet. No signature; all pages.
     pub async fn fetch_public(&self, mailbox: &Mailbox) -> Result<Vec<StoredMessage>, NetError> {
+        let members = self
+            .ensure_roster()
+            .await?
+            .roster()
+            .members_for(mailbox)
+            .len();
+        let mut asked: HashSet<NodeId> = HashSet::new();
+        let mut merged: HashMap<MessageHash, StoredMessage> = HashMap::new();
+        while asked.len() < members / 2 + 1 {
+            let (node, messages) = self.fetch_public_from(mailbox, &asked).await?;
+            asked.insert(node);
+            for m in messages {
+                merged.insert(m.hash, m);
+            }
+        }
+        let mut out: Vec<StoredMessage> = merged.into_values().collect();
+        out.sort_by_key(|m| (m.timestamp, m.hash));
+        Ok(out)
+    }
+
+    /// Every page of `mailbox`'s public namespace from one member not in `exclude`.
+    async fn fetch_public_from(
+        &self,
+        mailbox: &Mailbox,
+        exclude: &HashSet<NodeId>,
+    ) -> Result<(NodeId, Vec<StoredMessage>), NetError> {
         let mut out = Vec::new();
         let mut after = None;
+        let mut node: Option<NodeId> = None;
         loop {
             let body = Body::Retrieve(RetrieveRequest {
                 mailbox: *mailbox,
@@ -608,11 +651,37 @@ impl Net {
                 wait_ms: None,
             });
             let request = Request::unsigned(body).encode();
-            let (response, _) = self
-                .request(mailbox, Method::Retrieve, Duration::ZERO, |_, _| {
-                    request.clone()
-                })
+            // Later pages from the member that answered the first, so pages line up.
+            let others: HashSet<NodeId>;
+            let exclude = match node {
+                None => exclude,
+                Some(first) => {
+                    let roster = self.ensure_roster().await?;
+                    others = roster
+                        .roster()
+                        .members_for(mailbox)
+                        .iter()
+                        .map(|m| m.identity.node_id())
+                        .filter(|id| *id != first)
+                        .collect();
+                    &others
+                }
+            };
+            let (response, path) = self
+                .request_excluding(
+                    mailbox,
+                    Method::Retrieve,
+                    Duration::ZERO,
+                    |_, _| request.clone(),
+                    exclude,
+                )
                 .await?;
+            let answered = path
+                .hops
+                .last()
+                .map(IdentityPublicKey::node_id)
+                .ok_or(NetError::NoSwarm)?;
+            node.get_or_insert(answered);
             let Ok(ResponseBody::Retrieve(page)) = response.result else {
                 return Err(NetError::Refused(Status::Internal));
             };
@@ -622,7 +691,7 @@ impl Net {
             });
             out.extend(page.messages);
             if !page.more || after.is_none() {
-                return Ok(out);
+                return Ok((answered, out));
             }
         }
     }

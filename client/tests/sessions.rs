@@ -645,6 +645,16 @@ fn bundle_checks() {
     );
     assert_eq!(
         PrekeyBundle::verify(bob.bundle.as_bytes(), &bob.account.address(), T0 - 1).err(),
+        None,
+        "a sender's clock a little behind the publisher's is within the skew"
+    );
+    assert_eq!(
+        PrekeyBundle::verify(
+            bob.bundle.as_bytes(),
+            &bob.account.address(),
+            T0 - allium_client::session::CLOCK_SKEW_MS - 1
+        )
+        .err(),
         Some(SessionError::BundleNotYetValid)
     );
     let mut bad = bob.bundle.as_bytes().to_vec();

@@ -148,6 +148,10 @@ impl Person {
     /// `init`: the address and the recovery phrase.
     pub fn init(&self) -> (String, String) {
         let l = self.ok(&["init"]);
+        assert!(
+            l.iter().all(|v| v.get("warning").is_none()),
+            "init did not publish the keys: {l:?}"
+        );
         (
             l[0]["address"].as_str().unwrap().to_owned(),
             l[0]["phrase"].as_str().unwrap().to_owned(),

@@ -319,7 +319,8 @@ impl PrekeyBundle {
     /// `valid_from ≤ now < expires`, else [`SessionError::BundleNotYetValid`] or
     /// [`SessionError::BundleExpired`].
     pub fn check_time(&self, now: u64) -> Result<(), SessionError> {
-        if now < self.valid_from() {
+        // The publisher's clock may run ahead of the sender's by up to the network's window.
+        if now.saturating_add(super::CLOCK_SKEW_MS) < self.valid_from() {
             return Err(SessionError::BundleNotYetValid);
         }
         if now >= self.expires() {

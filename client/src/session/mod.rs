@@ -70,6 +70,10 @@ pub const MAX_MAILBOX_TTL_MS: u64 = 14 * 24 * 3600 * 1000;
 /// mailbox by then.
 pub const SKIPPED_KEY_TTL_MS: u64 = MAX_MAILBOX_TTL_MS;
 
+/// How far a bundle's `valid_from` may lie ahead of a sender's clock: two devices' clocks,
+/// each corrected to the nodes' time, still differ by up to the storage signature window.
+pub const CLOCK_SKEW_MS: u64 = 60_000;
+
 /// How often a device makes new prekeys (the caller's schedule).
 pub const PREKEY_ROTATION_MS: u64 = 48 * 3600 * 1000;
 
