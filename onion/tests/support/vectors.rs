@@ -286,7 +286,7 @@ pub fn document() -> Value {
     json!({
         "description": "Allium onion packet test vectors (whitepaper/onion.md). All byte strings are hex. \
             Values longer than 4096 bytes are given as their BLAKE2b-256 digest and their first 885 bytes (for a packet, its header). \
-            The fields are described in section 11 of onion.md.",
+            The fields are described in section 10 of onion.md.",
         "version": 1,
         "cases": all_cases().iter().map(compute).collect::<Vec<_>>(),
     })
