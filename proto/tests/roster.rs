@@ -961,16 +961,30 @@ proptest! {
     }
 }
 
-/// The join/leave measurements reported in `roster.md` §5.4 (published in the vectors file).
-fn measured() -> Value {
-    let mailboxes: Vec<Mailbox> = (0..10_000u32)
-        .map(|i| {
-            let mut m = [0u8; 32];
-            let halves = [node_key(i + 1_000_000), node_key(i + 2_000_000)];
-            m.copy_from_slice(&[halves[0].to_bytes(), halves[1].to_bytes()].concat()[..32]);
-            Mailbox::from_bytes(m)
-        })
-        .collect();
+/// The mailboxes of the measurement: mailbox `j` is `node_key(1_000_000 + j)`.
+fn measured_mailboxes() -> Vec<Mailbox> {
+    (0..10_000u32)
+        .map(|j| Mailbox::from_bytes(node_key(1_000_000 + j).to_bytes()))
+        .collect()
+}
+
+/// The nodes that join (`node_key(0)` … `node_key(99)`, in that order), and those that then
+/// leave: leave `k` removes the node at index `node_key(k)[0] mod (nodes present)` of the nodes
+/// present, kept in join order.
+fn measured_inputs() -> (Vec<NodeId>, Vec<usize>, Vec<NodeId>) {
+    let joins: Vec<NodeId> = (0..100).map(node_key).collect();
+    let mut present = joins.clone();
+    let (mut indices, mut leaves) = (vec![], vec![]);
+    for k in 0..40u32 {
+        let idx = usize::from(node_key(k).as_bytes()[0]) % present.len();
+        indices.push(idx);
+        leaves.push(present.remove(idx));
+    }
+    (joins, indices, leaves)
+}
+
+/// The join/leave measurements reported in `roster.md` §5.4, for one swarm size.
+fn measure(joins: &[NodeId], leaves: &[NodeId], mailboxes: &[Mailbox], size: usize) -> Value {
     let holder = |a: &BTreeMap<NodeId, u64>| -> Vec<Option<u64>> {
         let ids: BTreeSet<u64> = a.values().copied().collect();
         mailboxes
@@ -980,51 +994,88 @@ fn measured() -> Value {
     };
     let changed =
         |x: &[Option<u64>], y: &[Option<u64>]| x.iter().zip(y).filter(|(a, b)| a != b).count();
-    let mut report = vec![];
-    for size in [3usize, 5] {
-        // Grow 0 → 100 one node at a time.
-        let mut nodes: Vec<NodeId> = vec![];
-        let mut a = BTreeMap::new();
-        let (mut node_moves, mut mb_moves, mut created) = (0, 0, 0);
-        for i in 0..100 {
-            nodes.push(node_key(i));
-            let b = assign(&a, &nodes, size);
-            node_moves += moved(&a, &b);
-            created += sizes(&b).len().saturating_sub(sizes(&a).len());
-            mb_moves += changed(&holder(&a), &holder(&b));
-            a = b;
-        }
-        let grown_swarms = sizes(&a).len();
-        // Then 40 leaves, in a fixed pseudo-random order.
-        let (mut leave_moves, mut leave_max, mut leave_mb, mut dissolved) = (0, 0, 0, 0);
-        for k in 0..40u32 {
-            let idx = (node_key(k).as_bytes()[0] as usize) % nodes.len();
-            nodes.remove(idx);
-            let b = assign(&a, &nodes, size);
-            let m = moved(&a, &b);
-            leave_moves += m;
-            leave_max = leave_max.max(m);
-            dissolved += sizes(&a).len().saturating_sub(sizes(&b).len());
-            leave_mb += changed(&holder(&a), &holder(&b));
-            a = b;
-        }
-        report.push(json!({
-            "swarm_size": size,
-            "join_100": {"node_moves": node_moves, "swarms_created": created,
-                         "swarms": grown_swarms, "mailbox_moves_per_10000": mb_moves},
-            "leave_40": {"node_moves": leave_moves, "max_per_leave": leave_max,
-                         "swarms_dissolved": dissolved, "swarms": sizes(&a).len(),
-                         "mailbox_moves_per_10000": leave_mb},
-        }));
+    // Grow one node at a time.
+    let mut nodes: Vec<NodeId> = vec![];
+    let mut a = BTreeMap::new();
+    let (mut node_moves, mut mb_moves, mut created) = (0, 0, 0);
+    for n in joins {
+        nodes.push(*n);
+        let b = assign(&a, &nodes, size);
+        node_moves += moved(&a, &b);
+        created += sizes(&b).len().saturating_sub(sizes(&a).len());
+        mb_moves += changed(&holder(&a), &holder(&b));
+        a = b;
     }
-    Value::Array(report)
+    let grown_swarms = sizes(&a).len();
+    // Then the leaves, one at a time.
+    let (mut leave_moves, mut leave_max, mut leave_mb, mut dissolved) = (0, 0, 0, 0);
+    for n in leaves {
+        nodes.retain(|x| x != n);
+        let b = assign(&a, &nodes, size);
+        let m = moved(&a, &b);
+        leave_moves += m;
+        leave_max = leave_max.max(m);
+        dissolved += sizes(&a).len().saturating_sub(sizes(&b).len());
+        leave_mb += changed(&holder(&a), &holder(&b));
+        a = b;
+    }
+    json!({
+        "swarm_size": size,
+        "join_100": {"node_moves": node_moves, "swarms_created": created,
+                     "swarms": grown_swarms, "mailbox_moves_per_10000": mb_moves},
+        "leave_40": {"node_moves": leave_moves, "max_per_leave": leave_max,
+                     "swarms_dissolved": dissolved, "swarms": sizes(&a).len(),
+                     "mailbox_moves_per_10000": leave_mb},
+    })
+}
+
+fn blake2b256(data: &[u8]) -> [u8; 32] {
+    use blake2::{Blake2b, Digest, digest::consts::U32};
+    Blake2b::<U32>::digest(data).into()
+}
+
+/// The measurement with its inputs, as published.
+fn measured() -> Value {
+    let (joins, indices, leaves) = measured_inputs();
+    let mailboxes = measured_mailboxes();
+    let all: Vec<u8> = mailboxes.iter().flat_map(|m| *m.as_bytes()).collect();
+    let hexes = |v: &[NodeId]| {
+        v.iter()
+            .map(|n| hex::encode(n.as_bytes()))
+            .collect::<Vec<_>>()
+    };
+    json!({
+        "node_key": "node_key(i), i a u32: x = (i * 0x9e3779b97f4a7c15 mod 2^64) XOR 0x5151; \
+            then four times: x = x XOR (x >> 33), x = x * 0xff51afd7ed558ccd mod 2^64, append \
+            u64be(x) (32 bytes in all)",
+        "joins_rule": "node_key(0), ..., node_key(99), in that order",
+        "leave_rule": "leave k = 0..39 removes the node at index node_key(k)[0] mod (nodes \
+            present) of the nodes present, in join order",
+        "mailbox_rule": "mailbox j = node_key(1000000 + j), j = 0..9999; blake2b256 is of the \
+            10,000 mailboxes concatenated",
+        "joins": hexes(&joins),
+        "leave_indices": indices,
+        "leaves": hexes(&leaves),
+        "mailboxes": {
+            "count": mailboxes.len(),
+            "samples": ([0usize, 1, 9_999].map(|j| json!({
+                "j": j, "mailbox": hex::encode(mailboxes[j].as_bytes()),
+                "folded": format!("{:016x}", fold_mailbox(&mailboxes[j])),
+            }))),
+            "blake2b256": hex::encode(blake2b256(&all)),
+        },
+        "results": ([3usize, 5].map(|size| measure(&joins, &leaves, &mailboxes, size))),
+    })
 }
 
 #[test]
 fn measured_moves_hold_the_bounds() {
     let report = measured();
-    eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
-    for r in report.as_array().unwrap() {
+    eprintln!(
+        "{}",
+        serde_json::to_string_pretty(&report["results"]).unwrap()
+    );
+    for r in report["results"].as_array().unwrap() {
         let s = r["swarm_size"].as_u64().unwrap();
         let created = r["join_100"]["swarms_created"].as_u64().unwrap();
         assert!(r["join_100"]["node_moves"].as_u64().unwrap() <= created * (s - 1));
@@ -1034,33 +1085,272 @@ fn measured_moves_hold_the_bounds() {
 
 // ---- vectors ---------------------------------------------------------------------------------
 
+fn b32(v: &Value) -> [u8; 32] {
+    hex::decode(v.as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap()
+}
+
+fn node_of(v: &Value) -> NodeId {
+    NodeId::from_bytes(b32(v))
+}
+
+fn assignment_json(a: &BTreeMap<NodeId, u64>) -> Value {
+    a.iter()
+        .map(|(n, id)| json!({"identity": hex::encode(n.as_bytes()), "swarm_id": id}))
+        .collect()
+}
+
+fn assignment_of(v: &Value) -> BTreeMap<NodeId, u64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (node_of(&e["identity"]), e["swarm_id"].as_u64().unwrap()))
+        .collect()
+}
+
+/// The inputs of the descriptor `descriptor(seed)` builds.
+fn descriptor_input(seed: u8) -> Value {
+    let d = descriptor(seed);
+    json!({
+        "identity_seed": hex::encode([seed; 32]),
+        "addresses": d.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "onion_secret_seeds": [hex::encode([seed ^ 0x55; 32]), hex::encode([seed ^ 0xaa; 32])],
+        "epochs": [100, 101],
+        "software": d.software,
+        "published_at": d.published_at,
+    })
+}
+
+/// The descriptor of the inputs `v`: each onion secret seed is the X25519 secret key of its
+/// epoch, used as it is (clamped by X25519), and its certificate is signed by the identity.
+fn descriptor_of(v: &Value) -> (IdentityKeypair, Descriptor) {
+    let id = IdentityKeypair::from_seed(&b32(&v["identity_seed"]));
+    let onion_keys = v["onion_secret_seeds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(v["epochs"].as_array().unwrap())
+        .map(|(s, e)| {
+            let epoch = Epoch(u32::try_from(e.as_u64().unwrap()).unwrap());
+            OnionKeyCert::sign(&id, &OnionSecretKey::from_bytes(epoch, &b32(s)))
+        })
+        .collect();
+    let d = Descriptor {
+        identity: id.public(),
+        addresses: v["addresses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().parse().unwrap())
+            .collect(),
+        onion_keys,
+        software: v["software"].as_str().unwrap().into(),
+        published_at: v["published_at"].as_u64().unwrap(),
+    };
+    (id, d)
+}
+
+/// A descriptor vector: the inputs, the keys and certificates they give, and the encodings.
+fn descriptor_case(input: &Value) -> Value {
+    let (id, d) = descriptor_of(input);
+    let sd = SignedDescriptor::sign(&id, &d).unwrap();
+    let mut out = input.clone();
+    out["identity"] = json!(hex::encode(d.identity.as_bytes()));
+    out["onion_publics"] = d
+        .onion_keys
+        .iter()
+        .map(|c| json!(hex::encode(c.onion_key().as_bytes())))
+        .collect();
+    out["onion_key_certs"] = d
+        .onion_keys
+        .iter()
+        .map(|c| json!(hex::encode(c.to_bytes())))
+        .collect();
+    out["descriptor_cbor"] = json!(hex::encode(sd.descriptor_bytes()));
+    out["signed_descriptor_cbor"] = json!(hex::encode(sd.encode()));
+    out
+}
+
+/// A roster vector: the nodes' descriptor inputs, assigned from scratch with `swarm_size`,
+/// signed by the authority with seed `authority_seed`.
+fn roster_case(input: &Value) -> Value {
+    let descs: Vec<Descriptor> = input["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| descriptor_of(n).1)
+        .collect();
+    let size = input["swarm_size"].as_u64().unwrap();
+    let keys: Vec<NodeId> = descs.iter().map(|d| d.identity.node_id()).collect();
+    let a = assign(&BTreeMap::new(), &keys, size as usize);
+    let nodes = descs
+        .into_iter()
+        .map(|d| {
+            let swarm = a[&d.identity.node_id()];
+            NodeEntry::from_descriptor(d, swarm)
+        })
+        .collect();
+    let r = Roster::new(
+        input["network"].as_str().unwrap(),
+        input["version"].as_u64().unwrap(),
+        input["published_at"].as_u64().unwrap(),
+        size as usize,
+        nodes,
+    )
+    .unwrap();
+    let auth = IdentityKeypair::from_seed(&b32(&input["authority_seed"]));
+    let mut out = input.clone();
+    out["assignment"] = assignment_json(&a);
+    out["roster_cbor"] = json!(hex::encode(r.encode()));
+    out["signed_roster_cbor"] = json!(hex::encode(r.sign(&[&auth]).unwrap().encode()));
+    out
+}
+
+/// An assignment vector: `assign(previous, nodes, swarm_size)`.
+fn assignment_case(input: &Value) -> Value {
+    let previous = assignment_of(&input["previous"]);
+    let nodes: Vec<NodeId> = input["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(node_of)
+        .collect();
+    let size = input["swarm_size"].as_u64().unwrap() as usize;
+    let mut out = input.clone();
+    out["result"] = assignment_json(&assign(&previous, &nodes, size));
+    out
+}
+
+/// Rule 5 dissolving a swarm of two: 15 nodes with swarm size 5 form three swarms of 5; the
+/// members of swarm 2^62 leave one at a time, smallest key first, and the third leave leaves it
+/// 2 members, under `ceil(5/2) = 3` with no spare node anywhere. Its two members join the smallest
+/// remaining swarm in turn: the smaller key swarm 0 (a tie at 5 members, to the smaller id), the
+/// larger key swarm 2^63 (now the smaller).
+fn dissolution_input() -> Value {
+    let all: Vec<NodeId> = (200..215).map(node_key).collect();
+    let mut a = assign(&BTreeMap::new(), &all, 5);
+    let third = 1u64 << 62;
+    let mut nodes = all.clone();
+    for _ in 0..2 {
+        let leaver = *a.iter().find(|(_, id)| **id == third).unwrap().0;
+        nodes.retain(|n| *n != leaver);
+        a = assign(&a, &nodes, 5);
+    }
+    let leaver = *a.iter().find(|(_, id)| **id == third).unwrap().0;
+    nodes.retain(|n| *n != leaver);
+    let stay: Vec<NodeId> = a
+        .iter()
+        .filter(|(n, id)| **id == third && **n != leaver)
+        .map(|(n, _)| *n)
+        .collect();
+    let after = assign(&a, &nodes, 5);
+    assert_eq!(stay.len(), 2);
+    assert_eq!(after[&stay[0]], 0);
+    assert_eq!(after[&stay[1]], 1 << 63);
+    json!({
+        "name": "rule 5: a swarm left with 2 of 5 dissolves; its members, in ascending key \
+                 order, each join the smallest remaining swarm",
+        "swarm_size": 5,
+        "previous": assignment_json(&a),
+        "nodes": nodes.iter().map(|n| hex::encode(n.as_bytes())).collect::<Vec<_>>(),
+    })
+}
+
+/// A directory message: its value and encoding.
+fn directory_case(v: &Value) -> Value {
+    let bytes = if let Some(r) = v.get("request") {
+        let req = match r["type"].as_u64().unwrap() {
+            0 => {
+                DirectoryRequest::Register(hex::decode(r["descriptor"].as_str().unwrap()).unwrap())
+            }
+            1 => DirectoryRequest::GetRoster {
+                have_version: r.get("version").map(|x| x.as_u64().unwrap()),
+            },
+            t => panic!("request type {t}"),
+        };
+        let b = req.encode();
+        assert_eq!(DirectoryRequest::decode(&b).unwrap(), req);
+        b
+    } else {
+        let r = &v["response"];
+        let resp = match r["type"].as_u64().unwrap() {
+            0 => DirectoryResponse::Registered {
+                roster_version: r["version"].as_u64().unwrap(),
+            },
+            1 => DirectoryResponse::Roster(hex::decode(r["roster"].as_str().unwrap()).unwrap()),
+            2 => DirectoryResponse::NotModified,
+            3 => DirectoryResponse::Refused(r["reason"].as_str().unwrap().into()),
+            t => panic!("response type {t}"),
+        };
+        let b = resp.encode();
+        assert_eq!(DirectoryResponse::decode(&b).unwrap(), resp);
+        b
+    };
+    let mut out = v.clone();
+    out["cbor"] = json!(hex::encode(bytes));
+    out
+}
+
+fn swarm_for_case(roster: &Roster, mailbox: &Value) -> Value {
+    let m = Mailbox::from_bytes(b32(mailbox));
+    json!({"mailbox": mailbox, "folded": format!("{:016x}", fold_mailbox(&m)),
+           "swarm_id": roster.swarm_for(&m)})
+}
+
 fn vectors() -> Value {
     let auth = kp(0xa0);
     let net = network(&[&auth], 1);
-    let d = descriptor(1);
-    let sd = SignedDescriptor::sign(&kp(1), &d).unwrap();
+    let addr: SocketAddr = "127.0.0.1:4433".parse().unwrap();
+    let desc = descriptor_case(&descriptor_input(1));
+    let roster_in = json!({
+        "network": "allium-devnet",
+        "version": 1,
+        "published_at": NOW,
+        "swarm_size": 3,
+        "authority_seed": hex::encode([0xa0u8; 32]),
+        "nodes": (1..=7).map(descriptor_input).collect::<Vec<_>>(),
+    });
     let r = roster("allium-devnet", 1, &[1, 2, 3, 4, 5, 6, 7]);
-    let sr = r.sign(&[&auth]).unwrap();
-    let assigned: Vec<Value> = r
-        .nodes()
-        .iter()
-        .map(|n| json!({"identity": hex::encode(n.identity.as_bytes()), "swarm_id": n.swarm}))
-        .collect();
-    let mailboxes: Vec<Value> = [
+    let mailboxes = [
         [0u8; 32],
         [0xff; 32],
         std::array::from_fn(|i| i as u8),
         *kp(9).public().as_bytes(),
-    ]
-    .iter()
-    .map(|m| {
-        let m = Mailbox::from_bytes(*m);
-        json!({"mailbox": hex::encode(m.as_bytes()), "folded": format!("{:016x}", fold_mailbox(&m)),
-                   "swarm_id": r.swarm_for(&m)})
-    })
-    .collect();
-    let addr: SocketAddr = "127.0.0.1:4433".parse().unwrap();
+    ];
+    let directory = [
+        (
+            "register",
+            json!({"request": {"type": 0, "descriptor": desc["signed_descriptor_cbor"]}}),
+        ),
+        ("get_roster_none", json!({"request": {"type": 1}})),
+        (
+            "get_roster_7",
+            json!({"request": {"type": 1, "version": 7}}),
+        ),
+        (
+            "registered_7",
+            json!({"response": {"type": 0, "version": 7}}),
+        ),
+        (
+            "roster",
+            json!({"response": {"type": 1, "roster": hex::encode(b"signed roster bytes")}}),
+        ),
+        ("not_modified", json!({"response": {"type": 2}})),
+        (
+            "refused",
+            json!({"response": {"type": 3, "reason": "unreachable"}}),
+        ),
+    ];
     json!({
+        "description": "Allium roster test vectors (whitepaper/roster.md, section 8). Byte strings \
+            are hex. Each value is given with the inputs it is computed from. An identity_seed \
+            (and authority_seed) is an Ed25519 secret key (RFC 8032 seed). Each of \
+            onion_secret_seeds is the X25519 secret key of the onion key for the epoch at the \
+            same place in epochs, used as it is (X25519 clamps it, RFC 7748): its public key is \
+            in onion_publics and its certificate (onion.md section 1.1), signed by the identity, \
+            in onion_key_certs.",
         "network": {
             "toml": net.to_toml(),
             "authority_seed": hex::encode([0xa0u8; 32]),
@@ -1068,31 +1358,104 @@ fn vectors() -> Value {
             "fingerprint": net.fingerprint_hex(),
             "authority_address": addr.to_string(),
         },
-        "descriptor": {
-            "identity_seed": hex::encode([1u8; 32]),
-            "onion_secret_seeds": [hex::encode([0x54u8; 32]), hex::encode([0xabu8; 32])],
-            "epochs": [100, 101],
-            "descriptor_cbor": hex::encode(sd.descriptor_bytes()),
-            "signed_descriptor_cbor": hex::encode(sd.encode()),
-            "published_at": NOW,
-        },
-        "roster": {
-            "node_seeds": [1, 2, 3, 4, 5, 6, 7],
-            "swarm_size": 3,
-            "assignment": assigned,
-            "roster_cbor": hex::encode(r.encode()),
-            "signed_roster_cbor": hex::encode(sr.encode()),
-        },
-        "swarm_for": mailboxes,
+        "descriptor": desc,
+        "roster": roster_case(&roster_in),
+        "swarm_for": mailboxes.iter().map(|m| swarm_for_case(&r, &json!(hex::encode(m)))).collect::<Vec<_>>(),
+        "assignment_cases": [assignment_case(&dissolution_input())],
         "measured_moves": measured(),
-        "directory": {
-            "get_roster_none": hex::encode(DirectoryRequest::GetRoster { have_version: None }.encode()),
-            "get_roster_7": hex::encode(DirectoryRequest::GetRoster { have_version: Some(7) }.encode()),
-            "registered_7": hex::encode(DirectoryResponse::Registered { roster_version: 7 }.encode()),
-            "not_modified": hex::encode(DirectoryResponse::NotModified.encode()),
-            "refused": hex::encode(DirectoryResponse::Refused("unreachable".into()).encode()),
-        },
+        "directory": directory
+            .iter()
+            .map(|(n, v)| (n.to_string(), directory_case(v)))
+            .collect::<serde_json::Map<_, _>>(),
     })
+}
+
+/// Rebuilds every value of the file from the inputs published in it.
+fn rebuild(p: &Value) -> Value {
+    let mut out = p.clone();
+    let net = NetworkFile::from_toml(p["network"]["toml"].as_str().unwrap()).unwrap();
+    let auth = IdentityKeypair::from_seed(&b32(&p["network"]["authority_seed"]));
+    assert_eq!(net.authorities()[0].identity, auth.public());
+    out["network"]["canonical_cbor"] = json!(hex::encode(net.canonical_bytes()));
+    out["network"]["fingerprint"] = json!(net.fingerprint_hex());
+    let strip = |v: &Value, keys: &[&str]| {
+        let mut v = v.clone();
+        for k in keys {
+            v.as_object_mut().unwrap().remove(*k);
+        }
+        v
+    };
+    out["descriptor"] = descriptor_case(&strip(
+        &p["descriptor"],
+        &[
+            "identity",
+            "onion_publics",
+            "onion_key_certs",
+            "descriptor_cbor",
+            "signed_descriptor_cbor",
+        ],
+    ));
+    out["roster"] = roster_case(&strip(
+        &p["roster"],
+        &["assignment", "roster_cbor", "signed_roster_cbor"],
+    ));
+    let sr = hex::decode(out["roster"]["signed_roster_cbor"].as_str().unwrap()).unwrap();
+    let r = SignedRoster::decode_and_verify(&sr, &net, None).unwrap();
+    out["swarm_for"] = p["swarm_for"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| swarm_for_case(&r, &c["mailbox"]))
+        .collect();
+    out["assignment_cases"] = p["assignment_cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| assignment_case(&strip(c, &["result"])))
+        .collect();
+    for (name, c) in p["directory"].as_object().unwrap() {
+        out["directory"][name] = directory_case(&strip(c, &["cbor"]));
+    }
+    // The measurement: the published joins and leaves, the leave indices they follow from, and
+    // the mailboxes from their generator.
+    let m = &p["measured_moves"];
+    let joins: Vec<NodeId> = m["joins"].as_array().unwrap().iter().map(node_of).collect();
+    let mut present = joins.clone();
+    let leaves: Vec<NodeId> = m["leave_indices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| present.remove(i.as_u64().unwrap() as usize))
+        .collect();
+    assert_eq!(
+        leaves,
+        m["leaves"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(node_of)
+            .collect::<Vec<_>>()
+    );
+    let mailboxes = measured_mailboxes();
+    let all: Vec<u8> = mailboxes.iter().flat_map(|x| *x.as_bytes()).collect();
+    assert_eq!(
+        m["mailboxes"]["blake2b256"],
+        json!(hex::encode(blake2b256(&all)))
+    );
+    out["measured_moves"]["results"] = m["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            measure(
+                &joins,
+                &leaves,
+                &mailboxes,
+                r["swarm_size"].as_u64().unwrap() as usize,
+            )
+        })
+        .collect();
+    out
 }
 
 #[test]
@@ -1107,6 +1470,12 @@ fn vectors_match_the_whitepaper() {
     assert_eq!(
         published, computed,
         "whitepaper/vectors/roster.json differs from the code"
+    );
+    // Every value is what the inputs published beside it give.
+    assert_eq!(
+        rebuild(&published),
+        published,
+        "a value in whitepaper/vectors/roster.json is not recomputed from its inputs"
     );
     // The published bytes verify and re-encode to themselves.
     let net = NetworkFile::from_toml(published["network"]["toml"].as_str().unwrap()).unwrap();
