@@ -219,7 +219,8 @@ struct DevnetArgs {
     /// Folder holding the network file and every node's config, data and log.
     #[arg(long, value_name = "DIR", default_value = "./allium-devnet")]
     dir: PathBuf,
-    /// Nodes besides the authority (9 makes three swarms of 3).
+    /// Nodes besides the authority, which is a node too (9 make ten nodes: with --swarm-size 3,
+    /// three swarms of 4, 3 and 3 members).
     #[arg(long, value_name = "N", default_value_t = 9,
           value_parser = clap::value_parser!(u16).range(1..=1000))]
     nodes: u16,
@@ -486,7 +487,7 @@ async fn devnet_main(binary: PathBuf, dir: PathBuf, args: DevnetArgs) -> ExitCod
 
     match form_network(&mut net, &network, total, &args, &shutdown).await {
         Ok(Formed::Ready { version, swarms }) => {
-            print_ready(&net, &network, total, version, swarms);
+            print_ready(&net, &network, total, version, &swarms);
         }
         Ok(Formed::Interrupted) => return stop_devnet(&mut net, None),
         Err(e) => return stop_devnet(&mut net, Some(&e)),
@@ -517,7 +518,11 @@ async fn devnet_main(binary: PathBuf, dir: PathBuf, args: DevnetArgs) -> ExitCod
 }
 
 enum Formed {
-    Ready { version: u64, swarms: usize },
+    /// The roster lists every node; `swarms` holds each swarm's number of members, largest first.
+    Ready {
+        version: u64,
+        swarms: Vec<usize>,
+    },
     Interrupted,
 }
 
@@ -595,19 +600,30 @@ async fn form_network(
             () = shutdown.triggered() => return Ok(Formed::Interrupted),
         }
     }
-    Ok(Formed::Ready {
-        version,
-        swarms: roster.swarms().len(),
-    })
+    let mut swarms: Vec<usize> = roster.swarms().values().map(Vec::len).collect();
+    swarms.sort_unstable_by(|a, b| b.cmp(a));
+    Ok(Formed::Ready { version, swarms })
 }
 
 #[allow(clippy::print_stdout)]
-fn print_ready(net: &Devnet, network: &NetworkFile, total: usize, version: u64, swarms: usize) {
+fn print_ready(net: &Devnet, network: &NetworkFile, total: usize, version: u64, swarms: &[usize]) {
     let file = net.network_file.display();
-    let plural = if swarms == 1 { "" } else { "s" };
+    let count = swarms.len();
+    let plural = if count == 1 { "" } else { "s" };
+    let sizes = match swarms.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!(
+            "{} and {last}",
+            rest.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        _ => swarms.iter().map(ToString::to_string).collect(),
+    };
     println!(
-        "Devnet ready: {total} processes, {swarms} swarm{plural} of up to {} (roster version \
-         {version}).",
+        "Devnet ready: {total} nodes (the authority and {} more), {count} swarm{plural} of \
+         {sizes} members (target {}), roster version {version}.",
+        total - 1,
         network.params().swarm_size
     );
     println!();
