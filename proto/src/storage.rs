@@ -14,9 +14,14 @@ use crate::time::UnixMillis;
 
 /// Version of this protocol, reported by `info`.
 pub const PROTOCOL_VERSION: u64 = 1;
-/// Largest encoded request a node decodes (fits the 64 KiB onion payload class).
+/// Largest encoded request a node decodes; a longer one is refused (`too_large`) before parsing.
+/// This is the decoder's bound: an onion packet carries less (64,646 bytes of request in the large
+/// class, 3,206 in the small; whitepaper onion §3).
 pub const MAX_REQUEST_BYTES: usize = 65_536;
-/// Largest encoded response.
+/// Largest encoded response a client decodes; a longer one is refused before parsing. This is the
+/// decoder's bound: what a node can send is bounded by the reply it travels in,
+/// [`allium_onion::max_response`] bytes (65,515 in the large class, 4,075 in the small), and
+/// every response within this module's limits fits the large class (whitepaper storage §1).
 pub const MAX_RESPONSE_BYTES: usize = 65_536;
 /// Largest message data.
 pub const MAX_DATA_BYTES: usize = 61_440;
@@ -24,8 +29,9 @@ pub const MAX_DATA_BYTES: usize = 61_440;
 pub const MAX_HASHES: usize = 256;
 /// Most messages in one `retrieve` response.
 pub const MAX_RETRIEVE_COUNT: u16 = 256;
-/// Budget for the encoded messages of one `retrieve` response (keeps it under
-/// [`MAX_RESPONSE_BYTES`]; one message of [`MAX_DATA_BYTES`] always fits).
+/// Budget for the encoded messages of one `retrieve` response (keeps the whole answer, at most
+/// 21 bytes more, within a large reply's 65,515 bytes; one message of [`MAX_DATA_BYTES`] always
+/// fits).
 pub const RETRIEVE_BUDGET_BYTES: usize = 64_000;
 /// Longest long-poll wait a `retrieve` may ask for.
 pub const MAX_WAIT_MS: u64 = 60_000;

@@ -324,6 +324,36 @@ fn limits_are_enforced() {
         }),
     );
     assert!(full.encode().len() <= MAX_RESPONSE_BYTES);
+    // The largest answers fit the body of a large reply (65,515 bytes), which is what bounds a
+    // response on the wire (storage §1): a retrieve answer of 256 messages filling
+    // RETRIEVE_BUDGET_BYTES exactly, and a roster answer carrying MAX_ROSTER_BYTES.
+    let capacity = allium_onion::max_response(allium_onion::SizeClass::Large);
+    assert_eq!(capacity, 65_515);
+    let one = StoredMessage {
+        hash: MessageHash([0; 32]),
+        timestamp: u64::MAX,
+        expiry: u64::MAX,
+        data: vec![0; 191],
+    };
+    assert_eq!(one.encoded_len() * 256, RETRIEVE_BUDGET_BYTES);
+    let budget_full = Response::ok(
+        u64::MAX,
+        ResponseBody::Retrieve(RetrieveResponse {
+            messages: vec![one; 256],
+            more: true,
+        }),
+    );
+    assert_eq!(budget_full.encode().len(), RETRIEVE_BUDGET_BYTES + 21);
+    assert!(budget_full.encode().len() <= capacity);
+    let roster = Response::ok(
+        u64::MAX,
+        ResponseBody::Roster(RosterResponse {
+            version: u64::MAX,
+            roster: Some(vec![0; MAX_ROSTER_BYTES]),
+        }),
+    );
+    assert_eq!(roster.encode().len(), MAX_ROSTER_BYTES + 29);
+    assert!(roster.encode().len() <= capacity);
     // Oversized input is refused by length before parsing.
     assert!(matches!(
         Request::decode(&vec![0; MAX_REQUEST_BYTES + 1]),
