@@ -444,13 +444,7 @@ impl Replicator {
                         return Err(PeerError::Mismatch);
                     };
                     complete &= items.len() == keys.len();
-                    let bytes: usize = items
-                        .iter()
-                        .map(|i| match i {
-                            Item::Message(m) => m.data.len(),
-                            _ => 0,
-                        })
-                        .sum();
+                    let bytes: usize = items.iter().map(Item::data_len).sum();
                     budget = budget.saturating_sub(bytes);
                     self.apply(items).await?;
                 }
@@ -617,10 +611,7 @@ fn chunked(items: &[Item]) -> Vec<Vec<u8>> {
     let mut batch = Vec::new();
     let mut bytes = 0;
     for item in items {
-        let len = match item {
-            Item::Message(m) => m.data.len(),
-            _ => 0,
-        };
+        let len = item.data_len();
         if !batch.is_empty() && (batch.len() == MAX_ITEMS || bytes + len > FETCH_BUDGET) {
             out.push(PeerRequest::Replicate(std::mem::take(&mut batch)).encode());
             bytes = 0;

@@ -217,6 +217,15 @@ pub enum Item {
 }
 
 impl Item {
+    /// Bytes of message data the item carries (none for tombstones and expiries): what the
+    /// fetch and pull budgets count.
+    pub fn data_len(&self) -> usize {
+        match self {
+            Item::Message(m) => m.data.len(),
+            Item::Tombstone { .. } | Item::Expiry { .. } => 0,
+        }
+    }
+
     /// The mailbox the item concerns.
     pub fn mailbox(&self) -> &Mailbox {
         match self {
@@ -288,6 +297,47 @@ impl Item {
         };
         d.leave();
         Ok(item)
+    }
+}
+
+/// What a member does about a page of a peer's entries to converge (whitepaper storage §9.4 step
+/// 3): items to apply as they are, and keys whose message it must fetch from the peer.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Items to apply here as they are (tombstones, later expiry settings).
+    pub apply: Vec<Item>,
+    /// Keys whose message must be fetched from the peer.
+    pub fetch: Vec<EntryKey>,
+}
+
+impl Plan {
+    /// Adds what to do about the peer's entry `theirs`, given what is held here under its key
+    /// (`mine`) at `now`, by the merge rule of §9.3: a tombstone not held here is applied, a live
+    /// message not held is fetched, a later expiry setting is applied; entries expired at `now`
+    /// change nothing.
+    pub fn add(&mut self, mine: Option<EntryState>, theirs: &Entry, now: UnixMillis) {
+        let key = theirs.key;
+        match (mine, theirs.state) {
+            (_, EntryState::Deleted { until }) if until > now => {
+                if !matches!(mine, Some(EntryState::Deleted { .. })) {
+                    self.apply.push(Item::Tombstone { key, until });
+                }
+            }
+            (_, EntryState::Deleted { .. }) => {}
+            (_, EntryState::Live { expiry, .. }) if expiry <= now => {}
+            (None, EntryState::Live { .. }) => self.fetch.push(key),
+            (Some(m @ EntryState::Live { .. }), t @ EntryState::Live { expiry, set_at }) => {
+                if m.superseded_by(t) {
+                    self.apply.push(Item::Expiry {
+                        key,
+                        expiry,
+                        set_at,
+                    });
+                }
+            }
+            // A tombstone here beats the peer's live copy; the peer pulls it in its turn.
+            (Some(EntryState::Deleted { .. }), EntryState::Live { .. }) => {}
+        }
     }
 }
 

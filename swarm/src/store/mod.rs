@@ -25,7 +25,9 @@ pub mod error;
 use allium_proto::storage::{
     CursorKey, MAX_DATA_BYTES, Mailbox, MessageHash, Namespace, StoreResponse, StoredMessage,
 };
-use allium_proto::sync::{Digests, ENTRY_KEY_LEN, Entry, EntryKey, EntryState, Item, ItemMessage};
+use allium_proto::sync::{
+    Digests, ENTRY_KEY_LEN, Entry, EntryKey, EntryState, Item, ItemMessage, Plan,
+};
 use allium_proto::time::{Clock, UnixMillis};
 use error::StoreError;
 
@@ -1547,15 +1549,6 @@ impl Store {
 
 // ---- anti-entropy reads (whitepaper §9) ----------------------------------------------------
 
-/// What [`Store::reconcile`] found to do.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Reconcile {
-    /// Items to apply here as they are.
-    pub apply: Vec<Item>,
-    /// Keys whose message must be fetched from the peer.
-    pub fetch: Vec<EntryKey>,
-}
-
 /// Computes the bucket digests from what is on disk (once, at open).
 fn initial_digests(db: &DB) -> Result<Digests, StoreError> {
     let mut d = Digests::default();
@@ -1736,41 +1729,18 @@ impl Store {
     }
 
     /// Compares a page of a peer's entries with what is held here and says what to do to
-    /// converge (the merge rule of whitepaper §9.3): items to apply as they are (tombstones,
-    /// later expiries) and keys whose message must be fetched. Entries expired at `now`, and
-    /// those `wanted` refuses (mailboxes outside this node's swarm), are skipped.
+    /// converge ([`Plan::add`], the merge rule of whitepaper §9.3): items to apply as they are
+    /// (tombstones, later expiries) and keys whose message must be fetched. Entries expired at
+    /// `now`, and those `wanted` refuses (mailboxes outside this node's swarm), are skipped.
     pub fn reconcile(
         &self,
         theirs: &[Entry],
         now: UnixMillis,
         wanted: impl Fn(&Mailbox) -> bool,
-    ) -> Result<Reconcile, StoreError> {
-        let mut plan = Reconcile::default();
-        for e in theirs {
-            if !wanted(&e.key.mailbox) {
-                continue;
-            }
-            let mine = self.entry(&e.key)?;
-            match (mine, e.state) {
-                (_, EntryState::Deleted { until }) if until > now => {
-                    if !matches!(mine, Some(EntryState::Deleted { .. })) {
-                        plan.apply.push(Item::Tombstone { key: e.key, until });
-                    }
-                }
-                (_, EntryState::Deleted { .. }) => {}
-                (_, EntryState::Live { expiry, .. }) if expiry <= now => {}
-                (None, EntryState::Live { .. }) => plan.fetch.push(e.key),
-                (Some(m @ EntryState::Live { .. }), t @ EntryState::Live { expiry, set_at }) => {
-                    if m.superseded_by(t) {
-                        plan.apply.push(Item::Expiry {
-                            key: e.key,
-                            expiry,
-                            set_at,
-                        });
-                    }
-                }
-                (Some(EntryState::Deleted { .. }), EntryState::Live { .. }) => {}
-            }
+    ) -> Result<Plan, StoreError> {
+        let mut plan = Plan::default();
+        for e in theirs.iter().filter(|e| wanted(&e.key.mailbox)) {
+            plan.add(self.entry(&e.key)?, e, now);
         }
         Ok(plan)
     }
