@@ -1,6 +1,7 @@
 //! Swarm replication on a node (whitepaper storage §9): which mailboxes this node serves, the
 //! quorum a store waits for, the peer protocol it answers, anti-entropy rounds against its swarm
-//! peers, and hand-off of mailboxes that moved to another swarm.
+//! peers (each pull an [`allium_proto::sync::Session`] driven over the link), and hand-off of
+//! mailboxes that moved to another swarm.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 use allium_onion::IdentityPublicKey;
 use allium_proto::storage::GetSwarmResponse;
 use allium_proto::sync::{
-    BUCKETS, EntryKey, Item, MAX_ENTRIES, MAX_FETCH, MAX_ITEMS, PeerRequest, PeerResponse,
+    Action, EntryKey, Item, MAX_FETCH, MAX_ITEMS, PeerRequest, PeerResponse, Session, SessionError,
 };
 use allium_proto::{
     Clock, DecodeError, Mailbox, Method, NodeId, Response, ResponseBody, Status, SystemClock,
@@ -170,8 +171,8 @@ enum PeerError {
     Refused,
     #[error("undecodable answer: {0}")]
     Decode(#[from] DecodeError),
-    #[error("the peer answered another method")]
-    Mismatch,
+    #[error(transparent)]
+    Session(#[from] SessionError),
     #[error("local store: {0}")]
     Store(#[from] StoreError),
     #[error("local task failed")]
@@ -399,62 +400,31 @@ impl Replicator {
 
     /// Pulls from `peer` what this node lacks (a tombstone, a later expiry or a whole
     /// message) for mailboxes of its swarm. Returns whether everything was pulled; the byte
-    /// budget may leave the rest for the next round.
+    /// budget may leave the rest for the next round. The protocol is the [`Session`]'s; this
+    /// only carries its requests and runs the store calls it asks for.
     async fn pull_from(&self, peer: &Member) -> Result<bool, PeerError> {
-        let PeerResponse::Root(root) = self.call(peer, PeerRequest::Root).await? else {
-            return Err(PeerError::Mismatch);
-        };
-        let mine = self.store().digests();
-        if root == mine.root() {
-            return Ok(true);
-        }
-        let PeerResponse::Buckets(theirs) = self.call(peer, PeerRequest::Buckets).await? else {
-            return Err(PeerError::Mismatch);
-        };
-        let mine = mine.truncated();
-        let mut budget = usize::try_from(self.cfg.max_pull_bytes).unwrap_or(usize::MAX);
-        let mut complete = true;
-        for bucket in (0..BUCKETS).filter(|&b| theirs.get(b) != mine.get(b)) {
-            let mut after = None;
-            loop {
-                let request = PeerRequest::Entries {
-                    bucket: bucket as u8,
-                    after,
-                    limit: MAX_ENTRIES as u16,
-                };
-                let PeerResponse::Entries { entries, more } = self.call(peer, request).await?
-                else {
-                    return Err(PeerError::Mismatch);
-                };
-                let (store, membership, now) =
-                    (self.store().clone(), self.membership.clone(), self.now());
-                let page = entries.clone();
-                let plan = tokio::task::spawn_blocking(move || {
-                    store.reconcile(&page, now, |m| membership.owns(m))
-                })
-                .await
-                .map_err(|_| PeerError::Task)??;
-                self.apply(plan.apply).await?;
-                for keys in plan.fetch.chunks(MAX_FETCH) {
-                    if budget == 0 {
-                        return Ok(false);
-                    }
-                    let request = PeerRequest::Fetch(keys.to_vec());
-                    let PeerResponse::Fetched(items) = self.call(peer, request).await? else {
-                        return Err(PeerError::Mismatch);
-                    };
-                    complete &= items.len() == keys.len();
-                    let bytes: usize = items.iter().map(Item::data_len).sum();
-                    budget = budget.saturating_sub(bytes);
-                    self.apply(items).await?;
+        let budget = usize::try_from(self.cfg.max_pull_bytes).unwrap_or(usize::MAX);
+        let mut session = Session::new(self.store().digests(), budget);
+        loop {
+            match session.poll() {
+                Action::Send(request) => {
+                    let answer = self.call(peer, request).await?;
+                    session.handle_response(answer)?;
                 }
-                after = entries.last().map(|e| e.key);
-                if !more || after.is_none() {
-                    break;
+                Action::Reconcile(page) => {
+                    let (store, membership, now) =
+                        (self.store().clone(), self.membership.clone(), self.now());
+                    let plan = tokio::task::spawn_blocking(move || {
+                        store.reconcile(&page, now, |m| membership.owns(m))
+                    })
+                    .await
+                    .map_err(|_| PeerError::Task)??;
+                    session.handle_plan(plan)?;
                 }
+                Action::Apply(items) => self.apply(items).await?,
+                Action::Done { complete } => return Ok(complete),
             }
         }
-        Ok(complete)
     }
 
     /// Applies items pulled from a peer, checked as any peer's items are.

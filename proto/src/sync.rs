@@ -1,5 +1,10 @@
 //! Replication between swarm members (whitepaper storage §9): the items members exchange, the
-//! anti-entropy digests, and the CBOR peer protocol. Pure: no I/O, no clock.
+//! anti-entropy digests, the CBOR peer protocol, and [`Session`], one anti-entropy pull as a
+//! state machine. Pure: no I/O, no clock.
+
+mod session;
+
+pub use session::{Action, Session, SessionError};
 
 use crate::cbor::{Decoder, Encoder};
 use crate::crypto;
@@ -512,6 +517,17 @@ pub enum PeerResponse {
 }
 
 impl PeerResponse {
+    /// The method this answers.
+    pub fn method(&self) -> PeerMethod {
+        match self {
+            PeerResponse::Replicated(_) => PeerMethod::Replicate,
+            PeerResponse::Root(_) => PeerMethod::Root,
+            PeerResponse::Buckets(_) => PeerMethod::Buckets,
+            PeerResponse::Entries { .. } => PeerMethod::Entries,
+            PeerResponse::Fetched(_) => PeerMethod::Fetch,
+        }
+    }
+
     /// Canonical CBOR.
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Encoder::with_capacity(64);
