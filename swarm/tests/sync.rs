@@ -6,7 +6,7 @@
 mod common;
 
 use allium_proto::storage::{INBOX, Mailbox, MessageHash};
-use allium_proto::sync::{BUCKETS, Item, PeerRequest, PeerResponse};
+use allium_proto::sync::{Action, Item, PeerRequest, PeerResponse, Session};
 use allium_swarm::{NewMessage, RetrieveQuery, Store, StoreConfig};
 use common::{T0, key, mailbox, open};
 use proptest::prelude::*;
@@ -45,72 +45,46 @@ fn live(s: &Store, mb: Mailbox, now: u64) -> Vec<(MessageHash, u64)> {
     v
 }
 
-/// One pull of `into` from `from`, through the encoded peer messages, as a node does it.
-/// Returns the peer-protocol bytes exchanged.
+/// One pull of `into` from `from` as a node runs it: a [`Session`] whose requests and answers
+/// go through their encodings. Returns the peer-protocol bytes exchanged.
 fn pull(from: &Store, into: &Store, now: u64) -> usize {
     let mut bytes = 0;
-    let mut call = |req: PeerRequest| -> PeerResponse {
-        let r = req.encode();
-        let req = PeerRequest::decode(&r).unwrap();
-        let resp = match &req {
-            PeerRequest::Root => PeerResponse::Root(from.digests().root()),
-            PeerRequest::Buckets => PeerResponse::Buckets(from.digests().truncated()),
-            PeerRequest::Entries {
-                bucket,
-                after,
-                limit,
-            } => {
-                let (entries, more) = from
-                    .entries(*bucket, after.as_ref(), usize::from(*limit))
-                    .unwrap();
-                PeerResponse::Entries { entries, more }
-            }
-            PeerRequest::Fetch(keys) => PeerResponse::Fetched(from.fetch(keys, 1 << 20).unwrap()),
-            PeerRequest::Replicate(_) => unreachable!(),
-        };
-        let out = resp.encode();
-        bytes += r.len() + out.len();
-        PeerResponse::decode(&out, req.method()).unwrap()
-    };
-    let PeerResponse::Root(root) = call(PeerRequest::Root) else {
-        panic!()
-    };
-    if root == into.digests().root() {
-        return bytes;
-    }
-    let PeerResponse::Buckets(theirs) = call(PeerRequest::Buckets) else {
-        panic!()
-    };
-    let mine = into.digests().truncated();
-    for b in 0..BUCKETS {
-        if theirs[b] == mine[b] {
-            continue;
-        }
-        let mut after = None;
-        loop {
-            let PeerResponse::Entries { entries, more } = call(PeerRequest::Entries {
-                bucket: b as u8,
-                after,
-                // Small pages, so paging is exercised.
-                limit: 3,
-            }) else {
-                panic!()
-            };
-            let plan = into.reconcile(&entries, now, |_| true).unwrap();
-            assert!(into.apply_items(plan.apply, now).iter().all(Result::is_ok));
-            if !plan.fetch.is_empty() {
-                let PeerResponse::Fetched(items) = call(PeerRequest::Fetch(plan.fetch)) else {
-                    panic!()
+    let mut session = Session::new(into.digests(), usize::MAX);
+    loop {
+        match session.poll() {
+            Action::Send(req) => {
+                let r = req.encode();
+                let req = PeerRequest::decode(&r).unwrap();
+                let resp = match &req {
+                    PeerRequest::Root => PeerResponse::Root(from.digests().root()),
+                    PeerRequest::Buckets => PeerResponse::Buckets(from.digests().truncated()),
+                    // Smaller pages than asked for (a peer may send fewer), so paging is
+                    // exercised.
+                    PeerRequest::Entries { bucket, after, .. } => {
+                        let (entries, more) = from.entries(*bucket, after.as_ref(), 3).unwrap();
+                        PeerResponse::Entries { entries, more }
+                    }
+                    PeerRequest::Fetch(keys) => {
+                        PeerResponse::Fetched(from.fetch(keys, 1 << 20).unwrap())
+                    }
+                    PeerRequest::Replicate(_) => unreachable!(),
                 };
-                assert!(into.apply_items(items, now).iter().all(Result::is_ok));
+                let out = resp.encode();
+                bytes += r.len() + out.len();
+                let resp = PeerResponse::decode(&out, req.method()).unwrap();
+                session.handle_response(resp).unwrap();
             }
-            after = entries.last().map(|e| e.key);
-            if !more {
-                break;
+            Action::Reconcile(page) => {
+                let plan = into.reconcile(&page, now, |_| true).unwrap();
+                session.handle_plan(plan).unwrap();
+            }
+            Action::Apply(items) => assert!(into.apply_items(items, now).iter().all(Result::is_ok)),
+            Action::Done { complete } => {
+                assert!(complete);
+                return bytes;
             }
         }
     }
-    bytes
 }
 
 fn sync(a: &Store, b: &Store, now: u64) {
