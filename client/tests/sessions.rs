@@ -652,7 +652,7 @@ fn bundle_checks() {
         PrekeyBundle::verify(
             bob.bundle.as_bytes(),
             &bob.account.address(),
-            T0 - allium_client::session::CLOCK_SKEW_MS - 1
+            T0 - session::CLOCK_SKEW_MS - 1
         )
         .err(),
         Some(SessionError::BundleNotYetValid)
