@@ -127,6 +127,72 @@ pub fn authenticate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::{
+        Body, INBOX, Mailbox, OWNER, PUBLIC, Request, RetrieveRequest, StoreRequest,
+    };
+    use ed25519_dalek::SigningKey;
+
+    fn decoded(r: &Request) -> DecodedRequest {
+        Request::decode(&r.encode()).unwrap()
+    }
+
+    /// storage.md §4.3: who signs what, by namespace alone.
+    #[test]
+    fn namespaces_decide_who_signs() {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let mailbox = Mailbox::from_bytes(key.verifying_key().to_bytes());
+        let node = NodeId::from_bytes([9; 32]);
+        let now = 1_000_000;
+        let retrieve = |namespace| {
+            Body::Retrieve(RetrieveRequest {
+                mailbox,
+                namespace,
+                after: None,
+                limit: None,
+                wait_ms: None,
+            })
+        };
+        let store = |namespace| {
+            Body::Store(StoreRequest {
+                mailbox,
+                namespace,
+                ttl_ms: 60_000,
+                data: vec![1],
+            })
+        };
+        let check =
+            |r: Request| authenticate(&decoded(&r), &node, now, &mut ReplayCache::new(60_000, 10));
+        // Anyone reads the public namespace, unsigned; a signature there is malformed.
+        assert_eq!(check(Request::unsigned(retrieve(PUBLIC))), Ok(()));
+        let mut with_auth = Request::signed(retrieve(INBOX), &key, &node, now);
+        with_auth.body = retrieve(PUBLIC);
+        assert_eq!(check(with_auth), Err(AuthError::Unexpected));
+        // Only the owner writes it, and reads every other namespace.
+        assert_eq!(
+            check(Request::unsigned(store(PUBLIC))),
+            Err(AuthError::Missing)
+        );
+        assert_eq!(
+            check(Request::signed(store(PUBLIC), &key, &node, now)),
+            Ok(())
+        );
+        for ns in [INBOX, OWNER, 5] {
+            assert_eq!(
+                check(Request::unsigned(retrieve(ns))),
+                Err(AuthError::Missing)
+            );
+            assert_eq!(
+                check(Request::signed(retrieve(ns), &key, &node, now)),
+                Ok(())
+            );
+        }
+        // Anyone deposits into the inbox, unsigned.
+        assert_eq!(check(Request::unsigned(store(INBOX))), Ok(()));
+        assert_eq!(
+            check(Request::unsigned(store(OWNER))),
+            Err(AuthError::Missing)
+        );
+    }
 
     #[test]
     fn window_edges_are_inclusive() {

@@ -414,6 +414,10 @@ fn vectors() -> Value {
             "store to inbox",
             json!({ "method": 1, "body": { "mailbox": mb, "namespace": INBOX, "ttl_ms": day, "data": data } }),
         ),
+        (
+            "retrieve from the public namespace",
+            json!({ "method": 2, "body": { "mailbox": mb, "namespace": 2, "wait_ms": 10_000 } }),
+        ),
         ("info", json!({ "method": 6, "body": {} })),
         (
             "get_swarm",
@@ -449,6 +453,10 @@ fn vectors() -> Value {
             "expire in namespace 5",
             json!({ "method": 5, "body": {
                 "mailbox": mb, "namespace": 5, "hashes": [h], "expiry": TS + 3_600_000 } }),
+        ),
+        (
+            "store to the public namespace",
+            json!({ "method": 1, "body": { "mailbox": mb, "namespace": 2, "ttl_ms": day, "data": data } }),
         ),
         (
             "store to namespace 5",
