@@ -4,7 +4,12 @@
 //! A 100-byte text, as people send.
 //!
 //! `cargo bench -p allium-bench --bench session`
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stdout)] // a bench: a failed setup ends it, and it prints
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout
+)] // a bench: a failed setup ends it, and it prints
 
 use std::hint::black_box;
 use std::time::Duration;

@@ -14,6 +14,7 @@ use allium_proto::network::NetworkFile;
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
+use crate::display;
 use crate::identity::{Address, AddressError, Identity, IdentityError};
 use crate::messenger::payload::Content;
 use crate::messenger::{Account, Messenger, MessengerError, Received, Skipped};
@@ -742,7 +743,12 @@ async fn fetch_round(
                 })
             );
         } else {
-            println!("{from}: {text}");
+            // Another person's text: shown, never obeyed by the terminal.
+            println!(
+                "{}: {}",
+                display::neutralize(&from),
+                display::neutralize_lines(text, "  ")
+            );
         }
     };
     let on_skip = |s: &Skipped| {

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod cli;
+pub mod display;
 pub mod envelope;
 pub mod identity;
 pub mod messenger;

@@ -103,6 +103,25 @@ impl Person {
         c
     }
 
+    /// Runs a command in human-readable mode (no `--json`); returns its exit code and output.
+    pub fn run_human(&self, args: &[&str]) -> (i32, String) {
+        let out = Command::new(client_binary())
+            .arg("--data-dir")
+            .arg(&self.data)
+            .arg("--network")
+            .arg(&self.network)
+            .args(args)
+            .env_remove("ALLIUM_NETWORK")
+            .env_remove("ALLIUM_DATA_DIR")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
     /// Runs a command with `input` on standard input.
     pub fn run_with_input(&self, args: &[&str], input: &str) -> Output {
         let mut child = self

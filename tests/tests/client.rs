@@ -40,6 +40,22 @@ async fn two_people_talk_both_ways_offline_and_after_restoring_an_identity() {
     );
     assert!(bob.inbox().is_empty(), "nothing is shown twice");
 
+    // A sender's control characters reach Bob's terminal as visible escapes, never as commands
+    // (a title change, a cleared screen, a line posing as another message); --json stays exact.
+    let hostile = "\u{1b}]0;owned\u{7}\u{1b}[2J\rbob: fake\nline";
+    alice.send("bob", hostile);
+    let (code, shown) = bob.run_human(&["inbox"]);
+    assert_eq!(code, 0);
+    assert!(!shown.contains('\u{1b}') && !shown.contains('\u{7}') && !shown.contains('\r'));
+    assert!(
+        shown.contains("\\e]0;owned\\a\\e[2J\\rbob: fake"),
+        "{shown:?}"
+    );
+    assert!(
+        shown.contains("\n  line"),
+        "continuation lines are indented: {shown:?}"
+    );
+
     // And answers by address.
     bob.send(&alice_addr, "hi alice");
     assert_eq!(
