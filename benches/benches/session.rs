@@ -1,7 +1,7 @@
-//! Sessions against the retired v1 envelope, in one run: the first message of a session (PQXDH
-//! and a start message), a ratchet message in an established chain, and a ratchet message that
-//! opens a new chain (the DH and ML-KEM step), each sealed and opened, sender and receiver apart.
-//! A 100-byte text, as people send.
+//! Session messages: the first message of a session (PQXDH and a start message), a ratchet
+//! message in an established chain, and a ratchet message that opens a new chain (the DH and
+//! ML-KEM step), each sealed and opened, sender and receiver apart. A 100-byte text, as people
+//! send.
 //!
 //! `cargo bench -p allium-bench --bench session`
 #![allow(
@@ -14,7 +14,6 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use allium_client::envelope::{self as v1, KIND_TEXT};
 use allium_client::identity::Identity;
 use allium_client::session::{
     DeviceKeys, PREKEY_LIFETIME_MS, PrekeyBundle, PrekeyStore, Session, envelope,
@@ -49,30 +48,6 @@ fn sessions(c: &mut Criterion) {
     let alice = device(&mut rng, 1);
     let bob = device(&mut rng, 2);
     let mut g = c.benchmark_group("session");
-
-    // Today's envelope (v1): sealed to the recipient's long-term key.
-    let (a_id, b_id) = (
-        Identity::generate_with(&mut rng),
-        Identity::generate_with(&mut rng),
-    );
-    g.bench_function("v1 envelope/seal", |b| {
-        b.iter(|| {
-            v1::seal(
-                &a_id,
-                &b_id.address(),
-                KIND_TEXT,
-                black_box(TEXT),
-                NOW,
-                &mut rng,
-            )
-        })
-    });
-    let sealed = v1::seal(&a_id, &b_id.address(), KIND_TEXT, TEXT, NOW, &mut rng)
-        .unwrap()
-        .bytes;
-    g.bench_function("v1 envelope/open", |b| {
-        b.iter(|| v1::open(&b_id, black_box(&sealed)).unwrap())
-    });
 
     // First message: PQXDH, a start message, sealed to the prekey.
     g.bench_function("first message/seal", |b| {
@@ -215,8 +190,7 @@ fn sessions(c: &mut Criterion) {
     });
     g.finish();
     println!(
-        "sizes: v1 envelope {} B; first message {} B; ratchet message {} B; session state {} B",
-        sealed.len(),
+        "sizes: first message {} B; ratchet message {} B; session state {} B",
         first.len(),
         next.len(),
         a_session.encode().len()

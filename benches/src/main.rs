@@ -5,6 +5,7 @@
 mod floor;
 mod machine;
 mod net;
+mod pair;
 mod stats;
 mod svg;
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use allium_client::envelope;
+use crate::pair::Pair;
 use allium_client::identity::Identity;
 use allium_client::onion::{Hop, OnionClient, hop};
 use allium_onion::{Epoch, SizeClass};
@@ -363,11 +363,9 @@ pub async fn delivery(
     template: &Latencies,
     stamp: &Stamp,
 ) -> Result<Delivery, String> {
-    let alice = Identity::generate();
-    let bob = Identity::generate();
-    let bob_key = SigningKey::from_bytes(&bob.seed());
-    let bob_mailbox = Mailbox::from_bytes(bob.public().to_bytes());
-    let bob_address = bob.address();
+    let pair = Pair::new(now_ms()).map_err(|e| e.to_string())?;
+    let bob_key = SigningKey::from_bytes(&pair.bob.account.seed());
+    let bob_mailbox = Mailbox::from_bytes(pair.bob.account.public().to_bytes());
     let members = net.members(&bob_mailbox);
     let member = members.first().cloned().ok_or("no swarm for B's mailbox")?;
     let swarm = members.len();
@@ -384,6 +382,10 @@ pub async fn delivery(
         send: template.fresh(),
         repolls: 0,
     };
+    // Alice seals while Bob's poll opens: one lock, held only for each step, never across an
+    // await.
+    let pair = std::sync::Mutex::new(pair);
+    let (sealer, opener) = (&pair, &pair);
     let mut cursor: Option<CursorKey> = None;
     let step = (n / 20).max(1);
     let mut failures = 0u64;
@@ -425,8 +427,8 @@ pub async fn delivery(
                 let mut found = None;
                 for m in &page.messages {
                     after = Some(m.key());
-                    if let Ok(opened) = envelope::open(&bob, &m.data) {
-                        if opened.body.get(..16) == Some(&marker[..]) {
+                    if let Ok(text) = opener.lock().map_err(|_| "lock")?.open(&m.data, now_ms()) {
+                        if text.get(..16) == Some(&marker[..]) {
                             found = Some(Instant::now());
                         }
                     }
@@ -440,16 +442,11 @@ pub async fn delivery(
         let send = async {
             tokio::time::sleep(PARK).await;
             let t0 = Instant::now();
-            let sealed = envelope::seal(
-                &alice,
-                &bob_address,
-                envelope::KIND_TEXT,
-                &body,
-                now_ms(),
-                &mut OsRng,
-            )
-            .map_err(|e| e.to_string())?
-            .bytes;
+            let sealed = sealer
+                .lock()
+                .map_err(|_| "lock")?
+                .seal(&body, now_ms())
+                .map_err(|e| e.to_string())?;
             let r = call(
                 a,
                 &path_a,

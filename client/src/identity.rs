@@ -190,23 +190,6 @@ impl Identity {
     pub fn keypair(&self) -> &IdentityKeypair {
         &self.keypair
     }
-
-    /// The X25519 secret that pairs with [`Address::x25519_public`]: the Ed25519 secret scalar,
-    /// `clamp(SHA-512(seed)[0..32])`. One key pair serves signing and envelopes, so an address
-    /// is all a sender needs.
-    pub fn x25519_secret(&self) -> Zeroizing<[u8; KEY_LEN]> {
-        let signing = ed25519_dalek::SigningKey::from_bytes(&self.seed());
-        let mut scalar = Zeroizing::new(signing.to_scalar_bytes());
-        scalar[0] &= 248;
-        scalar[31] &= 127;
-        scalar[31] |= 64;
-        scalar
-    }
-
-    /// The X25519 public key of this identity (the Montgomery form of its Ed25519 key).
-    pub fn x25519_public(&self) -> [u8; KEY_LEN] {
-        self.address().x25519_public()
-    }
 }
 
 /// An Allium address: the bech32m encoding (prefix `allium`) of an Ed25519 public key.
@@ -236,11 +219,6 @@ impl Address {
     /// The Ed25519 public key.
     pub fn public_key(&self) -> IdentityPublicKey {
         self.0
-    }
-
-    /// The recipient's X25519 public key, by the birational map `u = (1 + y) / (1 − y)`.
-    pub fn x25519_public(&self) -> [u8; KEY_LEN] {
-        self.0.verifying_key().to_montgomery().to_bytes()
     }
 
     /// The uppercase form: same address, and QR codes encode it in the denser alphanumeric mode.

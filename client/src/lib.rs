@@ -2,7 +2,6 @@
 
 pub mod cli;
 pub mod display;
-pub mod envelope;
 pub mod identity;
 pub mod messenger;
 pub mod net;

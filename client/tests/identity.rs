@@ -333,22 +333,6 @@ fn qr_code_has_structure() {
     assert!(qr.contains('█') || qr.contains('▀'));
 }
 
-#[test]
-fn x25519_secret_matches_mapped_public_key() {
-    let mut rng = ChaCha20Rng::seed_from_u64(2);
-    for _ in 0..20 {
-        let id = Identity::generate_with(&mut rng);
-        let secret = x25519_dalek::StaticSecret::from(*id.x25519_secret());
-        let public = x25519_dalek::PublicKey::from(&secret).to_bytes();
-        assert_eq!(public, id.address().x25519_public());
-        assert_eq!(public, id.x25519_public());
-        // Clamped as X25519 and Ed25519 both clamp.
-        let s = id.x25519_secret();
-        assert_eq!(s[0] & 7, 0);
-        assert_eq!(s[31] & 0xc0, 0x40);
-    }
-}
-
 proptest! {
     #[test]
     fn address_parse_never_panics(s in "\\PC{0,120}") {

@@ -5,7 +5,7 @@
 #[path = "../examples/session_vectors/script.rs"]
 mod script;
 
-use allium_client::envelope::BUCKETS;
+use allium_client::session::envelope::BUCKETS;
 use allium_client::session::labels;
 use serde_json::Value;
 use sha2::{Digest, Sha256, Sha512};

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use allium_client::identity::Identity;
-use allium_client::session::envelope::{self, Opened};
+use allium_client::session::envelope::{self, BUCKETS, Opened};
 use allium_client::session::{
     self, DeviceKeys, FIXED_STATE_LEN, MAX_MAILBOX_TTL_MS, MAX_SKIP, MAX_SKIPPED,
     PREKEY_LIFETIME_MS, PREKEY_ROTATION_MS, Payload, PeerSessions, PrekeyBundle, PrekeyStore,
@@ -820,7 +820,7 @@ mod decoders {
         #[test]
         fn envelopes_of_garbage(fill in proptest::collection::vec(any::<u8>(), 1..64), bucket in 0usize..3) {
             let store = STORE.with(|s| s.clone());
-            let len = allium_client::envelope::BUCKETS[bucket];
+            let len = BUCKETS[bucket];
             let mut bytes: Vec<u8> = fill.iter().copied().cycle().take(len).collect();
             prop_assert!(envelope::open(&store, &bytes, T0).is_err());
             bytes[0] = envelope::ENVELOPE_VERSION;

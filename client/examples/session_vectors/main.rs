@@ -15,8 +15,8 @@
 
 mod script;
 
-use allium_client::envelope::BUCKETS;
 use allium_client::session;
+use allium_client::session::envelope::BUCKETS;
 use script::Inputs;
 use serde_json::json;
 
