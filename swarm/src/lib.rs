@@ -4,5 +4,5 @@ pub mod service;
 pub mod store;
 
 pub use service::{Handled, PendingStore, Placement, ServeAll, Service, ServiceConfig};
-pub use store::error::StoreError;
+pub use store::error::{Corruption, StoreError};
 pub use store::{NewMessage, RetrievePage, RetrieveQuery, Store, StoreConfig};

@@ -127,3 +127,42 @@ fn a_full_disk_answers_full_keeps_reads_and_deletes_and_recovers() {
     }
     assert_eq!(held, stored.len() - 20 + 1);
 }
+
+#[test]
+fn a_write_the_disk_refuses_answers_full_by_its_kind_and_the_free_space() {
+    let fs = match Tmpfs::mount("32m") {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("skipped: cannot mount a small tmpfs here ({e}); run as root");
+            return;
+        }
+    };
+    // No reserve: stores go on until RocksDB's own write fails for want of space.
+    let cfg = StoreConfig {
+        node_cap_bytes: 1 << 40,
+        mailbox_quota_bytes: 1 << 40,
+        min_free_bytes: 0,
+        ..StoreConfig::default()
+    };
+    let store = Store::open(fs.0.path().join("store"), cfg).unwrap();
+    let mut t = T0;
+    let mut stored = 0;
+    let full = loop {
+        t += 1;
+        match put(&store, stored, t) {
+            Ok(_) => stored += 1,
+            Err(e) => break e,
+        }
+        assert!(stored < 10_000, "the disk never filled");
+    };
+    assert!(matches!(full, StoreError::NodeFull), "{full:?}");
+    assert!(!full.is_corruption());
+    let q = RetrieveQuery {
+        mailbox: mailbox(&key(1)),
+        namespace: INBOX,
+        after: None,
+        max_count: 10,
+        max_bytes: 1 << 20,
+    };
+    assert_eq!(store.retrieve(&q, t).unwrap().messages.len(), 10);
+}

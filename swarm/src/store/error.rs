@@ -1,10 +1,12 @@
 //! Store failures, each with the status it answers on the wire.
 
+use std::sync::Arc;
+
 use allium_proto::Status;
 use thiserror::Error;
 
 /// Store failures. Rule violations first, then storage faults.
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum StoreError {
     /// TTL outside the configured bounds.
     #[error("ttl {ttl_ms} ms outside [{min_ms}, {max_ms}]")]
@@ -25,7 +27,7 @@ pub enum StoreError {
     /// The mailbox holds its quota.
     #[error("mailbox quota exceeded")]
     QuotaExceeded,
-    /// The node holds its size cap (or the disk is full).
+    /// The node holds its size cap, or its file system is (nearly) full.
     #[error("node storage full")]
     NodeFull,
     /// Too many long-poll waiters registered.
@@ -36,13 +38,72 @@ pub enum StoreError {
     Closed,
     /// Stored data failed a check: the node must not serve it.
     #[error("corrupt store: {0}")]
-    Corrupt(String),
+    Corrupt(Corruption),
     /// The database was written by an unknown schema version.
     #[error("unsupported schema version {0}")]
     Schema(u32),
-    /// RocksDB reported an error.
+    /// Writing a group of operations failed, and not because the disk is full; nothing of the
+    /// group was written.
+    #[error("write failed: {0}")]
+    WriteFailed(rocksdb::Error),
+    /// RocksDB reported an error opening the database or reading from it.
     #[error("rocksdb: {0}")]
     Db(#[from] rocksdb::Error),
+    /// A thread of the store could not be started.
+    #[error("cannot start the store's {thread} thread: {source}")]
+    Spawn {
+        /// Which thread.
+        thread: &'static str,
+        /// Why (shared, so that the error stays `Clone`).
+        source: Arc<std::io::Error>,
+    },
+    /// The writer answered an operation with the outcome of another kind: a bug.
+    #[error("internal error: the writer answered another operation")]
+    WrongOutcome,
+}
+
+/// The record that failed its check (the layouts are in whitepaper storage §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum Corruption {
+    /// A column family the schema needs is not there.
+    #[error("column family {0} missing")]
+    MissingColumnFamily(&'static str),
+    /// `meta/schema` is not a 4-byte version.
+    #[error("bad schema version")]
+    SchemaVersion,
+    /// `meta/clock` is not an 8-byte time.
+    #[error("bad clock")]
+    Clock,
+    /// A `usage` value (per mailbox, or `meta/total`) is not 16 bytes.
+    #[error("bad usage value")]
+    UsageValue,
+    /// A `msg` key is not `prefix || timestamp || hash`.
+    #[error("bad message key")]
+    MessageKey,
+    /// A `msg` value has an unknown version or is too short.
+    #[error("bad message value")]
+    MessageValue,
+    /// A `hash` index key is not an entry key.
+    #[error("bad hash index key")]
+    HashIndexKey,
+    /// A `hash` index value is not an 8-byte timestamp.
+    #[error("bad hash index value")]
+    HashIndexValue,
+    /// A `hash` index entry names a message that is not in `msg`.
+    #[error("hash index entry without message")]
+    HashIndexOrphan,
+    /// A `tomb` key, or the entry key in a tombstone's `exp` key, is not an entry key.
+    #[error("bad tombstone key")]
+    TombstoneKey,
+    /// A `tomb` value is not an 8-byte time.
+    #[error("bad tombstone")]
+    TombstoneValue,
+}
+
+impl From<Corruption> for StoreError {
+    fn from(c: Corruption) -> Self {
+        StoreError::Corrupt(c)
+    }
 }
 
 impl StoreError {
@@ -51,7 +112,9 @@ impl StoreError {
     pub fn is_corruption(&self) -> bool {
         match self {
             StoreError::Corrupt(_) => true,
-            StoreError::Db(e) => e.kind() == rocksdb::ErrorKind::Corruption,
+            StoreError::Db(e) | StoreError::WriteFailed(e) => {
+                e.kind() == rocksdb::ErrorKind::Corruption
+            }
             _ => false,
         }
     }
@@ -66,7 +129,12 @@ impl From<&StoreError> for Status {
             StoreError::QuotaExceeded => Status::QuotaExceeded,
             StoreError::NodeFull => Status::NodeFull,
             StoreError::TooManyWaiters | StoreError::Closed => Status::Busy,
-            StoreError::Corrupt(_) | StoreError::Schema(_) | StoreError::Db(_) => Status::Internal,
+            StoreError::Corrupt(_)
+            | StoreError::Schema(_)
+            | StoreError::WriteFailed(_)
+            | StoreError::Db(_)
+            | StoreError::Spawn { .. }
+            | StoreError::WrongOutcome => Status::Internal,
         }
     }
 }

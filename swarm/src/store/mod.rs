@@ -167,9 +167,7 @@ impl Ticket {
     pub fn wait(self) -> Result<StoreResponse, StoreError> {
         match self.0.recv() {
             Ok(Ok(Outcome::Stored(r))) => Ok(r),
-            Ok(Ok(_)) => Err(StoreError::Corrupt(
-                "writer answered another operation".into(),
-            )),
+            Ok(Ok(_)) => Err(StoreError::WrongOutcome),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(StoreError::Closed),
         }
@@ -202,7 +200,10 @@ impl Store {
         let writer = std::thread::Builder::new()
             .name("allium-store-writer".into())
             .spawn(move || writer.run(rx))
-            .map_err(|e| StoreError::Corrupt(format!("cannot start writer: {e}")))?;
+            .map_err(|e| StoreError::Spawn {
+                thread: "writer",
+                source: Arc::new(e),
+            })?;
         Ok(Self {
             db,
             jobs,
@@ -299,9 +300,7 @@ impl Store {
     pub fn forget(&self, mailbox: Mailbox, now: UnixMillis) -> Result<u64, StoreError> {
         match self.call(Op::Forget(mailbox), now)? {
             Outcome::Count(n) => Ok(n),
-            _ => Err(StoreError::Corrupt(
-                "writer answered another operation".into(),
-            )),
+            _ => Err(StoreError::WrongOutcome),
         }
     }
 
@@ -322,9 +321,7 @@ impl Store {
             now,
         )? {
             Outcome::Deleted(d) => Ok(d),
-            _ => Err(StoreError::Corrupt(
-                "writer answered another operation".into(),
-            )),
+            _ => Err(StoreError::WrongOutcome),
         }
     }
 
@@ -350,9 +347,7 @@ impl Store {
     ) -> Result<(u64, Vec<(EntryKey, UnixMillis)>), StoreError> {
         match self.call(Op::DeleteAll { mailbox, namespace }, now)? {
             Outcome::DeletedAll(n, buried) => Ok((n, buried)),
-            _ => Err(StoreError::Corrupt(
-                "writer answered another operation".into(),
-            )),
+            _ => Err(StoreError::WrongOutcome),
         }
     }
 
@@ -389,9 +384,7 @@ impl Store {
             now,
         )? {
             Outcome::Expired(u, set_at) => Ok((u, set_at)),
-            _ => Err(StoreError::Corrupt(
-                "writer answered another operation".into(),
-            )),
+            _ => Err(StoreError::WrongOutcome),
         }
     }
 
@@ -399,9 +392,7 @@ impl Store {
     pub fn sweep_expired(&self, now: UnixMillis, limit: usize) -> Result<u64, StoreError> {
         match self.call(Op::Sweep { limit }, now)? {
             Outcome::Count(n) => Ok(n),
-            _ => Err(StoreError::Corrupt(
-                "writer answered another operation".into(),
-            )),
+            _ => Err(StoreError::WrongOutcome),
         }
     }
 
@@ -510,7 +501,10 @@ impl Store {
                     }
                 }
             })
-            .map_err(|e| StoreError::Corrupt(format!("cannot start sweeper: {e}")))?;
+            .map_err(|e| StoreError::Spawn {
+                thread: "sweeper",
+                source: Arc::new(e),
+            })?;
         Ok(Sweeper {
             stop: Some(stop),
             handle: Some(handle),

@@ -8,10 +8,8 @@ use allium_proto::storage::Mailbox;
 use allium_proto::sync::{Digests, Entry, EntryKey, EntryState, Item, ItemMessage, Plan};
 use allium_proto::time::UnixMillis;
 
-use super::error::StoreError;
-use super::schema::{
-    Cf, be64, corrupt, handle, msg_key, parse_msg_key, parse_msg_value, successor,
-};
+use super::error::{Corruption, StoreError};
+use super::schema::{Cf, be64, handle, msg_key, parse_msg_key, parse_msg_value, successor};
 use super::{Store, lock};
 
 /// Computes the bucket digests from what is on disk (once, at open).
@@ -33,9 +31,9 @@ pub(super) fn initial_digests(db: &DB) -> Result<Digests, StoreError> {
     }
     for item in db.iterator_cf(handle(db, Cf::Tomb)?, IteratorMode::Start) {
         let (k, v) = item?;
-        let key = EntryKey::from_bytes(&k).ok_or_else(|| corrupt("tombstone key"))?;
+        let key = EntryKey::from_bytes(&k).ok_or(Corruption::TombstoneKey)?;
         if v.len() != 8 {
-            return Err(corrupt("tombstone"));
+            return Err(Corruption::TombstoneValue.into());
         }
         d.toggle(&Entry {
             key,
@@ -56,7 +54,7 @@ impl Store {
         let kb = key.to_bytes();
         if let Some(v) = self.db.get_cf(handle(&self.db, Cf::Tomb)?, kb)? {
             if v.len() != 8 {
-                return Err(corrupt("tombstone"));
+                return Err(Corruption::TombstoneValue.into());
             }
             return Ok(Some(EntryState::Deleted { until: be64(&v) }));
         }
@@ -78,7 +76,7 @@ impl Store {
             return Ok(None);
         };
         if ts.len() != 8 {
-            return Err(corrupt("hash index value"));
+            return Err(Corruption::HashIndexValue.into());
         }
         let ts = be64(&ts);
         let mk = msg_key(&key.mailbox, key.namespace, ts, &key.hash);
@@ -123,9 +121,10 @@ impl Store {
                 if *k == *start {
                     continue;
                 }
-                let key = EntryKey::from_bytes(&k).ok_or_else(|| corrupt("index key"))?;
+                let (bad_key, bad_value) = index_corruption(cf);
+                let key = EntryKey::from_bytes(&k).ok_or(bad_key)?;
                 if v.len() != 8 {
-                    return Err(corrupt("index value"));
+                    return Err(bad_value.into());
                 }
                 out.push((key, be64(&v)));
             }
@@ -227,7 +226,7 @@ impl Store {
             );
             if let Some(item) = it.next() {
                 let (k, _) = item?;
-                let key = EntryKey::from_bytes(&k).ok_or_else(|| corrupt("index key"))?;
+                let key = EntryKey::from_bytes(&k).ok_or(index_corruption(cf).0)?;
                 if best.is_none_or(|b| key.mailbox < b) {
                     best = Some(key.mailbox);
                 }
@@ -248,9 +247,17 @@ impl Store {
                 if !k.starts_with(mailbox.as_bytes()) {
                     break;
                 }
-                keys.push(EntryKey::from_bytes(&k).ok_or_else(|| corrupt("index key"))?);
+                keys.push(EntryKey::from_bytes(&k).ok_or(index_corruption(cf).0)?);
             }
         }
         Ok(keys)
+    }
+}
+
+/// How a malformed key and value of an index keyed by entry key (`hash` or `tomb`) are reported.
+fn index_corruption(cf: Cf) -> (Corruption, Corruption) {
+    match cf {
+        Cf::Tomb => (Corruption::TombstoneKey, Corruption::TombstoneValue),
+        _ => (Corruption::HashIndexKey, Corruption::HashIndexValue),
     }
 }

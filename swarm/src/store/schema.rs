@@ -12,7 +12,7 @@ use allium_proto::storage::{Mailbox, MessageHash, Namespace};
 use allium_proto::sync::ENTRY_KEY_LEN;
 use allium_proto::time::UnixMillis;
 
-use super::error::StoreError;
+use super::error::{Corruption, StoreError};
 use super::{MESSAGE_OVERHEAD, Usage};
 
 /// Schema version written to `meta/schema`.
@@ -77,13 +77,13 @@ pub(super) fn open_db(path: &Path) -> Result<(DB, UnixMillis), StoreError> {
             db.put_cf_opt(meta, META_SCHEMA, SCHEMA_VERSION.to_be_bytes(), &wo)?;
         }
         Some(v) => {
-            let v: [u8; 4] = v.try_into().map_err(|_| corrupt("schema version"))?;
+            let v: [u8; 4] = v.try_into().map_err(|_| Corruption::SchemaVersion)?;
             return Err(StoreError::Schema(u32::from_be_bytes(v)));
         }
     }
     let hw = match db.get_cf(meta, META_CLOCK)? {
         Some(v) if v.len() == 8 => be64(&v),
-        Some(_) => return Err(corrupt("clock")),
+        Some(_) => return Err(Corruption::Clock.into()),
         None => 0,
     };
     Ok((db, hw))
@@ -95,7 +95,7 @@ impl Usage {
             return Ok(Self::default());
         };
         if v.len() != 16 {
-            return Err(corrupt("usage value"));
+            return Err(Corruption::UsageValue.into());
         }
         Ok(Self {
             bytes: be64(&v[..8]),
@@ -108,10 +108,6 @@ impl Usage {
         v.extend_from_slice(&self.count.to_be_bytes());
         v
     }
-}
-
-pub(super) fn corrupt(what: &str) -> StoreError {
-    StoreError::Corrupt(format!("bad {what}"))
 }
 
 pub(super) fn be64(b: &[u8]) -> u64 {
@@ -174,7 +170,7 @@ pub(super) fn parse_msg_value(v: &[u8]) -> Result<(UnixMillis, UnixMillis, &[u8]
     match v.first() {
         Some(1) if v.len() >= 9 => Ok((be64(&v[1..9]), 0, &v[9..])),
         Some(2) if v.len() >= 17 => Ok((be64(&v[1..9]), be64(&v[9..17]), &v[17..])),
-        _ => Err(corrupt("message value")),
+        _ => Err(Corruption::MessageValue.into()),
     }
 }
 
@@ -183,7 +179,7 @@ pub(super) fn parse_msg_key(
     k: &[u8],
 ) -> Result<(Mailbox, Namespace, UnixMillis, MessageHash), StoreError> {
     if k.len() != 74 {
-        return Err(corrupt("message key"));
+        return Err(Corruption::MessageKey.into());
     }
     let mut m = [0u8; 32];
     m.copy_from_slice(&k[..32]);
@@ -222,7 +218,9 @@ impl Cf {
 
 pub(super) fn handle(db: &DB, cf: Cf) -> Result<&ColumnFamily, StoreError> {
     db.cf_handle(cf.name())
-        .ok_or_else(|| StoreError::Corrupt(format!("missing column family {}", cf.name())))
+        .ok_or(StoreError::Corrupt(Corruption::MissingColumnFamily(
+            cf.name(),
+        )))
 }
 
 /// The smallest byte string greater than every string starting with `p`, if any.

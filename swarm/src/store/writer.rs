@@ -16,10 +16,10 @@ use allium_proto::storage::{MAX_DATA_BYTES, Mailbox, MessageHash, Namespace, Sto
 use allium_proto::sync::{Digests, ENTRY_KEY_LEN, Entry, EntryKey, EntryState, ItemMessage};
 use allium_proto::time::UnixMillis;
 
-use super::error::StoreError;
+use super::error::{Corruption, StoreError};
 use super::schema::{
-    Cf, META_CLOCK, META_TOTAL, be64, charge, corrupt, exp_key, handle, msg_key, msg_value,
-    parse_msg_key, parse_msg_value, prefix, tomb_exp_key,
+    Cf, META_CLOCK, META_TOTAL, be64, charge, exp_key, handle, msg_key, msg_value, parse_msg_key,
+    parse_msg_value, prefix, tomb_exp_key,
 };
 use super::waiters::Waiters;
 use super::{NewMessage, StoreConfig, Usage, lock};
@@ -185,9 +185,7 @@ impl Writer {
         {
             return;
         }
-        let free = rustix::fs::statvfs(&self.path)
-            .map(|v| v.f_bavail.saturating_mul(v.f_frsize))
-            .unwrap_or(u64::MAX);
+        let free = self.free_bytes().unwrap_or(u64::MAX);
         self.low_space.set(free < self.cfg.min_free_bytes);
     }
 
@@ -210,9 +208,8 @@ impl Writer {
                 Ok(outcome) => done.push((job.reply, outcome)),
                 Err(e @ (StoreError::Db(_) | StoreError::Corrupt(_))) => {
                     // A read failed part-way: nothing of this group is written.
-                    let msg = e.to_string();
                     for (reply, _) in done.drain(..) {
-                        send(reply, Err(StoreError::Corrupt(msg.clone())));
+                        send(reply, Err(e.clone()));
                     }
                     send(job.reply, Err(e));
                     ov = Overlay::default();
@@ -252,14 +249,9 @@ impl Writer {
                 }
             }
             Err(e) => {
-                let msg = e.to_string();
+                let e = self.full_or(e);
                 for (reply, _) in done.drain(..) {
-                    let err = if msg.contains("No space left") {
-                        StoreError::NodeFull
-                    } else {
-                        StoreError::Corrupt(format!("write failed: {msg}"))
-                    };
-                    send(reply, Err(err));
+                    send(reply, Err(e.clone()));
                 }
             }
         }
@@ -278,8 +270,31 @@ impl Writer {
         let mut wo = WriteOptions::default();
         // The acknowledgement promise: the WAL is fsynced before any caller hears "stored".
         wo.set_sync(true);
-        self.db.write_opt(batch, &wo)?;
-        Ok(())
+        self.db
+            .write_opt(batch, &wo)
+            .map_err(StoreError::WriteFailed)
+    }
+
+    /// A failed write is "full" when it failed for I/O and the file system has less than
+    /// `min_free_bytes` (or nothing) left: told by the error's kind and the free space, not by
+    /// the wording of the message.
+    fn full_or(&self, e: StoreError) -> StoreError {
+        match &e {
+            StoreError::WriteFailed(d) if d.kind() == rocksdb::ErrorKind::IOError => {
+                let low = self
+                    .free_bytes()
+                    .is_some_and(|free| free < self.cfg.min_free_bytes.max(1));
+                if low { StoreError::NodeFull } else { e }
+            }
+            _ => e,
+        }
+    }
+
+    /// Bytes of the store's file system free for unprivileged use, if they can be read.
+    fn free_bytes(&self) -> Option<u64> {
+        rustix::fs::statvfs(&self.path)
+            .ok()
+            .map(|v| v.f_bavail.saturating_mul(v.f_frsize))
     }
 
     fn check_expiry(&self, expiry: UnixMillis, now: UnixMillis) -> Result<(), StoreError> {
@@ -519,7 +534,7 @@ impl Writer {
             return Ok(None);
         };
         if ts.len() != 8 {
-            return Err(corrupt("hash index value"));
+            return Err(Corruption::HashIndexValue.into());
         }
         let ts = be64(&ts);
         let value = ov
@@ -528,7 +543,7 @@ impl Writer {
                 Cf::Msg,
                 &msg_key(&key.mailbox, key.namespace, ts, &key.hash),
             )?
-            .ok_or_else(|| corrupt("hash index entry without message"))?;
+            .ok_or(Corruption::HashIndexOrphan)?;
         let (expiry, set_at, data) = parse_msg_value(&value)?;
         Ok(Some(Held {
             ts,
@@ -543,7 +558,7 @@ impl Writer {
         match ov.get(&self.db, Cf::Tomb, &key.to_bytes())? {
             None => Ok(None),
             Some(v) if v.len() == 8 => Ok(Some(be64(&v))),
-            Some(_) => Err(corrupt("tombstone")),
+            Some(_) => Err(Corruption::TombstoneValue.into()),
         }
     }
 
@@ -579,7 +594,7 @@ impl Writer {
         let mk = msg_key(&key.mailbox, key.namespace, old.ts, &key.hash);
         let value = ov
             .get(&self.db, Cf::Msg, &mk)?
-            .ok_or_else(|| corrupt("message"))?;
+            .ok_or(Corruption::HashIndexOrphan)?;
         let (_, _, data) = parse_msg_value(&value)?;
         let value = msg_value(expiry, set_at, data);
         ov.delete(Cf::Exp, exp_key(old.expiry, &mk));
@@ -657,16 +672,16 @@ impl Writer {
     fn forget(&self, ov: &mut Overlay, mailbox: &Mailbox) -> Result<u64, StoreError> {
         let mut n = 0;
         for (k, _) in self.scan(Cf::Hash, mailbox.as_bytes())? {
-            let key = EntryKey::from_bytes(&k).ok_or_else(|| corrupt("hash index key"))?;
+            let key = EntryKey::from_bytes(&k).ok_or(Corruption::HashIndexKey)?;
             if let Some(held) = self.find(ov, &key)? {
                 self.remove(ov, &key, held)?;
                 n += 1;
             }
         }
         for (k, v) in self.scan(Cf::Tomb, mailbox.as_bytes())? {
-            let key = EntryKey::from_bytes(&k).ok_or_else(|| corrupt("tombstone key"))?;
+            let key = EntryKey::from_bytes(&k).ok_or(Corruption::TombstoneKey)?;
             if v.len() != 8 {
-                return Err(corrupt("tombstone"));
+                return Err(Corruption::TombstoneValue.into());
             }
             self.unbury(ov, &key, be64(&v));
             n += 1;
@@ -713,7 +728,7 @@ impl Writer {
             n += 1;
             if k.len() == 8 + ENTRY_KEY_LEN {
                 // A tombstone's keep-until time.
-                let key = EntryKey::from_bytes(&k[8..]).ok_or_else(|| corrupt("tombstone key"))?;
+                let key = EntryKey::from_bytes(&k[8..]).ok_or(Corruption::TombstoneKey)?;
                 match self.tombstone(ov, &key)? {
                     Some(until) if until == be64(&k[..8]) => self.unbury(ov, &key, until),
                     _ => ov.delete(Cf::Exp, k.to_vec()),
