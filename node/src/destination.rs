@@ -1,5 +1,10 @@
 //! The destination: executes a storage request delivered by an onion packet against this node's
 //! mailbox store, including long-poll waits, and answers `get_swarm` and `roster` from the roster.
+//!
+//! Only work that touches the disk runs on the runtime's blocking threads (decoding and checking
+//! a request with its reads, and re-running a long-poll's query). Waiting holds no thread: a
+//! store awaits its synced write and a parked long-poll awaits its wake-up on the async runtime,
+//! so many listeners never starve stores (whitepaper storage §4.2, BAD_INPUTS 29).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -84,7 +89,7 @@ impl Destination for StoreDestination {
     async fn execute(&self, request: Vec<u8>, max_response: usize) -> Option<Vec<u8>> {
         let started = Instant::now();
         let service = self.service.clone();
-        // A store waits for its synced write: keep it off the async workers.
+        // Reads, signature checks and queueing for the writer may block: off the async workers.
         let handled =
             tokio::task::spawn_blocking(move || service.handle(&request, SystemClock.now()))
                 .await
@@ -97,13 +102,15 @@ impl Destination for StoreDestination {
             }
             Handled::Store(pending) => self.replicator.acknowledge_store(pending).await,
             Handled::Wait(pending) => {
+                {
+                    let _parked = self.metrics.longpoll_parked();
+                    // Woken by a store or ended by the timer; either way the query runs again.
+                    let _ = tokio::time::timeout(pending.wait, pending.watch.changed()).await;
+                }
                 let service = self.service.clone();
-                tokio::task::spawn_blocking(move || {
-                    pending.watch.wait_timeout(pending.wait);
-                    service.resume(pending, SystemClock.now())
-                })
-                .await
-                .ok()?
+                tokio::task::spawn_blocking(move || service.resume(pending, SystemClock.now()))
+                    .await
+                    .ok()?
             }
             Handled::Forward(body) => {
                 self.answer_locally(body, self.service.node_time(SystemClock.now()))

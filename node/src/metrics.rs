@@ -220,6 +220,7 @@ struct Inner {
     roster_version: Gauge,
     peers: Gauge,
     clients: Gauge,
+    longpolls: Gauge,
     replay_load: Gauge<f64, AtomicU64>,
     sync_bytes: Family<SyncLabels, Counter>,
     sync_pulled: Counter,
@@ -255,6 +256,7 @@ impl Metrics {
         let roster_version = Gauge::default();
         let peers = Gauge::default();
         let clients = Gauge::default();
+        let longpolls = Gauge::default();
         let replay_load = Gauge::<f64, AtomicU64>::default();
         let sync_bytes = Family::<SyncLabels, Counter>::default();
         let sync_pulled = Counter::default();
@@ -350,6 +352,11 @@ impl Metrics {
             clients.clone(),
         );
         registry.register(
+            "allium_longpolls_parked",
+            "Long-poll retrieves waiting here for a message (each holds no thread)",
+            longpolls.clone(),
+        );
+        registry.register(
             "allium_replay_filter_load",
             "Fill of the current epoch's replay filter, 0 to 1 (of replay.packets_per_epoch)",
             replay_load.clone(),
@@ -368,6 +375,7 @@ impl Metrics {
             roster_version,
             peers,
             clients,
+            longpolls,
             replay_load,
             sync_bytes,
             sync_pulled,
@@ -480,6 +488,11 @@ impl Metrics {
         ConnectionGuard::new(self.0.clients.clone())
     }
 
+    /// Counts a parked long-poll until the returned guard is dropped.
+    pub fn longpoll_parked(&self) -> ConnectionGuard {
+        ConnectionGuard::new(self.0.longpolls.clone())
+    }
+
     /// Every metric in OpenMetrics text format.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -496,10 +509,11 @@ fn saturating_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// Holds one count on a connection gauge; dropping it takes the count back, so a connection
-/// task that ends by any path (error, panic, cancellation) leaves the gauge right.
+/// Holds one count on a gauge of things open (connections, parked long-polls); dropping it takes
+/// the count back, so a task that ends by any path (error, panic, cancellation) leaves the gauge
+/// right.
 #[derive(Debug)]
-#[must_use = "the connection is counted only while the guard lives"]
+#[must_use = "the count lasts only while the guard lives"]
 pub struct ConnectionGuard(Gauge);
 
 impl ConnectionGuard {

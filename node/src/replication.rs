@@ -267,7 +267,7 @@ impl Replicator {
     /// included, holds it — else it is answered `not_replicated`.
     pub async fn acknowledge_store(&self, pending: PendingStore) -> Response {
         let sent = self.send_to_swarm(std::slice::from_ref(&pending.item));
-        let local = tokio::task::spawn_blocking(move || pending.finish());
+        let local = pending.finish();
         let peers = async {
             let Some((size, mut rx)) = sent else {
                 return (Vec::new(), 1);
@@ -286,10 +286,7 @@ impl Replicator {
             }
             (got, need)
         };
-        let (local, (got, need)) = tokio::join!(local, peers);
-        let Ok(mut response) = local else {
-            return Response::error(self.now(), Status::Internal);
-        };
+        let (mut response, (got, need)) = tokio::join!(local, peers);
         if let Ok(ResponseBody::Store(s)) = &mut response.result {
             if got.len() + 1 < need {
                 tracing::debug!(

@@ -11,7 +11,7 @@ use allium_proto::error::Status;
 use allium_proto::storage::{
     Body, DeleteAllResponse, DeleteResponse, ExpireResponse, InfoResponse, MAX_RETRIEVE_COUNT,
     Mailbox, Method, NodeId, PROTOCOL_VERSION, RETRIEVE_BUDGET_BYTES, Request, Response,
-    ResponseBody, RetrieveResponse,
+    ResponseBody, RetrieveResponse, StoreResponse,
 };
 use allium_proto::sync::{EntryKey, Item, ItemMessage};
 use allium_proto::time::{Clock, MonotoneFloor, UnixMillis};
@@ -74,15 +74,16 @@ pub enum Handled {
         /// What the other members must apply.
         items: Vec<Item>,
     },
-    /// A long-poll found nothing: wait on [`PendingRetrieve::watch`] for at most
-    /// [`PendingRetrieve::wait`], then call [`Service::resume`].
+    /// A long-poll found nothing: await [`Watch::changed`] on [`PendingRetrieve::watch`] for at
+    /// most [`PendingRetrieve::wait`] (it holds no thread), then call [`Service::resume`].
     Wait(PendingRetrieve),
     /// A valid, authenticated request the node itself answers (`get_swarm`, `roster`).
     Forward(Body),
 }
 
 /// A store whose local, synced write is queued. The caller sends `item` to the other members
-/// of the swarm while it waits for [`Self::finish`]: the write and the replication overlap.
+/// of the swarm while it awaits [`Self::finish`]: the write and the replication overlap, and
+/// neither holds a thread while it waits.
 #[derive(Debug)]
 pub struct PendingStore {
     ticket: crate::store::Ticket,
@@ -93,15 +94,31 @@ pub struct PendingStore {
 }
 
 impl PendingStore {
-    /// Waits (blocking) for the local write; the answer lists this node as the first holder.
-    pub fn finish(self) -> Response {
-        match self.ticket.wait() {
-            Ok(mut stored) => {
-                stored.holders = vec![self.node];
-                Response::ok(self.now, ResponseBody::Store(stored))
-            }
-            Err(e) => Response::error(self.now, Status::from(&e)),
+    /// Waits for the local write; the answer lists this node as the first holder.
+    pub async fn finish(self) -> Response {
+        let (now, node) = (self.now, self.node);
+        answer(self.ticket.finish().await, now, node)
+    }
+
+    /// [`Self::finish`], blocking: for synchronous callers (tests, the model). Async code
+    /// awaits `finish` (tokio panics on a blocking wait inside its runtime).
+    pub fn wait(self) -> Response {
+        let (now, node) = (self.now, self.node);
+        answer(self.ticket.wait(), now, node)
+    }
+}
+
+fn answer(
+    written: Result<StoreResponse, crate::StoreError>,
+    now: UnixMillis,
+    node: NodeId,
+) -> Response {
+    match written {
+        Ok(mut stored) => {
+            stored.holders = vec![node];
+            Response::ok(now, ResponseBody::Store(stored))
         }
+        Err(e) => Response::error(now, Status::from(&e)),
     }
 }
 
@@ -376,7 +393,7 @@ impl Service {
     pub fn handle_blocking(&self, bytes: &[u8], clock: &dyn Clock) -> Response {
         match self.handle(bytes, clock.now()) {
             Handled::Respond(r) | Handled::Replicate { response: r, .. } => r,
-            Handled::Store(p) => p.finish(),
+            Handled::Store(p) => p.wait(),
             Handled::Wait(p) => {
                 p.watch.wait_timeout(p.wait);
                 self.resume(p, clock.now())

@@ -650,3 +650,64 @@ fn node_time_never_runs_backwards() {
         T0 + 10_000
     );
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_async_long_poll_and_a_store_share_one_thread_and_no_wake_up_is_lost() {
+    let (_d, s) = service(StoreConfig::default());
+    let k = key(1);
+    let mb = mailbox(&k);
+    let node = node_id(NODE);
+    let waiting = |ts| {
+        Request::signed(
+            Body::Retrieve(RetrieveRequest {
+                mailbox: mb,
+                namespace: INBOX,
+                after: None,
+                limit: None,
+                wait_ms: Some(30_000),
+            }),
+            &k,
+            &node,
+            ts,
+        )
+    };
+    let Handled::Wait(first) = s.handle(&waiting(T0).encode(), T0) else {
+        panic!("expected the retrieve to wait")
+    };
+    let Handled::Wait(second) = s.handle(&waiting(T0 + 1).encode(), T0 + 1) else {
+        panic!("expected the retrieve to wait")
+    };
+
+    // A store elsewhere wakes nobody here.
+    let Handled::Store(other) = s.handle(
+        &inbox_store(mailbox(&key(2)), b"elsewhere", 60_000).encode(),
+        T0 + 2,
+    ) else {
+        panic!("expected a queued store")
+    };
+    assert_eq!(status(&other.finish().await), Status::Ok);
+    assert!(!first.watch.is_notified());
+
+    // On a single-threaded runtime the waiter and the store's acknowledgement both make
+    // progress: neither holds the thread while it waits.
+    let Handled::Store(mine) = s.handle(&inbox_store(mb, b"wake up", 60_000).encode(), T0 + 3)
+    else {
+        panic!("expected a queued store")
+    };
+    let (woken, stored) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(20), first.watch.changed()),
+        mine.finish()
+    );
+    assert!(woken.is_ok(), "the store did not wake the long-poll");
+    assert_eq!(status(&stored), Status::Ok);
+
+    // The second watch was registered before the store and awaited only after it was durable:
+    // it resolves at once rather than missing the wake-up.
+    assert!(second.watch.is_notified());
+    tokio::time::timeout(Duration::from_secs(20), second.watch.changed())
+        .await
+        .expect("a wake-up before the await is not lost");
+    let got = messages(&s.resume(second, T0 + 4));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].data, b"wake up");
+}

@@ -12,12 +12,13 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rocksdb::{DB, Direction, IteratorMode, ReadOptions};
+use tokio::sync::oneshot;
 
 use allium_proto::crypto;
 use allium_proto::storage::{
@@ -158,19 +159,35 @@ impl fmt::Debug for Store {
     }
 }
 
-/// An acknowledgement to come: [`Ticket::wait`] returns once the store is durable.
+/// What the writer answers one operation with.
+type Answer = oneshot::Receiver<Result<Outcome, StoreError>>;
+
+/// An acknowledgement to come: [`Ticket::finish`] resolves once the store is durable (or
+/// refused).
 #[derive(Debug)]
-pub struct Ticket(Receiver<Result<Outcome, StoreError>>);
+pub struct Ticket(Answer);
 
 impl Ticket {
-    /// Blocks until the writer answers.
+    /// Waits for the writer's answer without holding a thread.
+    pub async fn finish(self) -> Result<StoreResponse, StoreError> {
+        stored(self.0.await)
+    }
+
+    /// Blocks until the writer answers: for synchronous callers. Async code awaits
+    /// [`Self::finish`] (tokio panics on a blocking wait inside its runtime).
     pub fn wait(self) -> Result<StoreResponse, StoreError> {
-        match self.0.recv() {
-            Ok(Ok(Outcome::Stored(r))) => Ok(r),
-            Ok(Ok(_)) => Err(StoreError::WrongOutcome),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(StoreError::Closed),
-        }
+        stored(self.0.blocking_recv())
+    }
+}
+
+fn stored(
+    answer: Result<Result<Outcome, StoreError>, oneshot::error::RecvError>,
+) -> Result<StoreResponse, StoreError> {
+    match answer {
+        Ok(Ok(Outcome::Stored(r))) => Ok(r),
+        Ok(Ok(_)) => Err(StoreError::WrongOutcome),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(StoreError::Closed),
     }
 }
 
@@ -226,12 +243,8 @@ impl Store {
         self.high_water.load(Ordering::SeqCst)
     }
 
-    fn submit(
-        &self,
-        op: Op,
-        now: UnixMillis,
-    ) -> Result<Receiver<Result<Outcome, StoreError>>, StoreError> {
-        let (tx, rx) = mpsc::sync_channel(1);
+    fn submit(&self, op: Op, now: UnixMillis) -> Result<Answer, StoreError> {
+        let (tx, rx) = oneshot::channel();
         self.jobs
             .send(Job {
                 op,
@@ -244,7 +257,7 @@ impl Store {
 
     fn call(&self, op: Op, now: UnixMillis) -> Result<Outcome, StoreError> {
         self.submit(op, now)?
-            .recv()
+            .blocking_recv()
             .map_err(|_| StoreError::Closed)?
     }
 
@@ -287,7 +300,7 @@ impl Store {
             .collect();
         pending
             .into_iter()
-            .map(|rx| match rx?.recv() {
+            .map(|rx| match rx?.blocking_recv() {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err(e)) => Err(e),
                 Err(_) => Err(StoreError::Closed),
@@ -463,7 +476,8 @@ impl Store {
     }
 
     /// Registers interest in new messages for a mailbox namespace (long-poll). Bounded by
-    /// `max_waiters`.
+    /// `max_waiters`: beyond it [`StoreError::TooManyWaiters`], and the retrieve is answered at
+    /// once instead of waiting.
     pub fn watch(&self, mailbox: Mailbox, namespace: Namespace) -> Result<Watch, StoreError> {
         self.waiters.watch((mailbox, namespace))
     }
@@ -484,7 +498,7 @@ impl Store {
             .spawn(move || {
                 while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
                     loop {
-                        let (tx, rx) = mpsc::sync_channel(1);
+                        let (tx, rx) = oneshot::channel();
                         let job = Job {
                             op: Op::Sweep { limit: batch },
                             now: clock.now(),
@@ -493,7 +507,7 @@ impl Store {
                         if jobs.send(job).is_err() {
                             return;
                         }
-                        match rx.recv() {
+                        match rx.blocking_recv() {
                             Ok(Ok(Outcome::Count(n))) if n as usize >= batch => continue,
                             Ok(_) => break,
                             Err(_) => return,

@@ -1,12 +1,23 @@
 //! Long-poll wake-ups (whitepaper §4.2, §7): a retrieve that found nothing registers a [`Watch`] on
 //! its mailbox namespace, and the writer wakes every watch of a namespace once a message for it
-//! is durable.
+//! is durable. An async waiter ([`Watch::changed`]) holds no thread while it waits, so any number
+//! of parked long-polls leave the runtime's blocking threads to stores and reads.
+//!
+//! The table is bounded (`StoreConfig::max_waiters`); once full, [`Store::watch`] refuses with
+//! [`StoreError::TooManyWaiters`] and the service answers that retrieve at once instead of
+//! parking it (the MAY of §4.2): the client polls again. Honest clients are served, if more
+//! slowly, while someone holds the table full (BAD_INPUTS 27); which waiters get the slots is
+//! the hardening issue's policy.
+//!
+//! [`Store::watch`]: super::Store::watch
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use allium_proto::storage::{Mailbox, Namespace};
 
@@ -15,8 +26,12 @@ use super::lock;
 
 #[derive(Debug, Default)]
 struct Slot {
+    /// Bumped once per durable group that stored a message here.
     generation: Mutex<u64>,
+    /// Wakes blocking waiters ([`Watch::wait_timeout`]).
     cv: Condvar,
+    /// Wakes async waiters ([`Watch::changed`]).
+    notify: Notify,
     waiters: AtomicU64,
 }
 
@@ -61,6 +76,7 @@ impl Waiters {
             if let Some(slot) = slots.0.get(k) {
                 *lock(&slot.generation) += 1;
                 slot.cv.notify_all();
+                slot.notify.notify_waiters();
             }
         }
     }
@@ -89,7 +105,25 @@ impl Watch {
         *lock(&self.slot.generation) != self.seen
     }
 
-    /// Blocks until a message is stored or `timeout` passes; true if one was stored.
+    /// Resolves once a message was stored since the watch was registered (at once if one was
+    /// already). Holds no thread while it waits; dropping the future (a time-out) is safe.
+    pub async fn changed(&self) {
+        let notified = self.slot.notify.notified();
+        let mut notified = std::pin::pin!(notified);
+        loop {
+            // Registered before the check: a store landing between the check and the await
+            // still wakes this future.
+            notified.as_mut().enable();
+            if self.is_notified() {
+                return;
+            }
+            notified.as_mut().await;
+            notified.set(self.slot.notify.notified());
+        }
+    }
+
+    /// Blocks until a message is stored or `timeout` passes; true if one was stored. For
+    /// synchronous callers; async code awaits [`Self::changed`].
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         let g = lock(&self.slot.generation);
         let (g, _) = self

@@ -6,11 +6,12 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rocksdb::{DB, Direction, IteratorMode, WriteBatch, WriteOptions};
+use tokio::sync::oneshot;
 
 use allium_proto::storage::{MAX_DATA_BYTES, Mailbox, MessageHash, Namespace, StoreResponse};
 use allium_proto::sync::{Digests, ENTRY_KEY_LEN, Entry, EntryKey, EntryState, ItemMessage};
@@ -88,7 +89,7 @@ impl fmt::Debug for Outcome {
     }
 }
 
-pub(super) type Reply = SyncSender<Result<Outcome, StoreError>>;
+pub(super) type Reply = oneshot::Sender<Result<Outcome, StoreError>>;
 type KeyValue = (Box<[u8]>, Box<[u8]>);
 
 pub(super) struct Job {
