@@ -1,0 +1,178 @@
+//! Parked long-polls hold no thread (BAD_INPUTS 29, whitepaper storage §4.2): 2,000 `retrieve`s
+//! waiting at one node, sent through the link as clients send them, do not stop that node from
+//! acknowledging stores; and once a message arrives every one of them is answered with it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use allium_client::onion::{Hop, OnionClient, epoch_at, resolve};
+use allium_onion::SizeClass;
+use allium_proto::network::NetworkFile;
+use allium_proto::storage::{MAX_WAIT_MS, RetrieveRequest, StoreRequest};
+use allium_proto::{Body, Mailbox, Method, Request, Response, ResponseBody};
+use allium_tests::{serial, start_devnet, wait_for_roster};
+use ed25519_dalek::SigningKey;
+
+const T: Duration = Duration::from_secs(10);
+/// Long-polls parked at the node.
+const PARKED: usize = 2_000;
+/// Sequential stores sent while they are parked.
+const STORES: usize = 200;
+/// Long-polls per client connection: under the link's 256 streams per connection.
+const PER_CONNECTION: usize = 250;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn client() -> OnionClient {
+    OnionClient::new("127.0.0.1:0".parse().unwrap()).unwrap()
+}
+
+/// The value of gauge `name` in a Prometheus text page.
+fn gauge(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| l.split(' ').next() == Some(name))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0) as u64
+}
+
+async fn parked(metrics: std::net::SocketAddr) -> u64 {
+    let page = allium_node::http::get(metrics, "/metrics").await.unwrap().1;
+    gauge(&page, "allium_longpolls_parked")
+}
+
+fn store_request(mailbox: Mailbox, data: Vec<u8>) -> Vec<u8> {
+    Request::unsigned(Body::Store(StoreRequest {
+        mailbox,
+        namespace: 0,
+        ttl_ms: 3_600_000,
+        data,
+    }))
+    .encode()
+}
+
+/// Stores `data` in `mailbox` through `path`; the answer's holders.
+async fn store(c: &OnionClient, path: &[Hop], mailbox: Mailbox, data: Vec<u8>) -> usize {
+    let body = c
+        .send(path, &store_request(mailbox, data), SizeClass::Small, T)
+        .await
+        .unwrap();
+    match Response::decode(&body, Method::Store).unwrap().result {
+        Ok(ResponseBody::Store(s)) => s.holders.len(),
+        other => panic!("store not acknowledged: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_are_acknowledged_while_two_thousand_long_polls_are_parked() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    // An authority and one node: one swarm of two, both holding every message.
+    let mut net = start_devnet(dir.path(), 1).unwrap();
+    let network = NetworkFile::load(&net.network_file).unwrap();
+    let c = Arc::new(client());
+    let roster = wait_for_roster(c.pool(), &network, 2, T * 3)
+        .await
+        .expect("roster formed");
+    assert!(net.wait_for_roster_version(roster.version(), T * 3).await);
+
+    let listener = SigningKey::from_bytes(&[7; 32]);
+    let listened = Mailbox::from_bytes(listener.verifying_key().to_bytes());
+    let members = roster.members_for(&listened);
+    let swarm = members.len();
+    let dest = members[0];
+    // No relay: the clients talk to the destination directly.
+    let path = resolve(
+        &[dest],
+        epoch_at(network.params.epoch_secs, now_ms() / 1000),
+    )
+    .unwrap();
+    let dest_id = dest.identity.node_id();
+    let metrics = net
+        .nodes
+        .iter()
+        .find(|n| n.identity == dest.identity)
+        .expect("the destination is a devnet node")
+        .metrics;
+
+    // 2,000 long-polls on one mailbox over eight connections (a connection carries at most 256
+    // streams), each signed at its own millisecond so that none is refused as a replay.
+    let listeners: Vec<Arc<OnionClient>> = (0..PARKED.div_ceil(PER_CONNECTION))
+        .map(|_| Arc::new(client()))
+        .collect();
+    let signed_at = now_ms();
+    let polls: Vec<_> = (0..PARKED)
+        .map(|i| {
+            let request = Request::signed(
+                Body::Retrieve(RetrieveRequest {
+                    mailbox: listened,
+                    namespace: 0,
+                    after: None,
+                    limit: None,
+                    wait_ms: Some(MAX_WAIT_MS),
+                }),
+                &listener,
+                &dest_id,
+                signed_at + i as u64,
+            )
+            .encode();
+            let (c, path) = (listeners[i / PER_CONNECTION].clone(), path.clone());
+            tokio::spawn(async move {
+                let wait = Duration::from_millis(MAX_WAIT_MS) + T;
+                // One short message comes back: the small reply class holds it.
+                let body = c
+                    .send(&path, &request, SizeClass::Small, wait)
+                    .await
+                    .unwrap();
+                match Response::decode(&body, Method::Retrieve).unwrap().result {
+                    Ok(ResponseBody::Retrieve(r)) => r.messages,
+                    other => panic!("long-poll failed: {other:?}"),
+                }
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + T * 3;
+    while parked(metrics).await < PARKED as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {PARKED} long-polls parked",
+            parked(metrics).await
+        );
+        assert!(
+            polls.iter().all(|p| !p.is_finished()),
+            "a long-poll was answered before anything was stored"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // 200 sequential stores to another mailbox of the same swarm, each acknowledged by a majority
+    // of it, while the long-polls wait the longest the protocol allows.
+    let other = Mailbox::from_bytes([9; 32]);
+    for i in 0..STORES {
+        let holders = store(&c, &path, other, format!("store {i}").into_bytes()).await;
+        assert!(
+            holders > swarm / 2,
+            "store {i}: {holders} of {swarm} holders"
+        );
+    }
+    assert!(
+        polls.iter().all(|p| !p.is_finished()),
+        "a long-poll ended while the stores ran"
+    );
+    assert_eq!(parked(metrics).await, PARKED as u64);
+
+    // A message for the listened mailbox answers every parked long-poll with it.
+    store(&c, &path, listened, b"for everyone".to_vec()).await;
+    for p in polls {
+        let got = p.await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].data, b"for everyone");
+    }
+    assert_eq!(parked(metrics).await, 0);
+}
