@@ -13,7 +13,7 @@ fn first_line(cmd: &str, args: &[&str]) -> Option<String> {
         .map(|l| l.trim().to_string())
 }
 
-fn proc_field(file: &str, key: &str) -> Option<String> {
+pub fn proc_field(file: &str, key: &str) -> Option<String> {
     let text = std::fs::read_to_string(file).ok()?;
     text.lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;

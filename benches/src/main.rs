@@ -3,6 +3,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod floor;
+mod longpoll;
 mod machine;
 mod net;
 mod pair;
@@ -18,6 +19,7 @@ use allium_client::identity::Identity;
 use allium_client::onion::{OnionClient, epoch_at};
 use allium_node::devnet::{Devnet, DevnetOptions, wait_for_roster};
 use allium_proto::network::NetworkFile;
+use allium_proto::roster::Roster;
 use clap::Parser;
 use serde_json::{Value, json};
 
@@ -29,10 +31,14 @@ use crate::stats::{Latencies, Summary};
 /// Measures store and retrieve round trips through 0 to 3 relays, delivery from one client to
 /// another, and acknowledged stores per second under concurrency, on a local network of real
 /// `allium-node` processes it starts itself (or an existing one, `--network`), and reports
-/// each against the floor of this machine measured in the same run.
+/// each against the floor of this machine measured in the same run. `allium-bench longpoll`
+/// measures what parked long-polls cost the node they wait at instead.
 #[derive(Debug, Parser)]
 #[command(name = "allium-bench", version)]
 struct Cli {
+    /// A series other than the default run.
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Use the running network of this network file instead of starting one.
     #[arg(long, value_name = "FILE")]
     network: Option<PathBuf>,
@@ -79,6 +85,24 @@ struct Cli {
     /// Print a shell completion script (bash, zsh, fish, …) and exit.
     #[arg(long, value_name = "SHELL")]
     completions: Option<clap_complete::Shell>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Store latency through 0 relays with none and with `--parked` long-poll retrieves waiting
+    /// at the destination, in the same run, and the destination's memory and threads in both
+    /// states. Needs a network started here (it reads the node's /proc).
+    Longpoll(LongpollArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct LongpollArgs {
+    /// Long-poll retrieves parked at the destination for the second series.
+    #[arg(long, default_value_t = 2000)]
+    parked: usize,
+    /// Timed sequential stores in each series.
+    #[arg(long, default_value_t = 200)]
+    stores: usize,
 }
 
 fn node_binary() -> PathBuf {
@@ -161,6 +185,32 @@ fn start_network(cli: &Cli) -> Result<Network, String> {
     })
 }
 
+impl Network {
+    /// Stops a network started here and removes its folder if it was temporary; the nodes that
+    /// did not stop cleanly.
+    fn stop(&mut self) -> Vec<String> {
+        let unclean = match &mut self.devnet {
+            Some(devnet) => {
+                eprintln!("stopping the network …");
+                devnet.stop()
+            }
+            None => Vec::new(),
+        };
+        if self.temporary {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+        unclean
+    }
+}
+
+/// Where the JSON and the plots go: `--out`, else `--dir`, else [`default_out`].
+fn out_dir(cli: &Cli) -> PathBuf {
+    cli.out
+        .clone()
+        .or_else(|| cli.dir.clone())
+        .unwrap_or_else(default_out)
+}
+
 /// Everything measured.
 struct Results {
     primitives: Primitives,
@@ -172,9 +222,9 @@ struct Results {
     elapsed: Duration,
 }
 
-async fn measure(cli: &Cli, network: &mut Network) -> Result<Results, String> {
-    let started = Instant::now();
-    let a = client()?;
+/// Waits until the roster lists every node and, on a network started here, every node holds it
+/// and is done syncing.
+async fn formed(network: &mut Network, a: &OnionClient) -> Result<Roster, String> {
     eprintln!("waiting for the roster …");
     let roster = wait_for_roster(
         a.pool(),
@@ -192,6 +242,13 @@ async fn measure(cli: &Cli, network: &mut Network) -> Result<Results, String> {
             return Err("the nodes did not fetch the roster within 60 s".into());
         }
     }
+    Ok(roster)
+}
+
+async fn measure(cli: &Cli, network: &mut Network) -> Result<Results, String> {
+    let started = Instant::now();
+    let a = client()?;
+    let roster = formed(network, &a).await?;
     let nodes = roster.nodes().len();
     let epoch = epoch_at(network.file.params.epoch_secs, net::now_ms() / 1000);
     let net = Arc::new(Net::new(roster, epoch)?);
@@ -620,25 +677,89 @@ fn write_outputs(cli: &Cli, r: &Results, machine: &Machine, out: &Path) -> Resul
     Ok(())
 }
 
+async fn measure_longpoll(
+    cli: &Cli,
+    args: &LongpollArgs,
+    network: &mut Network,
+) -> Result<longpoll::Longpoll, String> {
+    let roster = formed(network, &client()?).await?;
+    let epoch = epoch_at(network.file.params.epoch_secs, net::now_ms() / 1000);
+    let devnet = network.devnet.as_ref().ok_or("no network started here")?;
+    let target_of = |id: &allium_onion::IdentityPublicKey| {
+        let node = devnet.nodes.iter().find(|n| n.identity == *id)?;
+        Some(longpoll::Target {
+            pid: node.pid()?,
+            metrics: node.metrics,
+        })
+    };
+    eprintln!(
+        "stores with none and with {} long-polls parked ({} timed after {} warm-up) …",
+        args.parked, args.stores, cli.warmup
+    );
+    longpoll::run(
+        &roster,
+        epoch,
+        target_of,
+        args.parked,
+        args.stores,
+        cli.warmup,
+        cli.size,
+        &Latencies::new()?,
+    )
+    .await
+}
+
+async fn bench_longpoll(cli: &Cli, args: &LongpollArgs) -> Result<(), String> {
+    if cli.network.is_some() {
+        return Err("longpoll reads the destination's /proc: run it on a network it starts".into());
+    }
+    let machine = Machine::describe();
+    let mut network = start_network(cli)?;
+    let out = out_dir(cli);
+    let measured = measure_longpoll(cli, args, &mut network).await;
+    let unclean = network.stop();
+    let r = measured?;
+    r.print(&format!("allium-bench longpoll — {}", machine.line()));
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let path = cli
+        .json
+        .clone()
+        .unwrap_or_else(|| out.join("longpoll.json"));
+    let report = json!({
+        "tool": "allium-bench longpoll",
+        "version": env!("CARGO_PKG_VERSION"),
+        "command": std::env::args().collect::<Vec<_>>(),
+        "machine": machine.to_json(),
+        "setup": {
+            "roster_nodes": cli.nodes + 1,
+            "relays": 0,
+            "message_bytes": cli.size,
+            "stores_per_series": args.stores,
+            "warmup": cli.warmup,
+            "parked": args.parked,
+            "long_poll_wait_ms": allium_proto::storage::MAX_WAIT_MS,
+        },
+        "results": r.to_json(),
+    });
+    let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    std::fs::write(&path, text + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
+    println!();
+    println!("wrote {}", path.display());
+    if !unclean.is_empty() {
+        return Err(format!("nodes that did not stop cleanly: {unclean:?}"));
+    }
+    Ok(())
+}
+
 async fn bench(cli: Cli) -> Result<(), String> {
+    if let Some(Command::Longpoll(args)) = &cli.command {
+        return bench_longpoll(&cli, args).await;
+    }
     let machine = Machine::describe();
     let mut network = start_network(&cli)?;
-    let out = cli
-        .out
-        .clone()
-        .or_else(|| cli.dir.clone())
-        .unwrap_or_else(default_out);
+    let out = out_dir(&cli);
     let measured = measure(&cli, &mut network).await;
-    let unclean = match &mut network.devnet {
-        Some(devnet) => {
-            eprintln!("stopping the network …");
-            devnet.stop()
-        }
-        None => Vec::new(),
-    };
-    if network.temporary {
-        let _ = std::fs::remove_dir_all(&network.dir);
-    }
+    let unclean = network.stop();
     let results = measured?;
     print_table(&cli, &results, &machine);
     write_outputs(&cli, &results, &machine, &out)?;

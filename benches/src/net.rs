@@ -143,7 +143,7 @@ pub async fn call(
     Response::decode(&body, method).map_err(|e| format!("undecodable response: {e}"))
 }
 
-fn store_request(mailbox: Mailbox, data: Vec<u8>) -> Vec<u8> {
+pub fn store_request(mailbox: Mailbox, data: Vec<u8>) -> Vec<u8> {
     Request::unsigned(Body::Store(StoreRequest {
         mailbox,
         namespace: INBOX,
@@ -154,7 +154,7 @@ fn store_request(mailbox: Mailbox, data: Vec<u8>) -> Vec<u8> {
 }
 
 /// Whether `r` acknowledges a store held by a majority of a swarm of `swarm` members.
-fn acknowledged(r: Result<Response, String>, swarm: usize) -> Result<(), String> {
+pub fn acknowledged(r: Result<Response, String>, swarm: usize) -> Result<(), String> {
     match r?.result {
         Ok(ResponseBody::Store(s)) if s.holders.len() > swarm / 2 => Ok(()),
         Ok(ResponseBody::Store(s)) => Err(format!(
@@ -167,7 +167,7 @@ fn acknowledged(r: Result<Response, String>, swarm: usize) -> Result<(), String>
 }
 
 /// Distinct contents, so every store is a new message rather than a deduplicated one.
-fn message(size: usize) -> Vec<u8> {
+pub fn message(size: usize) -> Vec<u8> {
     let mut data = vec![0u8; size.max(16)];
     OsRng.fill_bytes(&mut data[..16]);
     data
@@ -271,7 +271,7 @@ pub async fn store_series(
     .await
 }
 
-fn retrieve_request(
+pub fn retrieve_request(
     key: &SigningKey,
     dest: &Hop,
     stamp: &Stamp,
