@@ -138,7 +138,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The mailbox store. Cheap to share behind an `Arc`; all methods take `&self`.
+/// The mailbox store. Cheap to share behind an `Arc`; all methods take `&self`. Reads and
+/// writes block the calling thread (a write until the writer answers), so async code calls them
+/// from `spawn_blocking`; the waits that hold no thread are [`Ticket::finish`] and
+/// [`Watch::changed`].
 pub struct Store {
     db: Arc<DB>,
     jobs: SyncSender<Job>,
