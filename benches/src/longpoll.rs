@@ -26,6 +26,10 @@ use crate::stats::{Latencies, Summary};
 const PER_CONNECTION: usize = 250;
 /// Bound on one store's round trip.
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the long-polls have been parked when the node is looked at again: past the 10 s
+/// after which tokio retires idle blocking threads, such as those the burst of arriving
+/// requests used for their short reads.
+const SETTLE: Duration = Duration::from_secs(15);
 
 /// The node long-polls park at, as the bench reaches it.
 #[derive(Debug, Clone, Copy)]
@@ -72,7 +76,11 @@ pub struct Longpoll {
     pub errors: [u64; 2],
     pub first_error: Option<String>,
     pub idle_status: ProcStatus,
+    /// Right after the stores with the long-polls parked.
     pub loaded_status: ProcStatus,
+    /// After the long-polls had been parked for [`SETTLE`], and how many were parked then.
+    pub settled_status: ProcStatus,
+    pub settled_parked: u64,
     /// Long-polls that came back while the stores ran (their wait ran out) and were sent again.
     pub reparked: u64,
     pub swarm: usize,
@@ -125,6 +133,14 @@ impl Longpoll {
                 status.threads
             );
         }
+        println!(
+            "{} parked for {} s ({} parked at that moment): RSS {:.1} MiB, {} threads",
+            self.parked,
+            SETTLE.as_secs(),
+            self.settled_parked,
+            self.settled_status.rss_kib as f64 / 1024.0,
+            self.settled_status.threads
+        );
         println!();
         println!(
             "p99 with {} parked / p99 with none = {:.2} (goal ≤ 2: {}); p50 ratio {:.2}; {} long-polls re-sent after their wait ran out",
@@ -154,6 +170,11 @@ impl Longpoll {
                 series(0, self.idle.summary(), self.errors[0], self.idle_status),
                 series(self.parked, self.loaded.summary(), self.errors[1], self.loaded_status),
             ],
+            "node_after_parked_seconds": {
+                "seconds": SETTLE.as_secs(),
+                "parked_then": self.settled_parked,
+                "node": self.settled_status.to_json(),
+            },
             "first_error": self.first_error,
             "reparked": self.reparked,
             "p99_ratio": self.ratio_p99(),
@@ -316,10 +337,10 @@ pub async fn run(
         })
         .collect();
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    let all_parked = loop {
         let now = parked_now(target.metrics).await?;
         if now >= parked as u64 {
-            break;
+            break Instant::now();
         }
         if Instant::now() > deadline {
             return Err(format!(
@@ -330,11 +351,14 @@ pub async fn run(
             return Err("a long-poll ended before anything was stored".into());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
     let mut loaded = template.fresh();
     let label = format!("store, {parked} parked");
     let (e1, f1) = stores.run(n, &mut loaded, &label).await;
     let loaded_status = ProcStatus::read(target.pid).unwrap_or_default();
+    tokio::time::sleep_until((all_parked + SETTLE).into()).await;
+    let settled_status = ProcStatus::read(target.pid).unwrap_or_default();
+    let settled_parked = parked_now(target.metrics).await?;
 
     // One message for the listened mailbox answers every long-poll.
     stop.store(true, Ordering::Relaxed);
@@ -364,6 +388,8 @@ pub async fn run(
         first_error: f0.or(f1),
         idle_status,
         loaded_status,
+        settled_status,
+        settled_parked,
         reparked: reparked.load(Ordering::Relaxed),
         swarm,
     })
