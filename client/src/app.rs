@@ -377,30 +377,29 @@ impl App {
                 }
             };
             pause = false;
-            let changed = match woken {
+            match woken {
                 Woken::Stop => break,
-                Woken::Command(c) => match self.command(c).await {
-                    Some(changed) => changed,
-                    None => break,
-                },
+                // A round cut short may have received messages already: saved and reported
+                // below like a whole one.
+                Woken::Command(c) => {
+                    if !self.command(c).await {
+                        break;
+                    }
+                }
                 Woken::Round(Ok(probe)) => {
                     if let Some(up) = probe {
                         self.probed = Some(Instant::now());
                         self.network.guards_up = Some(up);
                     }
                     self.set_reach(Reach::Online).await;
-                    true
                 }
                 Woken::Round(Err(e)) => {
                     pause = true;
                     self.failed_round(e).await;
-                    true
                 }
-            };
-            if changed {
-                self.save().await?;
-                self.emit_history().await;
             }
+            self.save().await?;
+            self.emit_history().await;
         }
         self.save().await?;
         self.emit(Event::Stopped).await;
@@ -432,9 +431,8 @@ impl App {
         }
     }
 
-    /// Carries out one command, stopping early at a shutdown. Returns whether the history or
-    /// the network state may have changed, or `None` to stop.
-    async fn command(&mut self, command: Command) -> Option<bool> {
+    /// Carries out one command, stopping early at a shutdown. Returns false to stop.
+    async fn command(&mut self, command: Command) -> bool {
         match command {
             Command::Send { to, text, msg_id } => {
                 let sent = {
@@ -446,7 +444,7 @@ impl App {
                     } = &mut *self;
                     tokio::select! {
                         biased;
-                        _ = shutdown.wait_for(|s| *s) => return None,
+                        _ = shutdown.wait_for(|s| *s) => return false,
                         r = messenger.send_text_as(net, &to, &text, msg_id) => r,
                     }
                 };
@@ -485,7 +483,7 @@ impl App {
                     } = &mut *self;
                     tokio::select! {
                         biased;
-                        _ = shutdown.wait_for(|s| *s) => return None,
+                        _ = shutdown.wait_for(|s| *s) => return false,
                         r = messenger.flush(net) => r,
                     }
                 };
@@ -504,35 +502,37 @@ impl App {
                 }
             }
             Command::AddContact { name, address } => {
-                let r = self.edit_contacts(|c| c.add(&name, &address.to_string()));
+                let r = self
+                    .edit_contacts(|c| c.add(&name, &address.to_string()))
+                    .await;
                 self.contacts_changed(r).await;
-                return Some(false);
             }
             Command::Verify {
                 name,
                 safety_number,
             } => {
-                let r = self.edit_contacts(|c| c.set_verified(&name, &safety_number));
+                let r = self
+                    .edit_contacts(|c| c.set_verified(&name, &safety_number))
+                    .await;
                 self.contacts_changed(r).await;
-                return Some(false);
             }
             Command::MarkRead { peer, mark } => {
-                let r = (|| {
-                    let _lock = lock_waiting(&self.dir)?;
+                let r = async {
+                    let _lock = lock_waiting_async(&self.dir).await?;
                     let mut marks = self.dir.read_marks()?;
                     if marks.set(&peer, mark) {
                         self.dir.save_read_marks(&marks)?;
                     }
                     Ok::<_, StateError>(marks)
-                })();
+                }
+                .await;
                 match r {
                     Ok(marks) => self.emit(Event::ReadMarks(marks)).await,
                     Err(e) => self.emit(Event::Notice(e.to_string())).await,
                 }
-                return Some(false);
             }
         }
-        Some(true)
+        true
     }
 
     /// Whether the message's envelopes wait in the history as sending (so in an outbox).
@@ -545,11 +545,11 @@ impl App {
 
     /// Reads, edits and saves the address book under the lock, so an `allium contacts` beside
     /// it is never overwritten.
-    fn edit_contacts(
+    async fn edit_contacts(
         &self,
         edit: impl FnOnce(&mut Contacts) -> Result<(), StateError>,
     ) -> Result<Contacts, StateError> {
-        let _lock = lock_waiting(&self.dir)?;
+        let _lock = lock_waiting_async(&self.dir).await?;
         let mut contacts = self.dir.contacts()?;
         edit(&mut contacts)?;
         self.dir.save_contacts(&contacts)?;
@@ -585,7 +585,19 @@ async fn round(
     messenger.publish(net, state).await?;
     let up = if probe {
         let health = net.guard_health().await;
-        Some(health.iter().filter(|g| g.rtt.is_some()).count())
+        let up = health.iter().filter(|g| g.rtt.is_some()).count();
+        if up == 0 && !health.is_empty() {
+            // Said now rather than when the long-poll below gives up, 25 s later.
+            let network = NetworkState {
+                reach: Reach::Unreachable(format!("none of your {} guards answers", health.len())),
+                roster_version: net.roster().map(|h| h.version()),
+                guards_up: Some(0),
+                guards: health.len(),
+                clock_offset_ms: net.clock_offset_ms(),
+            };
+            let _ = events.send(Event::Network(network)).await;
+        }
+        Some(up)
     } else {
         None
     };

@@ -32,7 +32,7 @@ use crate::state::{ClientState, DataDir, DataDirLock, StateError};
     name = "allium",
     version,
     propagate_version = true,
-    after_long_help = "Getting started:\n  allium --network network.toml init\n  allium contacts add bob allium1…\n  allium send bob \"hello\"\n  allium listen\n\nExit codes: 0 done, 1 other error, 2 usage, 3 bad address, contact or phrase, 4 data\ndirectory (no identity, permissions, locked), 5 network file, 6 message too large,\n7 network unreachable, 8 refused by the network, 9 the recipient has published no keys.\nSee doc/user.md."
+    after_long_help = "Getting started:\n  allium --network network.toml init\n  allium contacts add bob allium1…\n  allium send bob \"hello\"\n  allium listen        (or: allium chat)\n\nExit codes: 0 done, 1 other error, 2 usage, 3 bad address, contact or phrase, 4 data\ndirectory (no identity, permissions, locked), 5 network file, 6 message too large,\n7 network unreachable, 8 refused by the network, 9 the recipient has published no keys.\nSee doc/user.md."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -740,6 +740,22 @@ async fn chat(
     let (task, handle, events) = App::new(local.dir.clone(), net, messenger, state);
     let model = Model::new(task.address(), clock, keymap);
     let task = tokio::spawn(task.run());
+    // SIGTERM or a closed terminal (SIGHUP): save and stop as when the person quits.
+    let stopper = handle.clone();
+    let signals = tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = hup.recv() => {}
+        }
+        stopper.shutdown();
+    });
     let options = chat::Options {
         theme: Theme::from_env(),
         bell,
@@ -748,6 +764,7 @@ async fn chat(
     let ui =
         tokio::task::spawn_blocking(move || chat::run(&ui_handle, events, model, options)).await;
     handle.shutdown();
+    signals.abort();
     let saved = match tokio::time::timeout(Duration::from_secs(15), task).await {
         Ok(Ok(r)) => r.map_err(CliError::State),
         Ok(Err(e)) => Err(CliError::Chat(chat::ChatError::Stopped(e.to_string()))),

@@ -140,7 +140,16 @@ async fn two_chats_in_tmux_talk_redraw_on_resize_and_quit_cleanly() {
     assert!(sent.contains(&format!("you {text}")), "{sent}");
     let got = tmux.wait_for("bob", T * 2, |s| s.contains(text));
     assert!(got.contains(&format!("alice {text}")), "{got}");
-    eprintln!("alice's screen:\n{sent}\nbob's screen:\n{got}");
+
+    // Bob answers.
+    let reply = "hi alice, got it 👍";
+    tmux.ok(&["send-keys", "-t", "bob", "Enter"]);
+    tmux.ok(&["send-keys", "-t", "bob", "-l", reply]);
+    tmux.ok(&["send-keys", "-t", "bob", "Enter"]);
+    tmux.wait_for("bob", T, |s| s.contains("✓ stored by"));
+    let both = tmux.wait_for("alice", T * 2, |s| s.contains(reply));
+    assert!(both.contains(&format!("bob {reply}")), "{both}");
+    eprintln!("alice's screen:\n{both}");
 
     // Bob's window shrinks to 80×24: the chat redraws to fit it (the old frame, cut by tmux,
     // would lack the right corner and the status line at the bottom).
@@ -155,7 +164,9 @@ async fn two_chats_in_tmux_talk_redraw_on_resize_and_quit_cleanly() {
     });
     eprintln!("bob's screen at 80×24:\n{small}");
 
-    // Both quit (q in the list, Ctrl-C while typing): exit 0, main screen back, cooked mode.
+    // Both quit (q in the list, after Tab from the input; Ctrl-C while typing): exit 0, the
+    // main screen back, cooked mode.
+    tmux.ok(&["send-keys", "-t", "bob", "Tab"]);
     tmux.ok(&["send-keys", "-t", "bob", "q"]);
     tmux.ok(&["send-keys", "-t", "alice", "C-c"]);
     for pane in ["alice", "bob"] {
@@ -176,5 +187,7 @@ async fn two_chats_in_tmux_talk_redraw_on_resize_and_quit_cleanly() {
 
     // What the chat showed is what the history records, once; `inbox` finds nothing new.
     assert_eq!(history_texts(&bob.data), vec![text.to_owned()]);
+    assert_eq!(history_texts(&alice.data), vec![reply.to_owned()]);
     assert!(bob.inbox().is_empty(), "the chat saved its position");
+    assert!(alice.inbox().is_empty(), "the chat saved its position");
 }

@@ -167,6 +167,8 @@ fn event_loop(
         }
         loop {
             match events.try_recv() {
+                // Stopped from outside (SIGTERM, SIGHUP) after saving: leave too.
+                Ok(Event::Stopped) => return Ok(()),
                 Ok(e) => {
                     outs.extend(model.on_event(e));
                     dirty = true;

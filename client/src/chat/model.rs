@@ -703,26 +703,39 @@ impl Model {
         vec![Out::Command(Command::Send { to, text, msg_id })]
     }
 
+    fn add_contact(&mut self, name: &str, address: Address) -> Vec<Out> {
+        if let Err(e) = crate::state::validate_contact_name(name) {
+            self.notice = Some((e.to_string(), true));
+            return Vec::new();
+        }
+        self.open = Some(address.to_string());
+        self.notice = Some((format!("added {name}"), false));
+        vec![Out::Command(Command::AddContact {
+            name: name.to_owned(),
+            address,
+        })]
+    }
+
     fn command(&mut self, line: &str) -> Vec<Out> {
         let mut words = line.split_whitespace();
         let name = words.next().unwrap_or("");
         let args: Vec<&str> = words.collect();
         match (name, args.as_slice()) {
             ("add", [name, address]) => match Address::from_str(address) {
-                Ok(address) => {
-                    if let Err(e) = crate::state::validate_contact_name(name) {
-                        self.notice = Some((e.to_string(), true));
-                        return Vec::new();
-                    }
-                    self.open = Some(address.to_string());
-                    self.notice = Some((format!("added {name}"), false));
-                    vec![Out::Command(Command::AddContact {
-                        name: (*name).to_owned(),
-                        address,
-                    })]
-                }
+                Ok(address) => self.add_contact(name, address),
                 Err(e) => {
                     self.notice = Some((format!("bad address: {e}"), true));
+                    Vec::new()
+                }
+            },
+            // Someone who wrote without being a contact: name them.
+            ("add", [name]) => match self.open().filter(|c| c.name.is_none()) {
+                Some(c) => match Address::from_str(&c.peer) {
+                    Ok(address) => self.add_contact(name, address),
+                    Err(_) => Vec::new(),
+                },
+                None => {
+                    self.notice = Some(("usage: /add NAME ADDRESS".into(), true));
                     Vec::new()
                 }
             },

@@ -295,10 +295,15 @@ fn an_unreachable_network_is_said_plainly() {
     let buf = draw(&mut f.model, 80, 24, Theme::new(true));
     let status = row(&buf, 23);
     assert!(
-        status.starts_with(" ✗ network unreachable — retrying; messages wait in the outbox"),
+        status.starts_with(" ✗ network unreachable: no directory authority or node answered"),
         "{status}"
     );
     assert_eq!(buf[(1, 23)].fg, Color::Red);
+    let wide = screen(&draw(&mut f.model, 140, 30, Theme::new(true)));
+    assert!(
+        wide.contains("answered — retrying; messages wait in the outbox"),
+        "{wide}"
+    );
 }
 
 #[test]
@@ -443,6 +448,34 @@ fn commands_add_verify_and_refuse_attachments() {
     let out = f.model.on_key(key(KeyCode::Enter));
     assert!(
         matches!(out.as_slice(), [Out::Command(Command::AddContact { name, .. })] if name == "dave"),
+        "{out:?}"
+    );
+    // A stranger who wrote is named with /add NAME.
+    f.model.on_event(Event::History(vec![entry(
+        &f.stranger,
+        1,
+        Direction::Received,
+        "hi, it's erin",
+    )]));
+    f.model.on_key(key(KeyCode::Esc));
+    let at = f
+        .model
+        .conversations()
+        .iter()
+        .position(|c| c.name.is_none())
+        .unwrap();
+    while f.model.open_index() != Some(at) {
+        f.model.on_key(key(KeyCode::Up));
+    }
+    f.model.on_key(key(KeyCode::Enter));
+    type_text(&mut f.model, "/add erin");
+    let out = f.model.on_key(key(KeyCode::Enter));
+    assert!(
+        matches!(
+            out.as_slice(),
+            [Out::Command(Command::AddContact { name, address })]
+                if name == "erin" && *address == f.stranger
+        ),
         "{out:?}"
     );
     type_text(&mut f.model, "/send-file ./cat.jpg");

@@ -442,7 +442,7 @@ fn network_line(model: &Model, theme: &Theme) -> (String, Style) {
             (s, theme.ok())
         }
         Reach::Unreachable(why) => (
-            format!("✗ network unreachable — retrying; messages wait in the outbox ({why})"),
+            format!("✗ network unreachable: {why} — retrying; messages wait in the outbox"),
             theme.error(),
         ),
     }
