@@ -730,6 +730,7 @@ async fn chat(
     bell: bool,
     clock: Clock,
 ) -> Result<(), CliError> {
+    chat::check_terminal()?;
     let keymap = match keys.or_else(chat::keys::default_path) {
         Some(path) => Keymap::load(&path).map_err(chat::ChatError::from)?,
         None => Keymap::default(),

@@ -4,6 +4,7 @@
 //! bound; nothing is asserted on timing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -42,8 +43,9 @@ impl Tmux {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// A 100×30 window running a plain shell, in which `person` starts `allium chat`.
-    fn chat(&self, name: &str, person: &Person) {
+    /// A 100×30 window running a plain shell, in which `person` starts `allium chat` with
+    /// `editor` as `$EDITOR`.
+    fn chat(&self, name: &str, person: &Person, editor: &Path) {
         self.ok(&[
             "new-session",
             "-d",
@@ -56,7 +58,8 @@ impl Tmux {
             "sh",
         ]);
         let line = format!(
-            "'{}' --data-dir '{}' --network '{}' chat; echo \"chat exited $?\"",
+            "EDITOR='{}' '{}' --data-dir '{}' --network '{}' chat; echo \"chat exited $?\"",
+            editor.display(),
             client_binary().display(),
             person.data.display(),
             person.network.display()
@@ -122,9 +125,18 @@ async fn two_chats_in_tmux_talk_redraw_on_resize_and_quit_cleanly() {
     alice.ok(&["contacts", "add", "bob", &bob_addr]);
     bob.ok(&["contacts", "add", "alice", &alice_addr]);
 
+    // An editor that writes two lines into the draft, as a person would in vi.
+    let editor = w.dir.path().join("editor.sh");
+    std::fs::write(
+        &editor,
+        "#!/bin/sh\nprintf 'written in the editor\\nsecond line\\n' >> \"$1\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&editor, std::fs::Permissions::from_mode(0o700)).unwrap();
+
     let tmux = Tmux::start();
-    tmux.chat("alice", &alice);
-    tmux.chat("bob", &bob);
+    tmux.chat("alice", &alice, &editor);
+    tmux.chat("bob", &bob, &editor);
     for (pane, other) in [("alice", "bob"), ("bob", "alice")] {
         tmux.wait_for(pane, T, |s| {
             s.contains("Conversations") && s.contains(other) && s.contains("● online")
@@ -150,6 +162,17 @@ async fn two_chats_in_tmux_talk_redraw_on_resize_and_quit_cleanly() {
     let both = tmux.wait_for("alice", T * 2, |s| s.contains(reply));
     assert!(both.contains(&format!("bob {reply}")), "{both}");
     eprintln!("alice's screen:\n{both}");
+
+    // Alice writes a two-line message in $EDITOR (Ctrl-X); the chat comes back and sends it.
+    tmux.ok(&["send-keys", "-t", "alice", "C-x"]);
+    let drafted = tmux.wait_for("alice", T, |s| s.contains("│second line"));
+    assert!(drafted.contains("│written in the editor"), "{drafted}");
+    tmux.ok(&["send-keys", "-t", "alice", "Enter"]);
+    let got = tmux.wait_for("bob", T * 2, |s| s.contains("second line"));
+    assert!(
+        got.contains("alice written in the editor"),
+        "the lines of a message stay lines:\n{got}"
+    );
 
     // Bob's window shrinks to 80×24: the chat redraws to fit it (the old frame, cut by tmux,
     // would lack the right corner and the status line at the bottom).
@@ -186,7 +209,13 @@ async fn two_chats_in_tmux_talk_redraw_on_resize_and_quit_cleanly() {
     }
 
     // What the chat showed is what the history records, once; `inbox` finds nothing new.
-    assert_eq!(history_texts(&bob.data), vec![text.to_owned()]);
+    assert_eq!(
+        history_texts(&bob.data),
+        vec![
+            text.to_owned(),
+            "written in the editor\nsecond line".to_owned()
+        ]
+    );
     assert_eq!(history_texts(&alice.data), vec![reply.to_owned()]);
     assert!(bob.inbox().is_empty(), "the chat saved its position");
     assert!(alice.inbox().is_empty(), "the chat saved its position");

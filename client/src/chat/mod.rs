@@ -114,6 +114,16 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Refuses to start without a terminal on standard input and output.
+pub fn check_terminal() -> Result<(), ChatError> {
+    use std::io::IsTerminal;
+    if io::stdin().is_terminal() && io::stdout().is_terminal() {
+        Ok(())
+    } else {
+        Err(ChatError::NotATerminal)
+    }
+}
+
 /// Runs the chat until the person quits, on this (blocking) thread; `handle` and `events`
 /// connect it to the task. Asks the task to stop before returning.
 pub fn run(
@@ -122,10 +132,7 @@ pub fn run(
     mut model: Model,
     options: Options,
 ) -> Result<(), ChatError> {
-    use std::io::IsTerminal;
-    if !io::stdin().is_terminal() || !io::stdout().is_terminal() {
-        return Err(ChatError::NotATerminal);
-    }
+    check_terminal()?;
     install_panic_hook();
     enter()?;
     let _restore = Restore;
