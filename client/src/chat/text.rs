@@ -5,17 +5,19 @@ use ratatui::style::Style;
 use ratatui::text::{Line, Span};
 use unicode_width::UnicodeWidthChar;
 
-/// `c` as something harmless to draw: control characters (C0, DEL, C1) become their visible
-/// Control Pictures (ESC → ␛, BEL → ␇, CR → ␍) or U+FFFD, and the bidirectional overrides and
-/// isolates, which could make a message read as something else, become U+FFFD. A terminal
-/// never receives a byte of a message that it would act on.
+/// `c` as something harmless to draw ([`crate::display::is_unsafe`] decides what is not):
+/// control characters C0 and DEL become their visible Control Pictures (ESC → ␛, BEL → ␇,
+/// CR → ␍), and C1 controls, bidirectional overrides and isolates and line separators, which
+/// could make a message read as something else, become U+FFFD. A terminal never receives a
+/// character of a message that it would act on.
 pub fn safe_char(c: char) -> char {
+    if !crate::display::is_unsafe(c) {
+        return c;
+    }
     match c {
         '\u{0}'..='\u{1f}' => char::from_u32(0x2400 + c as u32).unwrap_or('\u{fffd}'),
         '\u{7f}' => '\u{2421}',
-        '\u{80}'..='\u{9f}' => '\u{fffd}',
-        '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' => '\u{fffd}',
-        c => c,
+        _ => '\u{fffd}',
     }
 }
 
