@@ -114,13 +114,26 @@ impl Membership {
         *node != self.me && swarm(node).is_some() && swarm(node) == swarm(&self.me)
     }
 
-    /// True until a complete anti-entropy round for the current swarm has finished.
+    /// True until a complete anti-entropy round for the node's current swarm has finished:
+    /// from the moment the node starts (before any roster, and whatever a cached roster says),
+    /// while the roster it holds names no swarm for it, and again after its swarm changed
+    /// (storage §9.5). Leaving the swarm, even briefly, forgets the round: the members stopped
+    /// sending it copies meanwhile.
     pub fn syncing(&self) -> bool {
         let current = self.my_swarm_id();
-        current.is_some() && *lock(&self.synced) != current
+        let mut synced = lock(&self.synced);
+        if current.is_some() && *synced == current {
+            return false;
+        }
+        *synced = None;
+        true
     }
 
     fn mark_synced(&self, swarm: u64) {
+        // A round that started before the swarm changed pulled for the old one.
+        if self.my_swarm_id() != Some(swarm) {
+            return;
+        }
         let was = lock(&self.synced).replace(swarm);
         if was != Some(swarm) {
             tracing::info!(
@@ -134,8 +147,23 @@ impl Membership {
 
 impl Placement for Membership {
     fn check(&self, mailbox: &Mailbox, method: Method, now: UnixMillis) -> Option<Response> {
-        // Before the first roster the node cannot know; it serves, and clients (which pick
-        // destinations from the roster) do not send it anything yet.
+        if let Some(refusal) = self.wrong_swarm(mailbox, now) {
+            return Some(refusal);
+        }
+        // Without a roster, or outside it, the node cannot say where a mailbox lives: it takes
+        // writes, but answers no retrieve until it has pulled from a swarm it belongs to.
+        if method == Method::Retrieve && self.syncing() {
+            self.metrics.set_syncing(true);
+            return Some(Response::error(now, Status::Syncing));
+        }
+        None
+    }
+}
+
+impl Membership {
+    /// The `wrong_swarm` answer for a mailbox the roster places in another swarm than this
+    /// node's; `None` when it is this node's, or when the node has no swarm.
+    fn wrong_swarm(&self, mailbox: &Mailbox, now: UnixMillis) -> Option<Response> {
         let held = self.roster.current()?;
         let mine = held.roster().node(&self.me)?.swarm;
         let owner = held.roster().swarm_for(mailbox)?;
@@ -153,10 +181,6 @@ impl Placement for Membership {
                     members,
                 },
             ));
-        }
-        if method == Method::Retrieve && self.syncing() {
-            self.metrics.set_syncing(true);
-            return Some(Response::error(now, Status::Syncing));
         }
         None
     }
@@ -632,4 +656,139 @@ async fn send_items(
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use allium_onion::{Epoch, IdentityKeypair, OnionKeyCert, OnionSecretKey};
+    use allium_proto::network::{Authority, NetworkFile, NetworkParams};
+    use allium_proto::roster::{NodeEntry, Roster};
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    struct World {
+        authority: IdentityKeypair,
+        network: NetworkFile,
+        nodes: Vec<IdentityKeypair>,
+        rng: ChaCha20Rng,
+    }
+
+    impl World {
+        fn new(nodes: usize) -> World {
+            let mut rng = ChaCha20Rng::seed_from_u64(7);
+            let authority = IdentityKeypair::generate(&mut rng);
+            let network = NetworkFile::new(
+                "test-net",
+                vec![Authority {
+                    identity: authority.public(),
+                    address: "127.0.0.1:4433".parse().unwrap(),
+                }],
+                NetworkParams {
+                    swarm_size: 2,
+                    min_ttl_secs: 10,
+                    max_ttl_secs: 1_209_600,
+                    epoch_secs: 3600,
+                    allow_same_subnet: true,
+                    roster_threshold: 1,
+                },
+            )
+            .unwrap();
+            let nodes = (0..nodes)
+                .map(|_| IdentityKeypair::generate(&mut rng))
+                .collect();
+            World {
+                authority,
+                network,
+                nodes,
+                rng,
+            }
+        }
+
+        /// A signed roster at `version` listing `nodes[i]` in swarm `swarms[i]` (`None`: left out).
+        fn roster(&mut self, version: u64, swarms: &[Option<u64>]) -> Vec<u8> {
+            let mut entries = Vec::new();
+            for (i, swarm) in swarms.iter().enumerate() {
+                let Some(swarm) = swarm else { continue };
+                let node = &self.nodes[i];
+                let onion = OnionSecretKey::generate(Epoch(1), &mut self.rng);
+                entries.push(NodeEntry {
+                    identity: node.public(),
+                    addresses: vec![format!("127.0.0.1:{}", 5000 + i).parse().unwrap()],
+                    onion_keys: vec![OnionKeyCert::sign(node, &onion)],
+                    swarm: *swarm,
+                    software: "test".into(),
+                });
+            }
+            Roster::new("test-net", version, 1, 2, entries)
+                .unwrap()
+                .sign(&[&self.authority])
+                .unwrap()
+                .encode()
+        }
+    }
+
+    fn membership(w: &World, me: usize) -> (Arc<RosterState>, Membership) {
+        let roster = Arc::new(RosterState::new(w.network.clone(), None, Metrics::new()));
+        let m = Membership::new(
+            w.nodes[me].public().node_id(),
+            roster.clone(),
+            Metrics::new(),
+        );
+        (roster, m)
+    }
+
+    #[test]
+    fn a_node_is_syncing_from_its_first_moment_until_it_has_pulled_its_swarm() {
+        let mut w = World::new(3);
+        let (roster, m) = membership(&w, 0);
+        let mailbox = Mailbox::from_bytes([9; 32]);
+        // No roster yet: a retrieve is refused, a store is taken.
+        assert!(m.syncing());
+        let refusal = m.check(&mailbox, Method::Retrieve, 1).unwrap();
+        assert_eq!(refusal.result, Err(Status::Syncing));
+        assert!(m.check(&mailbox, Method::Store, 1).is_none());
+        // A roster naming its swarm (as a cached one does at start): still syncing.
+        roster
+            .offer(&w.roster(1, &[Some(1), Some(1), Some(2)]))
+            .unwrap();
+        assert!(m.syncing());
+        m.mark_synced(1);
+        assert!(!m.syncing());
+        assert!(m.check(&mailbox, Method::Retrieve, 1).is_none());
+    }
+
+    #[test]
+    fn leaving_the_roster_even_briefly_forgets_the_pull() {
+        let mut w = World::new(3);
+        let (roster, m) = membership(&w, 0);
+        roster
+            .offer(&w.roster(1, &[Some(1), Some(1), Some(2)]))
+            .unwrap();
+        m.mark_synced(1);
+        assert!(!m.syncing());
+        // Dropped from the roster (its descriptor timed out): it has no swarm, and answers no
+        // retrieve, since its peers stopped sending it copies.
+        roster
+            .offer(&w.roster(2, &[None, Some(1), Some(2)]))
+            .unwrap();
+        assert!(m.syncing());
+        // Back in the same swarm: it must pull again before it serves retrieves.
+        roster
+            .offer(&w.roster(3, &[Some(1), Some(1), Some(2)]))
+            .unwrap();
+        assert!(m.syncing());
+        m.mark_synced(1);
+        assert!(!m.syncing());
+        // Moved to another swarm: a round of the old one does not count.
+        roster
+            .offer(&w.roster(4, &[Some(2), Some(1), Some(2)]))
+            .unwrap();
+        m.mark_synced(1);
+        assert!(m.syncing());
+        m.mark_synced(2);
+        assert!(!m.syncing());
+    }
 }

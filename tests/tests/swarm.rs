@@ -153,6 +153,14 @@ async fn held(c: &OnionClient, to: &Hop, k: &SigningKey) -> Result<BTreeSet<Vec<
     }
 }
 
+/// Whether node `i`'s health report says it is syncing (`None` when it does not answer).
+async fn health_syncing(net: &Net, i: usize) -> Option<bool> {
+    let (_, body) = allium_node::http::get(net.net.nodes[i].metrics, "/health")
+        .await
+        .ok()?;
+    serde_json::from_str::<serde_json::Value>(&body).ok()?["syncing"].as_bool()
+}
+
 /// A store acknowledged by a majority of a swarm of `swarm_size` members, as the response says.
 fn acknowledged(r: &Result<Response, SendError>, swarm_size: usize) -> bool {
     match r {
@@ -593,4 +601,113 @@ async fn a_swarm_split_moves_mailboxes_to_the_swarm_that_now_owns_them() {
         .unwrap();
     assert_eq!(r.result, Err(Status::WrongSwarm));
     assert_eq!(r.redirect.map(|s| s.swarm_id), after.swarm_for(&mb));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_member_answers_no_retrieve_before_it_holds_every_acknowledged_message() {
+    let mut net = Net::start().await;
+    let k = key(14);
+    let mb = mailbox(&k);
+    let roster = net.roster().await;
+    let members = net.members(&roster, &mb);
+    let victim = victim(&members);
+    let others: Vec<Hop> = members
+        .iter()
+        .filter(|&&i| i != victim)
+        .map(|&i| net.hop(&roster, i))
+        .collect();
+    let at_victim = net.hop(&roster, victim);
+
+    // Half the messages while every member is up, half while the victim is stopped.
+    let mut acked = BTreeSet::new();
+    for n in 0..30u8 {
+        let data = vec![b'r', n];
+        let r = store(&net.c, &others[usize::from(n) % others.len()], mb, &data).await;
+        assert!(matches!(r, Ok(Response { result: Ok(_), .. })), "{r:?}");
+        acked.insert(data);
+    }
+    converged(
+        &mut net,
+        &HashMap::from([(14, acked.clone())]),
+        Expect::Exactly,
+    )
+    .await;
+    assert!(net.net.stop_node(victim).unwrap(), "clean stop");
+    for n in 30..60u8 {
+        let data = vec![b'r', n];
+        let r = store(&net.c, &others[usize::from(n) % others.len()], mb, &data).await;
+        assert!(matches!(r, Ok(Response { result: Ok(_), .. })), "{r:?}");
+        acked.insert(data);
+    }
+    // The authority drops the stopped member; the restarted one then starts from a cached
+    // roster that names its swarm, and soon fetches one that does not list it at all.
+    let id = net.net.nodes[victim].identity.node_id();
+    let deadline = Instant::now() + CONVERGE;
+    while net.roster().await.node(&id).is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the stopped member stayed in the roster"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    net.net.start_node(victim).unwrap();
+    // From the moment it listens, ask it again and again: it may refuse (`syncing`), but an
+    // answer `ok` must hold every acknowledged message.
+    let (mut refused, mut served, mut health_ok) = (0, 0, 0);
+    let deadline = Instant::now() + CONVERGE;
+    while served < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted member never served ({refused} refusals)"
+        );
+        let before = health_syncing(&net, victim).await;
+        let req = Request::signed(
+            Body::Retrieve(RetrieveRequest {
+                mailbox: mb,
+                namespace: 0,
+                after: None,
+                limit: None,
+                wait_ms: None,
+            }),
+            &k,
+            &at_victim.identity.node_id(),
+            now_ms(),
+        );
+        match call(&net.c, &at_victim, req.encode(), Method::Retrieve).await {
+            Ok(Response {
+                result: Ok(ResponseBody::Retrieve(page)),
+                ..
+            }) => {
+                let got: BTreeSet<Vec<u8>> = page.messages.into_iter().map(|m| m.data).collect();
+                assert!(
+                    got.is_superset(&acked),
+                    "the restarted member answered ok with {} of the {} acknowledged messages",
+                    got.intersection(&acked).count(),
+                    acked.len()
+                );
+                served += 1;
+            }
+            Ok(Response {
+                result: Err(Status::Syncing),
+                ..
+            }) => {
+                refused += 1;
+                // A member whose health says it is not syncing serves retrieves, unless the
+                // roster moved it meanwhile; count the reports that agree.
+                if before == Some(true) {
+                    health_ok += 1;
+                }
+            }
+            // Not listening yet, or not in the roster its relays hold: ask again.
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    eprintln!(
+        "a restarted member refused {refused} retrieves with `syncing` ({health_ok} while its \
+         health said so), then served all {} acknowledged messages",
+        acked.len()
+    );
+    // And the swarm agrees.
+    converged(&mut net, &HashMap::from([(14, acked)]), Expect::Exactly).await;
 }
