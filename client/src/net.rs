@@ -77,6 +77,10 @@ pub enum NetError {
     /// The swarm refused the request for a reason retrying does not fix.
     #[error("the swarm refused the request: {0:?}")]
     Refused(Status),
+    /// The one member a request had to go to (the one answering a polling round) did not
+    /// execute it; the round starts again elsewhere.
+    #[error("the member answering this round did not answer again")]
+    MemberLost,
 }
 
 /// The path a request took: relays then destination.
@@ -439,6 +443,26 @@ impl Net {
         make: impl Fn(&NodeId, u64) -> Vec<u8>,
         exclude: &HashSet<NodeId>,
     ) -> Result<(Response, PathReport), NetError> {
+        self.request_among(mailbox, method, wait, make, Members::Except(exclude))
+            .await
+    }
+
+    /// [`Self::request`] to the members `among` allows. With [`Members::Only`], a refusal or a
+    /// failure of that member ends the request with [`NetError::MemberLost`] (failed relays are
+    /// still replaced).
+    async fn request_among(
+        &self,
+        mailbox: &Mailbox,
+        method: Method,
+        wait: Duration,
+        make: impl Fn(&NodeId, u64) -> Vec<u8>,
+        among: Members<'_>,
+    ) -> Result<(Response, PathReport), NetError> {
+        let empty = HashSet::new();
+        let (exclude, only) = match among {
+            Members::Except(e) => (e, None),
+            Members::Only(n) => (&empty, Some(n)),
+        };
         let started = Instant::now();
         let deadline = started + self.timing.operation + wait;
         let mut attempts = 0;
@@ -467,6 +491,12 @@ impl Net {
                 None => roster.roster().members_for(mailbox),
             };
             members.retain(|m| !exclude.contains(&m.identity.node_id()));
+            if let Some(only) = only {
+                members.retain(|m| m.identity.node_id() == only);
+                if members.is_empty() || tried.contains(&only) {
+                    return Err(NetError::MemberLost);
+                }
+            }
             if members.is_empty() {
                 return Err(NetError::NoSwarm);
             }
@@ -696,12 +726,15 @@ impl Net {
         }
     }
 
-    /// Fetches messages of `key`'s inbox after `after`, waiting up to `wait` for one to arrive.
+    /// Fetches messages of `key`'s inbox after `after`, waiting up to `wait` for one to arrive,
+    /// from any member of its swarm, or only from member `at` (the next page of a polling round,
+    /// storage §8.1: [`NetError::MemberLost`] if it does not answer).
     pub async fn fetch(
         &self,
         key: &SigningKey,
         after: Option<CursorKey>,
         wait: Duration,
+        at: Option<NodeId>,
     ) -> Result<Fetched, NetError> {
         let mailbox = Mailbox::from_bytes(key.verifying_key().to_bytes());
         let wait_ms = u64::try_from(wait.as_millis())
@@ -722,12 +755,18 @@ impl Net {
             )
             .encode()
         };
+        let empty = HashSet::new();
+        let among = match at {
+            Some(node) => Members::Only(node),
+            None => Members::Except(&empty),
+        };
         let (response, path) = self
-            .request(
+            .request_among(
                 &mailbox,
                 Method::Retrieve,
                 Duration::from_millis(wait_ms),
                 make,
+                among,
             )
             .await?;
         match response.result {
@@ -740,6 +779,15 @@ impl Net {
             _ => Err(NetError::Refused(Status::Internal)),
         }
     }
+}
+
+/// Which members of a mailbox's swarm a request may go to.
+#[derive(Debug, Clone, Copy)]
+enum Members<'a> {
+    /// Any but these.
+    Except(&'a HashSet<NodeId>),
+    /// This one alone.
+    Only(NodeId),
 }
 
 /// An unspecified local address of the family of the network's first authority.

@@ -122,6 +122,7 @@ pub const ENV_VARS: &[EnvVar] = &[
         "ALLIUM_NODE_DIRECTORY_DESCRIPTOR_TTL_MS",
         "directory.descriptor_ttl_ms",
     ),
+    var("ALLIUM_NODE_FAULT_CLOCK_OFFSET_MS", "fault.clock_offset_ms"),
 ];
 
 const KIB: u64 = 1024;
@@ -161,6 +162,17 @@ pub struct NodeConfig {
     pub replication: ReplicationConfig,
     /// Registration with the authorities and roster refresh.
     pub directory: DirectoryConfig,
+    /// Faults injected on purpose, for tests; all off by default.
+    pub fault: FaultConfig,
+}
+
+/// Faults a test injects into a node (BAD_INPUTS 24, 33). A real node leaves them at zero.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FaultConfig {
+    /// Added to every wall-clock reading of the node, ms (negative: behind): a node whose clock
+    /// is wrong. Intervals and time-outs use monotonic time and are not shifted.
+    pub clock_offset_ms: i64,
 }
 
 /// Replication between swarm members (whitepaper storage §9).
@@ -282,6 +294,7 @@ impl Default for NodeConfig {
             replay: ReplayConfig::default(),
             replication: ReplicationConfig::default(),
             directory: DirectoryConfig::default(),
+            fault: FaultConfig::default(),
         }
     }
 }
@@ -538,6 +551,7 @@ impl NodeConfig {
             "directory.roster_refresh_ms" => self.directory.roster_refresh_ms = parse(value)?,
             "directory.publish_interval_ms" => self.directory.publish_interval_ms = parse(value)?,
             "directory.descriptor_ttl_ms" => self.directory.descriptor_ttl_ms = parse(value)?,
+            "fault.clock_offset_ms" => self.fault.clock_offset_ms = parse(value)?,
             _ => return Err(format!("unknown config key `{key}`")),
         }
         Ok(())

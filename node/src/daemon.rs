@@ -258,6 +258,13 @@ pub async fn run(config: NodeConfig, shutdown: ShutdownSignal) -> Result<(), Dae
             path: config.network_file.clone(),
             source,
         })?;
+    crate::clock::set_offset(config.fault.clock_offset_ms);
+    if config.fault.clock_offset_ms != 0 {
+        tracing::warn!(
+            offset_ms = config.fault.clock_offset_ms,
+            "fault injected: this node's clock is shifted"
+        );
+    }
     let keys = Arc::new(KeyStore::open(&config.data_dir)?);
     let identity = IdentityKeypair::from_seed(&keys.identity().seed());
     let identity_hex: String = identity
@@ -389,8 +396,11 @@ pub async fn run(config: NodeConfig, shutdown: ShutdownSignal) -> Result<(), Dae
             } else {
                 HealthStatus::Ok
             };
+            let clock = membership.clock();
             HealthReport {
                 syncing: membership.syncing(),
+                clock_offset_ms: clock.offset(),
+                clock_far: clock.is_far(),
                 ..HealthReport::from_metrics(status, started, &metrics)
             }
         })
@@ -485,7 +495,7 @@ pub async fn run(config: NodeConfig, shutdown: ShutdownSignal) -> Result<(), Dae
     }
     // Expired messages leave the disk in the background; reads never return them meanwhile.
     let sweeper = store.spawn_sweeper(
-        Arc::new(allium_proto::SystemClock),
+        Arc::new(crate::clock::NodeClock),
         Duration::from_secs(5),
         10_000,
     )?;

@@ -228,6 +228,8 @@ struct Inner {
     replicated: Family<ReplicationLabels, Counter>,
     handed_off: Counter,
     syncing: Gauge,
+    clock_offset: Gauge,
+    clock_far: Gauge,
 }
 
 /// The node's metrics. Clones share the same values.
@@ -264,6 +266,8 @@ impl Metrics {
         let replicated = Family::<ReplicationLabels, Counter>::default();
         let handed_off = Counter::default();
         let syncing = Gauge::default();
+        let clock_offset = Gauge::default();
+        let clock_far = Gauge::default();
         registry.register(
             "allium_sync_bytes",
             "Anti-entropy protocol bytes (requests and answers), by direction",
@@ -293,6 +297,16 @@ impl Metrics {
             "allium_syncing",
             "1 while the node is pulling its swarm's messages and refuses retrieves",
             syncing.clone(),
+        );
+        registry.register(
+            "allium_clock_offset_ms",
+            "This node's clock minus its swarm peers' (their median), as last measured",
+            clock_offset.clone(),
+        );
+        registry.register(
+            "allium_clock_far",
+            "1 while this node's clock is too far from its swarm peers' to serve",
+            clock_far.clone(),
         );
 
         // Counter names go in without `_total`: the encoder appends it.
@@ -383,6 +397,8 @@ impl Metrics {
             replicated,
             handed_off,
             syncing,
+            clock_offset,
+            clock_far,
         }))
     }
 
@@ -420,6 +436,12 @@ impl Metrics {
     /// Whether the node is syncing.
     pub fn set_syncing(&self, syncing: bool) {
         self.0.syncing.set(i64::from(syncing));
+    }
+
+    /// The last measurement of this node's clock against its swarm peers'.
+    pub fn set_clock(&self, offset_ms: i64, far: bool) {
+        self.0.clock_offset.set(offset_ms);
+        self.0.clock_far.set(i64::from(far));
     }
 
     /// A packet was forwarded; `elapsed` from receipt to the next hop accepting it.

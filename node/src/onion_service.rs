@@ -69,12 +69,9 @@ fn drop_reason(e: &PeelError) -> DropReason {
     }
 }
 
-/// Seconds since the Unix epoch by the system clock (onion-key epochs are wall-clock based).
+/// Seconds since the Unix epoch by the node's clock (onion-key epochs are wall-clock based).
 pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    crate::clock::now_secs()
 }
 
 impl<N: Neighbours, D: Destination> OnionService<N, D> {

@@ -1,7 +1,9 @@
 //! Swarm replication on a node (whitepaper storage §9): which mailboxes this node serves, the
 //! quorum a store waits for, the peer protocol it answers, anti-entropy rounds against its swarm
 //! peers (each pull an [`allium_proto::sync::Session`] driven over the link), and hand-off of
-//! mailboxes that moved to another swarm.
+//! mailboxes that moved to another swarm. Each round also compares this node's clock with its
+//! peers' (their `root` answers carry their node time); a node whose clock is far from theirs
+//! serves no mailbox until it agrees again (storage §8.3).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,13 +13,15 @@ use allium_proto::storage::GetSwarmResponse;
 use allium_proto::sync::{
     Action, EntryKey, Item, MAX_FETCH, MAX_ITEMS, PeerRequest, PeerResponse, Session, SessionError,
 };
+use allium_proto::time::{FAR_MS, judge};
 use allium_proto::{
-    Clock, DecodeError, Mailbox, Method, NodeId, Response, ResponseBody, Status, SystemClock,
-    UnixMillis,
+    Clock, ClockSample, ClockVerdict, DecodeError, Mailbox, Method, NodeId, Response, ResponseBody,
+    Status, UnixMillis,
 };
 use allium_swarm::{PendingStore, Placement, Service, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::NodeClock;
 use crate::config::ReplicationConfig;
 use crate::directory::RosterState;
 use crate::metrics::{Metrics, ReplicationResult, SyncDirection};
@@ -44,6 +48,8 @@ pub struct Membership {
     roster: Arc<RosterState>,
     /// The swarm for which a complete anti-entropy round has finished.
     synced: Mutex<Option<u64>>,
+    /// This node's clock against its swarm peers', as the last round that reached one found.
+    clock: Mutex<ClockVerdict>,
     metrics: Metrics,
 }
 
@@ -71,7 +77,51 @@ impl Membership {
             me,
             roster,
             synced: Mutex::new(None),
+            clock: Mutex::new(ClockVerdict::Unknown),
             metrics,
+        }
+    }
+
+    /// This node's clock against its swarm peers', as last measured.
+    pub fn clock(&self) -> ClockVerdict {
+        *lock(&self.clock)
+    }
+
+    fn clock_far(&self) -> bool {
+        self.clock().is_far()
+    }
+
+    /// Whether the clock allows serving mailboxes: measured and not far, or nothing to measure
+    /// it against (a swarm of one, or no swarm). Until a peer has answered, a member of a
+    /// larger swarm does not know.
+    fn clock_ok(&self) -> bool {
+        match self.clock() {
+            ClockVerdict::Agrees { .. } => true,
+            ClockVerdict::Far { .. } => false,
+            ClockVerdict::Unknown => self.my_swarm().is_none_or(|(_, peers)| peers.is_empty()),
+        }
+    }
+
+    /// Takes a round's verdict on the clock. A round in which no peer answered says nothing
+    /// and leaves the last verdict in force.
+    fn set_clock(&self, verdict: ClockVerdict) {
+        let Some(offset) = verdict.offset() else {
+            return;
+        };
+        let was = std::mem::replace(&mut *lock(&self.clock), verdict);
+        self.metrics.set_clock(offset, verdict.is_far());
+        match (was.is_far(), verdict.is_far()) {
+            (false, true) => tracing::warn!(
+                offset_ms = offset,
+                limit_ms = FAR_MS,
+                "this node's clock is far from its swarm peers'; it serves no mailbox until \
+                 they agree (check NTP)"
+            ),
+            (true, false) => tracing::info!(
+                offset_ms = offset,
+                "this node's clock agrees with its swarm peers' again"
+            ),
+            _ => {}
         }
     }
 
@@ -118,11 +168,13 @@ impl Membership {
     /// from the moment the node starts (before any roster, and whatever a cached roster says),
     /// while the roster it holds names no swarm for it, and again after its swarm changed
     /// (storage §9.5). Leaving the swarm, even briefly, forgets the round: the members stopped
-    /// sending it copies meanwhile.
+    /// sending it copies meanwhile. So does a clock found far from the peers' (§8.3).
     pub fn syncing(&self) -> bool {
         let current = self.my_swarm_id();
+        // A node serving no mailbox for its clock pulls again once it agrees.
+        let clock_ok = self.clock_ok();
         let mut synced = lock(&self.synced);
-        if current.is_some() && *synced == current {
+        if clock_ok && current.is_some() && *synced == current {
             return false;
         }
         *synced = None;
@@ -131,7 +183,7 @@ impl Membership {
 
     fn mark_synced(&self, swarm: u64) {
         // A round that started before the swarm changed pulled for the old one.
-        if self.my_swarm_id() != Some(swarm) {
+        if self.my_swarm_id() != Some(swarm) || !self.clock_ok() {
             return;
         }
         let was = lock(&self.synced).replace(swarm);
@@ -149,6 +201,11 @@ impl Placement for Membership {
     fn check(&self, mailbox: &Mailbox, method: Method, now: UnixMillis) -> Option<Response> {
         if let Some(refusal) = self.wrong_swarm(mailbox, now) {
             return Some(refusal);
+        }
+        // A wrong clock would file messages and answer cursors at wrong times (§8.3).
+        if !self.clock_ok() {
+            self.metrics.set_syncing(true);
+            return Some(Response::error(now, Status::Syncing));
         }
         // Without a roster, or outside it, the node cannot say where a mailbox lives: it takes
         // writes, but answers no retrieve until it has pulled from a swarm it belongs to.
@@ -242,7 +299,7 @@ impl Replicator {
     }
 
     fn now(&self) -> UnixMillis {
-        self.service.node_time(SystemClock.now())
+        self.service.node_time(NodeClock.now())
     }
 
     /// Sends `items` to every other member of their mailbox's swarm, each in its own detached
@@ -367,6 +424,11 @@ impl Replicator {
     async fn answer(&self, request: PeerRequest) -> Option<PeerResponse> {
         let store = self.store().clone();
         Some(match request {
+            // Filed by a wrong clock, copies would sit at wrong positions: the sender counts
+            // another holder, and this node pulls them once its clock agrees.
+            PeerRequest::Replicate(items) if self.membership.clock_far() => {
+                PeerResponse::Replicated(vec![Status::Syncing; items.len()])
+            }
             PeerRequest::Replicate(items) => {
                 let (service, now) = (self.service.clone(), self.now());
                 let statuses =
@@ -375,7 +437,10 @@ impl Replicator {
                         .ok()?;
                 PeerResponse::Replicated(statuses)
             }
-            PeerRequest::Root => PeerResponse::Root(store.digests().root()),
+            PeerRequest::Root => PeerResponse::Root {
+                root: store.digests().root(),
+                now: self.now(),
+            },
             PeerRequest::Buckets => PeerResponse::Buckets(store.digests().truncated()),
             PeerRequest::Entries {
                 bucket,
@@ -422,14 +487,31 @@ impl Replicator {
     /// Pulls from `peer` what this node lacks (a tombstone, a later expiry or a whole
     /// message) for mailboxes of its swarm. Returns whether everything was pulled; the byte
     /// budget may leave the rest for the next round. The protocol is the [`Session`]'s; this
-    /// only carries its requests and runs the store calls it asks for.
-    async fn pull_from(&self, peer: &Member) -> Result<bool, PeerError> {
+    /// only carries its requests and runs the store calls it asks for. The peer's `root` answer
+    /// gives a reading of its clock, added to `clocks`; while this node's clock is far (as the
+    /// last round found) it pulls nothing more.
+    async fn pull_from(
+        &self,
+        peer: &Member,
+        clocks: &mut Vec<ClockSample>,
+    ) -> Result<bool, PeerError> {
         let budget = usize::try_from(self.cfg.max_pull_bytes).unwrap_or(usize::MAX);
         let mut session = Session::new(self.store().digests(), budget);
         loop {
             match session.poll() {
                 Action::Send(request) => {
+                    let sent = self.now();
                     let answer = self.call(peer, request).await?;
+                    if let PeerResponse::Root { now: peer_now, .. } = answer {
+                        clocks.push(ClockSample {
+                            sent,
+                            peer: peer_now,
+                            received: self.now(),
+                        });
+                        if self.membership.clock_far() {
+                            return Ok(false);
+                        }
+                    }
                     session.handle_response(answer)?;
                 }
                 Action::Reconcile(page) => {
@@ -476,8 +558,9 @@ impl Replicator {
             return;
         };
         let mut complete = true;
+        let mut clocks = Vec::with_capacity(peers.len());
         for peer in &peers {
-            match self.pull_from(peer).await {
+            match self.pull_from(peer, &mut clocks).await {
                 Ok(done) => complete &= done,
                 // A member that is down has nothing to give now; it pulls from us when back.
                 Err(PeerError::Link(e)) => {
@@ -489,6 +572,7 @@ impl Replicator {
                 }
             }
         }
+        self.membership.set_clock(judge(&clocks, FAR_MS));
         if complete {
             self.membership.mark_synced(swarm);
             self.metrics.sync_round();
@@ -755,6 +839,7 @@ mod tests {
             .offer(&w.roster(1, &[Some(1), Some(1), Some(2)]))
             .unwrap();
         assert!(m.syncing());
+        m.set_clock(ClockVerdict::Agrees { offset: 0 });
         m.mark_synced(1);
         assert!(!m.syncing());
         assert!(m.check(&mailbox, Method::Retrieve, 1).is_none());
@@ -767,6 +852,7 @@ mod tests {
         roster
             .offer(&w.roster(1, &[Some(1), Some(1), Some(2)]))
             .unwrap();
+        m.set_clock(ClockVerdict::Agrees { offset: 0 });
         m.mark_synced(1);
         assert!(!m.syncing());
         // Dropped from the roster (its descriptor timed out): it has no swarm, and answers no
@@ -790,5 +876,56 @@ mod tests {
         assert!(m.syncing());
         m.mark_synced(2);
         assert!(!m.syncing());
+    }
+
+    #[test]
+    fn a_far_clock_serves_no_mailbox_until_it_agrees_and_has_pulled_again() {
+        let mut w = World::new(3);
+        let (roster, m) = membership(&w, 0);
+        roster
+            .offer(&w.roster(1, &[Some(1), Some(1), Some(2)]))
+            .unwrap();
+        // Only a mailbox of its own swarm is served; find one.
+        let mine = (0..=255u8)
+            .map(|b| Mailbox::from_bytes([b; 32]))
+            .find(|mb| m.owns(mb))
+            .unwrap();
+        // Before any peer has answered, its clock is unchecked: nothing is served.
+        assert_eq!(
+            m.check(&mine, Method::Store, 1).unwrap().result,
+            Err(Status::Syncing)
+        );
+        m.mark_synced(1);
+        assert!(m.syncing());
+        m.set_clock(ClockVerdict::Agrees { offset: 0 });
+        m.mark_synced(1);
+        assert!(m.check(&mine, Method::Store, 1).is_none());
+        m.set_clock(ClockVerdict::Far { offset: 200_000 });
+        assert!(m.syncing());
+        for method in [
+            Method::Store,
+            Method::Retrieve,
+            Method::Delete,
+            Method::DeleteAll,
+            Method::Expire,
+        ] {
+            let refusal = m.check(&mine, method, 1).unwrap();
+            assert_eq!(refusal.result, Err(Status::Syncing), "{method:?}");
+        }
+        // A round in which no peer answered changes nothing; one that pulled while far does
+        // not count.
+        m.set_clock(ClockVerdict::Unknown);
+        assert!(m.clock().is_far());
+        m.mark_synced(1);
+        assert!(m.syncing());
+        // Agreeing again, it takes writes at once and retrieves after its next complete round.
+        m.set_clock(ClockVerdict::Agrees { offset: 3 });
+        assert!(m.check(&mine, Method::Store, 1).is_none());
+        assert_eq!(
+            m.check(&mine, Method::Retrieve, 1).unwrap().result,
+            Err(Status::Syncing)
+        );
+        m.mark_synced(1);
+        assert!(m.check(&mine, Method::Retrieve, 1).is_none());
     }
 }

@@ -705,6 +705,8 @@ async fn http_bind_failure_is_typed() {
         uptime_secs: 0,
         peers: 0,
         syncing: false,
+        clock_offset_ms: None,
+        clock_far: false,
     });
     let err = http::serve(addr, Metrics::new(), health, ShutdownSignal::new())
         .await

@@ -261,7 +261,10 @@ fn peer_request_of(v: &Value) -> PeerRequest {
 fn peer_response_of(method: PeerMethod, v: &Value) -> PeerResponse {
     match method {
         PeerMethod::Replicate => PeerResponse::Replicated(list(&v["statuses"], status)),
-        PeerMethod::Root => PeerResponse::Root(b32(&v["root"])),
+        PeerMethod::Root => PeerResponse::Root {
+            root: b32(&v["root"]),
+            now: uint(&v["now"]),
+        },
         PeerMethod::Buckets => {
             PeerResponse::Buckets(list(&v["buckets"], |b| bytes(b).try_into().unwrap()))
         }
@@ -563,7 +566,7 @@ fn vectors() -> Value {
     ];
     let peer_responses = [
         ("replicated", 1, json!({ "statuses": [0, 15] })),
-        ("root", 2, json!({ "root": root["root"] })),
+        ("root", 2, json!({ "root": root["root"], "now": TS + 1 })),
         (
             "entries",
             4,

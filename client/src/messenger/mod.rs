@@ -19,9 +19,10 @@ pub mod peer;
 
 use std::collections::{BTreeMap, HashSet};
 
+use allium_onion::IdentityPublicKey;
 use allium_proto::cursor::{Cursor, DEFAULT_OVERLAP_MS};
 use allium_proto::storage::{CursorKey, PUBLIC, RetrieveResponse};
-use allium_proto::{Mailbox, MessageHash};
+use allium_proto::{Mailbox, MessageHash, NodeId};
 use ed25519_dalek::SigningKey;
 use rand_core::{OsRng, RngCore};
 
@@ -44,6 +45,8 @@ pub const BUNDLE_REFRESH_MS: u64 = 5 * 60 * 1000;
 pub const RECORD_BUNDLE: u8 = 1;
 /// History entries read back to know which messages are recorded already.
 const HISTORY_INDEX: usize = crate::state::MAX_SEEN;
+/// Rounds of one fetch started again because their member stopped answering mid-round.
+const MAX_ROUND_RESTARTS: usize = 3;
 
 /// Why a messaging operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -554,9 +557,25 @@ impl Messenger {
         let mut cursor = Cursor::resume(DEFAULT_OVERLAP_MS, safe);
         let mut received = 0;
         let mut wait = wait;
+        // The member answering the round in progress: its later pages come from it alone.
+        let mut round_at: Option<NodeId> = None;
+        let mut restarts = 0;
         loop {
-            let page = net.fetch(&key, cursor.after(), wait).await?;
+            let page = match net.fetch(&key, cursor.after(), wait, round_at).await {
+                Ok(page) => page,
+                Err(NetError::MemberLost) if restarts < MAX_ROUND_RESTARTS => {
+                    restarts += 1;
+                    cursor.restart_round();
+                    round_at = None;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             wait = std::time::Duration::ZERO;
+            round_at = page
+                .more
+                .then(|| page.path.hops.last().map(IdentityPublicKey::node_id))
+                .flatten();
             let fresh = cursor.accept(
                 page.node_now,
                 &RetrieveResponse {
