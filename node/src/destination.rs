@@ -123,8 +123,8 @@ impl Destination for StoreDestination {
         };
         self.metrics
             .storage_request(method_of(&response), result, started.elapsed());
-        let encoded = response.encode();
-        // The client chose a reply class too small for this answer; it retries with a larger one.
-        (encoded.len() <= max_response).then_some(encoded)
+        // A retrieve page is cut to the reply class the client chose (fewer messages, `more`);
+        // any other answer too long for it is refused, and the client retries with a larger one.
+        response.encode_within(max_response)
     }
 }

@@ -1145,6 +1145,43 @@ impl Response {
         e.buf
     }
 
+    /// The encoding, fitted to a reply of at most `max` bytes (onion §6.1, storage §4.2): a
+    /// response is never truncated; a `retrieve` page too long is cut to the longest prefix of
+    /// its messages that fits, with `more = true` so the client asks again after the last one.
+    /// `None` when nothing fits: a longer reply class is needed.
+    pub fn encode_within(&self, max: usize) -> Option<Vec<u8>> {
+        let whole = self.encode();
+        if whole.len() <= max {
+            return Some(whole);
+        }
+        let Ok(ResponseBody::Retrieve(page)) = &self.result else {
+            return None;
+        };
+        let with = |count: usize| {
+            Response::ok(
+                self.now,
+                ResponseBody::Retrieve(RetrieveResponse {
+                    messages: page.messages[..count].to_vec(),
+                    more: true,
+                }),
+            )
+            .encode()
+        };
+        // The longest prefix that fits: encodings grow with the count, so search for it. The
+        // whole page does not fit, so the answer is below its length.
+        let (mut fits, mut over) = (0, page.messages.len());
+        while over - fits > 1 {
+            let mid = fits + (over - fits) / 2;
+            if with(mid).len() <= max {
+                fits = mid;
+            } else {
+                over = mid;
+            }
+        }
+        // An empty page with `more` would send the client back to the same place for ever.
+        (fits > 0).then(|| with(fits))
+    }
+
     /// Decodes the response to a request of `method`.
     pub fn decode(bytes: &[u8], method: Method) -> Result<Self, DecodeError> {
         if bytes.len() > MAX_RESPONSE_BYTES {

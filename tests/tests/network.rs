@@ -186,6 +186,69 @@ async fn a_message_stored_over_four_layers_is_retrieved_over_four_layers() {
     assert_eq!(got, vec![b"hello through four layers".to_vec()]);
 }
 
+/// Onion §6.1, storage §1: a signed retrieve whose answer is too long for the small reply class
+/// is answered with the messages that fit and `more = true`, and paging gets the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retrieve_in_the_small_reply_class_pages_instead_of_failing() {
+    let Fixture {
+        _serial,
+        _dir,
+        net: _net,
+        network,
+        c,
+        roster,
+        key,
+        mailbox,
+    } = fixture(7).await;
+    let path = hops(&network, &path_for(&roster, &mailbox, &[]));
+    let sent: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 512]).collect();
+    for data in &sent {
+        let stored = store(&c, &path, &mailbox, data).await.unwrap();
+        assert!(
+            matches!(stored.result, Ok(ResponseBody::Store(_))),
+            "{stored:?}"
+        );
+    }
+    let destination = NodeId::from_bytes(path.last().unwrap().identity.to_bytes());
+    let mut after = None;
+    let mut got = Vec::new();
+    let mut pages = Vec::new();
+    loop {
+        let request = Request::signed(
+            Body::Retrieve(RetrieveRequest {
+                mailbox,
+                namespace: 0,
+                after,
+                limit: None,
+                wait_ms: None,
+            }),
+            &key,
+            &destination,
+            now_ms(),
+        )
+        .encode();
+        let body = c
+            .send(&path, &request, SizeClass::Small, T)
+            .await
+            .expect("answered in the small class, not refused with error 5");
+        let Ok(ResponseBody::Retrieve(page)) =
+            Response::decode(&body, Method::Retrieve).unwrap().result
+        else {
+            panic!("retrieve refused");
+        };
+        pages.push(page.messages.len());
+        after = page.messages.last().map(|m| m.key()).or(after);
+        got.extend(page.messages.into_iter().map(|m| m.data));
+        if !page.more {
+            break;
+        }
+        assert!(pages.len() < 10, "pages {pages:?}");
+    }
+    assert_eq!(pages, [7, 3], "pages of a small reply");
+    got.sort();
+    assert_eq!(got, sent);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_presenting_the_wrong_key_is_refused() {
     let _serial = serial().await;
