@@ -285,14 +285,18 @@ impl Link {
     }
 
     /// Accepts connections and answers their requests with `handler` until `shutdown` resolves;
-    /// then stops accepting, lets requests in flight finish (up to `drain`), and closes.
+    /// then stops accepting connections and streams, lets requests in flight finish (up to
+    /// `drain`), and closes.
     pub async fn serve<H: Handler>(
         &self,
         handler: Arc<H>,
         shutdown: impl Future<Output = ()>,
         drain: Duration,
     ) {
+        // Connections and the requests on them; the drain waits for both, so an open but idle
+        // connection must end when `stopping` fires, not when its peer closes it.
         let tasks = tokio_util::task::TaskTracker::new();
+        let stopping = tokio_util::sync::CancellationToken::new();
         tokio::pin!(shutdown);
         loop {
             let incoming = tokio::select! {
@@ -313,14 +317,17 @@ impl Link {
             let handler = handler.clone();
             let read_timeout = self.limits.request_read_timeout;
             let inner = tasks.clone();
+            let stopping = stopping.clone();
             tasks.spawn(async move {
                 let _slot = slot;
-                if let Err(e) = serve_connection(incoming, handler, read_timeout, inner).await {
+                let served = serve_connection(incoming, handler, read_timeout, inner, stopping);
+                if let Err(e) = served.await {
                     tracing::debug!(error = %e, "connection ended");
                 }
             });
         }
         self.endpoint.set_server_config(None);
+        stopping.cancel();
         tasks.close();
         if tokio::time::timeout(drain, tasks.wait()).await.is_err() {
             tracing::warn!("requests still in flight after the drain period; closing");
@@ -340,19 +347,28 @@ async fn serve_connection<H: Handler>(
     handler: Arc<H>,
     read_timeout: Duration,
     tasks: tokio_util::task::TaskTracker,
+    stopping: tokio_util::sync::CancellationToken,
 ) -> Result<(), LinkError> {
-    let conn = incoming
+    let handshake = incoming
         .accept()
-        .map_err(|e| LinkError::Stream(e.to_string()))?
-        .await
         .map_err(|e| LinkError::Stream(e.to_string()))?;
+    let conn = tokio::select! {
+        conn = handshake => conn.map_err(|e| LinkError::Stream(e.to_string()))?,
+        () = stopping.cancelled() => return Ok(()),
+    };
     let peer = Arc::new(Peer {
         addr: conn.remote_address(),
         identity: peer_identity(&conn),
     });
     let _guard = handler.connected(&peer);
     loop {
-        let (mut send, mut recv) = match conn.accept_bi().await {
+        // Once the node stops, no new request starts here; those in flight hold the connection
+        // open (their streams keep it alive) until they have answered.
+        let accepted = tokio::select! {
+            accepted = conn.accept_bi() => accepted,
+            () = stopping.cancelled() => return Ok(()),
+        };
+        let (mut send, mut recv) = match accepted {
             Ok(s) => s,
             Err(quinn::ConnectionError::ApplicationClosed(_))
             | Err(quinn::ConnectionError::LocallyClosed) => return Ok(()),
@@ -382,7 +398,11 @@ async fn serve_connection<H: Handler>(
             let (status, answer) = handler.handle(&peer, kind, body).await;
             if let Err(e) = frame::write_response(&mut send, status, &answer).await {
                 tracing::debug!(error = %e, "response not delivered");
+                return;
             }
+            // Done once the peer has the answer: a connection closed at shutdown right after
+            // the last request would otherwise drop bytes not yet sent.
+            let _ = tokio::time::timeout(read_timeout, send.stopped()).await;
         });
     }
 }

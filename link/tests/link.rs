@@ -54,6 +54,15 @@ fn loopback() -> SocketAddr {
 }
 
 fn start(seed: u64, limits: LinkLimits) -> Server {
+    start_with(seed, limits, Arc::new(Echo), Duration::from_secs(1))
+}
+
+fn start_with<H: Handler>(
+    seed: u64,
+    limits: LinkLimits,
+    handler: Arc<H>,
+    drain: Duration,
+) -> Server {
     let identity = IdentityKeypair::generate(&mut ChaCha20Rng::seed_from_u64(seed));
     let tls = Arc::new(TlsIdentity::new(&identity).unwrap());
     let link = Link::bind_node(loopback(), tls, limits).unwrap();
@@ -61,11 +70,11 @@ fn start(seed: u64, limits: LinkLimits) -> Server {
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         link.serve(
-            Arc::new(Echo),
+            handler,
             async {
                 let _ = rx.await;
             },
-            Duration::from_secs(1),
+            drain,
         )
         .await;
     });
@@ -267,4 +276,76 @@ fn certificate_identity_refuses_garbage() {
 
 fn hex_of(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Answers `Directory` requests once the test opens the gate; says when one has arrived.
+struct Gate {
+    arrived: tokio::sync::Notify,
+    open: tokio::sync::Semaphore,
+}
+
+impl Handler for Gate {
+    type ConnectionGuard = ();
+
+    fn connected(&self, _peer: &Peer) {}
+
+    async fn handle(&self, _peer: &Peer, _kind: Kind, body: Vec<u8>) -> (Status, Vec<u8>) {
+        self.arrived.notify_one();
+        let _ = self.open.acquire().await;
+        (Status::Ok, body)
+    }
+}
+
+/// Far longer than any test waits: a stop that took it would fail the test's own deadline.
+const LONG_DRAIN: Duration = Duration::from_secs(3600);
+
+/// A stop waits for requests in flight, not for open connections that are idle: the peers'
+/// long-lived connections must not hold every node for its whole drain period.
+#[tokio::test]
+async fn an_idle_connection_does_not_hold_the_stop() {
+    let server = start_with(11, LinkLimits::default(), Arc::new(Echo), LONG_DRAIN);
+    let c = client();
+    let conn = c
+        .connect(server.addr, &server.identity.public())
+        .await
+        .unwrap();
+    let (status, _) = allium_link::request(&conn, Kind::Directory, b"x", Deadlines::uniform(T))
+        .await
+        .unwrap();
+    assert_eq!(status, Status::Ok);
+    // The connection stays open and idle while the server stops.
+    tokio::time::timeout(T * 6, server.stop())
+        .await
+        .expect("stopped without waiting the drain period");
+    drop(conn);
+}
+
+/// A request that arrived before the stop is still answered, and the stop waits for it.
+#[tokio::test]
+async fn a_request_in_flight_at_the_stop_is_answered() {
+    let gate = Arc::new(Gate {
+        arrived: tokio::sync::Notify::new(),
+        open: tokio::sync::Semaphore::new(0),
+    });
+    let mut server = start_with(12, LinkLimits::default(), gate.clone(), LONG_DRAIN);
+    let c = client();
+    let conn = c
+        .connect(server.addr, &server.identity.public())
+        .await
+        .unwrap();
+    let asking = {
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            allium_link::request(&conn, Kind::Directory, b"late", Deadlines::uniform(T * 6)).await
+        })
+    };
+    gate.arrived.notified().await;
+    let _ = server.stop.take().unwrap().send(());
+    gate.open.add_permits(1);
+    let (status, body) = asking.await.unwrap().unwrap();
+    assert_eq!((status, body.as_slice()), (Status::Ok, &b"late"[..]));
+    tokio::time::timeout(T * 6, server.task)
+        .await
+        .expect("stopped once the request was answered")
+        .unwrap();
 }

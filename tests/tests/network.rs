@@ -472,3 +472,34 @@ async fn garbage_truncated_and_replayed_packets_are_dropped_and_counted() {
     // The node keeps serving.
     store(&c, &hops, &mailbox, b"still serving").await.unwrap();
 }
+
+/// Stopping a formed network whose nodes are idle waits for no drain period: the long-lived
+/// connections between nodes hold no request, so no node logs that requests were still in
+/// flight after the drain, and every node exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_idle_nodes_waits_for_no_drain() {
+    let Fixture {
+        _serial,
+        _dir,
+        mut net,
+        ..
+    } = fixture(8).await;
+    let started = std::time::Instant::now();
+    let stopped = net.stop_all();
+    let took = started.elapsed();
+    for s in &stopped {
+        assert!(s.clean, "{}: {}", s.name, s.outcome);
+    }
+    let waited: Vec<&str> = net
+        .nodes
+        .iter()
+        .filter(|n| {
+            std::fs::read_to_string(&n.log)
+                .unwrap()
+                .contains("requests still in flight after the drain period")
+        })
+        .map(|n| n.name.as_str())
+        .collect();
+    assert!(waited.is_empty(), "waited the whole drain: {waited:?}");
+    eprintln!("{} idle nodes stopped in {took:?}", stopped.len());
+}
