@@ -13,7 +13,7 @@ use allium_node::devnet::Devnet;
 use allium_onion::{IdentityPublicKey, SizeClass};
 use allium_proto::network::NetworkFile;
 use allium_proto::roster::Roster;
-use allium_proto::storage::{DeleteRequest, RetrieveRequest, StoreRequest};
+use allium_proto::storage::{DeleteRequest, GetSwarmRequest, RetrieveRequest, StoreRequest};
 use allium_proto::{Body, Mailbox, Method, NodeId, Request, Response, ResponseBody, Status};
 use allium_tests::{serial, start_devnet, wait_for_roster};
 use ed25519_dalek::SigningKey;
@@ -124,6 +124,34 @@ async fn store(c: &OnionClient, to: &Hop, mb: Mailbox, data: &[u8]) -> Result<Re
         data: data.to_vec(),
     }));
     call(c, to, req.encode(), Method::Store).await
+}
+
+/// How many members `mb`'s swarm has in the roster node `to` holds (it answers `get_swarm` from
+/// it): the swarm a store at `to` counts its majority in, which may be newer than the test's.
+async fn swarm_size_at(c: &OnionClient, to: &Hop, mb: Mailbox) -> usize {
+    let req = Request::unsigned(Body::GetSwarm(GetSwarmRequest { mailbox: mb }));
+    match call(c, to, req.encode(), Method::GetSwarm).await {
+        Ok(Response {
+            result: Ok(ResponseBody::GetSwarm(s)),
+            ..
+        }) => s.members.len(),
+        other => panic!("get_swarm at the destination: {other:?}"),
+    }
+}
+
+/// Stores at `to`; returns the answer and the smallest size of the swarm in the rosters the
+/// destination held just before and just after (the roster may change meanwhile: a stopped
+/// member leaves it), which its acknowledgement is counted against.
+async fn store_counted(
+    c: &OnionClient,
+    to: &Hop,
+    mb: Mailbox,
+    data: &[u8],
+) -> (Result<Response, SendError>, usize) {
+    let before = swarm_size_at(c, to, mb).await;
+    let r = store(c, to, mb, data).await;
+    let after = swarm_size_at(c, to, mb).await;
+    (r, before.min(after))
 }
 
 /// Everything node `to` returns for the mailbox, or why it could not say.
@@ -335,7 +363,7 @@ async fn a_member_that_was_down_converges_and_a_deleted_message_stays_deleted() 
     // Two messages every member holds; one will be deleted while the victim is down.
     let mut doomed_hash = None;
     for data in [b"doomed".as_slice(), b"kept"] {
-        let r = store(&net.c, &to, mb, data).await;
+        let (r, size) = store_counted(&net.c, &to, mb, data).await;
         assert!(acknowledged(&r, size), "{r:?}");
         if data == b"doomed" {
             if let Ok(Response {
@@ -377,7 +405,7 @@ async fn a_member_that_was_down_converges_and_a_deleted_message_stays_deleted() 
     want.remove(b"doomed".as_slice());
     for n in 0..30u8 {
         let data = vec![b'n', n];
-        let r = store(&net.c, &to, mb, &data).await;
+        let (r, size) = store_counted(&net.c, &to, mb, &data).await;
         assert!(acknowledged(&r, size), "{r:?}");
         want.insert(data);
     }
@@ -425,8 +453,8 @@ async fn a_node_joining_a_swarm_ends_up_holding_its_messages() {
         for n in 0..10u8 {
             let data = vec![seed, n];
             let to = net.hop(&roster, members[usize::from(n) % members.len()]);
-            let r = store(&net.c, &to, mb, &data).await;
-            assert!(acknowledged(&r, members.len()), "{r:?}");
+            let (r, size) = store_counted(&net.c, &to, mb, &data).await;
+            assert!(acknowledged(&r, size), "{r:?}");
             msgs.insert(data);
         }
         want.insert(seed, msgs);
@@ -501,8 +529,8 @@ async fn a_member_with_a_corrupt_store_refuses_it_and_resyncs_from_its_swarm() {
     let mut want = BTreeSet::new();
     for n in 0..20u8 {
         let data = vec![b'c', n];
-        let r = store(&net.c, &to, mb, &data).await;
-        assert!(acknowledged(&r, members.len()), "{r:?}");
+        let (r, size) = store_counted(&net.c, &to, mb, &data).await;
+        assert!(acknowledged(&r, size), "{r:?}");
         want.insert(data);
     }
     let want = HashMap::from([(13, want)]);
@@ -538,8 +566,8 @@ async fn a_swarm_split_moves_mailboxes_to_the_swarm_that_now_owns_them() {
         for n in 0..5u8 {
             let data = vec![seed, n, 0x5a];
             let to = net.hop(&before, members[usize::from(n) % members.len()]);
-            let r = store(&net.c, &to, mb, &data).await;
-            assert!(acknowledged(&r, members.len()), "{r:?}");
+            let (r, size) = store_counted(&net.c, &to, mb, &data).await;
+            assert!(acknowledged(&r, size), "{r:?}");
             msgs.insert(data);
         }
         want.insert(seed, msgs);
