@@ -447,9 +447,9 @@ impl Net {
             .await
     }
 
-    /// [`Self::request`] to the members `among` allows. With [`Members::Only`], a refusal or a
-    /// failure of that member ends the request with [`NetError::MemberLost`] (failed relays are
-    /// still replaced).
+    /// [`Self::request`] to the members `among` allows. With [`Members::Only`], a second refusal
+    /// or failure of that member ends the request with [`NetError::MemberLost`] (failed relays
+    /// are still replaced).
     async fn request_among(
         &self,
         mailbox: &Mailbox,
@@ -469,6 +469,7 @@ impl Net {
         let mut last = String::from("no attempt");
         let mut tried: HashSet<NodeId> = HashSet::new();
         let mut redirect: Option<Vec<NodeId>> = None;
+        let mut pinned_retried = false;
         while Instant::now() < deadline {
             let left = deadline.saturating_duration_since(Instant::now());
             let roster = match tokio::time::timeout(left, self.ensure_roster()).await {
@@ -493,8 +494,13 @@ impl Net {
             members.retain(|m| !exclude.contains(&m.identity.node_id()));
             if let Some(only) = only {
                 members.retain(|m| m.identity.node_id() == only);
-                if members.is_empty() || tried.contains(&only) {
+                if members.is_empty() || (tried.contains(&only) && pinned_retried) {
                     return Err(NetError::MemberLost);
+                }
+                // One more attempt at it first: on a busy machine or network a single time-out
+                // says little, and starting the round again elsewhere repeats its pages.
+                if tried.remove(&only) {
+                    pinned_retried = true;
                 }
             }
             if members.is_empty() {

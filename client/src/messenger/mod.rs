@@ -45,8 +45,9 @@ pub const BUNDLE_REFRESH_MS: u64 = 5 * 60 * 1000;
 pub const RECORD_BUNDLE: u8 = 1;
 /// History entries read back to know which messages are recorded already.
 const HISTORY_INDEX: usize = crate::state::MAX_SEEN;
-/// Rounds of one fetch started again because their member stopped answering mid-round.
-const MAX_ROUND_RESTARTS: usize = 3;
+/// Rounds of one fetch started again because their member stopped answering mid-round. Each
+/// restart follows a page that was answered, so a fetch still ends; a busy swarm may need a few.
+const MAX_ROUND_RESTARTS: usize = 8;
 
 /// Why a messaging operation failed.
 #[derive(Debug, thiserror::Error)]
