@@ -420,24 +420,36 @@ async fn a_member_that_was_down_converges_and_a_deleted_message_stays_deleted() 
     eprintln!("a member back after missing 30 stores and a delete converged in {took:?}");
 
     // Several more rounds on every member: the deleted message stays gone, and idle rounds
-    // exchange only root digests.
+    // exchange only root digests. A window of rounds is idle only once every member has caught
+    // up (a peer still pulling from the victim has another root, and a busy machine may see
+    // the roster drop and re-add a slow node): measure windows of three rounds until one is.
     let rounds = "allium_sync_rounds_total";
     let pulled = "allium_sync_bytes_total{direction=\"pull\"}";
-    let before_rounds = counter(&net, victim, rounds).await;
-    let before_bytes = counter(&net, victim, pulled).await;
     let deadline = Instant::now() + CONVERGE;
-    while counter(&net, victim, rounds).await < before_rounds + 3 {
-        assert!(Instant::now() < deadline, "anti-entropy rounds stopped");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut windows = Vec::new();
+    loop {
+        let before_rounds = counter(&net, victim, rounds).await;
+        let before_bytes = counter(&net, victim, pulled).await;
+        while counter(&net, victim, rounds).await < before_rounds + 3 {
+            assert!(Instant::now() < deadline, "anti-entropy rounds stopped");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let rounds_done = counter(&net, victim, rounds).await - before_rounds;
+        let bytes = counter(&net, victim, pulled).await - before_bytes;
+        let per_peer_round = bytes / rounds_done / (size as u64 - 1);
+        windows.push(per_peer_round);
+        if per_peer_round <= 64 {
+            eprintln!(
+                "idle anti-entropy: {per_peer_round} protocol bytes per peer per round \
+                 (windows of 3 rounds measured: {windows:?})"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no idle window of rounds: bytes per peer per round {windows:?}"
+        );
     }
-    let rounds_done = counter(&net, victim, rounds).await - before_rounds;
-    let bytes = counter(&net, victim, pulled).await - before_bytes;
-    let per_peer_round = bytes / rounds_done / (size as u64 - 1);
-    eprintln!("idle anti-entropy: {per_peer_round} protocol bytes per peer per round");
-    assert!(
-        per_peer_round <= 64,
-        "{per_peer_round} bytes per idle round"
-    );
     converged(&mut net, &HashMap::from([(12, want)]), Expect::Exactly).await;
 }
 
