@@ -2,12 +2,12 @@
 //! metrics, wired together, running until shut down.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use allium_onion::{EpochSchedule, IdentityKeypair, OnionKeyCert, OnionKeyRing};
+use allium_onion::{EpochSchedule, IdentityKeypair, IdentityPublicKey, OnionKeyCert, OnionKeyRing};
 use allium_proto::network::NetworkFile;
 use allium_proto::roster::{DirectoryRequest, DirectoryResponse};
 use allium_swarm::{Service, ServiceConfig, Store};
@@ -24,7 +24,9 @@ use crate::onion_service::{OnionConfig, OnionService, unix_now};
 use crate::ratelimit::RateLimiter;
 use crate::replication::{Membership, Replicator};
 use crate::shutdown::ShutdownSignal;
-use allium_link::{Deadlines, Handler, Kind, Link, LinkLimits, Peer, Pool, Status, TlsIdentity};
+use allium_link::{
+    Deadlines, Handler, Kind, Link, LinkLimits, Peer, Pool, Refusal, Role, Status, TlsIdentity,
+};
 
 /// Why the daemon could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -68,17 +70,31 @@ struct NodeHandler {
 impl Handler for NodeHandler {
     type ConnectionGuard = crate::metrics::ConnectionGuard;
 
-    /// Nodes prove an identity on the link; clients do not.
+    /// A peer is a node of the roster held; a certificate with any other key is a client's.
+    fn is_peer(&self, identity: &IdentityPublicKey) -> bool {
+        self.roster.lists(identity)
+    }
+
+    fn may_be_peer(&self, ip: IpAddr) -> bool {
+        self.roster.has_node_at(ip)
+    }
+
     fn connected(&self, peer: &Peer) -> Self::ConnectionGuard {
-        if peer.identity.is_some() {
-            self.metrics.peer_connected()
-        } else {
-            self.metrics.client_connected()
+        match peer.role {
+            Role::Peer => self.metrics.peer_connected(),
+            Role::Client => self.metrics.client_connected(),
         }
     }
 
+    fn refused(&self, _addr: SocketAddr, why: Refusal) {
+        self.metrics.link_refused(why.into());
+    }
+
     async fn handle(&self, peer: &Peer, kind: Kind, body: Vec<u8>) -> (Status, Vec<u8>) {
-        if peer.identity.is_none() && !self.client_limit.allow(peer.addr.ip(), Instant::now()) {
+        // The roster may have changed since the handshake: a node that left it is a client now.
+        let is_peer = peer.identity.as_ref().is_some_and(|id| self.is_peer(id));
+        if !is_peer && !self.client_limit.allow(peer.addr.ip(), Instant::now()) {
+            tracing::debug!(kind = ?kind, "request dropped: client over its rate");
             self.metrics.dropped(DropReason::RateLimited);
             return (Status::Rejected, Vec::new());
         }
@@ -116,6 +132,8 @@ fn link_limits(config: &NodeConfig) -> LinkLimits {
         idle_timeout: l.idle_timeout(),
         keep_alive: l.keep_alive(),
         request_read_timeout: l.request_read_timeout(),
+        client_read_buffer: usize::try_from(l.client_read_buffer_bytes).unwrap_or(usize::MAX),
+        peer_read_buffer: usize::try_from(l.peer_read_buffer_bytes).unwrap_or(usize::MAX),
     }
 }
 

@@ -87,6 +87,38 @@ label_enum! {
 }
 
 label_enum! {
+    /// Why the link refused a connection or a request before it was handled (`link.md` §2, §3).
+    LinkRefusal {
+        /// A connection over the total cap, or a client's over its address's cap.
+        ConnectionCap => "connection_cap",
+        /// A frame with an unknown kind, a length over its kind's limit, or ended early.
+        BadFrame => "bad_frame",
+        /// Bytes after a request's declared body.
+        TrailingBytes => "trailing_bytes",
+        /// A request not received whole within the read time-out.
+        ReadTimeout => "read_timeout",
+        /// A peer frame from a connection whose key is not in the roster.
+        NotAPeer => "not_a_peer",
+        /// The memory for request bodies being read was in use.
+        BufferFull => "buffer_full",
+    }
+}
+
+impl From<allium_link::Refusal> for LinkRefusal {
+    fn from(r: allium_link::Refusal) -> Self {
+        use allium_link::Refusal as R;
+        match r {
+            R::ConnectionCap => LinkRefusal::ConnectionCap,
+            R::BadFrame => LinkRefusal::BadFrame,
+            R::TrailingBytes => LinkRefusal::TrailingBytes,
+            R::ReadTimeout => LinkRefusal::ReadTimeout,
+            R::NotAPeer => LinkRefusal::NotAPeer,
+            R::BufferFull => LinkRefusal::BufferFull,
+        }
+    }
+}
+
+label_enum! {
     /// A storage request method (the swarm RPC methods).
     StorageMethod {
         /// Deposit a message.
@@ -190,6 +222,11 @@ struct DropLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct LinkLabels {
+    reason: LinkRefusal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct StorageLabels {
     method: StorageMethod,
     result: StorageResult,
@@ -212,6 +249,7 @@ struct Inner {
     relayed: Counter,
     delivered: Counter,
     dropped: Family<DropLabels, Counter>,
+    link_refused: Family<LinkLabels, Counter>,
     replays: Counter,
     storage_requests: Family<StorageLabels, Counter>,
     forward_seconds: Histogram,
@@ -247,6 +285,7 @@ impl Metrics {
         let relayed = Counter::default();
         let delivered = Counter::default();
         let dropped = Family::<DropLabels, Counter>::default();
+        let link_refused = Family::<LinkLabels, Counter>::default();
         let replays = Counter::default();
         let storage_requests = Family::<StorageLabels, Counter>::default();
         let forward_seconds = latency_histogram();
@@ -312,6 +351,11 @@ impl Metrics {
             dropped.clone(),
         );
         registry.register(
+            "allium_link_refused",
+            "Connections and requests the link refused before handling them, by reason",
+            link_refused.clone(),
+        );
+        registry.register(
             "allium_replays",
             "Packets dropped as replays (also counted in allium_packets_dropped{reason=\"replay\"})",
             replays.clone(),
@@ -343,12 +387,12 @@ impl Metrics {
         );
         registry.register(
             "allium_peers_connected",
-            "Open links to other nodes",
+            "Open connections from nodes of the roster",
             peers.clone(),
         );
         registry.register(
             "allium_client_connections",
-            "Open connections from clients",
+            "Open connections from anyone else (clients, and keys not in the roster)",
             clients.clone(),
         );
         registry.register(
@@ -367,6 +411,7 @@ impl Metrics {
             relayed,
             delivered,
             dropped,
+            link_refused,
             replays,
             storage_requests,
             forward_seconds,
@@ -439,6 +484,14 @@ impl Metrics {
         if reason == DropReason::Replay {
             self.0.replays.inc();
         }
+    }
+
+    /// The link refused a connection or a request.
+    pub fn link_refused(&self, reason: LinkRefusal) {
+        self.0
+            .link_refused
+            .get_or_create(&LinkLabels { reason })
+            .inc();
     }
 
     /// A storage request finished with `result` after `elapsed`.

@@ -138,6 +138,9 @@ impl<N: Neighbours, D: Destination> OnionService<N, D> {
             }
             Ok(Peeled::Deliver { request, reply }) => {
                 let request = request.to_vec();
+                // The packet (up to 64 KiB) is not needed while the request runs, which for a
+                // long-poll is up to a minute: only the request's own bytes are kept.
+                drop(packet);
                 self.metrics.delivered();
                 let answer = self.destination.execute(request, reply.max_body()).await;
                 match answer {
