@@ -287,18 +287,32 @@ pub async fn run(config: NodeConfig, shutdown: ShutdownSignal) -> Result<(), Dae
     let schedule = EpochSchedule::new(network.params.epoch_secs)
         .ok_or_else(|| DaemonError::Config("epoch_secs must be positive".into()))?;
 
-    // Onion keys: those on disk that are still accepted, then whatever is due.
-    let mut ring = OnionKeyRing::new(schedule);
+    // Onion keys of an earlier run are never used again: its replay filters are gone (they are
+    // not written per packet), so a packet it peeled would peel again. They are deleted and
+    // fresh keys made for the epochs due, which reach the roster with the next registration
+    // (whitepaper onion.md §8).
+    let ring = OnionKeyRing::new(schedule);
     let loaded = keys.load_onion_keys()?;
     for bad in loaded.rejected {
         tracing::warn!(error = %bad, "onion key file ignored");
     }
+    let mut retired = 0usize;
     for key in loaded.keys {
-        if let Err(stale) = ring.insert(key, unix_now()) {
-            let _ = keys.delete_onion(stale.epoch());
+        match keys.delete_onion(key.epoch()) {
+            Ok(_) => retired += 1,
+            Err(e) => tracing::error!(error = %e, epoch = key.epoch().0,
+                "could not delete an onion key of the previous run"),
         }
     }
+    if retired > 0 {
+        tracing::info!(
+            keys = retired,
+            "onion keys of the previous run deleted; new keys are published for this run"
+        );
+    }
     let ring = Arc::new(RwLock::new(ring));
+    // Signed requests of an earlier run are refused for the same reason (storage.md §3).
+    let started_ms = allium_proto::Clock::now(&allium_proto::SystemClock);
 
     let metrics = Metrics::new();
     let params = &network.params;
@@ -337,7 +351,10 @@ pub async fn run(config: NodeConfig, shutdown: ShutdownSignal) -> Result<(), Dae
     ));
     let service = Arc::new(Service::with_placement(
         store.clone(),
-        ServiceConfig::new(identity.public().node_id()),
+        ServiceConfig {
+            not_before: started_ms,
+            ..ServiceConfig::new(identity.public().node_id())
+        },
         membership.clone(),
     ));
     let replicator = Arc::new(Replicator::new(

@@ -1,6 +1,7 @@
-//! Hostile inputs against real node processes: certificates whose key is not in the roster,
-//! peer frames and memory floods from clients, and a local process holding the per-address
-//! connection cap. Each test prints what it measures (memory) and asserts behaviour only.
+//! Hostile inputs against real node processes: replays across a restart, certificates whose key
+//! is not in the roster, peer frames and memory floods from clients, and a local process holding
+//! the per-address connection cap. Each test prints what it measures (memory) and asserts
+//! behaviour only.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -18,7 +19,7 @@ use allium_node::devnet::{Devnet, DevnetNode};
 use allium_onion::{IdentityKeypair, IdentityPublicKey, SizeClass};
 use allium_proto::network::NetworkFile;
 use allium_proto::roster::{DirectoryRequest, NodeEntry, Roster};
-use allium_proto::storage::StoreRequest;
+use allium_proto::storage::{DeleteAllRequest, Method, Response, StoreRequest};
 use allium_proto::{Body, Mailbox, NodeId, Request};
 use allium_tests::{DevnetOptions, serial, start_devnet_with, test_options, wait_for_roster};
 use ed25519_dalek::SigningKey;
@@ -120,6 +121,120 @@ fn store_request(mailbox: &Mailbox, data: &[u8]) -> Vec<u8> {
         data: data.to_vec(),
     }))
     .encode()
+}
+
+fn status_of(response: &[u8], method: Method) -> allium_proto::Status {
+    match Response::decode(response, method).unwrap().result {
+        Ok(_) => allium_proto::Status::Ok,
+        Err(s) => s,
+    }
+}
+
+/// Item 1: what a node refused as a replay before SIGKILL, it refuses after its restart: a raw
+/// onion packet, and a signed `delete_all` inside its time window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_refused_before_a_sigkill_are_refused_after_the_restart() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut net = start_devnet_with(
+        dir.path(),
+        &DevnetOptions {
+            nodes: 1,
+            ..test_options()
+        },
+    )
+    .unwrap();
+    let network = NetworkFile::load(&net.network_file).unwrap();
+    let c = client();
+    let roster = formed(&mut net, &c, &network, 2).await;
+    let victim = 1;
+    let id = net.nodes[victim].identity;
+    let entry = roster.node(&id.node_id()).unwrap().clone();
+    // The node is its own destination: one layer, sent straight to it.
+    let path = hops(&network, &[&entry]);
+    let key = SigningKey::from_bytes(&[31; 32]);
+    let mailbox = mailbox_of(&key);
+    let built = allium_onion::build_packet(
+        &mut rand_core::OsRng,
+        &[allium_onion::PathHop {
+            node: id.node_id(),
+            epoch: path[0].epoch,
+            onion_key: path[0].onion_key,
+        }],
+        &store_request(&mailbox, b"once"),
+        SizeClass::Small,
+        SizeClass::Small,
+    )
+    .unwrap();
+    let raw = |net: &Devnet| {
+        let (addr, identity) = (net.nodes[victim].addr, net.nodes[victim].identity);
+        let packet = built.packet.clone();
+        async move {
+            let link = anonymous();
+            let conn = link.connect(addr, &identity).await.unwrap();
+            allium_link::request(&conn, Kind::Onion, &packet, Deadlines::uniform(T))
+                .await
+                .unwrap()
+                .0
+        }
+    };
+    assert_eq!(raw(&net).await, Status::Ok);
+    assert_eq!(raw(&net).await, Status::Rejected, "a replay in one run");
+    let wipe = Request::signed(
+        Body::DeleteAll(DeleteAllRequest {
+            mailbox,
+            namespace: 0,
+        }),
+        &key,
+        &id.node_id(),
+        now_ms(),
+    )
+    .encode();
+    let answer = c.send(&path, &wipe, SizeClass::Small, T).await.unwrap();
+    assert_eq!(
+        status_of(&answer, Method::DeleteAll),
+        allium_proto::Status::Ok
+    );
+    let answer = c.send(&path, &wipe, SizeClass::Small, T).await.unwrap();
+    assert_eq!(
+        status_of(&answer, Method::DeleteAll),
+        allium_proto::Status::Replayed
+    );
+
+    net.kill_node(victim).unwrap();
+    net.start_node(victim).unwrap();
+    assert_eq!(
+        raw(&net).await,
+        Status::Rejected,
+        "a packet refused as a replay before the restart peeled after it"
+    );
+    // The restarted node publishes new onion keys; through them, the signed request is refused
+    // as signed before the node's start (its answer carries the node's time).
+    let started = Instant::now();
+    let fresh = loop {
+        if let Some(r) = allium_node::devnet::fetch_roster(c.pool(), &network).await {
+            if let Some(n) = r.node(&id.node_id()) {
+                if n.onion_keys != entry.onion_keys {
+                    break n.clone();
+                }
+            }
+        }
+        assert!(
+            started.elapsed() < T * 3,
+            "the restarted node published no new onion keys"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // A new client: the old one's pooled connection went with the killed process.
+    let answer = client()
+        .send(&hops(&network, &[&fresh]), &wipe, SizeClass::Small, T)
+        .await
+        .unwrap();
+    assert_eq!(
+        status_of(&answer, Method::DeleteAll),
+        allium_proto::Status::ClockSkew,
+        "a signed delete_all refused before the restart ran after it"
+    );
 }
 
 /// Item 3: a connection with a self-signed certificate whose key is not in the roster is a client.
