@@ -7,7 +7,9 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use allium_onion::{EpochSchedule, IdentityKeypair, IdentityPublicKey, OnionKeyCert, OnionKeyRing};
+use allium_onion::{
+    EpochSchedule, IdentityKeypair, IdentityPublicKey, OnionKeyCert, OnionKeyRing, ReplayWindow,
+};
 use allium_proto::network::NetworkFile;
 use allium_proto::roster::{DirectoryRequest, DirectoryResponse};
 use allium_swarm::{Service, ServiceConfig, Store};
@@ -135,6 +137,25 @@ fn link_limits(config: &NodeConfig) -> LinkLimits {
         client_read_buffer: usize::try_from(l.client_read_buffer_bytes).unwrap_or(usize::MAX),
         peer_read_buffer: usize::try_from(l.peer_read_buffer_bytes).unwrap_or(usize::MAX),
     }
+}
+
+/// Replay filters whose first generation holds the configured packets per epoch and which grow
+/// up to what this node can peel while one key is accepted (three epochs), so an attacker
+/// cannot fill them past their false-positive target (onion.md §7).
+fn replay_window(config: &NodeConfig, epoch_secs: u64) -> ReplayWindow {
+    let rate = crate::onion_service::measure_peel_rate(64);
+    let design = config.replay.packets_per_epoch;
+    let lifetime = epoch_secs.saturating_mul(allium_onion::replay::MAX_EPOCHS as u64);
+    let ceiling = ((rate * lifetime as f64) as u64).max(design);
+    let window = ReplayWindow::with_ceiling(design, ceiling);
+    tracing::info!(
+        peels_per_sec = rate as u64,
+        design_packets_per_epoch = design,
+        ceiling_packets_per_epoch = ceiling,
+        ceiling_bytes_per_epoch = window.ceiling_bytes(),
+        "replay filters sized from this node's measured peel rate"
+    );
+    window
 }
 
 /// Makes the onion keys due, stores them before they are published, and deletes expired ones
@@ -373,7 +394,7 @@ pub async fn run(config: NodeConfig, shutdown: ShutdownSignal) -> Result<(), Dae
     ));
     let onion = Arc::new(OnionService::new(
         ring.clone(),
-        config.replay.packets_per_epoch,
+        replay_window(&config, schedule.length_secs()),
         pool.clone(),
         roster.clone(),
         destination,

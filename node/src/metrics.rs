@@ -260,6 +260,9 @@ struct Inner {
     clients: Gauge,
     longpolls: Gauge,
     replay_load: Gauge<f64, AtomicU64>,
+    replay_generations: Gauge,
+    replay_rolls: Counter,
+    replay_saturated: Counter,
     sync_bytes: Family<SyncLabels, Counter>,
     sync_pulled: Counter,
     sync_rounds: Counter,
@@ -297,6 +300,9 @@ impl Metrics {
         let clients = Gauge::default();
         let longpolls = Gauge::default();
         let replay_load = Gauge::<f64, AtomicU64>::default();
+        let replay_generations = Gauge::default();
+        let replay_rolls = Counter::default();
+        let replay_saturated = Counter::default();
         let sync_bytes = Family::<SyncLabels, Counter>::default();
         let sync_pulled = Counter::default();
         let sync_rounds = Counter::default();
@@ -402,8 +408,23 @@ impl Metrics {
         );
         registry.register(
             "allium_replay_filter_load",
-            "Fill of the current epoch's replay filter, 0 to 1 (of replay.packets_per_epoch)",
+            "Tags in the replay filters of the epoch last used, as a share of replay.packets_per_epoch",
             replay_load.clone(),
+        );
+        registry.register(
+            "allium_replay_filter_generations",
+            "Generations of the replay filters of the epoch last used (1 up to the design load)",
+            replay_generations.clone(),
+        );
+        registry.register(
+            "allium_replay_filter_rolls",
+            "Replay filter generations added because one was full (more packets than the design load)",
+            replay_rolls.clone(),
+        );
+        registry.register(
+            "allium_replay_filter_saturated",
+            "Epochs whose replay filters reached their ceiling: false positives rising",
+            replay_saturated.clone(),
         );
 
         Metrics(Arc::new(Inner {
@@ -422,6 +443,9 @@ impl Metrics {
             clients,
             longpolls,
             replay_load,
+            replay_generations,
+            replay_rolls,
+            replay_saturated,
             sync_bytes,
             sync_pulled,
             sync_rounds,
@@ -521,9 +545,23 @@ impl Metrics {
         u64::try_from(self.0.roster_version.get()).unwrap_or(0)
     }
 
-    /// The current replay filter's fill, 0 to 1.
-    pub fn set_replay_filter_load(&self, load: f64) {
+    /// The fill of the replay filters of the epoch last used, as a share of the design load,
+    /// and their generations.
+    pub fn set_replay_filter_load(&self, load: f64, generations: usize) {
         self.0.replay_load.set(load);
+        self.0
+            .replay_generations
+            .set(i64::try_from(generations).unwrap_or(i64::MAX));
+    }
+
+    /// A replay filter generation was added.
+    pub fn replay_filter_rolled(&self) {
+        self.0.replay_rolls.inc();
+    }
+
+    /// An epoch's replay filters reached their ceiling.
+    pub fn replay_filter_saturated(&self) {
+        self.0.replay_saturated.inc();
     }
 
     /// Counts an open peer link until the returned guard is dropped.

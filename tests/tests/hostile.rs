@@ -237,6 +237,100 @@ async fn replays_refused_before_a_sigkill_are_refused_after_the_restart() {
     );
 }
 
+/// Item 2: header-valid packets with random payloads, ten times a node's replay filter design
+/// load, then honest packets: none may be dropped as replays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_past_the_replay_filter_design_load_does_not_drop_honest_packets() {
+    const DESIGN: u64 = 300;
+    const JUNK: usize = 3_000;
+    const HONEST: usize = 200;
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut net = start_devnet_with(
+        dir.path(),
+        &DevnetOptions {
+            nodes: 1,
+            replay_packets_per_epoch: DESIGN,
+            ..test_options()
+        },
+    )
+    .unwrap();
+    let network = NetworkFile::load(&net.network_file).unwrap();
+    let c = client();
+    let roster = formed(&mut net, &c, &network, 2).await;
+    let node = &net.nodes[1];
+    let entry = roster.node(&node.identity.node_id()).unwrap();
+    let hop = &hops(&network, &[entry])[0];
+    let path = [allium_onion::PathHop {
+        node: node.identity.node_id(),
+        epoch: hop.epoch,
+        onion_key: hop.onion_key,
+    }];
+    let mailbox = mailbox_of(&SigningKey::from_bytes(&[33; 32]));
+    // Packets are built first (each costs the sender one X25519, as it costs the node one).
+    let build = |junk: bool, i: usize| {
+        let mut built = allium_onion::build_packet(
+            &mut rand_core::OsRng,
+            &path,
+            &store_request(&mailbox, format!("honest {i}").as_bytes()),
+            SizeClass::Small,
+            SizeClass::Small,
+        )
+        .unwrap()
+        .packet;
+        if junk {
+            // The header stays valid; the payload's tag does not.
+            let last = built.len() - 1;
+            built[last] ^= 0x55;
+        }
+        built
+    };
+    let junk: Vec<Vec<u8>> = (0..JUNK).map(|i| build(true, i)).collect();
+    let honest: Vec<Vec<u8>> = (0..HONEST).map(|i| build(false, i)).collect();
+    let link = anonymous();
+    let conn = link.connect(node.addr, &node.identity).await.unwrap();
+    let send_all = |packets: Vec<Vec<u8>>| {
+        let conn = conn.clone();
+        async move {
+            let mut ok = 0usize;
+            for chunk in packets.chunks(16) {
+                let mut tasks = tokio::task::JoinSet::new();
+                for p in chunk {
+                    let (conn, p) = (conn.clone(), p.clone());
+                    tasks.spawn(async move {
+                        allium_link::request(&conn, Kind::Onion, &p, Deadlines::uniform(T))
+                            .await
+                            .map(|(s, _)| s)
+                    });
+                }
+                while let Some(r) = tasks.join_next().await {
+                    if matches!(r.unwrap(), Ok(Status::Ok)) {
+                        ok += 1;
+                    }
+                }
+            }
+            ok
+        }
+    };
+    let junk_ok = send_all(junk).await;
+    assert_eq!(junk_ok, 0, "a packet with a broken payload was accepted");
+    let honest_ok = send_all(honest).await;
+    let m = metrics(node).await;
+    println!(
+        "{JUNK} junk packets against a filter designed for {DESIGN}: {} of {HONEST} honest \
+         packets dropped as replays; replay drops {}, generations {}, rolls {}",
+        HONEST - honest_ok,
+        sample(&m, "allium_replays_total"),
+        sample(&m, "allium_replay_filter_generations"),
+        sample(&m, "allium_replay_filter_rolls_total"),
+    );
+    assert!(
+        HONEST - honest_ok <= 4,
+        "{} honest packets dropped",
+        HONEST - honest_ok
+    );
+}
+
 /// Item 3: a connection with a self-signed certificate whose key is not in the roster is a client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_not_in_the_roster_is_a_client_for_limits_metrics_and_kinds() {
