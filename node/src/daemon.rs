@@ -108,7 +108,7 @@ impl Handler for NodeHandler {
                 }
                 Ok(DirectoryRequest::Register(descriptor)) => {
                     let answer = match &self.authority {
-                        Some(a) => a.register(&descriptor),
+                        Some(a) => a.register(&descriptor, peer.addr.ip()),
                         None => DirectoryResponse::Refused("this node is not an authority".into()),
                     };
                     (Status::Ok, answer.encode())

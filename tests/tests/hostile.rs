@@ -18,7 +18,7 @@ use allium_link::{Deadlines, Kind, Link, LinkLimits, Status, TlsIdentity};
 use allium_node::devnet::{Devnet, DevnetNode};
 use allium_onion::{IdentityKeypair, IdentityPublicKey, SizeClass};
 use allium_proto::network::NetworkFile;
-use allium_proto::roster::{DirectoryRequest, NodeEntry, Roster};
+use allium_proto::roster::{DirectoryRequest, DirectoryResponse, NodeEntry, Roster};
 use allium_proto::storage::{DeleteAllRequest, Method, Response, StoreRequest};
 use allium_proto::{Body, Mailbox, NodeId, Request};
 use allium_tests::{DevnetOptions, serial, start_devnet_with, test_options, wait_for_roster};
@@ -622,4 +622,167 @@ async fn a_local_process_holding_the_address_cap_does_not_lock_nodes_out() {
         "no store passed the middle relay within 30 s: {outcome:?}"
     );
     drop(held);
+}
+
+/// Item 5: 300 validly signed descriptors of unreachable nodes, re-sent every 2 s, while a node
+/// of the roster is killed: the authority must drop it as fast as without them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_registrations_do_not_keep_a_dead_node_in_the_roster() {
+    const FAKES: usize = 300;
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut net = start_devnet_with(
+        dir.path(),
+        &DevnetOptions {
+            nodes: 3,
+            ..test_options()
+        },
+    )
+    .unwrap();
+    let network = NetworkFile::load(&net.network_file).unwrap();
+    let c = client();
+    formed(&mut net, &c, &network, 4).await;
+    // Every fake points at a socket that takes packets and never answers: each probe costs the
+    // authority its whole time-out.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let me = allium_node::directory::SelfDescription {
+        addresses: vec![silent.local_addr().unwrap()],
+        software: "fake".into(),
+    };
+    let fakes: Vec<IdentityKeypair> = (0..FAKES)
+        .map(|_| IdentityKeypair::generate(&mut rand_core::OsRng))
+        .collect();
+    let authority = (net.nodes[0].addr, net.nodes[0].identity);
+    let link = anonymous();
+    let conn = link.connect(authority.0, &authority.1).await.unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let epoch_secs = network.params.epoch_secs;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let (conn, accepted, stop) = (conn.clone(), accepted.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let mut now_accepted = 0;
+                let epoch = epoch_at(epoch_secs, now_ms() / 1000);
+                for fake in &fakes {
+                    let onion =
+                        allium_onion::OnionSecretKey::generate(epoch, &mut rand_core::OsRng);
+                    let cert = allium_onion::OnionKeyCert::sign(fake, &onion);
+                    let signed = allium_node::directory::descriptor(fake, &me, vec![cert]).unwrap();
+                    let request = DirectoryRequest::Register(signed).encode();
+                    if let Ok((Status::Ok, answer)) = allium_link::request(
+                        &conn,
+                        Kind::Directory,
+                        &request,
+                        Deadlines::uniform(T),
+                    )
+                    .await
+                    {
+                        if matches!(
+                            DirectoryResponse::decode(&answer),
+                            Ok(DirectoryResponse::Registered { .. })
+                        ) {
+                            now_accepted += 1;
+                        }
+                    }
+                }
+                accepted.store(now_accepted, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        })
+    };
+    // Two rounds of fakes in the registry, then a node of the roster dies.
+    let started = Instant::now();
+    while accepted.load(Ordering::Relaxed) == 0 {
+        assert!(started.elapsed() < T * 3, "no fake descriptor was accepted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let victim = 3;
+    let gone = net.nodes[victim].identity.node_id();
+    net.kill_node(victim).unwrap();
+    let killed = Instant::now();
+    let limit = Duration::from_secs(60);
+    let mut dropped_after = None;
+    while killed.elapsed() < limit {
+        if let Some(r) = allium_node::devnet::fetch_roster(c.pool(), &network).await {
+            if r.node(&gone).is_none() {
+                dropped_after = Some(killed.elapsed());
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = flood.await;
+    println!(
+        "{FAKES} fake descriptors re-sent every 2 s ({} accepted in the last pass): the killed \
+         node left the roster after {}",
+        accepted.load(Ordering::Relaxed),
+        dropped_after.map_or(format!("more than {} s", limit.as_secs()), |d| format!(
+            "{:.1} s",
+            d.as_secs_f64()
+        )),
+    );
+    let dropped_after = dropped_after.expect("the dead node stayed in the roster");
+    // Without fakes: a descriptor lifetime (5 s) and a publish interval; at most a probe
+    // time-out more.
+    assert!(
+        dropped_after < Duration::from_secs(15),
+        "took {dropped_after:?}"
+    );
+}
+
+/// Item 8: an authority stopped for longer than a descriptor's lifetime, then resumed, publishes
+/// no roster that drops a live node (it used to publish three versions within a second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authority_resumed_after_a_long_pause_drops_no_live_node() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut net = start_devnet_with(
+        dir.path(),
+        &DevnetOptions {
+            nodes: 3,
+            ..test_options()
+        },
+    )
+    .unwrap();
+    let network = NetworkFile::load(&net.network_file).unwrap();
+    let c = client();
+    let before = formed(&mut net, &c, &network, 4).await;
+    let pid = net.nodes[0].pid().unwrap().to_string();
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {sig}");
+    };
+    // Longer than a descriptor's lifetime (5 s), while the nodes keep trying to register.
+    signal("-STOP");
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    signal("-CONT");
+    let resumed = Instant::now();
+    let mut seen = std::collections::BTreeMap::new();
+    while resumed.elapsed() < Duration::from_secs(6) {
+        if let Some(r) = allium_node::devnet::fetch_roster(c.pool(), &network).await {
+            seen.entry(r.version()).or_insert(r.nodes().len());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let last = seen.keys().next_back().copied().unwrap_or(before.version());
+    println!(
+        "roster version {} before the pause; after it, versions seen with their node counts: \
+         {seen:?}",
+        before.version()
+    );
+    assert!(
+        seen.values().all(|&n| n == before.nodes().len()),
+        "a roster after the pause left out a live node: {seen:?}"
+    );
+    assert!(
+        last <= before.version() + 1,
+        "{} versions published after the pause",
+        last - before.version()
+    );
 }
