@@ -143,7 +143,7 @@ fn link_limits(config: &NodeConfig) -> LinkLimits {
 /// up to what this node can peel while one key is accepted (three epochs), so an attacker
 /// cannot fill them past their false-positive target (onion.md §7).
 fn replay_window(config: &NodeConfig, epoch_secs: u64) -> ReplayWindow {
-    let rate = crate::onion_service::measure_peel_rate(64);
+    let rate = crate::onion_service::measure_peel_rate(16);
     let design = config.replay.packets_per_epoch;
     let lifetime = epoch_secs.saturating_mul(allium_onion::replay::MAX_EPOCHS as u64);
     let ceiling = ((rate * lifetime as f64) as u64).max(design);
