@@ -47,6 +47,14 @@ pub struct DevnetOptions {
     pub log: String,
     /// Anti-entropy interval of the nodes.
     pub sync_interval_ms: u64,
+    /// Replay filter design load of each node (packets per epoch).
+    pub replay_packets_per_epoch: u64,
+    /// Requests per second one client address may send to a node.
+    pub client_requests_per_sec: u32,
+    /// Requests one client address may send at once above that rate.
+    pub client_request_burst: u32,
+    /// Client connections a node accepts from one address.
+    pub max_connections_per_ip: u32,
 }
 
 impl Default for DevnetOptions {
@@ -58,6 +66,11 @@ impl Default for DevnetOptions {
             forward_timeout_ms: 2000,
             log: "info".into(),
             sync_interval_ms: 1000,
+            replay_packets_per_epoch: 100_000,
+            // Every process of a devnet shares one address, so per-address limits are off.
+            client_requests_per_sec: 1_000_000,
+            client_request_burst: 1_000_000,
+            max_connections_per_ip: 16,
         }
     }
 }
@@ -280,9 +293,9 @@ impl Devnet {
             let text = format!(
                 "data_dir = \"{}\"\nlisten = \"127.0.0.1:{}\"\nmetrics_listen = \"127.0.0.1:{}\"\n\
                  network_file = \"{}\"\nauthority = {}\n\n[limits]\nforward_timeout_ms = {}\n\
-                 client_requests_per_sec = 1000000\nclient_request_burst = 1000000\n\
+                 client_requests_per_sec = {}\nclient_request_burst = {}\nmax_connections_per_ip = {}\n\
                  idle_timeout_ms = 30000\nkeep_alive_ms = 5000\n\n[store]\nmax_bytes = 1073741824\n\n\
-                 [replay]\npackets_per_epoch = 100000\n\n[replication]\nsync_interval_ms = {}\n\n\
+                 [replay]\npackets_per_epoch = {}\n\n[replication]\nsync_interval_ms = {}\n\n\
                  [directory]\nregister_interval_ms = 1000\n\
                  roster_refresh_ms = 500\npublish_interval_ms = 500\ndescriptor_ttl_ms = 5000\n",
                 data_dir.display(),
@@ -291,6 +304,10 @@ impl Devnet {
                 network_file.display(),
                 name == "authority",
                 opts.forward_timeout_ms,
+                opts.client_requests_per_sec,
+                opts.client_request_burst,
+                opts.max_connections_per_ip,
+                opts.replay_packets_per_epoch,
                 opts.sync_interval_ms,
             );
             std::fs::write(&config, text).map_err(io("writing a node config"))?;

@@ -87,6 +87,38 @@ label_enum! {
 }
 
 label_enum! {
+    /// Why the link refused a connection or a request before it was handled (`link.md` §2, §3).
+    LinkRefusal {
+        /// A connection over the total cap, or a client's over its address's cap.
+        ConnectionCap => "connection_cap",
+        /// A frame with an unknown kind, a length over its kind's limit, or ended early.
+        BadFrame => "bad_frame",
+        /// Bytes after a request's declared body.
+        TrailingBytes => "trailing_bytes",
+        /// A request not received whole within the read time-out.
+        ReadTimeout => "read_timeout",
+        /// A peer frame from a connection whose key is not in the roster.
+        NotAPeer => "not_a_peer",
+        /// The memory for request bodies being read was in use.
+        BufferFull => "buffer_full",
+    }
+}
+
+impl From<allium_link::Refusal> for LinkRefusal {
+    fn from(r: allium_link::Refusal) -> Self {
+        use allium_link::Refusal as R;
+        match r {
+            R::ConnectionCap => LinkRefusal::ConnectionCap,
+            R::BadFrame => LinkRefusal::BadFrame,
+            R::TrailingBytes => LinkRefusal::TrailingBytes,
+            R::ReadTimeout => LinkRefusal::ReadTimeout,
+            R::NotAPeer => LinkRefusal::NotAPeer,
+            R::BufferFull => LinkRefusal::BufferFull,
+        }
+    }
+}
+
+label_enum! {
     /// A storage request method (the swarm RPC methods).
     StorageMethod {
         /// Deposit a message.
@@ -190,6 +222,11 @@ struct DropLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct LinkLabels {
+    reason: LinkRefusal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct StorageLabels {
     method: StorageMethod,
     result: StorageResult,
@@ -212,6 +249,7 @@ struct Inner {
     relayed: Counter,
     delivered: Counter,
     dropped: Family<DropLabels, Counter>,
+    link_refused: Family<LinkLabels, Counter>,
     replays: Counter,
     storage_requests: Family<StorageLabels, Counter>,
     forward_seconds: Histogram,
@@ -222,6 +260,9 @@ struct Inner {
     clients: Gauge,
     longpolls: Gauge,
     replay_load: Gauge<f64, AtomicU64>,
+    replay_generations: Gauge,
+    replay_rolls: Counter,
+    replay_saturated: Counter,
     sync_bytes: Family<SyncLabels, Counter>,
     sync_pulled: Counter,
     sync_rounds: Counter,
@@ -249,6 +290,7 @@ impl Metrics {
         let relayed = Counter::default();
         let delivered = Counter::default();
         let dropped = Family::<DropLabels, Counter>::default();
+        let link_refused = Family::<LinkLabels, Counter>::default();
         let replays = Counter::default();
         let storage_requests = Family::<StorageLabels, Counter>::default();
         let forward_seconds = latency_histogram();
@@ -260,6 +302,9 @@ impl Metrics {
         let clients = Gauge::default();
         let longpolls = Gauge::default();
         let replay_load = Gauge::<f64, AtomicU64>::default();
+        let replay_generations = Gauge::default();
+        let replay_rolls = Counter::default();
+        let replay_saturated = Counter::default();
         let sync_bytes = Family::<SyncLabels, Counter>::default();
         let sync_pulled = Counter::default();
         let sync_rounds = Counter::default();
@@ -326,6 +371,11 @@ impl Metrics {
             dropped.clone(),
         );
         registry.register(
+            "allium_link_refused",
+            "Connections and requests the link refused before handling them, by reason",
+            link_refused.clone(),
+        );
+        registry.register(
             "allium_replays",
             "Packets dropped as replays (also counted in allium_packets_dropped{reason=\"replay\"})",
             replays.clone(),
@@ -357,12 +407,12 @@ impl Metrics {
         );
         registry.register(
             "allium_peers_connected",
-            "Open links to other nodes",
+            "Open connections from nodes of the roster",
             peers.clone(),
         );
         registry.register(
             "allium_client_connections",
-            "Open connections from clients",
+            "Open connections from anyone else (clients, and keys not in the roster)",
             clients.clone(),
         );
         registry.register(
@@ -372,8 +422,23 @@ impl Metrics {
         );
         registry.register(
             "allium_replay_filter_load",
-            "Fill of the current epoch's replay filter, 0 to 1 (of replay.packets_per_epoch)",
+            "Tags in the replay filters of the epoch last used, as a share of replay.packets_per_epoch",
             replay_load.clone(),
+        );
+        registry.register(
+            "allium_replay_filter_generations",
+            "Generations of the replay filters of the epoch last used (1 up to the design load)",
+            replay_generations.clone(),
+        );
+        registry.register(
+            "allium_replay_filter_rolls",
+            "Replay filter generations added because one was full (more packets than the design load)",
+            replay_rolls.clone(),
+        );
+        registry.register(
+            "allium_replay_filter_saturated",
+            "Epochs whose replay filters reached their ceiling: false positives rising",
+            replay_saturated.clone(),
         );
 
         Metrics(Arc::new(Inner {
@@ -381,6 +446,7 @@ impl Metrics {
             relayed,
             delivered,
             dropped,
+            link_refused,
             replays,
             storage_requests,
             forward_seconds,
@@ -391,6 +457,9 @@ impl Metrics {
             clients,
             longpolls,
             replay_load,
+            replay_generations,
+            replay_rolls,
+            replay_saturated,
             sync_bytes,
             sync_pulled,
             sync_rounds,
@@ -463,6 +532,14 @@ impl Metrics {
         }
     }
 
+    /// The link refused a connection or a request.
+    pub fn link_refused(&self, reason: LinkRefusal) {
+        self.0
+            .link_refused
+            .get_or_create(&LinkLabels { reason })
+            .inc();
+    }
+
     /// A storage request finished with `result` after `elapsed`.
     pub fn storage_request(&self, method: StorageMethod, result: StorageResult, elapsed: Duration) {
         self.0
@@ -490,9 +567,23 @@ impl Metrics {
         u64::try_from(self.0.roster_version.get()).unwrap_or(0)
     }
 
-    /// The current replay filter's fill, 0 to 1.
-    pub fn set_replay_filter_load(&self, load: f64) {
+    /// The fill of the replay filters of the epoch last used, as a share of the design load,
+    /// and their generations.
+    pub fn set_replay_filter_load(&self, load: f64, generations: usize) {
         self.0.replay_load.set(load);
+        self.0
+            .replay_generations
+            .set(i64::try_from(generations).unwrap_or(i64::MAX));
+    }
+
+    /// A replay filter generation was added.
+    pub fn replay_filter_rolled(&self) {
+        self.0.replay_rolls.inc();
+    }
+
+    /// An epoch's replay filters reached their ceiling.
+    pub fn replay_filter_saturated(&self) {
+        self.0.replay_saturated.inc();
     }
 
     /// Counts an open peer link until the returned guard is dropped.

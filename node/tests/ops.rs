@@ -564,7 +564,9 @@ fn metrics_render_has_every_name_and_counts() {
     );
     m.set_db_size(12345);
     m.set_roster_version(42);
-    m.set_replay_filter_load(0.25);
+    m.set_replay_filter_load(2.5, 3);
+    m.replay_filter_rolled();
+    m.replay_filter_rolled();
     let _client = m.client_connected();
     let clone = m.clone();
     clone.delivered();
@@ -582,7 +584,10 @@ fn metrics_render_has_every_name_and_counts() {
         "allium_db_size_bytes 12345",
         "allium_roster_version 42",
         "allium_client_connections 1",
-        "allium_replay_filter_load 0.25",
+        "allium_replay_filter_load 2.5",
+        "allium_replay_filter_generations 3",
+        "allium_replay_filter_rolls_total 2",
+        "allium_replay_filter_saturated_total 0",
     ] {
         assert!(text.lines().any(|l| l == line), "{line:?} missing:\n{text}");
     }

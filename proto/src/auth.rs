@@ -19,6 +19,10 @@ pub const DEFAULT_REPLAY_CAPACITY: usize = 100_000;
 /// refused (`CacheFull` → `Busy`) rather than let a replay through. A request is forgotten only
 /// once its timestamp is outside the window for good: the window's lower edge follows the highest
 /// `now` ever seen, so a backward clock step cannot readmit a forgotten request.
+///
+/// The cache lives in memory only. A node that restarts has forgotten what it accepted, so it
+/// refuses every request signed before it started ([`ReplayCache::refuse_before`]): a request
+/// it may have executed in an earlier run can then never run again (whitepaper storage §3).
 #[derive(Debug)]
 pub struct ReplayCache {
     window_ms: u64,
@@ -26,6 +30,7 @@ pub struct ReplayCache {
     keys: HashSet<[u8; 32]>,
     by_time: BTreeSet<(UnixMillis, [u8; 32])>,
     high_water: UnixMillis,
+    not_before: UnixMillis,
 }
 
 impl ReplayCache {
@@ -37,7 +42,15 @@ impl ReplayCache {
             keys: HashSet::new(),
             by_time: BTreeSet::new(),
             high_water: 0,
+            not_before: 0,
         }
+    }
+
+    /// Refuses, as outside the window, every request timestamped before `start`: the node's
+    /// time when this cache was made, so requests of an earlier run, which it no longer
+    /// remembers, cannot be replayed.
+    pub fn refuse_before(&mut self, start: UnixMillis) {
+        self.not_before = self.not_before.max(start);
     }
 
     /// Requests currently remembered.
@@ -57,7 +70,8 @@ impl ReplayCache {
         now: UnixMillis,
     ) -> Result<(), AuthError> {
         self.high_water = self.high_water.max(now);
-        let too_old = timestamp.saturating_add(self.window_ms) < self.high_water;
+        let too_old = timestamp.saturating_add(self.window_ms) < self.high_water
+            || timestamp < self.not_before;
         let too_new = timestamp > now.saturating_add(self.window_ms);
         if too_old || too_new {
             Err(AuthError::ClockSkew)
@@ -215,6 +229,29 @@ mod tests {
         assert_eq!(c.len(), 1);
         // …and after the clock steps back, the forgotten request is still refused.
         assert_eq!(c.check_window(100_000, 120_000), Err(AuthError::ClockSkew));
+    }
+
+    #[test]
+    fn requests_signed_before_a_restart_are_refused() {
+        // The first run executed a request signed at 100 s and was killed at 110 s.
+        let mut first = ReplayCache::new(60_000, 10);
+        first.check_window(100_000, 105_000).unwrap();
+        first.insert([1; 32], 100_000).unwrap();
+        // The restarted node remembers nothing of it, but its window starts at its start.
+        let mut restarted = ReplayCache::new(60_000, 10);
+        restarted.refuse_before(120_000);
+        assert_eq!(
+            restarted.check_window(100_000, 120_000),
+            Err(AuthError::ClockSkew)
+        );
+        assert_eq!(
+            restarted.check_window(119_999, 121_000),
+            Err(AuthError::ClockSkew)
+        );
+        // A request signed after the start is taken, so a client that re-signs at the node's
+        // time gets through.
+        assert_eq!(restarted.check_window(120_000, 121_000), Ok(()));
+        restarted.insert([1; 32], 120_000).unwrap();
     }
 
     #[test]

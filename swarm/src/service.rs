@@ -27,6 +27,9 @@ pub struct ServiceConfig {
     pub replay_capacity: usize,
     /// Reported by `info`, at most [`allium_proto::storage::MAX_SOFTWARE_LEN`] bytes.
     pub software: String,
+    /// Signed requests timestamped before this are refused as outside the window: the node's
+    /// start, as the replay cache of an earlier run is gone (0: none refused).
+    pub not_before: UnixMillis,
 }
 
 impl ServiceConfig {
@@ -37,6 +40,7 @@ impl ServiceConfig {
             window_ms: auth::SIGNATURE_WINDOW_MS,
             replay_capacity: auth::DEFAULT_REPLAY_CAPACITY,
             software: concat!("allium-swarm/", env!("CARGO_PKG_VERSION")).to_owned(),
+            not_before: 0,
         }
     }
 }
@@ -163,7 +167,9 @@ impl Service {
         placement: Arc<dyn Placement>,
     ) -> Self {
         let floor = MonotoneFloor::new(store.high_water());
-        let replay = Mutex::new(ReplayCache::new(cfg.window_ms, cfg.replay_capacity));
+        let mut replay = ReplayCache::new(cfg.window_ms, cfg.replay_capacity);
+        replay.refuse_before(cfg.not_before);
+        let replay = Mutex::new(replay);
         Self {
             store,
             placement,

@@ -267,6 +267,50 @@ fn signature_window_and_replay_cache() {
 }
 
 #[test]
+fn a_restarted_service_refuses_what_was_signed_before_its_start() {
+    let (dir, store) = open(StoreConfig::default());
+    let s = Service::new(Arc::new(store), ServiceConfig::new(node_id(NODE)));
+    let k = key(2);
+    let mb = mailbox(&k);
+    let node = node_id(NODE);
+    let now = T0 + 1_000_000;
+    let wipe = Request::signed(
+        Body::DeleteAll(DeleteAllRequest {
+            mailbox: mb,
+            namespace: INBOX,
+        }),
+        &k,
+        &node,
+        now,
+    );
+    assert_eq!(status(&call(&s, &wipe, now)), Status::Ok);
+    assert_eq!(status(&call(&s, &wipe, now + 1_000)), Status::Replayed);
+
+    // Killed 2 s later and started again 3 s later: well inside the request's window, but the
+    // replay cache of the first run is gone.
+    drop(s);
+    let store = allium_swarm::Store::open(dir.path(), StoreConfig::default()).unwrap();
+    let restarted = now + 5_000;
+    let s = Service::new(
+        Arc::new(store),
+        ServiceConfig {
+            not_before: restarted,
+            ..ServiceConfig::new(node_id(NODE))
+        },
+    );
+    let r = call(&s, &wipe, restarted + 1_000);
+    assert_eq!(
+        status(&r),
+        Status::ClockSkew,
+        "a replay ran after a restart"
+    );
+    assert_eq!(r.now, restarted + 1_000, "the answer carries the node time");
+    // Signed again at the node's time, the same operation runs.
+    let resigned = Request::signed(wipe.body.clone(), &k, &node, r.now);
+    assert_eq!(status(&call(&s, &resigned, r.now)), Status::Ok);
+}
+
+#[test]
 fn ttl_bounds_expiry_and_background_removal() {
     let cfg = StoreConfig::default();
     let (min, max) = (cfg.ttl_min_ms, cfg.ttl_max_ms);
