@@ -566,7 +566,7 @@ async fn a_local_process_holding_the_address_cap_does_not_lock_nodes_out() {
     let mailbox = mailbox_of(&key);
     let authority = net.nodes[0].identity.node_id();
     let path = path_for(&roster, &mailbox, &[authority]);
-    let hops = hops(&network, &path);
+    let path_ids: Vec<IdentityPublicKey> = path.iter().map(|n| n.identity).collect();
     // The middle relay restarts (its links are gone) and a local process takes every client
     // connection it allows from this address before the other nodes dial it again.
     let middle = index_of(&net, &path[1].identity);
@@ -594,6 +594,28 @@ async fn a_local_process_holding_the_address_cap_does_not_lock_nodes_out() {
     }
     println!("held {} client connections to the middle relay", held.len());
     assert!(held.len() <= 4, "the per-address cap did not hold");
+    // The restarted relay has new onion keys (onion.md §8): the path is resolved again from
+    // the roster that lists them.
+    let middle_id = net.nodes[middle].identity.node_id();
+    let old_keys = path[1].onion_keys.clone();
+    let started = Instant::now();
+    let fresh = loop {
+        if let Some(r) = allium_node::devnet::fetch_roster(c.pool(), &network).await {
+            if r.node(&middle_id).is_some_and(|n| n.onion_keys != old_keys) {
+                break r;
+            }
+        }
+        assert!(
+            started.elapsed() < T * 3,
+            "the restarted relay's new keys were not published"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let nodes: Vec<&NodeEntry> = path_ids
+        .iter()
+        .map(|id| fresh.node(&id.node_id()).unwrap())
+        .collect();
+    let hops = hops(&network, &nodes);
 
     // The guard must still reach the middle relay; the authority must still probe it.
     let started = Instant::now();
