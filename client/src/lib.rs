@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod cli;
+pub mod devices;
 pub mod display;
 pub mod identity;
 pub mod messenger;
