@@ -265,14 +265,28 @@ impl Local {
         })
     }
 
-    fn identity(&self) -> Result<Identity, CliError> {
-        Ok(Identity::from_seed(&*self.dir.read_identity()?))
+    /// The account's address: from the seed on the primary device, from the device's
+    /// certificate on a linked one.
+    fn address(&self) -> Result<Address, CliError> {
+        if self.dir.has_identity() {
+            return Ok(Identity::from_seed(&*self.dir.read_identity()?).address());
+        }
+        let bytes = self.dir.read_device()?;
+        let cert = bytes
+            .as_deref()
+            .and_then(|b| session::DeviceKeys::decode(b).ok())
+            .and_then(|k| k.cert().account());
+        cert.ok_or_else(|| {
+            CliError::State(StateError::NoIdentity {
+                path: self.dir.path().join(crate::state::IDENTITY_FILE),
+            })
+        })
     }
 
-    /// The messenger of this device: its identity, device keys and prekeys (created on first
-    /// use).
+    /// The messenger of this device: its account, device keys and prekeys (created on first
+    /// use on the primary device).
     fn messenger(&self, now_ms: u64) -> Result<Messenger, CliError> {
-        let account = Account::open(&self.dir, self.identity()?, now_ms)?;
+        let account = Account::load(&self.dir, now_ms)?;
         Ok(Messenger::new(self.dir.clone(), account)?)
     }
 
@@ -453,7 +467,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Whoami { qr } => {
-            let address = local.identity()?.address();
+            let address = local.address()?;
             if local.json {
                 println!("{}", json!({ "address": address.to_string() }));
             } else {
@@ -485,7 +499,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             if !local.json {
                 eprintln!(
                     "listening for messages to {} (Ctrl-C to stop)",
-                    messenger.account().identity().address()
+                    messenger.account().address()
                 );
             }
             let listen = async {
@@ -582,7 +596,7 @@ fn contacts(local: &Local, c: ContactsCommand) -> Result<(), CliError> {
                 .get(&name)
                 .ok_or_else(|| StateError::NoSuchContact { name: name.clone() })?;
             let theirs = Address::from_str(address)?;
-            let mine = local.identity()?.address();
+            let mine = local.address()?;
             let number = session::safety_number(
                 mine.public_key().as_bytes(),
                 theirs.public_key().as_bytes(),
@@ -649,6 +663,7 @@ async fn send(local: &Local, to: &str, text: Option<String>) -> Result<(), CliEr
     .await;
     local.save_net(&net, &mut state)?;
     let sent = sent?;
+    let traffic = net.traffic();
     if local.json {
         println!(
             "{}",
@@ -657,6 +672,11 @@ async fn send(local: &Local, to: &str, text: Option<String>) -> Result<(), CliEr
                 "address": recipient.to_string(),
                 "msg_id": hex::encode(sent.msg_id),
                 "devices": sent.devices,
+                "items": sent.items,
+                "copies": sent.copies,
+                "requests": traffic.requests,
+                "request_bytes": traffic.request_bytes,
+                "response_bytes": traffic.response_bytes,
                 "holders": sent.holders,
                 "swarm": sent.members,
                 "path": path_json(&sent.path),
@@ -728,19 +748,29 @@ async fn fetch_round(
         let Content::Text(text) = &r.message.content;
         let from = name_of(&r.from);
         if local.json {
+            let mut line = json!({
+                "from": from,
+                "address": r.from.to_string(),
+                "device": r.device_id,
+                "msg_id": hex::encode(r.message.msg_id),
+                "sent_ms": r.message.sent_ms,
+                "stored_ms": r.stored_ms,
+                "received_ms": net.now_ms(),
+                "text": text,
+                "path": path_json(&r.path),
+            });
+            if let (Some(to), Some(obj)) = (&r.copy_to, line.as_object_mut()) {
+                // Sent by another device of this account.
+                obj.insert("sent_to".into(), json!(name_of(to)));
+                obj.insert("sent_to_address".into(), json!(to.to_string()));
+            }
+            println!("{line}");
+        } else if let Some(to) = &r.copy_to {
             println!(
-                "{}",
-                json!({
-                    "from": from,
-                    "address": r.from.to_string(),
-                    "device": r.device_id,
-                    "msg_id": hex::encode(r.message.msg_id),
-                    "sent_ms": r.message.sent_ms,
-                    "stored_ms": r.stored_ms,
-                    "received_ms": net.now_ms(),
-                    "text": text,
-                    "path": path_json(&r.path),
-                })
+                "you → {} (from your device {}): {}",
+                display::neutralize(&name_of(to)),
+                r.device_id,
+                display::neutralize_lines(text, "  ")
             );
         } else {
             // Another person's text: shown, never obeyed by the terminal.
@@ -761,6 +791,11 @@ async fn fetch_round(
             Skipped::UnknownContent(e) => {
                 format!("skipped a message this version cannot show: {e}")
             }
+            Skipped::Unlisted { from, device_id } => format!(
+                "skipped a message from device {device_id} of {}, which its account no longer \
+                 lists",
+                name_of(from)
+            ),
         };
         warn(local, &what);
     };
@@ -780,7 +815,7 @@ fn warn(local: &Local, msg: &str) {
 async fn status(local: &Local) -> Result<(), CliError> {
     let mut state = local.dir.load_state()?;
     let net = local.net(&state)?;
-    let address = local.identity().ok().map(|i| i.address().to_string());
+    let address = local.address().ok().map(|a| a.to_string());
     let refreshed = net.refresh_roster().await;
     let guards: Vec<_> = net
         .guard_health()

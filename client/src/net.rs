@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -12,7 +12,9 @@ use allium_link::directory::{self, Source};
 use allium_onion::{IdentityPublicKey, SizeClass};
 use allium_proto::network::NetworkFile;
 use allium_proto::roster::{DirectoryRequest, HeldRoster, NodeEntry, Roster, RosterHolder};
-use allium_proto::storage::{CursorKey, INBOX, Namespace, PUBLIC, RetrieveRequest, StoreRequest};
+use allium_proto::storage::{
+    CursorKey, DeleteRequest, INBOX, Namespace, PUBLIC, RetrieveRequest, StoreRequest,
+};
 use allium_proto::{
     Body, Mailbox, MessageHash, Method, NodeId, Request, Response, ResponseBody, Retry, Status,
     StoredMessage,
@@ -114,6 +116,18 @@ pub struct Stored {
     pub path: PathReport,
 }
 
+/// What a client sent and received so far: storage requests (each attempt through a path
+/// counts) and their encoded bytes, the onion layers around them not counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Requests sent (attempts).
+    pub requests: u64,
+    /// Bytes of the requests sent.
+    pub request_bytes: u64,
+    /// Bytes of the answers received.
+    pub response_bytes: u64,
+}
+
 /// A page of messages and the node time it was answered at.
 #[derive(Debug, Clone)]
 pub struct Fetched {
@@ -163,6 +177,9 @@ pub struct Net {
     refreshed: Mutex<Option<Instant>>,
     /// Node time minus local time, ms: signatures and envelopes use corrected time.
     offset_ms: AtomicI64,
+    requests: AtomicU64,
+    request_bytes: AtomicU64,
+    response_bytes: AtomicU64,
 }
 
 impl Net {
@@ -194,7 +211,19 @@ impl Net {
             avoid: Mutex::new(HashMap::new()),
             refreshed: Mutex::new(None),
             offset_ms: AtomicI64::new(offset_ms),
+            requests: AtomicU64::new(0),
+            request_bytes: AtomicU64::new(0),
+            response_bytes: AtomicU64::new(0),
         })
+    }
+
+    /// Requests and bytes exchanged with the swarms so far.
+    pub fn traffic(&self) -> Traffic {
+        Traffic {
+            requests: self.requests.load(Ordering::Relaxed),
+            request_bytes: self.request_bytes.load(Ordering::Relaxed),
+            response_bytes: self.response_bytes.load(Ordering::Relaxed),
+        }
     }
 
     /// The network file.
@@ -493,13 +522,20 @@ impl Net {
             let left = deadline.saturating_duration_since(Instant::now());
             let budget = (self.timing.attempt + wait).min(left);
             let sent = Instant::now();
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            self.request_bytes
+                .fetch_add(request.len() as u64, Ordering::Relaxed);
             let outcome = self
                 .onion
                 .send(&path, &request, SizeClass::Large, budget)
                 .await;
             let rtt = sent.elapsed();
             let body = match outcome {
-                Ok(body) => body,
+                Ok(body) => {
+                    self.response_bytes
+                        .fetch_add(body.len() as u64, Ordering::Relaxed);
+                    body
+                }
                 Err(e) => {
                     last = e.to_string();
                     self.blame(&path, &e);
@@ -693,6 +729,76 @@ impl Net {
             if !page.more || after.is_none() {
                 return Ok((answered, out));
             }
+        }
+    }
+
+    /// Every live message of `namespace` of `mailbox`, all pages from one member, signed with
+    /// `key` (the namespaces other than the public one are read by their owner).
+    pub async fn retrieve_all(
+        &self,
+        mailbox: &Mailbox,
+        namespace: Namespace,
+        key: &SigningKey,
+    ) -> Result<Vec<StoredMessage>, NetError> {
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let make = |node: &NodeId, now: u64| {
+                Request::signed(
+                    Body::Retrieve(RetrieveRequest {
+                        mailbox: *mailbox,
+                        namespace,
+                        after,
+                        limit: None,
+                        wait_ms: None,
+                    }),
+                    key,
+                    node,
+                    now,
+                )
+                .encode()
+            };
+            let (response, _) = self
+                .request(mailbox, Method::Retrieve, Duration::ZERO, make)
+                .await?;
+            let Ok(ResponseBody::Retrieve(page)) = response.result else {
+                return Err(NetError::Refused(Status::Internal));
+            };
+            after = page.messages.last().map(|m| CursorKey {
+                timestamp: m.timestamp,
+                hash: m.hash,
+            });
+            out.extend(page.messages);
+            if !page.more || after.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Deletes the messages `hashes` (at most 256) of `namespace` of `mailbox`, signed with
+    /// `key`. Returns how many were live.
+    pub async fn delete(
+        &self,
+        mailbox: &Mailbox,
+        namespace: Namespace,
+        hashes: Vec<MessageHash>,
+        key: &SigningKey,
+    ) -> Result<usize, NetError> {
+        if hashes.is_empty() {
+            return Ok(0);
+        }
+        let body = Body::Delete(DeleteRequest {
+            mailbox: *mailbox,
+            namespace,
+            hashes,
+        });
+        let make = |node: &NodeId, now: u64| Request::signed(body.clone(), key, node, now).encode();
+        let (response, _) = self
+            .request(mailbox, Method::Delete, Duration::ZERO, make)
+            .await?;
+        match response.result {
+            Ok(ResponseBody::Delete(d)) => Ok(d.deleted.len()),
+            _ => Err(NetError::Refused(Status::Internal)),
         }
     }
 
