@@ -474,6 +474,8 @@ impl Net {
         let mut last = String::from("no attempt");
         let mut tried: HashSet<NodeId> = HashSet::new();
         let mut redirect: Option<Vec<NodeId>> = None;
+        // Members that refused with retry class "each member": refused by all, it is final.
+        let mut refused: HashSet<NodeId> = HashSet::new();
         while Instant::now() < deadline {
             let left = deadline.saturating_duration_since(Instant::now());
             let roster = match tokio::time::timeout(left, self.ensure_roster()).await {
@@ -498,6 +500,13 @@ impl Net {
             members.retain(|m| !exclude.contains(&m.identity.node_id()));
             if members.is_empty() {
                 return Err(NetError::NoSwarm);
+            }
+            if !refused.is_empty()
+                && members
+                    .iter()
+                    .all(|m| refused.contains(&m.identity.node_id()))
+            {
+                return Err(NetError::Refused(Status::NotDelegated));
             }
             members.retain(|m| !tried.contains(&m.identity.node_id()));
             if members.is_empty() {
@@ -579,6 +588,10 @@ impl Net {
                     tried.insert(node);
                     let left = deadline.saturating_duration_since(Instant::now());
                     tokio::time::sleep(LATER_PAUSE.min(left)).await;
+                }
+                Retry::EachMember => {
+                    tried.insert(node);
+                    refused.insert(node);
                 }
                 Retry::Never => return Err(NetError::Refused(status)),
             }

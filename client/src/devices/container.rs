@@ -11,8 +11,8 @@
 //! without a word. Envelopes that do not fit one item of `MAX_DATA` bytes go into several.
 
 use super::DeviceError;
-use crate::session::envelope::BUCKETS;
 use crate::session::codec::Reader;
+use crate::session::envelope::BUCKETS;
 use crate::session::envelope::ENVELOPE_VERSION;
 
 /// First byte of a container.
