@@ -128,6 +128,34 @@ pub struct Traffic {
     pub response_bytes: u64,
 }
 
+/// Who signs requests for a mailbox (storage.md §3, §3.1): its owner's key, or a delegate's,
+/// which nodes accept while the mailbox holds its delegation record.
+pub trait MailboxSigner: Sync {
+    /// `body` signed for the node `node` at `now`.
+    fn sign(&self, body: Body, node: &NodeId, now: u64) -> Request;
+}
+
+impl MailboxSigner for SigningKey {
+    fn sign(&self, body: Body, node: &NodeId, now: u64) -> Request {
+        Request::signed(body, self, node, now)
+    }
+}
+
+/// A delegate's key: signs naming itself as the signer (a linked device, devices.md §2.1).
+pub struct Delegate(pub SigningKey);
+
+impl std::fmt::Debug for Delegate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Delegate(<redacted>)")
+    }
+}
+
+impl MailboxSigner for Delegate {
+    fn sign(&self, body: Body, node: &NodeId, now: u64) -> Request {
+        Request::signed_by_delegate(body, &self.0, node, now)
+    }
+}
+
 /// A page of messages and the node time it was answered at.
 #[derive(Debug, Clone)]
 pub struct Fetched {
@@ -632,7 +660,7 @@ impl Net {
         namespace: Namespace,
         ttl_ms: u64,
         data: Vec<u8>,
-        owner: Option<&SigningKey>,
+        owner: Option<&dyn MailboxSigner>,
     ) -> Result<Stored, NetError> {
         let body = Body::Store(StoreRequest {
             mailbox: *mailbox,
@@ -642,7 +670,7 @@ impl Net {
         });
         let unsigned = Request::unsigned(body.clone()).encode();
         let make = |node: &NodeId, now: u64| match owner {
-            Some(key) => Request::signed(body.clone(), key, node, now).encode(),
+            Some(key) => key.sign(body.clone(), node, now).encode(),
             None => unsigned.clone(),
         };
         let (response, path) = self
@@ -751,13 +779,13 @@ impl Net {
         &self,
         mailbox: &Mailbox,
         namespace: Namespace,
-        key: &SigningKey,
+        key: &dyn MailboxSigner,
     ) -> Result<Vec<StoredMessage>, NetError> {
         let mut out = Vec::new();
         let mut after = None;
         loop {
             let make = |node: &NodeId, now: u64| {
-                Request::signed(
+                key.sign(
                     Body::Retrieve(RetrieveRequest {
                         mailbox: *mailbox,
                         namespace,
@@ -765,7 +793,6 @@ impl Net {
                         limit: None,
                         wait_ms: None,
                     }),
-                    key,
                     node,
                     now,
                 )
@@ -795,7 +822,7 @@ impl Net {
         mailbox: &Mailbox,
         namespace: Namespace,
         hashes: Vec<MessageHash>,
-        key: &SigningKey,
+        key: &dyn MailboxSigner,
     ) -> Result<usize, NetError> {
         if hashes.is_empty() {
             return Ok(0);
@@ -805,7 +832,7 @@ impl Net {
             namespace,
             hashes,
         });
-        let make = |node: &NodeId, now: u64| Request::signed(body.clone(), key, node, now).encode();
+        let make = |node: &NodeId, now: u64| key.sign(body.clone(), node, now).encode();
         let (response, _) = self
             .request(mailbox, Method::Delete, Duration::ZERO, make)
             .await?;
@@ -823,11 +850,24 @@ impl Net {
         wait: Duration,
     ) -> Result<Fetched, NetError> {
         let mailbox = Mailbox::from_bytes(key.verifying_key().to_bytes());
+        self.fetch_for(&mailbox, key, after, wait).await
+    }
+
+    /// Fetches messages of `mailbox`'s inbox after `after`, signed by `key` (the owner or a
+    /// delegate), waiting up to `wait` for one to arrive.
+    pub async fn fetch_for(
+        &self,
+        mailbox: &Mailbox,
+        key: &dyn MailboxSigner,
+        after: Option<CursorKey>,
+        wait: Duration,
+    ) -> Result<Fetched, NetError> {
+        let mailbox = *mailbox;
         let wait_ms = u64::try_from(wait.as_millis())
             .unwrap_or(u64::MAX)
             .min(allium_proto::storage::MAX_WAIT_MS);
         let make = |node: &NodeId, now: u64| {
-            Request::signed(
+            key.sign(
                 Body::Retrieve(RetrieveRequest {
                     mailbox,
                     namespace: 0,
@@ -835,7 +875,6 @@ impl Net {
                     limit: None,
                     wait_ms: (wait_ms > 0).then_some(wait_ms),
                 }),
-                key,
                 node,
                 now,
             )

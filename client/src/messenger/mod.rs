@@ -32,7 +32,7 @@ use zeroize::Zeroizing;
 use crate::devices::list::{DeviceList, RECORD_LIST};
 use crate::devices::{self, DeviceError, container};
 use crate::identity::{Address, Identity};
-use crate::net::{Net, NetError, PathReport};
+use crate::net::{Delegate, MailboxSigner, Net, NetError, PathReport};
 use crate::session::{self, DeviceKeys, PrekeyBundle, PrekeyStore, SessionError, envelope};
 use crate::state::{
     ClientState, DataDir, Delivery, Direction, HistoryEntry, SavedCursor, StateError,
@@ -295,12 +295,13 @@ impl Account {
         Mailbox::from_bytes(self.address.public_key().to_bytes())
     }
 
-    /// The key that signs requests to the account's mailbox.
-    fn signing_key(&self) -> Result<SigningKey, MessengerError> {
-        match &self.role {
-            Role::Primary(identity) => Ok(SigningKey::from_bytes(&identity.seed())),
-            Role::Linked => Err(MessengerError::NotPrimary),
-        }
+    /// What signs requests to the account's mailbox: the account key on the primary, the
+    /// device's own signing key as a delegate on a linked device (devices.md §2.1).
+    fn signing_key(&self) -> Result<Box<dyn MailboxSigner>, MessengerError> {
+        Ok(match &self.role {
+            Role::Primary(identity) => Box::new(SigningKey::from_bytes(&identity.seed())),
+            Role::Linked => Box::new(Delegate(self.device.signing_secret().clone())),
+        })
     }
 }
 
@@ -458,7 +459,7 @@ impl Messenger {
         record.push(RECORD_BUNDLE);
         record.extend_from_slice(bundle.as_bytes());
         let key = self.account.signing_key()?;
-        net.store_in(&self.account.mailbox(), PUBLIC, ttl_ms, record, Some(&key))
+        net.store_in(&self.account.mailbox(), PUBLIC, ttl_ms, record, Some(&*key))
             .await?;
         state.set_published_prekey(current.spk_id);
         Ok(true)
@@ -846,7 +847,7 @@ impl Messenger {
         mut on_skip: impl FnMut(&Skipped),
     ) -> Result<usize, MessengerError> {
         let key = self.account.signing_key()?;
-        let mailbox = key.verifying_key().to_bytes();
+        let mailbox = self.account.address.public_key().to_bytes();
         let safe = state.cursor(&mailbox).map(|c| CursorKey {
             timestamp: c.timestamp,
             hash: MessageHash(c.hash),
@@ -855,7 +856,9 @@ impl Messenger {
         let mut received = 0;
         let mut wait = wait;
         loop {
-            let page = net.fetch(&key, cursor.after(), wait).await?;
+            let page = net
+                .fetch_for(&Mailbox::from_bytes(mailbox), &*key, cursor.after(), wait)
+                .await?;
             wait = std::time::Duration::ZERO;
             let fresh = cursor.accept(
                 page.node_now,

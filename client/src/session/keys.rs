@@ -268,6 +268,12 @@ impl DeviceKeys {
         &self.cert
     }
 
+    /// The device's Ed25519 signing key: it signs requests as the account's delegate on a
+    /// linked device (devices.md §2.1).
+    pub(crate) fn signing_secret(&self) -> &SigningKey {
+        &self.signing
+    }
+
     pub(crate) fn identity_secret(&self) -> &[u8; KEY_LEN] {
         &self.identity
     }
