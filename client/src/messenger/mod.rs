@@ -528,7 +528,12 @@ impl Messenger {
         bundles.sort_by_key(|b| std::cmp::Reverse(b.cert().created_at()));
         bundles.truncate(MAX_DEVICES);
         record.bundles = bundles;
-        for list in lists {
+        // Only the newest list is adopted: adopting an older one on the way would drop the
+        // bundles and sessions of devices linked since.
+        let newest = lists
+            .into_iter()
+            .reduce(|a, b| if b.newer_than(&a) { b } else { a });
+        if let Some(list) = newest {
             record.adopt_list(list);
         }
         if let Some(list) = record.list.clone() {
