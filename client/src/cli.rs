@@ -92,6 +92,9 @@ enum Command {
         /// The text; `-` or nothing reads it from standard input.
         text: Option<String>,
     },
+    /// Link this device to an account, and manage the account's devices.
+    #[command(subcommand)]
+    Devices(DevicesCommand),
     /// Fetch and print new messages.
     Inbox,
     /// Wait for messages and print each as it arrives (Ctrl-C to stop).
@@ -131,6 +134,31 @@ enum ContactsCommand {
         /// The numbers matched: mark the contact verified.
         #[arg(long)]
         confirm: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DevicesCommand {
+    /// On a new device, with an empty data directory: show a code to approve on the account's
+    /// primary device (`allium devices approve CODE`), then compare the six digits both show.
+    Link {
+        /// What `devices list` calls this device: 1–32 of A–Z a–z 0–9 _ . -
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// On the primary device (the one with the recovery phrase): link the device showing CODE,
+    /// once the six digits both devices show match.
+    Approve {
+        /// The code the new device shows (alliumlink1…).
+        code: String,
+    },
+    /// The account's devices.
+    List,
+    /// On the primary device: remove a device. It gets nothing sent after this and can no
+    /// longer read the account's messages.
+    Remove {
+        /// The device's id, from `allium devices list`.
+        id: u32,
     },
 }
 
@@ -479,6 +507,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Contacts(c) => contacts(&local, c),
+        Command::Devices(c) => devices(&local, c).await,
         Command::Send { to, text } => send(&local, &to, text).await,
         Command::Inbox => {
             let mut state = local.dir.load_state()?;
@@ -657,6 +686,7 @@ async fn send(local: &Local, to: &str, text: Option<String>) -> Result<(), CliEr
     let mut messenger = local.messenger(net.now_ms())?;
     let sent = async {
         messenger.publish(&net, &mut state).await?;
+        messenger.maintain_devices(&net).await?;
         messenger.flush(&net).await?;
         messenger.send_text(&net, &recipient, &text).await
     }
@@ -692,6 +722,119 @@ async fn send(local: &Local, to: &str, text: Option<String>) -> Result<(), CliEr
         println!("  path: {}", describe_path(&sent.path));
     }
     Ok(())
+}
+
+/// Asks the person whether the other device shows `sas`: a line on standard input, `y` or
+/// `yes` for the same. In JSON mode the question is the line `{"sas": …}`.
+fn ask_same(json: bool, sas: &str) -> bool {
+    use std::io::Write;
+    let shown = format!("{} {}", &sas[..sas.len().min(3)], &sas[sas.len().min(3)..]);
+    if json {
+        println!("{}", json!({ "sas": shown }));
+    } else {
+        println!("Both devices should show: {shown}");
+        print!("Does the other device show the same number? [y/N] ");
+    }
+    let _ = std::io::stdout().flush();
+    let mut line = String::new();
+    if std::io::stdin().lock().read_line(&mut line).is_err() {
+        return false;
+    }
+    matches!(line.trim().to_ascii_lowercase().as_str(), "y" | "yes")
+}
+
+async fn devices(local: &Local, c: DevicesCommand) -> Result<(), CliError> {
+    let mut state = local.dir.load_state()?;
+    let net = local.net(&state)?;
+    let result = async {
+        match c {
+            DevicesCommand::Link { name } => {
+                if !name.is_empty() && !crate::devices::link::valid_name(&name) {
+                    return Err(CliError::State(StateError::InvalidContactName { name }));
+                }
+                let json = local.json;
+                let address = crate::messenger::linking::link_new_device(
+                    &local.dir,
+                    &net,
+                    &name,
+                    |code| {
+                        if json {
+                            println!("{}", json!({ "code": code.to_string() }));
+                        } else {
+                            println!(
+                                "On your primary device, run:\n  allium devices approve {code}"
+                            );
+                            println!("{}", code.qr_terminal());
+                        }
+                    },
+                    |sas| ask_same(json, sas),
+                )
+                .await?;
+                let mut messenger = local.messenger(net.now_ms())?;
+                // Its keys go out now, so the account's contacts can reach it at once.
+                messenger.publish(&net, &mut state).await?;
+                let id = messenger.account().device().cert().device_id();
+                if local.json {
+                    println!("{}", json!({ "linked": address.to_string(), "device": id }));
+                } else {
+                    println!("linked to {address} as device {id}");
+                }
+            }
+            DevicesCommand::Approve { code } => {
+                let code = crate::devices::link::LinkCode::from_str(&code)
+                    .map_err(MessengerError::Device)?;
+                let mut messenger = local.messenger(net.now_ms())?;
+                let json = local.json;
+                let cert = messenger
+                    .approve_device(&net, &code, |sas| ask_same(json, sas))
+                    .await?;
+                if local.json {
+                    println!("{}", json!({ "approved": cert.device_id() }));
+                } else {
+                    println!("linked device {}", cert.device_id());
+                }
+            }
+            DevicesCommand::List => {
+                let mut messenger = local.messenger(net.now_ms())?;
+                messenger.maintain_devices(&net).await?;
+                for d in messenger.devices(&net).await? {
+                    let name = d.name.unwrap_or_default();
+                    if local.json {
+                        println!(
+                            "{}",
+                            json!({
+                                "device": d.device_id,
+                                "name": name,
+                                "signing_key": hex::encode(d.signing_key),
+                                "created_ms": d.created_at,
+                                "this": d.this,
+                            })
+                        );
+                    } else {
+                        println!(
+                            "{:>10}  {:<32}{}",
+                            d.device_id,
+                            display::neutralize(&name),
+                            if d.this { "  (this device)" } else { "" }
+                        );
+                    }
+                }
+            }
+            DevicesCommand::Remove { id } => {
+                let mut messenger = local.messenger(net.now_ms())?;
+                let gone = messenger.remove_device(&net, id).await?;
+                if local.json {
+                    println!("{}", json!({ "removed": gone.device_id() }));
+                } else {
+                    println!("removed device {}", gone.device_id());
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    local.save_net(&net, &mut state)?;
+    result
 }
 
 /// Publishes this device's keys right after `init` or `restore` if the network is known and
@@ -736,6 +879,7 @@ async fn fetch_round(
 ) -> Result<usize, CliError> {
     messenger.flush(net).await?;
     messenger.publish(net, state).await?;
+    messenger.maintain_devices(net).await?;
     let names = local.dir.contacts()?;
     let name_of = |a: &Address| {
         let text = a.to_string();

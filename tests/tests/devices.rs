@@ -2,17 +2,22 @@
 //! (`whitepaper/devices.md`): one message to an account reaches each of its devices once, a
 //! message sent from one device appears on the account's others as sent, a device that was
 //! offline gets everything on its return, and what one message to a 4-device account from a
-//! 3-device account costs (§4, "Efficiency").
+//! 3-device account costs (§4). The others link devices (§6): a removed device stops receiving
+//! (§7), a wrong code links nothing, and SIGKILL during linking leaves both devices usable.
 //!
-//! Each device here is made by restoring the account's phrase into its own data directory: every
+//! In the first test each device is made by restoring the account's phrase into its own data directory: every
 //! device then holds the seed and publishes its own bundle, and senders seal to every device
 //! with a valid bundle (§3, an account without a list). The stored items, their sizes and the
 //! requests are those of linked devices; only the device list record is absent.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
-use allium_tests::people::{Person, World};
+use allium_tests::people::{Person, T, World};
 use serde_json::Value;
 
 /// An account on `n` devices: the first made by `init`, the others by `restore`.
@@ -153,4 +158,318 @@ async fn every_message_once_on_every_device() {
         "{got:?}"
     );
     assert!(inbox(&b[3]).is_empty());
+}
+
+/// A running `allium devices link` or `devices approve`: its JSON lines on a channel, its
+/// standard input to answer the question about the six digits.
+struct Linking {
+    child: Child,
+    input: ChildStdin,
+    lines: mpsc::Receiver<Value>,
+}
+
+impl Linking {
+    fn start(p: &Person, args: &[&str]) -> Linking {
+        let mut child = p
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let input = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if tx.send(v).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Linking {
+            child,
+            input,
+            lines,
+        }
+    }
+
+    /// The next line that has `key`.
+    fn next(&self, key: &str) -> Value {
+        let deadline = Instant::now() + T;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let v = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no `{key}` line within {T:?}"));
+            if v.get(key).is_some() {
+                return v;
+            }
+            assert!(v.get("error").is_none(), "failed: {v}");
+        }
+    }
+
+    fn answer(&mut self, same: bool) {
+        let _ = writeln!(self.input, "{}", if same { "yes" } else { "no" });
+    }
+
+    /// Waits for the process to end; its exit code and every line left.
+    fn finish(mut self) -> (i32, Vec<Value>) {
+        let deadline = Instant::now() + T;
+        let code = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < deadline, "still running after {T:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        (code, self.lines.try_iter().collect())
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Both sides up to the six digits, which must match: (new device, primary).
+fn start_linking(primary: &Person, new: &Person, name: &str) -> (Linking, Linking, String) {
+    let n = Linking::start(new, &["devices", "link", "--name", name]);
+    let code = n.next("code")["code"].as_str().unwrap().to_owned();
+    let p = Linking::start(primary, &["devices", "approve", &code]);
+    let sas_p = p.next("sas")["sas"].clone();
+    let sas_n = n.next("sas")["sas"].clone();
+    assert_eq!(sas_p, sas_n, "both devices show the same six digits");
+    (n, p, code)
+}
+
+/// Links `new` to the account of `primary`; returns the new device's id.
+fn link(primary: &Person, new: &Person, name: &str) -> u64 {
+    let (mut n, mut p, _) = start_linking(primary, new, name);
+    n.answer(true);
+    p.answer(true);
+    let (code_p, lines_p) = p.finish();
+    let (code_n, lines_n) = n.finish();
+    assert_eq!(code_p, 0, "approve: {lines_p:?}");
+    assert_eq!(code_n, 0, "link: {lines_n:?}");
+    let id = lines_n.iter().find_map(|l| l["device"].as_u64()).unwrap();
+    assert!(lines_p.iter().any(|l| l["approved"].as_u64() == Some(id)));
+    id
+}
+
+fn device_ids(p: &Person) -> Vec<u64> {
+    p.ok(&["devices", "list"])
+        .iter()
+        .filter_map(|l| l["device"].as_u64())
+        .collect()
+}
+
+/// A 2-device and a 3-device account made by linking talk: every message once on every device,
+/// copies on the sender's others; a device removed mid-conversation is refused by the network,
+/// told it was removed, and gets nothing sent after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linked_devices_receive_and_a_removed_one_stops() {
+    let world = World::start().await;
+    let a = [world.person("alice0"), world.person("alice1")];
+    let b = [
+        world.person("bob0"),
+        world.person("bob1"),
+        world.person("bob2"),
+    ];
+    let (alice, _) = a[0].init();
+    let (bob, _) = b[0].init();
+    link(&a[0], &a[1], "laptop");
+    let bob1 = link(&b[0], &b[1], "phone");
+    let bob2 = link(&b[0], &b[2], "tablet");
+    assert_eq!(device_ids(&b[0]).len(), 3);
+    let mut on_linked = device_ids(&b[1]);
+    on_linked.sort_unstable();
+    let mut on_primary = device_ids(&b[0]);
+    on_primary.sort_unstable();
+    assert_eq!(on_linked, on_primary, "a linked device reads the same list");
+    assert!(on_primary.contains(&bob1) && on_primary.contains(&bob2));
+
+    let sent = a[1].send(&bob, "from alice's laptop");
+    assert_eq!(
+        (sent["devices"].as_u64(), sent["copies"].as_u64()),
+        (Some(3), Some(1))
+    );
+    for d in &b {
+        let got = inbox(d);
+        assert_eq!(
+            counts(&got),
+            BTreeMap::from([("from alice's laptop".into(), 1)])
+        );
+        assert_eq!(got[0].0, alice);
+    }
+    let got = inbox(&a[0]);
+    assert_eq!(
+        counts(&got),
+        BTreeMap::from([("from alice's laptop".into(), 1)])
+    );
+    assert_eq!(got[0].2.as_deref(), Some(bob.as_str()), "a sent copy");
+
+    let sent = b[2].send(&alice, "from bob's tablet");
+    assert_eq!(
+        (sent["devices"].as_u64(), sent["copies"].as_u64()),
+        (Some(2), Some(2))
+    );
+    for d in &a {
+        assert_eq!(
+            counts(&inbox(d)),
+            BTreeMap::from([("from bob's tablet".into(), 1)])
+        );
+    }
+    for d in &b[..2] {
+        assert_eq!(
+            counts(&inbox(d)),
+            BTreeMap::from([("from bob's tablet".into(), 1)])
+        );
+    }
+
+    // Bob removes the tablet mid-conversation.
+    let out = b[0].ok(&["devices", "remove", &bob2.to_string()]);
+    assert_eq!(out[0]["removed"].as_u64(), Some(bob2));
+    assert!(!device_ids(&b[0]).contains(&bob2));
+    let sent = a[0].send(&bob, "after the removal");
+    assert_eq!(
+        sent["devices"].as_u64(),
+        Some(2),
+        "the removed device is left out"
+    );
+    for d in &b[..2] {
+        assert_eq!(
+            counts(&inbox(d)),
+            BTreeMap::from([("after the removal".into(), 1)])
+        );
+    }
+    assert_eq!(
+        counts(&inbox(&a[1])),
+        BTreeMap::from([("after the removal".into(), 1)]),
+        "the sender's other device has its copy"
+    );
+    // The tablet is refused by every member, learns it was removed, and reads nothing.
+    let out = b[2].run(&["inbox"]);
+    assert_ne!(out.code, 0);
+    let said = format!("{:?}{}", out.lines, out.stderr);
+    assert!(said.contains("removed"), "{said}");
+    assert!(!said.contains("after the removal"));
+    let again = b[2].run(&["inbox"]);
+    assert_ne!(again.code, 0, "it stays removed");
+    // Bob's remaining devices still talk.
+    b[1].send(&alice, "still here");
+    for d in &a {
+        assert_eq!(
+            counts(&inbox(d)),
+            BTreeMap::from([("still here".into(), 1)])
+        );
+    }
+}
+
+/// A mistyped code is refused before anything is sent; codes that differ on the two devices
+/// stop both and link nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_code_links_nothing() {
+    let world = World::start().await;
+    let primary = world.person("primary");
+    let new = world.person("new");
+    primary.init();
+
+    let n = Linking::start(&new, &["devices", "link"]);
+    let code = n.next("code")["code"].as_str().unwrap().to_owned();
+    // One character changed: the checksum fails.
+    let mut typo: Vec<char> = code.chars().collect();
+    let i = typo.len() - 5;
+    typo[i] = if typo[i] == 'q' { 'p' } else { 'q' };
+    let typo: String = typo.into_iter().collect();
+    let out = primary.run(&["devices", "approve", &typo]);
+    assert_ne!(out.code, 0);
+    assert!(
+        format!("{:?}", out.lines).contains("linking code"),
+        "{:?}",
+        out.lines
+    );
+    n.kill();
+
+    // The person says the numbers differ on the primary: both stop.
+    let (mut n, mut p, _) = start_linking(&primary, &new, "phone");
+    p.answer(false);
+    let (code_p, _) = p.finish();
+    assert_ne!(code_p, 0);
+    n.answer(true);
+    let (code_n, lines_n) = n.finish();
+    assert_ne!(code_n, 0, "{lines_n:?}");
+    assert_eq!(device_ids(&primary).len(), 1, "nothing linked");
+    assert!(!new.data.join("device.key").exists());
+
+    // And on the new device.
+    let (mut n, mut p, _) = start_linking(&primary, &new, "phone");
+    n.answer(false);
+    let (code_n, _) = n.finish();
+    assert_ne!(code_n, 0);
+    p.answer(true);
+    let (code_p, _) = p.finish();
+    assert_ne!(code_p, 0);
+    assert_eq!(device_ids(&primary).len(), 1, "nothing linked");
+    assert!(!new.data.join("device.key").exists());
+
+    // The same two devices link once the numbers match.
+    link(&primary, &new, "phone");
+    assert_eq!(device_ids(&primary).len(), 2);
+}
+
+/// SIGKILL on either side in the middle of linking leaves both devices usable: the primary
+/// sends and receives, and the new device links on the next try.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_linking_leaves_both_usable() {
+    let world = World::start().await;
+    let primary = world.person("primary");
+    let new = world.person("new");
+    let friend = world.person("friend");
+    let (account, _) = primary.init();
+    let (friend_addr, _) = friend.init();
+
+    // Killed while the person compares the numbers.
+    let (n, p, _) = start_linking(&primary, &new, "phone");
+    p.kill();
+    n.kill();
+    // Killed right after confirming on both sides, wherever the exchange had got to.
+    let (mut n, mut p, _) = start_linking(&primary, &new, "phone");
+    n.answer(true);
+    p.answer(true);
+    p.kill();
+    n.kill();
+
+    // The primary still sends and receives.
+    primary.send(&friend_addr, "still working");
+    assert_eq!(
+        counts(&inbox(&friend)),
+        BTreeMap::from([("still working".into(), 1)])
+    );
+    friend.send(&account, "good");
+    assert_eq!(
+        counts(&inbox(&primary)),
+        BTreeMap::from([("good".into(), 1)])
+    );
+
+    // The new device links on the next try, unless the killed run had finished linking it.
+    if !new.data.join("device.key").exists() {
+        link(&primary, &new, "phone");
+    }
+    // It sends (publishing its keys first); the primary shows the copy.
+    new.send(&friend_addr, "from the new device");
+    assert_eq!(
+        counts(&inbox(&friend)),
+        BTreeMap::from([("from the new device".into(), 1)])
+    );
+    let got = inbox(&primary);
+    assert_eq!(
+        counts(&got),
+        BTreeMap::from([("from the new device".into(), 1)])
+    );
+    assert_eq!(got[0].2.as_deref(), Some(friend_addr.as_str()));
+    let _ = account;
 }

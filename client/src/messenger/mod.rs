@@ -17,6 +17,7 @@
 //!   and decrypts what is new, records it in the history, and only then saves the advanced
 //!   session and the cursor.
 
+pub mod linking;
 pub mod payload;
 pub mod peer;
 
@@ -98,6 +99,25 @@ pub enum MessengerError {
     /// The account removed this device.
     #[error("{0}")]
     Removed(String),
+    /// `devices link` in a data directory that already holds an account.
+    #[error("this data directory already holds an account; link from an empty one")]
+    AlreadyLinked,
+    /// Linking stopped, and nothing was linked.
+    #[error("linking stopped: {0}; nothing was linked")]
+    LinkAborted(devices::link::AbortReason),
+    /// Linking did not finish within the time its messages live.
+    #[error("linking did not finish within 10 minutes; nothing was linked")]
+    LinkTimedOut,
+    /// No device of the account has this id (or it is this device).
+    #[error("the account has no other device with id {0} (see `allium devices list`)")]
+    NoSuchDevice(u32),
+    /// Every member of the swarm refused this linked device's requests, and the account's list
+    /// still names it: the delegation lapsed (the primary has been offline for 14 days).
+    #[error(
+        "the network no longer accepts this device for the account: open the primary device \
+         to renew it"
+    )]
+    NotDelegated,
     /// A device format or linking step failed.
     #[error(transparent)]
     Device(DeviceError),
@@ -861,9 +881,16 @@ impl Messenger {
         let mut received = 0;
         let mut wait = wait;
         loop {
-            let page = net
+            let page = match net
                 .fetch_for(&Mailbox::from_bytes(mailbox), &*key, cursor.after(), wait)
-                .await?;
+                .await
+            {
+                Ok(page) => page,
+                Err(NetError::Refused(allium_proto::Status::NotDelegated)) => {
+                    return Err(self.refused_delegate(net).await);
+                }
+                Err(e) => return Err(e.into()),
+            };
             wait = std::time::Duration::ZERO;
             let fresh = cursor.accept(
                 page.node_now,
