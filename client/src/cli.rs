@@ -514,6 +514,9 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             let net = local.net(&state)?;
             let mut messenger = local.messenger(net.now_ms())?;
             let shown = fetch_round(&local, &net, &mut messenger, &mut state, Duration::ZERO).await;
+            if shown.is_ok() {
+                sync_shared(&local, &net, &mut messenger).await;
+            }
             local.save_net(&net, &mut state)?;
             let shown = shown?;
             if shown == 0 && !local.json {
@@ -773,6 +776,7 @@ async fn devices(local: &Local, c: DevicesCommand) -> Result<(), CliError> {
                 let mut messenger = local.messenger(net.now_ms())?;
                 // Its keys go out now, so the account's contacts can reach it at once.
                 messenger.publish(&net, &mut state).await?;
+                sync_shared(local, &net, &mut messenger).await;
                 let id = messenger.account().device().cert().device_id();
                 if local.json {
                     println!("{}", json!({ "linked": address.to_string(), "device": id }));
@@ -797,6 +801,7 @@ async fn devices(local: &Local, c: DevicesCommand) -> Result<(), CliError> {
             DevicesCommand::List => {
                 let mut messenger = local.messenger(net.now_ms())?;
                 messenger.maintain_devices(&net).await?;
+                sync_shared(local, &net, &mut messenger).await;
                 for d in messenger.devices(&net).await? {
                     let name = d.name.unwrap_or_default();
                     if local.json {
@@ -849,6 +854,10 @@ async fn publish_at_start(local: &Local) {
         let net = local.net(&state)?;
         let mut messenger = local.messenger(net.now_ms())?;
         let r = messenger.publish(&net, &mut state).await;
+        if r.is_ok() {
+            // A restored account gets its contacts back (§8: they outlive every device).
+            sync_shared(local, &net, &mut messenger).await;
+        }
         local.save_net(&net, &mut state)?;
         r?;
         Ok::<(), CliError>(())
@@ -888,8 +897,18 @@ async fn fetch_round(
             .find(|(_, addr)| *addr == text)
             .map_or(text.clone(), |(n, _)| n.to_owned())
     };
+    // The newest message shown per conversation: the read position the account's devices share.
+    let mut read: std::collections::BTreeMap<[u8; 32], (Address, u64, [u8; 16])> =
+        std::collections::BTreeMap::new();
     let on_message = |r: &Received| {
         let Content::Text(text) = &r.message.content;
+        if r.copy_to.is_none() {
+            let pos = (r.message.sent_ms, r.message.msg_id);
+            let held = read.get(&r.from.public_key().to_bytes());
+            if held.is_none_or(|h| (h.1, h.2) < pos) {
+                read.insert(r.from.public_key().to_bytes(), (r.from, pos.0, pos.1));
+            }
+        }
         let from = name_of(&r.from);
         if local.json {
             let mut line = json!({
@@ -943,9 +962,25 @@ async fn fetch_round(
         };
         warn(local, &what);
     };
-    Ok(messenger
+    let shown = messenger
         .receive(net, state, wait, on_message, on_skip)
-        .await?)
+        .await?;
+    let now = net.now_ms();
+    for (peer, sent_ms, msg_id) in read.values() {
+        messenger.mark_read(peer, *sent_ms, msg_id, now)?;
+    }
+    Ok(shown)
+}
+
+/// One round of the state the account's devices share (contacts, read positions); a failure
+/// is a warning, as what the command was for is done.
+async fn sync_shared(local: &Local, net: &Net, messenger: &mut Messenger) {
+    if let Err(e) = messenger.sync_shared(net).await {
+        warn(
+            local,
+            &format!("contacts and read positions are not in step with your other devices: {e}"),
+        );
+    }
 }
 
 fn warn(local: &Local, msg: &str) {

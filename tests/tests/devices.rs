@@ -473,3 +473,62 @@ async fn sigkill_during_linking_leaves_both_usable() {
     assert_eq!(got[0].2.as_deref(), Some(friend_addr.as_str()));
     let _ = account;
 }
+
+/// The address book as a device shows it: (name, address, verified).
+fn book(p: &Person) -> Vec<(String, String, bool)> {
+    p.ok(&["contacts", "list"])
+        .iter()
+        .map(|l| {
+            (
+                l["name"].as_str().unwrap().to_owned(),
+                l["address"].as_str().unwrap().to_owned(),
+                l["verified"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Contacts follow the account (§8): a contact added on one device appears on the other, two
+/// devices that rename the same contact without seeing each other's edit end with the same name,
+/// a verification made on one shows on the other, and restoring from the phrase brings the
+/// contacts back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contacts_converge_and_restore_recovers_them() {
+    let world = World::start().await;
+    let p = world.person("primary");
+    let l = world.person("laptop");
+    let (_, phrase) = p.init();
+    let (carol, _) = world.person("carol").init();
+    link(&p, &l, "laptop");
+
+    p.ok(&["contacts", "add", "carol", &carol]);
+    p.ok(&["inbox"]);
+    l.ok(&["inbox"]);
+    assert_eq!(book(&l), vec![("carol".into(), carol.clone(), false)]);
+
+    // Both rename carol before either has seen the other's edit.
+    p.ok(&["contacts", "remove", "carol"]);
+    p.ok(&["contacts", "add", "caro", &carol]);
+    l.ok(&["contacts", "remove", "carol"]);
+    l.ok(&["contacts", "add", "carrie", &carol]);
+    p.ok(&["inbox"]);
+    l.ok(&["inbox"]);
+    p.ok(&["inbox"]);
+    let (on_p, on_l) = (book(&p), book(&l));
+    assert_eq!(on_p, on_l, "both devices hold the same name");
+    assert_eq!(on_p.len(), 1);
+    assert!(["caro", "carrie"].contains(&on_p[0].0.as_str()), "{on_p:?}");
+
+    // A verification made on the laptop shows on the primary.
+    let name = on_p[0].0.clone();
+    l.ok(&["contacts", "verify", &name, "--confirm"]);
+    l.ok(&["inbox"]);
+    p.ok(&["inbox"]);
+    assert_eq!(book(&p), vec![(name.clone(), carol.clone(), true)]);
+
+    // Every device lost: the phrase brings the contacts back.
+    let restored = world.person("restored");
+    let out = restored.run_with_input(&["restore"], &format!("{phrase}\n"));
+    assert_eq!(out.code, 0, "restore: {}", out.stderr);
+    assert_eq!(book(&restored), vec![(name, carol, true)]);
+}

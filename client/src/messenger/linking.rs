@@ -16,13 +16,12 @@ use rand_core::{OsRng, RngCore};
 use super::{LinkedSecrets, Messenger, MessengerError, RECORD_BUNDLE, Role};
 use crate::devices::link::{Event, LINK_TTL_MS, Link, LinkCode, Welcome};
 use crate::devices::list::{DeviceList, RECORD_LIST};
-use crate::devices::sync::SyncState;
 use crate::devices::{self, DeviceError, MAX_DEVICES};
 use crate::identity::{Address, Identity};
 use crate::net::Net;
 use crate::session::codec::Reader;
 use crate::session::{DeviceCert, DeviceSecrets, PrekeyBundle};
-use crate::state::{DEVICES_FILE, DataDir, SYNC_FILE};
+use crate::state::{DEVICES_FILE, DataDir};
 
 /// The primary stores its delegation records and list again once the last time is this old
 /// (§2.1): far inside the 14-day TTL, so a primary used every few days never lets them lapse.
@@ -289,16 +288,6 @@ impl Messenger {
         Ok(self.dir.write_private(DEVICES_FILE, &d.encode())?)
     }
 
-    /// This device's copy of the synced state (names of devices, for now).
-    fn sync_state(&self) -> SyncState {
-        self.dir
-            .read_private(SYNC_FILE, crate::state::MAX_SYNC_BYTES)
-            .ok()
-            .flatten()
-            .and_then(|b| SyncState::decode(&b).ok())
-            .unwrap_or_default()
-    }
-
     /// On the primary, once it has linked a device: stores the list and every linked device's
     /// delegation record again when they are unpublished or older than [`REFRESH_MS`], and
     /// finishes removals in progress (§2.1, §7). Nothing on a linked device or a primary that
@@ -406,7 +395,7 @@ impl Messenger {
                     )))?
             }
         };
-        let names = self.sync_state();
+        let names = self.load_sync()?;
         let me = self.account.device().cert().signing_key();
         Ok(list
             .certs()
@@ -510,7 +499,7 @@ impl Messenger {
         d.published = false;
         self.save_primary_devices(d)?;
         if !request.name.is_empty() {
-            let mut names = self.sync_state();
+            let mut names = self.load_sync()?;
             let device_id = self.account.device().cert().device_id();
             if names
                 .set(
@@ -522,7 +511,7 @@ impl Messenger {
                 )
                 .is_ok()
             {
-                self.dir.write_private(SYNC_FILE, &names.encode())?;
+                self.save_sync(&names)?;
             }
         }
         self.publish_devices(net, d).await?;

@@ -20,6 +20,7 @@
 pub mod linking;
 pub mod payload;
 pub mod peer;
+pub mod shared;
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -99,6 +100,14 @@ pub enum MessengerError {
     /// The account removed this device.
     #[error("{0}")]
     Removed(String),
+    /// This device's copy of the shared state does not decode.
+    #[error("{file} in the data directory is damaged ({source}); move it away to start afresh")]
+    Shared {
+        /// The file.
+        file: &'static str,
+        /// Why.
+        source: DeviceError,
+    },
     /// `devices link` in a data directory that already holds an account.
     #[error("this data directory already holds an account; link from an empty one")]
     AlreadyLinked,
