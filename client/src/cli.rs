@@ -151,6 +151,10 @@ enum DevicesCommand {
     Approve {
         /// The code the new device shows (alliumlink1…).
         code: String,
+        /// Send the new device the newest messages of this device's history, up to this many
+        /// KiB (encrypted end to end for the new device alone). 0: none.
+        #[arg(long, default_value_t = 0, value_name = "KIB")]
+        history: u64,
     },
     /// The account's devices.
     List,
@@ -756,7 +760,7 @@ async fn devices(local: &Local, c: DevicesCommand) -> Result<(), CliError> {
                     return Err(CliError::State(StateError::InvalidContactName { name }));
                 }
                 let json = local.json;
-                let address = crate::messenger::linking::link_new_device(
+                let linked = crate::messenger::linking::link_new_device(
                     &local.dir,
                     &net,
                     &name,
@@ -778,19 +782,28 @@ async fn devices(local: &Local, c: DevicesCommand) -> Result<(), CliError> {
                 messenger.publish(&net, &mut state).await?;
                 sync_shared(local, &net, &mut messenger).await;
                 let id = messenger.account().device().cert().device_id();
+                let address = linked.address;
                 if local.json {
-                    println!("{}", json!({ "linked": address.to_string(), "device": id }));
+                    println!(
+                        "{}",
+                        json!({ "linked": address.to_string(), "device": id, "history": linked.history })
+                    );
                 } else {
-                    println!("linked to {address} as device {id}");
+                    println!(
+                        "linked to {address} as device {id}, with {} messages of history",
+                        linked.history
+                    );
                 }
             }
-            DevicesCommand::Approve { code } => {
+            DevicesCommand::Approve { code, history } => {
                 let code = crate::devices::link::LinkCode::from_str(&code)
                     .map_err(MessengerError::Device)?;
                 let mut messenger = local.messenger(net.now_ms())?;
                 let json = local.json;
                 let cert = messenger
-                    .approve_device(&net, &code, |sas| ask_same(json, sas))
+                    .approve_device(&net, &code, history.saturating_mul(1024), |sas| {
+                        ask_same(json, sas)
+                    })
                     .await?;
                 if local.json {
                     println!("{}", json!({ "approved": cert.device_id() }));

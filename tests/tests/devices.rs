@@ -237,9 +237,22 @@ impl Linking {
 
 /// Both sides up to the six digits, which must match: (new device, primary).
 fn start_linking(primary: &Person, new: &Person, name: &str) -> (Linking, Linking, String) {
+    start_linking_with(primary, new, name, &[])
+}
+
+/// [`start_linking`] with more arguments for `devices approve`.
+fn start_linking_with(
+    primary: &Person,
+    new: &Person,
+    name: &str,
+    approve: &[&str],
+) -> (Linking, Linking, String) {
     let n = Linking::start(new, &["devices", "link", "--name", name]);
     let code = n.next("code")["code"].as_str().unwrap().to_owned();
-    let p = Linking::start(primary, &["devices", "approve", &code]);
+    let p = Linking::start(
+        primary,
+        &[&["devices", "approve", code.as_str()], approve].concat(),
+    );
     let sas_p = p.next("sas")["sas"].clone();
     let sas_n = n.next("sas")["sas"].clone();
     assert_eq!(sas_p, sas_n, "both devices show the same six digits");
@@ -248,7 +261,13 @@ fn start_linking(primary: &Person, new: &Person, name: &str) -> (Linking, Linkin
 
 /// Links `new` to the account of `primary`; returns the new device's id.
 fn link(primary: &Person, new: &Person, name: &str) -> u64 {
-    let (mut n, mut p, _) = start_linking(primary, new, name);
+    link_with(primary, new, name, &[]).0
+}
+
+/// [`link`] with more arguments for `devices approve`; also returns how many messages of
+/// history the new device says it received.
+fn link_with(primary: &Person, new: &Person, name: &str, approve: &[&str]) -> (u64, u64) {
+    let (mut n, mut p, _) = start_linking_with(primary, new, name, approve);
     n.answer(true);
     p.answer(true);
     let (code_p, lines_p) = p.finish();
@@ -257,7 +276,8 @@ fn link(primary: &Person, new: &Person, name: &str) -> u64 {
     assert_eq!(code_n, 0, "link: {lines_n:?}");
     let id = lines_n.iter().find_map(|l| l["device"].as_u64()).unwrap();
     assert!(lines_p.iter().any(|l| l["approved"].as_u64() == Some(id)));
-    id
+    let history = lines_n.iter().find_map(|l| l["history"].as_u64()).unwrap();
+    (id, history)
 }
 
 fn device_ids(p: &Person) -> Vec<u64> {
@@ -531,4 +551,67 @@ async fn contacts_converge_and_restore_recovers_them() {
     let out = restored.run_with_input(&["restore"], &format!("{phrase}\n"));
     assert_eq!(out.code, 0, "restore: {}", out.stderr);
     assert_eq!(book(&restored), vec![(name, carol, true)]);
+}
+
+/// The texts of a device's history, each message once, with their direction.
+fn history_texts(p: &Person) -> Vec<(String, String)> {
+    let Ok(text) = std::fs::read_to_string(p.data.join("history.jsonl")) else {
+        return Vec::new();
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| seen.insert((e["direction"].to_string(), e["msg_id"].to_string())))
+        .map(|e| {
+            (
+                e["direction"].as_str().unwrap().to_owned(),
+                e["text"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Linking carries the newest history that fits the size the person picked, and nothing when
+/// they pick none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_moves_to_a_new_device_within_the_size_picked() {
+    let world = World::start().await;
+    let p = world.person("primary");
+    let friend = world.person("friend");
+    let (account, _) = p.init();
+    let (friend_addr, _) = friend.init();
+    // Five messages of 300 bytes (four received, one sent): with 61 bytes of entry each, two
+    // fit in 1 KiB and three do not.
+    let texts: Vec<String> = ["a", "b", "c", "d"].iter().map(|c| c.repeat(300)).collect();
+    for t in &texts {
+        friend.send(&account, t);
+    }
+    assert_eq!(inbox(&p).len(), 4);
+    let answer = "e".repeat(300);
+    p.send(&friend_addr, &answer);
+
+    let with = world.person("with-history");
+    let (_, n) = link_with(&p, &with, "laptop", &["--history", "1"]);
+    assert_eq!(n, 2);
+    assert_eq!(
+        history_texts(&with),
+        vec![
+            ("received".into(), texts[3].clone()),
+            ("sent".into(), answer.clone()),
+        ]
+    );
+
+    let without = world.person("without-history");
+    let (_, n) = link_with(&p, &without, "phone", &[]);
+    assert_eq!(n, 0);
+    assert!(history_texts(&without).is_empty());
+
+    // All of it when the size allows.
+    let all = world.person("all-history");
+    let (_, n) = link_with(&p, &all, "tablet", &["--history", "64"]);
+    assert_eq!(n, 5);
+    let got: Vec<String> = history_texts(&all).into_iter().map(|(_, t)| t).collect();
+    let mut want = texts.clone();
+    want.push(answer);
+    assert_eq!(got, want);
 }

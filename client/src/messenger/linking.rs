@@ -4,6 +4,7 @@
 //! [`crate::devices`]; this module only carries their messages and keeps their files.
 
 use std::collections::HashSet;
+use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use allium_proto::crypto::delegation_hash;
@@ -14,14 +15,17 @@ use ed25519_dalek::SigningKey;
 use rand_core::{OsRng, RngCore};
 
 use super::{LinkedSecrets, Messenger, MessengerError, RECORD_BUNDLE, Role};
-use crate::devices::link::{Event, LINK_TTL_MS, Link, LinkCode, Welcome};
+use crate::devices::link::{
+    Event, HISTORY_ENTRY_OVERHEAD, HistoryDirection, HistoryItem, LINK_TTL_MS, Link, LinkCode,
+    Welcome, history_chunks,
+};
 use crate::devices::list::{DeviceList, RECORD_LIST};
 use crate::devices::{self, DeviceError, MAX_DEVICES};
 use crate::identity::{Address, Identity};
 use crate::net::Net;
 use crate::session::codec::Reader;
 use crate::session::{DeviceCert, DeviceSecrets, PrekeyBundle};
-use crate::state::{DEVICES_FILE, DataDir};
+use crate::state::{DEVICES_FILE, DataDir, Direction, HistoryEntry};
 
 /// The primary stores its delegation records and list again once the last time is this old
 /// (§2.1): far inside the 14-day TTL, so a primary used every few days never lets them lapse.
@@ -171,17 +175,66 @@ async fn transmit(net: &Net, link: &mut Link) -> Result<(), MessengerError> {
     Ok(())
 }
 
+/// History lines read back at most, to pick what a new device gets.
+const HISTORY_SCAN: usize = 100_000;
+
+/// The newest messages of `entries` (oldest first, as the history file holds them) whose
+/// entries (§6.2, type 4) fit in `max_bytes`, oldest first; each message once, sent ones with
+/// the text of their first line (later lines only update delivery).
+pub fn history_to_transfer(entries: &[HistoryEntry], max_bytes: u64) -> Vec<HistoryItem> {
+    let mut seen: HashSet<(bool, [u8; 16])> = HashSet::new();
+    let mut firsts: Vec<&HistoryEntry> = Vec::new();
+    for e in entries {
+        if seen.insert((matches!(e.direction, Direction::Sent), e.msg_id)) {
+            firsts.push(e);
+        }
+    }
+    let mut out = Vec::new();
+    let mut used: u64 = 0;
+    for e in firsts.iter().rev() {
+        let Ok(peer) = Address::from_str(&e.peer) else {
+            continue;
+        };
+        let len = (HISTORY_ENTRY_OVERHEAD + e.text.len()) as u64;
+        if used.saturating_add(len) > max_bytes {
+            break;
+        }
+        used += len;
+        out.push(HistoryItem {
+            direction: match e.direction {
+                Direction::Sent => HistoryDirection::Sent,
+                Direction::Received => HistoryDirection::Received,
+            },
+            peer: peer.public_key().to_bytes(),
+            timestamp_ms: e.timestamp_ms,
+            msg_id: e.msg_id,
+            text: e.text.clone(),
+        });
+    }
+    out.reverse();
+    out
+}
+
+/// A linked device: the account, and how many messages of its history came along.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Linked {
+    /// The account's address.
+    pub address: Address,
+    /// Messages of the account's history the primary sent, now in this device's history.
+    pub history: usize,
+}
+
 /// The new device's side of linking (§6), in a data directory that holds no account: shows the
 /// code through `show_code`, asks the person to compare the SAS through `confirm`, and saves
-/// the account file, then the device keys, once the account welcomed it. `name` is what
-/// `devices list` will call it. Returns the account's address.
+/// the account file, then the device keys, once the account welcomed it, and then the history
+/// the primary sent along. `name` is what `devices list` will call it.
 pub async fn link_new_device(
     dir: &DataDir,
     net: &Net,
     name: &str,
     show_code: impl FnOnce(&LinkCode),
     mut confirm: impl FnMut(&str) -> bool,
-) -> Result<Address, MessengerError> {
+) -> Result<Linked, MessengerError> {
     if dir.has_identity() || dir.read_device()?.is_some() {
         return Err(MessengerError::AlreadyLinked);
     }
@@ -196,6 +249,7 @@ pub async fn link_new_device(
     let mut inbox = TempInbox::new(link.mailbox_seed());
     let deadline = Instant::now() + Duration::from_millis(LINK_TTL_MS);
     let mut welcomed: Option<Box<Welcome>> = None;
+    let mut history: Vec<HistoryItem> = Vec::new();
     loop {
         transmit(net, &mut link).await?;
         while let Some(event) = link.poll_event() {
@@ -209,8 +263,8 @@ pub async fn link_new_device(
                     transmit(net, &mut link).await?;
                     return Err(MessengerError::LinkAborted(reason));
                 }
-                // History transfer is not offered by this version's primary.
-                Event::History(_) | Event::Approve(_) | Event::Done => {}
+                Event::History(items) => history.extend(items),
+                Event::Approve(_) | Event::Done => {}
             }
         }
         transmit(net, &mut link).await?;
@@ -250,7 +304,29 @@ pub async fn link_new_device(
     let mut own = super::peer::PeerRecord::default();
     own.adopt_list(welcome.list.clone());
     dir.write_peer(&address.public_key().to_bytes(), &own.encode())?;
-    Ok(address)
+    // In the order they were sent. How far a sent one got is the primary's to know.
+    history.sort_by_key(|h| h.timestamp_ms);
+    for h in &history {
+        let Ok(peer) = Address::from_key_bytes(&h.peer) else {
+            continue;
+        };
+        let direction = match h.direction {
+            HistoryDirection::Sent => Direction::Sent,
+            HistoryDirection::Received => Direction::Received,
+        };
+        dir.append_history(&HistoryEntry {
+            delivery: None,
+            direction,
+            peer: peer.to_string(),
+            timestamp_ms: h.timestamp_ms,
+            msg_id: h.msg_id,
+            text: h.text.clone(),
+        })?;
+    }
+    Ok(Linked {
+        address,
+        history: history.len(),
+    })
 }
 
 impl Messenger {
@@ -413,11 +489,13 @@ impl Messenger {
     /// The primary's side of linking (§6) for the code the person entered: asks the person to
     /// compare the SAS through `confirm`; once both devices confirmed and the new device's keys
     /// came, certifies it, records it in the device file, stores its delegation and the new
-    /// list, and welcomes it. Returns the new device's certificate.
+    /// list, and welcomes it, sending along the newest messages of this device's history that
+    /// fit in `history_bytes` (0: none). Returns the new device's certificate.
     pub async fn approve_device(
         &mut self,
         net: &Net,
         code: &LinkCode,
+        history_bytes: u64,
         mut confirm: impl FnMut(&str) -> bool,
     ) -> Result<DeviceCert, MessengerError> {
         let now = net.now_ms();
@@ -449,7 +527,13 @@ impl Messenger {
                             list: d.list.clone(),
                             history_chunks: 0,
                         };
-                        link.approve(welcome, &[]);
+                        let chunks = if history_bytes == 0 {
+                            Vec::new()
+                        } else {
+                            let entries = self.dir.history(HISTORY_SCAN)?;
+                            history_chunks(&history_to_transfer(&entries, history_bytes))
+                        };
+                        link.approve(welcome, &chunks);
                         added = Some(cert);
                     }
                     Event::Aborted(reason) => {
@@ -612,6 +696,36 @@ mod tests {
         flags[at] = 2;
         assert!(PrimaryDevices::decode(&flags, &address).is_err());
         assert!(PrimaryDevices::decode(&[bytes.as_slice(), &[0]].concat(), &address).is_err());
+    }
+
+    #[test]
+    fn history_transfer_takes_the_newest_that_fit_once_each() {
+        let peer = Identity::from_seed(&[9; 32]).address();
+        let entry = |direction, id: u8, text: &str| HistoryEntry {
+            direction,
+            peer: peer.to_string(),
+            timestamp_ms: u64::from(id),
+            msg_id: [id; 16],
+            text: text.into(),
+            delivery: None,
+        };
+        let entries = vec![
+            entry(Direction::Received, 1, "oldest"),
+            entry(Direction::Sent, 2, "sent"),
+            // A later line of the same sent message (its delivery changed): not a new message.
+            entry(Direction::Sent, 2, "sent"),
+            entry(Direction::Received, 3, "newest"),
+        ];
+        let all = history_to_transfer(&entries, u64::MAX);
+        let texts: Vec<&str> = all.iter().map(|h| h.text.as_str()).collect();
+        assert_eq!(texts, ["oldest", "sent", "newest"]);
+        let two = 2 * HISTORY_ENTRY_OVERHEAD as u64 + 10;
+        let texts: Vec<String> = history_to_transfer(&entries, two)
+            .into_iter()
+            .map(|h| h.text)
+            .collect();
+        assert_eq!(texts, ["sent", "newest"]);
+        assert!(history_to_transfer(&entries, 0).is_empty());
     }
 
     #[test]
