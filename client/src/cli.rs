@@ -9,18 +9,19 @@ use std::process::ExitCode;
 use std::str::FromStr;
 use std::time::Duration;
 
-use allium_proto::NodeId;
 use allium_proto::network::NetworkFile;
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
+use crate::app::{self, App};
+use crate::chat::{self, keys::Keymap, model::Model, text::Clock, view::Theme};
 use crate::display;
 use crate::identity::{Address, AddressError, Identity, IdentityError};
 use crate::messenger::payload::Content;
 use crate::messenger::{Account, Messenger, MessengerError, Received, Skipped};
 use crate::net::{Net, NetError, PathReport, Timing};
 use crate::session;
-use crate::state::{ClientState, DataDir, DataDirLock, Guard, StateError};
+use crate::state::{ClientState, DataDir, DataDirLock, StateError};
 
 /// Send and receive end-to-end encrypted messages through three onion relays.
 ///
@@ -31,7 +32,7 @@ use crate::state::{ClientState, DataDir, DataDirLock, Guard, StateError};
     name = "allium",
     version,
     propagate_version = true,
-    after_long_help = "Getting started:\n  allium --network network.toml init\n  allium contacts add bob allium1…\n  allium send bob \"hello\"\n  allium listen\n\nExit codes: 0 done, 1 other error, 2 usage, 3 bad address, contact or phrase, 4 data\ndirectory (no identity, permissions, locked), 5 network file, 6 message too large,\n7 network unreachable, 8 refused by the network, 9 the recipient has published no keys.\nSee doc/user.md."
+    after_long_help = "Getting started:\n  allium --network network.toml init\n  allium contacts add bob allium1…\n  allium send bob \"hello\"\n  allium listen        (or: allium chat)\n\nExit codes: 0 done, 1 other error, 2 usage, 3 bad address, contact or phrase, 4 data\ndirectory (no identity, permissions, locked), 5 network file, 6 message too large,\n7 network unreachable, 8 refused by the network, 9 the recipient has published no keys.\nSee doc/user.md."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -99,6 +100,19 @@ enum Command {
     Inbox,
     /// Wait for messages and print each as it arrives (Ctrl-C to stop).
     Listen,
+    /// A terminal messenger: conversations, history with delivery state, and writing.
+    ///
+    /// Keys are listed by `?` (or F1) inside, and set in keys.toml in the config directory
+    /// ($XDG_CONFIG_HOME/allium/keys.toml). See doc/user.md.
+    Chat {
+        /// Key bindings file. Default: $XDG_CONFIG_HOME/allium/keys.toml
+        /// (~/.config/allium/keys.toml).
+        #[arg(long, value_name = "FILE")]
+        keys: Option<PathBuf>,
+        /// Do not ring the terminal bell for a message in another conversation.
+        #[arg(long)]
+        no_bell: bool,
+    },
     /// Show the network, roster, guards and their health.
     Status,
     /// Print a completion script for a shell.
@@ -195,6 +209,9 @@ pub enum CliError {
     /// Sending or receiving failed for a reason of its own (keys, sessions, the recipient).
     #[error("{0}")]
     Messenger(MessengerError),
+    /// The chat could not run.
+    #[error("{0}")]
+    Chat(#[from] chat::ChatError),
     /// Reading the input failed.
     #[error("reading standard input: {0}")]
     Input(std::io::Error),
@@ -224,6 +241,7 @@ impl CliError {
                 | StateError::NoSuchContact { .. },
             ) => 3,
             CliError::State(_) | CliError::Input(_) => 4,
+            CliError::Chat(_) => 1,
             CliError::NotText => 2,
             CliError::NetworkFile { .. } => 5,
             CliError::Net(NetError::Refused(_)) => 8,
@@ -240,6 +258,8 @@ impl CliError {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let json = cli.global.json;
+    // Read before any thread starts: later the local offset cannot be read soundly.
+    let clock = Clock::local();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -251,7 +271,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, clock)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if json {
@@ -281,7 +301,7 @@ impl Local {
     fn open(g: &Global, hold_lock: bool) -> Result<Local, CliError> {
         let dir = DataDir::open_or_default(g.data_dir.as_deref())?;
         let lock = if hold_lock {
-            Some(lock_waiting(&dir)?)
+            Some(app::lock_waiting(&dir)?)
         } else {
             None
         };
@@ -341,64 +361,17 @@ impl Local {
 
     /// The network client, from the roster, guards and clock offset kept by earlier runs.
     fn net(&self, state: &ClientState) -> Result<Net, CliError> {
-        let network = self.network_file()?;
-        let roster = self.dir.read_roster()?;
-        let guards: Vec<NodeId> = state
-            .guards()
-            .iter()
-            .map(|g| NodeId::from_bytes(g.identity))
-            .collect();
-        Ok(Net::new(
-            network,
-            roster.as_deref(),
-            &guards,
-            state.clock_offset_ms(),
+        Ok(app::open_net(
+            &self.dir,
+            self.network_file()?,
+            state,
             self.timing,
         )?)
     }
 
     /// Keeps what the network client learnt for the next run.
     fn save_net(&self, net: &Net, state: &mut ClientState) -> Result<(), CliError> {
-        if let Some(held) = net.roster() {
-            if state.roster_version() != Some(held.version()) {
-                self.dir.write_roster(held.signed())?;
-                state.set_roster_version(held.version());
-            }
-        }
-        let now = net.now_ms();
-        // Another `allium` on this data directory (a `listen` beside a `send`) may have chosen
-        // guards first: one set of guards per identity, so adopt those.
-        let on_disk = self.dir.load_state().map(|s| s.guards().to_vec());
-        if let Ok(disk) = &on_disk {
-            if !disk.is_empty() {
-                let ids: Vec<NodeId> = disk
-                    .iter()
-                    .map(|g| NodeId::from_bytes(g.identity))
-                    .collect();
-                net.adopt_guards(&ids);
-                state.set_guards(disk.clone());
-            }
-        }
-        let old = state.guards().to_vec();
-        let guards = net
-            .guards()
-            .iter()
-            .map(|g| {
-                let id = g.to_bytes();
-                let chosen_at_ms = old
-                    .iter()
-                    .find(|o| o.identity == id)
-                    .map_or(now, |o| o.chosen_at_ms);
-                Guard {
-                    identity: id,
-                    chosen_at_ms,
-                }
-            })
-            .collect();
-        state.set_guards(guards);
-        state.set_clock_offset_ms(net.clock_offset_ms());
-        self.dir.save_state(state)?;
-        Ok(())
+        Ok(app::save_net(&self.dir, net, state)?)
     }
 
     fn resolve(&self, to: &str) -> Result<(String, Address), CliError> {
@@ -416,20 +389,6 @@ impl Local {
             }
             Err(e) if to.starts_with("allium1") || to.len() > 32 => Err(e.into()),
             Err(_) => Err(CliError::UnknownContact(to.to_owned())),
-        }
-    }
-}
-
-/// Takes the data directory's lock, waiting a little for another `allium` (a `listen` saving
-/// its position, say) to finish.
-fn lock_waiting(dir: &DataDir) -> Result<DataDirLock, CliError> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        match dir.lock() {
-            Err(StateError::Locked { .. }) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            r => return Ok(r?),
         }
     }
 }
@@ -464,13 +423,15 @@ fn path_json(p: &PathReport) -> serde_json::Value {
     })
 }
 
-async fn run(cli: Cli) -> Result<(), CliError> {
+async fn run(cli: Cli, clock: Clock) -> Result<(), CliError> {
     if let Command::Completions { shell } = cli.command {
         use clap::CommandFactory;
         clap_complete::generate(shell, &mut Cli::command(), "allium", &mut std::io::stdout());
         return Ok(());
     }
-    let local = Local::open(&cli.global, !matches!(cli.command, Command::Listen))?;
+    // `listen` and `chat` take the lock only to save, so other commands can run beside them.
+    let hold_lock = !matches!(cli.command, Command::Listen | Command::Chat { .. });
+    let local = Local::open(&cli.global, hold_lock)?;
     match cli.command {
         Command::Init { force } => {
             let id = Identity::generate();
@@ -550,10 +511,10 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                     .await;
                     // A `send` from the same data directory may hold the lock for a while;
                     // the position is then saved after the next round.
-                    match lock_waiting(&local.dir) {
+                    match app::lock_waiting_async(&local.dir).await {
                         Ok(_lock) => local.save_net(&net, &mut state)?,
-                        Err(CliError::State(StateError::Locked { .. })) => {}
-                        Err(e) => return Err(e),
+                        Err(StateError::Locked { .. }) => {}
+                        Err(e) => return Err(e.into()),
                     }
                     match r {
                         Ok(_) => {}
@@ -571,6 +532,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 _ = tokio::signal::ctrl_c() => Ok(()),
             }
         }
+        Command::Chat { keys, no_bell } => chat(&local, keys, !no_bell, clock).await,
         Command::Status => status(&local).await,
         Command::Completions { .. } => Ok(()),
     }
@@ -958,21 +920,7 @@ async fn fetch_round(
         }
     };
     let on_skip = |s: &Skipped| {
-        let what = match s {
-            Skipped::Unreadable(e) => format!("skipped an unreadable message: {e}"),
-            Skipped::Undecryptable { from, error } => format!(
-                "skipped a message from {} that does not decrypt: {error}",
-                from.as_ref().map_or_else(|| "someone".into(), &name_of)
-            ),
-            Skipped::UnknownContent(e) => {
-                format!("skipped a message this version cannot show: {e}")
-            }
-            Skipped::Unlisted { from, device_id } => format!(
-                "skipped a message from device {device_id} of {}, which its account no longer \
-                 lists",
-                name_of(from)
-            ),
-        };
+        let what = app::describe_skip(s, name_of);
         warn(local, &what);
     };
     let shown = messenger
@@ -994,6 +942,63 @@ async fn sync_shared(local: &Local, net: &Net, messenger: &mut Messenger) {
             &format!("contacts and read positions are not in step with your other devices: {e}"),
         );
     }
+}
+
+/// Runs `allium chat`: the messenger task on the runtime, the interface on a thread of its
+/// own; once the person quits, waits for the task to save.
+async fn chat(
+    local: &Local,
+    keys: Option<PathBuf>,
+    bell: bool,
+    clock: Clock,
+) -> Result<(), CliError> {
+    chat::check_terminal()?;
+    let keymap = match keys.or_else(chat::keys::default_path) {
+        Some(path) => Keymap::load(&path).map_err(chat::ChatError::from)?,
+        None => Keymap::default(),
+    };
+    let state = local.dir.load_state()?;
+    let net = local.net(&state)?;
+    let messenger = local.messenger(net.now_ms())?;
+    let (task, handle, events) = App::new(local.dir.clone(), net, messenger, state);
+    let model = Model::new(task.address(), clock, keymap);
+    let task = tokio::spawn(task.run());
+    // SIGTERM or a closed terminal (SIGHUP): save and stop as when the person quits.
+    let stopper = handle.clone();
+    let signals = tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = hup.recv() => {}
+        }
+        stopper.shutdown();
+    });
+    let options = chat::Options {
+        theme: Theme::from_env(),
+        bell,
+    };
+    let ui_handle = handle.clone();
+    let ui =
+        tokio::task::spawn_blocking(move || chat::run(&ui_handle, events, model, options)).await;
+    handle.shutdown();
+    signals.abort();
+    let saved = match tokio::time::timeout(Duration::from_secs(15), task).await {
+        Ok(Ok(r)) => r.map_err(CliError::State),
+        Ok(Err(e)) => Err(CliError::Chat(chat::ChatError::Stopped(e.to_string()))),
+        // Everything but the last position is on disk already; the next run resumes.
+        Err(_) => Ok(()),
+    };
+    match ui {
+        Ok(r) => r?,
+        Err(e) => return Err(CliError::Chat(chat::ChatError::Stopped(e.to_string()))),
+    }
+    saved
 }
 
 fn warn(local: &Local, msg: &str) {

@@ -8,8 +8,9 @@
 
 use std::borrow::Cow;
 
-/// Whether `c` must not reach a terminal as is.
-fn is_unsafe(c: char) -> bool {
+/// Whether `c` must not reach a terminal as is: the one rule for every human-readable output
+/// (the command line shows such a character as an escape, `allium chat` as a visible symbol).
+pub fn is_unsafe(c: char) -> bool {
     c.is_control()
         // Bidi embeddings, overrides and isolates, and the marks: they reorder the display.
         || matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')

@@ -130,7 +130,7 @@ pub struct Traffic {
 
 /// Who signs requests for a mailbox (storage.md §3, §3.1): its owner's key, or a delegate's,
 /// which nodes accept while the mailbox holds its delegation record.
-pub trait MailboxSigner: Sync {
+pub trait MailboxSigner: Send + Sync {
     /// `body` signed for the node `node` at `now`.
     fn sign(&self, body: Body, node: &NodeId, now: u64) -> Request;
 }

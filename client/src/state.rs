@@ -7,6 +7,7 @@
 //!   state.json         0600  cursors, seen message ids and hashes, guards, roster version, clock
 //!   roster.cbor        0600  the last verified roster, opaque here
 //!   history.jsonl      0600  one JSON object per sent or received message, append-only
+//!   read.json          0600  how far each conversation was read (`allium chat`)
 //!   device.key         0600  this device's keys and certificate (sessions.md §2)
 //!   prekeys.bin        0600  this device's prekey secrets (sessions.md §3.2)
 //!   peers/             0700  one file per peer account: bundles, sessions, outbox
@@ -50,6 +51,8 @@ pub const STATE_FILE: &str = "state.json";
 pub const ROSTER_FILE: &str = "roster.cbor";
 /// The message log.
 pub const HISTORY_FILE: &str = "history.jsonl";
+/// How far each conversation was read.
+pub const READ_FILE: &str = "read.json";
 /// The advisory lock file.
 pub const LOCK_FILE: &str = "lock";
 /// This device's keys.
@@ -91,6 +94,10 @@ pub const MAX_HISTORY_LINE: usize = 1 << 20;
 pub const MAX_CONTACT_NAME: usize = 32;
 /// The `state.json` format this code writes and reads.
 pub const STATE_VERSION: u32 = 1;
+/// The `read.json` format this code writes and reads.
+pub const READ_VERSION: u32 = 1;
+/// Largest `read.json` read (a conversation's mark is about 120 bytes).
+pub const MAX_READ_BYTES: u64 = 4 << 20;
 
 /// Why the data directory could not be used. Each variant names the file and what the user can do,
 /// so a CLI can print it as is and pick an exit code by variant.
@@ -364,6 +371,30 @@ impl DataDir {
             .map_err(|e| io_err(&path)(io::Error::from(e)))?;
         bytes.push(b'\n');
         write_atomic(&self.dir, STATE_FILE, &bytes, true)
+    }
+
+    // ---- read.json ----
+
+    /// How far each conversation was read; none read if there is no file yet.
+    pub fn read_marks(&self) -> Result<ReadMarks, StateError> {
+        let path = self.dir.join(READ_FILE);
+        match read_capped(&path, MAX_READ_BYTES)? {
+            None => Ok(ReadMarks::default()),
+            Some(bytes) => parse_read(&path, &bytes),
+        }
+    }
+
+    /// Replaces the read marks atomically.
+    pub fn save_read_marks(&self, marks: &ReadMarks) -> Result<(), StateError> {
+        let path = self.dir.join(READ_FILE);
+        let file = ReadFile {
+            version: READ_VERSION,
+            read: marks.map.clone(),
+        };
+        let mut bytes =
+            serde_json::to_vec_pretty(&file).map_err(|e| io_err(&path)(io::Error::from(e)))?;
+        bytes.push(b'\n');
+        write_atomic(&self.dir, READ_FILE, &bytes, true)
     }
 
     // ---- roster ----
@@ -1100,7 +1131,7 @@ mod hex_array {
 // ---- history ----
 
 /// Whether a message was sent or received.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// Sent by this client.
@@ -1144,6 +1175,80 @@ pub enum Delivery {
     },
 }
 
+/// Folds `entries` (oldest first, as [`DataDir::history`] returns them) into one entry per
+/// message: a later line with the same `msg_id` and direction updates the delivery of the first,
+/// which keeps its place. A delivery never goes back from stored to sending.
+pub fn fold_history(entries: Vec<HistoryEntry>) -> Vec<HistoryEntry> {
+    let mut at: std::collections::HashMap<([u8; 16], Direction), usize> =
+        std::collections::HashMap::with_capacity(entries.len());
+    let mut out: Vec<HistoryEntry> = Vec::with_capacity(entries.len());
+    for e in entries {
+        match at.get(&(e.msg_id, e.direction)) {
+            Some(&i) => {
+                let first = &mut out[i];
+                let stored = matches!(first.delivery, Some(Delivery::Stored { .. }));
+                if e.delivery.is_some() && !(stored && e.delivery == Some(Delivery::Sending)) {
+                    first.delivery = e.delivery;
+                }
+            }
+            None => {
+                at.insert((e.msg_id, e.direction), out.len());
+                out.push(e);
+            }
+        }
+    }
+    out
+}
+
+// ---- read.json ----
+
+/// The last message read in one conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadMark {
+    /// Its message id, hex in the file.
+    #[serde(with = "hex_array")]
+    pub msg_id: [u8; 16],
+    /// Its time, for when the message has left the part of the history read back.
+    pub timestamp_ms: u64,
+}
+
+/// How far each conversation (by the other party's address) was read. Kept apart from
+/// `state.json` so that a device can later sync them without touching cursors.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadMarks {
+    map: BTreeMap<String, ReadMark>,
+}
+
+impl ReadMarks {
+    /// The mark of the conversation with `peer`.
+    pub fn get(&self, peer: &str) -> Option<&ReadMark> {
+        self.map.get(peer)
+    }
+
+    /// Sets the mark of the conversation with `peer`; returns whether it changed.
+    pub fn set(&mut self, peer: &str, mark: ReadMark) -> bool {
+        self.map.insert(peer.to_owned(), mark) != Some(mark)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct ReadFile {
+    version: u32,
+    #[serde(default)]
+    read: BTreeMap<String, ReadMark>,
+}
+
+fn parse_read(path: &Path, bytes: &[u8]) -> Result<ReadMarks, StateError> {
+    let file: ReadFile = serde_json::from_slice(bytes).map_err(|e| corrupt(path, e))?;
+    if file.version != READ_VERSION {
+        return Err(StateError::UnsupportedVersion {
+            path: path.to_owned(),
+            found: file.version,
+        });
+    }
+    Ok(ReadMarks { map: file.read })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1171,6 +1276,55 @@ mod tests {
         fn contacts_parser_never_panics_on_near_toml(text in "[\\[\\]=\"'a-z0-9._\\- \n]{0,200}") {
             let _ = parse_contacts(Path::new("contacts.toml"), text.as_bytes());
         }
+    }
+
+    fn sent(id: u8, delivery: Delivery) -> HistoryEntry {
+        HistoryEntry {
+            direction: Direction::Sent,
+            peer: "p".into(),
+            timestamp_ms: u64::from(id),
+            msg_id: [id; 16],
+            text: format!("m{id}"),
+            delivery: Some(delivery),
+        }
+    }
+
+    #[test]
+    fn folding_keeps_one_entry_per_message_at_its_first_place() {
+        let stored = Delivery::Stored {
+            holders: 2,
+            members: 3,
+        };
+        let folded = fold_history(vec![
+            sent(1, Delivery::Sending),
+            sent(2, Delivery::Sending),
+            sent(1, stored),
+            // A late "sending" line (another process) never undoes "stored".
+            sent(1, Delivery::Sending),
+        ]);
+        let got: Vec<_> = folded.iter().map(|e| (e.msg_id[0], e.delivery)).collect();
+        assert_eq!(got, vec![(1, Some(stored)), (2, Some(Delivery::Sending))]);
+    }
+
+    #[test]
+    fn read_marks_round_trip_and_refuse_other_versions() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::open(&tmp.path().join("d")).unwrap();
+        assert_eq!(dir.read_marks().ok(), Some(ReadMarks::default()));
+        let mut marks = ReadMarks::default();
+        let mark = ReadMark {
+            msg_id: [7; 16],
+            timestamp_ms: 5,
+        };
+        assert!(marks.set("allium1x", mark));
+        assert!(!marks.set("allium1x", mark));
+        assert!(dir.save_read_marks(&marks).is_ok());
+        assert_eq!(dir.read_marks().ok(), Some(marks));
+        let newer = br#"{"version":2,"read":{}}"#;
+        assert!(matches!(
+            parse_read(Path::new("read.json"), newer),
+            Err(StateError::UnsupportedVersion { found: 2, .. })
+        ));
     }
 
     #[test]

@@ -27,6 +27,7 @@ fn every_command_has_help_and_completions_exist() {
         vec!["send", "--help"],
         vec!["inbox", "--help"],
         vec!["listen", "--help"],
+        vec!["chat", "--help"],
         vec!["status", "--help"],
     ] {
         let out = allium(dir.path(), &cmd);
@@ -88,4 +89,18 @@ fn identity_and_contacts_work_offline() {
             .code(),
         Some(3)
     );
+}
+
+#[test]
+fn chat_without_a_terminal_says_so_and_touches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(allium(dir.path(), &["init"]).status.success());
+    let before: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    // Standard input and output are pipes here, as under a script or `ssh host` without -t.
+    let out = allium(dir.path(), &["chat"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("allium chat needs a terminal"), "{err}");
+    let after: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(before.len(), after.len(), "no files written");
 }

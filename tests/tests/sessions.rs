@@ -1,14 +1,14 @@
 //! Sessions through the real `allium` command and real nodes: processes killed with SIGKILL
 //! while they send and while they receive lose no message and show none twice
 //! (`whitepaper/sessions.md` §14.1), and two people exchange a hundred messages each way while
-//! one of them is offline for part of the time.
+//! one of them is offline for part of the time and the whole network is killed and restarted.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Stdio;
 use std::time::Duration;
 
-use allium_tests::people::{Person, World};
+use allium_tests::people::{NODES, Person, T, World};
 use serde_json::Value;
 
 /// Every line of a person's history, parsed (a line torn by a kill does not parse and is left
@@ -126,13 +126,27 @@ async fn sigkill_during_send_and_receive_loses_and_repeats_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_messages_each_way_with_one_side_offline_for_a_while() {
-    let w = World::start().await;
+    let mut w = World::start().await;
     let (alice, bob) = (w.person("alice"), w.person("bob"));
     let (alice_addr, _) = alice.init();
     let (bob_addr, _) = bob.init();
     let mut alice_got = Vec::new();
     let mut bob_got = Vec::new();
     for round in 0..10 {
+        if round == 6 {
+            // The whole network dies at once (SIGKILL, no clean shutdown) and comes back: what
+            // the nodes acknowledged and the sessions both sides saved carry on.
+            for i in 0..NODES + 1 {
+                w.net.kill_node(i).unwrap();
+            }
+            for i in 0..NODES + 1 {
+                w.net.start_node(i).unwrap();
+            }
+            assert!(
+                w.net.wait_for_roster_version(1, T).await,
+                "the restarted network serves a roster again"
+            );
+        }
         for i in 0..10 {
             alice.send(&bob_addr, &format!("a{}", round * 10 + i));
             bob.send(&alice_addr, &format!("b{}", round * 10 + i));

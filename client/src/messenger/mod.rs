@@ -646,6 +646,13 @@ impl Messenger {
         Ok(sealed)
     }
 
+    /// A fresh random message id.
+    pub fn new_msg_id() -> [u8; 16] {
+        let mut msg_id = [0u8; 16];
+        OsRng.fill_bytes(&mut msg_id);
+        msg_id
+    }
+
     /// Sends `text` to every device of `to`, in one stored item when the envelopes fit, and a
     /// copy to this account's other devices. The items and the advanced sessions are saved
     /// together before anything goes out; an item stays in the outbox until the swarm
@@ -657,10 +664,21 @@ impl Messenger {
         to: &Address,
         text: &str,
     ) -> Result<Sent, MessengerError> {
+        self.send_text_as(net, to, text, Self::new_msg_id()).await
+    }
+
+    /// [`Self::send_text`] under a message id the caller chose ([`Self::new_msg_id`]), so it
+    /// can follow the message before the send returns. A retry of a send that failed before
+    /// the message entered the outbox may reuse the id: recipients record a message id once.
+    pub async fn send_text_as(
+        &mut self,
+        net: &Net,
+        to: &Address,
+        text: &str,
+        msg_id: [u8; 16],
+    ) -> Result<Sent, MessengerError> {
         Self::check_size(text)?;
         let now = net.now_ms();
-        let mut msg_id = [0u8; 16];
-        OsRng.fill_bytes(&mut msg_id);
         let message = AppMessage {
             msg_id,
             sent_ms: now,
