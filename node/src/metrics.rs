@@ -181,6 +181,8 @@ label_enum! {
         Syncing => "syncing",
         /// Held here, but a majority of the swarm did not confirm in time.
         NotReplicated => "not_replicated",
+        /// Signed by a delegate this member holds no live delegation for.
+        NotDelegated => "not_delegated",
     }
 }
 
@@ -680,6 +682,7 @@ impl From<allium_proto::Status> for StorageResult {
             S::WrongSwarm => StorageResult::WrongSwarm,
             S::Syncing => StorageResult::Syncing,
             S::NotReplicated => StorageResult::NotReplicated,
+            S::NotDelegated => StorageResult::NotDelegated,
         }
     }
 }

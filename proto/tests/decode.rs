@@ -80,18 +80,24 @@ fn body() -> impl Strategy<Value = Body> {
 }
 
 fn request() -> impl Strategy<Value = Request> {
-    (body(), any::<u64>(), any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(
-        |(body, timestamp, s1, s2)| {
+    (
+        body(),
+        any::<u64>(),
+        any::<[u8; 32]>(),
+        any::<[u8; 32]>(),
+        proptest::option::of(any::<[u8; 32]>()),
+    )
+        .prop_map(|(body, timestamp, s1, s2, signer)| {
             let mut signature = [0u8; 64];
             signature[..32].copy_from_slice(&s1);
             signature[32..].copy_from_slice(&s2);
             let auth = body.auth_target().map(|_| Auth {
                 timestamp,
                 signature,
+                signer,
             });
             Request { body, auth }
-        },
-    )
+        })
 }
 
 fn message() -> impl Strategy<Value = StoredMessage> {

@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use crate::store::{NewMessage, RetrieveQuery, Store, Watch};
 use allium_proto::auth::{self, ReplayCache};
+use allium_proto::crypto;
 use allium_proto::error::Status;
 use allium_proto::storage::{
-    Body, DeleteAllResponse, DeleteResponse, ExpireResponse, InfoResponse, MAX_RETRIEVE_COUNT,
-    Mailbox, Method, NodeId, PROTOCOL_VERSION, RETRIEVE_BUDGET_BYTES, Request, Response,
-    ResponseBody, RetrieveResponse, StoreResponse,
+    Body, DEVICES, DeleteAllResponse, DeleteResponse, ExpireResponse, InfoResponse,
+    MAX_RETRIEVE_COUNT, Mailbox, Method, NodeId, PROTOCOL_VERSION, RETRIEVE_BUDGET_BYTES, Request,
+    Response, ResponseBody, RetrieveResponse, StoreResponse,
 };
 use allium_proto::sync::{EntryKey, Item, ItemMessage};
 use allium_proto::time::{Clock, MonotoneFloor, UnixMillis};
@@ -201,7 +202,25 @@ impl Service {
                 .replay
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Err(e) = auth::authenticate(&decoded, &self.cfg.node, now, &mut replay) {
+            // A delegate's request is accepted while its delegation record is live here
+            // (whitepaper §3.1): one point read, made only after its signature verified.
+            let mut fault = None;
+            let verdict =
+                auth::authenticate_with(&decoded, &self.cfg.node, now, &mut replay, |m, signer| {
+                    let key = EntryKey {
+                        mailbox: *m,
+                        namespace: DEVICES,
+                        hash: crypto::delegation_hash(m, signer),
+                    };
+                    self.store.holds_live(&key, now).unwrap_or_else(|e| {
+                        fault = Some(e);
+                        false
+                    })
+                });
+            if let Some(e) = fault {
+                return Handled::Respond(Response::error(now, Status::from(&e)));
+            }
+            if let Err(e) = verdict {
                 return Handled::Respond(Response::error(now, e.into()));
             }
         }
