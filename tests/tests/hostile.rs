@@ -324,8 +324,11 @@ async fn junk_past_the_replay_filter_design_load_does_not_drop_honest_packets() 
         sample(&m, "allium_replay_filter_generations"),
         sample(&m, "allium_replay_filter_rolls_total"),
     );
+    // The generations together keep false positives under 1 % (onion.md §7): about 2 of 200
+    // expected. 12 or more happens with probability under 2e-6 (Poisson tail at mean 2), while
+    // a saturated single filter drops nearly all 200.
     assert!(
-        HONEST - honest_ok <= 4,
+        HONEST - honest_ok < 12,
         "{} honest packets dropped",
         HONEST - honest_ok
     );
