@@ -656,7 +656,6 @@ async fn a_restarted_member_answers_no_retrieve_before_it_holds_every_acknowledg
         .filter(|&&i| i != victim)
         .map(|&i| net.hop(&roster, i))
         .collect();
-    let at_victim = net.hop(&roster, victim);
 
     // Half the messages while every member is up, half while the victim is stopped.
     let mut acked = BTreeSet::new();
@@ -692,6 +691,19 @@ async fn a_restarted_member_answers_no_retrieve_before_it_holds_every_acknowledg
     }
 
     net.net.start_node(victim).unwrap();
+    // A restarted node has new onion keys (onion.md §8): it is reached through the roster that
+    // lists them, which it joins while it may still be syncing.
+    let at_victim = loop {
+        let fresh = net.roster().await;
+        if fresh.node(&id).is_some() {
+            break net.hop(&fresh, victim);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted member never rejoined"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     // From the moment it listens, ask it again and again: it may refuse (`syncing`), but an
     // answer `ok` must hold every acknowledged message.
     let (mut refused, mut served, mut health_ok) = (0, 0, 0);
