@@ -529,6 +529,7 @@ impl Net {
         let mut pinned_retried = false;
         // Members that refused with retry class "each member": refused by all, it is final.
         let mut refused: HashSet<NodeId> = HashSet::new();
+        let mut refusal = Status::NotDelegated;
         while Instant::now() < deadline {
             let left = deadline.saturating_duration_since(Instant::now());
             let roster = match tokio::time::timeout(left, self.ensure_roster()).await {
@@ -570,7 +571,7 @@ impl Net {
                     .iter()
                     .all(|m| refused.contains(&m.identity.node_id()))
             {
-                return Err(NetError::Refused(Status::NotDelegated));
+                return Err(NetError::Refused(refusal));
             }
             members.retain(|m| !tried.contains(&m.identity.node_id()));
             if members.is_empty() {
@@ -656,6 +657,7 @@ impl Net {
                 Retry::EachMember => {
                     tried.insert(node);
                     refused.insert(node);
+                    refusal = status;
                 }
                 Retry::Never => return Err(NetError::Refused(status)),
             }
@@ -703,6 +705,7 @@ impl Net {
             namespace,
             ttl_ms,
             data,
+            token: None,
         });
         let unsigned = Request::unsigned(body.clone()).encode();
         let make = |node: &NodeId, now: u64| match owner {

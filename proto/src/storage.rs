@@ -54,6 +54,15 @@ pub const PUBLIC: Namespace = 2;
 /// delegate. A live message here whose data is a key lets that key sign for the mailbox
 /// (storage.md §3, devices.md §2.1).
 pub const DEVICES: Namespace = 3;
+/// Message requests: the inbox share of strangers (storage.md §4.4). Anyone deposits without a
+/// token, the owner reads; a small share of its own caps what it holds.
+pub const REQUESTS: Namespace = 5;
+/// Delivery-token verifiers (storage.md §4.4): written, read and deleted by the owner (or a
+/// delegate). A live message here whose data is [`crypto::token_verifier`] of a token lets a
+/// store carrying that token into the inbox.
+pub const TOKENS: Namespace = 6;
+/// Length of a delivery token.
+pub const TOKEN_LEN: usize = 32;
 
 pub use allium_onion::NodeId;
 
@@ -160,11 +169,13 @@ pub enum Method {
     GetSwarm = 7,
     /// The signed roster.
     Roster = 8,
+    /// What a mailbox namespace holds, against its limits.
+    Usage = 10,
 }
 
 impl Method {
     /// All methods, in id order.
-    pub const ALL: [Method; 8] = [
+    pub const ALL: [Method; 9] = [
         Method::Store,
         Method::Retrieve,
         Method::Delete,
@@ -173,6 +184,7 @@ impl Method {
         Method::Info,
         Method::GetSwarm,
         Method::Roster,
+        Method::Usage,
     ];
     /// The wire id.
     pub fn id(self) -> u8 {
@@ -198,6 +210,36 @@ pub struct StoreRequest {
     pub ttl_ms: u64,
     /// Message bytes (opaque ciphertext), at most [`MAX_DATA_BYTES`].
     pub data: Vec<u8>,
+    /// A delivery token the owner handed its contacts (storage.md §4.4): required for, and
+    /// allowed only with, a store to [`INBOX`].
+    pub token: Option<DeliveryToken>,
+}
+
+/// A delivery token: 32 random bytes a mailbox owner gives its contacts inside the end-to-end
+/// encryption. The node knows only its verifier ([`crypto::token_verifier`]).
+#[derive(Clone, Copy)]
+pub struct DeliveryToken(pub [u8; TOKEN_LEN]);
+
+// Constant-time equality: a token is a credential.
+impl PartialEq for DeliveryToken {
+    fn eq(&self, other: &Self) -> bool {
+        crypto::ct_eq(&self.0, &other.0)
+    }
+}
+impl Eq for DeliveryToken {}
+impl fmt::Debug for DeliveryToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DeliveryToken(<redacted>)")
+    }
+}
+
+/// `usage`: what a namespace of a mailbox holds, and the whole mailbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRequest {
+    /// Mailbox.
+    pub mailbox: Mailbox,
+    /// Namespace.
+    pub namespace: Namespace,
 }
 
 /// `retrieve`: messages strictly after `after`, in (timestamp, hash) order.
@@ -281,6 +323,8 @@ pub enum Body {
     GetSwarm(GetSwarmRequest),
     /// `roster`.
     Roster(RosterRequest),
+    /// `usage`.
+    Usage(UsageRequest),
 }
 
 /// The signature block of a request.
@@ -340,19 +384,21 @@ impl Body {
             Body::Info => Method::Info,
             Body::GetSwarm(_) => Method::GetSwarm,
             Body::Roster(_) => Method::Roster,
+            Body::Usage(_) => Method::Usage,
         }
     }
 
     /// The mailbox and namespace a signature must cover, for methods that need one.
     pub fn auth_target(&self) -> Option<(Mailbox, Namespace)> {
         match self {
-            Body::Store(r) if r.namespace == INBOX => None,
+            Body::Store(r) if r.namespace == INBOX || r.namespace == REQUESTS => None,
             Body::Store(r) => Some((r.mailbox, r.namespace)),
             Body::Retrieve(r) if r.namespace == PUBLIC => None,
             Body::Retrieve(r) => Some((r.mailbox, r.namespace)),
             Body::Delete(r) => Some((r.mailbox, r.namespace)),
             Body::DeleteAll(r) => Some((r.mailbox, r.namespace)),
             Body::Expire(r) => Some((r.mailbox, r.namespace)),
+            Body::Usage(r) => Some((r.mailbox, r.namespace)),
             Body::Info | Body::GetSwarm(_) | Body::Roster(_) => None,
         }
     }
@@ -366,6 +412,7 @@ impl Body {
             Body::Delete(r) => Some(r.mailbox),
             Body::DeleteAll(r) => Some(r.mailbox),
             Body::Expire(r) => Some(r.mailbox),
+            Body::Usage(r) => Some(r.mailbox),
             Body::Info | Body::GetSwarm(_) | Body::Roster(_) => None,
         }
     }
@@ -373,8 +420,16 @@ impl Body {
     fn encode_into(&self, e: &mut Encoder) {
         match self {
             Body::Store(r) => {
-                enc_target(e, 4, &r.mailbox, r.namespace);
+                enc_target(
+                    e,
+                    4 + usize::from(r.token.is_some()),
+                    &r.mailbox,
+                    r.namespace,
+                );
                 e.uint(3).uint(r.ttl_ms).uint(4).bytes(&r.data);
+                if let Some(t) = &r.token {
+                    e.uint(5).bytes(&t.0);
+                }
             }
             Body::Retrieve(r) => {
                 let n = 2
@@ -398,6 +453,7 @@ impl Body {
                 enc_hashes(e, &r.hashes);
             }
             Body::DeleteAll(r) => enc_target(e, 2, &r.mailbox, r.namespace),
+            Body::Usage(r) => enc_target(e, 2, &r.mailbox, r.namespace),
             Body::Expire(r) => {
                 enc_target(e, 4, &r.mailbox, r.namespace);
                 e.uint(3);
@@ -436,7 +492,7 @@ impl Body {
     fn decode(method: Method, d: &mut Decoder<'_>) -> Result<Self, DecodeError> {
         Ok(match method {
             Method::Store => {
-                let f = Fields::read(d, 4, |k, d, f| match k {
+                let f = Fields::read(d, 5, |k, d, f| match k {
                     1 => f.mailbox(d),
                     2 => f.namespace(d),
                     3 => f.uint(d, 0),
@@ -444,13 +500,25 @@ impl Body {
                         f.data = Some(d.bytes(MAX_DATA_BYTES)?.to_vec());
                         Ok(())
                     }
+                    5 => {
+                        f.token = Some(DeliveryToken(d.fixed()?));
+                        Ok(())
+                    }
                     _ => Err(DecodeError::UnknownKey(k)),
                 })?;
+                let namespace = need(f.namespace, 2)?;
+                // A token names the inbox's door: anywhere else it is a mistake, and an inbox
+                // store without one is refused by the node, not by the decoder (its answer says
+                // to use the requests share).
+                if f.token.is_some() && namespace != INBOX {
+                    return Err(DecodeError::InvalidValue("token outside the inbox"));
+                }
                 Body::Store(StoreRequest {
                     mailbox: need(f.mailbox, 1)?,
-                    namespace: need(f.namespace, 2)?,
+                    namespace,
                     ttl_ms: need(f.uints[0], 3)?,
                     data: need(f.data, 4)?,
+                    token: f.token,
                 })
             }
             Method::Retrieve => {
@@ -513,16 +581,18 @@ impl Body {
                     })
                 }
             }
-            Method::DeleteAll => {
+            Method::DeleteAll | Method::Usage => {
                 let f = Fields::read(d, 2, |k, d, f| match k {
                     1 => f.mailbox(d),
                     2 => f.namespace(d),
                     _ => Err(DecodeError::UnknownKey(k)),
                 })?;
-                Body::DeleteAll(DeleteAllRequest {
-                    mailbox: need(f.mailbox, 1)?,
-                    namespace: need(f.namespace, 2)?,
-                })
+                let (mailbox, namespace) = (need(f.mailbox, 1)?, need(f.namespace, 2)?);
+                if method == Method::DeleteAll {
+                    Body::DeleteAll(DeleteAllRequest { mailbox, namespace })
+                } else {
+                    Body::Usage(UsageRequest { mailbox, namespace })
+                }
             }
             Method::Info => {
                 Fields::read(d, 0, |k, _, _| Err(DecodeError::UnknownKey(k)))?;
@@ -562,6 +632,7 @@ struct Fields {
     after: Option<CursorKey>,
     hashes: Option<Vec<MessageHash>>,
     data: Option<Vec<u8>>,
+    token: Option<DeliveryToken>,
     uints: [Option<u64>; 2],
 }
 
@@ -851,6 +922,27 @@ pub struct ExpireResponse {
     pub updated: Vec<(MessageHash, UnixMillis)>,
 }
 
+/// `usage` result: what one namespace holds against its own limits, and what the whole mailbox
+/// holds against the mailbox quota. Bytes are charged bytes (data plus a fixed overhead per
+/// message, storage.md §6.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageResponse {
+    /// Bytes held in the namespace.
+    pub bytes: u64,
+    /// Messages held in the namespace.
+    pub count: u64,
+    /// Most bytes the namespace may hold (the mailbox quota where it has no share of its own).
+    pub max_bytes: u64,
+    /// Most messages the namespace may hold, where it has such a limit.
+    pub max_count: Option<u64>,
+    /// Bytes held in the whole mailbox.
+    pub mailbox_bytes: u64,
+    /// Messages held in the whole mailbox.
+    pub mailbox_count: u64,
+    /// The mailbox quota, bytes.
+    pub mailbox_max_bytes: u64,
+}
+
 /// `info` result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InfoResponse {
@@ -935,6 +1027,8 @@ pub enum ResponseBody {
     GetSwarm(GetSwarmResponse),
     /// `roster`.
     Roster(RosterResponse),
+    /// `usage`.
+    Usage(UsageResponse),
 }
 
 impl ResponseBody {
@@ -949,6 +1043,7 @@ impl ResponseBody {
             ResponseBody::Info(_) => Method::Info,
             ResponseBody::GetSwarm(_) => Method::GetSwarm,
             ResponseBody::Roster(_) => Method::Roster,
+            ResponseBody::Usage(_) => Method::Usage,
         }
     }
 
@@ -991,11 +1086,24 @@ impl ResponseBody {
                     e.uint(2).bytes(b);
                 }
             }
+            ResponseBody::Usage(r) => {
+                e.map(6 + usize::from(r.max_count.is_some()));
+                e.uint(1).uint(r.bytes).uint(2).uint(r.count);
+                e.uint(3).uint(r.max_bytes);
+                if let Some(c) = r.max_count {
+                    e.uint(4).uint(c);
+                }
+                e.uint(5)
+                    .uint(r.mailbox_bytes)
+                    .uint(6)
+                    .uint(r.mailbox_count);
+                e.uint(7).uint(r.mailbox_max_bytes);
+            }
         }
     }
 
     fn decode(method: Method, d: &mut Decoder<'_>) -> Result<Self, DecodeError> {
-        let n = d.map(5)?;
+        let n = d.map(7)?;
         let mut prev = None;
         let mut key = |d: &mut Decoder<'_>, want: u64| -> Result<(), DecodeError> {
             match d.key(&mut prev)? {
@@ -1097,6 +1205,36 @@ impl ResponseBody {
                     None
                 };
                 ResponseBody::Roster(RosterResponse { version, roster })
+            }
+            Method::Usage => {
+                expect_len(&[6, 7])?;
+                key(d, 1)?;
+                let bytes = d.uint()?;
+                key(d, 2)?;
+                let count = d.uint()?;
+                key(d, 3)?;
+                let max_bytes = d.uint()?;
+                let max_count = if n == 7 {
+                    key(d, 4)?;
+                    Some(d.uint()?)
+                } else {
+                    None
+                };
+                key(d, 5)?;
+                let mailbox_bytes = d.uint()?;
+                key(d, 6)?;
+                let mailbox_count = d.uint()?;
+                key(d, 7)?;
+                let mailbox_max_bytes = d.uint()?;
+                ResponseBody::Usage(UsageResponse {
+                    bytes,
+                    count,
+                    max_bytes,
+                    max_count,
+                    mailbox_bytes,
+                    mailbox_count,
+                    mailbox_max_bytes,
+                })
             }
         };
         d.leave();

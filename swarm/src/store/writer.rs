@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use rocksdb::{DB, Direction, IteratorMode, WriteBatch, WriteOptions};
 use tokio::sync::oneshot;
 
-use allium_proto::storage::{MAX_DATA_BYTES, Mailbox, MessageHash, Namespace, StoreResponse};
+use allium_proto::storage::{
+    MAX_DATA_BYTES, Mailbox, MessageHash, Namespace, REQUESTS, StoreResponse,
+};
 use allium_proto::sync::{Digests, ENTRY_KEY_LEN, Entry, EntryKey, EntryState, ItemMessage};
 use allium_proto::time::UnixMillis;
 
@@ -504,12 +506,24 @@ impl Writer {
         if usage.bytes.saturating_add(c) > self.cfg.mailbox_quota_bytes {
             return Err(StoreError::QuotaExceeded);
         }
+        let nk = prefix(&mailbox, namespace);
+        let mut ns_usage = Usage::decode(ov.get(&self.db, Cf::Usage, &nk[..])?)?;
+        // Strangers' share (storage.md §4.4): replicas are held to it as well, so every member
+        // refuses the same stores.
+        if namespace == REQUESTS
+            && (ns_usage.bytes.saturating_add(c) > self.cfg.requests_quota_bytes
+                || ns_usage.count >= self.cfg.requests_quota_count)
+        {
+            return Err(StoreError::QuotaExceeded);
+        }
         let mut total = Usage::decode(ov.get(&self.db, Cf::Meta, META_TOTAL)?)?;
         if total.bytes.saturating_add(c) > self.cfg.node_cap_bytes {
             return Err(StoreError::NodeFull);
         }
         usage.bytes += c;
         usage.count += 1;
+        ns_usage.bytes += c;
+        ns_usage.count += 1;
         total.bytes += c;
         total.count += 1;
         let mk = msg_key(&mailbox, namespace, ts, &hash);
@@ -517,6 +531,7 @@ impl Writer {
         ov.put(Cf::Msg, mk, msg_value(expiry, set_at, &data));
         ov.put(Cf::Hash, key.to_bytes().to_vec(), ts.to_be_bytes().to_vec());
         ov.put(Cf::Usage, mailbox.as_bytes().to_vec(), usage.encode());
+        ov.put(Cf::Usage, nk.to_vec(), ns_usage.encode());
         ov.put(Cf::Meta, META_TOTAL.to_vec(), total.encode());
         ov.toggle(key, EntryState::Live { expiry, set_at });
         stored.insert((mailbox, namespace));
@@ -634,6 +649,15 @@ impl Writer {
             ov.delete(Cf::Usage, mailbox.as_bytes().to_vec());
         } else {
             ov.put(Cf::Usage, mailbox.as_bytes().to_vec(), usage.encode());
+        }
+        let nk = prefix(mailbox, key.namespace);
+        let mut ns_usage = Usage::decode(ov.get(&self.db, Cf::Usage, &nk[..])?)?;
+        ns_usage.bytes = ns_usage.bytes.saturating_sub(c);
+        ns_usage.count = ns_usage.count.saturating_sub(1);
+        if ns_usage.count == 0 {
+            ov.delete(Cf::Usage, nk.to_vec());
+        } else {
+            ov.put(Cf::Usage, nk.to_vec(), ns_usage.encode());
         }
         let mut total = Usage::decode(ov.get(&self.db, Cf::Meta, META_TOTAL)?)?;
         total.bytes = total.bytes.saturating_sub(c);
