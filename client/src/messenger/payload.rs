@@ -12,7 +12,11 @@
 //! a *sent copy* of a message one device sent (body `peer (32) || u8(kind) || body`, with the
 //! copied message's `msg_id` and `sent_ms`), and a *device list* (body: the list signed by the
 //! account), which tells a device whether it is still on its account. [`Incoming`] reads all
-//! three; [`AppMessage`] only what people read.
+//! four; [`AppMessage`] only what people read.
+//!
+//! Kind 4 carries the sender's delivery token (body: 32 bytes): with it, the recipient stores
+//! into the sender's inbox rather than the strangers' requests share (`whitepaper/storage.md`
+//! §4.4). It travels inside the session, so only the peer learns it.
 
 use thiserror::Error;
 
@@ -31,6 +35,8 @@ pub enum Kind {
     SentCopy = 2,
     /// The account's device list, sent by its primary device.
     DeviceList = 3,
+    /// The sender's delivery token.
+    Token = 4,
 }
 
 impl Kind {
@@ -39,6 +45,7 @@ impl Kind {
             1 => Some(Kind::Text),
             2 => Some(Kind::SentCopy),
             3 => Some(Kind::DeviceList),
+            4 => Some(Kind::Token),
             _ => None,
         }
     }
@@ -65,6 +72,9 @@ pub enum PayloadError {
     /// A sent copy too short for its peer, or copying a kind that cannot be copied.
     #[error("malformed sent copy")]
     BadCopy,
+    /// A token message whose body is not 32 bytes.
+    #[error("malformed delivery token")]
+    BadToken,
 }
 
 /// One application message.
@@ -132,6 +142,17 @@ pub fn device_list_message(msg_id: [u8; 16], sent_ms: u64, list: &[u8]) -> Vec<u
     out
 }
 
+/// Kind 4: the sender's delivery token `token`, as `msg_id` at `sent_ms`.
+pub fn token_message(msg_id: [u8; 16], sent_ms: u64, token: &[u8; 32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + token.len());
+    out.push(VERSION);
+    out.push(Kind::Token as u8);
+    out.extend_from_slice(&msg_id);
+    out.extend_from_slice(&sent_ms.to_be_bytes());
+    out.extend_from_slice(token);
+    out
+}
+
 /// Any application message: one for people, or one between the devices of an account.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Incoming {
@@ -151,6 +172,8 @@ pub enum Incoming {
         /// The list's encoding.
         list: Vec<u8>,
     },
+    /// The sender's delivery token (storage.md §4.4).
+    Token([u8; 32]),
 }
 
 fn content(kind: Kind, body: &[u8]) -> Result<Content, PayloadError> {
@@ -160,7 +183,7 @@ fn content(kind: Kind, body: &[u8]) -> Result<Content, PayloadError> {
                 .map_err(|_| PayloadError::NotUtf8)?
                 .to_owned(),
         )),
-        Kind::SentCopy | Kind::DeviceList => Err(PayloadError::BadCopy),
+        Kind::SentCopy | Kind::DeviceList | Kind::Token => Err(PayloadError::BadCopy),
     }
 }
 
@@ -206,6 +229,7 @@ impl Incoming {
                 msg_id,
                 list: body.to_vec(),
             },
+            Kind::Token => Incoming::Token(body.try_into().map_err(|_| PayloadError::BadToken)?),
         })
     }
 }
@@ -234,6 +258,14 @@ mod tests {
             prop_assert_eq!(copy.len(), m.encode().len() + SENT_COPY_OVERHEAD);
             prop_assert_eq!(Incoming::decode(&copy), Ok(Incoming::SentCopy { peer, message: m }));
             prop_assert_eq!(AppMessage::decode(&copy), Err(PayloadError::UnknownKind(2)));
+        }
+
+        #[test]
+        fn tokens_round_trip(id in any::<[u8; 16]>(), t in any::<u64>(), token in any::<[u8; 32]>()) {
+            let m = token_message(id, t, &token);
+            prop_assert_eq!(Incoming::decode(&m), Ok(Incoming::Token(token)));
+            prop_assert_eq!(Incoming::decode(&m[..m.len() - 1]), Err(PayloadError::BadToken));
+            prop_assert_eq!(AppMessage::decode(&m), Err(PayloadError::UnknownKind(4)));
         }
 
         #[test]
