@@ -237,3 +237,86 @@ fn namespace_usage_is_kept_across_restarts() {
     assert_eq!(st.namespace_usage(&mb, REQUESTS).unwrap().count, 2);
     assert_eq!(st.usage(&mb).unwrap().count, 5);
 }
+
+/// A database of schema 2 (no usage per namespace) is counted once on open, and the requests
+/// share then holds as it would have.
+#[test]
+fn a_schema_2_database_gets_its_namespace_usage_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mb = mailbox(&key(4));
+    let cfg = StoreConfig {
+        requests_quota_count: 3,
+        ..StoreConfig::default()
+    };
+    let new = |ns, i| allium_swarm::store::NewMessage {
+        mailbox: mb,
+        namespace: ns,
+        ttl_ms: DAY,
+        data: junk(i),
+    };
+    {
+        let st = allium_swarm::Store::open(dir.path(), cfg.clone()).unwrap();
+        st.store(new(INBOX, 0), T0).unwrap();
+        st.store(new(REQUESTS, 1), T0).unwrap();
+        st.store(new(REQUESTS, 2), T0).unwrap();
+    }
+    {
+        // Back to what schema 2 wrote: no 34-byte usage keys, `meta/schema` = 2.
+        let db = rocksdb::DB::open_cf(
+            &rocksdb::Options::default(),
+            dir.path(),
+            ["msg", "hash", "exp", "usage", "meta", "tomb"],
+        )
+        .unwrap();
+        let usage = db.cf_handle("usage").unwrap();
+        let keys: Vec<Box<[u8]>> = db
+            .iterator_cf(usage, rocksdb::IteratorMode::Start)
+            .map(|kv| kv.unwrap().0)
+            .filter(|k| k.len() == 34)
+            .collect();
+        assert_eq!(keys.len(), 2, "one per namespace used");
+        for k in keys {
+            db.delete_cf(usage, k).unwrap();
+        }
+        db.put_cf(db.cf_handle("meta").unwrap(), b"schema", 2u32.to_be_bytes())
+            .unwrap();
+    }
+    let st = allium_swarm::Store::open(dir.path(), cfg).unwrap();
+    assert_eq!(st.namespace_usage(&mb, REQUESTS).unwrap().count, 2);
+    assert_eq!(st.namespace_usage(&mb, INBOX).unwrap().count, 1);
+    st.store(new(REQUESTS, 3), T0).unwrap();
+    assert!(matches!(
+        st.store(new(REQUESTS, 4), T0),
+        Err(allium_swarm::StoreError::QuotaExceeded)
+    ));
+}
+
+/// Replicas are held to the requests share too, so every member refuses the same stores and
+/// a peer cannot push past it.
+#[test]
+fn replicas_are_held_to_the_requests_share() {
+    let cfg = StoreConfig {
+        requests_quota_count: 2,
+        ..StoreConfig::default()
+    };
+    let (_d, st) = open(cfg);
+    let mb = mailbox(&key(5));
+    let items = (0..3)
+        .map(|i| {
+            allium_proto::sync::Item::Message(allium_proto::sync::ItemMessage {
+                mailbox: mb,
+                namespace: REQUESTS,
+                timestamp: T0,
+                expiry: T0 + DAY,
+                set_at: T0,
+                data: junk(i),
+            })
+        })
+        .collect();
+    let results = st.apply_items(items, T0 + 1);
+    assert!(results[0].is_ok() && results[1].is_ok());
+    assert!(matches!(
+        results[2],
+        Err(allium_swarm::StoreError::QuotaExceeded)
+    ));
+}
