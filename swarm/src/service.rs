@@ -10,8 +10,8 @@ use allium_proto::auth::{self, ReplayCache};
 use allium_proto::error::Status;
 use allium_proto::storage::{
     Body, DeleteAllResponse, DeleteResponse, ExpireResponse, InfoResponse, MAX_RETRIEVE_COUNT,
-    Mailbox, Method, NodeId, PROTOCOL_VERSION, RETRIEVE_BUDGET_BYTES, Request, Response,
-    ResponseBody, RetrieveResponse, StoreResponse,
+    Mailbox, Method, NodeId, PROTOCOL_VERSION, RETRIEVE_BUDGET_BYTES, ReadBlobResponse, Request,
+    Response, ResponseBody, RetrieveResponse, StoreResponse,
 };
 use allium_proto::sync::{EntryKey, Item, ItemMessage};
 use allium_proto::time::{Clock, MonotoneFloor, UnixMillis};
@@ -335,6 +335,9 @@ impl Service {
                 protocol: PROTOCOL_VERSION,
                 software: self.cfg.software.clone(),
             })),
+            Body::ReadBlob(r) => s
+                .read_blob(&r.mailbox, &r.hash, now)
+                .map(|message| ResponseBody::ReadBlob(ReadBlobResponse { message })),
             b @ (Body::GetSwarm(_) | Body::Roster(_)) => return Handled::Forward(b),
         };
         Handled::Respond(match result {
