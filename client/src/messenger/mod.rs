@@ -54,6 +54,9 @@ pub enum MessengerError {
     /// The network.
     #[error(transparent)]
     Net(#[from] NetError),
+    /// An attachment could not be sent or recorded.
+    #[error(transparent)]
+    Attach(#[from] crate::attach::AttachError),
     /// A key file of this device does not decode.
     #[error("{file} in the data directory is damaged ({source}); move it away to start afresh")]
     Keys {
@@ -379,11 +382,34 @@ impl Messenger {
         msg_id: [u8; 16],
     ) -> Result<Sent, MessengerError> {
         Self::check_size(text)?;
+        self.send_content_as(net, to, Content::Text(text.to_owned()), msg_id)
+            .await
+    }
+
+    /// Announces an uploaded file to every device of `to` (attachments.md §4), under the
+    /// message id the upload kept, so a resumed upload announces it once.
+    pub async fn send_file(
+        &mut self,
+        net: &Net,
+        to: &Address,
+        upload: &crate::attach::Upload,
+    ) -> Result<Sent, MessengerError> {
+        self.send_content_as(net, to, Content::File(upload.file.clone()), upload.msg_id)
+            .await
+    }
+
+    async fn send_content_as(
+        &mut self,
+        net: &Net,
+        to: &Address,
+        content: Content,
+        msg_id: [u8; 16],
+    ) -> Result<Sent, MessengerError> {
         let now = net.now_ms();
         let message = AppMessage {
             msg_id,
             sent_ms: now,
-            content: Content::Text(text.to_owned()),
+            content,
         };
         let plaintext = message.encode();
         let mut record = self.load_peer(to)?;
@@ -463,7 +489,7 @@ impl Messenger {
         let Ok(message) = AppMessage::decode(&out.message) else {
             return Ok(());
         };
-        let Content::Text(text) = message.content;
+        let text = message.content.summary();
         self.dir.append_history(&HistoryEntry {
             direction: Direction::Sent,
             peer: to.to_string(),
@@ -640,7 +666,13 @@ impl Messenger {
         }
         let out = match message {
             Ok(message) if !self.recorded.contains(&message.msg_id) => {
-                let Content::Text(text) = &message.content;
+                let text = message.content.summary();
+                if let Content::File(file) = &message.content {
+                    // Before the history line: once that is written this message is never
+                    // handled again, and its file must not be lost with it.
+                    crate::attach::Transfers::open(self.dir.path())?
+                        .register_download(file, &from.to_string())?;
+                }
                 // Recorded first: if the session save below does not happen, the message is
                 // decrypted again next time and found here, never shown twice.
                 self.dir.append_history(&HistoryEntry {
@@ -648,7 +680,7 @@ impl Messenger {
                     peer: from.to_string(),
                     timestamp_ms: message.sent_ms,
                     msg_id: message.msg_id,
-                    text: text.clone(),
+                    text,
                     delivery: None,
                 })?;
                 self.recorded.insert(message.msg_id);

@@ -6,9 +6,12 @@
 //!
 //! `msg_id` names the message for the reader's deduplication and for later status updates;
 //! `sent_ms` is the sender's claim of when it was written (shown, never trusted). The body's
-//! meaning depends on `kind`; a reader skips kinds it does not know.
+//! meaning depends on `kind` (1 text, 2 file: `whitepaper/attachments.md` §4); a reader skips
+//! kinds it does not know.
 
 use thiserror::Error;
+
+use crate::attach::FileRef;
 
 /// Version byte of [`AppMessage`].
 pub const VERSION: u8 = 1;
@@ -21,12 +24,15 @@ pub const HEADER_LEN: usize = 1 + 1 + 16 + 8;
 pub enum Kind {
     /// UTF-8 text for a person to read.
     Text = 1,
+    /// A file: its chunks' place, key and root (`whitepaper/attachments.md` §4).
+    File = 2,
 }
 
 impl Kind {
     fn from_u8(b: u8) -> Option<Kind> {
         match b {
             1 => Some(Kind::Text),
+            2 => Some(Kind::File),
             _ => None,
         }
     }
@@ -47,6 +53,9 @@ pub enum PayloadError {
     /// Text that is not UTF-8.
     #[error("text is not UTF-8")]
     NotUtf8,
+    /// A file message that does not decode (attachments.md §4).
+    #[error("unreadable file message")]
+    BadFile,
 }
 
 /// One application message.
@@ -65,13 +74,30 @@ pub struct AppMessage {
 pub enum Content {
     /// Text.
     Text(String),
+    /// A file.
+    File(FileRef),
+}
+
+impl Content {
+    /// What the history and the terminal show for it: the text, or a line naming the file.
+    pub fn summary(&self) -> String {
+        match self {
+            Content::Text(t) => t.clone(),
+            Content::File(f) => format!("[file] {} ({} bytes)", f.name, f.size),
+        }
+    }
 }
 
 impl AppMessage {
     /// The encoding sealed into a session message.
     pub fn encode(&self) -> Vec<u8> {
+        let file;
         let (kind, body) = match &self.content {
             Content::Text(t) => (Kind::Text, t.as_bytes()),
+            Content::File(f) => {
+                file = f.encode();
+                (Kind::File, file.as_slice())
+            }
         };
         let mut out = Vec::with_capacity(HEADER_LEN + body.len());
         out.push(VERSION);
@@ -102,6 +128,7 @@ impl AppMessage {
                     .map_err(|_| PayloadError::NotUtf8)?
                     .to_owned(),
             ),
+            Kind::File => Content::File(FileRef::decode(body).map_err(|_| PayloadError::BadFile)?),
         };
         Ok(AppMessage {
             msg_id,
@@ -146,5 +173,8 @@ mod tests {
         let mut bad = m.encode();
         bad.push(0xff);
         assert_eq!(AppMessage::decode(&bad), Err(PayloadError::NotUtf8));
+        let mut file = m.encode();
+        file[1] = 2;
+        assert_eq!(AppMessage::decode(&file), Err(PayloadError::BadFile));
     }
 }
