@@ -54,7 +54,7 @@ pub enum AttachError {
     #[error("chunk {0} is held by no member of the swarm (expired, deleted or never stored)")]
     Missing(u32),
     /// The file being uploaded changed since the upload began.
-    #[error("{0} changed since its upload began; it is sent again from the start")]
+    #[error("{0} changed since its upload began; run the command again to send it afresh")]
     Changed(String),
     /// A progress file that cannot be read.
     #[error("progress file {0}: {1}")]
