@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use allium_client::attach::{self, Progress, TransferConfig, Transfers};
 use allium_client::net::{Net, Timing};
 use allium_proto::network::NetworkFile;
+use allium_proto::storage::Mailbox;
 use ed25519_dalek::SigningKey;
 use rand_core::{OsRng, RngCore};
 use serde_json::{Value, json};
@@ -105,6 +106,7 @@ pub async fn series(
         let up = attach::upload(
             &net,
             &owner,
+            Mailbox::from_bytes(owner.verifying_key().to_bytes()),
             &transfers,
             &[0; 32],
             &path,

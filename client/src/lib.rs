@@ -4,6 +4,7 @@ pub mod app;
 pub mod attach;
 pub mod chat;
 pub mod cli;
+pub mod devices;
 pub mod display;
 pub mod identity;
 pub mod messenger;

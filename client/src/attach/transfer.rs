@@ -14,7 +14,6 @@ use allium_proto::storage::{
 };
 use blake2::digest::consts::U16;
 use blake2::{Blake2b, Digest};
-use ed25519_dalek::SigningKey;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
@@ -23,7 +22,7 @@ use zeroize::Zeroizing;
 use super::AttachError;
 use super::chunk::{BlobKeys, CHUNK, MAX_FILE, chunk_count, leaf, root};
 use super::file::{FileRef, link_unique, name_of, sanitize};
-use crate::net::{Net, NetError};
+use crate::net::{MailboxSigner, Net, NetError};
 
 /// Chunks in flight at once by default, each on its own path.
 pub const DEFAULT_PATHS: usize = 4;
@@ -324,7 +323,7 @@ fn hex32(s: &str, name: &str) -> Result<[u8; 32], AttachError> {
 /// Stores one sealed chunk; returns its expiry and whether the node already held it.
 async fn store_chunk(
     net: &Net,
-    owner: &SigningKey,
+    owner: &dyn MailboxSigner,
     mailbox: Mailbox,
     ttl_ms: u64,
     data: Vec<u8>,
@@ -335,7 +334,7 @@ async fn store_chunk(
         ttl_ms,
         data,
     });
-    let make = |node: &NodeId, now: u64| Request::signed(body.clone(), owner, node, now).encode();
+    let make = |node: &NodeId, now: u64| owner.sign(body.clone(), node, now).encode();
     let (response, _) = net
         .request(&mailbox, Method::Store, Duration::ZERO, make)
         .await?;
@@ -345,13 +344,15 @@ async fn store_chunk(
     }
 }
 
-/// Uploads the file at `path` to `owner`'s blob namespace for a message to `recipient`,
+/// Uploads the file at `path` to the blob namespace of `mailbox` (signed by `owner`: the
+/// account key, or a linked device's delegate key) for a message to `recipient`,
 /// resuming an interrupted upload of the same file to the same recipient. Returns once every
 /// chunk is acknowledged by a majority of the swarm.
 #[allow(clippy::too_many_arguments)]
 pub async fn upload(
     net: &Net,
-    owner: &SigningKey,
+    owner: &dyn MailboxSigner,
+    mailbox: Mailbox,
     transfers: &Transfers,
     recipient: &[u8; 32],
     path: &Path,
@@ -368,7 +369,6 @@ pub async fn upload(
     if size > MAX_FILE {
         return Err(AttachError::TooLarge(size));
     }
-    let mailbox = Mailbox::from_bytes(owner.verifying_key().to_bytes());
     let n = chunk_count(size);
     let state_name = format!(
         "up-{}.json",

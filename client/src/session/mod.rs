@@ -13,8 +13,8 @@
 //! No I/O and no clock: time is a parameter (Unix milliseconds) and randomness comes from the
 //! caller's `CryptoRngCore`, so tests and vectors are deterministic.
 
-mod codec;
-mod crypto;
+pub(crate) mod codec;
+pub(crate) mod crypto;
 pub mod envelope;
 mod keys;
 mod peer;
@@ -22,8 +22,8 @@ mod ratchet;
 mod safety;
 
 pub use keys::{
-    BUNDLE_LEN, CERT_LEN, DEVICE_KEYS_LEN, DeviceCert, DeviceKeys, PrekeyBundle, PrekeySecrets,
-    PrekeyStore,
+    BUNDLE_LEN, CERT_LEN, DEVICE_KEYS_LEN, DeviceCert, DeviceKeys, DeviceSecrets, PrekeyBundle,
+    PrekeySecrets, PrekeyStore, check_ed25519,
 };
 pub use peer::{PeerSessions, accepted_wins};
 pub use ratchet::{
