@@ -69,7 +69,7 @@ pub const DEVICES_FILE: &str = "devices.bin";
 pub const SYNC_FILE: &str = "sync.bin";
 /// Present once this device was removed from its account.
 pub const REMOVED_FILE: &str = "removed";
-/// This device's delivery token and when its verifier was last registered (storage.md §4.4).
+/// This device's delivery token and when its verifier was last registered (storage.md §4.5).
 pub const TOKEN_FILE: &str = "delivery-token.bin";
 /// Largest shared-state file read (100,000 entries of at most 80 bytes).
 pub const MAX_SYNC_BYTES: u64 = 16 << 20;
@@ -978,7 +978,7 @@ impl ClientState {
         self.cursors.insert(*mailbox, cursor);
     }
 
-    /// The retrieve cursor of the account's requests namespace (storage.md §4.4).
+    /// The retrieve cursor of the account's requests namespace (storage.md §4.5).
     pub fn requests_cursor(&self) -> Option<SavedCursor> {
         self.requests_cursor
     }

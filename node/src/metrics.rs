@@ -139,6 +139,8 @@ label_enum! {
         Roster => "roster",
         /// Namespace and mailbox usage.
         Usage => "usage",
+        /// One blob chunk by address.
+        ReadBlob => "read_blob",
         /// A method id this node does not know.
         Unknown => "unknown",
     }
@@ -661,6 +663,7 @@ impl From<allium_proto::Method> for StorageMethod {
             M::GetSwarm => StorageMethod::GetSwarm,
             M::Roster => StorageMethod::Roster,
             M::Usage => StorageMethod::Usage,
+            M::ReadBlob => StorageMethod::ReadBlob,
         }
     }
 }

@@ -161,7 +161,7 @@ pub enum Status {
     /// §3): ask the other members; refused by all, the delegation is gone.
     NotDelegated = 18,
     /// An inbox store without a delivery token, or with one the mailbox does not (or no
-    /// longer) admit (storage.md §4.4): store to the requests namespace instead.
+    /// longer) admit (storage.md §4.5): store to the requests namespace instead.
     TokenRefused = 19,
 }
 

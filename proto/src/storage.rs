@@ -54,15 +54,20 @@ pub const PUBLIC: Namespace = 2;
 /// delegate. A live message here whose data is a key lets that key sign for the mailbox
 /// (storage.md §3, devices.md §2.1).
 pub const DEVICES: Namespace = 3;
-/// Message requests: the inbox share of strangers (storage.md §4.4). Anyone deposits without a
+/// Message requests: the inbox share of strangers (storage.md §4.5). Anyone deposits without a
 /// token, the owner reads; a small share of its own caps what it holds.
 pub const REQUESTS: Namespace = 5;
-/// Delivery-token verifiers (storage.md §4.4): written, read and deleted by the owner (or a
+/// Delivery-token verifiers (storage.md §4.5): written, read and deleted by the owner (or a
 /// delegate). A live message here whose data is [`crypto::token_verifier`] of a token lets a
 /// store carrying that token into the inbox.
 pub const TOKENS: Namespace = 6;
 /// Length of a delivery token.
 pub const TOKEN_LEN: usize = 32;
+/// Blob namespace: the owner stores, anyone reads one message by its hash (`read_blob`);
+/// charged against its own quota and cap (storage §4.3, §4.4).
+pub const BLOB: Namespace = 4;
+/// Shortest data stored in [`BLOB`], and the part of it the content hash covers.
+pub const BLOB_PREFIX_LEN: usize = 36;
 
 pub use allium_onion::NodeId;
 
@@ -171,11 +176,13 @@ pub enum Method {
     Roster = 8,
     /// What a mailbox namespace holds, against its limits.
     Usage = 10,
+    /// One message of the blob namespace by hash, unsigned.
+    ReadBlob = 9,
 }
 
 impl Method {
     /// All methods, in id order.
-    pub const ALL: [Method; 9] = [
+    pub const ALL: [Method; 10] = [
         Method::Store,
         Method::Retrieve,
         Method::Delete,
@@ -185,6 +192,7 @@ impl Method {
         Method::GetSwarm,
         Method::Roster,
         Method::Usage,
+        Method::ReadBlob,
     ];
     /// The wire id.
     pub fn id(self) -> u8 {
@@ -210,7 +218,7 @@ pub struct StoreRequest {
     pub ttl_ms: u64,
     /// Message bytes (opaque ciphertext), at most [`MAX_DATA_BYTES`].
     pub data: Vec<u8>,
-    /// A delivery token the owner handed its contacts (storage.md §4.4): required for, and
+    /// A delivery token the owner handed its contacts (storage.md §4.5): required for, and
     /// allowed only with, a store to [`INBOX`].
     pub token: Option<DeliveryToken>,
 }
@@ -304,6 +312,15 @@ pub struct RosterRequest {
     pub known_version: Option<u64>,
 }
 
+/// `read_blob`: the live message of `mailbox`'s blob namespace whose content hash is `hash`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadBlobRequest {
+    /// Mailbox.
+    pub mailbox: Mailbox,
+    /// Content hash in [`BLOB`] (an address, storage §5.1).
+    pub hash: MessageHash,
+}
+
 /// A request body, one variant per method.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body {
@@ -325,6 +342,8 @@ pub enum Body {
     Roster(RosterRequest),
     /// `usage`.
     Usage(UsageRequest),
+    /// `read_blob`.
+    ReadBlob(ReadBlobRequest),
 }
 
 /// The signature block of a request.
@@ -385,6 +404,7 @@ impl Body {
             Body::GetSwarm(_) => Method::GetSwarm,
             Body::Roster(_) => Method::Roster,
             Body::Usage(_) => Method::Usage,
+            Body::ReadBlob(_) => Method::ReadBlob,
         }
     }
 
@@ -399,7 +419,7 @@ impl Body {
             Body::DeleteAll(r) => Some((r.mailbox, r.namespace)),
             Body::Expire(r) => Some((r.mailbox, r.namespace)),
             Body::Usage(r) => Some((r.mailbox, r.namespace)),
-            Body::Info | Body::GetSwarm(_) | Body::Roster(_) => None,
+            Body::Info | Body::GetSwarm(_) | Body::Roster(_) | Body::ReadBlob(_) => None,
         }
     }
 
@@ -413,6 +433,7 @@ impl Body {
             Body::DeleteAll(r) => Some(r.mailbox),
             Body::Expire(r) => Some(r.mailbox),
             Body::Usage(r) => Some(r.mailbox),
+            Body::ReadBlob(r) => Some(r.mailbox),
             Body::Info | Body::GetSwarm(_) | Body::Roster(_) => None,
         }
     }
@@ -474,6 +495,13 @@ impl Body {
                     e.map(0);
                 }
             },
+            Body::ReadBlob(r) => {
+                e.map(2)
+                    .uint(1)
+                    .bytes(r.mailbox.as_bytes())
+                    .uint(2)
+                    .bytes(&r.hash.0);
+            }
         }
     }
 
@@ -506,7 +534,11 @@ impl Body {
                     }
                     _ => Err(DecodeError::UnknownKey(k)),
                 })?;
-                let namespace = need(f.namespace, 2)?;
+                let (namespace, data) = (need(f.namespace, 2)?, need(f.data, 4)?);
+                // The blob namespace names a message by its first bytes (storage §5.1).
+                if namespace == BLOB && data.len() < BLOB_PREFIX_LEN {
+                    return Err(DecodeError::InvalidValue("data"));
+                }
                 // A token names the inbox's door: anywhere else it is a mistake, and an inbox
                 // store without one is refused by the node, not by the decoder (its answer says
                 // to use the requests share).
@@ -517,7 +549,7 @@ impl Body {
                     mailbox: need(f.mailbox, 1)?,
                     namespace,
                     ttl_ms: need(f.uints[0], 3)?,
-                    data: need(f.data, 4)?,
+                    data,
                     token: f.token,
                 })
             }
@@ -614,6 +646,20 @@ impl Body {
                 })?;
                 Body::Roster(RosterRequest {
                     known_version: f.uints[0],
+                })
+            }
+            Method::ReadBlob => {
+                let f = Fields::read(d, 2, |k, d, f| match k {
+                    1 => f.mailbox(d),
+                    2 => {
+                        f.hashes = Some(vec![MessageHash(d.fixed()?)]);
+                        Ok(())
+                    }
+                    _ => Err(DecodeError::UnknownKey(k)),
+                })?;
+                Body::ReadBlob(ReadBlobRequest {
+                    mailbox: need(f.mailbox, 1)?,
+                    hash: need(f.hashes.and_then(|h| h.first().copied()), 2)?,
                 })
             }
         })
@@ -1008,6 +1054,13 @@ pub struct RosterResponse {
     pub roster: Option<Vec<u8>>,
 }
 
+/// `read_blob` result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadBlobResponse {
+    /// The message, if this node holds it live.
+    pub message: Option<StoredMessage>,
+}
+
 /// A response body, one variant per method.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResponseBody {
@@ -1029,6 +1082,8 @@ pub enum ResponseBody {
     Roster(RosterResponse),
     /// `usage`.
     Usage(UsageResponse),
+    /// `read_blob`.
+    ReadBlob(ReadBlobResponse),
 }
 
 impl ResponseBody {
@@ -1044,6 +1099,7 @@ impl ResponseBody {
             ResponseBody::GetSwarm(_) => Method::GetSwarm,
             ResponseBody::Roster(_) => Method::Roster,
             ResponseBody::Usage(_) => Method::Usage,
+            ResponseBody::ReadBlob(_) => Method::ReadBlob,
         }
     }
 
@@ -1099,6 +1155,15 @@ impl ResponseBody {
                     .uint(r.mailbox_count);
                 e.uint(7).uint(r.mailbox_max_bytes);
             }
+            ResponseBody::ReadBlob(r) => match &r.message {
+                Some(m) => {
+                    e.map(1).uint(1);
+                    m.encode_into(e);
+                }
+                None => {
+                    e.map(0);
+                }
+            },
         }
     }
 
@@ -1235,6 +1300,16 @@ impl ResponseBody {
                     mailbox_count,
                     mailbox_max_bytes,
                 })
+            }
+            Method::ReadBlob => {
+                expect_len(&[0, 1])?;
+                let message = if n == 1 {
+                    key(d, 1)?;
+                    Some(StoredMessage::decode(d)?)
+                } else {
+                    None
+                };
+                ResponseBody::ReadBlob(ReadBlobResponse { message })
             }
         };
         d.leave();

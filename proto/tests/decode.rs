@@ -36,7 +36,7 @@ fn body() -> impl Strategy<Value = Body> {
                     namespace,
                     ttl_ms,
                     data,
-                    // A token goes only with an inbox store (storage.md §4.4).
+                    // A token goes only with an inbox store (storage.md §4.5).
                     token: token.filter(|_| namespace == INBOX).map(DeliveryToken),
                 }
             )),

@@ -123,6 +123,10 @@ fn body_of(v: &Value) -> Body {
             mailbox: mailbox(b),
             namespace: namespace(b),
         }),
+        Method::ReadBlob => Body::ReadBlob(ReadBlobRequest {
+            mailbox: mailbox(b),
+            hash: hash(&b["hash"]),
+        }),
     }
 }
 
@@ -183,6 +187,14 @@ fn response_of(method: Method, v: &Value) -> Response {
                     mailbox_bytes: uint(&r["mailbox_bytes"]),
                     mailbox_count: uint(&r["mailbox_count"]),
                     mailbox_max_bytes: uint(&r["mailbox_max_bytes"]),
+                }),
+                Method::ReadBlob => ResponseBody::ReadBlob(ReadBlobResponse {
+                    message: opt(r, "message", |m| StoredMessage {
+                        hash: hash(&m["hash"]),
+                        timestamp: uint(&m["timestamp"]),
+                        expiry: uint(&m["expiry"]),
+                        data: bytes(&m["data"]),
+                    }),
                 }),
             })
         }
@@ -302,7 +314,7 @@ fn content_hash_case(input: &Value) -> Value {
     })
 }
 
-/// A delivery token's verifier and the content hash of the record that holds it (§4.4).
+/// A delivery token's verifier and the content hash of the record that holds it (§4.5).
 fn token_case(input: &Value) -> Value {
     let mb = mailbox(input);
     let token = b32(&input["token"]);
@@ -514,6 +526,10 @@ fn vectors() -> Value {
             "roster, version 41 held",
             json!({ "method": 8, "body": { "known_version": 41 } }),
         ),
+        (
+            "read_blob",
+            json!({ "method": 9, "body": { "mailbox": mb, "hash": other } }),
+        ),
     ];
     let signed = [
         (
@@ -634,6 +650,17 @@ fn vectors() -> Value {
                 "mailbox_bytes": 9_000, "mailbox_count": 5, "mailbox_max_bytes": 16_777_216 } }),
         ),
         ("token refused", 1, json!({ "now": TS, "status": 19 })),
+        (
+            "read_blob, held",
+            9,
+            json!({ "now": TS, "status": 0, "result": { "message": {
+                "hash": other, "timestamp": TS, "expiry": TS + day, "data": hex::encode([7u8; 40]) } } }),
+        ),
+        (
+            "read_blob, not held",
+            9,
+            json!({ "now": TS, "status": 0, "result": {} }),
+        ),
         ("clock skew", 2, json!({ "now": TS, "status": 6 })),
         (
             "wrong swarm",

@@ -10,10 +10,10 @@ use allium_proto::auth::{self, ReplayCache};
 use allium_proto::crypto;
 use allium_proto::error::Status;
 use allium_proto::storage::{
-    Body, DEVICES, DeleteAllResponse, DeleteResponse, ExpireResponse, INBOX, InfoResponse,
+    BLOB, Body, DEVICES, DeleteAllResponse, DeleteResponse, ExpireResponse, INBOX, InfoResponse,
     MAX_RETRIEVE_COUNT, Mailbox, Method, NodeId, PROTOCOL_VERSION, REQUESTS, RETRIEVE_BUDGET_BYTES,
-    Request, Response, ResponseBody, RetrieveResponse, StoreRequest, StoreResponse, TOKENS,
-    UsageResponse,
+    ReadBlobResponse, Request, Response, ResponseBody, RetrieveResponse, StoreRequest,
+    StoreResponse, TOKENS, UsageResponse,
 };
 use allium_proto::sync::{EntryKey, Item, ItemMessage};
 use allium_proto::time::{Clock, MonotoneFloor, UnixMillis};
@@ -251,7 +251,7 @@ impl Service {
         self.execute(decoded.request.body, now)
     }
 
-    /// Whether an inbox store gets in (storage.md §4.4): with a token whose verifier record is
+    /// Whether an inbox store gets in (storage.md §4.5): with a token whose verifier record is
     /// live here; without one, only while the mailbox has registered no token at all (its
     /// owner has not opted in, and its inbox stays open as before).
     fn admits(&self, r: &StoreRequest, now: UnixMillis) -> Result<bool, crate::StoreError> {
@@ -405,6 +405,8 @@ impl Service {
                         count: ns.count,
                         max_bytes: if requests {
                             cfg.requests_quota_bytes
+                        } else if r.namespace == BLOB {
+                            cfg.blob_quota_bytes
                         } else {
                             cfg.mailbox_quota_bytes
                         },
@@ -415,6 +417,9 @@ impl Service {
                     }))
                 })
             }
+            Body::ReadBlob(r) => s
+                .read_blob(&r.mailbox, &r.hash, now)
+                .map(|message| ResponseBody::ReadBlob(ReadBlobResponse { message })),
             b @ (Body::GetSwarm(_) | Body::Roster(_)) => return Handled::Forward(b),
         };
         Handled::Respond(match result {

@@ -1,4 +1,4 @@
-//! Strangers cannot fill an inbox (storage.md §4.4): once the owner registers a delivery token,
+//! Strangers cannot fill an inbox (storage.md §4.5): once the owner registers a delivery token,
 //! inbox stores need it; strangers' stores go to the requests namespace, capped by its share,
 //! while contacts' stores with the token still succeed. The owner reads usage and clears.
 

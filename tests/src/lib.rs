@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod onion;
 pub mod people;
 
 use std::path::PathBuf;

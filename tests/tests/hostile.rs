@@ -11,56 +11,24 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use allium_client::onion::{Hop, OnionClient, SendError, epoch_at, resolve};
+use allium_client::onion::{OnionClient, SendError, epoch_at};
 use allium_link::{Deadlines, Kind, Link, LinkLimits, Status, TlsIdentity};
 use allium_node::devnet::{Devnet, DevnetNode};
 use allium_onion::{IdentityKeypair, IdentityPublicKey, SizeClass};
 use allium_proto::network::NetworkFile;
 use allium_proto::roster::{DirectoryRequest, DirectoryResponse, NodeEntry, Roster};
 use allium_proto::storage::{DeleteAllRequest, Method, Response, StoreRequest};
-use allium_proto::{Body, Mailbox, NodeId, Request};
+use allium_proto::{Body, Mailbox, Request};
+use allium_tests::onion::{client, hops, now_ms, path_for};
 use allium_tests::{DevnetOptions, serial, start_devnet_with, test_options, wait_for_roster};
 use ed25519_dalek::SigningKey;
 
 const T: Duration = Duration::from_secs(10);
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
-fn client() -> OnionClient {
-    OnionClient::new("127.0.0.1:0".parse().unwrap()).unwrap()
-}
-
 fn anonymous() -> Link {
     Link::bind_client("127.0.0.1:0".parse().unwrap(), LinkLimits::default()).unwrap()
-}
-
-/// Three relays outside the mailbox's swarm (and not in `skip`), then a member of it.
-fn path_for<'r>(roster: &'r Roster, mailbox: &Mailbox, skip: &[NodeId]) -> Vec<&'r NodeEntry> {
-    let members = roster.members_for(mailbox);
-    let destination = *members
-        .iter()
-        .find(|m| !skip.contains(&m.identity.node_id()))
-        .expect("a member of the swarm");
-    let mut path: Vec<&NodeEntry> = roster
-        .nodes()
-        .iter()
-        .filter(|n| n.identity != destination.identity && !skip.contains(&n.identity.node_id()))
-        .take(3)
-        .collect();
-    assert_eq!(path.len(), 3, "not enough relays");
-    path.push(destination);
-    path
-}
-
-fn hops(network: &NetworkFile, path: &[&NodeEntry]) -> Vec<Hop> {
-    resolve(path, epoch_at(network.params.epoch_secs, now_ms() / 1000)).unwrap()
 }
 
 fn index_of(net: &Devnet, id: &IdentityPublicKey) -> usize {

@@ -4,13 +4,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use allium_client::onion::{Hop, OnionClient, epoch_at, resolve};
 use allium_onion::SizeClass;
 use allium_proto::network::NetworkFile;
 use allium_proto::storage::{MAX_WAIT_MS, RetrieveRequest, StoreRequest};
 use allium_proto::{Body, Mailbox, Method, Request, Response, ResponseBody};
+use allium_tests::onion::{client, now_ms};
 use allium_tests::{serial, start_devnet, wait_for_roster};
 use ed25519_dalek::SigningKey;
 
@@ -21,17 +22,6 @@ const PARKED: usize = 2_000;
 const STORES: usize = 200;
 /// Long-polls per client connection: under the link's 256 streams per connection.
 const PER_CONNECTION: usize = 250;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
-fn client() -> OnionClient {
-    OnionClient::new("127.0.0.1:0".parse().unwrap()).unwrap()
-}
 
 /// The value of gauge `name` in a Prometheus text page.
 fn gauge(metrics: &str, name: &str) -> u64 {

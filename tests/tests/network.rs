@@ -3,55 +3,22 @@
 //! destination.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use allium_client::onion::{Hop, OnionClient, SendError, epoch_at, resolve};
+use allium_client::onion::{Hop, OnionClient, SendError};
 use allium_link::{Deadlines, Kind, Link, LinkLimits, Status};
 use allium_node::devnet::Devnet;
 use allium_onion::{ErrorCode, SizeClass};
 use allium_proto::network::NetworkFile;
-use allium_proto::roster::{NodeEntry, Roster};
+use allium_proto::roster::Roster;
 use allium_proto::storage::{RetrieveRequest, StoreRequest};
 use allium_proto::{Body, Mailbox, Method, NodeId, Request, Response, ResponseBody};
+use allium_tests::onion::{client, hops, now_ms, path_for};
 use allium_tests::{serial, start_devnet, wait_for_roster};
 use ed25519_dalek::SigningKey;
 
 const T: Duration = Duration::from_secs(10);
 const NODES: usize = 6;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
-fn client() -> OnionClient {
-    OnionClient::new("127.0.0.1:0".parse().unwrap()).unwrap()
-}
-
-/// Three relays outside the mailbox's swarm, then a member of it as destination.
-fn path_for<'r>(roster: &'r Roster, mailbox: &Mailbox, skip: &[NodeId]) -> Vec<&'r NodeEntry> {
-    let members = roster.members_for(mailbox);
-    let destination = members
-        .iter()
-        .find(|m| !skip.contains(&m.identity.node_id()))
-        .copied()
-        .expect("a live member of the swarm");
-    let mut path: Vec<&NodeEntry> = roster
-        .nodes()
-        .iter()
-        .filter(|n| n.identity != destination.identity && !skip.contains(&n.identity.node_id()))
-        .take(3)
-        .collect();
-    assert_eq!(path.len(), 3, "not enough relays");
-    path.push(destination);
-    path
-}
-
-fn hops(network: &NetworkFile, path: &[&NodeEntry]) -> Vec<Hop> {
-    resolve(path, epoch_at(network.params.epoch_secs, now_ms() / 1000)).unwrap()
-}
 
 async fn store(
     client: &OnionClient,

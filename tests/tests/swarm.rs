@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use allium_client::onion::{Hop, OnionClient, SendError, epoch_at, hop};
 use allium_node::devnet::Devnet;
@@ -15,6 +15,7 @@ use allium_proto::network::NetworkFile;
 use allium_proto::roster::Roster;
 use allium_proto::storage::{DeleteRequest, GetSwarmRequest, RetrieveRequest, StoreRequest};
 use allium_proto::{Body, Mailbox, Method, NodeId, Request, Response, ResponseBody, Status};
+use allium_tests::onion::now_ms;
 use allium_tests::{serial, start_devnet, wait_for_roster};
 use ed25519_dalek::SigningKey;
 
@@ -22,13 +23,6 @@ const T: Duration = Duration::from_secs(10);
 const NODES: usize = 6;
 /// How long convergence may take before a test fails (anti-entropy runs every second).
 const CONVERGE: Duration = Duration::from_secs(60);
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
 
 fn key(seed: u8) -> SigningKey {
     SigningKey::from_bytes(&[seed; 32])

@@ -1,5 +1,5 @@
 //! Issue 13 item 6, rerun against real node processes: strangers filling a person's inbox
-//! (storage.md §4.4). Before delivery tokens every mailbox was like one that registered none:
+//! (storage.md §4.5). Before delivery tokens every mailbox was like one that registered none:
 //! anonymous stores fill its 16 MiB quota and then every store to it is refused, a contact's too.
 //! With a registered token, strangers are held to the requests share, a contact holding the token
 //! still gets through, and the person sees usage and clears.

@@ -15,7 +15,7 @@
 //!   stores both.
 //! * [`Messenger::delivery_token`]: this device's delivery token, registered with the swarm and
 //!   handed to each contact with the next message to it, so that contacts' stores enter the inbox
-//!   while strangers' go to the capped requests share (`whitepaper/storage.md` §4.4).
+//!   while strangers' go to the capped requests share (`whitepaper/storage.md` §4.5).
 //! * [`Messenger::receive`]: pages through the requests share and the inbox, opens the envelope meant for this device
 //!   and decrypts what is new, records it in the history, and only then saves the advanced
 //!   session and the cursor.
@@ -70,6 +70,9 @@ pub enum MessengerError {
     /// The network.
     #[error(transparent)]
     Net(#[from] NetError),
+    /// An attachment could not be sent or recorded.
+    #[error(transparent)]
+    Attach(#[from] crate::attach::AttachError),
     /// A key file of this device does not decode.
     #[error("{file} in the data directory is damaged ({source}); move it away to start afresh")]
     Keys {
@@ -334,6 +337,12 @@ impl Account {
         Mailbox::from_bytes(self.address.public_key().to_bytes())
     }
 
+    /// The account's mailbox and what signs for it on this device (attachments go into its
+    /// blob namespace).
+    pub fn mailbox_signer(&self) -> Result<(Mailbox, Box<dyn MailboxSigner>), MessengerError> {
+        Ok((self.mailbox(), self.signing_key()?))
+    }
+
     /// What signs requests to the account's mailbox: the account key on the primary, the
     /// device's own signing key as a delegate on a linked device (devices.md §2.1).
     fn signing_key(&self) -> Result<Box<dyn MailboxSigner>, MessengerError> {
@@ -530,7 +539,7 @@ impl Messenger {
         }
     }
 
-    /// Stores the verifier of `t` in the account's namespace 6 (storage.md §4.4) and records
+    /// Stores the verifier of `t` in the account's namespace 6 (storage.md §4.5) and records
     /// the registration time.
     async fn register_token(
         &self,
@@ -801,11 +810,34 @@ impl Messenger {
         msg_id: [u8; 16],
     ) -> Result<Sent, MessengerError> {
         Self::check_size(text)?;
+        self.send_content_as(net, to, Content::Text(text.to_owned()), msg_id)
+            .await
+    }
+
+    /// Announces an uploaded file to every device of `to` (attachments.md §4), under the
+    /// message id the upload kept, so a resumed upload announces it once.
+    pub async fn send_file(
+        &mut self,
+        net: &Net,
+        to: &Address,
+        upload: &crate::attach::Upload,
+    ) -> Result<Sent, MessengerError> {
+        self.send_content_as(net, to, Content::File(upload.file.clone()), upload.msg_id)
+            .await
+    }
+
+    async fn send_content_as(
+        &mut self,
+        net: &Net,
+        to: &Address,
+        content: Content,
+        msg_id: [u8; 16],
+    ) -> Result<Sent, MessengerError> {
         let now = net.now_ms();
         let message = AppMessage {
             msg_id,
             sent_ms: now,
-            content: Content::Text(text.to_owned()),
+            content,
         };
         let plaintext = message.encode();
         let mut record = self.load_peer(to)?;
@@ -820,7 +852,7 @@ impl Messenger {
         let to_self = *to == self.account.address;
         if !to_self {
             // The peer gets our delivery token before the first message that follows a change
-            // of it, inside the session (storage.md §4.4): its replies then enter our inbox.
+            // of it, inside the session (storage.md §4.5): its replies then enter our inbox.
             let mine = self.delivery_token(net).await?;
             if record.sent_token != Some(mine) {
                 let token_id = Self::new_msg_id();
@@ -948,7 +980,7 @@ impl Messenger {
         let Ok(message) = AppMessage::decode(&out.message) else {
             return Ok(());
         };
-        let Content::Text(text) = message.content;
+        let text = message.content.summary();
         self.dir.append_history(&HistoryEntry {
             direction: Direction::Sent,
             peer: to.to_string(),
@@ -1049,7 +1081,7 @@ impl Messenger {
     /// without a word. Returns the number of messages received.
     ///
     /// The requests share (messages from senders without this account's delivery token,
-    /// storage.md §4.4) is read first, without waiting; then the inbox, waiting.
+    /// storage.md §4.5) is read first, without waiting; then the inbox, waiting.
     pub async fn receive(
         &mut self,
         net: &Net,
@@ -1284,7 +1316,13 @@ impl Messenger {
         let mut outcome = Outcome::Nothing;
         match Incoming::decode(&plaintext) {
             Ok(Incoming::Message(message)) if !self.recorded.contains(&message.msg_id) => {
-                let Content::Text(text) = &message.content;
+                let text = message.content.summary();
+                if let Content::File(file) = &message.content {
+                    // Before the history line: once that is written this message is never
+                    // handled again, and its file must not be lost with it.
+                    crate::attach::Transfers::open(self.dir.path())?
+                        .register_download(file, &from.to_string())?;
+                }
                 // Recorded first: if the session save below does not happen, the message is
                 // decrypted again next time and found here, never shown twice.
                 self.dir.append_history(&HistoryEntry {
@@ -1292,7 +1330,7 @@ impl Messenger {
                     peer: from.to_string(),
                     timestamp_ms: message.sent_ms,
                     msg_id: message.msg_id,
-                    text: text.clone(),
+                    text,
                     delivery: None,
                 })?;
                 self.recorded.insert(message.msg_id);
@@ -1309,13 +1347,18 @@ impl Messenger {
             Ok(Incoming::SentCopy { peer, message }) if own => {
                 let to = Address::from_key_bytes(&peer);
                 if let (Ok(to), false) = (to, self.recorded_sent.contains(&message.msg_id)) {
-                    let Content::Text(text) = &message.content;
+                    let text = message.content.summary();
+                    if let Content::File(file) = &message.content {
+                        // This account's own file: its other devices keep a copy too.
+                        crate::attach::Transfers::open(self.dir.path())?
+                            .register_download(file, &from.to_string())?;
+                    }
                     self.dir.append_history(&HistoryEntry {
                         direction: Direction::Sent,
                         peer: to.to_string(),
                         timestamp_ms: message.sent_ms,
                         msg_id: message.msg_id,
-                        text: text.clone(),
+                        text,
                         delivery: None,
                     })?;
                     self.recorded_sent.insert(message.msg_id);

@@ -6,19 +6,22 @@
 //!
 //! `msg_id` names the message for the reader's deduplication and for later status updates;
 //! `sent_ms` is the sender's claim of when it was written (shown, never trusted). The body's
-//! meaning depends on `kind`; a reader skips kinds it does not know.
+//! meaning depends on `kind` (1 text, 4 file: `whitepaper/attachments.md` §4); a reader
+//! skips kinds it does not know.
 //!
 //! Kinds 2 and 3 travel only between the devices of one account (`whitepaper/devices.md` §5):
 //! a *sent copy* of a message one device sent (body `peer (32) || u8(kind) || body`, with the
 //! copied message's `msg_id` and `sent_ms`), and a *device list* (body: the list signed by the
 //! account), which tells a device whether it is still on its account. [`Incoming`] reads all
-//! four; [`AppMessage`] only what people read.
+//! of them; [`AppMessage`] only what people read.
 //!
-//! Kind 4 carries the sender's delivery token (body: 32 bytes): with it, the recipient stores
+//! Kind 5 carries the sender's delivery token (body: 32 bytes): with it, the recipient stores
 //! into the sender's inbox rather than the strangers' requests share (`whitepaper/storage.md`
-//! §4.4). It travels inside the session, so only the peer learns it.
+//! §4.5). It travels inside the session, so only the peer learns it.
 
 use thiserror::Error;
+
+use crate::attach::FileRef;
 
 /// Version byte of [`AppMessage`].
 pub const VERSION: u8 = 1;
@@ -35,8 +38,10 @@ pub enum Kind {
     SentCopy = 2,
     /// The account's device list, sent by its primary device.
     DeviceList = 3,
+    /// A file: its chunks' place, key and root (`whitepaper/attachments.md` §4).
+    File = 4,
     /// The sender's delivery token.
-    Token = 4,
+    Token = 5,
 }
 
 impl Kind {
@@ -45,7 +50,8 @@ impl Kind {
             1 => Some(Kind::Text),
             2 => Some(Kind::SentCopy),
             3 => Some(Kind::DeviceList),
-            4 => Some(Kind::Token),
+            4 => Some(Kind::File),
+            5 => Some(Kind::Token),
             _ => None,
         }
     }
@@ -75,6 +81,9 @@ pub enum PayloadError {
     /// A token message whose body is not 32 bytes.
     #[error("malformed delivery token")]
     BadToken,
+    /// A file message that does not decode (attachments.md §4).
+    #[error("unreadable file message")]
+    BadFile,
 }
 
 /// One application message.
@@ -93,13 +102,30 @@ pub struct AppMessage {
 pub enum Content {
     /// Text.
     Text(String),
+    /// A file.
+    File(FileRef),
+}
+
+impl Content {
+    /// What the history and the terminal show for it: the text, or a line naming the file.
+    pub fn summary(&self) -> String {
+        match self {
+            Content::Text(t) => t.clone(),
+            Content::File(f) => format!("[file] {} ({} bytes)", f.name, f.size),
+        }
+    }
 }
 
 impl AppMessage {
     /// The encoding sealed into a session message.
     pub fn encode(&self) -> Vec<u8> {
+        let file;
         let (kind, body) = match &self.content {
             Content::Text(t) => (Kind::Text, t.as_bytes()),
+            Content::File(f) => {
+                file = f.encode();
+                (Kind::File, file.as_slice())
+            }
         };
         let mut out = Vec::with_capacity(HEADER_LEN + body.len());
         out.push(VERSION);
@@ -172,7 +198,7 @@ pub enum Incoming {
         /// The list's encoding.
         list: Vec<u8>,
     },
-    /// The sender's delivery token (storage.md §4.4).
+    /// The sender's delivery token (storage.md §4.5).
     Token([u8; 32]),
 }
 
@@ -182,6 +208,9 @@ fn content(kind: Kind, body: &[u8]) -> Result<Content, PayloadError> {
             std::str::from_utf8(body)
                 .map_err(|_| PayloadError::NotUtf8)?
                 .to_owned(),
+        )),
+        Kind::File => Ok(Content::File(
+            FileRef::decode(body).map_err(|_| PayloadError::BadFile)?,
         )),
         Kind::SentCopy | Kind::DeviceList | Kind::Token => Err(PayloadError::BadCopy),
     }
@@ -204,7 +233,7 @@ impl Incoming {
         let sent_ms = u64::from_be_bytes(sent);
         let body = &bytes[HEADER_LEN..];
         Ok(match kind {
-            Kind::Text => Incoming::Message(AppMessage {
+            Kind::Text | Kind::File => Incoming::Message(AppMessage {
                 msg_id,
                 sent_ms,
                 content: content(kind, body)?,
@@ -265,7 +294,7 @@ mod tests {
             let m = token_message(id, t, &token);
             prop_assert_eq!(Incoming::decode(&m), Ok(Incoming::Token(token)));
             prop_assert_eq!(Incoming::decode(&m[..m.len() - 1]), Err(PayloadError::BadToken));
-            prop_assert_eq!(AppMessage::decode(&m), Err(PayloadError::UnknownKind(4)));
+            prop_assert_eq!(AppMessage::decode(&m), Err(PayloadError::UnknownKind(5)));
         }
 
         #[test]
@@ -292,6 +321,9 @@ mod tests {
         let mut bad = m.encode();
         bad.push(0xff);
         assert_eq!(AppMessage::decode(&bad), Err(PayloadError::NotUtf8));
+        let mut file = m.encode();
+        file[1] = 4;
+        assert_eq!(AppMessage::decode(&file), Err(PayloadError::BadFile));
         // A copy of a copy, or of a device list, is refused.
         let mut copy = m.sent_copy(&[1; 32]);
         copy[HEADER_LEN + 32] = 2;

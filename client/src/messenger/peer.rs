@@ -18,7 +18,7 @@
 //! ```
 //!
 //! `flags` bit 0: the copy of this message for the account's other devices is not made yet.
-//! Version 3 adds the delivery tokens (storage.md §4.4): the peer's, which admits our stores to
+//! Version 3 adds the delivery tokens (storage.md §4.5): the peer's, which admits our stores to
 //! its inbox, and the last of ours handed to it (`t`, `s` ∈ {0, 1}). Version 2 files (no tokens)
 //! and version 1 files (no list; one envelope per entry, with its device) are read as well.
 

@@ -1,4 +1,4 @@
-//! This device's delivery token (`whitepaper/storage.md` §4.4): 32 random bytes whose verifier
+//! This device's delivery token (`whitepaper/storage.md` §4.5): 32 random bytes whose verifier
 //! the device registers in the account's namespace 6, handed to each contact inside the session
 //! so that its stores enter the inbox while strangers' go to the capped requests share.
 //!
