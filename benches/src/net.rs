@@ -149,6 +149,7 @@ pub fn store_request(mailbox: Mailbox, data: Vec<u8>) -> Vec<u8> {
         namespace: INBOX,
         ttl_ms: TTL_MS,
         data,
+        token: None,
     }))
     .encode()
 }

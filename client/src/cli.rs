@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::str::FromStr;
 use std::time::Duration;
 
+use allium_proto::MessageHash;
 use allium_proto::network::NetworkFile;
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
@@ -124,6 +125,27 @@ enum Command {
     },
     /// Show the network, roster, guards and their health.
     Status,
+    /// Show what your inbox and your message requests (stores from people without your
+    /// delivery token) hold in your swarm, against their limits.
+    Usage,
+    /// Delete stored messages from your swarm by content hash (as `allium inbox --json` prints
+    /// them), from the inbox and the requests share.
+    Delete {
+        /// Content hashes, 64 hex digits each.
+        #[arg(required = true)]
+        hashes: Vec<String>,
+    },
+    /// Delete every stored message of your message requests (default) or of your inbox from
+    /// your swarm: fetch first, or the messages are gone unread.
+    Clear {
+        /// Clear the inbox instead of the requests.
+        #[arg(long)]
+        inbox: bool,
+    },
+    /// Replace this device's delivery token: contacts get the new one with your next message to
+    /// each and use your requests share until then. Someone you never write to again cannot
+    /// reach your inbox any more (how to block a contact).
+    RotateToken,
     /// Print a completion script for a shell.
     ///
     /// Example: `allium completions bash > ~/.local/share/bash-completion/completions/allium`
@@ -242,6 +264,9 @@ pub enum CliError {
     /// The input is not UTF-8 text.
     #[error("standard input is not UTF-8 text")]
     NotText,
+    /// A content hash that is not 64 hex digits.
+    #[error("bad content hash `{0}`: 64 hex digits expected")]
+    BadHash(String),
     /// A file could not be sent or received.
     #[error("{0}")]
     Attach(AttachError),
@@ -271,7 +296,10 @@ impl CliError {
     /// The process exit code (documented in `allium --help` and doc/user.md).
     pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::Address(_) | CliError::UnknownContact(_) | CliError::Phrase(_) => 3,
+            CliError::Address(_)
+            | CliError::UnknownContact(_)
+            | CliError::Phrase(_)
+            | CliError::BadHash(_) => 3,
             CliError::State(
                 StateError::InvalidContactName { .. }
                 | StateError::DuplicateContact { .. }
@@ -590,6 +618,10 @@ async fn run(cli: Cli, clock: Clock) -> Result<(), CliError> {
         }
         Command::Chat { keys, no_bell } => chat(&local, keys, !no_bell, clock).await,
         Command::Status => status(&local).await,
+        c @ (Command::Usage
+        | Command::Delete { .. }
+        | Command::Clear { .. }
+        | Command::RotateToken) => mailbox_command(&local, c).await,
         Command::Completions { .. } => Ok(()),
     }
 }
@@ -691,6 +723,127 @@ fn contacts(local: &Local, c: ContactsCommand) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// `usage`, `delete`, `clear` and `rotate-token`: the account's mailbox in its swarm
+/// (storage.md §4.5).
+async fn mailbox_command(local: &Local, c: Command) -> Result<(), CliError> {
+    let hashes = match &c {
+        Command::Delete { hashes } => hashes
+            .iter()
+            .map(|h| {
+                let mut out = [0u8; 32];
+                hex::decode_to_slice(h, &mut out)
+                    .map(|()| MessageHash(out))
+                    .map_err(|_| CliError::BadHash(h.clone()))
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        _ => Vec::new(),
+    };
+    let mut state = local.dir.load_state()?;
+    let net = local.net(&state)?;
+    let mut messenger = local.messenger(net.now_ms())?;
+    let result = async {
+        match c {
+            Command::Usage => {
+                let usage = messenger.usage(&net).await?;
+                print_usage(local.json, &usage);
+            }
+            Command::Delete { .. } => {
+                let n = messenger.delete_stored(&net, hashes).await?;
+                if local.json {
+                    println!("{}", json!({ "deleted": n }));
+                } else {
+                    println!("deleted {n} stored message(s)");
+                }
+            }
+            Command::Clear { inbox } => {
+                let (ns, what) = if inbox {
+                    (allium_proto::storage::INBOX, "inbox")
+                } else {
+                    (allium_proto::storage::REQUESTS, "requests")
+                };
+                let n = messenger.clear(&net, ns).await?;
+                if local.json {
+                    println!("{}", json!({ "cleared": what, "deleted": n }));
+                } else {
+                    println!("cleared {what}: {n} stored message(s) deleted");
+                }
+            }
+            Command::RotateToken => {
+                messenger.rotate_token(&net).await?;
+                if local.json {
+                    println!("{}", json!({ "rotated": true }));
+                } else {
+                    println!(
+                        "delivery token replaced: contacts get the new one with your next message"
+                    );
+                }
+            }
+            _ => {}
+        }
+        Ok::<(), MessengerError>(())
+    }
+    .await;
+    local.save_net(&net, &mut state)?;
+    Ok(result?)
+}
+
+fn print_usage(
+    json: bool,
+    usage: &[(
+        allium_proto::storage::Namespace,
+        allium_proto::storage::UsageResponse,
+    )],
+) {
+    let name = |ns| {
+        if ns == allium_proto::storage::REQUESTS {
+            "requests"
+        } else {
+            "inbox"
+        }
+    };
+    if json {
+        let mut out = serde_json::Map::new();
+        for (ns, u) in usage {
+            out.insert(
+                name(*ns).into(),
+                json!({ "bytes": u.bytes, "messages": u.count, "max_bytes": u.max_bytes,
+                        "max_messages": u.max_count }),
+            );
+        }
+        if let Some((_, u)) = usage.first() {
+            out.insert(
+                "mailbox".into(),
+                json!({ "bytes": u.mailbox_bytes, "messages": u.mailbox_count,
+                        "max_bytes": u.mailbox_max_bytes }),
+            );
+        }
+        println!("{}", serde_json::Value::Object(out));
+        return;
+    }
+    let kib = |b: u64| b.div_ceil(1024);
+    for (ns, u) in usage {
+        let count = match u.max_count {
+            Some(m) => format!("{} of {m} messages", u.count),
+            None => format!("{} messages", u.count),
+        };
+        println!(
+            "{:<9} {:>6} of {:>6} KiB, {count}",
+            name(*ns),
+            kib(u.bytes),
+            kib(u.max_bytes)
+        );
+    }
+    if let Some((_, u)) = usage.first() {
+        println!(
+            "{:<9} {:>6} of {:>6} KiB, {} messages",
+            "mailbox",
+            kib(u.mailbox_bytes),
+            kib(u.mailbox_max_bytes),
+            u.mailbox_count
+        );
+    }
 }
 
 async fn send(local: &Local, to: &str, text: Option<String>) -> Result<(), CliError> {
@@ -1173,6 +1326,7 @@ async fn fetch_round(
                 "msg_id": hex::encode(r.message.msg_id),
                 "sent_ms": r.message.sent_ms,
                 "stored_ms": r.stored_ms,
+                "stored_hash": hex::encode(r.stored_hash.0),
                 "received_ms": net.now_ms(),
                 "text": text,
                 "file": match &r.message.content {

@@ -13,7 +13,8 @@ use allium_onion::{IdentityPublicKey, SizeClass};
 use allium_proto::network::NetworkFile;
 use allium_proto::roster::{DirectoryRequest, HeldRoster, NodeEntry, Roster, RosterHolder};
 use allium_proto::storage::{
-    CursorKey, DeleteRequest, INBOX, Namespace, PUBLIC, RetrieveRequest, StoreRequest,
+    CursorKey, DeleteAllRequest, DeleteRequest, DeliveryToken, INBOX, Namespace, PUBLIC, REQUESTS,
+    RetrieveRequest, StoreRequest, UsageRequest, UsageResponse,
 };
 use allium_proto::{
     Body, Mailbox, MessageHash, Method, NodeId, Request, Response, ResponseBody, Retry, Status,
@@ -535,6 +536,7 @@ impl Net {
         let mut failures: u32 = 0;
         // Members that refused with retry class "each member": refused by all, it is final.
         let mut refused: HashSet<NodeId> = HashSet::new();
+        let mut refusal = Status::NotDelegated;
         while Instant::now() < deadline {
             let left = deadline.saturating_duration_since(Instant::now());
             let roster = match tokio::time::timeout(left, self.ensure_roster()).await {
@@ -576,7 +578,7 @@ impl Net {
                     .iter()
                     .all(|m| refused.contains(&m.identity.node_id()))
             {
-                return Err(NetError::Refused(Status::NotDelegated));
+                return Err(NetError::Refused(refusal));
             }
             members.retain(|m| !tried.contains(&m.identity.node_id()));
             if members.is_empty() {
@@ -668,6 +670,7 @@ impl Net {
                 Retry::EachMember => {
                     tried.insert(node);
                     refused.insert(node);
+                    refusal = status;
                 }
                 Retry::Never => return Err(NetError::Refused(status)),
             }
@@ -700,6 +703,31 @@ impl Net {
         self.store_in(recipient, INBOX, ttl_ms, data, None).await
     }
 
+    /// Delivers `data` to `recipient`: into its inbox with its delivery token `token`, or, without
+    /// one or when the swarm no longer admits it, into its requests share (storage.md §4.5).
+    /// Returns the acknowledgement and whether the token was refused.
+    pub async fn deliver(
+        &self,
+        recipient: &Mailbox,
+        data: Vec<u8>,
+        token: Option<[u8; 32]>,
+    ) -> Result<(Stored, bool), NetError> {
+        let ttl_ms = self.network().params.max_ttl_secs.saturating_mul(1000);
+        if let Some(token) = token {
+            match self
+                .store_with(recipient, INBOX, ttl_ms, data.clone(), Some(token), None)
+                .await
+            {
+                Err(NetError::Refused(Status::TokenRefused)) => {}
+                other => return other.map(|s| (s, false)),
+            }
+        }
+        let stored = self
+            .store_in(recipient, REQUESTS, ttl_ms, data, None)
+            .await?;
+        Ok((stored, token.is_some()))
+    }
+
     /// Stores `data` in `namespace` of `mailbox` for `ttl_ms`, signed with `owner` (the mailbox
     /// key) where the namespace needs it; acknowledged once a majority of the swarm holds it.
     pub async fn store_in(
@@ -710,11 +738,26 @@ impl Net {
         data: Vec<u8>,
         owner: Option<&dyn MailboxSigner>,
     ) -> Result<Stored, NetError> {
+        self.store_with(mailbox, namespace, ttl_ms, data, None, owner)
+            .await
+    }
+
+    /// [`Self::store_in`] with an inbox delivery token.
+    async fn store_with(
+        &self,
+        mailbox: &Mailbox,
+        namespace: Namespace,
+        ttl_ms: u64,
+        data: Vec<u8>,
+        token: Option<[u8; 32]>,
+        owner: Option<&dyn MailboxSigner>,
+    ) -> Result<Stored, NetError> {
         let body = Body::Store(StoreRequest {
             mailbox: *mailbox,
             namespace,
             ttl_ms,
             data,
+            token: token.map(DeliveryToken),
         });
         let unsigned = Request::unsigned(body.clone()).encode();
         let make = |node: &NodeId, now: u64| match owner {
@@ -890,6 +933,50 @@ impl Net {
         }
     }
 
+    /// Deletes every message of `namespace` of `mailbox`, signed with `key`. Returns how many
+    /// were live.
+    pub async fn delete_all(
+        &self,
+        mailbox: &Mailbox,
+        namespace: Namespace,
+        key: &dyn MailboxSigner,
+    ) -> Result<u64, NetError> {
+        let body = Body::DeleteAll(DeleteAllRequest {
+            mailbox: *mailbox,
+            namespace,
+        });
+        let make = |node: &NodeId, now: u64| key.sign(body.clone(), node, now).encode();
+        let (response, _) = self
+            .request(mailbox, Method::DeleteAll, Duration::ZERO, make)
+            .await?;
+        match response.result {
+            Ok(ResponseBody::DeleteAll(d)) => Ok(d.count),
+            _ => Err(NetError::Refused(Status::Internal)),
+        }
+    }
+
+    /// What `namespace` of `mailbox` and the whole mailbox hold, against their limits, as one
+    /// member counts it (storage.md §4.5), signed with `key`.
+    pub async fn usage(
+        &self,
+        mailbox: &Mailbox,
+        namespace: Namespace,
+        key: &dyn MailboxSigner,
+    ) -> Result<UsageResponse, NetError> {
+        let body = Body::Usage(UsageRequest {
+            mailbox: *mailbox,
+            namespace,
+        });
+        let make = |node: &NodeId, now: u64| key.sign(body.clone(), node, now).encode();
+        let (response, _) = self
+            .request(mailbox, Method::Usage, Duration::ZERO, make)
+            .await?;
+        match response.result {
+            Ok(ResponseBody::Usage(u)) => Ok(u),
+            _ => Err(NetError::Refused(Status::Internal)),
+        }
+    }
+
     /// Fetches messages of `key`'s inbox after `after`, waiting up to `wait` for one to arrive,
     /// from any member of its swarm, or only from member `at` (the next page of a polling round,
     /// storage §8.1: [`NetError::MemberLost`] if it does not answer).
@@ -914,6 +1001,20 @@ impl Net {
         wait: Duration,
         at: Option<NodeId>,
     ) -> Result<Fetched, NetError> {
+        self.fetch_namespace(mailbox, INBOX, key, after, wait, at)
+            .await
+    }
+
+    /// [`Self::fetch_for`] in any namespace the key may read (the inbox, or the requests share).
+    pub async fn fetch_namespace(
+        &self,
+        mailbox: &Mailbox,
+        namespace: Namespace,
+        key: &dyn MailboxSigner,
+        after: Option<CursorKey>,
+        wait: Duration,
+        at: Option<NodeId>,
+    ) -> Result<Fetched, NetError> {
         let mailbox = *mailbox;
         let wait_ms = u64::try_from(wait.as_millis())
             .unwrap_or(u64::MAX)
@@ -922,7 +1023,7 @@ impl Net {
             key.sign(
                 Body::Retrieve(RetrieveRequest {
                     mailbox,
-                    namespace: 0,
+                    namespace,
                     after,
                     limit: None,
                     wait_ms: (wait_ms > 0).then_some(wait_ms),

@@ -69,6 +69,8 @@ pub const DEVICES_FILE: &str = "devices.bin";
 pub const SYNC_FILE: &str = "sync.bin";
 /// Present once this device was removed from its account.
 pub const REMOVED_FILE: &str = "removed";
+/// This device's delivery token and when its verifier was last registered (storage.md §4.5).
+pub const TOKEN_FILE: &str = "delivery-token.bin";
 /// Largest shared-state file read (100,000 entries of at most 80 bytes).
 pub const MAX_SYNC_BYTES: u64 = 16 << 20;
 /// Largest device or prekey file read (a full prekey store is about 4 KB).
@@ -908,6 +910,7 @@ impl<K: Eq + Hash + Copy> Fifo<K> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientState {
     cursors: BTreeMap<[u8; 32], SavedCursor>,
+    requests_cursor: Option<SavedCursor>,
     seen_ids: Fifo<[u8; 16]>,
     seen_hashes: Fifo<[u8; 32]>,
     guards: Vec<Guard>,
@@ -921,6 +924,7 @@ impl Default for ClientState {
     fn default() -> Self {
         ClientState {
             cursors: BTreeMap::new(),
+            requests_cursor: None,
             seen_ids: Fifo::new(MAX_SEEN),
             seen_hashes: Fifo::new(MAX_SEEN),
             guards: Vec::new(),
@@ -972,6 +976,16 @@ impl ClientState {
     /// Sets the retrieve cursor of a mailbox.
     pub fn set_cursor(&mut self, mailbox: &[u8; 32], cursor: SavedCursor) {
         self.cursors.insert(*mailbox, cursor);
+    }
+
+    /// The retrieve cursor of the account's requests namespace (storage.md §4.5).
+    pub fn requests_cursor(&self) -> Option<SavedCursor> {
+        self.requests_cursor
+    }
+
+    /// Sets the retrieve cursor of the account's requests namespace.
+    pub fn set_requests_cursor(&mut self, cursor: SavedCursor) {
+        self.requests_cursor = Some(cursor);
     }
 
     /// The guards, in the order they were set.
@@ -1029,6 +1043,7 @@ impl ClientState {
         StateFile {
             version: STATE_VERSION,
             cursors: self.cursors.iter().map(|(k, v)| (Hex(*k), *v)).collect(),
+            requests_cursor: self.requests_cursor,
             seen_ids: self.seen_ids.order.iter().map(|k| Hex(*k)).collect(),
             seen_hashes: self.seen_hashes.order.iter().map(|k| Hex(*k)).collect(),
             guards: self.guards.clone(),
@@ -1047,6 +1062,8 @@ struct StateFile {
     version: u32,
     #[serde(default)]
     cursors: BTreeMap<Hex<32>, SavedCursor>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    requests_cursor: Option<SavedCursor>,
     #[serde(default)]
     seen_ids: Vec<Hex<16>>,
     #[serde(default)]
@@ -1073,6 +1090,7 @@ fn parse_state(path: &Path, bytes: &[u8]) -> Result<ClientState, StateError> {
     }
     let mut state = ClientState {
         cursors: file.cursors.into_iter().map(|(k, v)| (k.0, v)).collect(),
+        requests_cursor: file.requests_cursor,
         guards: file.guards,
         roster_version: file.roster_version,
         clock_offset_ms: file.clock_offset_ms,

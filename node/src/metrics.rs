@@ -137,6 +137,8 @@ label_enum! {
         GetSwarm => "get_swarm",
         /// The roster.
         Roster => "roster",
+        /// Namespace and mailbox usage.
+        Usage => "usage",
         /// One blob chunk by address.
         ReadBlob => "read_blob",
         /// A method id this node does not know.
@@ -185,6 +187,8 @@ label_enum! {
         NotReplicated => "not_replicated",
         /// Signed by a delegate this member holds no live delegation for.
         NotDelegated => "not_delegated",
+        /// An inbox store without an admitted delivery token.
+        TokenRefused => "token_refused",
     }
 }
 
@@ -658,6 +662,7 @@ impl From<allium_proto::Method> for StorageMethod {
             M::Info => StorageMethod::Info,
             M::GetSwarm => StorageMethod::GetSwarm,
             M::Roster => StorageMethod::Roster,
+            M::Usage => StorageMethod::Usage,
             M::ReadBlob => StorageMethod::ReadBlob,
         }
     }
@@ -686,6 +691,7 @@ impl From<allium_proto::Status> for StorageResult {
             S::Syncing => StorageResult::Syncing,
             S::NotReplicated => StorageResult::NotReplicated,
             S::NotDelegated => StorageResult::NotDelegated,
+            S::TokenRefused => StorageResult::TokenRefused,
         }
     }
 }

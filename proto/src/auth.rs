@@ -171,7 +171,8 @@ pub fn authenticate_with(
 mod tests {
     use super::*;
     use crate::storage::{
-        Body, INBOX, Mailbox, OWNER, PUBLIC, Request, RetrieveRequest, StoreRequest,
+        Body, INBOX, Mailbox, OWNER, PUBLIC, REQUESTS, Request, RetrieveRequest, StoreRequest,
+        TOKENS,
     };
     use ed25519_dalek::SigningKey;
 
@@ -201,6 +202,7 @@ mod tests {
                 namespace,
                 ttl_ms: 60_000,
                 data: vec![1],
+                token: None,
             })
         };
         let check =
@@ -229,12 +231,21 @@ mod tests {
                 Ok(())
             );
         }
-        // Anyone deposits into the inbox, unsigned.
+        // Anyone deposits into the inbox and the requests share, unsigned (the inbox also
+        // needs a token, which the node checks after authentication).
         assert_eq!(check(Request::unsigned(store(INBOX))), Ok(()));
-        assert_eq!(
-            check(Request::unsigned(store(OWNER))),
-            Err(AuthError::Missing)
-        );
+        assert_eq!(check(Request::unsigned(store(REQUESTS))), Ok(()));
+        for ns in [OWNER, TOKENS] {
+            assert_eq!(check(Request::unsigned(store(ns))), Err(AuthError::Missing));
+            assert_eq!(check(Request::signed(store(ns), &key, &node, now)), Ok(()));
+        }
+        // Only the owner reads token verifiers and the requests share.
+        for ns in [REQUESTS, TOKENS] {
+            assert_eq!(
+                check(Request::unsigned(retrieve(ns))),
+                Err(AuthError::Missing)
+            );
+        }
     }
 
     /// storage.md §3: a delegate signs for the mailbox only while delegated, never in the

@@ -21,6 +21,9 @@ pub const DOMAIN_AUTH: &[u8] = b"allium/v1/storage/auth";
 /// Prefix of the replay-cache key input.
 pub const DOMAIN_REPLAY: &[u8] = b"allium/v1/storage/replay";
 
+/// Prefix of a delivery-token verifier.
+pub const DOMAIN_TOKEN: &[u8] = b"allium/v1/storage/token";
+
 /// Prefix of an anti-entropy entry digest.
 pub const DOMAIN_SYNC_ENTRY: &[u8] = b"allium/v1/sync/entry";
 /// Prefix of an anti-entropy root digest.
@@ -63,6 +66,23 @@ pub fn content_hash(mailbox: &Mailbox, namespace: Namespace, data: &[u8]) -> Mes
 /// of namespace 3 whose data is exactly the signer's key (storage.md §3.1).
 pub fn delegation_hash(mailbox: &Mailbox, signer: &[u8; 32]) -> MessageHash {
     content_hash(mailbox, crate::storage::DEVICES, signer)
+}
+
+/// The verifier of a delivery token for `mailbox` (storage.md §4.5): what the owner stores in
+/// namespace 6, so a node can check a token without being able to make one.
+/// `BLAKE2b-256(DOMAIN_TOKEN || mailbox || token)`.
+pub fn token_verifier(mailbox: &Mailbox, token: &[u8; 32]) -> [u8; 32] {
+    blake2b256(&[DOMAIN_TOKEN, mailbox.as_bytes(), token])
+}
+
+/// The content hash of the verifier record that admits `token` to `mailbox`'s inbox: the
+/// message of namespace 6 whose data is [`token_verifier`].
+pub fn token_record_hash(mailbox: &Mailbox, token: &[u8; 32]) -> MessageHash {
+    content_hash(
+        mailbox,
+        crate::storage::TOKENS,
+        &token_verifier(mailbox, token),
+    )
 }
 
 /// Digest of one anti-entropy entry: `BLAKE2b-256(DOMAIN_SYNC_ENTRY || mailbox || namespace

@@ -160,11 +160,14 @@ pub enum Status {
     /// A delegate signed, and this member holds no live delegation record for it (storage.md
     /// §3): ask the other members; refused by all, the delegation is gone.
     NotDelegated = 18,
+    /// An inbox store without a delivery token, or with one the mailbox does not (or no
+    /// longer) admit (storage.md §4.5): store to the requests namespace instead.
+    TokenRefused = 19,
 }
 
 impl Status {
     /// All statuses, in code order.
-    pub const ALL: [Status; 19] = [
+    pub const ALL: [Status; 20] = [
         Status::Ok,
         Status::Malformed,
         Status::TooLarge,
@@ -184,6 +187,7 @@ impl Status {
         Status::Syncing,
         Status::NotReplicated,
         Status::NotDelegated,
+        Status::TokenRefused,
     ];
 
     /// What a client does after this answer ([`Retry::Never`] for `Ok`, which needs no retry).
@@ -194,7 +198,8 @@ impl Status {
                 Retry::Elsewhere
             }
             Status::Busy => Retry::Later,
-            Status::NotDelegated => Retry::EachMember,
+            // A record one member lacks (a fresh delegation or token) another may hold.
+            Status::NotDelegated | Status::TokenRefused => Retry::EachMember,
             Status::Ok
             | Status::Malformed
             | Status::TooLarge

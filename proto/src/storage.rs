@@ -54,6 +54,15 @@ pub const PUBLIC: Namespace = 2;
 /// delegate. A live message here whose data is a key lets that key sign for the mailbox
 /// (storage.md §3, devices.md §2.1).
 pub const DEVICES: Namespace = 3;
+/// Message requests: the inbox share of strangers (storage.md §4.5). Anyone deposits without a
+/// token, the owner reads; a small share of its own caps what it holds.
+pub const REQUESTS: Namespace = 5;
+/// Delivery-token verifiers (storage.md §4.5): written, read and deleted by the owner (or a
+/// delegate). A live message here whose data is [`crypto::token_verifier`] of a token lets a
+/// store carrying that token into the inbox.
+pub const TOKENS: Namespace = 6;
+/// Length of a delivery token.
+pub const TOKEN_LEN: usize = 32;
 /// Blob namespace: the owner stores, anyone reads one message by its hash (`read_blob`);
 /// charged against its own quota and cap (storage §4.3, §4.4).
 pub const BLOB: Namespace = 4;
@@ -165,13 +174,15 @@ pub enum Method {
     GetSwarm = 7,
     /// The signed roster.
     Roster = 8,
+    /// What a mailbox namespace holds, against its limits.
+    Usage = 10,
     /// One message of the blob namespace by hash, unsigned.
     ReadBlob = 9,
 }
 
 impl Method {
     /// All methods, in id order.
-    pub const ALL: [Method; 9] = [
+    pub const ALL: [Method; 10] = [
         Method::Store,
         Method::Retrieve,
         Method::Delete,
@@ -180,6 +191,7 @@ impl Method {
         Method::Info,
         Method::GetSwarm,
         Method::Roster,
+        Method::Usage,
         Method::ReadBlob,
     ];
     /// The wire id.
@@ -206,6 +218,36 @@ pub struct StoreRequest {
     pub ttl_ms: u64,
     /// Message bytes (opaque ciphertext), at most [`MAX_DATA_BYTES`].
     pub data: Vec<u8>,
+    /// A delivery token the owner handed its contacts (storage.md §4.5): required for, and
+    /// allowed only with, a store to [`INBOX`].
+    pub token: Option<DeliveryToken>,
+}
+
+/// A delivery token: 32 random bytes a mailbox owner gives its contacts inside the end-to-end
+/// encryption. The node knows only its verifier ([`crypto::token_verifier`]).
+#[derive(Clone, Copy)]
+pub struct DeliveryToken(pub [u8; TOKEN_LEN]);
+
+// Constant-time equality: a token is a credential.
+impl PartialEq for DeliveryToken {
+    fn eq(&self, other: &Self) -> bool {
+        crypto::ct_eq(&self.0, &other.0)
+    }
+}
+impl Eq for DeliveryToken {}
+impl fmt::Debug for DeliveryToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DeliveryToken(<redacted>)")
+    }
+}
+
+/// `usage`: what a namespace of a mailbox holds, and the whole mailbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRequest {
+    /// Mailbox.
+    pub mailbox: Mailbox,
+    /// Namespace.
+    pub namespace: Namespace,
 }
 
 /// `retrieve`: messages strictly after `after`, in (timestamp, hash) order.
@@ -298,6 +340,8 @@ pub enum Body {
     GetSwarm(GetSwarmRequest),
     /// `roster`.
     Roster(RosterRequest),
+    /// `usage`.
+    Usage(UsageRequest),
     /// `read_blob`.
     ReadBlob(ReadBlobRequest),
 }
@@ -359,6 +403,7 @@ impl Body {
             Body::Info => Method::Info,
             Body::GetSwarm(_) => Method::GetSwarm,
             Body::Roster(_) => Method::Roster,
+            Body::Usage(_) => Method::Usage,
             Body::ReadBlob(_) => Method::ReadBlob,
         }
     }
@@ -366,13 +411,14 @@ impl Body {
     /// The mailbox and namespace a signature must cover, for methods that need one.
     pub fn auth_target(&self) -> Option<(Mailbox, Namespace)> {
         match self {
-            Body::Store(r) if r.namespace == INBOX => None,
+            Body::Store(r) if r.namespace == INBOX || r.namespace == REQUESTS => None,
             Body::Store(r) => Some((r.mailbox, r.namespace)),
             Body::Retrieve(r) if r.namespace == PUBLIC => None,
             Body::Retrieve(r) => Some((r.mailbox, r.namespace)),
             Body::Delete(r) => Some((r.mailbox, r.namespace)),
             Body::DeleteAll(r) => Some((r.mailbox, r.namespace)),
             Body::Expire(r) => Some((r.mailbox, r.namespace)),
+            Body::Usage(r) => Some((r.mailbox, r.namespace)),
             Body::Info | Body::GetSwarm(_) | Body::Roster(_) | Body::ReadBlob(_) => None,
         }
     }
@@ -386,6 +432,7 @@ impl Body {
             Body::Delete(r) => Some(r.mailbox),
             Body::DeleteAll(r) => Some(r.mailbox),
             Body::Expire(r) => Some(r.mailbox),
+            Body::Usage(r) => Some(r.mailbox),
             Body::ReadBlob(r) => Some(r.mailbox),
             Body::Info | Body::GetSwarm(_) | Body::Roster(_) => None,
         }
@@ -394,8 +441,16 @@ impl Body {
     fn encode_into(&self, e: &mut Encoder) {
         match self {
             Body::Store(r) => {
-                enc_target(e, 4, &r.mailbox, r.namespace);
+                enc_target(
+                    e,
+                    4 + usize::from(r.token.is_some()),
+                    &r.mailbox,
+                    r.namespace,
+                );
                 e.uint(3).uint(r.ttl_ms).uint(4).bytes(&r.data);
+                if let Some(t) = &r.token {
+                    e.uint(5).bytes(&t.0);
+                }
             }
             Body::Retrieve(r) => {
                 let n = 2
@@ -419,6 +474,7 @@ impl Body {
                 enc_hashes(e, &r.hashes);
             }
             Body::DeleteAll(r) => enc_target(e, 2, &r.mailbox, r.namespace),
+            Body::Usage(r) => enc_target(e, 2, &r.mailbox, r.namespace),
             Body::Expire(r) => {
                 enc_target(e, 4, &r.mailbox, r.namespace);
                 e.uint(3);
@@ -464,12 +520,16 @@ impl Body {
     fn decode(method: Method, d: &mut Decoder<'_>) -> Result<Self, DecodeError> {
         Ok(match method {
             Method::Store => {
-                let f = Fields::read(d, 4, |k, d, f| match k {
+                let f = Fields::read(d, 5, |k, d, f| match k {
                     1 => f.mailbox(d),
                     2 => f.namespace(d),
                     3 => f.uint(d, 0),
                     4 => {
                         f.data = Some(d.bytes(MAX_DATA_BYTES)?.to_vec());
+                        Ok(())
+                    }
+                    5 => {
+                        f.token = Some(DeliveryToken(d.fixed()?));
                         Ok(())
                     }
                     _ => Err(DecodeError::UnknownKey(k)),
@@ -479,11 +539,18 @@ impl Body {
                 if namespace == BLOB && data.len() < BLOB_PREFIX_LEN {
                     return Err(DecodeError::InvalidValue("data"));
                 }
+                // A token names the inbox's door: anywhere else it is a mistake, and an inbox
+                // store without one is refused by the node, not by the decoder (its answer says
+                // to use the requests share).
+                if f.token.is_some() && namespace != INBOX {
+                    return Err(DecodeError::InvalidValue("token outside the inbox"));
+                }
                 Body::Store(StoreRequest {
                     mailbox: need(f.mailbox, 1)?,
                     namespace,
                     ttl_ms: need(f.uints[0], 3)?,
                     data,
+                    token: f.token,
                 })
             }
             Method::Retrieve => {
@@ -546,16 +613,18 @@ impl Body {
                     })
                 }
             }
-            Method::DeleteAll => {
+            Method::DeleteAll | Method::Usage => {
                 let f = Fields::read(d, 2, |k, d, f| match k {
                     1 => f.mailbox(d),
                     2 => f.namespace(d),
                     _ => Err(DecodeError::UnknownKey(k)),
                 })?;
-                Body::DeleteAll(DeleteAllRequest {
-                    mailbox: need(f.mailbox, 1)?,
-                    namespace: need(f.namespace, 2)?,
-                })
+                let (mailbox, namespace) = (need(f.mailbox, 1)?, need(f.namespace, 2)?);
+                if method == Method::DeleteAll {
+                    Body::DeleteAll(DeleteAllRequest { mailbox, namespace })
+                } else {
+                    Body::Usage(UsageRequest { mailbox, namespace })
+                }
             }
             Method::Info => {
                 Fields::read(d, 0, |k, _, _| Err(DecodeError::UnknownKey(k)))?;
@@ -609,6 +678,7 @@ struct Fields {
     after: Option<CursorKey>,
     hashes: Option<Vec<MessageHash>>,
     data: Option<Vec<u8>>,
+    token: Option<DeliveryToken>,
     uints: [Option<u64>; 2],
 }
 
@@ -898,6 +968,27 @@ pub struct ExpireResponse {
     pub updated: Vec<(MessageHash, UnixMillis)>,
 }
 
+/// `usage` result: what one namespace holds against its own limits, and what the whole mailbox
+/// holds against the mailbox quota. Bytes are charged bytes (data plus a fixed overhead per
+/// message, storage.md §6.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageResponse {
+    /// Bytes held in the namespace.
+    pub bytes: u64,
+    /// Messages held in the namespace.
+    pub count: u64,
+    /// Most bytes the namespace may hold (the mailbox quota where it has no share of its own).
+    pub max_bytes: u64,
+    /// Most messages the namespace may hold, where it has such a limit.
+    pub max_count: Option<u64>,
+    /// Bytes held in the whole mailbox.
+    pub mailbox_bytes: u64,
+    /// Messages held in the whole mailbox.
+    pub mailbox_count: u64,
+    /// The mailbox quota, bytes.
+    pub mailbox_max_bytes: u64,
+}
+
 /// `info` result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InfoResponse {
@@ -989,6 +1080,8 @@ pub enum ResponseBody {
     GetSwarm(GetSwarmResponse),
     /// `roster`.
     Roster(RosterResponse),
+    /// `usage`.
+    Usage(UsageResponse),
     /// `read_blob`.
     ReadBlob(ReadBlobResponse),
 }
@@ -1005,6 +1098,7 @@ impl ResponseBody {
             ResponseBody::Info(_) => Method::Info,
             ResponseBody::GetSwarm(_) => Method::GetSwarm,
             ResponseBody::Roster(_) => Method::Roster,
+            ResponseBody::Usage(_) => Method::Usage,
             ResponseBody::ReadBlob(_) => Method::ReadBlob,
         }
     }
@@ -1048,6 +1142,19 @@ impl ResponseBody {
                     e.uint(2).bytes(b);
                 }
             }
+            ResponseBody::Usage(r) => {
+                e.map(6 + usize::from(r.max_count.is_some()));
+                e.uint(1).uint(r.bytes).uint(2).uint(r.count);
+                e.uint(3).uint(r.max_bytes);
+                if let Some(c) = r.max_count {
+                    e.uint(4).uint(c);
+                }
+                e.uint(5)
+                    .uint(r.mailbox_bytes)
+                    .uint(6)
+                    .uint(r.mailbox_count);
+                e.uint(7).uint(r.mailbox_max_bytes);
+            }
             ResponseBody::ReadBlob(r) => match &r.message {
                 Some(m) => {
                     e.map(1).uint(1);
@@ -1061,7 +1168,7 @@ impl ResponseBody {
     }
 
     fn decode(method: Method, d: &mut Decoder<'_>) -> Result<Self, DecodeError> {
-        let n = d.map(5)?;
+        let n = d.map(7)?;
         let mut prev = None;
         let mut key = |d: &mut Decoder<'_>, want: u64| -> Result<(), DecodeError> {
             match d.key(&mut prev)? {
@@ -1163,6 +1270,36 @@ impl ResponseBody {
                     None
                 };
                 ResponseBody::Roster(RosterResponse { version, roster })
+            }
+            Method::Usage => {
+                expect_len(&[6, 7])?;
+                key(d, 1)?;
+                let bytes = d.uint()?;
+                key(d, 2)?;
+                let count = d.uint()?;
+                key(d, 3)?;
+                let max_bytes = d.uint()?;
+                let max_count = if n == 7 {
+                    key(d, 4)?;
+                    Some(d.uint()?)
+                } else {
+                    None
+                };
+                key(d, 5)?;
+                let mailbox_bytes = d.uint()?;
+                key(d, 6)?;
+                let mailbox_count = d.uint()?;
+                key(d, 7)?;
+                let mailbox_max_bytes = d.uint()?;
+                ResponseBody::Usage(UsageResponse {
+                    bytes,
+                    count,
+                    max_bytes,
+                    max_count,
+                    mailbox_bytes,
+                    mailbox_count,
+                    mailbox_max_bytes,
+                })
             }
             Method::ReadBlob => {
                 expect_len(&[0, 1])?;

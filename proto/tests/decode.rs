@@ -25,18 +25,21 @@ fn body() -> impl Strategy<Value = Body> {
     prop_oneof![
         (
             mb.clone(),
-            ns,
+            prop_oneof![Just(INBOX), ns],
             any::<u64>(),
-            proptest::collection::vec(any::<u8>(), 0..300)
+            proptest::collection::vec(any::<u8>(), 0..300),
+            proptest::option::of(key32())
         )
-            .prop_map(
-                |(mailbox, namespace, ttl_ms, data)| Body::Store(StoreRequest {
+            .prop_map(|(mailbox, namespace, ttl_ms, data, token)| Body::Store(
+                StoreRequest {
                     mailbox,
                     namespace,
                     ttl_ms,
-                    data
-                })
-            ),
+                    data,
+                    // A token goes only with an inbox store (storage.md §4.5).
+                    token: token.filter(|_| namespace == INBOX).map(DeliveryToken),
+                }
+            )),
         (
             mb.clone(),
             ns,
@@ -72,6 +75,8 @@ fn body() -> impl Strategy<Value = Body> {
                 expiry
             })
         ),
+        (mb.clone(), ns)
+            .prop_map(|(mailbox, namespace)| Body::Usage(UsageRequest { mailbox, namespace })),
         Just(Body::Info),
         mb.prop_map(|mailbox| Body::GetSwarm(GetSwarmRequest { mailbox })),
         proptest::option::of(any::<u64>())
@@ -159,6 +164,17 @@ fn response_body() -> impl Strategy<Value = ResponseBody> {
             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..100))
         )
             .prop_map(|(version, roster)| ResponseBody::Roster(RosterResponse { version, roster })),
+        (any::<[u64; 6]>(), proptest::option::of(any::<u64>())).prop_map(|(v, max_count)| {
+            ResponseBody::Usage(UsageResponse {
+                bytes: v[0],
+                count: v[1],
+                max_bytes: v[2],
+                max_count,
+                mailbox_bytes: v[3],
+                mailbox_count: v[4],
+                mailbox_max_bytes: v[5],
+            })
+        }),
     ]
 }
 
@@ -260,6 +276,7 @@ fn limits_are_enforced() {
         namespace: 0,
         ttl_ms: 10_000,
         data: vec![0; MAX_DATA_BYTES + 1],
+        token: None,
     }));
     assert_eq!(
         Request::decode(&big.encode()).unwrap_err(),
@@ -272,6 +289,7 @@ fn limits_are_enforced() {
         namespace: 0,
         ttl_ms: 10_000,
         data: vec![0; MAX_DATA_BYTES],
+        token: None,
     }));
     assert!(max.encode().len() <= MAX_REQUEST_BYTES);
     Request::decode(&max.encode()).unwrap();

@@ -85,6 +85,7 @@ fn body_of(v: &Value) -> Body {
             namespace: namespace(b),
             ttl_ms: uint(&b["ttl_ms"]),
             data: bytes(&b["data"]),
+            token: opt(b, "token", |t| DeliveryToken(b32(t))),
         }),
         Method::Retrieve => Body::Retrieve(RetrieveRequest {
             mailbox: mailbox(b),
@@ -117,6 +118,10 @@ fn body_of(v: &Value) -> Body {
         }),
         Method::Roster => Body::Roster(RosterRequest {
             known_version: opt(b, "known_version", uint),
+        }),
+        Method::Usage => Body::Usage(UsageRequest {
+            mailbox: mailbox(b),
+            namespace: namespace(b),
         }),
         Method::ReadBlob => Body::ReadBlob(ReadBlobRequest {
             mailbox: mailbox(b),
@@ -173,6 +178,15 @@ fn response_of(method: Method, v: &Value) -> Response {
                 Method::Roster => ResponseBody::Roster(RosterResponse {
                     version: uint(&r["version"]),
                     roster: opt(r, "roster", bytes),
+                }),
+                Method::Usage => ResponseBody::Usage(UsageResponse {
+                    bytes: uint(&r["bytes"]),
+                    count: uint(&r["count"]),
+                    max_bytes: uint(&r["max_bytes"]),
+                    max_count: opt(r, "max_count", uint),
+                    mailbox_bytes: uint(&r["mailbox_bytes"]),
+                    mailbox_count: uint(&r["mailbox_count"]),
+                    mailbox_max_bytes: uint(&r["mailbox_max_bytes"]),
                 }),
                 Method::ReadBlob => ResponseBody::ReadBlob(ReadBlobResponse {
                     message: opt(r, "message", |m| StoredMessage {
@@ -297,6 +311,21 @@ fn content_hash_case(input: &Value) -> Value {
         "namespace": input["namespace"],
         "data": input["data"],
         "hash": hex::encode(h.0),
+    })
+}
+
+/// A delivery token's verifier and the content hash of the record that holds it (§4.5).
+fn token_case(input: &Value) -> Value {
+    let mb = mailbox(input);
+    let token = b32(&input["token"]);
+    let verifier = crypto::token_verifier(&mb, &token);
+    let record = crypto::token_record_hash(&mb, &token);
+    assert_eq!(record, crypto::content_hash(&mb, TOKENS, &verifier));
+    json!({
+        "mailbox": input["mailbox"],
+        "token": input["token"],
+        "verifier": hex::encode(verifier),
+        "record_hash": hex::encode(record.0),
     })
 }
 
@@ -467,6 +496,8 @@ fn vectors() -> Value {
     let third = hex::encode(seq(96));
     let day = 86_400_000u64;
     let key_json = json!({ "mailbox": mb, "namespace": INBOX, "hash": h });
+    let token = hex::encode(seq(160));
+    let token_case = token_case(&json!({ "mailbox": mb, "token": token }));
 
     let unsigned = [
         (
@@ -476,6 +507,14 @@ fn vectors() -> Value {
         (
             "retrieve from the public namespace",
             json!({ "method": 2, "body": { "mailbox": mb, "namespace": 2, "wait_ms": 10_000 } }),
+        ),
+        (
+            "store to the inbox with a delivery token",
+            json!({ "method": 1, "body": { "mailbox": mb, "namespace": INBOX, "ttl_ms": day, "data": data, "token": token } }),
+        ),
+        (
+            "store to the requests namespace",
+            json!({ "method": 1, "body": { "mailbox": mb, "namespace": REQUESTS, "ttl_ms": day, "data": data } }),
         ),
         ("info", json!({ "method": 6, "body": {} })),
         (
@@ -522,8 +561,16 @@ fn vectors() -> Value {
             json!({ "method": 1, "body": { "mailbox": mb, "namespace": 2, "ttl_ms": day, "data": data } }),
         ),
         (
-            "store to namespace 5",
-            json!({ "method": 1, "body": { "mailbox": mb, "namespace": 5, "ttl_ms": day, "data": data } }),
+            "store to namespace 7",
+            json!({ "method": 1, "body": { "mailbox": mb, "namespace": 7, "ttl_ms": day, "data": data } }),
+        ),
+        (
+            "register a delivery-token verifier",
+            json!({ "method": 1, "body": { "mailbox": mb, "namespace": TOKENS, "ttl_ms": day, "data": token_case["verifier"] } }),
+        ),
+        (
+            "usage of the requests namespace",
+            json!({ "method": 10, "body": { "mailbox": mb, "namespace": REQUESTS } }),
         ),
     ];
     let delegate = SigningKey::from_bytes(&seq(128));
@@ -588,6 +635,21 @@ fn vectors() -> Value {
             8,
             json!({ "now": TS, "status": 0, "result": { "version": 41 } }),
         ),
+        (
+            "usage of the requests namespace",
+            10,
+            json!({ "now": TS, "status": 0, "result": {
+                "bytes": 4_224, "count": 2, "max_bytes": 1_048_576, "max_count": 64,
+                "mailbox_bytes": 9_000, "mailbox_count": 5, "mailbox_max_bytes": 16_777_216 } }),
+        ),
+        (
+            "usage of the inbox",
+            10,
+            json!({ "now": TS, "status": 0, "result": {
+                "bytes": 4_776, "count": 3, "max_bytes": 16_777_216,
+                "mailbox_bytes": 9_000, "mailbox_count": 5, "mailbox_max_bytes": 16_777_216 } }),
+        ),
+        ("token refused", 1, json!({ "now": TS, "status": 19 })),
         (
             "read_blob, held",
             9,
@@ -667,6 +729,7 @@ fn vectors() -> Value {
         "node_seed": hex::encode(seq(32)),
         "node": node,
         "content_hash": content,
+        "delivery_token": token_case,
         "unsigned": unsigned.iter().map(|(n, r)| unsigned_case(&json!(n), r)).collect::<Vec<_>>(),
         "signed": signed.iter().map(|(n, r)| signed_case(&json!(n), r, TS, &key, &node_id)).collect::<Vec<_>>(),
         "delegate_seed": hex::encode(seq(128)),
@@ -701,6 +764,7 @@ fn rebuild(published: &Value) -> Value {
     let s = &p["sync"];
     let mut out = p.clone();
     out["content_hash"] = content_hash_case(&p["content_hash"]);
+    out["delivery_token"] = token_case(&p["delivery_token"]);
     out["unsigned"] = each("unsigned", &|c| unsigned_case(&c["name"], &c["request"]));
     out["signed"] = each("signed", &|c| {
         signed_case(

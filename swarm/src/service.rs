@@ -10,12 +10,17 @@ use allium_proto::auth::{self, ReplayCache};
 use allium_proto::crypto;
 use allium_proto::error::Status;
 use allium_proto::storage::{
-    Body, DEVICES, DeleteAllResponse, DeleteResponse, ExpireResponse, InfoResponse,
-    MAX_RETRIEVE_COUNT, Mailbox, Method, NodeId, PROTOCOL_VERSION, RETRIEVE_BUDGET_BYTES,
-    ReadBlobResponse, Request, Response, ResponseBody, RetrieveResponse, StoreResponse,
+    BLOB, Body, DEVICES, DeleteAllResponse, DeleteResponse, ExpireResponse, INBOX, InfoResponse,
+    MAX_RETRIEVE_COUNT, Mailbox, Method, NodeId, PROTOCOL_VERSION, REQUESTS, RETRIEVE_BUDGET_BYTES,
+    ReadBlobResponse, Request, Response, ResponseBody, RetrieveResponse, StoreRequest,
+    StoreResponse, TOKENS, UsageResponse,
 };
 use allium_proto::sync::{EntryKey, Item, ItemMessage};
 use allium_proto::time::{Clock, MonotoneFloor, UnixMillis};
+
+/// Expired verifier records skipped when asking whether a mailbox registered any token: past
+/// them the inbox counts as closed to tokenless stores (the safe side).
+const MAX_TOKEN_SCAN: usize = 64;
 
 /// Who the node is and how strict it is.
 #[derive(Debug, Clone)]
@@ -232,7 +237,37 @@ impl Service {
                 return Handled::Respond(refusal);
             }
         }
+        if let Body::Store(r) = &decoded.request.body {
+            if r.namespace == INBOX {
+                match self.admits(r, now) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return Handled::Respond(Response::error(now, Status::TokenRefused));
+                    }
+                    Err(e) => return Handled::Respond(Response::error(now, Status::from(&e))),
+                }
+            }
+        }
         self.execute(decoded.request.body, now)
+    }
+
+    /// Whether an inbox store gets in (storage.md §4.5): with a token whose verifier record is
+    /// live here; without one, only while the mailbox has registered no token at all (its
+    /// owner has not opted in, and its inbox stays open as before).
+    fn admits(&self, r: &StoreRequest, now: UnixMillis) -> Result<bool, crate::StoreError> {
+        match &r.token {
+            Some(token) => {
+                let key = EntryKey {
+                    mailbox: r.mailbox,
+                    namespace: TOKENS,
+                    hash: crypto::token_record_hash(&r.mailbox, &token.0),
+                };
+                self.store.holds_live(&key, now)
+            }
+            None => Ok(!self
+                .store
+                .any_live(&r.mailbox, TOKENS, now, MAX_TOKEN_SCAN)?),
+        }
     }
 
     fn execute(&self, body: Body, now: UnixMillis) -> Handled {
@@ -360,6 +395,28 @@ impl Service {
                 protocol: PROTOCOL_VERSION,
                 software: self.cfg.software.clone(),
             })),
+            Body::Usage(r) => {
+                let cfg = s.config();
+                s.namespace_usage(&r.mailbox, r.namespace).and_then(|ns| {
+                    let all = s.usage(&r.mailbox)?;
+                    let requests = r.namespace == REQUESTS;
+                    Ok(ResponseBody::Usage(UsageResponse {
+                        bytes: ns.bytes,
+                        count: ns.count,
+                        max_bytes: if requests {
+                            cfg.requests_quota_bytes
+                        } else if r.namespace == BLOB {
+                            cfg.blob_quota_bytes
+                        } else {
+                            cfg.mailbox_quota_bytes
+                        },
+                        max_count: requests.then_some(cfg.requests_quota_count),
+                        mailbox_bytes: all.bytes,
+                        mailbox_count: all.count,
+                        mailbox_max_bytes: cfg.mailbox_quota_bytes,
+                    }))
+                })
+            }
             Body::ReadBlob(r) => s
                 .read_blob(&r.mailbox, &r.hash, now)
                 .map(|message| ResponseBody::ReadBlob(ReadBlobResponse { message })),

@@ -53,6 +53,7 @@ fn store_body(mb: Mailbox, data: Vec<u8>) -> Body {
         namespace: BLOB,
         ttl_ms: TTL,
         data,
+        token: None,
     })
 }
 
@@ -190,6 +191,7 @@ fn own_quota_and_cap_leave_messages_alone() {
         namespace: INBOX,
         ttl_ms: TTL,
         data: vec![5; 1000],
+        token: None,
     }));
     assert_eq!(status(&call(&s, &inbox, T0 + 11)), Status::Ok);
 

@@ -53,6 +53,7 @@ fn inbox_store(mb: Mailbox, data: &[u8], ttl_ms: u64) -> Request {
         namespace: INBOX,
         ttl_ms,
         data: data.to_vec(),
+        token: None,
     }))
 }
 
@@ -210,12 +211,14 @@ fn authentication_failures_are_refused() {
     info.auth = Request::signed(retrieve_body(mb), &k, &node, now).auth;
     assert_eq!(status(&call(&s, &info, now)), Status::Malformed);
 
-    // Non-inbox namespaces need the owner's signature even to deposit.
+    // Namespaces but the inbox and the requests share need the owner's signature even to
+    // deposit.
     let private = Body::Store(StoreRequest {
         mailbox: mb,
-        namespace: 5,
+        namespace: OWNER,
         ttl_ms: 60_000,
         data: b"note to self".to_vec(),
+        token: None,
     });
     assert_eq!(
         status(&call(&s, &Request::unsigned(private.clone()), now)),
@@ -287,6 +290,7 @@ fn delegates_act_while_their_record_is_live() {
             namespace: DEVICES,
             ttl_ms,
             data: signer.to_vec(),
+            token: None,
         })
     };
     let by_device = |body, t| Request::signed_by_delegate(body, &device, &node, t);
@@ -326,6 +330,7 @@ fn delegates_act_while_their_record_is_live() {
         namespace: OWNER,
         ttl_ms: 60_000,
         data: b"synced".to_vec(),
+        token: None,
     });
     let t = tick();
     assert_eq!(status(&call(&s, &by_device(owner_ns, t), t)), Status::Ok);

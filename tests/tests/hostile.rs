@@ -87,6 +87,7 @@ fn store_request(mailbox: &Mailbox, data: &[u8]) -> Vec<u8> {
         namespace: 0,
         ttl_ms: 3_600_000,
         data: data.to_vec(),
+        token: None,
     }))
     .encode()
 }

@@ -43,6 +43,7 @@ fn store_request(mailbox: Mailbox, data: Vec<u8>) -> Vec<u8> {
         namespace: 0,
         ttl_ms: 3_600_000,
         data,
+        token: None,
     }))
     .encode()
 }

@@ -31,6 +31,7 @@ async fn store(
         namespace: 0,
         ttl_ms: 3_600_000,
         data: data.to_vec(),
+        token: None,
     }))
     .encode();
     let body = client.send(path, &request, SizeClass::Small, T).await?;
@@ -410,6 +411,7 @@ async fn garbage_truncated_and_replayed_packets_are_dropped_and_counted() {
         namespace: 0,
         ttl_ms: 60_000,
         data: b"once".to_vec(),
+        token: None,
     }))
     .encode();
     let onion_hops: Vec<allium_onion::PathHop> = hops

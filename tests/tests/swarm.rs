@@ -116,6 +116,7 @@ async fn store(c: &OnionClient, to: &Hop, mb: Mailbox, data: &[u8]) -> Result<Re
         namespace: 0,
         ttl_ms: 3_600_000,
         data: data.to_vec(),
+        token: None,
     }));
     call(c, to, req.encode(), Method::Store).await
 }

@@ -333,6 +333,7 @@ async fn store_chunk(
         namespace: BLOB,
         ttl_ms,
         data,
+        token: None,
     });
     let make = |node: &NodeId, now: u64| owner.sign(body.clone(), node, now).encode();
     let (response, _) = net

@@ -13,7 +13,10 @@
 //!   one stored item (a container, `whitepaper/devices.md` §4), keeps it in the peer's outbox
 //!   together with the advanced sessions, makes the copy for this account's other devices, and
 //!   stores both.
-//! * [`Messenger::receive`]: pages through the inbox, opens the envelope meant for this device
+//! * [`Messenger::delivery_token`]: this device's delivery token, registered with the swarm and
+//!   handed to each contact with the next message to it, so that contacts' stores enter the inbox
+//!   while strangers' go to the capped requests share (`whitepaper/storage.md` §4.5).
+//! * [`Messenger::receive`]: pages through the requests share and the inbox, opens the envelope meant for this device
 //!   and decrypts what is new, records it in the history, and only then saves the advanced
 //!   session and the cursor.
 
@@ -21,12 +24,15 @@ pub mod linking;
 pub mod payload;
 pub mod peer;
 pub mod shared;
+pub mod token;
 
 use std::collections::{BTreeMap, HashSet};
 
 use allium_onion::IdentityPublicKey;
 use allium_proto::cursor::{Cursor, DEFAULT_OVERLAP_MS};
-use allium_proto::storage::{CursorKey, PUBLIC, RetrieveResponse};
+use allium_proto::storage::{
+    CursorKey, INBOX, Namespace, PUBLIC, REQUESTS, RetrieveResponse, TOKENS,
+};
 use allium_proto::{Mailbox, MessageHash, NodeId};
 use ed25519_dalek::SigningKey;
 use rand_core::{OsRng, RngCore};
@@ -379,6 +385,8 @@ pub struct Received {
     pub copy_to: Option<Address>,
     /// When the swarm first accepted it (node time).
     pub stored_ms: u64,
+    /// The stored item's content hash: what `delete` names (storage.md §5.1).
+    pub stored_hash: MessageHash,
     /// The path of the fetch that brought it.
     pub path: PathReport,
 }
@@ -460,12 +468,14 @@ impl Messenger {
 
     /// Rotates the prekeys when the newest is older than the rotation period (or there is
     /// none), saving the secrets before anything is published, then publishes the newest bundle
-    /// if `state` does not record it as published. Returns whether it published.
+    /// if `state` does not record it as published, and registers this device's delivery token
+    /// when due ([`Self::delivery_token`]). Returns whether it published the bundle.
     pub async fn publish(
         &mut self,
         net: &Net,
         state: &mut ClientState,
     ) -> Result<bool, MessengerError> {
+        self.delivery_token(net).await?;
         let now = net.now_ms();
         let due = self
             .account
@@ -505,6 +515,115 @@ impl Messenger {
             .await?;
         state.set_published_prekey(current.spk_id);
         Ok(true)
+    }
+
+    /// This device's delivery token, read from the data directory (made on first use).
+    fn own_token(&self) -> Result<token::OwnToken, MessengerError> {
+        let damaged = |_| MessengerError::Keys {
+            file: crate::state::TOKEN_FILE,
+            source: SessionError::Malformed {
+                what: "delivery-token file",
+            },
+        };
+        match self
+            .dir
+            .read_private(crate::state::TOKEN_FILE, token::FILE_LEN as u64)?
+        {
+            Some(bytes) => token::OwnToken::decode(&bytes).map_err(damaged),
+            None => {
+                let t = token::OwnToken::generate(&mut OsRng);
+                self.dir
+                    .write_private(crate::state::TOKEN_FILE, &t.encode())?;
+                Ok(t)
+            }
+        }
+    }
+
+    /// Stores the verifier of `t` in the account's namespace 6 (storage.md §4.5) and records
+    /// the registration time.
+    async fn register_token(
+        &self,
+        net: &Net,
+        mut t: token::OwnToken,
+    ) -> Result<token::OwnToken, MessengerError> {
+        let mailbox = self.account.mailbox();
+        let key = self.account.signing_key()?;
+        let ttl_ms = net.network().params.max_ttl_secs.saturating_mul(1000);
+        let verifier = allium_proto::crypto::token_verifier(&mailbox, &t.token);
+        let now = net.now_ms();
+        net.store_in(&mailbox, TOKENS, ttl_ms, verifier.to_vec(), Some(&*key))
+            .await?;
+        t.registered_at = now.max(1);
+        self.dir
+            .write_private(crate::state::TOKEN_FILE, &t.encode())?;
+        Ok(t)
+    }
+
+    /// This device's delivery token, its verifier registered (again, when a day has passed):
+    /// from then on, stores into the account's inbox need a token.
+    pub async fn delivery_token(&mut self, net: &Net) -> Result<[u8; 32], MessengerError> {
+        let mut t = self.own_token()?;
+        if t.due(net.now_ms()) {
+            t = self.register_token(net, t).await?;
+        }
+        Ok(t.token)
+    }
+
+    /// Replaces this device's delivery token: the new one is registered before the old one's
+    /// record is deleted, so the inbox never opens to tokenless stores in between. Contacts get
+    /// the new token with the next message to them and use the requests share until then; a
+    /// contact never written to again is cut off (how a person blocks one).
+    pub async fn rotate_token(&mut self, net: &Net) -> Result<(), MessengerError> {
+        let old = self.own_token()?;
+        self.register_token(net, token::OwnToken::generate(&mut OsRng))
+            .await?;
+        let mailbox = self.account.mailbox();
+        let key = self.account.signing_key()?;
+        let record = allium_proto::crypto::token_record_hash(&mailbox, &old.token);
+        net.delete(&mailbox, TOKENS, vec![record], &*key).await?;
+        Ok(())
+    }
+
+    /// What the account's inbox and requests share hold, against their limits (one member's
+    /// count).
+    pub async fn usage(
+        &self,
+        net: &Net,
+    ) -> Result<Vec<(Namespace, allium_proto::storage::UsageResponse)>, MessengerError> {
+        let key = self.account.signing_key()?;
+        let mailbox = self.account.mailbox();
+        let mut out = Vec::new();
+        for ns in [INBOX, REQUESTS] {
+            out.push((ns, net.usage(&mailbox, ns, &*key).await?));
+        }
+        Ok(out)
+    }
+
+    /// Deletes every message of the account's `namespace` (the inbox or the requests share)
+    /// from its swarm. Returns how many were live.
+    pub async fn clear(&self, net: &Net, namespace: Namespace) -> Result<u64, MessengerError> {
+        let key = self.account.signing_key()?;
+        Ok(net
+            .delete_all(&self.account.mailbox(), namespace, &*key)
+            .await?)
+    }
+
+    /// Deletes the stored messages `hashes` from the account's inbox and requests share.
+    /// Returns how many were live.
+    pub async fn delete_stored(
+        &self,
+        net: &Net,
+        hashes: Vec<MessageHash>,
+    ) -> Result<usize, MessengerError> {
+        let key = self.account.signing_key()?;
+        let mailbox = self.account.mailbox();
+        let mut n = 0;
+        for ns in [INBOX, REQUESTS] {
+            for chunk in hashes.chunks(allium_proto::storage::MAX_HASHES) {
+                n += net.delete(&mailbox, ns, chunk.to_vec(), &*key).await?;
+            }
+        }
+        Ok(n)
     }
 
     pub(crate) fn load_peer(&self, account: &Address) -> Result<PeerRecord, MessengerError> {
@@ -730,11 +849,34 @@ impl Messenger {
         if !record.recipients().any(|b| b.cert().signing_key() != me) {
             return Err(MessengerError::NoBundle(to.to_string()));
         }
+        let to_self = *to == self.account.address;
+        if !to_self {
+            // The peer gets our delivery token before the first message that follows a change
+            // of it, inside the session (storage.md §4.5): its replies then enter our inbox.
+            let mine = self.delivery_token(net).await?;
+            if record.sent_token != Some(mine) {
+                let token_id = Self::new_msg_id();
+                let message = payload::token_message(token_id, now, &mine);
+                let envelopes = self.seal_all(to, &mut record, &message, now)?;
+                record
+                    .outbox
+                    .extend(
+                        container::pack(&envelopes)
+                            .into_iter()
+                            .map(|item| Outgoing {
+                                msg_id: token_id,
+                                item,
+                                message: message.clone(),
+                                copy_pending: false,
+                            }),
+                    );
+                record.sent_token = Some(mine);
+            }
+        }
         let envelopes = self.seal_all(to, &mut record, &plaintext, now)?;
         let devices = envelopes.len();
         let items = container::pack(&envelopes);
         let n_items = items.len();
-        let to_self = *to == self.account.address;
         record.outbox.extend(items.into_iter().map(|item| Outgoing {
             msg_id,
             item,
@@ -872,7 +1014,18 @@ impl Messenger {
             if !self.recorded_sent.contains(&next.msg_id) {
                 self.record_sent(to, &next, Delivery::Sending)?;
             }
-            let stored = net.store(&mailbox, next.item.clone()).await?;
+            // Into the peer's inbox with its token; without one, or refused, into its requests
+            // share. This account's own inbox takes this device's token.
+            let own = *to == self.account.address;
+            let token = if own {
+                Some(self.own_token()?.token)
+            } else {
+                record.their_token
+            };
+            let (stored, refused) = net.deliver(&mailbox, next.item.clone(), token).await?;
+            if refused && !own {
+                record.their_token = None;
+            }
             record.outbox.remove(0);
             self.save_peer(to, record)?;
             let members = net
@@ -926,6 +1079,9 @@ impl Messenger {
     /// `state`. `on_skip` hears about inbox items that could not be read; items that hold
     /// nothing for this device (envelopes for the account's other devices) are passed over
     /// without a word. Returns the number of messages received.
+    ///
+    /// The requests share (messages from senders without this account's delivery token,
+    /// storage.md §4.5) is read first, without waiting; then the inbox, waiting.
     pub async fn receive(
         &mut self,
         net: &Net,
@@ -934,9 +1090,40 @@ impl Messenger {
         mut on_message: impl FnMut(&Received),
         mut on_skip: impl FnMut(&Skipped),
     ) -> Result<usize, MessengerError> {
+        let requests = self
+            .receive_namespace(
+                net,
+                state,
+                REQUESTS,
+                std::time::Duration::ZERO,
+                &mut on_message,
+                &mut on_skip,
+            )
+            .await?;
+        let inbox = self
+            .receive_namespace(net, state, INBOX, wait, &mut on_message, &mut on_skip)
+            .await?;
+        Ok(requests + inbox)
+    }
+
+    /// [`Self::receive`] for one namespace, with its own cursor.
+    async fn receive_namespace(
+        &mut self,
+        net: &Net,
+        state: &mut ClientState,
+        namespace: Namespace,
+        wait: std::time::Duration,
+        mut on_message: impl FnMut(&Received),
+        mut on_skip: impl FnMut(&Skipped),
+    ) -> Result<usize, MessengerError> {
         let key = self.account.signing_key()?;
         let mailbox = self.account.address.public_key().to_bytes();
-        let safe = state.cursor(&mailbox).map(|c| CursorKey {
+        let saved = if namespace == REQUESTS {
+            state.requests_cursor()
+        } else {
+            state.cursor(&mailbox)
+        };
+        let safe = saved.map(|c| CursorKey {
             timestamp: c.timestamp,
             hash: MessageHash(c.hash),
         });
@@ -948,8 +1135,9 @@ impl Messenger {
         let mut restarts = 0;
         loop {
             let page = match net
-                .fetch_for(
+                .fetch_namespace(
                     &Mailbox::from_bytes(mailbox),
+                    namespace,
                     &*key,
                     cursor.after(),
                     wait,
@@ -988,7 +1176,14 @@ impl Messenger {
                 let mut refreshed = false;
                 loop {
                     let now = net.now_ms();
-                    match self.handle(&m.data, m.timestamp, now, &page.path, &mut on_skip)? {
+                    match self.handle(
+                        &m.data,
+                        m.timestamp,
+                        m.hash,
+                        now,
+                        &page.path,
+                        &mut on_skip,
+                    )? {
                         Outcome::Nothing => {}
                         Outcome::Shown(r) => {
                             on_message(&r);
@@ -1015,13 +1210,15 @@ impl Messenger {
                 state.mark_seen_hash(&m.hash.0);
             }
             if let Some(safe) = cursor.safe() {
-                state.set_cursor(
-                    &mailbox,
-                    SavedCursor {
-                        timestamp: safe.timestamp,
-                        hash: safe.hash.0,
-                    },
-                );
+                let saved = SavedCursor {
+                    timestamp: safe.timestamp,
+                    hash: safe.hash.0,
+                };
+                if namespace == REQUESTS {
+                    state.set_requests_cursor(saved);
+                } else {
+                    state.set_cursor(&mailbox, saved);
+                }
             }
             if !page.more {
                 return Ok(received);
@@ -1049,6 +1246,7 @@ impl Messenger {
         &mut self,
         data: &[u8],
         stored_ms: u64,
+        stored_hash: MessageHash,
         now: u64,
         path: &PathReport,
         on_skip: &mut impl FnMut(&Skipped),
@@ -1142,6 +1340,7 @@ impl Messenger {
                     message,
                     copy_to: None,
                     stored_ms,
+                    stored_hash,
                     path: path.clone(),
                 }));
             }
@@ -1169,10 +1368,14 @@ impl Messenger {
                         message,
                         copy_to: Some(to),
                         stored_ms,
+                        stored_hash,
                         path: path.clone(),
                     }));
                 }
             }
+            Ok(Incoming::Token(t)) if !own => record.their_token = Some(t),
+            // Devices of this account use their own tokens.
+            Ok(Incoming::Token(_)) => {}
             Ok(Incoming::DeviceList { list, .. }) if own => {
                 if let Ok(list) = DeviceList::verify(&list, &from) {
                     record.adopt_list(list);

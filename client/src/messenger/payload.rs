@@ -14,6 +14,10 @@
 //! copied message's `msg_id` and `sent_ms`), and a *device list* (body: the list signed by the
 //! account), which tells a device whether it is still on its account. [`Incoming`] reads all
 //! of them; [`AppMessage`] only what people read.
+//!
+//! Kind 8 carries the sender's delivery token (body: 32 bytes): with it, the recipient stores
+//! into the sender's inbox rather than the strangers' requests share (`whitepaper/storage.md`
+//! §4.5). It travels inside the session, so only the peer learns it.
 
 use thiserror::Error;
 
@@ -36,6 +40,8 @@ pub enum Kind {
     DeviceList = 3,
     /// A file: its chunks' place, key and root (`whitepaper/attachments.md` §4).
     File = 4,
+    /// The sender's delivery token.
+    Token = 8,
 }
 
 impl Kind {
@@ -45,6 +51,7 @@ impl Kind {
             2 => Some(Kind::SentCopy),
             3 => Some(Kind::DeviceList),
             4 => Some(Kind::File),
+            8 => Some(Kind::Token),
             _ => None,
         }
     }
@@ -71,6 +78,9 @@ pub enum PayloadError {
     /// A sent copy too short for its peer, or copying a kind that cannot be copied.
     #[error("malformed sent copy")]
     BadCopy,
+    /// A token message whose body is not 32 bytes.
+    #[error("malformed delivery token")]
+    BadToken,
     /// A file message that does not decode (attachments.md §4).
     #[error("unreadable file message")]
     BadFile,
@@ -158,6 +168,17 @@ pub fn device_list_message(msg_id: [u8; 16], sent_ms: u64, list: &[u8]) -> Vec<u
     out
 }
 
+/// Kind 4: the sender's delivery token `token`, as `msg_id` at `sent_ms`.
+pub fn token_message(msg_id: [u8; 16], sent_ms: u64, token: &[u8; 32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + token.len());
+    out.push(VERSION);
+    out.push(Kind::Token as u8);
+    out.extend_from_slice(&msg_id);
+    out.extend_from_slice(&sent_ms.to_be_bytes());
+    out.extend_from_slice(token);
+    out
+}
+
 /// Any application message: one for people, or one between the devices of an account.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Incoming {
@@ -177,6 +198,8 @@ pub enum Incoming {
         /// The list's encoding.
         list: Vec<u8>,
     },
+    /// The sender's delivery token (storage.md §4.5).
+    Token([u8; 32]),
 }
 
 fn content(kind: Kind, body: &[u8]) -> Result<Content, PayloadError> {
@@ -189,7 +212,7 @@ fn content(kind: Kind, body: &[u8]) -> Result<Content, PayloadError> {
         Kind::File => Ok(Content::File(
             FileRef::decode(body).map_err(|_| PayloadError::BadFile)?,
         )),
-        Kind::SentCopy | Kind::DeviceList => Err(PayloadError::BadCopy),
+        Kind::SentCopy | Kind::DeviceList | Kind::Token => Err(PayloadError::BadCopy),
     }
 }
 
@@ -235,6 +258,7 @@ impl Incoming {
                 msg_id,
                 list: body.to_vec(),
             },
+            Kind::Token => Incoming::Token(body.try_into().map_err(|_| PayloadError::BadToken)?),
         })
     }
 }
@@ -263,6 +287,14 @@ mod tests {
             prop_assert_eq!(copy.len(), m.encode().len() + SENT_COPY_OVERHEAD);
             prop_assert_eq!(Incoming::decode(&copy), Ok(Incoming::SentCopy { peer, message: m }));
             prop_assert_eq!(AppMessage::decode(&copy), Err(PayloadError::UnknownKind(2)));
+        }
+
+        #[test]
+        fn tokens_round_trip(id in any::<[u8; 16]>(), t in any::<u64>(), token in any::<[u8; 32]>()) {
+            let m = token_message(id, t, &token);
+            prop_assert_eq!(Incoming::decode(&m), Ok(Incoming::Token(token)));
+            prop_assert_eq!(Incoming::decode(&m[..m.len() - 1]), Err(PayloadError::BadToken));
+            prop_assert_eq!(AppMessage::decode(&m), Err(PayloadError::UnknownKind(5)));
         }
 
         #[test]

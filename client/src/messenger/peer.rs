@@ -13,10 +13,14 @@
 //!                || u8(s) || s × (signing key (32) || u32be(len) || peer sessions)
 //!                || u16be(o) || o × (msg_id (16) || u8(flags) || u32be(len) || item
 //!                                    || u32be(len) || application message)
+//! peer    = 0x03 || (the same as 0x02)
+//!                || u8(t) || t × token (32) || u8(s) || s × token (32)
 //! ```
 //!
 //! `flags` bit 0: the copy of this message for the account's other devices is not made yet.
-//! Version 1 files (no list; one envelope per entry, with its device) are read as well.
+//! Version 3 adds the delivery tokens (storage.md §4.5): the peer's, which admits our stores to
+//! its inbox, and the last of ours handed to it (`t`, `s` ∈ {0, 1}). Version 2 files (no tokens)
+//! and version 1 files (no list; one envelope per entry, with its device) are read as well.
 
 use std::collections::BTreeMap;
 
@@ -27,7 +31,9 @@ use crate::devices::list::{DeviceList, MAX_LIST_LEN};
 use crate::session::{BUNDLE_LEN, PeerSessions, PrekeyBundle, SessionError};
 
 /// Version byte of the encoding.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
+/// The version before delivery tokens, still read.
+const VERSION_2: u8 = 2;
 /// The version before device lists and containers, still read.
 const VERSION_1: u8 = 1;
 /// `flags` bit: the sent copy of this message is still to be made.
@@ -69,6 +75,11 @@ pub struct PeerRecord {
     pub sessions: BTreeMap<[u8; 32], PeerSessions>,
     /// Envelopes not yet acknowledged, oldest first.
     pub outbox: Vec<Outgoing>,
+    /// The peer's delivery token, which admits our stores to its inbox; `None`: store into its
+    /// requests share.
+    pub their_token: Option<[u8; 32]>,
+    /// The last of our delivery tokens handed to the peer.
+    pub sent_token: Option<[u8; 32]>,
 }
 
 /// Why a peer file did not decode.
@@ -191,6 +202,15 @@ impl PeerRecord {
             out.extend_from_slice(&u32::try_from(o.message.len()).unwrap_or(0).to_be_bytes());
             out.extend_from_slice(&o.message);
         }
+        for token in [&self.their_token, &self.sent_token] {
+            match token {
+                Some(t) => {
+                    out.push(1);
+                    out.extend_from_slice(t);
+                }
+                None => out.push(0),
+            }
+        }
         out
     }
 
@@ -199,11 +219,11 @@ impl PeerRecord {
     pub fn decode(bytes: &[u8]) -> Result<Self, PeerRecordError> {
         let mut r = Reader(bytes);
         let version = r.take(1, "version")?[0];
-        if version != VERSION && version != VERSION_1 {
+        if version != VERSION && version != VERSION_2 && version != VERSION_1 {
             return Err(PeerRecordError::Malformed("version"));
         }
         let fetched_at = u64::from_be_bytes(r.array("fetched_at")?);
-        let list = if version == VERSION {
+        let list = if version != VERSION_1 {
             let len = usize::from(u16::from_be_bytes(r.array("list length")?));
             if len > MAX_LIST_LEN {
                 return Err(PeerRecordError::Malformed("list length"));
@@ -243,7 +263,7 @@ impl PeerRecord {
         let mut outbox = Vec::with_capacity(no);
         for _ in 0..no {
             let msg_id = r.array("outbox msg_id")?;
-            let copy_pending = if version == VERSION {
+            let copy_pending = if version != VERSION_1 {
                 match r.take(1, "outbox flags")?[0] {
                     0 => false,
                     COPY_PENDING => true,
@@ -271,15 +291,28 @@ impl PeerRecord {
                 copy_pending,
             });
         }
+        let mut tokens = [None, None];
+        if version == VERSION {
+            for t in &mut tokens {
+                *t = match r.take(1, "token flag")?[0] {
+                    0 => None,
+                    1 => Some(r.array("token")?),
+                    _ => return Err(PeerRecordError::Malformed("token flag")),
+                };
+            }
+        }
         if !r.0.is_empty() {
             return Err(PeerRecordError::Malformed("trailing bytes"));
         }
+        let [their_token, sent_token] = tokens;
         Ok(PeerRecord {
             fetched_at,
             list,
             bundles,
             sessions,
             outbox,
+            their_token,
+            sent_token,
         })
     }
 }
@@ -317,10 +350,21 @@ mod tests {
                     copy_pending: false,
                 },
             ],
+            their_token: Some([8; 32]),
+            sent_token: None,
         };
         let back = PeerRecord::decode(&rec.encode()).unwrap();
         assert_eq!(back.fetched_at, 42);
         assert_eq!(back.outbox, rec.outbox);
+        assert_eq!(back.their_token, Some([8; 32]));
+        assert_eq!(back.sent_token, None);
+        // A version-2 file (no tokens) reads with none.
+        let mut v2 = rec.encode().to_vec();
+        v2.truncate(v2.len() - 1 - 33);
+        v2[0] = VERSION_2;
+        let old = PeerRecord::decode(&v2).unwrap();
+        assert_eq!((old.their_token, old.sent_token), (None, None));
+        assert_eq!(old.outbox, rec.outbox);
         let enc = rec.encode();
         assert!(PeerRecord::decode(&enc[..enc.len() - 1]).is_err());
         let mut longer = enc.to_vec();

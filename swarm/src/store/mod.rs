@@ -54,6 +54,11 @@ pub struct StoreConfig {
     pub ttl_max_ms: u64,
     /// Bytes one mailbox may hold, all namespaces together (data + [`MESSAGE_OVERHEAD`] each).
     pub mailbox_quota_bytes: u64,
+    /// Bytes the requests namespace (strangers' share, storage.md §4.5) of one mailbox may hold;
+    /// counted inside [`Self::mailbox_quota_bytes`] too.
+    pub requests_quota_bytes: u64,
+    /// Messages the requests namespace of one mailbox may hold.
+    pub requests_quota_count: u64,
     /// Bytes the node holds in total before answering "full" (the blob namespace excepted).
     pub node_cap_bytes: u64,
     /// Bytes one mailbox may hold in the blob namespace (storage §5.1).
@@ -82,6 +87,8 @@ impl Default for StoreConfig {
             ttl_min_ms: 10_000,
             ttl_max_ms: 14 * 24 * 3_600_000,
             mailbox_quota_bytes: 16 << 20,
+            requests_quota_bytes: 1 << 20,
+            requests_quota_count: 64,
             node_cap_bytes: 4 << 30,
             blob_quota_bytes: 2 << 30,
             blob_cap_bytes: 16 << 30,
@@ -479,6 +486,54 @@ impl Store {
             self.db
                 .get_cf(handle(&self.db, Cf::Usage)?, mailbox.as_bytes())?,
         )
+    }
+
+    /// Usage of one namespace of a mailbox.
+    pub fn namespace_usage(
+        &self,
+        mailbox: &Mailbox,
+        namespace: Namespace,
+    ) -> Result<Usage, StoreError> {
+        Usage::decode(
+            self.db
+                .get_cf(handle(&self.db, Cf::Usage)?, prefix(mailbox, namespace))?,
+        )
+    }
+
+    /// Whether a namespace of a mailbox holds a live message (expired ones not yet swept are
+    /// skipped, at most `scan` of them; beyond that the answer is `true`, the safe side for a
+    /// namespace whose records close a door).
+    pub fn any_live(
+        &self,
+        mailbox: &Mailbox,
+        namespace: Namespace,
+        now: UnixMillis,
+        scan: usize,
+    ) -> Result<bool, StoreError> {
+        let p = prefix(mailbox, namespace);
+        let mut ro = ReadOptions::default();
+        ro.set_verify_checksums(true);
+        if let Some(upper) = successor(&p) {
+            ro.set_iterate_upper_bound(upper);
+        }
+        let cf = handle(&self.db, Cf::Msg)?;
+        let iter = self
+            .db
+            .iterator_cf_opt(cf, ro, IteratorMode::From(&p, Direction::Forward));
+        for (seen, item) in iter.enumerate() {
+            let (k, v) = item?;
+            if !k.starts_with(&p) {
+                break;
+            }
+            if seen >= scan {
+                return Ok(true);
+            }
+            let (expiry, _, _) = parse_msg_value(&v)?;
+            if expiry > now {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Usage of the whole node.

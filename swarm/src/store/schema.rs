@@ -16,7 +16,7 @@ use super::error::{Corruption, StoreError};
 use super::{MESSAGE_OVERHEAD, Usage};
 
 /// Schema version written to `meta/schema`.
-const SCHEMA_VERSION: u32 = 2;
+const SCHEMA_VERSION: u32 = 3;
 
 const CF_MSG: &str = "msg";
 const CF_HASH: &str = "hash";
@@ -83,12 +83,10 @@ pub(super) fn open_db(path: &Path) -> Result<(DB, UnixMillis), StoreError> {
             db.put_cf_opt(meta, META_SCHEMA, SCHEMA_VERSION.to_be_bytes(), &wo)?;
         }
         Some(v) if v == SCHEMA_VERSION.to_be_bytes() => {}
-        // Schema 1 lacks only the tombstone family (created above) and `set_at` in values
-        // (read as 0).
-        Some(v) if v == 1u32.to_be_bytes() => {
-            let mut wo = WriteOptions::default();
-            wo.set_sync(true);
-            db.put_cf_opt(meta, META_SCHEMA, SCHEMA_VERSION.to_be_bytes(), &wo)?;
+        // Schema 1 lacks the tombstone family (created above) and `set_at` in values (read as
+        // 0); schemas 1 and 2 lack the usage per namespace, counted here once.
+        Some(v) if v == 1u32.to_be_bytes() || v == 2u32.to_be_bytes() => {
+            count_namespaces(&db)?;
         }
         Some(v) => {
             let v: [u8; 4] = v.try_into().map_err(|_| Corruption::SchemaVersion)?;
@@ -101,6 +99,34 @@ pub(super) fn open_db(path: &Path) -> Result<(DB, UnixMillis), StoreError> {
         None => 0,
     };
     Ok((db, hw))
+}
+
+/// Writes the usage of every (mailbox, namespace) from the messages held, and the new schema
+/// version, in one synced batch (the upgrade to schema 3).
+fn count_namespaces(db: &DB) -> Result<(), StoreError> {
+    let mut per: std::collections::BTreeMap<[u8; 34], Usage> = std::collections::BTreeMap::new();
+    for item in db.iterator_cf(handle(db, Cf::Msg)?, rocksdb::IteratorMode::Start) {
+        let (k, v) = item?;
+        let (mailbox, ns, _, _) = parse_msg_key(&k)?;
+        let (_, _, data) = parse_msg_value(&v)?;
+        let u = per.entry(prefix(&mailbox, ns)).or_default();
+        u.bytes += charge(data.len());
+        u.count += 1;
+    }
+    let mut batch = rocksdb::WriteBatch::default();
+    let usage = handle(db, Cf::Usage)?;
+    for (k, u) in per {
+        batch.put_cf(usage, k, u.encode());
+    }
+    batch.put_cf(
+        handle(db, Cf::Meta)?,
+        META_SCHEMA,
+        SCHEMA_VERSION.to_be_bytes(),
+    );
+    let mut wo = WriteOptions::default();
+    wo.set_sync(true);
+    db.write_opt(batch, &wo)?;
+    Ok(())
 }
 
 impl Usage {

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use rocksdb::{DB, Direction, IteratorMode, WriteBatch, WriteOptions};
 use tokio::sync::oneshot;
 
-use allium_proto::storage::{BLOB, MAX_DATA_BYTES, Mailbox, MessageHash, Namespace, StoreResponse};
+use allium_proto::storage::{
+    BLOB, MAX_DATA_BYTES, Mailbox, MessageHash, Namespace, REQUESTS, StoreResponse,
+};
 use allium_proto::sync::{Digests, ENTRY_KEY_LEN, Entry, EntryKey, EntryState, ItemMessage};
 use allium_proto::time::UnixMillis;
 
@@ -510,12 +512,28 @@ impl Writer {
         if usage.bytes.saturating_add(c) > quota {
             return Err(StoreError::QuotaExceeded);
         }
+        // The blob namespace's mailbox counter is already its own (storage §6).
+        let nk = (namespace != BLOB).then(|| prefix(&mailbox, namespace));
+        let mut ns_usage = match &nk {
+            Some(k) => Usage::decode(ov.get(&self.db, Cf::Usage, &k[..])?)?,
+            None => Usage::default(),
+        };
+        // Strangers' share (storage.md §4.5): replicas are held to it as well, so every member
+        // refuses the same stores.
+        if namespace == REQUESTS
+            && (ns_usage.bytes.saturating_add(c) > self.cfg.requests_quota_bytes
+                || ns_usage.count >= self.cfg.requests_quota_count)
+        {
+            return Err(StoreError::QuotaExceeded);
+        }
         let mut total = Usage::decode(ov.get(&self.db, Cf::Meta, total_key)?)?;
         if total.bytes.saturating_add(c) > cap {
             return Err(StoreError::NodeFull);
         }
         usage.bytes += c;
         usage.count += 1;
+        ns_usage.bytes += c;
+        ns_usage.count += 1;
         total.bytes += c;
         total.count += 1;
         let mk = msg_key(&mailbox, namespace, ts, &hash);
@@ -523,6 +541,9 @@ impl Writer {
         ov.put(Cf::Msg, mk, msg_value(expiry, set_at, &data));
         ov.put(Cf::Hash, key.to_bytes().to_vec(), ts.to_be_bytes().to_vec());
         ov.put(Cf::Usage, usage_key, usage.encode());
+        if let Some(k) = nk {
+            ov.put(Cf::Usage, k.to_vec(), ns_usage.encode());
+        }
         ov.put(Cf::Meta, total_key.to_vec(), total.encode());
         ov.toggle(key, EntryState::Live { expiry, set_at });
         stored.insert((mailbox, namespace));
@@ -640,6 +661,17 @@ impl Writer {
             ov.delete(Cf::Usage, usage_key);
         } else {
             ov.put(Cf::Usage, usage_key, usage.encode());
+        }
+        if key.namespace != BLOB {
+            let nk = prefix(&key.mailbox, key.namespace);
+            let mut ns_usage = Usage::decode(ov.get(&self.db, Cf::Usage, &nk[..])?)?;
+            ns_usage.bytes = ns_usage.bytes.saturating_sub(c);
+            ns_usage.count = ns_usage.count.saturating_sub(1);
+            if ns_usage.count == 0 {
+                ov.delete(Cf::Usage, nk.to_vec());
+            } else {
+                ov.put(Cf::Usage, nk.to_vec(), ns_usage.encode());
+            }
         }
         let mut total = Usage::decode(ov.get(&self.db, Cf::Meta, total_key)?)?;
         total.bytes = total.bytes.saturating_sub(c);
