@@ -15,7 +15,7 @@ use super::{Messenger, MessengerError};
 use crate::devices::sync::{self, Contact, SyncState};
 use crate::identity::Address;
 use crate::net::Net;
-use crate::state::{Contacts, SYNC_FILE};
+use crate::state::{Contacts, ReadMark, ReadMarks, SYNC_FILE};
 
 /// A snapshot older than this is written again (§8.3).
 pub const SNAPSHOT_EVERY_MS: u64 = 7 * 24 * 60 * 60 * 1000;
@@ -111,6 +111,31 @@ impl Messenger {
         Ok(self
             .load_sync()?
             .read_position(&peer.public_key().to_bytes()))
+    }
+
+    /// Every read position the account's devices agree on, by the other party's address (the
+    /// time is the message's `sent_ms`).
+    pub fn read_marks(&self) -> Result<ReadMarks, MessengerError> {
+        let state = self.load_sync()?;
+        let mut marks = ReadMarks::default();
+        for ((kind, key), _) in state.entries() {
+            if *kind != sync::READ_POSITION {
+                continue;
+            }
+            let (Some((sent_ms, msg_id)), Ok(peer)) =
+                (state.read_position(key), Address::from_key_bytes(key))
+            else {
+                continue;
+            };
+            marks.set(
+                &peer.to_string(),
+                ReadMark {
+                    msg_id,
+                    timestamp_ms: sent_ms,
+                },
+            );
+        }
+        Ok(marks)
     }
 
     /// One round of the shared state (§8.3): takes in the person's edits to the address book
