@@ -249,7 +249,8 @@ pub enum Event {
     History(Vec<HistoryEntry>),
     /// The address book, after it changed.
     Contacts(Contacts),
-    /// The read marks, after they changed.
+    /// The read positions the account's devices share (`whitepaper/devices.md` §8), after each
+    /// round and after this device moved one.
     ReadMarks(ReadMarks),
     /// The network state, after each round.
     Network(NetworkState),
@@ -532,19 +533,9 @@ impl App {
         }
         let r = async {
             let _lock = lock_waiting_async(&self.dir).await?;
-            let Ok(old) = self.dir.read_marks() else {
-                return Ok(());
-            };
             let now = self.net.now_ms();
             self.messenger.reload(now)?;
-            for (peer, mark) in old.iter() {
-                if let Ok(a) = Address::from_str(peer) {
-                    self.messenger
-                        .mark_read(&a, mark.timestamp_ms, &mark.msg_id, now)?;
-                }
-            }
-            self.dir.remove_read_marks()?;
-            Ok::<(), MessengerError>(())
+            self.messenger.adopt_read_file(now)
         }
         .await;
         if let Err(e) = r {
