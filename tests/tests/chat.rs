@@ -149,6 +149,20 @@ async fn two_chats_in_tmux_talk_redraw_on_resize_and_quit_cleanly() {
     let restored = bob_phone.run_with_input(&["restore"], &format!("{phrase}\n"));
     assert_eq!(restored.code, 0, "restore: {}", restored.stderr);
     alice.ok(&["contacts", "add", "bob", &bob_addr]);
+    // Bob's data directory as an earlier version left it: read positions in read.json, which
+    // the chat moves into the shared ones.
+    let mut old = allium_client::state::ReadMarks::default();
+    old.set(
+        &alice_addr,
+        allium_client::state::ReadMark {
+            msg_id: [0; 16],
+            timestamp_ms: 1,
+        },
+    );
+    allium_client::state::DataDir::open(&bob.data)
+        .unwrap()
+        .save_read_marks(&old)
+        .unwrap();
 
     // An editor that writes two lines into the draft, as a person would in vi.
     let editor = w.dir.path().join("editor.sh");
@@ -168,6 +182,11 @@ async fn two_chats_in_tmux_talk_redraw_on_resize_and_quit_cleanly() {
     tmux.wait_for("bob", T, |s| {
         s.contains("Conversations") && s.contains("● online")
     });
+    assert!(!bob.data.join("read.json").exists(), "moved and removed");
+    assert_eq!(
+        read_mark(&bob.data, &alice_addr).as_deref(),
+        Some("00000000000000000000000000000000")
+    );
 
     // Bob adds Alice from inside, by the text her QR code holds, then verifies her: the
     // safety number `allium contacts verify` shows, confirmed with y.
