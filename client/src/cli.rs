@@ -109,10 +109,11 @@ enum Command {
     Inbox(Downloads),
     /// Wait for messages and print each as it arrives (Ctrl-C to stop); files are downloaded.
     Listen(Downloads),
-    /// A terminal messenger: conversations, history with delivery state, and writing.
+    /// A terminal messenger: conversations, history with delivery state, writing, and files.
     ///
     /// Keys are listed by `?` (or F1) inside, and set in keys.toml in the config directory
-    /// ($XDG_CONFIG_HOME/allium/keys.toml). See doc/user.md.
+    /// ($XDG_CONFIG_HOME/allium/keys.toml). Inside, /send-file PATH sends a file; received
+    /// files are downloaded as `allium inbox` downloads them. See doc/user.md.
     Chat {
         /// Key bindings file. Default: $XDG_CONFIG_HOME/allium/keys.toml
         /// (~/.config/allium/keys.toml).
