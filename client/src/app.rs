@@ -2,30 +2,36 @@
 //! takes [`Command`]s over a channel and reports [`Event`]s over another, so an interface built
 //! on it never waits for the network. `allium chat` is built on it.
 //!
-//! It runs the same loop as `allium listen`: flush the outboxes, publish prekeys when due, then
-//! long-poll the inbox for 25 s; a command cuts the long-poll short, is carried out, and the loop
-//! starts again. Every step of a round leaves the data directory consistent when it is cut
-//! short (messenger.rs: a message counts once it is in the history; an envelope leaves the
-//! outbox only once acknowledged), so abandoning a round loses and repeats nothing. State is
-//! saved as `listen` saves it: the data directory's lock is taken only to save, so `allium send`
-//! and `allium inbox` can run beside it, and whichever of `chat`, `inbox` and `listen` runs next
-//! starts where the last one stopped.
+//! It runs the same loop as `allium listen` (whitepaper client.md §6, *One data directory*): under
+//! the data directory's lock, it reads the state again, flushes the outboxes, publishes prekeys
+//! when due, receives what is new, syncs the shared state and saves; then, without the lock, it
+//! long-polls the inbox for 25 s for something new. So `allium send` and `allium inbox` run
+//! beside it and take turns with it, and none of them works from a copy another has changed.
+//! A command cuts the long-poll short, is carried out (under the lock when it changes state),
+//! and the loop starts again. Every step of a round leaves the data directory consistent when it
+//! is cut short (messenger.rs: a message counts once it is in the history; an envelope leaves
+//! the outbox only once acknowledged), so abandoning a round loses and repeats nothing, and
+//! whichever of `chat`, `inbox` and `listen` runs next starts where the last one stopped.
+//! Files are sent and downloaded here too, reporting [`Event::Transfer`] as they go.
 //!
 //! Also here, shared with the `allium` command: [`open_net`] and [`save_net`] (what the network
 //! client learnt, kept for the next run) and [`lock_waiting`].
 
+use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use allium_proto::NodeId;
 use allium_proto::network::NetworkFile;
 use tokio::sync::{mpsc, watch};
 
+use crate::attach::{self, AttachError, TransferConfig, Transfers};
 use crate::identity::Address;
 use crate::messenger::{Messenger, MessengerError, Skipped};
 use crate::net::{Net, Timing};
 use crate::state::{
-    ClientState, Contacts, DataDir, DataDirLock, Guard, HistoryEntry, MAX_SEEN, ReadMark,
-    ReadMarks, StateError, fold_history,
+    ClientState, Contacts, DataDir, DataDirLock, Guard, HistoryEntry, MAX_SEEN, READ_FILE,
+    ReadMark, ReadMarks, StateError, fold_history,
 };
 
 /// How long one receive waits at the swarm for a message (as `allium listen`).
@@ -34,8 +40,9 @@ pub const LONG_POLL: Duration = Duration::from_secs(25);
 pub const RETRY_PAUSE: Duration = Duration::from_secs(2);
 /// How often the guards are probed for the network state.
 pub const GUARD_PROBE_EVERY: Duration = Duration::from_secs(300);
-/// How long [`lock_waiting`] waits for another `allium` to release the data directory.
-pub const LOCK_WAIT: Duration = Duration::from_secs(5);
+/// How long [`lock_waiting`] waits for another `allium` to release the data directory: longer
+/// than a round of `listen` or `chat` takes under it on a slow network.
+pub const LOCK_WAIT: Duration = Duration::from_secs(60);
 /// History entries the task reads back and reports (as many as the seen sets remember).
 pub const HISTORY_WINDOW: usize = MAX_SEEN;
 /// Queued commands and events; an interface drains events at every frame.
@@ -66,6 +73,33 @@ pub async fn lock_waiting_async(dir: &DataDir) -> Result<DataDirLock, StateError
             r => return r,
         }
     }
+}
+
+/// Takes the data directory's lock for a round of `listen` or `chat`, waiting for as long as
+/// another `allium` holds it (a `send` of a large file holds it for the whole upload): the
+/// round cannot go on without it, and a caller that must stop drops this future.
+pub async fn lock_for_round(dir: &DataDir) -> Result<DataDirLock, StateError> {
+    loop {
+        match dir.lock() {
+            Err(StateError::Locked { .. }) => tokio::time::sleep(Duration::from_millis(20)).await,
+            r => return r,
+        }
+    }
+}
+
+/// Reads again, under the lock, what another `allium` on this data directory may have changed
+/// since this process last looked: the account's prekeys and keys, the messages the history
+/// records, and the client state (cursor, handled items, published bundle). What `net` learnt
+/// is merged back when the state is saved ([`save_net`]).
+pub fn reload(
+    dir: &DataDir,
+    net: &Net,
+    messenger: &mut Messenger,
+    state: &mut ClientState,
+) -> Result<(), MessengerError> {
+    messenger.reload(net.now_ms())?;
+    *state = dir.load_state()?;
+    Ok(())
 }
 
 /// The network client of `network`, from the roster, guards and clock offset kept by earlier
@@ -150,6 +184,14 @@ pub enum Command {
     },
     /// Send what waits in the outboxes now, rather than at the next round.
     Flush,
+    /// Upload the file at `path` and send it to `to`; reported by [`Event::Transfer`], then a
+    /// [`Event::History`] with its line.
+    SendFile {
+        /// The recipient.
+        to: Address,
+        /// The file.
+        path: PathBuf,
+    },
     /// Add a contact; answered by [`Event::Contacts`] or [`Event::Failed`] without an id.
     AddContact {
         /// The name.
@@ -207,7 +249,8 @@ pub enum Event {
     History(Vec<HistoryEntry>),
     /// The address book, after it changed.
     Contacts(Contacts),
-    /// The read marks, after they changed.
+    /// The read positions the account's devices share (`whitepaper/devices.md` §8), after each
+    /// round and after this device moved one.
     ReadMarks(ReadMarks),
     /// The network state, after each round.
     Network(NetworkState),
@@ -230,10 +273,40 @@ pub enum Event {
         /// What went wrong, for the person.
         error: String,
     },
+    /// A file on its way out or in: each chunk done, then the outcome.
+    Transfer(Transfer),
     /// Something the person may want to know (an inbox item that could not be read).
     Notice(String),
     /// The task saved its state and stopped.
     Stopped,
+}
+
+/// Where a file transfer stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transfer {
+    /// Sending (or else receiving).
+    pub sending: bool,
+    /// The file's name (as its sender gave it: the view neutralises it).
+    pub name: String,
+    /// The other party's address.
+    pub peer: String,
+    /// Bytes done.
+    pub bytes: u64,
+    /// Bytes in all.
+    pub size: u64,
+    /// Once over: where it was saved (or empty for a sent file), or why it failed.
+    pub outcome: Option<Result<String, String>>,
+}
+
+/// Where and how received files are downloaded (as `allium inbox` does).
+#[derive(Debug, Clone)]
+pub struct Downloads {
+    /// The download folder.
+    pub dir: PathBuf,
+    /// Larger files wait for a run with a larger limit (the chat cannot ask).
+    pub max_bytes: u64,
+    /// Chunks in flight at once.
+    pub paths: usize,
 }
 
 /// The task's queue of commands is full, or the task has stopped.
@@ -273,6 +346,9 @@ pub struct App {
     shutdown: watch::Receiver<bool>,
     network: NetworkState,
     probed: Option<Instant>,
+    downloads: Option<Downloads>,
+    /// Files over the limit already reported, so a notice is given once per run.
+    told_large: std::collections::HashSet<String>,
 }
 
 /// What ended a wait.
@@ -311,12 +387,20 @@ impl App {
             shutdown,
             network,
             probed: None,
+            downloads: None,
+            told_large: std::collections::HashSet::new(),
         };
         let handle = AppHandle {
             commands: commands_tx,
             shutdown: shutdown_tx,
         };
         (app, handle, events_rx)
+    }
+
+    /// Downloads the files of received messages into `downloads.dir` after each round.
+    pub fn with_downloads(mut self, downloads: Downloads) -> App {
+        self.downloads = Some(downloads);
+        self
     }
 
     /// The account's address.
@@ -330,29 +414,26 @@ impl App {
     }
 
     async fn emit_history(&self) {
-        match self.dir.history(HISTORY_WINDOW) {
-            Ok(h) => self.emit(Event::History(fold_history(h))).await,
-            Err(e) => self.emit(Event::Notice(e.to_string())).await,
-        }
+        self.emit(history_event(&self.dir)).await;
     }
 
     /// Runs until [`AppHandle::shutdown`] (or until the handle is dropped), then saves the
     /// state and reports [`Event::Stopped`]. Only a failure to save ends it early: every other
     /// error is reported as an event and the loop goes on.
     pub async fn run(mut self) -> Result<(), StateError> {
-        match (self.dir.contacts(), self.dir.read_marks()) {
-            (Ok(c), Ok(r)) => {
-                self.emit(Event::Contacts(c)).await;
-                self.emit(Event::ReadMarks(r)).await;
-            }
-            (Err(e), _) | (_, Err(e)) => self.emit(Event::Notice(e.to_string())).await,
+        self.migrate_read_marks().await;
+        match self.dir.contacts() {
+            Ok(c) => self.emit(Event::Contacts(c)).await,
+            Err(e) => self.emit(Event::Notice(e.to_string())).await,
         }
+        self.emit(read_marks_event(&self.messenger)).await;
         self.emit_history().await;
         self.emit(Event::Network(self.network.clone())).await;
         let mut pause = false;
         loop {
             let woken = {
                 let App {
+                    dir,
                     net,
                     messenger,
                     state,
@@ -360,6 +441,8 @@ impl App {
                     shutdown,
                     events,
                     probed,
+                    downloads,
+                    told_large,
                     ..
                 } = &mut self;
                 let probe = probed.is_none_or(|t| t.elapsed() >= GUARD_PROBE_EVERY);
@@ -367,7 +450,14 @@ impl App {
                     if pause {
                         tokio::time::sleep(RETRY_PAUSE).await;
                     }
-                    round(net, messenger, state, events, probe).await
+                    let parts = Parts {
+                        dir,
+                        net,
+                        messenger,
+                        state,
+                        events,
+                    };
+                    round(parts, downloads.as_ref(), told_large, probe).await
                 };
                 tokio::select! {
                     biased;
@@ -379,8 +469,8 @@ impl App {
             pause = false;
             match woken {
                 Woken::Stop => break,
-                // A round cut short may have received messages already: saved and reported
-                // below like a whole one.
+                // A round cut short may have received messages already: reported below like a
+                // whole one.
                 Woken::Command(c) => {
                     if !self.command(c).await {
                         break;
@@ -398,7 +488,6 @@ impl App {
                     self.failed_round(e).await;
                 }
             }
-            self.save().await?;
             self.emit_history().await;
         }
         self.save().await?;
@@ -421,13 +510,65 @@ impl App {
         self.emit(Event::Network(self.network.clone())).await;
     }
 
-    /// Saves as `listen` does: under the lock, or after the next round when another `allium`
-    /// holds it longer than [`LOCK_WAIT`].
+    /// Keeps what the network client learnt, on the state as it is on disk now: under the
+    /// lock, or not at all when another `allium` holds it longer than [`LOCK_WAIT`] (every
+    /// round saves it again).
     async fn save(&mut self) -> Result<(), StateError> {
         match lock_waiting_async(&self.dir).await {
-            Ok(_lock) => save_net(&self.dir, &self.net, &mut self.state),
+            Ok(_lock) => {
+                self.state = self.dir.load_state()?;
+                save_net(&self.dir, &self.net, &mut self.state)
+            }
             Err(StateError::Locked { .. }) => Ok(()),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Read positions kept by earlier versions in `read.json` become the shared ones (moved
+    /// forward only, so a newer position from another device stays), and the file goes. A file
+    /// that does not read is left alone and ignored.
+    async fn migrate_read_marks(&mut self) {
+        if !self.dir.path().join(READ_FILE).exists() {
+            return;
+        }
+        let r = async {
+            let _lock = lock_waiting_async(&self.dir).await?;
+            let now = self.net.now_ms();
+            self.messenger.reload(now)?;
+            self.messenger.adopt_read_file(now)
+        }
+        .await;
+        if let Err(e) = r {
+            self.emit(Event::Notice(format!("read positions of read.json: {e}")))
+                .await;
+        }
+    }
+
+    /// Runs `work` under the data directory's lock on the state as it is on disk, then saves
+    /// what the network client learnt; stops early at a shutdown (`None`).
+    async fn locked<T>(
+        &mut self,
+        work: impl AsyncFnOnce(&Net, &mut Messenger) -> Result<T, MessengerError>,
+    ) -> Option<Result<T, MessengerError>> {
+        let App {
+            dir,
+            net,
+            messenger,
+            state,
+            shutdown,
+            ..
+        } = self;
+        let run = async {
+            let _lock = lock_for_round(dir).await?;
+            reload(dir, net, messenger, state)?;
+            let r = work(net, messenger).await;
+            save_net(dir, net, state)?;
+            r
+        };
+        tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|s| *s) => None,
+            r = run => Some(r),
         }
     }
 
@@ -435,18 +576,11 @@ impl App {
     async fn command(&mut self, command: Command) -> bool {
         match command {
             Command::Send { to, text, msg_id } => {
-                let sent = {
-                    let App {
-                        net,
-                        messenger,
-                        shutdown,
-                        ..
-                    } = &mut *self;
-                    tokio::select! {
-                        biased;
-                        _ = shutdown.wait_for(|s| *s) => return false,
-                        r = messenger.send_text_as(net, &to, &text, msg_id) => r,
-                    }
+                let Some(sent) = self
+                    .locked(async |net, m| m.send_text_as(net, &to, &text, msg_id).await)
+                    .await
+                else {
+                    return false;
                 };
                 match sent {
                     Ok(s) => {
@@ -474,18 +608,8 @@ impl App {
                 }
             }
             Command::Flush => {
-                let flushed = {
-                    let App {
-                        net,
-                        messenger,
-                        shutdown,
-                        ..
-                    } = &mut *self;
-                    tokio::select! {
-                        biased;
-                        _ = shutdown.wait_for(|s| *s) => return false,
-                        r = messenger.flush(net) => r,
-                    }
+                let Some(flushed) = self.locked(async |net, m| m.flush(net).await).await else {
+                    return false;
                 };
                 match flushed {
                     Ok(_) => self.set_reach(Reach::Online).await,
@@ -501,6 +625,7 @@ impl App {
                     }
                 }
             }
+            Command::SendFile { to, path } => return self.send_file(to, path).await,
             Command::AddContact { name, address } => {
                 let r = self
                     .edit_contacts(|c| c.add(&name, &address.to_string()))
@@ -517,21 +642,101 @@ impl App {
                 self.contacts_changed(r).await;
             }
             Command::MarkRead { peer, mark } => {
-                let r = async {
-                    let _lock = lock_waiting_async(&self.dir).await?;
-                    let mut marks = self.dir.read_marks()?;
-                    if marks.set(&peer, mark) {
-                        self.dir.save_read_marks(&marks)?;
-                    }
-                    Ok::<_, StateError>(marks)
-                }
-                .await;
+                let Ok(peer) = Address::from_str(&peer) else {
+                    return true;
+                };
+                let Some(r) = self
+                    .locked(async |net, m| {
+                        m.mark_read(&peer, mark.timestamp_ms, &mark.msg_id, net.now_ms())?;
+                        m.read_marks()
+                    })
+                    .await
+                else {
+                    return false;
+                };
+                // The next round's sync tells the account's other devices.
                 match r {
                     Ok(marks) => self.emit(Event::ReadMarks(marks)).await,
                     Err(e) => self.emit(Event::Notice(e.to_string())).await,
                 }
             }
         }
+        true
+    }
+
+    /// Uploads a file without the lock (its transfer record is its own, and resumes), then
+    /// announces it under the lock as `allium send --file` does. Returns false to stop.
+    async fn send_file(&mut self, to: Address, path: PathBuf) -> bool {
+        let mut shown = Transfer {
+            sending: true,
+            name: attach::file::name_of(&path),
+            peer: to.to_string(),
+            bytes: 0,
+            size: 0,
+            outcome: None,
+        };
+        let uploaded = {
+            let App {
+                dir,
+                net,
+                messenger,
+                shutdown,
+                events,
+                ..
+            } = &mut *self;
+            let shown = &mut shown;
+            let upload = async {
+                let transfers = Transfers::open(dir.path())?;
+                let (mailbox, owner) = messenger.account().mailbox_signer()?;
+                let mut report = |p: &attach::Progress| {
+                    shown.bytes = p.bytes;
+                    shown.size = p.size;
+                    // A full queue skips a step of the bar, never the outcome.
+                    let _ = events.try_send(Event::Transfer(shown.clone()));
+                };
+                let u = attach::upload(
+                    net,
+                    owner.as_ref(),
+                    mailbox,
+                    &transfers,
+                    &to.public_key().to_bytes(),
+                    &path,
+                    attach::file::media_type(&path),
+                    TransferConfig {
+                        paths: attach::DEFAULT_PATHS,
+                    },
+                    &mut report,
+                )
+                .await?;
+                Ok::<_, MessengerError>((u, transfers))
+            };
+            tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|s| *s) => return false,
+                r = upload => r,
+            }
+        };
+        let sent = match uploaded {
+            Ok((upload, transfers)) => {
+                let Some(r) = self
+                    .locked(async |net, m| {
+                        m.send_file(net, &to, &upload).await?;
+                        upload.finish(&transfers)?;
+                        Ok(())
+                    })
+                    .await
+                else {
+                    return false;
+                };
+                r
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(MessengerError::Net(n)) = &sent {
+            self.set_reach(Reach::Unreachable(n.to_string())).await;
+        }
+        shown.outcome = Some(sent.map(|()| String::new()).map_err(|e| e.to_string()));
+        self.emit(Event::Transfer(shown)).await;
         true
     }
 
@@ -571,18 +776,83 @@ impl App {
     }
 }
 
-/// One round of `allium listen`: send what waits in the outboxes, publish prekeys when due,
-/// probe the guards when `probe` (returning how many answered), then receive for up to
-/// [`LONG_POLL`].
+/// What a round works on, borrowed from the [`App`].
+struct Parts<'a> {
+    dir: &'a DataDir,
+    net: &'a Net,
+    messenger: &'a mut Messenger,
+    state: &'a mut ClientState,
+    events: &'a mpsc::Sender<Event>,
+}
+
+fn history_event(dir: &DataDir) -> Event {
+    match dir.history(HISTORY_WINDOW) {
+        Ok(h) => Event::History(fold_history(h)),
+        Err(e) => Event::Notice(e.to_string()),
+    }
+}
+
+fn read_marks_event(messenger: &Messenger) -> Event {
+    match messenger.read_marks() {
+        Ok(m) => Event::ReadMarks(m),
+        Err(e) => Event::Notice(e.to_string()),
+    }
+}
+
+/// One round of `allium listen`, as `chat` runs it (whitepaper client.md §6, *One data
+/// directory*). Under the lock, on the state read again: send what waits in the outboxes,
+/// publish prekeys when due, receive what is new, sync the state the account's devices share
+/// (read positions, contacts), save. Then, without the lock: report, download the files
+/// received, probe the guards when `probe` (returning how many answered), and wait up to
+/// [`LONG_POLL`] for something new.
 async fn round(
-    net: &Net,
-    messenger: &mut Messenger,
-    state: &mut ClientState,
-    events: &mpsc::Sender<Event>,
+    p: Parts<'_>,
+    downloads: Option<&Downloads>,
+    told_large: &mut std::collections::HashSet<String>,
     probe: bool,
 ) -> Result<Option<usize>, MessengerError> {
-    messenger.flush(net).await?;
-    messenger.publish(net, state).await?;
+    let Parts {
+        dir,
+        net,
+        messenger,
+        state,
+        events,
+    } = p;
+    let mut skipped = Vec::new();
+    {
+        let _lock = lock_for_round(dir).await?;
+        reload(dir, net, messenger, state)?;
+        let worked = async {
+            messenger.flush(net).await?;
+            messenger.publish(net, state).await?;
+            messenger.maintain_devices(net).await?;
+            messenger
+                .receive(
+                    net,
+                    state,
+                    Duration::ZERO,
+                    |_| {},
+                    |s| skipped.push(describe_skip(s, ToString::to_string)),
+                )
+                .await?;
+            messenger.sync_shared(net).await?;
+            Ok::<(), MessengerError>(())
+        }
+        .await;
+        save_net(dir, net, state)?;
+        worked?;
+    }
+    for s in skipped {
+        let _ = events.send(Event::Notice(s)).await;
+    }
+    let _ = events.send(history_event(dir)).await;
+    let _ = events.send(read_marks_event(messenger)).await;
+    if let Ok(c) = dir.contacts() {
+        let _ = events.send(Event::Contacts(c)).await;
+    }
+    if let Some(d) = downloads {
+        download_all(dir, net, d, events, told_large).await?;
+    }
     let up = if probe {
         let health = net.guard_health().await;
         let up = health.iter().filter(|g| g.rtt.is_some()).count();
@@ -601,20 +871,64 @@ async fn round(
     } else {
         None
     };
-    let mut skipped = Vec::new();
-    messenger
-        .receive(
-            net,
-            state,
-            LONG_POLL,
-            |_| {},
-            |s| skipped.push(describe_skip(s, ToString::to_string)),
-        )
-        .await?;
-    for s in skipped {
-        let _ = events.send(Event::Notice(s)).await;
-    }
+    messenger.wait_for_new(net, state, LONG_POLL).await?;
     Ok(up)
+}
+
+/// Downloads the files of received messages (and any left unfinished) into the download
+/// folder, as `allium inbox` does, reporting each chunk. A file over the limit waits for a
+/// command run with a larger one (said once); one that can never be fetched is dropped.
+async fn download_all(
+    dir: &DataDir,
+    net: &Net,
+    d: &Downloads,
+    events: &mpsc::Sender<Event>,
+    told_large: &mut std::collections::HashSet<String>,
+) -> Result<(), MessengerError> {
+    let transfers = Transfers::open(dir.path())?;
+    for p in transfers.pending_downloads()? {
+        let f = &p.file;
+        if f.size > d.max_bytes && !p.started {
+            if told_large.insert(hex::encode(f.root)) {
+                let note = format!(
+                    "{} ({} bytes) is larger than the download limit ({} bytes): run `allium \
+                     inbox --max-download {}` to fetch it",
+                    f.name, f.size, d.max_bytes, f.size
+                );
+                let _ = events.send(Event::Notice(note)).await;
+            }
+            continue;
+        }
+        std::fs::create_dir_all(&d.dir).map_err(|e| AttachError::io(&d.dir, e))?;
+        let mut shown = Transfer {
+            sending: false,
+            name: f.name.clone(),
+            peer: p.from.clone(),
+            bytes: 0,
+            size: f.size,
+            outcome: None,
+        };
+        let got = {
+            let mut report = |pr: &attach::Progress| {
+                shown.bytes = pr.bytes;
+                let _ = events.try_send(Event::Transfer(shown.clone()));
+            };
+            let cfg = TransferConfig { paths: d.paths };
+            attach::download(net, &transfers, f, &d.dir, cfg, &mut report).await
+        };
+        shown.outcome = match got {
+            Ok((path, _)) => Some(Ok(path.display().to_string())),
+            Err(AttachError::Net(e)) => return Err(e.into()),
+            Err(e) => {
+                if matches!(e, AttachError::BadRoot | AttachError::BadChunk(_)) {
+                    transfers.drop_download(f)?;
+                }
+                Some(Err(e.to_string()))
+            }
+        };
+        let _ = events.send(Event::Transfer(shown)).await;
+    }
+    Ok(())
 }
 
 /// What to tell the person about an inbox item that could not be shown, naming a sender with

@@ -110,10 +110,11 @@ enum Command {
     Inbox(Downloads),
     /// Wait for messages and print each as it arrives (Ctrl-C to stop); files are downloaded.
     Listen(Downloads),
-    /// A terminal messenger: conversations, history with delivery state, and writing.
+    /// A terminal messenger: conversations, history with delivery state, writing, and files.
     ///
     /// Keys are listed by `?` (or F1) inside, and set in keys.toml in the config directory
-    /// ($XDG_CONFIG_HOME/allium/keys.toml). See doc/user.md.
+    /// ($XDG_CONFIG_HOME/allium/keys.toml). Inside, /send-file PATH sends a file; received
+    /// files are downloaded as `allium inbox` downloads them. See doc/user.md.
     Chat {
         /// Key bindings file. Default: $XDG_CONFIG_HOME/allium/keys.toml
         /// (~/.config/allium/keys.toml).
@@ -122,6 +123,8 @@ enum Command {
         /// Do not ring the terminal bell for a message in another conversation.
         #[arg(long)]
         no_bell: bool,
+        #[command(flatten)]
+        downloads: Downloads,
     },
     /// Show the network, roster, guards and their health.
     Status,
@@ -408,7 +411,16 @@ impl Local {
     /// use on the primary device).
     fn messenger(&self, now_ms: u64) -> Result<Messenger, CliError> {
         let account = Account::load(&self.dir, now_ms)?;
-        Ok(Messenger::new(self.dir.clone(), account)?)
+        let mut messenger = Messenger::new(self.dir.clone(), account)?;
+        // A fault hook for the tests of processes rotating prekeys side by side; unset, the
+        // period is the protocol's.
+        if let Some(ms) = std::env::var("ALLIUM_FAULT_PREKEY_ROTATION_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            messenger.set_rotation_ms(ms);
+        }
+        Ok(messenger)
     }
 
     fn network_file(&self) -> Result<NetworkFile, CliError> {
@@ -581,25 +593,33 @@ async fn run(cli: Cli, clock: Clock) -> Result<(), CliError> {
             }
             let listen = async {
                 loop {
-                    let r = fetch_round(
-                        &local,
-                        &net,
-                        &mut messenger,
-                        &mut state,
-                        Duration::from_secs(25),
-                    )
+                    // Every change to the data directory under its lock, on what is on disk
+                    // now: a `send` beside this may have rotated the prekeys, advanced a
+                    // session or moved the cursor (whitepaper client.md §6, One data directory).
+                    let r = async {
+                        let _lock = app::lock_for_round(&local.dir).await?;
+                        app::reload(&local.dir, &net, &mut messenger, &mut state)?;
+                        let r =
+                            fetch_round(&local, &net, &mut messenger, &mut state, Duration::ZERO)
+                                .await;
+                        local.save_net(&net, &mut state)?;
+                        r
+                    }
                     .await;
+                    // Downloads keep records of their own and resume: no lock needed.
                     let r = match r {
-                        Ok(n) => download_pending(&local, &net, &downloads).await.map(|()| n),
+                        Ok(_) => download_pending(&local, &net, &downloads).await,
                         Err(e) => Err(e),
                     };
-                    // A `send` from the same data directory may hold the lock for a while;
-                    // the position is then saved after the next round.
-                    match app::lock_waiting_async(&local.dir).await {
-                        Ok(_lock) => local.save_net(&net, &mut state)?,
-                        Err(StateError::Locked { .. }) => {}
-                        Err(e) => return Err(e.into()),
-                    }
+                    // The long-poll, without the lock.
+                    let r = match r {
+                        Ok(()) => messenger
+                            .wait_for_new(&net, &state, app::LONG_POLL)
+                            .await
+                            .map(|_| ())
+                            .map_err(CliError::from),
+                        Err(e) => Err(e),
+                    };
                     match r {
                         Ok(_) => {}
                         // A network that is down for a while is waited out, not fatal.
@@ -616,7 +636,11 @@ async fn run(cli: Cli, clock: Clock) -> Result<(), CliError> {
                 _ = tokio::signal::ctrl_c() => Ok(()),
             }
         }
-        Command::Chat { keys, no_bell } => chat(&local, keys, !no_bell, clock).await,
+        Command::Chat {
+            keys,
+            no_bell,
+            downloads,
+        } => chat(&local, keys, !no_bell, &downloads, clock).await,
         Command::Status => status(&local).await,
         c @ (Command::Usage
         | Command::Delete { .. }
@@ -926,7 +950,7 @@ async fn send_files(
         messenger.publish(&net, &mut state).await?;
         messenger.flush(&net).await?;
         for path in files {
-            let media = media_type(path);
+            let media = attach::file::media_type(path);
             let shown = attach::file::name_of(path);
             let mut reporter = Reporter::new("sending", &shown, local.json);
             let upload = attach::upload(
@@ -1109,27 +1133,6 @@ async fn devices(local: &Local, c: DevicesCommand) -> Result<(), CliError> {
     .await;
     local.save_net(&net, &mut state)?;
     result
-}
-
-/// A media type guessed from the file name's extension (empty: unknown).
-fn media_type(path: &std::path::Path) -> &'static str {
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase);
-    match ext.as_deref() {
-        Some("txt") => "text/plain",
-        Some("pdf") => "application/pdf",
-        Some("png") => "image/png",
-        Some("jpg" | "jpeg") => "image/jpeg",
-        Some("gif") => "image/gif",
-        Some("webp") => "image/webp",
-        Some("mp4") => "video/mp4",
-        Some("mp3") => "audio/mpeg",
-        Some("zip") => "application/zip",
-        Some("json") => "application/json",
-        _ => "",
-    }
 }
 
 /// The default download folder: `$XDG_DOWNLOAD_DIR`, else `~/Downloads`.
@@ -1388,6 +1391,7 @@ async fn chat(
     local: &Local,
     keys: Option<PathBuf>,
     bell: bool,
+    downloads: &Downloads,
     clock: Clock,
 ) -> Result<(), CliError> {
     chat::check_terminal()?;
@@ -1398,7 +1402,13 @@ async fn chat(
     let state = local.dir.load_state()?;
     let net = local.net(&state)?;
     let messenger = local.messenger(net.now_ms())?;
+    let downloads = app::Downloads {
+        dir: download_dir(downloads.dir.as_deref())?,
+        max_bytes: downloads.max_download,
+        paths: downloads.paths,
+    };
     let (task, handle, events) = App::new(local.dir.clone(), net, messenger, state);
+    let task = task.with_downloads(downloads);
     let model = Model::new(task.address(), clock, keymap);
     let task = tokio::spawn(task.run());
     // SIGTERM or a closed terminal (SIGHUP): save and stop as when the person quits.

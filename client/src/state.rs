@@ -377,7 +377,9 @@ impl DataDir {
 
     // ---- read.json ----
 
-    /// How far each conversation was read; none read if there is no file yet.
+    /// How far each conversation was read, as versions before the shared read positions
+    /// (`whitepaper/devices.md` §8) kept it; none if there is no file. Read only to move them
+    /// into the shared state.
     pub fn read_marks(&self) -> Result<ReadMarks, StateError> {
         let path = self.dir.join(READ_FILE);
         match read_capped(&path, MAX_READ_BYTES)? {
@@ -386,7 +388,17 @@ impl DataDir {
         }
     }
 
-    /// Replaces the read marks atomically.
+    /// Removes `read.json` once its marks are in the shared state.
+    pub fn remove_read_marks(&self) -> Result<(), StateError> {
+        let path = self.dir.join(READ_FILE);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    /// Replaces the read marks atomically (the old format; tests of the migration write it).
     pub fn save_read_marks(&self, marks: &ReadMarks) -> Result<(), StateError> {
         let path = self.dir.join(READ_FILE);
         let file = ReadFile {
@@ -1241,6 +1253,11 @@ impl ReadMarks {
     /// The mark of the conversation with `peer`.
     pub fn get(&self, peer: &str) -> Option<&ReadMark> {
         self.map.get(peer)
+    }
+
+    /// The marks, by the other party's address.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &ReadMark)> {
+        self.map.iter().map(|(k, v)| (k.as_str(), v))
     }
 
     /// Sets the mark of the conversation with `peer`; returns whether it changed.

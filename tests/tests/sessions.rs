@@ -1,7 +1,8 @@
 //! Sessions through the real `allium` command and real nodes: processes killed with SIGKILL
 //! while they send and while they receive lose no message and show none twice
 //! (`whitepaper/sessions.md` §14.1), and two people exchange a hundred messages each way while
-//! one of them is offline for part of the time and the whole network is killed and restarted.
+//! one of them is offline for part of the time and the whole network is killed and restarted;
+//! and a `listen` beside `send`s of one data directory undoes none of their changes.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -169,4 +170,83 @@ async fn a_hundred_messages_each_way_with_one_side_offline_for_a_while() {
         "Alice reads Bob's hundred, in order, once each"
     );
     assert!(alice.inbox().is_empty() && bob.inbox().is_empty());
+}
+
+/// A `listen` runs while `send`s from the same data directory rotate the prekeys (the fault hook
+/// rotates them at every publish) and publish the new bundle. Each time, someone new fetches
+/// that newest bundle and writes: the listen must read it, as its rounds work on the prekeys on
+/// disk under the lock rather than on the copy it loaded at start (whitepaper client.md §6, *One
+/// data directory*). Nothing is skipped or shown twice, and `inbox` finds nothing left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listen_beside_sends_of_its_data_directory_keeps_every_prekey_they_publish() {
+    const FAULT: &str = "ALLIUM_FAULT_PREKEY_ROTATION_MS";
+    let w = World::start().await;
+    let (alice, bob) = (w.person("alice"), w.person("bob"));
+    let (alice_addr, _) = alice.init();
+    let (bob_addr, _) = bob.init();
+    bob.ok(&["contacts", "add", "alice", &alice_addr]);
+
+    let mut listen = bob
+        .command(&["listen"])
+        .env(FAULT, "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = listen.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Ok(v) = serde_json::from_str(&line) {
+                if tx.send(v).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    // The next line the listen prints: a message's text, or a warning (a message skipped).
+    let next = |what: &str| -> Value {
+        rx.recv_timeout(T * 2)
+            .unwrap_or_else(|_| panic!("the listen never showed {what}"))
+    };
+    alice.send(&bob_addr, "warm-up");
+    assert_eq!(next("the warm-up")["text"], "warm-up");
+
+    let mut expected = vec![(alice_addr.clone(), "warm-up".to_owned())];
+    for i in 0..3 {
+        let out = bob
+            .command(&["send", "alice", &format!("from bob {i}")])
+            .env(FAULT, "1")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "send beside the listen: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let someone = w.person(&format!("new{i}"));
+        let (addr, _) = someone.init();
+        let text = format!("hello {i} from someone new");
+        someone.send(&bob_addr, &text);
+        let shown = next(&text);
+        assert_eq!(shown["text"], text.as_str(), "{shown}");
+        expected.push((addr, text));
+    }
+    listen.kill().unwrap();
+    listen.wait().unwrap();
+    let rest: Vec<Value> = rx.try_iter().collect();
+    assert!(
+        rest.iter()
+            .all(|v| v.get("warning").is_none() && v.get("text").is_none()),
+        "nothing skipped or shown twice: {rest:?}"
+    );
+    assert_eq!(received(&bob), expected);
+    assert!(bob.inbox().is_empty(), "the listen saved its position");
+    let at_alice: Vec<String> = alice.inbox().into_iter().map(|(_, t)| t).collect();
+    assert_eq!(at_alice, vec!["from bob 0", "from bob 1", "from bob 2"]);
 }

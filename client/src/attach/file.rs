@@ -206,6 +206,27 @@ pub fn link_unique(dir: &Path, name: &str, from: &Path) -> Result<PathBuf, Attac
     Err(AttachError::io(dir, io::Error::other("no free name")))
 }
 
+/// A media type guessed from the file name's extension (empty: unknown).
+pub fn media_type(path: &Path) -> &'static str {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    match ext.as_deref() {
+        Some("txt") => "text/plain",
+        Some("pdf") => "application/pdf",
+        Some("png") => "image/png",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("gif") => "image/gif",
+        Some("webp") => "image/webp",
+        Some("mp4") => "video/mp4",
+        Some("mp3") => "audio/mpeg",
+        Some("zip") => "application/zip",
+        Some("json") => "application/json",
+        _ => "",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

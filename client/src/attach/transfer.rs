@@ -359,7 +359,7 @@ pub async fn upload(
     path: &Path,
     media: &str,
     cfg: TransferConfig,
-    on_progress: &mut dyn FnMut(&Progress),
+    on_progress: &mut (dyn FnMut(&Progress) + Send),
 ) -> Result<Upload, AttachError> {
     let path = fs::canonicalize(path).map_err(|e| AttachError::io(path, e))?;
     let file = File::open(&path).map_err(|e| AttachError::io(&path, e))?;
@@ -556,7 +556,7 @@ pub async fn download(
     file: &FileRef,
     dir: &Path,
     cfg: TransferConfig,
-    on_progress: &mut dyn FnMut(&Progress),
+    on_progress: &mut (dyn FnMut(&Progress) + Send),
 ) -> Result<(PathBuf, Progress), AttachError> {
     let keys = file.keys();
     let name = download_name(&keys);

@@ -10,7 +10,7 @@ use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use super::input::Input;
 use super::keys::{Action, Key, Keymap, Section};
 use super::text::Clock;
-use crate::app::{Command, Event, NetworkState, Reach};
+use crate::app::{Command, Event, NetworkState, Reach, Transfer};
 use crate::identity::Address;
 use crate::messenger::Messenger;
 use crate::session;
@@ -156,6 +156,8 @@ pub struct Model {
     pub overlay: Option<Overlay>,
     /// One line for the person (an error, a confirmation), until the next key.
     pub notice: Option<(String, bool)>,
+    /// Files on their way out or in, in the order they started.
+    pub transfers: Vec<Transfer>,
     contacts: Contacts,
     history: Vec<HistoryEntry>,
     received: HashSet<[u8; 16]>,
@@ -189,6 +191,7 @@ impl Model {
             search: None,
             overlay: None,
             notice: None,
+            transfers: Vec::new(),
             contacts: Contacts::default(),
             history: Vec::new(),
             received: HashSet::new(),
@@ -430,9 +433,59 @@ impl Model {
                 ..
             } => self.notice = Some((error, true)),
             Event::Notice(n) => self.notice = Some((n, true)),
+            Event::Transfer(t) => self.transfer(t),
             Event::Stopped => {}
         }
         out
+    }
+
+    fn transfer(&mut self, t: Transfer) {
+        let same = |o: &Transfer| o.sending == t.sending && o.name == t.name && o.peer == t.peer;
+        let at = self.transfers.iter().position(same);
+        match (&t.outcome, at) {
+            (None, Some(i)) => self.transfers[i] = t,
+            (None, None) => self.transfers.push(t),
+            (Some(outcome), _) => {
+                self.transfers.retain(|o| !same(o));
+                self.notice = Some(match (t.sending, outcome) {
+                    (true, Ok(_)) => (format!("sent {}", t.name), false),
+                    (false, Ok(path)) => (format!("saved {} to {path}", t.name), false),
+                    (true, Err(e)) => (format!("{} was not sent: {e}", t.name), true),
+                    (false, Err(e)) => (format!("{} was not saved: {e}", t.name), true),
+                });
+            }
+        }
+    }
+
+    /// `/send-file PATH` (the rest of the line, so a name may hold spaces; `~/` is the home
+    /// folder): sends the file to the open conversation.
+    fn send_file(&mut self, path: &str) -> Vec<Out> {
+        let Some(to) = self.open().and_then(|c| Address::from_str(&c.peer).ok()) else {
+            self.notice = Some(("no conversation open: /add NAME ADDRESS".into(), true));
+            return Vec::new();
+        };
+        if path.is_empty() {
+            self.notice = Some(("usage: /send-file PATH".into(), true));
+            return Vec::new();
+        }
+        let path = match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
+            (Some(rest), Some(home)) => std::path::PathBuf::from(home).join(rest),
+            _ => std::path::PathBuf::from(path),
+        };
+        // Said at once; the task finds any other problem (too large, unreadable) and says so.
+        if !path.is_file() {
+            self.notice = Some((format!("{}: not a file", path.display()), true));
+            return Vec::new();
+        }
+        self.transfers.push(Transfer {
+            sending: true,
+            name: crate::attach::file::name_of(&path),
+            peer: to.to_string(),
+            bytes: 0,
+            size: std::fs::metadata(&path).map_or(0, |m| m.len()),
+            outcome: None,
+        });
+        vec![Out::Command(Command::SendFile { to, path })]
     }
 
     /// Takes a key press.
@@ -776,10 +829,7 @@ impl Model {
                 Vec::new()
             }
             ("quit" | "q", _) => vec![Out::Quit],
-            ("send-file", _) => {
-                self.notice = Some(("attachments are not available yet".into(), true));
-                Vec::new()
-            }
+            ("send-file", _) => self.send_file(line["send-file".len()..].trim()),
             _ => {
                 self.notice = Some((format!("unknown command /{name}; /help lists them"), true));
                 Vec::new()
@@ -795,7 +845,7 @@ pub const COMMANDS: &[(&str, &str)] = &[
         "add a contact and open the conversation",
     ),
     ("/verify [NAME]", "compare safety numbers with a contact"),
-    ("/send-file PATH", "attachments (not available yet)"),
+    ("/send-file PATH", "send a file to this conversation"),
     ("/help", "keys and commands"),
     ("/quit", "save and quit"),
     ("//text", "send a line that starts with /"),

@@ -11,7 +11,7 @@ use super::keys::Keymap;
 use super::model::{Focus, Model, Out};
 use super::text::{Clock, char_width};
 use super::view::{self, Theme};
-use crate::app::{Command, Event, NetworkState, Reach};
+use crate::app::{Command, Event, NetworkState, Reach, Transfer};
 use crate::identity::{Address, Identity};
 use crate::state::{Contacts, Delivery, Direction, HistoryEntry, ReadMark, ReadMarks};
 
@@ -440,7 +440,7 @@ fn a_message_in_another_conversation_rings_and_counts_the_open_one_is_read() {
 }
 
 #[test]
-fn commands_add_verify_and_refuse_attachments() {
+fn commands_add_and_verify_contacts() {
     let mut f = fixture();
     f.model.on_event(Event::History(Vec::new()));
     f.model.focus = Focus::Input;
@@ -450,6 +450,24 @@ fn commands_add_verify_and_refuse_attachments() {
         matches!(out.as_slice(), [Out::Command(Command::AddContact { name, .. })] if name == "dave"),
         "{out:?}"
     );
+    // The text a QR code of `allium whoami --qr` holds (upper case), as `contacts add` takes it.
+    type_text(
+        &mut f.model,
+        &format!("/add frank {}", address(10).to_uppercase()),
+    );
+    let out = f.model.on_key(key(KeyCode::Enter));
+    assert!(
+        matches!(
+            out.as_slice(),
+            [Out::Command(Command::AddContact { name, address: a })]
+                if name == "frank" && *a == address(10)
+        ),
+        "{out:?}"
+    );
+    type_text(&mut f.model, "/add gina allium1notanaddress");
+    assert!(f.model.on_key(key(KeyCode::Enter)).is_empty());
+    let s = screen(&draw(&mut f.model, 80, 24, Theme::new(true)));
+    assert!(s.contains("bad address"), "{s}");
     // A stranger who wrote is named with /add NAME.
     f.model.on_event(Event::History(vec![entry(
         &f.stranger,
@@ -478,19 +496,37 @@ fn commands_add_verify_and_refuse_attachments() {
         ),
         "{out:?}"
     );
-    type_text(&mut f.model, "/send-file ./cat.jpg");
-    assert!(f.model.on_key(key(KeyCode::Enter)).is_empty());
-    let s = screen(&draw(&mut f.model, 80, 24, Theme::new(true)));
-    assert!(s.contains("attachments are not available yet"), "{s}");
     type_text(&mut f.model, "/verify carol");
     f.model.on_key(key(KeyCode::Enter));
     let s = screen(&draw(&mut f.model, 80, 24, Theme::new(true)));
     assert!(s.contains("Safety number with carol"), "{s}");
-    let out = f.model.on_key(key(KeyCode::Char('y')));
-    assert!(
-        matches!(out.as_slice(), [Out::Command(Command::Verify { name, .. })] if name == "carol"),
-        "{out:?}"
+    let number = crate::session::safety_number(
+        address(1).public_key().as_bytes(),
+        f.carol.public_key().as_bytes(),
     );
+    assert!(s.contains(&crate::session::grouped(&number)[..11]), "{s}");
+    let out = f.model.on_key(key(KeyCode::Char('y')));
+    let Some(Out::Command(Command::Verify {
+        name,
+        safety_number,
+    })) = out.first()
+    else {
+        panic!("{out:?}");
+    };
+    assert_eq!((name.as_str(), safety_number), ("carol", &number));
+    // The task records it and sends the address book back: Carol's history says verified.
+    let mut book = Contacts::new();
+    book.add("bob", &f.bob.to_string()).unwrap();
+    book.add("carol", &f.carol.to_string()).unwrap();
+    book.set_verified("carol", &number).unwrap();
+    f.model.on_event(Event::Contacts(book));
+    f.model.on_key(key(KeyCode::Esc));
+    while f.model.open().map(|c| c.peer.clone()) != Some(f.carol.to_string()) {
+        f.model.on_key(key(KeyCode::Down));
+    }
+    let s = screen(&draw(&mut f.model, 80, 24, Theme::new(true)));
+    assert!(s.contains("carol ✓ verified"), "{s}");
+    f.model.on_key(key(KeyCode::Enter));
     type_text(&mut f.model, "/quit");
     assert!(matches!(
         f.model.on_key(key(KeyCode::Enter)).as_slice(),
@@ -529,4 +565,81 @@ fn q_quits_from_the_list_and_is_typed_in_the_input() {
     assert!(f.model.on_key(key(KeyCode::Char('q'))).is_empty());
     assert_eq!(f.model.input.text(), "q");
     assert!(matches!(f.model.on_key(ctrl('c')).as_slice(), [Out::Quit]));
+}
+
+#[test]
+fn a_file_is_sent_with_a_progress_bar_and_a_received_one_is_saved() {
+    let mut f = fixture();
+    f.model.on_event(Event::History(vec![entry(
+        &f.bob,
+        1,
+        Direction::Received,
+        "[file] cat.jpg (2500000 bytes)",
+    )]));
+    f.model.focus = Focus::Input;
+    type_text(&mut f.model, "/send-file /no/such/file.pdf");
+    assert!(f.model.on_key(key(KeyCode::Enter)).is_empty());
+    let s = screen(&draw(&mut f.model, 80, 24, Theme::new(true)));
+    assert!(s.contains("/no/such/file.pdf: not a file"), "{s}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("report 2024.pdf");
+    std::fs::write(&path, vec![7u8; 3_000_000]).unwrap();
+    type_text(&mut f.model, &format!("/send-file {}", path.display()));
+    let out = f.model.on_key(key(KeyCode::Enter));
+    assert!(
+        matches!(
+            out.as_slice(),
+            [Out::Command(Command::SendFile { to, path: p })] if *to == f.bob && *p == path
+        ),
+        "{out:?}"
+    );
+    // The bar is there at once, and follows the task's reports.
+    let s = screen(&draw(&mut f.model, 80, 24, Theme::new(true)));
+    assert!(s.contains("↑ report 2024.pdf [ "), "{s}");
+    assert!(s.contains("0% 0.0/3.0 MB"), "{s}");
+    let mut t = Transfer {
+        sending: true,
+        name: "report 2024.pdf".into(),
+        peer: f.bob.to_string(),
+        bytes: 1_500_000,
+        size: 3_000_000,
+        outcome: None,
+    };
+    f.model.on_event(Event::Transfer(t.clone()));
+    let mut down = Transfer {
+        sending: false,
+        name: "cat\u{1b}[2J.jpg".into(),
+        peer: f.bob.to_string(),
+        bytes: 500_000,
+        size: 2_500_000,
+        outcome: None,
+    };
+    f.model.on_event(Event::Transfer(down.clone()));
+    let buf = draw(&mut f.model, 80, 24, Theme::new(true));
+    let s = screen(&buf);
+    assert!(
+        s.contains("↑ report 2024.pdf [=========>          ]  50% 1.5/3.0 MB"),
+        "{s}"
+    );
+    assert!(s.contains("↓ cat"), "{s}");
+    assert!(s.contains("20% 0.5/2.5 MB"), "{s}");
+    assert!(
+        !s.contains('\u{1b}'),
+        "a sender's file name cannot drive the terminal"
+    );
+    // The history shows the received file's line.
+    assert!(s.contains("[file] cat.jpg (2500000 bytes)"), "{s}");
+    // Over: the bars go, and the outcome is said.
+    t.outcome = Some(Ok(String::new()));
+    f.model.on_event(Event::Transfer(t));
+    let s = screen(&draw(&mut f.model, 80, 24, Theme::new(true)));
+    assert!(s.contains("sent report 2024.pdf"), "{s}");
+    assert!(!s.contains("↑ report"), "{s}");
+    down.outcome = Some(Ok("/home/me/Downloads/cat.jpg".into()));
+    f.model.on_event(Event::Transfer(down));
+    let s = screen(&draw(&mut f.model, 80, 24, Theme::new(true)));
+    assert!(s.contains("saved cat"), "{s}");
+    assert!(s.contains("to /home/me/Downloads/cat.jpg"), "{s}");
+    assert!(f.model.transfers.is_empty());
 }

@@ -85,13 +85,17 @@ pub fn draw(frame: &mut Frame<'_>, model: &mut Model, theme: &Theme) {
     let inner_width = usize::from(right.width.saturating_sub(2)).max(2);
     let (draft_rows, cursor) = model.input.rows(inner_width);
     let input_height = u16::try_from(draft_rows.len().clamp(1, 6)).unwrap_or(6) + 2;
-    let [history, input] = Layout::vertical([
+    let transfers_height =
+        u16::try_from(model.transfers.len().min(MAX_TRANSFER_LINES)).unwrap_or(0);
+    let [history, transfers, input] = Layout::vertical([
         Constraint::Min(3),
+        Constraint::Length(transfers_height),
         Constraint::Length(input_height.min(right.height.saturating_sub(3))),
     ])
     .areas(right);
     draw_list(frame, model, theme, list);
     draw_history(frame, model, theme, history);
+    draw_transfers(frame, model, theme, transfers);
     draw_input(frame, model, theme, input, &draft_rows, cursor);
     draw_status(frame, model, theme, status);
     match model.overlay.clone() {
@@ -321,6 +325,53 @@ fn draw_history(frame: &mut Frame<'_>, model: &mut Model, theme: &Theme, area: R
         let y = area.bottom().saturating_sub(1);
         frame.buffer_mut().set_string(x, y, more, theme.accent());
     }
+}
+
+/// Transfers shown at once above the input; more are summed up on the last line.
+const MAX_TRANSFER_LINES: usize = 3;
+
+/// One line per file on its way: direction, name, a bar, percent and bytes.
+fn draw_transfers(frame: &mut Frame<'_>, model: &Model, theme: &Theme, area: Rect) {
+    let n = model.transfers.len();
+    for (i, t) in model.transfers.iter().take(MAX_TRANSFER_LINES).enumerate() {
+        let y = area.y + u16::try_from(i).unwrap_or(0);
+        if y >= area.bottom() {
+            break;
+        }
+        let last = i + 1 == MAX_TRANSFER_LINES && n > MAX_TRANSFER_LINES;
+        let line = if last {
+            format!(" … and {} more files", n - i)
+        } else {
+            transfer_line(t, usize::from(area.width))
+        };
+        let line = truncate(&line, usize::from(area.width));
+        frame
+            .buffer_mut()
+            .set_string(area.x, y, line, theme.accent());
+    }
+}
+
+/// `↑ name [=====>    ]  42% 1.2/2.9 MB` fitted to `width` columns (the name gives way).
+pub fn transfer_line(t: &crate::app::Transfer, columns: usize) -> String {
+    let arrow = if t.sending { "↑" } else { "↓" };
+    let pct = t
+        .bytes
+        .saturating_mul(100)
+        .checked_div(t.size)
+        .map_or(0, |p| p.min(100));
+    let mb = |b: u64| format!("{}.{}", b / 1_000_000, b / 100_000 % 10);
+    let tail = format!(" {pct:>3}% {}/{} MB", mb(t.bytes), mb(t.size));
+    let bar_w: usize = 20;
+    let filled = usize::try_from(pct).unwrap_or(0) * bar_w / 100;
+    let bar = format!(
+        "[{}{}{}]",
+        "=".repeat(filled.saturating_sub(1)),
+        if filled > 0 { ">" } else { "" },
+        " ".repeat(bar_w - filled)
+    );
+    let room = columns.saturating_sub(width(arrow) + 2 + bar_w + 2 + tail.len());
+    let name = truncate(&sanitize(&t.name), room.max(4));
+    format!("{arrow} {name} {bar}{tail}")
 }
 
 fn draw_input(

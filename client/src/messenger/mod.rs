@@ -435,6 +435,8 @@ pub struct Messenger {
     /// Sent message ids the history records: an outbox entry left by a crash before its history
     /// line gets one when it is flushed, and a sent copy from another device is recorded once.
     recorded_sent: HashSet<[u8; 16]>,
+    /// How old the newest prekey set may get before [`Self::publish`] rotates.
+    rotation_ms: u64,
 }
 
 impl Messenger {
@@ -453,7 +455,26 @@ impl Messenger {
             account,
             recorded,
             recorded_sent,
+            rotation_ms: session::PREKEY_ROTATION_MS,
         })
+    }
+
+    /// Reads again what another process on this data directory may have changed since this
+    /// messenger was made (a `send` beside a `listen`): the account's keys and prekeys, and the
+    /// messages the history records. The caller holds the data directory's lock, so nothing
+    /// changes them until it lets go.
+    pub fn reload(&mut self, now: u64) -> Result<(), MessengerError> {
+        let account = Account::load(&self.dir, now)?;
+        let rotation_ms = self.rotation_ms;
+        *self = Messenger::new(self.dir.clone(), account)?;
+        self.rotation_ms = rotation_ms;
+        Ok(())
+    }
+
+    /// Rotates prekeys after `ms` instead of [`session::PREKEY_ROTATION_MS`]: a fault hook for
+    /// tests of rotation races (`ALLIUM_FAULT_PREKEY_ROTATION_MS`), never set otherwise.
+    pub fn set_rotation_ms(&mut self, ms: u64) {
+        self.rotation_ms = ms;
     }
 
     /// The account.
@@ -481,7 +502,7 @@ impl Messenger {
             .account
             .prekeys
             .current()
-            .is_none_or(|c| now.saturating_sub(c.valid_from) >= session::PREKEY_ROTATION_MS);
+            .is_none_or(|c| now.saturating_sub(c.valid_from) >= self.rotation_ms);
         if due {
             self.account
                 .prekeys
@@ -1071,6 +1092,47 @@ impl Messenger {
             sent += before - record.outbox.len();
         }
         Ok(sent)
+    }
+
+    /// Waits up to `wait` at the swarm for an inbox item that `state` has not handled, without
+    /// opening or recording anything: the long-poll of `listen` and `chat`, made while they do
+    /// not hold the data directory's lock (whitepaper client.md §6, *One data directory*). Items
+    /// within the cursor's overlap that were handled already do not end the wait: the next
+    /// request asks for what follows them. Returns whether something new is there; the caller
+    /// then takes the lock, reads the state again and receives with no wait.
+    pub async fn wait_for_new(
+        &self,
+        net: &Net,
+        state: &ClientState,
+        wait: std::time::Duration,
+    ) -> Result<bool, MessengerError> {
+        let key = self.account.signing_key()?;
+        let mailbox = self.account.address.public_key().to_bytes();
+        let mut after = state.cursor(&mailbox).map(|c| CursorKey {
+            timestamp: c.timestamp,
+            hash: MessageHash(c.hash),
+        });
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let page = match net
+                .fetch_for(&Mailbox::from_bytes(mailbox), &*key, after, left, None)
+                .await
+            {
+                Ok(page) => page,
+                // The receive that follows deals with it (and says so).
+                Err(NetError::Refused(allium_proto::Status::NotDelegated)) => return Ok(true),
+                Err(e) => return Err(e.into()),
+            };
+            if page.messages.iter().any(|m| !state.seen_hash(&m.hash.0)) {
+                return Ok(true);
+            }
+            match page.messages.last() {
+                Some(last) if !left.is_zero() => after = Some(last.key()),
+                // Nothing came, or time is up: more pages mean more to look at.
+                _ => return Ok(page.more),
+            }
+        }
     }
 
     /// Fetches every page of new inbox messages once (the first waiting up to `wait`), and for

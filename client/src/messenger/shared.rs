@@ -15,7 +15,7 @@ use super::{Messenger, MessengerError};
 use crate::devices::sync::{self, Contact, SyncState};
 use crate::identity::Address;
 use crate::net::Net;
-use crate::state::{Contacts, SYNC_FILE};
+use crate::state::{Contacts, ReadMark, ReadMarks, SYNC_FILE};
 
 /// A snapshot older than this is written again (§8.3).
 pub const SNAPSHOT_EVERY_MS: u64 = 7 * 24 * 60 * 60 * 1000;
@@ -111,6 +111,50 @@ impl Messenger {
         Ok(self
             .load_sync()?
             .read_position(&peer.public_key().to_bytes()))
+    }
+
+    /// Every read position the account's devices agree on, by the other party's address (the
+    /// time is the message's `sent_ms`).
+    pub fn read_marks(&self) -> Result<ReadMarks, MessengerError> {
+        let state = self.load_sync()?;
+        let mut marks = ReadMarks::default();
+        for ((kind, key), _) in state.entries() {
+            if *kind != sync::READ_POSITION {
+                continue;
+            }
+            let (Some((sent_ms, msg_id)), Ok(peer)) =
+                (state.read_position(key), Address::from_key_bytes(key))
+            else {
+                continue;
+            };
+            marks.set(
+                &peer.to_string(),
+                ReadMark {
+                    msg_id,
+                    timestamp_ms: sent_ms,
+                },
+            );
+        }
+        Ok(marks)
+    }
+
+    /// Moves the read positions that versions before the shared ones kept in `read.json` into
+    /// the shared state, forward only (a newer position from another device stays), then
+    /// removes the file. A file that does not read (damaged, or a format this version does
+    /// not know) is left alone and ignored. Returns how many positions moved. The caller holds
+    /// the data directory's lock.
+    pub fn adopt_read_file(&self, now: u64) -> Result<usize, MessengerError> {
+        let Ok(old) = self.dir.read_marks() else {
+            return Ok(0);
+        };
+        let mut moved = 0;
+        for (peer, mark) in old.iter() {
+            if let Ok(a) = Address::from_str(peer) {
+                moved += usize::from(self.mark_read(&a, mark.timestamp_ms, &mark.msg_id, now)?);
+            }
+        }
+        self.dir.remove_read_marks()?;
+        Ok(moved)
     }
 
     /// One round of the shared state (§8.3): takes in the person's edits to the address book
@@ -211,6 +255,60 @@ mod tests {
         let contacts = book_contacts(&book);
         assert_eq!(contacts.len(), 2);
         assert_eq!(book_contacts(&book_of(&contacts)), contacts);
+    }
+
+    /// `read.json` of an earlier version: its positions move into the shared state, never
+    /// back past a newer one, and the file goes; a damaged one stays and is ignored.
+    #[test]
+    fn read_json_moves_into_the_shared_positions() {
+        use crate::messenger::Account;
+        use crate::state::{DataDir, READ_FILE};
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::open(tmp.path()).unwrap();
+        dir.write_identity(&Identity::from_seed(&[1; 32]).seed(), false)
+            .unwrap();
+        let m = Messenger::new(dir.clone(), Account::load(&dir, 1_000).unwrap()).unwrap();
+        let (carol, dave) = (
+            Identity::from_seed(&[3; 32]).address(),
+            Identity::from_seed(&[4; 32]).address(),
+        );
+        // Dave's conversation was read further on another device already.
+        m.mark_read(&dave, 9_000, &[9; 16], 1_000).unwrap();
+        let mut old = ReadMarks::default();
+        old.set(
+            &carol.to_string(),
+            ReadMark {
+                msg_id: [3; 16],
+                timestamp_ms: 3_000,
+            },
+        );
+        old.set(
+            &dave.to_string(),
+            ReadMark {
+                msg_id: [4; 16],
+                timestamp_ms: 4_000,
+            },
+        );
+        dir.save_read_marks(&old).unwrap();
+        assert_eq!(m.adopt_read_file(2_000).unwrap(), 1);
+        let marks = m.read_marks().unwrap();
+        assert_eq!(
+            marks.get(&carol.to_string()).map(|r| r.msg_id),
+            Some([3; 16])
+        );
+        assert_eq!(
+            marks.get(&dave.to_string()).map(|r| r.msg_id),
+            Some([9; 16])
+        );
+        assert!(!tmp.path().join(READ_FILE).exists());
+        // Nothing to move the second time.
+        assert_eq!(m.adopt_read_file(3_000).unwrap(), 0);
+        std::fs::write(tmp.path().join(READ_FILE), b"{ not json").unwrap();
+        assert_eq!(m.adopt_read_file(4_000).unwrap(), 0);
+        assert!(
+            tmp.path().join(READ_FILE).exists(),
+            "left for the person to look at"
+        );
     }
 
     /// Two devices rename one contact without seeing each other's edit; after each has merged
