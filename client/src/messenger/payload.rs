@@ -294,7 +294,7 @@ mod tests {
             let m = token_message(id, t, &token);
             prop_assert_eq!(Incoming::decode(&m), Ok(Incoming::Token(token)));
             prop_assert_eq!(Incoming::decode(&m[..m.len() - 1]), Err(PayloadError::BadToken));
-            prop_assert_eq!(AppMessage::decode(&m), Err(PayloadError::UnknownKind(5)));
+            prop_assert_eq!(AppMessage::decode(&m), Err(PayloadError::UnknownKind(8)));
         }
 
         #[test]
