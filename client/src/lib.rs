@@ -4,6 +4,7 @@ pub mod app;
 pub mod chat;
 pub mod cli;
 pub mod display;
+pub mod group;
 pub mod identity;
 pub mod messenger;
 pub mod net;

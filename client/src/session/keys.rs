@@ -25,7 +25,7 @@ const CERT_SIGNED_LEN: usize = CERT_LEN - SIGNATURE_LEN;
 const BUNDLE_SIGNED_LEN: usize = BUNDLE_LEN - SIGNATURE_LEN;
 
 /// An Ed25519 public key that is canonical and not of small order, as addresses require.
-fn check_ed25519(bytes: &[u8; KEY_LEN]) -> Result<VerifyingKey, SessionError> {
+pub(crate) fn check_ed25519(bytes: &[u8; KEY_LEN]) -> Result<VerifyingKey, SessionError> {
     let key = VerifyingKey::from_bytes(bytes).map_err(|_| SessionError::WeakKey)?;
     if key.is_weak() || key.to_edwards().compress().to_bytes() != *bytes {
         return Err(SessionError::WeakKey);
@@ -203,6 +203,11 @@ impl DeviceKeys {
 
     pub(crate) fn identity_secret(&self) -> &[u8; KEY_LEN] {
         &self.identity
+    }
+
+    /// The device's Ed25519 signing key (its public half is in the certificate).
+    pub(crate) fn signing(&self) -> &SigningKey {
+        &self.signing
     }
 
     /// The secret encoding, for the device's key file. Wiped on drop.

@@ -13,10 +13,10 @@
 //! No I/O and no clock: time is a parameter (Unix milliseconds) and randomness comes from the
 //! caller's `CryptoRngCore`, so tests and vectors are deterministic.
 
-mod codec;
-mod crypto;
+pub(crate) mod codec;
+pub(crate) mod crypto;
 pub mod envelope;
-mod keys;
+pub(crate) mod keys;
 mod peer;
 mod ratchet;
 mod safety;

@@ -1,0 +1,451 @@
+//! Groups with the library (`whitepaper/groups.md`): removed members, members offline over
+//! rekeys, concurrent admins, forward secrecy within an epoch.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+
+use allium_client::group::{
+    Change, Epoch, GroupError, GroupSecret, MemberKey, MemberSecret, MembershipList, MembershipLog,
+    RekeyPart, Role, epoch_id_of, kind, rekey,
+};
+use allium_client::identity::Identity;
+use allium_client::session::DeviceKeys;
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+const T0: u64 = 1_700_000_000_000;
+
+struct Device {
+    keys: DeviceKeys,
+    secret: MemberSecret,
+    public: MemberKey,
+}
+
+struct Person {
+    account: [u8; 32],
+    devices: Vec<Device>,
+}
+
+fn person(group: &GroupSecret, devices: u32, rng: &mut ChaCha20Rng) -> Person {
+    let id = Identity::generate_with(rng);
+    let devices = (1..=devices)
+        .map(|d| {
+            let keys = DeviceKeys::generate(&id, d, T0, rng);
+            let secret = MemberSecret::generate(T0, rng);
+            let public = secret.public(&group.public(), &keys).unwrap();
+            Device {
+                keys,
+                secret,
+                public,
+            }
+        })
+        .collect();
+    Person {
+        account: *id.public().as_bytes(),
+        devices,
+    }
+}
+
+fn keys(people: &[&Person]) -> Vec<MemberKey> {
+    people
+        .iter()
+        .flat_map(|p| p.devices.iter().map(|d| d.public.clone()))
+        .collect()
+}
+
+/// Every item goes through the sealed mailbox layer, as it would in the group mailbox.
+fn through_mailbox(g: &GroupSecret, item: &[u8], rng: &mut ChaCha20Rng) -> Vec<u8> {
+    let sealed = g.seal_item(item, rng).unwrap();
+    g.open_item(&sealed).unwrap().1.to_vec()
+}
+
+fn parts_via(g: &GroupSecret, parts: &[RekeyPart], rng: &mut ChaCha20Rng) -> Vec<RekeyPart> {
+    parts
+        .iter()
+        .map(|p| RekeyPart::decode(&through_mailbox(g, p.as_bytes(), rng)).unwrap())
+        .collect()
+}
+
+fn open(parts: &[RekeyPart], list: &MembershipList, d: &Device) -> Result<Epoch, GroupError> {
+    Epoch::open(parts, list, &d.keys, std::slice::from_ref(&d.secret))
+}
+
+struct World {
+    rng: ChaCha20Rng,
+    group: GroupSecret,
+    alice: Person,
+    bob: Person,
+    carol: Person,
+    dave: Person,
+}
+
+fn world(seed: u64) -> World {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let group = GroupSecret::generate(&mut rng).unwrap();
+    let alice = person(&group, 2, &mut rng);
+    let bob = person(&group, 1, &mut rng);
+    let carol = person(&group, 2, &mut rng);
+    let dave = person(&group, 1, &mut rng);
+    World {
+        rng,
+        group,
+        alice,
+        bob,
+        carol,
+        dave,
+    }
+}
+
+fn genesis(w: &World, admins: &[&Person], members: &[&Person]) -> MembershipList {
+    let mut m = BTreeMap::new();
+    for p in members {
+        m.insert(p.account, Role::Member);
+    }
+    for p in admins {
+        m.insert(p.account, Role::Admin);
+    }
+    MembershipList::genesis(&w.group.public(), &m, &admins[0].devices[0].keys, T0).unwrap()
+}
+
+#[test]
+fn members_exchange_messages_and_see_who_wrote() {
+    let mut w = world(1);
+    let list = genesis(&w, &[&w.alice], &[&w.bob, &w.carol]);
+    let all = keys(&[&w.alice, &w.bob, &w.carol]);
+    let (parts, mut a0) = rekey(&list, 1, &all, &w.alice.devices[0].keys, T0, &mut w.rng).unwrap();
+    assert_eq!(parts.len(), 1);
+    assert_eq!(parts[0].total(), 5);
+    let parts = parts_via(&w.group, &parts, &mut w.rng);
+    let mut epochs: Vec<Epoch> = [
+        &w.alice.devices[1],
+        &w.bob.devices[0],
+        &w.carol.devices[0],
+        &w.carol.devices[1],
+    ]
+    .iter()
+    .map(|d| open(&parts, &list, d).unwrap())
+    .collect();
+    for e in &epochs {
+        assert_eq!(e.epoch_id(), a0.epoch_id());
+    }
+    // Alice's first device writes three; Carol's second reads them out of order.
+    let msgs: Vec<Vec<u8>> = (0..3)
+        .map(|i| {
+            let m = a0
+                .encrypt(
+                    &w.alice.devices[0].keys,
+                    format!("hello {i}").as_bytes(),
+                    &mut w.rng,
+                )
+                .unwrap();
+            through_mailbox(&w.group, &m, &mut w.rng)
+        })
+        .collect();
+    assert_eq!(epoch_id_of(&msgs[0]).unwrap(), a0.epoch_id());
+    let carol2 = &mut epochs[3];
+    for i in [2, 0, 1] {
+        let got = carol2.decrypt(&msgs[i]).unwrap();
+        assert_eq!(got.payload.as_slice(), format!("hello {i}").as_bytes());
+        assert_eq!(got.account, w.alice.account);
+        assert_eq!(got.device, w.alice.devices[0].keys.cert().signing_key());
+        assert_eq!(got.counter, i as u32);
+    }
+    assert_eq!(carol2.skipped(), 0);
+    assert_eq!(carol2.decrypt(&msgs[1]).err(), Some(GroupError::Duplicate));
+    // Bob answers; Alice reads; her own message comes back as her own.
+    let reply = epochs[1]
+        .encrypt(&w.bob.devices[0].keys, b"hi", &mut w.rng)
+        .unwrap();
+    assert_eq!(a0.decrypt(&reply).unwrap().account, w.bob.account);
+    assert_eq!(a0.decrypt(&msgs[0]).err(), Some(GroupError::OwnMessage));
+    // A member cannot write as another: Bob's device signing as Alice's slot is refused.
+    assert_eq!(
+        epochs[1]
+            .encrypt(&w.alice.devices[0].keys, b"x", &mut w.rng)
+            .err(),
+        Some(GroupError::NotRecipient)
+    );
+    // A flipped byte anywhere is refused and uses up nothing.
+    let fresh = a0
+        .encrypt(&w.alice.devices[0].keys, b"later", &mut w.rng)
+        .unwrap();
+    for at in [20, 40, fresh.len() - 1] {
+        let mut bad = fresh.clone();
+        bad[at] ^= 1;
+        assert!(epochs[2].decrypt(&bad).is_err());
+    }
+    assert_eq!(
+        epochs[2].decrypt(&fresh).unwrap().payload.as_slice(),
+        b"later"
+    );
+    // Sizes: a 100-byte text is one 352-byte stored item.
+    let text = a0
+        .encrypt(&w.alice.devices[0].keys, &[0x61; 100], &mut w.rng)
+        .unwrap();
+    assert_eq!(w.group.seal_item(&text, &mut w.rng).unwrap().len(), 352);
+}
+
+#[test]
+fn a_removed_member_reads_nothing_of_later_epochs() {
+    let mut w = world(2);
+    let l0 = genesis(&w, &[&w.alice], &[&w.bob, &w.dave]);
+    let (p1, _a1) = rekey(
+        &l0,
+        1,
+        &keys(&[&w.alice, &w.bob, &w.dave]),
+        &w.alice.devices[0].keys,
+        T0,
+        &mut w.rng,
+    )
+    .unwrap();
+    let mut dave1 = open(&p1, &l0, &w.dave.devices[0]).unwrap();
+    // Dave is removed; Alice rekeys for the new list with every key she has seen, Dave's too.
+    let l1 = l0
+        .next(
+            &[Change::Remove(w.dave.account)],
+            &w.alice.devices[0].keys,
+            T0 + 1,
+        )
+        .unwrap();
+    let all = keys(&[&w.alice, &w.bob, &w.dave]);
+    let (p2, mut a2) = rekey(&l1, 2, &all, &w.alice.devices[0].keys, T0 + 1, &mut w.rng).unwrap();
+    assert_eq!(p2[0].total(), 3);
+    assert!((0..p2[0].len()).all(|i| p2[0].entry(i).unwrap().account != w.dave.account));
+    assert_eq!(
+        open(&p2, &l1, &w.dave.devices[0]).err(),
+        Some(GroupError::NotRecipient)
+    );
+    // Neither his old epoch nor a forged entry opens the new one.
+    let m = a2
+        .encrypt(&w.alice.devices[0].keys, b"after removal", &mut w.rng)
+        .unwrap();
+    assert_eq!(dave1.decrypt(&m).err(), Some(GroupError::WrongEpoch));
+    let mut bob2 = open(&p2, &l1, &w.bob.devices[0]).unwrap();
+    assert_eq!(
+        bob2.decrypt(&m).unwrap().payload.as_slice(),
+        b"after removal"
+    );
+    // Dave, still holding the mailbox key, swapping Bob's wrapped key into a part signed by
+    // himself is refused: he is no admin.
+    let bob_as_dave = Epoch::open(
+        &p2,
+        &l1,
+        &w.bob.devices[0].keys,
+        std::slice::from_ref(&w.dave.devices[0].secret),
+    );
+    assert_eq!(bob_as_dave.err(), Some(GroupError::Decrypt));
+}
+
+#[test]
+fn a_member_offline_over_two_rekeys_catches_up() {
+    let mut w = world(3);
+    let l0 = genesis(&w, &[&w.alice], &[&w.bob]);
+    let alice = &w.alice.devices[0].keys;
+    let (p1, mut a1) = rekey(&l0, 1, &keys(&[&w.alice, &w.bob]), alice, T0, &mut w.rng).unwrap();
+    let mut bob_log = MembershipLog::new(l0.clone());
+    let bob1 = open(&p1, &l0, &w.bob.devices[0]).unwrap();
+    drop(bob1);
+    // Bob goes offline. Carol joins (rekey 2), Dave joins (rekey 3); messages in each epoch.
+    let m1 = a1.encrypt(alice, b"epoch 1", &mut w.rng).unwrap();
+    let l1 = l0
+        .next(
+            &[Change::Add(w.carol.account, Role::Member)],
+            alice,
+            T0 + 10,
+        )
+        .unwrap();
+    let (p2, mut a2) = rekey(
+        &l1,
+        2,
+        &keys(&[&w.alice, &w.bob, &w.carol]),
+        alice,
+        T0 + 10,
+        &mut w.rng,
+    )
+    .unwrap();
+    let m2 = a2.encrypt(alice, b"epoch 2", &mut w.rng).unwrap();
+    let l2 = l1
+        .next(&[Change::Add(w.dave.account, Role::Member)], alice, T0 + 20)
+        .unwrap();
+    let (p3, mut a3) = rekey(
+        &l2,
+        3,
+        &keys(&[&w.alice, &w.bob, &w.carol, &w.dave]),
+        alice,
+        T0 + 20,
+        &mut w.rng,
+    )
+    .unwrap();
+    let m3 = a3.encrypt(alice, b"epoch 3", &mut w.rng).unwrap();
+    // Back online, Bob reads the mailbox in whatever order it comes: the newer list first.
+    assert!(
+        !bob_log
+            .insert(MembershipList::decode(l2.as_bytes()).unwrap())
+            .unwrap()
+    );
+    assert_eq!(bob_log.pending(), 1);
+    assert!(
+        bob_log
+            .insert(MembershipList::decode(l1.as_bytes()).unwrap())
+            .unwrap()
+    );
+    assert_eq!(bob_log.head().hash(), l2.hash());
+    assert_eq!(bob_log.pending(), 0);
+    let mut e2 = open(
+        &p2,
+        bob_log.get(&p2[0].list_hash()).unwrap(),
+        &w.bob.devices[0],
+    )
+    .unwrap();
+    let mut e3 = open(
+        &p3,
+        bob_log.get(&p3[0].list_hash()).unwrap(),
+        &w.bob.devices[0],
+    )
+    .unwrap();
+    assert_eq!(e2.decrypt(&m2).unwrap().payload.as_slice(), b"epoch 2");
+    assert_eq!(e3.decrypt(&m3).unwrap().payload.as_slice(), b"epoch 3");
+    // The epoch-1 message needs the epoch-1 state Bob kept (here: reopened from the rekey).
+    let mut e1 = open(&p1, &l0, &w.bob.devices[0]).unwrap();
+    assert_eq!(e1.decrypt(&m1).unwrap().payload.as_slice(), b"epoch 1");
+}
+
+#[test]
+fn concurrent_changes_by_two_admins_converge() {
+    let w = world(4);
+    let l0 = genesis(&w, &[&w.alice, &w.bob], &[&w.carol]);
+    let alice = &w.alice.devices[0].keys;
+    let bob = &w.bob.devices[0].keys;
+    // At the same time Alice adds Dave and Bob removes Carol, both from version 0.
+    let la = l0
+        .next(&[Change::Add(w.dave.account, Role::Member)], alice, T0 + 5)
+        .unwrap();
+    let lb = l0
+        .next(&[Change::Remove(w.carol.account)], bob, T0 + 5)
+        .unwrap();
+    assert_eq!(la.version(), lb.version());
+    // Every member, whatever order it sees them in, picks the same head.
+    let mut one = MembershipLog::new(l0.clone());
+    let mut two = MembershipLog::new(l0.clone());
+    one.insert(la.clone()).unwrap();
+    one.insert(lb.clone()).unwrap();
+    two.insert(lb.clone()).unwrap();
+    two.insert(la.clone()).unwrap();
+    assert_eq!(one.head().hash(), two.head().hash());
+    let (winner, loser, loser_signer) = if la.beats(&lb) {
+        (&la, &lb, alice)
+    } else {
+        (&lb, &la, bob)
+    };
+    assert_eq!(one.head().hash(), winner.hash());
+    // The losing admin re-applies its change on the winner; everyone ends with both changes.
+    let merged = loser
+        .rebase(&l0, winner, loser_signer, T0 + 6)
+        .unwrap()
+        .unwrap();
+    for log in [&mut one, &mut two] {
+        assert!(log.insert(merged.clone()).unwrap());
+        let head = log.head();
+        assert_eq!(head.version(), 2);
+        assert_eq!(head.role(&w.dave.account), Some(Role::Member));
+        assert_eq!(head.role(&w.carol.account), None);
+    }
+    // A rebase that changes nothing more makes no list.
+    assert!(
+        winner
+            .rebase(&l0, &merged, alice, T0 + 7)
+            .unwrap()
+            .is_none()
+    );
+    // Two admins removing each other: the loser is no longer an admin and cannot rebase.
+    let x = l0
+        .next(&[Change::Remove(w.bob.account)], alice, T0 + 8)
+        .unwrap();
+    let y = l0
+        .next(&[Change::Remove(w.alice.account)], bob, T0 + 8)
+        .unwrap();
+    let (win, lose, signer) = if x.beats(&y) {
+        (&x, &y, bob)
+    } else {
+        (&y, &x, alice)
+    };
+    assert_eq!(
+        lose.rebase(&l0, win, signer, T0 + 9).err(),
+        Some(GroupError::NotAdmin)
+    );
+    // A list signed by a non-admin is refused.
+    let carol = &w.carol.devices[0].keys;
+    assert_eq!(l0.next(&[], carol, T0).err(), Some(GroupError::NotAdmin));
+    let mut log = MembershipLog::new(l0.clone());
+    let forged = MembershipList::genesis(
+        &w.group.public(),
+        &BTreeMap::from([(w.carol.account, Role::Admin)]),
+        carol,
+        T0,
+    )
+    .unwrap();
+    let forged_next = forged
+        .next(&[Change::Add(w.dave.account, Role::Admin)], carol, T0)
+        .unwrap();
+    assert!(!log.insert(forged_next).unwrap()); // its parent never comes
+    assert_eq!(log.head().hash(), l0.hash());
+    let _ = kind::LIST;
+}
+
+#[test]
+fn forward_secrecy_within_an_epoch() {
+    let mut w = world(5);
+    let l0 = genesis(&w, &[&w.alice], &[&w.bob]);
+    let alice = &w.alice.devices[0].keys;
+    let (parts, mut a) = rekey(&l0, 1, &keys(&[&w.alice, &w.bob]), alice, T0, &mut w.rng).unwrap();
+    let mut bob = open(&parts, &l0, &w.bob.devices[0]).unwrap();
+    let sent: Vec<Vec<u8>> = (0..5)
+        .map(|i| a.encrypt(alice, &[i; 10], &mut w.rng).unwrap())
+        .collect();
+    // Bob reads 0, 1, 3 (2 is late), then his device is copied by a thief.
+    for i in [0, 1, 3] {
+        bob.decrypt(&sent[i]).unwrap();
+    }
+    let stolen = bob.encode();
+    assert!(!format!("{bob:?}").contains(&hex::encode(&stolen[1 + 32 + 8 + 16 + 32..][..32])));
+    let mut thief = Epoch::decode(&stolen).unwrap();
+    // Messages read before the theft stay closed to the thief; the late one (its key still
+    // kept) and later ones do not: the limit of a symmetric chain, healed at the next rekey.
+    for i in [0, 1, 3] {
+        assert_eq!(thief.decrypt(&sent[i]).err(), Some(GroupError::Duplicate));
+    }
+    assert!(thief.decrypt(&sent[2]).is_ok());
+    assert!(thief.decrypt(&sent[4]).is_ok());
+    // The state that was stolen is all a device keeps of the epoch: it round-trips.
+    assert_eq!(Epoch::decode(&bob.encode()).unwrap().encode(), bob.encode());
+    // A fresh open of the rekey (what a thief of the member key could do) does read everything:
+    // the member key is why devices replace it after each rekey (§4.2).
+    let mut again = open(&parts, &l0, &w.bob.devices[0]).unwrap();
+    assert!(again.decrypt(&sent[0]).is_ok());
+}
+
+#[test]
+fn gaps_are_bounded_and_skipped_keys_are_consumed() {
+    let mut w = world(6);
+    let l0 = genesis(&w, &[&w.alice], &[&w.bob]);
+    let alice = &w.alice.devices[0].keys;
+    let (parts, mut a) = rekey(&l0, 1, &keys(&[&w.alice, &w.bob]), alice, T0, &mut w.rng).unwrap();
+    let mut bob = open(&parts, &l0, &w.bob.devices[0]).unwrap();
+    let sent: Vec<Vec<u8>> = (0..1002)
+        .map(|_| a.encrypt(alice, b"n", &mut w.rng).unwrap())
+        .collect();
+    assert_eq!(
+        bob.decrypt(&sent[1001]).err(),
+        Some(GroupError::TooFarAhead { gap: 1001 })
+    );
+    assert_eq!(bob.skipped(), 0);
+    assert!(bob.decrypt(&sent[0]).is_ok());
+    assert!(bob.decrypt(&sent[1001]).is_ok());
+    assert_eq!(bob.skipped(), 1000);
+    assert!(bob.decrypt(&sent[500]).is_ok());
+    assert_eq!(bob.skipped(), 999);
+    assert_eq!(bob.decrypt(&sent[500]).err(), Some(GroupError::Duplicate));
+    // The state keeps the skipped keys across a restart, oldest first.
+    let restored = Epoch::decode(&bob.encode()).unwrap();
+    assert_eq!(restored.skipped(), 999);
+}
