@@ -1,6 +1,11 @@
 //! Groups with the library (`whitepaper/groups.md`): removed members, members offline over
 //! rekeys, concurrent admins, forward secrecy within an epoch.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout
+)] // tests; the ignored measurement prints its figures
 
 use std::collections::BTreeMap;
 
@@ -448,4 +453,115 @@ fn gaps_are_bounded_and_skipped_keys_are_consumed() {
     // The state keeps the skipped keys across a restart, oldest first.
     let restored = Epoch::decode(&bob.encode()).unwrap();
     assert_eq!(restored.skipped(), 999);
+}
+
+/// The figures of `whitepaper/groups.md` §11.1: a group of 1,000 members with one device each,
+/// built with the library. Prints sizes and the smallest time of several runs.
+#[test]
+#[ignore = "a measurement: run with --ignored --nocapture"]
+fn thousand_members() {
+    use std::time::{Duration, Instant};
+
+    fn best<T>(runs: usize, mut f: impl FnMut() -> T) -> (Duration, T) {
+        let mut best = Duration::MAX;
+        let mut out = None;
+        for _ in 0..runs {
+            let t = Instant::now();
+            let v = f();
+            best = best.min(t.elapsed());
+            out = Some(v);
+        }
+        (best, out.unwrap())
+    }
+
+    let mut rng = ChaCha20Rng::seed_from_u64(1000);
+    let group = GroupSecret::generate(&mut rng).unwrap();
+    let people: Vec<Person> = (0..1000).map(|_| person(&group, 1, &mut rng)).collect();
+    let admin = &people[0].devices[0];
+    let reader = &people[999].devices[0];
+    let mut members = BTreeMap::new();
+    for p in &people {
+        members.insert(p.account, Role::Member);
+    }
+    members.insert(people[0].account, Role::Admin);
+    let (t_list, list) = best(5, || {
+        MembershipList::genesis(&group.public(), &members, &admin.keys, T0).unwrap()
+    });
+    let list_sealed = group.seal_item(list.as_bytes(), &mut rng).unwrap().len();
+    let all: Vec<MemberKey> = people
+        .iter()
+        .map(|p| {
+            let sealed = group
+                .seal_item(p.devices[0].public.as_bytes(), &mut rng)
+                .unwrap();
+            MemberKey::decode(&group.open_item(&sealed).unwrap().1).unwrap()
+        })
+        .collect();
+    let key_sealed = group.seal_item(all[0].as_bytes(), &mut rng).unwrap().len();
+
+    // One rekey: wrap for 1,000 devices, sign the parts, seal them for the mailbox.
+    let (t_rekey, (parts, mut sender, sealed_parts)) = best(3, || {
+        let (parts, own) = rekey(&list, 1, &all, &admin.keys, T0, &mut rng).unwrap();
+        let sealed: Vec<Vec<u8>> = parts
+            .iter()
+            .map(|p| group.seal_item(p.as_bytes(), &mut rng).unwrap())
+            .collect();
+        (parts, own, sealed)
+    });
+    let rekey_bytes: usize = sealed_parts.iter().map(Vec::len).sum();
+    // One device opening it: unseal and check every part, unwrap, derive 1,000 chains.
+    let (t_open_rekey, mut epoch) = best(5, || {
+        let parts: Vec<RekeyPart> = sealed_parts
+            .iter()
+            .map(|s| RekeyPart::decode(&group.open_item(s).unwrap().1).unwrap())
+            .collect();
+        open(&parts, &list, reader).unwrap()
+    });
+    assert_eq!(parts.len(), 20);
+    let checked: Vec<RekeyPart> = sealed_parts
+        .iter()
+        .map(|s| RekeyPart::decode(&group.open_item(s).unwrap().1).unwrap())
+        .collect();
+    let (t_unwrap, _) = best(5, || open(&checked, &list, reader).unwrap());
+    let (t_unseal_part, inner) = best(5, || group.open_item(&sealed_parts[0]).unwrap().1);
+    let (t_check_part, _) = best(5, || RekeyPart::decode(&inner).unwrap());
+    let (t_seal_part, _) = best(5, || group.seal_item(&inner, &mut rng).unwrap());
+    let state_bytes = epoch.encode().len();
+
+    // One message: encrypt and seal; then unseal and decrypt.
+    let text = [0x61u8; 100];
+    let mut sealed = Vec::new();
+    let (t_send, _) = best(200, || {
+        let m = sender.encrypt(&admin.keys, &text, &mut rng).unwrap();
+        let s = group.seal_item(&m, &mut rng).unwrap();
+        sealed.push(s);
+    });
+    let mut i = 0;
+    let (t_read, _) = best(200, || {
+        let (_, item) = group.open_item(&sealed[i]).unwrap();
+        let got = epoch.decrypt(&item).unwrap();
+        i += 1;
+        got
+    });
+    println!("1,000 members, one device each:");
+    println!("  list: {} bytes sealed, signed in {t_list:?}", list_sealed);
+    println!(
+        "  member key: {key_sealed} bytes sealed; 1,000 of them {} bytes",
+        key_sealed * 1000
+    );
+    println!(
+        "  rekey: {} parts, {rekey_bytes} bytes sealed, made in {t_rekey:?}",
+        sealed_parts.len()
+    );
+    println!("  rekey opened by one device (20 parts checked): {t_open_rekey:?}");
+    println!(
+        "  of which per part: unseal {t_unseal_part:?} (sealing: {t_seal_part:?}), check {t_check_part:?}"
+    );
+    println!("  of which unwrapping and deriving the 1,000 chains: {t_unwrap:?}");
+    println!("  epoch state of one device: {state_bytes} bytes");
+    println!(
+        "  100-byte text: {} bytes stored, sent (encrypt + seal) in {t_send:?}",
+        sealed[0].len()
+    );
+    println!("  opened (unseal + decrypt + verify) in {t_read:?}");
 }
