@@ -230,8 +230,7 @@ fn a_removed_member_reads_nothing_of_later_epochs() {
         bob2.decrypt(&m).unwrap().payload.as_slice(),
         b"after removal"
     );
-    // Dave, still holding the mailbox key, swapping Bob's wrapped key into a part signed by
-    // himself is refused: he is no admin.
+    // Dave's member secret does not open another device's entry either.
     let bob_as_dave = Epoch::open(
         &p2,
         &l1,
@@ -239,6 +238,17 @@ fn a_removed_member_reads_nothing_of_later_epochs() {
         std::slice::from_ref(&w.dave.devices[0].secret),
     );
     assert_eq!(bob_as_dave.err(), Some(GroupError::Decrypt));
+    // Nor can he (or any non-admin) make a rekey, or open parts against a list they were not
+    // made for.
+    let dave = &w.dave.devices[0].keys;
+    assert_eq!(
+        rekey(&l0, 3, &all, dave, T0 + 2, &mut w.rng).err(),
+        Some(GroupError::NotAdmin)
+    );
+    assert_eq!(
+        open(&p2, &l0, &w.bob.devices[0]).err(),
+        Some(GroupError::WrongList)
+    );
 }
 
 #[test]
