@@ -575,3 +575,85 @@ fn thousand_members() {
     );
     println!("  opened (unseal + decrypt + verify) in {t_read:?}");
 }
+
+/// A member holds every sender's chain key, so it can encrypt as anyone; the signature is what
+/// stops it, and the forgery uses up nothing (`whitepaper/groups.md` §10.6).
+#[test]
+fn a_member_forging_another_sender_is_refused_and_changes_nothing() {
+    use aes_gcm::aead::{Aead, KeyInit, Payload};
+    use aes_gcm::{Aes256Gcm, Nonce};
+    use allium_client::group::labels;
+    use ed25519_dalek::{Signer, SigningKey};
+    use hkdf::Hkdf;
+    use hmac::{Hmac, Mac};
+    use rand_core::RngCore;
+    use sha2::Sha256;
+
+    fn hkdf<const N: usize>(salt: &[u8], ikm: &[&[u8]], info: &[u8]) -> [u8; N] {
+        let mut out = [0u8; N];
+        Hkdf::<Sha256>::new(Some(salt), &ikm.concat())
+            .expand(info, &mut out)
+            .unwrap();
+        out
+    }
+    fn seal(key: &[u8], nonce: &[u8], ad: &[u8], msg: &[u8]) -> Vec<u8> {
+        Aes256Gcm::new_from_slice(key)
+            .unwrap()
+            .encrypt(Nonce::from_slice(nonce), Payload { msg, aad: ad })
+            .unwrap()
+    }
+
+    let mut w = world(7);
+    let l0 = genesis(&w, &[&w.alice], &[&w.bob, &w.carol]);
+    let alice = &w.alice.devices[0].keys;
+    // The epoch key is the rekey's first draw: what Bob, a member, effectively holds.
+    let mut k = [0u8; 32];
+    w.rng.clone().fill_bytes(&mut k);
+    let all = keys(&[&w.alice, &w.bob, &w.carol]);
+    let (parts, mut a) = rekey(&l0, 1, &all, alice, T0, &mut w.rng).unwrap();
+    let mut carol = open(&parts, &l0, &w.carol.devices[0]).unwrap();
+    let g = w.group.public();
+    let id = a.epoch_id();
+    let j = a
+        .senders()
+        .position(|(_, d)| d == alice.cert().signing_key())
+        .unwrap();
+    let (acct, dev) = a.senders().nth(j).unwrap();
+    // Message 0 of Alice's chain, encrypted correctly but signed by Bob's device.
+    let hk: [u8; 32] = hkdf(&k, &[&g], labels::HEADER_KEY);
+    let ck: [u8; 32] = hkdf(&k, &[&acct, &dev], labels::SENDER_CHAIN);
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&ck).unwrap();
+    mac.update(b"allium/v1/session/message-key");
+    let mk = mac.finalize().into_bytes();
+    let kn: [u8; 44] = hkdf(&[0; 32], &[&mk], b"allium/v1/session/aead");
+    let index = u16::try_from(j).unwrap().to_be_bytes();
+    let counter = 0u32.to_be_bytes();
+    let payload = b"I, Alice, resign";
+    let bob_signing =
+        SigningKey::from_bytes(&w.bob.devices[0].keys.encode()[1..33].try_into().unwrap());
+    let sig = bob_signing.sign(&[labels::SIGNED, &g, &id, &index, &counter, payload].concat());
+    let mut plain = sig.to_bytes().to_vec();
+    plain.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    plain.extend_from_slice(payload);
+    plain.resize(256, 0);
+    let nonce = [7u8; 12];
+    let header = seal(
+        &hk,
+        &nonce,
+        &[labels::HEADER, &g, &id].concat(),
+        &[index.as_slice(), &counter].concat(),
+    );
+    let body = seal(
+        &kn[..32],
+        &kn[32..],
+        &[labels::MESSAGE, &g, &id, &index, &counter].concat(),
+        &plain,
+    );
+    let forged = [&[4u8][..], &id, &nonce, &header, &body].concat();
+    assert_eq!(carol.decrypt(&forged).err(), Some(GroupError::BadSignature));
+    // Nothing moved: Alice's genuine message 0 opens, and the forgery then finds its key gone.
+    let real = a.encrypt(alice, b"genuine", &mut w.rng).unwrap();
+    let got = carol.decrypt(&real).unwrap();
+    assert_eq!((got.payload.as_slice(), got.counter), (&b"genuine"[..], 0));
+    assert_eq!(carol.decrypt(&forged).err(), Some(GroupError::Duplicate));
+}
