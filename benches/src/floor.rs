@@ -12,7 +12,8 @@ use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
 use allium_link::{Deadlines, Handler, Kind, Link, LinkLimits, Peer, Status, TlsIdentity};
 use allium_onion::{
-    Epoch, IdentityKeypair, NodeId, OnionSecretKey, PathHop, SizeClass, build_packet, peel,
+    Epoch, IdentityKeypair, IdentityPublicKey, NodeId, OnionSecretKey, PathHop, SizeClass,
+    build_packet, peel,
 };
 use rand_core::{OsRng, RngCore};
 use serde_json::{Value, json};
@@ -135,6 +136,10 @@ struct Echo;
 
 impl Handler for Echo {
     type ConnectionGuard = ();
+
+    fn is_peer(&self, _identity: &IdentityPublicKey) -> bool {
+        false
+    }
 
     fn connected(&self, _peer: &Peer) {}
 

@@ -321,7 +321,7 @@ impl App {
 
     /// The account's address.
     pub fn address(&self) -> Address {
-        self.messenger.account().identity().address()
+        self.messenger.account().address()
     }
 
     async fn emit(&self, event: Event) {
@@ -627,5 +627,9 @@ pub fn describe_skip(s: &Skipped, name_of: impl Fn(&Address) -> String) -> Strin
             from.as_ref().map_or_else(|| "someone".into(), name_of)
         ),
         Skipped::UnknownContent(e) => format!("skipped a message this version cannot show: {e}"),
+        Skipped::Unlisted { from, device_id } => format!(
+            "skipped a message from device {device_id} of {}, which its account no longer lists",
+            name_of(from)
+        ),
     }
 }

@@ -93,6 +93,9 @@ enum Command {
         /// The text; `-` or nothing reads it from standard input.
         text: Option<String>,
     },
+    /// Link this device to an account, and manage the account's devices.
+    #[command(subcommand)]
+    Devices(DevicesCommand),
     /// Fetch and print new messages.
     Inbox,
     /// Wait for messages and print each as it arrives (Ctrl-C to stop).
@@ -145,6 +148,35 @@ enum ContactsCommand {
         /// The numbers matched: mark the contact verified.
         #[arg(long)]
         confirm: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DevicesCommand {
+    /// On a new device, with an empty data directory: show a code to approve on the account's
+    /// primary device (`allium devices approve CODE`), then compare the six digits both show.
+    Link {
+        /// What `devices list` calls this device: 1–32 of A–Z a–z 0–9 _ . -
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// On the primary device (the one with the recovery phrase): link the device showing CODE,
+    /// once the six digits both devices show match.
+    Approve {
+        /// The code the new device shows (alliumlink1…).
+        code: String,
+        /// Send the new device the newest messages of this device's history, up to this many
+        /// KiB (encrypted end to end for the new device alone). 0: none.
+        #[arg(long, default_value_t = 0, value_name = "KIB")]
+        history: u64,
+    },
+    /// The account's devices.
+    List,
+    /// On the primary device: remove a device. It gets nothing sent after this and can no
+    /// longer read the account's messages.
+    Remove {
+        /// The device's id, from `allium devices list`.
+        id: u32,
     },
 }
 
@@ -285,14 +317,28 @@ impl Local {
         })
     }
 
-    fn identity(&self) -> Result<Identity, CliError> {
-        Ok(Identity::from_seed(&*self.dir.read_identity()?))
+    /// The account's address: from the seed on the primary device, from the device's
+    /// certificate on a linked one.
+    fn address(&self) -> Result<Address, CliError> {
+        if self.dir.has_identity() {
+            return Ok(Identity::from_seed(&*self.dir.read_identity()?).address());
+        }
+        let bytes = self.dir.read_device()?;
+        let cert = bytes
+            .as_deref()
+            .and_then(|b| session::DeviceKeys::decode(b).ok())
+            .and_then(|k| k.cert().account());
+        cert.ok_or_else(|| {
+            CliError::State(StateError::NoIdentity {
+                path: self.dir.path().join(crate::state::IDENTITY_FILE),
+            })
+        })
     }
 
-    /// The messenger of this device: its identity, device keys and prekeys (created on first
-    /// use).
+    /// The messenger of this device: its account, device keys and prekeys (created on first
+    /// use on the primary device).
     fn messenger(&self, now_ms: u64) -> Result<Messenger, CliError> {
-        let account = Account::open(&self.dir, self.identity()?, now_ms)?;
+        let account = Account::load(&self.dir, now_ms)?;
         Ok(Messenger::new(self.dir.clone(), account)?)
     }
 
@@ -414,7 +460,7 @@ async fn run(cli: Cli, clock: Clock) -> Result<(), CliError> {
             Ok(())
         }
         Command::Whoami { qr } => {
-            let address = local.identity()?.address();
+            let address = local.address()?;
             if local.json {
                 println!("{}", json!({ "address": address.to_string() }));
             } else {
@@ -426,12 +472,16 @@ async fn run(cli: Cli, clock: Clock) -> Result<(), CliError> {
             Ok(())
         }
         Command::Contacts(c) => contacts(&local, c),
+        Command::Devices(c) => devices(&local, c).await,
         Command::Send { to, text } => send(&local, &to, text).await,
         Command::Inbox => {
             let mut state = local.dir.load_state()?;
             let net = local.net(&state)?;
             let mut messenger = local.messenger(net.now_ms())?;
             let shown = fetch_round(&local, &net, &mut messenger, &mut state, Duration::ZERO).await;
+            if shown.is_ok() {
+                sync_shared(&local, &net, &mut messenger).await;
+            }
             local.save_net(&net, &mut state)?;
             let shown = shown?;
             if shown == 0 && !local.json {
@@ -446,7 +496,7 @@ async fn run(cli: Cli, clock: Clock) -> Result<(), CliError> {
             if !local.json {
                 eprintln!(
                     "listening for messages to {} (Ctrl-C to stop)",
-                    messenger.account().identity().address()
+                    messenger.account().address()
                 );
             }
             let listen = async {
@@ -544,7 +594,7 @@ fn contacts(local: &Local, c: ContactsCommand) -> Result<(), CliError> {
                 .get(&name)
                 .ok_or_else(|| StateError::NoSuchContact { name: name.clone() })?;
             let theirs = Address::from_str(address)?;
-            let mine = local.identity()?.address();
+            let mine = local.address()?;
             let number = session::safety_number(
                 mine.public_key().as_bytes(),
                 theirs.public_key().as_bytes(),
@@ -605,12 +655,14 @@ async fn send(local: &Local, to: &str, text: Option<String>) -> Result<(), CliEr
     let mut messenger = local.messenger(net.now_ms())?;
     let sent = async {
         messenger.publish(&net, &mut state).await?;
+        messenger.maintain_devices(&net).await?;
         messenger.flush(&net).await?;
         messenger.send_text(&net, &recipient, &text).await
     }
     .await;
     local.save_net(&net, &mut state)?;
     let sent = sent?;
+    let traffic = net.traffic();
     if local.json {
         println!(
             "{}",
@@ -619,6 +671,11 @@ async fn send(local: &Local, to: &str, text: Option<String>) -> Result<(), CliEr
                 "address": recipient.to_string(),
                 "msg_id": hex::encode(sent.msg_id),
                 "devices": sent.devices,
+                "items": sent.items,
+                "copies": sent.copies,
+                "requests": traffic.requests,
+                "request_bytes": traffic.request_bytes,
+                "response_bytes": traffic.response_bytes,
                 "holders": sent.holders,
                 "swarm": sent.members,
                 "path": path_json(&sent.path),
@@ -636,6 +693,130 @@ async fn send(local: &Local, to: &str, text: Option<String>) -> Result<(), CliEr
     Ok(())
 }
 
+/// Asks the person whether the other device shows `sas`: a line on standard input, `y` or
+/// `yes` for the same. In JSON mode the question is the line `{"sas": …}`.
+fn ask_same(json: bool, sas: &str) -> bool {
+    use std::io::Write;
+    let shown = format!("{} {}", &sas[..sas.len().min(3)], &sas[sas.len().min(3)..]);
+    if json {
+        println!("{}", json!({ "sas": shown }));
+    } else {
+        println!("Both devices should show: {shown}");
+        print!("Does the other device show the same number? [y/N] ");
+    }
+    let _ = std::io::stdout().flush();
+    let mut line = String::new();
+    if std::io::stdin().lock().read_line(&mut line).is_err() {
+        return false;
+    }
+    matches!(line.trim().to_ascii_lowercase().as_str(), "y" | "yes")
+}
+
+async fn devices(local: &Local, c: DevicesCommand) -> Result<(), CliError> {
+    let mut state = local.dir.load_state()?;
+    let net = local.net(&state)?;
+    let result = async {
+        match c {
+            DevicesCommand::Link { name } => {
+                if !name.is_empty() && !crate::devices::link::valid_name(&name) {
+                    return Err(CliError::State(StateError::InvalidContactName { name }));
+                }
+                let json = local.json;
+                let linked = crate::messenger::linking::link_new_device(
+                    &local.dir,
+                    &net,
+                    &name,
+                    |code| {
+                        if json {
+                            println!("{}", json!({ "code": code.to_string() }));
+                        } else {
+                            println!(
+                                "On your primary device, run:\n  allium devices approve {code}"
+                            );
+                            println!("{}", code.qr_terminal());
+                        }
+                    },
+                    |sas| ask_same(json, sas),
+                )
+                .await?;
+                let mut messenger = local.messenger(net.now_ms())?;
+                // Its keys go out now, so the account's contacts can reach it at once.
+                messenger.publish(&net, &mut state).await?;
+                sync_shared(local, &net, &mut messenger).await;
+                let id = messenger.account().device().cert().device_id();
+                let address = linked.address;
+                if local.json {
+                    println!(
+                        "{}",
+                        json!({ "linked": address.to_string(), "device": id, "history": linked.history })
+                    );
+                } else {
+                    println!(
+                        "linked to {address} as device {id}, with {} messages of history",
+                        linked.history
+                    );
+                }
+            }
+            DevicesCommand::Approve { code, history } => {
+                let code = crate::devices::link::LinkCode::from_str(&code)
+                    .map_err(MessengerError::Device)?;
+                let mut messenger = local.messenger(net.now_ms())?;
+                let json = local.json;
+                let cert = messenger
+                    .approve_device(&net, &code, history.saturating_mul(1024), |sas| {
+                        ask_same(json, sas)
+                    })
+                    .await?;
+                if local.json {
+                    println!("{}", json!({ "approved": cert.device_id() }));
+                } else {
+                    println!("linked device {}", cert.device_id());
+                }
+            }
+            DevicesCommand::List => {
+                let mut messenger = local.messenger(net.now_ms())?;
+                messenger.maintain_devices(&net).await?;
+                sync_shared(local, &net, &mut messenger).await;
+                for d in messenger.devices(&net).await? {
+                    let name = d.name.unwrap_or_default();
+                    if local.json {
+                        println!(
+                            "{}",
+                            json!({
+                                "device": d.device_id,
+                                "name": name,
+                                "signing_key": hex::encode(d.signing_key),
+                                "created_ms": d.created_at,
+                                "this": d.this,
+                            })
+                        );
+                    } else {
+                        println!(
+                            "{:>10}  {:<32}{}",
+                            d.device_id,
+                            display::neutralize(&name),
+                            if d.this { "  (this device)" } else { "" }
+                        );
+                    }
+                }
+            }
+            DevicesCommand::Remove { id } => {
+                let mut messenger = local.messenger(net.now_ms())?;
+                let gone = messenger.remove_device(&net, id).await?;
+                if local.json {
+                    println!("{}", json!({ "removed": gone.device_id() }));
+                } else {
+                    println!("removed device {}", gone.device_id());
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    local.save_net(&net, &mut state)?;
+    result
+}
+
 /// Publishes this device's keys right after `init` or `restore` if the network is known and
 /// answers; otherwise says they go out with the next command that reaches the network.
 async fn publish_at_start(local: &Local) {
@@ -648,6 +829,10 @@ async fn publish_at_start(local: &Local) {
         let net = local.net(&state)?;
         let mut messenger = local.messenger(net.now_ms())?;
         let r = messenger.publish(&net, &mut state).await;
+        if r.is_ok() {
+            // A restored account gets its contacts back (§8: they outlive every device).
+            sync_shared(local, &net, &mut messenger).await;
+        }
         local.save_net(&net, &mut state)?;
         r?;
         Ok::<(), CliError>(())
@@ -678,6 +863,7 @@ async fn fetch_round(
 ) -> Result<usize, CliError> {
     messenger.flush(net).await?;
     messenger.publish(net, state).await?;
+    messenger.maintain_devices(net).await?;
     let names = local.dir.contacts()?;
     let name_of = |a: &Address| {
         let text = a.to_string();
@@ -686,23 +872,43 @@ async fn fetch_round(
             .find(|(_, addr)| *addr == text)
             .map_or(text.clone(), |(n, _)| n.to_owned())
     };
+    // The newest message shown per conversation: the read position the account's devices share.
+    let mut read: std::collections::BTreeMap<[u8; 32], (Address, u64, [u8; 16])> =
+        std::collections::BTreeMap::new();
     let on_message = |r: &Received| {
         let Content::Text(text) = &r.message.content;
+        if r.copy_to.is_none() {
+            let pos = (r.message.sent_ms, r.message.msg_id);
+            let held = read.get(&r.from.public_key().to_bytes());
+            if held.is_none_or(|h| (h.1, h.2) < pos) {
+                read.insert(r.from.public_key().to_bytes(), (r.from, pos.0, pos.1));
+            }
+        }
         let from = name_of(&r.from);
         if local.json {
+            let mut line = json!({
+                "from": from,
+                "address": r.from.to_string(),
+                "device": r.device_id,
+                "msg_id": hex::encode(r.message.msg_id),
+                "sent_ms": r.message.sent_ms,
+                "stored_ms": r.stored_ms,
+                "received_ms": net.now_ms(),
+                "text": text,
+                "path": path_json(&r.path),
+            });
+            if let (Some(to), Some(obj)) = (&r.copy_to, line.as_object_mut()) {
+                // Sent by another device of this account.
+                obj.insert("sent_to".into(), json!(name_of(to)));
+                obj.insert("sent_to_address".into(), json!(to.to_string()));
+            }
+            println!("{line}");
+        } else if let Some(to) = &r.copy_to {
             println!(
-                "{}",
-                json!({
-                    "from": from,
-                    "address": r.from.to_string(),
-                    "device": r.device_id,
-                    "msg_id": hex::encode(r.message.msg_id),
-                    "sent_ms": r.message.sent_ms,
-                    "stored_ms": r.stored_ms,
-                    "received_ms": net.now_ms(),
-                    "text": text,
-                    "path": path_json(&r.path),
-                })
+                "you → {} (from your device {}): {}",
+                display::neutralize(&name_of(to)),
+                r.device_id,
+                display::neutralize_lines(text, "  ")
             );
         } else {
             // Another person's text: shown, never obeyed by the terminal.
@@ -717,9 +923,25 @@ async fn fetch_round(
         let what = app::describe_skip(s, name_of);
         warn(local, &what);
     };
-    Ok(messenger
+    let shown = messenger
         .receive(net, state, wait, on_message, on_skip)
-        .await?)
+        .await?;
+    let now = net.now_ms();
+    for (peer, sent_ms, msg_id) in read.values() {
+        messenger.mark_read(peer, *sent_ms, msg_id, now)?;
+    }
+    Ok(shown)
+}
+
+/// One round of the state the account's devices share (contacts, read positions); a failure
+/// is a warning, as what the command was for is done.
+async fn sync_shared(local: &Local, net: &Net, messenger: &mut Messenger) {
+    if let Err(e) = messenger.sync_shared(net).await {
+        warn(
+            local,
+            &format!("contacts and read positions are not in step with your other devices: {e}"),
+        );
+    }
 }
 
 /// Runs `allium chat`: the messenger task on the runtime, the interface on a thread of its
@@ -790,7 +1012,7 @@ fn warn(local: &Local, msg: &str) {
 async fn status(local: &Local) -> Result<(), CliError> {
     let mut state = local.dir.load_state()?;
     let net = local.net(&state)?;
-    let address = local.identity().ok().map(|i| i.address().to_string());
+    let address = local.address().ok().map(|a| a.to_string());
     let refreshed = net.refresh_roster().await;
     let guards: Vec<_> = net
         .guard_health()

@@ -3,6 +3,7 @@
 pub mod app;
 pub mod chat;
 pub mod cli;
+pub mod devices;
 pub mod display;
 pub mod group;
 pub mod identity;

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -12,7 +12,9 @@ use allium_link::directory::{self, Source};
 use allium_onion::{IdentityPublicKey, SizeClass};
 use allium_proto::network::NetworkFile;
 use allium_proto::roster::{DirectoryRequest, HeldRoster, NodeEntry, Roster, RosterHolder};
-use allium_proto::storage::{CursorKey, INBOX, Namespace, PUBLIC, RetrieveRequest, StoreRequest};
+use allium_proto::storage::{
+    CursorKey, DeleteRequest, INBOX, Namespace, PUBLIC, RetrieveRequest, StoreRequest,
+};
 use allium_proto::{
     Body, Mailbox, MessageHash, Method, NodeId, Request, Response, ResponseBody, Retry, Status,
     StoredMessage,
@@ -77,6 +79,10 @@ pub enum NetError {
     /// The swarm refused the request for a reason retrying does not fix.
     #[error("the swarm refused the request: {0:?}")]
     Refused(Status),
+    /// The one member a request had to go to (the one answering a polling round) did not
+    /// execute it; the round starts again elsewhere.
+    #[error("the member answering this round did not answer again")]
+    MemberLost,
 }
 
 /// The path a request took: relays then destination.
@@ -112,6 +118,46 @@ pub struct Stored {
     pub holders: Vec<NodeId>,
     /// The path used.
     pub path: PathReport,
+}
+
+/// What a client sent and received so far: storage requests (each attempt through a path
+/// counts) and their encoded bytes, the onion layers around them not counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Requests sent (attempts).
+    pub requests: u64,
+    /// Bytes of the requests sent.
+    pub request_bytes: u64,
+    /// Bytes of the answers received.
+    pub response_bytes: u64,
+}
+
+/// Who signs requests for a mailbox (storage.md §3, §3.1): its owner's key, or a delegate's,
+/// which nodes accept while the mailbox holds its delegation record.
+pub trait MailboxSigner: Send + Sync {
+    /// `body` signed for the node `node` at `now`.
+    fn sign(&self, body: Body, node: &NodeId, now: u64) -> Request;
+}
+
+impl MailboxSigner for SigningKey {
+    fn sign(&self, body: Body, node: &NodeId, now: u64) -> Request {
+        Request::signed(body, self, node, now)
+    }
+}
+
+/// A delegate's key: signs naming itself as the signer (a linked device, devices.md §2.1).
+pub struct Delegate(pub SigningKey);
+
+impl std::fmt::Debug for Delegate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Delegate(<redacted>)")
+    }
+}
+
+impl MailboxSigner for Delegate {
+    fn sign(&self, body: Body, node: &NodeId, now: u64) -> Request {
+        Request::signed_by_delegate(body, &self.0, node, now)
+    }
 }
 
 /// A page of messages and the node time it was answered at.
@@ -163,6 +209,9 @@ pub struct Net {
     refreshed: Mutex<Option<Instant>>,
     /// Node time minus local time, ms: signatures and envelopes use corrected time.
     offset_ms: AtomicI64,
+    requests: AtomicU64,
+    request_bytes: AtomicU64,
+    response_bytes: AtomicU64,
 }
 
 impl Net {
@@ -194,7 +243,19 @@ impl Net {
             avoid: Mutex::new(HashMap::new()),
             refreshed: Mutex::new(None),
             offset_ms: AtomicI64::new(offset_ms),
+            requests: AtomicU64::new(0),
+            request_bytes: AtomicU64::new(0),
+            response_bytes: AtomicU64::new(0),
         })
+    }
+
+    /// Requests and bytes exchanged with the swarms so far.
+    pub fn traffic(&self) -> Traffic {
+        Traffic {
+            requests: self.requests.load(Ordering::Relaxed),
+            request_bytes: self.request_bytes.load(Ordering::Relaxed),
+            response_bytes: self.response_bytes.load(Ordering::Relaxed),
+        }
     }
 
     /// The network file.
@@ -439,12 +500,35 @@ impl Net {
         make: impl Fn(&NodeId, u64) -> Vec<u8>,
         exclude: &HashSet<NodeId>,
     ) -> Result<(Response, PathReport), NetError> {
+        self.request_among(mailbox, method, wait, make, Members::Except(exclude))
+            .await
+    }
+
+    /// [`Self::request`] to the members `among` allows. With [`Members::Only`], a second refusal
+    /// or failure of that member ends the request with [`NetError::MemberLost`] (failed relays
+    /// are still replaced).
+    async fn request_among(
+        &self,
+        mailbox: &Mailbox,
+        method: Method,
+        wait: Duration,
+        make: impl Fn(&NodeId, u64) -> Vec<u8>,
+        among: Members<'_>,
+    ) -> Result<(Response, PathReport), NetError> {
+        let empty = HashSet::new();
+        let (exclude, only) = match among {
+            Members::Except(e) => (e, None),
+            Members::Only(n) => (&empty, Some(n)),
+        };
         let started = Instant::now();
         let deadline = started + self.timing.operation + wait;
         let mut attempts = 0;
         let mut last = String::from("no attempt");
         let mut tried: HashSet<NodeId> = HashSet::new();
         let mut redirect: Option<Vec<NodeId>> = None;
+        let mut pinned_retried = false;
+        // Members that refused with retry class "each member": refused by all, it is final.
+        let mut refused: HashSet<NodeId> = HashSet::new();
         while Instant::now() < deadline {
             let left = deadline.saturating_duration_since(Instant::now());
             let roster = match tokio::time::timeout(left, self.ensure_roster()).await {
@@ -467,8 +551,26 @@ impl Net {
                 None => roster.roster().members_for(mailbox),
             };
             members.retain(|m| !exclude.contains(&m.identity.node_id()));
+            if let Some(only) = only {
+                members.retain(|m| m.identity.node_id() == only);
+                if members.is_empty() || (tried.contains(&only) && pinned_retried) {
+                    return Err(NetError::MemberLost);
+                }
+                // One more attempt at it first: on a busy machine or network a single time-out
+                // says little, and starting the round again elsewhere repeats its pages.
+                if tried.remove(&only) {
+                    pinned_retried = true;
+                }
+            }
             if members.is_empty() {
                 return Err(NetError::NoSwarm);
+            }
+            if !refused.is_empty()
+                && members
+                    .iter()
+                    .all(|m| refused.contains(&m.identity.node_id()))
+            {
+                return Err(NetError::Refused(Status::NotDelegated));
             }
             members.retain(|m| !tried.contains(&m.identity.node_id()));
             if members.is_empty() {
@@ -493,13 +595,20 @@ impl Net {
             let left = deadline.saturating_duration_since(Instant::now());
             let budget = (self.timing.attempt + wait).min(left);
             let sent = Instant::now();
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            self.request_bytes
+                .fetch_add(request.len() as u64, Ordering::Relaxed);
             let outcome = self
                 .onion
                 .send(&path, &request, SizeClass::Large, budget)
                 .await;
             let rtt = sent.elapsed();
             let body = match outcome {
-                Ok(body) => body,
+                Ok(body) => {
+                    self.response_bytes
+                        .fetch_add(body.len() as u64, Ordering::Relaxed);
+                    body
+                }
                 Err(e) => {
                     last = e.to_string();
                     self.blame(&path, &e);
@@ -544,6 +653,10 @@ impl Net {
                     let left = deadline.saturating_duration_since(Instant::now());
                     tokio::time::sleep(LATER_PAUSE.min(left)).await;
                 }
+                Retry::EachMember => {
+                    tried.insert(node);
+                    refused.insert(node);
+                }
                 Retry::Never => return Err(NetError::Refused(status)),
             }
         }
@@ -583,7 +696,7 @@ impl Net {
         namespace: Namespace,
         ttl_ms: u64,
         data: Vec<u8>,
-        owner: Option<&SigningKey>,
+        owner: Option<&dyn MailboxSigner>,
     ) -> Result<Stored, NetError> {
         let body = Body::Store(StoreRequest {
             mailbox: *mailbox,
@@ -593,7 +706,7 @@ impl Net {
         });
         let unsigned = Request::unsigned(body.clone()).encode();
         let make = |node: &NodeId, now: u64| match owner {
-            Some(key) => Request::signed(body.clone(), key, node, now).encode(),
+            Some(key) => key.sign(body.clone(), node, now).encode(),
             None => unsigned.clone(),
         };
         let (response, path) = self
@@ -696,19 +809,105 @@ impl Net {
         }
     }
 
-    /// Fetches messages of `key`'s inbox after `after`, waiting up to `wait` for one to arrive.
+    /// Every live message of `namespace` of `mailbox`, all pages from one member, signed with
+    /// `key` (the namespaces other than the public one are read by their owner).
+    pub async fn retrieve_all(
+        &self,
+        mailbox: &Mailbox,
+        namespace: Namespace,
+        key: &dyn MailboxSigner,
+    ) -> Result<Vec<StoredMessage>, NetError> {
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let make = |node: &NodeId, now: u64| {
+                key.sign(
+                    Body::Retrieve(RetrieveRequest {
+                        mailbox: *mailbox,
+                        namespace,
+                        after,
+                        limit: None,
+                        wait_ms: None,
+                    }),
+                    node,
+                    now,
+                )
+                .encode()
+            };
+            let (response, _) = self
+                .request(mailbox, Method::Retrieve, Duration::ZERO, make)
+                .await?;
+            let Ok(ResponseBody::Retrieve(page)) = response.result else {
+                return Err(NetError::Refused(Status::Internal));
+            };
+            after = page.messages.last().map(|m| CursorKey {
+                timestamp: m.timestamp,
+                hash: m.hash,
+            });
+            out.extend(page.messages);
+            if !page.more || after.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Deletes the messages `hashes` (at most 256) of `namespace` of `mailbox`, signed with
+    /// `key`. Returns how many were live.
+    pub async fn delete(
+        &self,
+        mailbox: &Mailbox,
+        namespace: Namespace,
+        hashes: Vec<MessageHash>,
+        key: &dyn MailboxSigner,
+    ) -> Result<usize, NetError> {
+        if hashes.is_empty() {
+            return Ok(0);
+        }
+        let body = Body::Delete(DeleteRequest {
+            mailbox: *mailbox,
+            namespace,
+            hashes,
+        });
+        let make = |node: &NodeId, now: u64| key.sign(body.clone(), node, now).encode();
+        let (response, _) = self
+            .request(mailbox, Method::Delete, Duration::ZERO, make)
+            .await?;
+        match response.result {
+            Ok(ResponseBody::Delete(d)) => Ok(d.deleted.len()),
+            _ => Err(NetError::Refused(Status::Internal)),
+        }
+    }
+
+    /// Fetches messages of `key`'s inbox after `after`, waiting up to `wait` for one to arrive,
+    /// from any member of its swarm, or only from member `at` (the next page of a polling round,
+    /// storage §8.1: [`NetError::MemberLost`] if it does not answer).
     pub async fn fetch(
         &self,
         key: &SigningKey,
         after: Option<CursorKey>,
         wait: Duration,
+        at: Option<NodeId>,
     ) -> Result<Fetched, NetError> {
         let mailbox = Mailbox::from_bytes(key.verifying_key().to_bytes());
+        self.fetch_for(&mailbox, key, after, wait, at).await
+    }
+
+    /// Fetches messages of `mailbox`'s inbox after `after`, signed by `key` (the owner or a
+    /// delegate), waiting up to `wait` for one to arrive, from any member or only from `at`.
+    pub async fn fetch_for(
+        &self,
+        mailbox: &Mailbox,
+        key: &dyn MailboxSigner,
+        after: Option<CursorKey>,
+        wait: Duration,
+        at: Option<NodeId>,
+    ) -> Result<Fetched, NetError> {
+        let mailbox = *mailbox;
         let wait_ms = u64::try_from(wait.as_millis())
             .unwrap_or(u64::MAX)
             .min(allium_proto::storage::MAX_WAIT_MS);
         let make = |node: &NodeId, now: u64| {
-            Request::signed(
+            key.sign(
                 Body::Retrieve(RetrieveRequest {
                     mailbox,
                     namespace: 0,
@@ -716,18 +915,23 @@ impl Net {
                     limit: None,
                     wait_ms: (wait_ms > 0).then_some(wait_ms),
                 }),
-                key,
                 node,
                 now,
             )
             .encode()
         };
+        let empty = HashSet::new();
+        let among = match at {
+            Some(node) => Members::Only(node),
+            None => Members::Except(&empty),
+        };
         let (response, path) = self
-            .request(
+            .request_among(
                 &mailbox,
                 Method::Retrieve,
                 Duration::from_millis(wait_ms),
                 make,
+                among,
             )
             .await?;
         match response.result {
@@ -740,6 +944,15 @@ impl Net {
             _ => Err(NetError::Refused(Status::Internal)),
         }
     }
+}
+
+/// Which members of a mailbox's swarm a request may go to.
+#[derive(Debug, Clone, Copy)]
+enum Members<'a> {
+    /// Any but these.
+    Except(&'a HashSet<NodeId>),
+    /// This one alone.
+    Only(NodeId),
 }
 
 /// An unspecified local address of the family of the network's first authority.

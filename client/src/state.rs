@@ -12,6 +12,10 @@
 //!   prekeys.bin        0600  this device's prekey secrets (sessions.md §3.2)
 //!   peers/             0700  one file per peer account: bundles, sessions, outbox
 //!     <account>.bin    0600  (hex of the account key; messenger::peer)
+//!   account.bin        0600  a linked device's sync key and the list that added it (devices.md §9)
+//!   devices.bin        0600  the primary's device list and removals in progress (devices.md §9)
+//!   sync.bin           0600  the state the account's devices share (devices.md §8)
+//!   removed            0600  set when the account removed this device: what it said, as text
 //!   lock                     held (flock) by the allium process using the directory
 //! ```
 //!
@@ -57,6 +61,16 @@ pub const DEVICE_FILE: &str = "device.key";
 pub const PREKEYS_FILE: &str = "prekeys.bin";
 /// The folder of per-peer files.
 pub const PEERS_DIR: &str = "peers";
+/// A linked device's account secrets.
+pub const ACCOUNT_FILE: &str = "account.bin";
+/// The primary device's registry of the account's devices.
+pub const DEVICES_FILE: &str = "devices.bin";
+/// The shared state of the account's devices.
+pub const SYNC_FILE: &str = "sync.bin";
+/// Present once this device was removed from its account.
+pub const REMOVED_FILE: &str = "removed";
+/// Largest shared-state file read (100,000 entries of at most 80 bytes).
+pub const MAX_SYNC_BYTES: u64 = 16 << 20;
 /// Largest device or prekey file read (a full prekey store is about 4 KB).
 pub const MAX_KEYS_BYTES: u64 = 64 << 10;
 /// Largest peer file read: sixteen devices' sessions with their skipped keys and a full outbox
@@ -423,11 +437,40 @@ impl DataDir {
         write_atomic(&self.dir, PREKEYS_FILE, bytes, true)
     }
 
+    /// Whether this directory holds the account seed (a primary device).
+    pub fn has_identity(&self) -> bool {
+        fs::symlink_metadata(self.dir.join(IDENTITY_FILE)).is_ok()
+    }
+
+    /// Reads a private file written by [`Self::write_private`], if it exists.
+    pub fn read_private(
+        &self,
+        name: &'static str,
+        limit: u64,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, StateError> {
+        Ok(fsutil::read_private(&self.dir.join(name), limit)?)
+    }
+
+    /// Replaces a private file of the data directory atomically.
+    pub fn write_private(&self, name: &'static str, bytes: &[u8]) -> Result<(), StateError> {
+        write_atomic(&self.dir, name, bytes, true)
+    }
+
+    /// Removes a file of the data directory, if it is there.
+    pub fn remove_file(&self, name: &'static str) -> Result<(), StateError> {
+        let path = self.dir.join(name);
+        match fs::remove_file(&path) {
+            Ok(()) => sync_dir(&self.dir),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
     /// Forgets this device's keys, prekeys and sessions, and what `state.json` says about them:
     /// after `init --force` or `restore` the device starts over as a new device of the new
     /// identity (forward secrecy means old sessions cannot be carried over anyway).
     pub fn reset_device(&self) -> Result<(), StateError> {
-        for name in [DEVICE_FILE, PREKEYS_FILE] {
+        for name in [DEVICE_FILE, PREKEYS_FILE, ACCOUNT_FILE, DEVICES_FILE] {
             let path = self.dir.join(name);
             match fs::remove_file(&path) {
                 Ok(()) => {}
@@ -444,6 +487,7 @@ impl DataDir {
         sync_dir(&self.dir)?;
         let mut state = self.load_state()?;
         state.published_prekey = None;
+        state.devices_refreshed_at = None;
         self.save_state(&state)
     }
 
@@ -870,6 +914,7 @@ pub struct ClientState {
     roster_version: Option<u64>,
     clock_offset_ms: i64,
     published_prekey: Option<u32>,
+    devices_refreshed_at: Option<u64>,
 }
 
 impl Default for ClientState {
@@ -882,6 +927,7 @@ impl Default for ClientState {
             roster_version: None,
             clock_offset_ms: 0,
             published_prekey: None,
+            devices_refreshed_at: None,
         }
     }
 }
@@ -968,6 +1014,17 @@ impl ClientState {
         self.published_prekey = Some(id);
     }
 
+    /// When the primary last refreshed the account's delegation and list records (network
+    /// time, Unix ms).
+    pub fn devices_refreshed_at(&self) -> Option<u64> {
+        self.devices_refreshed_at
+    }
+
+    /// Records a refresh of the delegation and list records; `None` asks for one at once.
+    pub fn set_devices_refreshed_at(&mut self, at: Option<u64>) {
+        self.devices_refreshed_at = at;
+    }
+
     fn to_file(&self) -> StateFile {
         StateFile {
             version: STATE_VERSION,
@@ -978,6 +1035,7 @@ impl ClientState {
             roster_version: self.roster_version,
             clock_offset_ms: self.clock_offset_ms,
             published_prekey: self.published_prekey,
+            devices_refreshed_at: self.devices_refreshed_at,
         }
     }
 }
@@ -1001,6 +1059,8 @@ struct StateFile {
     clock_offset_ms: i64,
     #[serde(default)]
     published_prekey: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    devices_refreshed_at: Option<u64>,
 }
 
 fn parse_state(path: &Path, bytes: &[u8]) -> Result<ClientState, StateError> {
@@ -1017,6 +1077,7 @@ fn parse_state(path: &Path, bytes: &[u8]) -> Result<ClientState, StateError> {
         roster_version: file.roster_version,
         clock_offset_ms: file.clock_offset_ms,
         published_prekey: file.published_prekey,
+        devices_refreshed_at: file.devices_refreshed_at,
         ..ClientState::default()
     };
     // Oldest first on disk; inserting in order keeps the newest MAX_SEEN if the file has more.

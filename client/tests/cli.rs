@@ -104,3 +104,42 @@ fn chat_without_a_terminal_says_so_and_touches_nothing() {
     let after: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert_eq!(before.len(), after.len(), "no files written");
 }
+
+/// Bytes that are not UTF-8 on standard input are a usage error (2), not a data-directory
+/// problem (4): the data directory is fine.
+#[test]
+fn standard_input_that_is_not_utf8_is_a_usage_error() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let out = allium(dir.path(), &["--json", "init"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let address = v["address"].as_str().unwrap().to_owned();
+    let with_stdin = |args: &[&str], input: &[u8]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_allium"))
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(args)
+            .env_remove("ALLIUM_NETWORK")
+            .env_remove("ALLIUM_DATA_DIR")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = with_stdin(&["send", &address, "-"], b"caf\xe9 \xff\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("not UTF-8"), "{err}");
+    let out = with_stdin(&["restore", "--force"], b"\xff\xfe\n");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

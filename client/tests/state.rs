@@ -191,8 +191,19 @@ fn atomic_writes_leave_no_temp_files_and_are_owner_only() {
     dd.write_roster(b"roster v1").unwrap();
     dd.write_roster(b"roster v2").unwrap();
     dd.append_history(&entry(1)).unwrap();
+    // Beside the files, only the empty turn-taking files of atomic writes (`.NAME.lock`).
+    let (turns, files): (Vec<String>, Vec<String>) = names(dd.path())
+        .into_iter()
+        .partition(|n| n.starts_with('.') && n.ends_with(".lock"));
+    for turn in &turns {
+        assert_eq!(
+            fs::metadata(dd.path().join(turn)).unwrap().len(),
+            0,
+            "{turn}"
+        );
+    }
     assert_eq!(
-        names(dd.path()),
+        files,
         [
             CONTACTS_FILE,
             HISTORY_FILE,

@@ -34,6 +34,19 @@ fn at(path: &Path) -> impl FnOnce(io::Error) -> WriteError + '_ {
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8], replace: bool) -> Result<(), WriteError> {
     let target = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp"));
+    // Writers of the same file in several processes (a `listen` beside a `send`) share the
+    // temporary name: they take turns, or one would remove or rename the other's copy.
+    let turn_path = dir.join(format!(".{name}.lock"));
+    let turn = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&turn_path)
+        .map_err(at(&turn_path))?;
+    rustix::fs::flock(&turn, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| at(&turn_path)(e.into()))?;
     match fs::remove_file(&tmp) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -63,7 +76,9 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8], replace: bool) -> Resu
         let _ = fs::remove_file(&tmp);
     }
     result?;
-    sync_dir(dir).map_err(at(dir))
+    let synced = sync_dir(dir).map_err(at(dir));
+    drop(turn);
+    synced
 }
 
 /// Makes a rename, removal or new entry in `dir` durable.

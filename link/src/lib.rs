@@ -5,8 +5,13 @@
 //! identity key ([`tls`]); whoever connects pins the key it expects and refuses any other. Clients
 //! connect without a certificate; nodes present theirs. Each request is one bidirectional stream
 //! ([`frame`]). Unvalidated addresses are sent a Retry before any work is done for them, and
-//! connections per address, connections in all, streams per connection and bytes in flight are
-//! capped.
+//! connections per address, connections in all, streams per connection, bytes in flight and the
+//! memory of bodies being read are capped (whitepaper `link.md` §3).
+//!
+//! A certificate proves a key, not a right: the [`Handler`] says which keys are peers (the
+//! roster's nodes). Every other connection, with a certificate or without, is a client: it is
+//! counted against the per-address cap, may not send peer frames, and reads its bodies from the
+//! clients' budget.
 
 pub mod directory;
 pub mod frame;
@@ -16,6 +21,7 @@ pub mod tls;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,7 +29,7 @@ use allium_onion::IdentityPublicKey;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::crypto::CryptoProvider;
 
-pub use frame::{Kind, Status};
+pub use frame::{FrameError, Kind, ReadBudget, Status};
 
 pub use directory::Source;
 pub use pool::Pool;
@@ -85,6 +91,10 @@ pub struct LinkLimits {
     pub keep_alive: Duration,
     /// A request must arrive whole within this time, or its stream is dropped (slow senders).
     pub request_read_timeout: Duration,
+    /// Bytes that request bodies being read from clients may hold at once, in all.
+    pub client_read_buffer: usize,
+    /// Bytes that request bodies being read from peers may hold at once, in all.
+    pub peer_read_buffer: usize,
 }
 
 impl Default for LinkLimits {
@@ -98,6 +108,8 @@ impl Default for LinkLimits {
             idle_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(10),
             request_read_timeout: Duration::from_secs(5),
+            client_read_buffer: 32 * 1024 * 1024,
+            peer_read_buffer: 64 * 1024 * 1024,
         }
     }
 }
@@ -118,13 +130,57 @@ pub fn ip_key(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// What an accepted connection is, decided once its handshake completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// A node of the roster: it proved a key the [`Handler`] calls a peer's.
+    Peer,
+    /// Anyone else, with a certificate or without.
+    Client,
+}
+
 /// Who is on the other end of an accepted connection.
 #[derive(Debug, Clone)]
 pub struct Peer {
     /// Its address.
     pub addr: SocketAddr,
-    /// Its identity, if it presented one (nodes do; clients do not).
+    /// Its identity, if it presented one (nodes do; clients do not). A proved key, which alone
+    /// grants nothing: see [`Peer::role`].
     pub identity: Option<IdentityPublicKey>,
+    /// Whether it was a peer when it was admitted. Requests check again
+    /// ([`Handler::is_peer`]), as the roster changes while a connection lives; a client
+    /// connection whose key joins the roster is counted as a peer's from its next request on.
+    pub role: Role,
+}
+
+/// Why the link refused a connection or a request before any handler saw it. Each is logged at
+/// debug level by the link and reported to [`Handler::refused`] to be counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    /// A connection over the total cap, or a client's over its address's cap.
+    ConnectionCap,
+    /// A request frame broke the format: unknown kind, too long, ended early.
+    BadFrame,
+    /// Bytes after a request's declared body.
+    TrailingBytes,
+    /// A request not received whole within the read time-out.
+    ReadTimeout,
+    /// A kind only peers may send, from a connection that is not a peer's.
+    NotAPeer,
+    /// The memory for bodies being read was in use by other streams.
+    BufferFull,
+}
+
+impl From<FrameError> for Refusal {
+    fn from(e: FrameError) -> Self {
+        match e {
+            FrameError::TrailingBytes => Refusal::TrailingBytes,
+            FrameError::BufferFull => Refusal::BufferFull,
+            FrameError::UnknownKind | FrameError::TooLong | FrameError::Truncated => {
+                Refusal::BadFrame
+            }
+        }
+    }
 }
 
 /// Answers requests arriving on accepted streams.
@@ -132,8 +188,22 @@ pub trait Handler: Send + Sync + 'static {
     /// Held for as long as a connection is open (for example a gauge's guard).
     type ConnectionGuard: Send + 'static;
 
-    /// Called once a connection's handshake completed.
+    /// Whether the key a connection proved is a peer's (a node of the current roster). Asked
+    /// after each handshake and again at the head of each request of a kind only peers send.
+    fn is_peer(&self, identity: &IdentityPublicKey) -> bool;
+
+    /// Whether a peer may connect from `ip` (a roster node has an address there). A connection
+    /// from such an address reaches its handshake even when the address's clients are at their
+    /// cap, so that the cap, which peers are exempt from, is applied once the key is known.
+    fn may_be_peer(&self, _ip: IpAddr) -> bool {
+        false
+    }
+
+    /// Called once a connection's handshake completed and it was admitted.
     fn connected(&self, peer: &Peer) -> Self::ConnectionGuard;
+
+    /// Called for each connection or request the link refused, to count it.
+    fn refused(&self, _addr: SocketAddr, _why: Refusal) {}
 
     /// Answers one request.
     fn handle(
@@ -285,14 +355,22 @@ impl Link {
     }
 
     /// Accepts connections and answers their requests with `handler` until `shutdown` resolves;
-    /// then stops accepting, lets requests in flight finish (up to `drain`), and closes.
+    /// then stops accepting connections and streams, lets requests in flight finish (up to
+    /// `drain`), and closes.
     pub async fn serve<H: Handler>(
         &self,
         handler: Arc<H>,
         shutdown: impl Future<Output = ()>,
         drain: Duration,
     ) {
+        // Connections and the requests on them; the drain waits for both, so an open but idle
+        // connection must end when `stopping` fires, not when its peer closes it.
         let tasks = tokio_util::task::TaskTracker::new();
+        let stopping = tokio_util::sync::CancellationToken::new();
+        let budgets = Arc::new(Budgets {
+            clients: ReadBudget::new(self.limits.client_read_buffer),
+            peers: ReadBudget::new(self.limits.peer_read_buffer),
+        });
         tokio::pin!(shutdown);
         loop {
             let incoming = tokio::select! {
@@ -305,22 +383,31 @@ impl Link {
                 let _ = incoming.retry();
                 continue;
             }
-            let Some(slot) = self.connections.acquire(incoming.remote_address().ip()) else {
+            let addr = incoming.remote_address();
+            let Some(slot) = self
+                .connections
+                .admit(addr.ip(), handler.may_be_peer(addr.ip()))
+            else {
                 tracing::debug!("connection refused: per-address or total cap reached");
+                handler.refused(addr, Refusal::ConnectionCap);
                 incoming.refuse();
                 continue;
             };
             let handler = handler.clone();
-            let read_timeout = self.limits.request_read_timeout;
-            let inner = tasks.clone();
+            let streams = StreamContext {
+                read_timeout: self.limits.request_read_timeout,
+                budgets: budgets.clone(),
+                tasks: tasks.clone(),
+                stopping: stopping.clone(),
+            };
             tasks.spawn(async move {
-                let _slot = slot;
-                if let Err(e) = serve_connection(incoming, handler, read_timeout, inner).await {
+                if let Err(e) = serve_connection(incoming, handler, slot, streams).await {
                     tracing::debug!(error = %e, "connection ended");
                 }
             });
         }
         self.endpoint.set_server_config(None);
+        stopping.cancel();
         tasks.close();
         if tokio::time::timeout(drain, tasks.wait()).await.is_err() {
             tracing::warn!("requests still in flight after the drain period; closing");
@@ -335,56 +422,184 @@ impl Link {
     }
 }
 
+/// The read buffers of one endpoint: clients cannot use up what peers need to replicate.
+#[derive(Debug)]
+struct Budgets {
+    clients: ReadBudget,
+    peers: ReadBudget,
+}
+
+/// What every stream task of an endpoint shares.
+#[derive(Debug, Clone)]
+struct StreamContext {
+    read_timeout: Duration,
+    budgets: Arc<Budgets>,
+    tasks: tokio_util::task::TaskTracker,
+    /// Fires when the endpoint stops: no new connection or request starts after it.
+    stopping: tokio_util::sync::CancellationToken,
+}
+
+/// QUIC application error code of a refused connection (its address has too many).
+const CONNECTION_REFUSED: u32 = 2;
+/// QUIC application error code of a refused stream (link.md §2).
+const STREAM_REFUSED: u32 = 1;
+
+/// An accepted connection as its stream tasks see it.
+struct Accepted<H: Handler> {
+    peer: Peer,
+    /// Still counted as a client of its address.
+    client: AtomicBool,
+    /// Its place in the connection counts and its handler's guard, replaced when a client's key
+    /// joins the roster.
+    standing: Mutex<(ConnectionSlot, Option<H::ConnectionGuard>)>,
+}
+
+impl<H: Handler> Accepted<H> {
+    /// A connection made before its node was admitted to the roster (a node registering) turns
+    /// into a peer's at its first request after: it stops counting against its address, so nodes
+    /// sharing a host are not locked out by their own earlier connections.
+    fn promote(&self, handler: &H) {
+        if !self.client.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let mut standing = self.standing.lock().unwrap_or_else(|p| p.into_inner());
+        standing.0.uncount_client();
+        standing.1 = None;
+        let peer = Peer {
+            role: Role::Peer,
+            ..self.peer.clone()
+        };
+        standing.1 = Some(handler.connected(&peer));
+        tracing::debug!("a client connection's key is in the roster now: counted as a peer's");
+    }
+}
+
 async fn serve_connection<H: Handler>(
     incoming: quinn::Incoming,
     handler: Arc<H>,
-    read_timeout: Duration,
-    tasks: tokio_util::task::TaskTracker,
+    mut slot: ConnectionSlot,
+    context: StreamContext,
 ) -> Result<(), LinkError> {
-    let conn = incoming
+    let handshake = incoming
         .accept()
-        .map_err(|e| LinkError::Stream(e.to_string()))?
-        .await
         .map_err(|e| LinkError::Stream(e.to_string()))?;
-    let peer = Arc::new(Peer {
-        addr: conn.remote_address(),
-        identity: peer_identity(&conn),
+    let conn = tokio::select! {
+        conn = handshake => conn.map_err(|e| LinkError::Stream(e.to_string()))?,
+        () = context.stopping.cancelled() => return Ok(()),
+    };
+    let identity = peer_identity(&conn);
+    let role = match &identity {
+        Some(id) if handler.is_peer(id) => Role::Peer,
+        _ => Role::Client,
+    };
+    let addr = conn.remote_address();
+    // Peers are exempt from the per-address cap (several nodes may share a host); a client is
+    // counted only now that it is known not to be one.
+    if role == Role::Client && !slot.count_as_client() {
+        tracing::debug!("connection refused: the address has its clients' cap");
+        handler.refused(addr, Refusal::ConnectionCap);
+        conn.close(
+            CONNECTION_REFUSED.into(),
+            b"too many connections from this address",
+        );
+        return Ok(());
+    }
+    let peer = Peer {
+        addr,
+        identity,
+        role,
+    };
+    let guard = handler.connected(&peer);
+    let accepted = Arc::new(Accepted::<H> {
+        peer,
+        client: AtomicBool::new(role == Role::Client),
+        standing: Mutex::new((slot, Some(guard))),
     });
-    let _guard = handler.connected(&peer);
     loop {
-        let (mut send, mut recv) = match conn.accept_bi().await {
+        // Once the node stops, no new request starts here; those in flight hold the connection
+        // open (their streams keep it alive) until they have answered.
+        let incoming = tokio::select! {
+            incoming = conn.accept_bi() => incoming,
+            () = context.stopping.cancelled() => return Ok(()),
+        };
+        let (send, recv) = match incoming {
             Ok(s) => s,
             Err(quinn::ConnectionError::ApplicationClosed(_))
             | Err(quinn::ConnectionError::LocallyClosed) => return Ok(()),
             Err(e) => return Err(LinkError::Stream(e.to_string())),
         };
-        let handler = handler.clone();
-        let peer = peer.clone();
-        tasks.spawn(async move {
-            let request = tokio::time::timeout(read_timeout, frame::read_request(&mut recv)).await;
-            let (kind, body) = match request {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "request dropped");
-                    let _ = send.reset(1u32.into());
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!("request dropped: not received within the read time-out");
-                    let _ = send.reset(1u32.into());
-                    return;
-                }
-            };
-            if let Err(e) = frame::write_accepted(&mut send).await {
-                tracing::debug!(error = %e, "requester gone");
-                return;
-            }
-            let (status, answer) = handler.handle(&peer, kind, body).await;
-            if let Err(e) = frame::write_response(&mut send, status, &answer).await {
-                tracing::debug!(error = %e, "response not delivered");
-            }
-        });
+        let (handler, accepted, context) = (handler.clone(), accepted.clone(), context.clone());
+        context
+            .tasks
+            .clone()
+            .spawn(serve_stream(send, recv, handler, accepted, context));
     }
+}
+
+/// Reads one request, refusing it at its head when the sender may not send its kind, and
+/// answers it.
+async fn serve_stream<H: Handler>(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    handler: Arc<H>,
+    accepted: Arc<Accepted<H>>,
+    context: StreamContext,
+) {
+    let peer = &accepted.peer;
+    let read = async {
+        let (kind, len) = frame::read_request_head(&mut recv).await?;
+        // Asked again here rather than trusted from the handshake: the roster changes while a
+        // connection lives.
+        let is_peer = peer.identity.as_ref().is_some_and(|id| handler.is_peer(id));
+        if is_peer {
+            accepted.promote(&*handler);
+        }
+        if kind.peers_only() && !is_peer {
+            return Err(Refusal::NotAPeer);
+        }
+        let budget = if is_peer {
+            &context.budgets.peers
+        } else {
+            &context.budgets.clients
+        };
+        let body = frame::read_request_body(&mut recv, len, budget).await?;
+        Ok((kind, body))
+    };
+    let request = match tokio::time::timeout(context.read_timeout, read).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(why)) => return refuse(&*handler, peer, &mut send, &mut recv, why),
+        Err(_) => {
+            return refuse(&*handler, peer, &mut send, &mut recv, Refusal::ReadTimeout);
+        }
+    };
+    let (kind, body) = request;
+    if let Err(e) = frame::write_accepted(&mut send).await {
+        tracing::debug!(error = %e, "requester gone");
+        return;
+    }
+    let (status, answer) = handler.handle(peer, kind, body).await;
+    if let Err(e) = frame::write_response(&mut send, status, &answer).await {
+        tracing::debug!(error = %e, "response not delivered");
+        return;
+    }
+    // Done once the peer has the answer: a connection closed at shutdown right after the last
+    // request would otherwise drop bytes not yet sent.
+    let _ = tokio::time::timeout(context.read_timeout, send.stopped()).await;
+}
+
+/// Resets both directions of a refused stream (the sender stops sending, no answer comes) and
+/// reports why.
+fn refuse<H: Handler>(
+    handler: &H,
+    peer: &Peer,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    why: Refusal,
+) {
+    tracing::debug!(reason = ?why, "request dropped");
+    handler.refused(peer.addr, why);
+    let _ = recv.stop(STREAM_REFUSED.into());
+    let _ = send.reset(STREAM_REFUSED.into());
 }
 
 /// The identity a connected peer proved, if it presented a certificate.
@@ -445,61 +660,95 @@ pub async fn request(
         .map_err(|_| LinkError::Timeout)?
 }
 
-/// Counts accepted connections per address and in all.
+/// Counts accepted connections in all, and client connections per address.
 #[derive(Debug)]
 struct ConnectionCounter {
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    counts: Mutex<Counts>,
     max_per_ip: usize,
     max_total: usize,
 }
 
-/// One accepted connection's place in the count; released on drop.
+#[derive(Debug, Default)]
+struct Counts {
+    total: usize,
+    clients: HashMap<IpAddr, usize>,
+}
+
+/// One accepted connection's place in the counts; released on drop.
 #[derive(Debug)]
 struct ConnectionSlot {
     counter: Arc<ConnectionCounter>,
     key: IpAddr,
+    client: bool,
 }
 
 impl ConnectionCounter {
     fn new(limits: &LinkLimits) -> Self {
         ConnectionCounter {
-            per_ip: Mutex::new(HashMap::new()),
+            counts: Mutex::new(Counts::default()),
             max_per_ip: limits.max_connections_per_ip,
             max_total: limits.max_connections,
         }
     }
 
-    fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<ConnectionSlot> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A place for a connection from `ip` before its handshake, or `None` when the total cap is
+    /// reached, or the address's clients are at their cap and no peer can be there.
+    fn admit(self: &Arc<Self>, ip: IpAddr, may_be_peer: bool) -> Option<ConnectionSlot> {
         let key = ip_key(ip);
-        let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        let total: usize = map.values().sum();
-        let here = map.entry(key).or_insert(0);
-        if *here >= self.max_per_ip || total >= self.max_total {
-            if *here == 0 {
-                map.remove(&key);
-            }
+        let mut counts = self.lock();
+        let clients = counts.clients.get(&key).copied().unwrap_or(0);
+        if counts.total >= self.max_total || (clients >= self.max_per_ip && !may_be_peer) {
             return None;
         }
-        *here += 1;
+        counts.total += 1;
         Some(ConnectionSlot {
             counter: self.clone(),
             key,
+            client: false,
         })
+    }
+}
+
+impl ConnectionSlot {
+    /// Stops counting the connection as a client of its address.
+    fn uncount_client(&mut self) {
+        if !self.client {
+            return;
+        }
+        self.client = false;
+        let mut counts = self.counter.lock();
+        if let Some(n) = counts.clients.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                counts.clients.remove(&self.key);
+            }
+        }
+    }
+
+    /// Counts the connection as a client of its address; false if the address is at its cap.
+    fn count_as_client(&mut self) -> bool {
+        let mut counts = self.counter.lock();
+        let here = counts.clients.entry(self.key).or_insert(0);
+        if *here >= self.counter.max_per_ip {
+            if *here == 0 {
+                counts.clients.remove(&self.key);
+            }
+            return false;
+        }
+        *here += 1;
+        self.client = true;
+        true
     }
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        let mut map = self
-            .counter
-            .per_ip
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.key);
-            }
-        }
+        self.uncount_client();
+        let mut counts = self.counter.lock();
+        counts.total = counts.total.saturating_sub(1);
     }
 }

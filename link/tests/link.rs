@@ -1,27 +1,51 @@
 //! The QUIC link on loopback: key pinning, identities, framing limits, connection caps.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use allium_link::{
-    Deadlines, Handler, Kind, Link, LinkError, LinkLimits, Peer, Pool, Status, TlsIdentity,
+    Deadlines, Handler, Kind, Link, LinkError, LinkLimits, Peer, Pool, Refusal, Role, Status,
+    TlsIdentity,
 };
-use allium_onion::IdentityKeypair;
+use allium_onion::{IdentityKeypair, IdentityPublicKey};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use tokio::sync::oneshot;
 
-/// Echoes the body, prefixed with the caller's identity (32 bytes) or 32 zero bytes.
-struct Echo;
+/// Echoes the body, prefixed with the caller's identity (32 bytes) or 32 zero bytes. Its peers
+/// are the keys in `peers`; it records what the link refused.
+#[derive(Default)]
+struct Echo {
+    peers: Mutex<Vec<IdentityPublicKey>>,
+    refused: Mutex<Vec<Refusal>>,
+    roles: Mutex<Vec<Role>>,
+}
 
 impl Handler for Echo {
     type ConnectionGuard = ();
 
-    fn connected(&self, _peer: &Peer) {}
+    fn is_peer(&self, identity: &IdentityPublicKey) -> bool {
+        self.peers.lock().unwrap().contains(identity)
+    }
+
+    fn may_be_peer(&self, _ip: IpAddr) -> bool {
+        !self.peers.lock().unwrap().is_empty()
+    }
+
+    fn connected(&self, peer: &Peer) {
+        self.roles.lock().unwrap().push(peer.role);
+    }
+
+    fn refused(&self, _addr: SocketAddr, why: Refusal) {
+        self.refused.lock().unwrap().push(why);
+    }
 
     async fn handle(&self, peer: &Peer, kind: Kind, body: Vec<u8>) -> (Status, Vec<u8>) {
+        if kind == Kind::Peer {
+            return (Status::Ok, b"peer".to_vec());
+        }
         if kind != Kind::Directory {
             return (Status::Rejected, Vec::new());
         }
@@ -35,14 +59,15 @@ impl Handler for Echo {
     }
 }
 
-struct Server {
+struct Server<H = Echo> {
     addr: SocketAddr,
     identity: IdentityKeypair,
+    echo: Arc<H>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl Server {
+impl<H> Server<H> {
     async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
         self.task.await.unwrap();
@@ -54,27 +79,52 @@ fn loopback() -> SocketAddr {
 }
 
 fn start(seed: u64, limits: LinkLimits) -> Server {
+    start_with(seed, limits, Echo::default())
+}
+
+fn start_with(seed: u64, limits: LinkLimits, echo: Echo) -> Server {
+    serve_with(seed, limits, Arc::new(echo), Duration::from_secs(1))
+}
+
+fn serve_with<H: Handler>(
+    seed: u64,
+    limits: LinkLimits,
+    echo: Arc<H>,
+    drain: Duration,
+) -> Server<H> {
     let identity = IdentityKeypair::generate(&mut ChaCha20Rng::seed_from_u64(seed));
     let tls = Arc::new(TlsIdentity::new(&identity).unwrap());
     let link = Link::bind_node(loopback(), tls, limits).unwrap();
     let addr = link.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
+    let handler = echo.clone();
     let task = tokio::spawn(async move {
         link.serve(
-            Arc::new(Echo),
+            handler,
             async {
                 let _ = rx.await;
             },
-            Duration::from_secs(1),
+            drain,
         )
         .await;
     });
     Server {
         addr,
         identity,
+        echo,
         stop: Some(tx),
         task,
     }
+}
+
+/// A node endpoint presenting `identity`, to connect from.
+fn node_link(identity: &IdentityKeypair, limits: LinkLimits) -> Link {
+    Link::bind_node(
+        loopback(),
+        Arc::new(TlsIdentity::new(identity).unwrap()),
+        limits,
+    )
+    .unwrap()
 }
 
 fn client() -> Link {
@@ -255,6 +305,268 @@ async fn connections_per_address_are_capped() {
     server.stop().await;
 }
 
+#[tokio::test]
+async fn bytes_after_the_declared_body_reset_the_stream() {
+    let server = start(10, LinkLimits::default());
+    let c = client();
+    let conn = c
+        .connect(server.addr, &server.identity.public())
+        .await
+        .unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    // Declares 2 bytes, sends 5.
+    send.write_all(&[Kind::Directory.code(), 0, 0, 0, 2, b'o', b'k', 1, 2, 3])
+        .await
+        .unwrap();
+    send.finish().unwrap();
+    assert!(allium_link::frame::read_response(&mut recv).await.is_err());
+    assert_eq!(
+        *server.echo.refused.lock().unwrap(),
+        vec![Refusal::TrailingBytes]
+    );
+    // The exact frame is answered.
+    let (status, body) = allium_link::request(&conn, Kind::Directory, b"ok", Deadlines::uniform(T))
+        .await
+        .unwrap();
+    assert_eq!((status, &body[32..]), (Status::Ok, &b"ok"[..]));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn peer_frames_are_refused_at_the_head_unless_the_key_is_a_peer() {
+    let peer = IdentityKeypair::generate(&mut ChaCha20Rng::seed_from_u64(11));
+    let stranger = IdentityKeypair::generate(&mut ChaCha20Rng::seed_from_u64(12));
+    let server = start_with(
+        13,
+        LinkLimits::default(),
+        Echo {
+            peers: Mutex::new(vec![peer.public()]),
+            ..Echo::default()
+        },
+    );
+    let key = server.identity.public();
+    // An anonymous client declaring a 1 MiB peer body: refused before any of it is read, so
+    // the sender learns at once that it may stop.
+    let anon = client();
+    let conn = anon.connect(server.addr, &key).await.unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let mut head = vec![Kind::Peer.code()];
+    head.extend_from_slice(&(1024u32 * 1024).to_be_bytes());
+    send.write_all(&head).await.unwrap();
+    assert!(allium_link::frame::read_response(&mut recv).await.is_err());
+    assert!(
+        tokio::time::timeout(T, send.stopped()).await.is_ok(),
+        "the node did not tell the sender to stop"
+    );
+    // A certificate whose key is not a peer's is a client too.
+    let conn = node_link(&stranger, LinkLimits::default())
+        .connect(server.addr, &key)
+        .await
+        .unwrap();
+    assert!(
+        allium_link::request(&conn, Kind::Peer, b"x", Deadlines::uniform(T))
+            .await
+            .is_err()
+    );
+    // The peer's key is let through.
+    let conn = node_link(&peer, LinkLimits::default())
+        .connect(server.addr, &key)
+        .await
+        .unwrap();
+    let (status, body) = allium_link::request(&conn, Kind::Peer, b"x", Deadlines::uniform(T))
+        .await
+        .unwrap();
+    assert_eq!((status, body), (Status::Ok, b"peer".to_vec()));
+    assert_eq!(
+        *server.echo.refused.lock().unwrap(),
+        vec![Refusal::NotAPeer, Refusal::NotAPeer]
+    );
+    assert_eq!(
+        *server.echo.roles.lock().unwrap(),
+        vec![Role::Client, Role::Client, Role::Peer]
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bodies_being_read_share_one_budget_taken_as_bytes_arrive() {
+    let limits = LinkLimits {
+        client_read_buffer: 128 * 1024,
+        request_read_timeout: Duration::from_millis(1500),
+        ..LinkLimits::default()
+    };
+    let server = start(14, limits);
+    let c = client();
+    let conn = c
+        .connect(server.addr, &server.identity.public())
+        .await
+        .unwrap();
+    let head = |len: u32| {
+        let mut h = vec![Kind::Directory.code()];
+        h.extend_from_slice(&len.to_be_bytes());
+        h
+    };
+    // Declaring a length costs nothing: four streams each declare 64 KiB and send 100 bytes,
+    // which take one growth step (16 KiB) each, not 64 KiB.
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        send.write_all(&head(65536)).await.unwrap();
+        send.write_all(&[0u8; 100]).await.unwrap();
+        idle.push((send, recv));
+    }
+    let (status, _) = allium_link::request(
+        &conn,
+        Kind::Directory,
+        &[7u8; 50_000],
+        Deadlines::uniform(T),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, Status::Ok, "declared lengths used up the budget");
+    // Bytes that arrived do: one stream holding 60 KiB leaves no room for another 60 KiB.
+    let (mut big, _big_recv) = conn.open_bi().await.unwrap();
+    big.write_all(&head(65536)).await.unwrap();
+    big.write_all(&[1u8; 60 * 1024]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let refused = allium_link::request(
+        &conn,
+        Kind::Directory,
+        &[2u8; 60 * 1024],
+        Deadlines::uniform(T),
+    )
+    .await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert!(
+        server
+            .echo
+            .refused
+            .lock()
+            .unwrap()
+            .contains(&Refusal::BufferFull)
+    );
+    // Once the slow streams are cut off at their read time-out, the memory is back.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (status, _) = allium_link::request(
+        &conn,
+        Kind::Directory,
+        &[3u8; 60 * 1024],
+        Deadlines::uniform(T),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, Status::Ok);
+    drop(idle);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn peers_are_exempt_from_the_per_address_cap_and_strangers_are_not() {
+    let peer = IdentityKeypair::generate(&mut ChaCha20Rng::seed_from_u64(15));
+    let stranger = IdentityKeypair::generate(&mut ChaCha20Rng::seed_from_u64(16));
+    let limits = LinkLimits {
+        max_connections_per_ip: 2,
+        ..LinkLimits::default()
+    };
+    let server = start_with(
+        17,
+        limits,
+        Echo {
+            peers: Mutex::new(vec![peer.public()]),
+            ..Echo::default()
+        },
+    );
+    let key = server.identity.public();
+    let clients: Vec<Link> = (0..2).map(|_| client()).collect();
+    let mut held = Vec::new();
+    for c in &clients {
+        let conn = c.connect(server.addr, &key).await.unwrap();
+        allium_link::request(&conn, Kind::Directory, b"c", Deadlines::uniform(T))
+            .await
+            .unwrap();
+        held.push(conn);
+    }
+    // A certificate is no way past the cap: the stranger is refused once its key is seen.
+    let refused = async {
+        let conn = node_link(&stranger, LinkLimits::default())
+            .connect(server.addr, &key)
+            .await?;
+        allium_link::request(&conn, Kind::Directory, b"s", Deadlines::uniform(T)).await
+    };
+    assert!(refused.await.is_err(), "a stranger got past the cap");
+    // The roster's node is not counted against its address.
+    for _ in 0..3 {
+        let conn = node_link(&peer, LinkLimits::default())
+            .connect(server.addr, &key)
+            .await
+            .unwrap();
+        let (status, _) = allium_link::request(&conn, Kind::Peer, b"p", Deadlines::uniform(T))
+            .await
+            .unwrap();
+        assert_eq!(status, Status::Ok);
+        held.push(conn);
+    }
+    assert!(
+        server
+            .echo
+            .refused
+            .lock()
+            .unwrap()
+            .contains(&Refusal::ConnectionCap)
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_connection_whose_key_joins_the_roster_stops_counting_against_its_address() {
+    let node = IdentityKeypair::generate(&mut ChaCha20Rng::seed_from_u64(18));
+    let someone = IdentityKeypair::generate(&mut ChaCha20Rng::seed_from_u64(19));
+    let limits = LinkLimits {
+        max_connections_per_ip: 1,
+        ..LinkLimits::default()
+    };
+    // A roster that lists someone else, so this address may be a peer's.
+    let server = start_with(
+        20,
+        limits,
+        Echo {
+            peers: Mutex::new(vec![someone.public()]),
+            ..Echo::default()
+        },
+    );
+    let key = server.identity.public();
+    // The node connects before it is admitted: a client, holding the address's one place.
+    let conn = node_link(&node, LinkLimits::default())
+        .connect(server.addr, &key)
+        .await
+        .unwrap();
+    allium_link::request(&conn, Kind::Directory, b"register", Deadlines::uniform(T))
+        .await
+        .unwrap();
+    let anon = client();
+    let refused = async {
+        let c = anon.connect(server.addr, &key).await?;
+        allium_link::request(&c, Kind::Directory, b"a", Deadlines::uniform(T)).await
+    };
+    assert!(refused.await.is_err(), "the cap of one was not held");
+    // Admitted: its next request makes its connection a peer's, and the place is free again.
+    server.echo.peers.lock().unwrap().push(node.public());
+    let (status, _) = allium_link::request(&conn, Kind::Peer, b"p", Deadlines::uniform(T))
+        .await
+        .unwrap();
+    assert_eq!(status, Status::Ok);
+    let c = anon.connect(server.addr, &key).await.unwrap();
+    let (status, _) = allium_link::request(&c, Kind::Directory, b"a", Deadlines::uniform(T))
+        .await
+        .unwrap();
+    assert_eq!(status, Status::Ok);
+    assert_eq!(
+        *server.echo.roles.lock().unwrap(),
+        vec![Role::Client, Role::Peer, Role::Client]
+    );
+    server.stop().await;
+}
+
 #[test]
 fn certificate_identity_refuses_garbage() {
     assert!(allium_link::certificate_identity(&[]).is_err());
@@ -267,4 +579,85 @@ fn certificate_identity_refuses_garbage() {
 
 fn hex_of(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Answers `Directory` requests once the test opens the gate; says when one has arrived.
+struct Gate {
+    arrived: tokio::sync::Notify,
+    open: tokio::sync::Semaphore,
+}
+
+impl Handler for Gate {
+    type ConnectionGuard = ();
+
+    fn is_peer(&self, _identity: &IdentityPublicKey) -> bool {
+        false
+    }
+
+    fn connected(&self, _peer: &Peer) {}
+
+    async fn handle(&self, _peer: &Peer, _kind: Kind, body: Vec<u8>) -> (Status, Vec<u8>) {
+        self.arrived.notify_one();
+        let _ = self.open.acquire().await;
+        (Status::Ok, body)
+    }
+}
+
+/// Far longer than any test waits: a stop that took it would fail the test's own deadline.
+const LONG_DRAIN: Duration = Duration::from_secs(3600);
+
+/// A stop waits for requests in flight, not for open connections that are idle: the peers'
+/// long-lived connections must not hold every node for its whole drain period.
+#[tokio::test]
+async fn an_idle_connection_does_not_hold_the_stop() {
+    let server = serve_with(
+        11,
+        LinkLimits::default(),
+        Arc::new(Echo::default()),
+        LONG_DRAIN,
+    );
+    let c = client();
+    let conn = c
+        .connect(server.addr, &server.identity.public())
+        .await
+        .unwrap();
+    let (status, _) = allium_link::request(&conn, Kind::Directory, b"x", Deadlines::uniform(T))
+        .await
+        .unwrap();
+    assert_eq!(status, Status::Ok);
+    // The connection stays open and idle while the server stops.
+    tokio::time::timeout(T * 6, server.stop())
+        .await
+        .expect("stopped without waiting the drain period");
+    drop(conn);
+}
+
+/// A request that arrived before the stop is still answered, and the stop waits for it.
+#[tokio::test]
+async fn a_request_in_flight_at_the_stop_is_answered() {
+    let gate = Arc::new(Gate {
+        arrived: tokio::sync::Notify::new(),
+        open: tokio::sync::Semaphore::new(0),
+    });
+    let mut server = serve_with(12, LinkLimits::default(), gate.clone(), LONG_DRAIN);
+    let c = client();
+    let conn = c
+        .connect(server.addr, &server.identity.public())
+        .await
+        .unwrap();
+    let asking = {
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            allium_link::request(&conn, Kind::Directory, b"late", Deadlines::uniform(T * 6)).await
+        })
+    };
+    gate.arrived.notified().await;
+    let _ = server.stop.take().unwrap().send(());
+    gate.open.add_permits(1);
+    let (status, body) = asking.await.unwrap().unwrap();
+    assert_eq!((status, body.as_slice()), (Status::Ok, &b"late"[..]));
+    tokio::time::timeout(T * 6, server.task)
+        .await
+        .expect("stopped once the request was answered")
+        .unwrap();
 }

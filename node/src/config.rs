@@ -84,6 +84,14 @@ pub const ENV_VARS: &[EnvVar] = &[
         "ALLIUM_NODE_LIMITS_CLIENT_REQUEST_BURST",
         "limits.client_request_burst",
     ),
+    var(
+        "ALLIUM_NODE_LIMITS_CLIENT_READ_BUFFER_BYTES",
+        "limits.client_read_buffer_bytes",
+    ),
+    var(
+        "ALLIUM_NODE_LIMITS_PEER_READ_BUFFER_BYTES",
+        "limits.peer_read_buffer_bytes",
+    ),
     var("ALLIUM_NODE_STORE_MAX_BYTES", "store.max_bytes"),
     var("ALLIUM_NODE_STORE_MIN_FREE_BYTES", "store.min_free_bytes"),
     var(
@@ -122,6 +130,7 @@ pub const ENV_VARS: &[EnvVar] = &[
         "ALLIUM_NODE_DIRECTORY_DESCRIPTOR_TTL_MS",
         "directory.descriptor_ttl_ms",
     ),
+    var("ALLIUM_NODE_FAULT_CLOCK_OFFSET_MS", "fault.clock_offset_ms"),
 ];
 
 const KIB: u64 = 1024;
@@ -161,6 +170,17 @@ pub struct NodeConfig {
     pub replication: ReplicationConfig,
     /// Registration with the authorities and roster refresh.
     pub directory: DirectoryConfig,
+    /// Faults injected on purpose, for tests; all off by default.
+    pub fault: FaultConfig,
+}
+
+/// Faults a test injects into a node (BAD_INPUTS 24, 33). A real node leaves them at zero.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FaultConfig {
+    /// Added to every wall-clock reading of the node, ms (negative: behind): a node whose clock
+    /// is wrong. Intervals and time-outs use monotonic time and are not shifted.
+    pub clock_offset_ms: i64,
 }
 
 /// Replication between swarm members (whitepaper storage §9).
@@ -190,7 +210,7 @@ impl Default for ReplicationConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
-    /// Open connections from one IP address.
+    /// Open client connections from one IP address (an IPv6 /64); roster nodes are not counted.
     pub max_connections_per_ip: u32,
     /// Open connections in total.
     pub max_connections: u32,
@@ -217,6 +237,10 @@ pub struct Limits {
     pub client_requests_per_sec: u32,
     /// Requests one client address may send at once above the average.
     pub client_request_burst: u32,
+    /// Bytes that request bodies being read from clients may hold at once, in all.
+    pub client_read_buffer_bytes: u64,
+    /// Bytes that request bodies being read from roster nodes may hold at once, in all.
+    pub peer_read_buffer_bytes: u64,
 }
 
 /// Message store limits.
@@ -282,6 +306,7 @@ impl Default for NodeConfig {
             replay: ReplayConfig::default(),
             replication: ReplicationConfig::default(),
             directory: DirectoryConfig::default(),
+            fault: FaultConfig::default(),
         }
     }
 }
@@ -302,6 +327,8 @@ impl Default for Limits {
             reply_timeout_ms: 90_000,
             client_requests_per_sec: 200,
             client_request_burst: 400,
+            client_read_buffer_bytes: 32 * MIB,
+            peer_read_buffer_bytes: 64 * MIB,
         }
     }
 }
@@ -523,6 +550,8 @@ impl NodeConfig {
             "limits.reply_timeout_ms" => l.reply_timeout_ms = parse(value)?,
             "limits.client_requests_per_sec" => l.client_requests_per_sec = parse(value)?,
             "limits.client_request_burst" => l.client_request_burst = parse(value)?,
+            "limits.client_read_buffer_bytes" => l.client_read_buffer_bytes = parse(value)?,
+            "limits.peer_read_buffer_bytes" => l.peer_read_buffer_bytes = parse(value)?,
             "store.max_bytes" => self.store.max_bytes = parse(value)?,
             "store.mailbox_quota_bytes" => self.store.mailbox_quota_bytes = parse(value)?,
             "store.min_free_bytes" => self.store.min_free_bytes = parse(value)?,
@@ -538,6 +567,7 @@ impl NodeConfig {
             "directory.roster_refresh_ms" => self.directory.roster_refresh_ms = parse(value)?,
             "directory.publish_interval_ms" => self.directory.publish_interval_ms = parse(value)?,
             "directory.descriptor_ttl_ms" => self.directory.descriptor_ttl_ms = parse(value)?,
+            "fault.clock_offset_ms" => self.fault.clock_offset_ms = parse(value)?,
             _ => return Err(format!("unknown config key `{key}`")),
         }
         Ok(())
@@ -597,6 +627,11 @@ impl NodeConfig {
                 "limits.client_request_burst",
                 u64::from(l.client_request_burst),
             ),
+            (
+                "limits.client_read_buffer_bytes",
+                l.client_read_buffer_bytes,
+            ),
+            ("limits.peer_read_buffer_bytes", l.peer_read_buffer_bytes),
             ("store.max_bytes", self.store.max_bytes),
             ("store.mailbox_quota_bytes", self.store.mailbox_quota_bytes),
             ("replay.packets_per_epoch", self.replay.packets_per_epoch),
@@ -670,6 +705,23 @@ impl NodeConfig {
                     "{} must be less than limits.idle_timeout_ms ({})",
                     l.keep_alive_ms, l.idle_timeout_ms
                 ),
+            ));
+        }
+        // A body that cannot fit the budget whole could never be read.
+        let largest_client_body = allium_link::Kind::Directory
+            .max_request()
+            .max(allium_link::Kind::Onion.max_request()) as u64;
+        if l.client_read_buffer_bytes < largest_client_body {
+            return Err(invalid(
+                "limits.client_read_buffer_bytes",
+                format!("must hold at least one whole request ({largest_client_body} bytes)"),
+            ));
+        }
+        let largest_peer_body = allium_link::Kind::Peer.max_request() as u64;
+        if l.peer_read_buffer_bytes < largest_peer_body {
+            return Err(invalid(
+                "limits.peer_read_buffer_bytes",
+                format!("must hold at least one whole request ({largest_peer_body} bytes)"),
             ));
         }
         if self.store.mailbox_quota_bytes > self.store.max_bytes {

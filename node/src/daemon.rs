@@ -2,12 +2,14 @@
 //! metrics, wired together, running until shut down.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use allium_onion::{EpochSchedule, IdentityKeypair, OnionKeyCert, OnionKeyRing};
+use allium_onion::{
+    EpochSchedule, IdentityKeypair, IdentityPublicKey, OnionKeyCert, OnionKeyRing, ReplayWindow,
+};
 use allium_proto::network::NetworkFile;
 use allium_proto::roster::{DirectoryRequest, DirectoryResponse};
 use allium_swarm::{Service, ServiceConfig, Store};
@@ -24,7 +26,9 @@ use crate::onion_service::{OnionConfig, OnionService, unix_now};
 use crate::ratelimit::RateLimiter;
 use crate::replication::{Membership, Replicator};
 use crate::shutdown::ShutdownSignal;
-use allium_link::{Deadlines, Handler, Kind, Link, LinkLimits, Peer, Pool, Status, TlsIdentity};
+use allium_link::{
+    Deadlines, Handler, Kind, Link, LinkLimits, Peer, Pool, Refusal, Role, Status, TlsIdentity,
+};
 
 /// Why the daemon could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -68,17 +72,31 @@ struct NodeHandler {
 impl Handler for NodeHandler {
     type ConnectionGuard = crate::metrics::ConnectionGuard;
 
-    /// Nodes prove an identity on the link; clients do not.
+    /// A peer is a node of the roster held; a certificate with any other key is a client's.
+    fn is_peer(&self, identity: &IdentityPublicKey) -> bool {
+        self.roster.lists(identity)
+    }
+
+    fn may_be_peer(&self, ip: IpAddr) -> bool {
+        self.roster.has_node_at(ip)
+    }
+
     fn connected(&self, peer: &Peer) -> Self::ConnectionGuard {
-        if peer.identity.is_some() {
-            self.metrics.peer_connected()
-        } else {
-            self.metrics.client_connected()
+        match peer.role {
+            Role::Peer => self.metrics.peer_connected(),
+            Role::Client => self.metrics.client_connected(),
         }
     }
 
+    fn refused(&self, _addr: SocketAddr, why: Refusal) {
+        self.metrics.link_refused(why.into());
+    }
+
     async fn handle(&self, peer: &Peer, kind: Kind, body: Vec<u8>) -> (Status, Vec<u8>) {
-        if peer.identity.is_none() && !self.client_limit.allow(peer.addr.ip(), Instant::now()) {
+        // The roster may have changed since the handshake: a node that left it is a client now.
+        let is_peer = peer.identity.as_ref().is_some_and(|id| self.is_peer(id));
+        if !is_peer && !self.client_limit.allow(peer.addr.ip(), Instant::now()) {
+            tracing::debug!(kind = ?kind, "request dropped: client over its rate");
             self.metrics.dropped(DropReason::RateLimited);
             return (Status::Rejected, Vec::new());
         }
@@ -90,7 +108,7 @@ impl Handler for NodeHandler {
                 }
                 Ok(DirectoryRequest::Register(descriptor)) => {
                     let answer = match &self.authority {
-                        Some(a) => a.register(&descriptor),
+                        Some(a) => a.register(&descriptor, peer.addr.ip()),
                         None => DirectoryResponse::Refused("this node is not an authority".into()),
                     };
                     (Status::Ok, answer.encode())
@@ -116,7 +134,28 @@ fn link_limits(config: &NodeConfig) -> LinkLimits {
         idle_timeout: l.idle_timeout(),
         keep_alive: l.keep_alive(),
         request_read_timeout: l.request_read_timeout(),
+        client_read_buffer: usize::try_from(l.client_read_buffer_bytes).unwrap_or(usize::MAX),
+        peer_read_buffer: usize::try_from(l.peer_read_buffer_bytes).unwrap_or(usize::MAX),
     }
+}
+
+/// Replay filters whose first generation holds the configured packets per epoch and which grow
+/// up to what this node can peel while one key is accepted (three epochs), so an attacker
+/// cannot fill them past their false-positive target (onion.md §7).
+fn replay_window(config: &NodeConfig, epoch_secs: u64) -> ReplayWindow {
+    let rate = crate::onion_service::measure_peel_rate(16);
+    let design = config.replay.packets_per_epoch;
+    let lifetime = epoch_secs.saturating_mul(allium_onion::replay::MAX_EPOCHS as u64);
+    let ceiling = ((rate * lifetime as f64) as u64).max(design);
+    let window = ReplayWindow::with_ceiling(design, ceiling);
+    tracing::info!(
+        peels_per_sec = rate as u64,
+        design_packets_per_epoch = design,
+        ceiling_packets_per_epoch = ceiling,
+        ceiling_bytes_per_epoch = window.ceiling_bytes(),
+        "replay filters sized from this node's measured peel rate"
+    );
+    window
 }
 
 /// Makes the onion keys due, stores them before they are published, and deletes expired ones
@@ -258,6 +297,13 @@ pub async fn run(config: NodeConfig, shutdown: ShutdownSignal) -> Result<(), Dae
             path: config.network_file.clone(),
             source,
         })?;
+    crate::clock::set_offset(config.fault.clock_offset_ms);
+    if config.fault.clock_offset_ms != 0 {
+        tracing::warn!(
+            offset_ms = config.fault.clock_offset_ms,
+            "fault injected: this node's clock is shifted"
+        );
+    }
     let keys = Arc::new(KeyStore::open(&config.data_dir)?);
     let identity = IdentityKeypair::from_seed(&keys.identity().seed());
     let identity_hex: String = identity
@@ -269,18 +315,32 @@ pub async fn run(config: NodeConfig, shutdown: ShutdownSignal) -> Result<(), Dae
     let schedule = EpochSchedule::new(network.params.epoch_secs)
         .ok_or_else(|| DaemonError::Config("epoch_secs must be positive".into()))?;
 
-    // Onion keys: those on disk that are still accepted, then whatever is due.
-    let mut ring = OnionKeyRing::new(schedule);
+    // Onion keys of an earlier run are never used again: its replay filters are gone (they are
+    // not written per packet), so a packet it peeled would peel again. They are deleted and
+    // fresh keys made for the epochs due, which reach the roster with the next registration
+    // (whitepaper onion.md §8).
+    let ring = OnionKeyRing::new(schedule);
     let loaded = keys.load_onion_keys()?;
     for bad in loaded.rejected {
         tracing::warn!(error = %bad, "onion key file ignored");
     }
+    let mut retired = 0usize;
     for key in loaded.keys {
-        if let Err(stale) = ring.insert(key, unix_now()) {
-            let _ = keys.delete_onion(stale.epoch());
+        match keys.delete_onion(key.epoch()) {
+            Ok(_) => retired += 1,
+            Err(e) => tracing::error!(error = %e, epoch = key.epoch().0,
+                "could not delete an onion key of the previous run"),
         }
     }
+    if retired > 0 {
+        tracing::info!(
+            keys = retired,
+            "onion keys of the previous run deleted; new keys are published for this run"
+        );
+    }
     let ring = Arc::new(RwLock::new(ring));
+    // Signed requests of an earlier run are refused for the same reason (storage.md §3).
+    let started_ms = allium_proto::Clock::now(&allium_proto::SystemClock);
 
     let metrics = Metrics::new();
     let params = &network.params;
@@ -319,7 +379,10 @@ pub async fn run(config: NodeConfig, shutdown: ShutdownSignal) -> Result<(), Dae
     ));
     let service = Arc::new(Service::with_placement(
         store.clone(),
-        ServiceConfig::new(identity.public().node_id()),
+        ServiceConfig {
+            not_before: started_ms,
+            ..ServiceConfig::new(identity.public().node_id())
+        },
         membership.clone(),
     ));
     let replicator = Arc::new(Replicator::new(
@@ -338,7 +401,7 @@ pub async fn run(config: NodeConfig, shutdown: ShutdownSignal) -> Result<(), Dae
     ));
     let onion = Arc::new(OnionService::new(
         ring.clone(),
-        config.replay.packets_per_epoch,
+        replay_window(&config, schedule.length_secs()),
         pool.clone(),
         roster.clone(),
         destination,
@@ -389,8 +452,11 @@ pub async fn run(config: NodeConfig, shutdown: ShutdownSignal) -> Result<(), Dae
             } else {
                 HealthStatus::Ok
             };
+            let clock = membership.clock();
             HealthReport {
                 syncing: membership.syncing(),
+                clock_offset_ms: clock.offset(),
+                clock_far: clock.is_far(),
                 ..HealthReport::from_metrics(status, started, &metrics)
             }
         })
@@ -485,7 +551,7 @@ pub async fn run(config: NodeConfig, shutdown: ShutdownSignal) -> Result<(), Dae
     }
     // Expired messages leave the disk in the background; reads never return them meanwhile.
     let sweeper = store.spawn_sweeper(
-        Arc::new(allium_proto::SystemClock),
+        Arc::new(crate::clock::NodeClock),
         Duration::from_secs(5),
         10_000,
     )?;

@@ -10,9 +10,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use allium_proto::storage::{GetSwarmResponse, RosterResponse};
-use allium_proto::{Body, Clock, Response, ResponseBody, Status, SystemClock, UnixMillis};
+use allium_proto::{Body, Clock, Response, ResponseBody, Status, UnixMillis};
 use allium_swarm::{Handled, Service};
 
+use crate::clock::NodeClock;
 use crate::directory::RosterState;
 use crate::metrics::{Metrics, StorageMethod, StorageResult};
 use crate::onion_service::Destination;
@@ -91,7 +92,7 @@ impl Destination for StoreDestination {
         let service = self.service.clone();
         // Reads, signature checks and queueing for the writer may block: off the async workers.
         let handled =
-            tokio::task::spawn_blocking(move || service.handle(&request, SystemClock.now()))
+            tokio::task::spawn_blocking(move || service.handle(&request, NodeClock.now()))
                 .await
                 .ok()?;
         let response = match handled {
@@ -108,12 +109,12 @@ impl Destination for StoreDestination {
                     let _ = tokio::time::timeout(pending.wait, pending.watch.changed()).await;
                 }
                 let service = self.service.clone();
-                tokio::task::spawn_blocking(move || service.resume(pending, SystemClock.now()))
+                tokio::task::spawn_blocking(move || service.resume(pending, NodeClock.now()))
                     .await
                     .ok()?
             }
             Handled::Forward(body) => {
-                self.answer_locally(body, self.service.node_time(SystemClock.now()))
+                self.answer_locally(body, self.service.node_time(NodeClock.now()))
             }
         };
         let result = match &response.result {
@@ -122,8 +123,8 @@ impl Destination for StoreDestination {
         };
         self.metrics
             .storage_request(method_of(&response), result, started.elapsed());
-        let encoded = response.encode();
-        // The client chose a reply class too small for this answer; it retries with a larger one.
-        (encoded.len() <= max_response).then_some(encoded)
+        // A retrieve page is cut to the reply class the client chose (fewer messages, `more`);
+        // any other answer too long for it is refused, and the client retries with a larger one.
+        response.encode_within(max_response)
     }
 }

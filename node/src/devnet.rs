@@ -47,6 +47,14 @@ pub struct DevnetOptions {
     pub log: String,
     /// Anti-entropy interval of the nodes.
     pub sync_interval_ms: u64,
+    /// Replay filter design load of each node (packets per epoch).
+    pub replay_packets_per_epoch: u64,
+    /// Requests per second one client address may send to a node.
+    pub client_requests_per_sec: u32,
+    /// Requests one client address may send at once above that rate.
+    pub client_request_burst: u32,
+    /// Client connections a node accepts from one address.
+    pub max_connections_per_ip: u32,
 }
 
 impl Default for DevnetOptions {
@@ -58,6 +66,11 @@ impl Default for DevnetOptions {
             forward_timeout_ms: 2000,
             log: "info".into(),
             sync_interval_ms: 1000,
+            replay_packets_per_epoch: 100_000,
+            // Every process of a devnet shares one address, so per-address limits are off.
+            client_requests_per_sec: 1_000_000,
+            client_request_burst: 1_000_000,
+            max_connections_per_ip: 16,
         }
     }
 }
@@ -124,17 +137,57 @@ fn holds(report: Option<&serde_json::Value>, version: u64) -> bool {
         >= version
 }
 
-/// A free UDP port on loopback. The socket is closed again, so another process could take the
-/// port before the node binds it; on a test machine that race is rare, and a node that fails to
-/// bind says so.
-fn free_port() -> Result<u16, DevnetError> {
-    let s = UdpSocket::bind("127.0.0.1:0").map_err(io("finding a free port"))?;
-    Ok(s.local_addr().map_err(io("finding a free port"))?.port())
+/// Ports for the nodes of one devnet, on loopback. They are drawn at random below the system's
+/// ephemeral range, where other processes' outgoing sockets and OS-assigned ports never land,
+/// and each stays bound here until every node's config is written, so two nodes never get the
+/// same one. Another process may still bind one between the release and the node's start;
+/// drawing from outside the busy range makes that rare even on a loaded test machine.
+#[derive(Default)]
+struct Ports {
+    udp: Vec<UdpSocket>,
+    tcp: Vec<std::net::TcpListener>,
 }
 
-fn free_tcp_port() -> Result<u16, DevnetError> {
-    let s = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("finding a free port"))?;
-    Ok(s.local_addr().map_err(io("finding a free port"))?.port())
+impl Ports {
+    /// Below this the system assigns no ephemeral ports (Linux's default range starts here).
+    const EPHEMERAL_LOW: u16 = 32_768;
+    /// The lowest port drawn: clear of the well-known and common service ports.
+    const LOW: u16 = 10_000;
+
+    fn ephemeral_low() -> u16 {
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|t| t.split_whitespace().next()?.parse().ok())
+            .filter(|&low: &u16| low > Self::LOW + 1_000)
+            .unwrap_or(Self::EPHEMERAL_LOW)
+    }
+
+    /// A UDP port (QUIC) and a TCP port (metrics), both held until `self` is dropped.
+    fn reserve(&mut self) -> Result<(u16, u16), DevnetError> {
+        let udp = Self::draw(|p| UdpSocket::bind(("127.0.0.1", p)).map(|s| self.udp.push(s)))?;
+        let tcp = Self::draw(|p| {
+            std::net::TcpListener::bind(("127.0.0.1", p)).map(|s| self.tcp.push(s))
+        })?;
+        Ok((udp, tcp))
+    }
+
+    fn draw(mut bind: impl FnMut(u16) -> std::io::Result<()>) -> Result<u16, DevnetError> {
+        use rand_core::RngCore;
+        let span = u32::from(Self::ephemeral_low() - Self::LOW);
+        let mut last = None;
+        for _ in 0..200 {
+            let offset = u16::try_from(rand_core::OsRng.next_u32() % span).unwrap_or(0);
+            let port = Self::LOW + offset;
+            match bind(port) {
+                Ok(()) => return Ok(port),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(DevnetError::Startup(format!(
+            "no free port on loopback: {}",
+            last.map(|e| e.to_string()).unwrap_or_default()
+        )))
+    }
 }
 
 fn hex(b: &[u8]) -> String {
@@ -163,9 +216,18 @@ impl Devnet {
             .chain((1..=opts.nodes).map(|i| format!("node-{i}")))
             .collect();
         let mut nodes = Vec::with_capacity(names.len());
+        let mut ports = Ports::default();
         for name in &names {
-            nodes.push(Self::prepare(binary, dir, name, &network_file, opts)?);
+            nodes.push(Self::prepare(
+                binary,
+                dir,
+                name,
+                &network_file,
+                opts,
+                &mut ports,
+            )?);
         }
+        drop(ports);
         if !network_file.exists() {
             let auth = &nodes[0];
             let file = format!(
@@ -209,6 +271,7 @@ impl Devnet {
         name: &str,
         network_file: &Path,
         opts: &DevnetOptions,
+        ports: &mut Ports,
     ) -> Result<DevnetNode, DevnetError> {
         let data_dir = dir.join(name);
         let config = dir.join(format!("{name}.toml"));
@@ -226,20 +289,25 @@ impl Devnet {
             }
         }
         if !config.exists() {
+            let (port, metrics_port) = ports.reserve()?;
             let text = format!(
                 "data_dir = \"{}\"\nlisten = \"127.0.0.1:{}\"\nmetrics_listen = \"127.0.0.1:{}\"\n\
                  network_file = \"{}\"\nauthority = {}\n\n[limits]\nforward_timeout_ms = {}\n\
-                 client_requests_per_sec = 1000000\nclient_request_burst = 1000000\n\
+                 client_requests_per_sec = {}\nclient_request_burst = {}\nmax_connections_per_ip = {}\n\
                  idle_timeout_ms = 30000\nkeep_alive_ms = 5000\n\n[store]\nmax_bytes = 1073741824\n\n\
-                 [replay]\npackets_per_epoch = 100000\n\n[replication]\nsync_interval_ms = {}\n\n\
+                 [replay]\npackets_per_epoch = {}\n\n[replication]\nsync_interval_ms = {}\n\n\
                  [directory]\nregister_interval_ms = 1000\n\
                  roster_refresh_ms = 500\npublish_interval_ms = 500\ndescriptor_ttl_ms = 5000\n",
                 data_dir.display(),
-                free_port()?,
-                free_tcp_port()?,
+                port,
+                metrics_port,
                 network_file.display(),
                 name == "authority",
                 opts.forward_timeout_ms,
+                opts.client_requests_per_sec,
+                opts.client_request_burst,
+                opts.max_connections_per_ip,
+                opts.replay_packets_per_epoch,
                 opts.sync_interval_ms,
             );
             std::fs::write(&config, text).map_err(io("writing a node config"))?;
@@ -271,6 +339,7 @@ impl Devnet {
             &name,
             &self.network_file,
             &self.opts,
+            &mut Ports::default(),
         )?;
         self.nodes.push(node);
         let i = self.nodes.len() - 1;
@@ -594,6 +663,26 @@ impl Drop for Devnet {
                 let _ = child.kill();
                 let _ = child.wait();
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_devnet_gets_distinct_ports_outside_the_ephemeral_range() {
+        let mut ports = Ports::default();
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            let (udp, tcp) = ports.reserve().unwrap();
+            for p in [udp, tcp] {
+                assert!((Ports::LOW..Ports::ephemeral_low()).contains(&p), "{p}");
+            }
+            // A port is held until the devnet's configs are written: never handed out twice.
+            assert!(seen.insert((udp, 'u')) && seen.insert((tcp, 't')));
         }
     }
 }

@@ -1,13 +1,14 @@
 //! The roster as a node holds it, the directory requests every node answers, and the loops that
 //! keep a node registered with the authorities and its roster fresh.
 
-use std::net::SocketAddr;
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use allium_link::Pool;
 use allium_link::directory::{self, DirectoryError, Source};
+use allium_link::{Pool, ip_key};
 use allium_onion::{IdentityKeypair, IdentityPublicKey, NodeId, OnionKeyCert};
 use allium_proto::network::NetworkFile;
 use allium_proto::roster::{
@@ -24,6 +25,9 @@ pub struct RosterState {
     holder: RosterHolder,
     cache: Option<PathBuf>,
     metrics: Metrics,
+    /// The addresses of the roster's nodes as per-address limits count them (an IPv6 /64), so
+    /// that the link asks in O(1) whether a connecting address may be a peer's.
+    node_ips: RwLock<HashSet<IpAddr>>,
 }
 
 impl RosterState {
@@ -34,6 +38,7 @@ impl RosterState {
             holder: RosterHolder::new(network),
             cache,
             metrics,
+            node_ips: RwLock::new(HashSet::new()),
         }
     }
 
@@ -74,6 +79,15 @@ impl RosterState {
     pub fn offer(&self, signed: &[u8]) -> Result<Offered, RosterError> {
         let offered = self.holder.offer(signed)?;
         if offered == Offered::Updated {
+            if let Some(held) = self.current() {
+                let ips = held
+                    .roster()
+                    .nodes()
+                    .iter()
+                    .flat_map(|n| n.addresses.iter().map(|a| ip_key(a.ip())))
+                    .collect();
+                *self.node_ips.write().unwrap_or_else(|p| p.into_inner()) = ips;
+            }
             let version = self.version().unwrap_or_default();
             self.metrics.set_roster_version(version);
             if let Some(path) = &self.cache {
@@ -87,6 +101,22 @@ impl RosterState {
             tracing::info!(version, "roster adopted");
         }
         Ok(offered)
+    }
+}
+
+impl RosterState {
+    /// Whether the roster held lists `identity`: only such a key makes a connection a peer's.
+    pub fn lists(&self, identity: &IdentityPublicKey) -> bool {
+        self.current()
+            .is_some_and(|h| h.roster().node(&identity.node_id()).is_some())
+    }
+
+    /// Whether a node of the roster held has an address at `ip` (its /64 for IPv6).
+    pub fn has_node_at(&self, ip: IpAddr) -> bool {
+        self.node_ips
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&ip_key(ip))
     }
 }
 

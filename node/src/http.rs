@@ -44,6 +44,11 @@ pub struct HealthReport {
     pub peers: u64,
     /// The node is pulling its swarm's messages and refuses retrieves meanwhile.
     pub syncing: bool,
+    /// This node's clock minus its swarm peers' (their median), ms, as last measured; `None`
+    /// before any peer answered.
+    pub clock_offset_ms: Option<i64>,
+    /// The clock is too far from the peers' to serve: the node refuses every mailbox request.
+    pub clock_far: bool,
 }
 
 /// The node's overall state.
@@ -68,6 +73,8 @@ impl HealthReport {
             uptime_secs: started.elapsed().as_secs(),
             peers: metrics.peers_connected(),
             syncing: false,
+            clock_offset_ms: None,
+            clock_far: false,
         }
     }
 }

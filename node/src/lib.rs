@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod authority;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod destination;

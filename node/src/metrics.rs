@@ -87,6 +87,38 @@ label_enum! {
 }
 
 label_enum! {
+    /// Why the link refused a connection or a request before it was handled (`link.md` §2, §3).
+    LinkRefusal {
+        /// A connection over the total cap, or a client's over its address's cap.
+        ConnectionCap => "connection_cap",
+        /// A frame with an unknown kind, a length over its kind's limit, or ended early.
+        BadFrame => "bad_frame",
+        /// Bytes after a request's declared body.
+        TrailingBytes => "trailing_bytes",
+        /// A request not received whole within the read time-out.
+        ReadTimeout => "read_timeout",
+        /// A peer frame from a connection whose key is not in the roster.
+        NotAPeer => "not_a_peer",
+        /// The memory for request bodies being read was in use.
+        BufferFull => "buffer_full",
+    }
+}
+
+impl From<allium_link::Refusal> for LinkRefusal {
+    fn from(r: allium_link::Refusal) -> Self {
+        use allium_link::Refusal as R;
+        match r {
+            R::ConnectionCap => LinkRefusal::ConnectionCap,
+            R::BadFrame => LinkRefusal::BadFrame,
+            R::TrailingBytes => LinkRefusal::TrailingBytes,
+            R::ReadTimeout => LinkRefusal::ReadTimeout,
+            R::NotAPeer => LinkRefusal::NotAPeer,
+            R::BufferFull => LinkRefusal::BufferFull,
+        }
+    }
+}
+
+label_enum! {
     /// A storage request method (the swarm RPC methods).
     StorageMethod {
         /// Deposit a message.
@@ -149,6 +181,8 @@ label_enum! {
         Syncing => "syncing",
         /// Held here, but a majority of the swarm did not confirm in time.
         NotReplicated => "not_replicated",
+        /// Signed by a delegate this member holds no live delegation for.
+        NotDelegated => "not_delegated",
     }
 }
 
@@ -190,6 +224,11 @@ struct DropLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct LinkLabels {
+    reason: LinkRefusal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct StorageLabels {
     method: StorageMethod,
     result: StorageResult,
@@ -212,6 +251,7 @@ struct Inner {
     relayed: Counter,
     delivered: Counter,
     dropped: Family<DropLabels, Counter>,
+    link_refused: Family<LinkLabels, Counter>,
     replays: Counter,
     storage_requests: Family<StorageLabels, Counter>,
     forward_seconds: Histogram,
@@ -222,12 +262,17 @@ struct Inner {
     clients: Gauge,
     longpolls: Gauge,
     replay_load: Gauge<f64, AtomicU64>,
+    replay_generations: Gauge,
+    replay_rolls: Counter,
+    replay_saturated: Counter,
     sync_bytes: Family<SyncLabels, Counter>,
     sync_pulled: Counter,
     sync_rounds: Counter,
     replicated: Family<ReplicationLabels, Counter>,
     handed_off: Counter,
     syncing: Gauge,
+    clock_offset: Gauge,
+    clock_far: Gauge,
 }
 
 /// The node's metrics. Clones share the same values.
@@ -247,6 +292,7 @@ impl Metrics {
         let relayed = Counter::default();
         let delivered = Counter::default();
         let dropped = Family::<DropLabels, Counter>::default();
+        let link_refused = Family::<LinkLabels, Counter>::default();
         let replays = Counter::default();
         let storage_requests = Family::<StorageLabels, Counter>::default();
         let forward_seconds = latency_histogram();
@@ -258,12 +304,17 @@ impl Metrics {
         let clients = Gauge::default();
         let longpolls = Gauge::default();
         let replay_load = Gauge::<f64, AtomicU64>::default();
+        let replay_generations = Gauge::default();
+        let replay_rolls = Counter::default();
+        let replay_saturated = Counter::default();
         let sync_bytes = Family::<SyncLabels, Counter>::default();
         let sync_pulled = Counter::default();
         let sync_rounds = Counter::default();
         let replicated = Family::<ReplicationLabels, Counter>::default();
         let handed_off = Counter::default();
         let syncing = Gauge::default();
+        let clock_offset = Gauge::default();
+        let clock_far = Gauge::default();
         registry.register(
             "allium_sync_bytes",
             "Anti-entropy protocol bytes (requests and answers), by direction",
@@ -294,6 +345,16 @@ impl Metrics {
             "1 while the node is pulling its swarm's messages and refuses retrieves",
             syncing.clone(),
         );
+        registry.register(
+            "allium_clock_offset_ms",
+            "This node's clock minus its swarm peers' (their median), as last measured",
+            clock_offset.clone(),
+        );
+        registry.register(
+            "allium_clock_far",
+            "1 while this node's clock is too far from its swarm peers' to serve",
+            clock_far.clone(),
+        );
 
         // Counter names go in without `_total`: the encoder appends it.
         registry.register(
@@ -310,6 +371,11 @@ impl Metrics {
             "allium_packets_dropped",
             "Packets dropped, by reason",
             dropped.clone(),
+        );
+        registry.register(
+            "allium_link_refused",
+            "Connections and requests the link refused before handling them, by reason",
+            link_refused.clone(),
         );
         registry.register(
             "allium_replays",
@@ -343,12 +409,12 @@ impl Metrics {
         );
         registry.register(
             "allium_peers_connected",
-            "Open links to other nodes",
+            "Open connections from nodes of the roster",
             peers.clone(),
         );
         registry.register(
             "allium_client_connections",
-            "Open connections from clients",
+            "Open connections from anyone else (clients, and keys not in the roster)",
             clients.clone(),
         );
         registry.register(
@@ -358,8 +424,23 @@ impl Metrics {
         );
         registry.register(
             "allium_replay_filter_load",
-            "Fill of the current epoch's replay filter, 0 to 1 (of replay.packets_per_epoch)",
+            "Tags in the replay filters of the epoch last used, as a share of replay.packets_per_epoch",
             replay_load.clone(),
+        );
+        registry.register(
+            "allium_replay_filter_generations",
+            "Generations of the replay filters of the epoch last used (1 up to the design load)",
+            replay_generations.clone(),
+        );
+        registry.register(
+            "allium_replay_filter_rolls",
+            "Replay filter generations added because one was full (more packets than the design load)",
+            replay_rolls.clone(),
+        );
+        registry.register(
+            "allium_replay_filter_saturated",
+            "Epochs whose replay filters reached their ceiling: false positives rising",
+            replay_saturated.clone(),
         );
 
         Metrics(Arc::new(Inner {
@@ -367,6 +448,7 @@ impl Metrics {
             relayed,
             delivered,
             dropped,
+            link_refused,
             replays,
             storage_requests,
             forward_seconds,
@@ -377,12 +459,17 @@ impl Metrics {
             clients,
             longpolls,
             replay_load,
+            replay_generations,
+            replay_rolls,
+            replay_saturated,
             sync_bytes,
             sync_pulled,
             sync_rounds,
             replicated,
             handed_off,
             syncing,
+            clock_offset,
+            clock_far,
         }))
     }
 
@@ -422,6 +509,12 @@ impl Metrics {
         self.0.syncing.set(i64::from(syncing));
     }
 
+    /// The last measurement of this node's clock against its swarm peers'.
+    pub fn set_clock(&self, offset_ms: i64, far: bool) {
+        self.0.clock_offset.set(offset_ms);
+        self.0.clock_far.set(i64::from(far));
+    }
+
     /// A packet was forwarded; `elapsed` from receipt to the next hop accepting it.
     pub fn relayed(&self, elapsed: Duration) {
         self.0.relayed.inc();
@@ -439,6 +532,14 @@ impl Metrics {
         if reason == DropReason::Replay {
             self.0.replays.inc();
         }
+    }
+
+    /// The link refused a connection or a request.
+    pub fn link_refused(&self, reason: LinkRefusal) {
+        self.0
+            .link_refused
+            .get_or_create(&LinkLabels { reason })
+            .inc();
     }
 
     /// A storage request finished with `result` after `elapsed`.
@@ -468,9 +569,23 @@ impl Metrics {
         u64::try_from(self.0.roster_version.get()).unwrap_or(0)
     }
 
-    /// The current replay filter's fill, 0 to 1.
-    pub fn set_replay_filter_load(&self, load: f64) {
+    /// The fill of the replay filters of the epoch last used, as a share of the design load,
+    /// and their generations.
+    pub fn set_replay_filter_load(&self, load: f64, generations: usize) {
         self.0.replay_load.set(load);
+        self.0
+            .replay_generations
+            .set(i64::try_from(generations).unwrap_or(i64::MAX));
+    }
+
+    /// A replay filter generation was added.
+    pub fn replay_filter_rolled(&self) {
+        self.0.replay_rolls.inc();
+    }
+
+    /// An epoch's replay filters reached their ceiling.
+    pub fn replay_filter_saturated(&self) {
+        self.0.replay_saturated.inc();
     }
 
     /// Counts an open peer link until the returned guard is dropped.
@@ -567,6 +682,7 @@ impl From<allium_proto::Status> for StorageResult {
             S::WrongSwarm => StorageResult::WrongSwarm,
             S::Syncing => StorageResult::Syncing,
             S::NotReplicated => StorageResult::NotReplicated,
+            S::NotDelegated => StorageResult::NotDelegated,
         }
     }
 }

@@ -69,19 +69,41 @@ fn drop_reason(e: &PeelError) -> DropReason {
     }
 }
 
-/// Seconds since the Unix epoch by the system clock (onion-key epochs are wall-clock based).
+/// Peels this node can do per second on all its cores, measured by peeling `samples` packets
+/// of the small class on one thread: the most tags an attacker can make it record.
+pub fn measure_peel_rate(samples: u32) -> f64 {
+    use allium_onion::{Epoch, OnionSecretKey, PathHop, SizeClass, build_packet};
+    let mut rng = rand_core::OsRng;
+    let key = OnionSecretKey::generate(Epoch(0), &mut rng);
+    let hop = PathHop {
+        node: NodeId::from_bytes([7; 32]),
+        epoch: Epoch(0),
+        onion_key: *key.public(),
+    };
+    let Ok(built) = build_packet(&mut rng, &[hop], b"", SizeClass::Small, SizeClass::Small) else {
+        return 0.0;
+    };
+    let samples = samples.max(1);
+    let started = Instant::now();
+    for _ in 0..samples {
+        let mut p = built.packet.clone();
+        let _ = peel(&key, &mut p, |_, _| true);
+    }
+    let per_core = f64::from(samples) / started.elapsed().as_secs_f64().max(1e-9);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    per_core * cores as f64
+}
+
+/// Seconds since the Unix epoch by the node's clock (onion-key epochs are wall-clock based).
 pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    crate::clock::now_secs()
 }
 
 impl<N: Neighbours, D: Destination> OnionService<N, D> {
-    /// A service peeling with `keys`, remembering up to `replay_capacity` layers per epoch.
+    /// A service peeling with `keys`, remembering layers in `replay`.
     pub fn new(
         keys: Arc<RwLock<OnionKeyRing>>,
-        replay_capacity: u64,
+        replay: ReplayWindow,
         pool: Arc<Pool>,
         neighbours: Arc<N>,
         destination: Arc<D>,
@@ -90,7 +112,7 @@ impl<N: Neighbours, D: Destination> OnionService<N, D> {
     ) -> Self {
         OnionService {
             keys,
-            replay: Mutex::new(ReplayWindow::new(replay_capacity)),
+            replay: Mutex::new(replay),
             pool,
             neighbours,
             destination,
@@ -118,11 +140,27 @@ impl<N: Neighbours, D: Destination> OnionService<N, D> {
         // The replay lock is taken only for the filter update, not across the key exchange.
         peel(key, packet, |e, tag| {
             let mut replay = self.replay.lock().unwrap_or_else(|p| p.into_inner());
-            let fresh = replay.check_and_insert(e, tag);
-            if let Some(f) = replay.filter(e) {
-                self.metrics.set_replay_filter_load(f.load());
+            let recorded = replay.record(e, tag);
+            if let (Some(load), Some(generations)) = (replay.load(e), replay.generations(e)) {
+                self.metrics.set_replay_filter_load(load, generations);
             }
-            fresh
+            if let Some(generations) = recorded.rolled {
+                self.metrics.replay_filter_rolled();
+                tracing::warn!(
+                    epoch = e.0,
+                    generations,
+                    memory_bytes = replay.memory_bytes(),
+                    "replay filter full: a new generation takes the inserts, the old ones are still looked up"
+                );
+            }
+            if recorded.saturated {
+                self.metrics.replay_filter_saturated();
+                tracing::error!(
+                    epoch = e.0,
+                    "replay filter at its ceiling (more packets than this node was measured to peel in a key's lifetime): its false-positive rate rises"
+                );
+            }
+            recorded.fresh
         })
     }
 
@@ -138,6 +176,9 @@ impl<N: Neighbours, D: Destination> OnionService<N, D> {
             }
             Ok(Peeled::Deliver { request, reply }) => {
                 let request = request.to_vec();
+                // The packet (up to 64 KiB) is not needed while the request runs, which for a
+                // long-poll is up to a minute: only the request's own bytes are kept.
+                drop(packet);
                 self.metrics.delivered();
                 let answer = self.destination.execute(request, reply.max_body()).await;
                 match answer {

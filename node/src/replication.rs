@@ -1,7 +1,9 @@
 //! Swarm replication on a node (whitepaper storage §9): which mailboxes this node serves, the
 //! quorum a store waits for, the peer protocol it answers, anti-entropy rounds against its swarm
 //! peers (each pull an [`allium_proto::sync::Session`] driven over the link), and hand-off of
-//! mailboxes that moved to another swarm.
+//! mailboxes that moved to another swarm. Each round also compares this node's clock with its
+//! peers' (their `root` answers carry their node time); a node whose clock is far from theirs
+//! serves no mailbox until it agrees again (storage §8.3).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,13 +13,15 @@ use allium_proto::storage::GetSwarmResponse;
 use allium_proto::sync::{
     Action, EntryKey, Item, MAX_FETCH, MAX_ITEMS, PeerRequest, PeerResponse, Session, SessionError,
 };
+use allium_proto::time::{FAR_MS, judge};
 use allium_proto::{
-    Clock, DecodeError, Mailbox, Method, NodeId, Response, ResponseBody, Status, SystemClock,
-    UnixMillis,
+    Clock, ClockSample, ClockVerdict, DecodeError, Mailbox, Method, NodeId, Response, ResponseBody,
+    Status, UnixMillis,
 };
 use allium_swarm::{PendingStore, Placement, Service, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::NodeClock;
 use crate::config::ReplicationConfig;
 use crate::directory::RosterState;
 use crate::metrics::{Metrics, ReplicationResult, SyncDirection};
@@ -44,6 +48,8 @@ pub struct Membership {
     roster: Arc<RosterState>,
     /// The swarm for which a complete anti-entropy round has finished.
     synced: Mutex<Option<u64>>,
+    /// This node's clock against its swarm peers', as the last round that reached one found.
+    clock: Mutex<ClockVerdict>,
     metrics: Metrics,
 }
 
@@ -71,7 +77,51 @@ impl Membership {
             me,
             roster,
             synced: Mutex::new(None),
+            clock: Mutex::new(ClockVerdict::Unknown),
             metrics,
+        }
+    }
+
+    /// This node's clock against its swarm peers', as last measured.
+    pub fn clock(&self) -> ClockVerdict {
+        *lock(&self.clock)
+    }
+
+    fn clock_far(&self) -> bool {
+        self.clock().is_far()
+    }
+
+    /// Whether the clock allows serving mailboxes: measured and not far, or nothing to measure
+    /// it against (a swarm of one, or no swarm). Until a peer has answered, a member of a
+    /// larger swarm does not know.
+    fn clock_ok(&self) -> bool {
+        match self.clock() {
+            ClockVerdict::Agrees { .. } => true,
+            ClockVerdict::Far { .. } => false,
+            ClockVerdict::Unknown => self.my_swarm().is_none_or(|(_, peers)| peers.is_empty()),
+        }
+    }
+
+    /// Takes a round's verdict on the clock. A round in which no peer answered says nothing
+    /// and leaves the last verdict in force.
+    fn set_clock(&self, verdict: ClockVerdict) {
+        let Some(offset) = verdict.offset() else {
+            return;
+        };
+        let was = std::mem::replace(&mut *lock(&self.clock), verdict);
+        self.metrics.set_clock(offset, verdict.is_far());
+        match (was.is_far(), verdict.is_far()) {
+            (false, true) => tracing::warn!(
+                offset_ms = offset,
+                limit_ms = FAR_MS,
+                "this node's clock is far from its swarm peers'; it serves no mailbox until \
+                 they agree (check NTP)"
+            ),
+            (true, false) => tracing::info!(
+                offset_ms = offset,
+                "this node's clock agrees with its swarm peers' again"
+            ),
+            _ => {}
         }
     }
 
@@ -114,13 +164,28 @@ impl Membership {
         *node != self.me && swarm(node).is_some() && swarm(node) == swarm(&self.me)
     }
 
-    /// True until a complete anti-entropy round for the current swarm has finished.
+    /// True until a complete anti-entropy round for the node's current swarm has finished:
+    /// from the moment the node starts (before any roster, and whatever a cached roster says),
+    /// while the roster it holds names no swarm for it, and again after its swarm changed
+    /// (storage §9.5). Leaving the swarm, even briefly, forgets the round: the members stopped
+    /// sending it copies meanwhile. So does a clock found far from the peers' (§8.3).
     pub fn syncing(&self) -> bool {
         let current = self.my_swarm_id();
-        current.is_some() && *lock(&self.synced) != current
+        // A node serving no mailbox for its clock pulls again once it agrees.
+        let clock_ok = self.clock_ok();
+        let mut synced = lock(&self.synced);
+        if clock_ok && current.is_some() && *synced == current {
+            return false;
+        }
+        *synced = None;
+        true
     }
 
     fn mark_synced(&self, swarm: u64) {
+        // A round that started before the swarm changed pulled for the old one.
+        if self.my_swarm_id() != Some(swarm) || !self.clock_ok() {
+            return;
+        }
         let was = lock(&self.synced).replace(swarm);
         if was != Some(swarm) {
             tracing::info!(
@@ -134,8 +199,28 @@ impl Membership {
 
 impl Placement for Membership {
     fn check(&self, mailbox: &Mailbox, method: Method, now: UnixMillis) -> Option<Response> {
-        // Before the first roster the node cannot know; it serves, and clients (which pick
-        // destinations from the roster) do not send it anything yet.
+        if let Some(refusal) = self.wrong_swarm(mailbox, now) {
+            return Some(refusal);
+        }
+        // A wrong clock would file messages and answer cursors at wrong times (§8.3).
+        if !self.clock_ok() {
+            self.metrics.set_syncing(true);
+            return Some(Response::error(now, Status::Syncing));
+        }
+        // Without a roster, or outside it, the node cannot say where a mailbox lives: it takes
+        // writes, but answers no retrieve until it has pulled from a swarm it belongs to.
+        if method == Method::Retrieve && self.syncing() {
+            self.metrics.set_syncing(true);
+            return Some(Response::error(now, Status::Syncing));
+        }
+        None
+    }
+}
+
+impl Membership {
+    /// The `wrong_swarm` answer for a mailbox the roster places in another swarm than this
+    /// node's; `None` when it is this node's, or when the node has no swarm.
+    fn wrong_swarm(&self, mailbox: &Mailbox, now: UnixMillis) -> Option<Response> {
         let held = self.roster.current()?;
         let mine = held.roster().node(&self.me)?.swarm;
         let owner = held.roster().swarm_for(mailbox)?;
@@ -153,10 +238,6 @@ impl Placement for Membership {
                     members,
                 },
             ));
-        }
-        if method == Method::Retrieve && self.syncing() {
-            self.metrics.set_syncing(true);
-            return Some(Response::error(now, Status::Syncing));
         }
         None
     }
@@ -218,7 +299,7 @@ impl Replicator {
     }
 
     fn now(&self) -> UnixMillis {
-        self.service.node_time(SystemClock.now())
+        self.service.node_time(NodeClock.now())
     }
 
     /// Sends `items` to every other member of their mailbox's swarm, each in its own detached
@@ -343,6 +424,11 @@ impl Replicator {
     async fn answer(&self, request: PeerRequest) -> Option<PeerResponse> {
         let store = self.store().clone();
         Some(match request {
+            // Filed by a wrong clock, copies would sit at wrong positions: the sender counts
+            // another holder, and this node pulls them once its clock agrees.
+            PeerRequest::Replicate(items) if self.membership.clock_far() => {
+                PeerResponse::Replicated(vec![Status::Syncing; items.len()])
+            }
             PeerRequest::Replicate(items) => {
                 let (service, now) = (self.service.clone(), self.now());
                 let statuses =
@@ -351,7 +437,10 @@ impl Replicator {
                         .ok()?;
                 PeerResponse::Replicated(statuses)
             }
-            PeerRequest::Root => PeerResponse::Root(store.digests().root()),
+            PeerRequest::Root => PeerResponse::Root {
+                root: store.digests().root(),
+                now: self.now(),
+            },
             PeerRequest::Buckets => PeerResponse::Buckets(store.digests().truncated()),
             PeerRequest::Entries {
                 bucket,
@@ -398,14 +487,31 @@ impl Replicator {
     /// Pulls from `peer` what this node lacks (a tombstone, a later expiry or a whole
     /// message) for mailboxes of its swarm. Returns whether everything was pulled; the byte
     /// budget may leave the rest for the next round. The protocol is the [`Session`]'s; this
-    /// only carries its requests and runs the store calls it asks for.
-    async fn pull_from(&self, peer: &Member) -> Result<bool, PeerError> {
+    /// only carries its requests and runs the store calls it asks for. The peer's `root` answer
+    /// gives a reading of its clock, added to `clocks`; while this node's clock is far (as the
+    /// last round found) it pulls nothing more.
+    async fn pull_from(
+        &self,
+        peer: &Member,
+        clocks: &mut Vec<ClockSample>,
+    ) -> Result<bool, PeerError> {
         let budget = usize::try_from(self.cfg.max_pull_bytes).unwrap_or(usize::MAX);
         let mut session = Session::new(self.store().digests(), budget);
         loop {
             match session.poll() {
                 Action::Send(request) => {
+                    let sent = self.now();
                     let answer = self.call(peer, request).await?;
+                    if let PeerResponse::Root { now: peer_now, .. } = answer {
+                        clocks.push(ClockSample {
+                            sent,
+                            peer: peer_now,
+                            received: self.now(),
+                        });
+                        if self.membership.clock_far() {
+                            return Ok(false);
+                        }
+                    }
                     session.handle_response(answer)?;
                 }
                 Action::Reconcile(page) => {
@@ -452,8 +558,9 @@ impl Replicator {
             return;
         };
         let mut complete = true;
+        let mut clocks = Vec::with_capacity(peers.len());
         for peer in &peers {
-            match self.pull_from(peer).await {
+            match self.pull_from(peer, &mut clocks).await {
                 Ok(done) => complete &= done,
                 // A member that is down has nothing to give now; it pulls from us when back.
                 Err(PeerError::Link(e)) => {
@@ -465,6 +572,7 @@ impl Replicator {
                 }
             }
         }
+        self.membership.set_clock(judge(&clocks, FAR_MS));
         if complete {
             self.membership.mark_synced(swarm);
             self.metrics.sync_round();
@@ -632,4 +740,192 @@ async fn send_items(
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use allium_onion::{Epoch, IdentityKeypair, OnionKeyCert, OnionSecretKey};
+    use allium_proto::network::{Authority, NetworkFile, NetworkParams};
+    use allium_proto::roster::{NodeEntry, Roster};
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    struct World {
+        authority: IdentityKeypair,
+        network: NetworkFile,
+        nodes: Vec<IdentityKeypair>,
+        rng: ChaCha20Rng,
+    }
+
+    impl World {
+        fn new(nodes: usize) -> World {
+            let mut rng = ChaCha20Rng::seed_from_u64(7);
+            let authority = IdentityKeypair::generate(&mut rng);
+            let network = NetworkFile::new(
+                "test-net",
+                vec![Authority {
+                    identity: authority.public(),
+                    address: "127.0.0.1:4433".parse().unwrap(),
+                }],
+                NetworkParams {
+                    swarm_size: 2,
+                    min_ttl_secs: 10,
+                    max_ttl_secs: 1_209_600,
+                    epoch_secs: 3600,
+                    allow_same_subnet: true,
+                    roster_threshold: 1,
+                },
+            )
+            .unwrap();
+            let nodes = (0..nodes)
+                .map(|_| IdentityKeypair::generate(&mut rng))
+                .collect();
+            World {
+                authority,
+                network,
+                nodes,
+                rng,
+            }
+        }
+
+        /// A signed roster at `version` listing `nodes[i]` in swarm `swarms[i]` (`None`: left out).
+        fn roster(&mut self, version: u64, swarms: &[Option<u64>]) -> Vec<u8> {
+            let mut entries = Vec::new();
+            for (i, swarm) in swarms.iter().enumerate() {
+                let Some(swarm) = swarm else { continue };
+                let node = &self.nodes[i];
+                let onion = OnionSecretKey::generate(Epoch(1), &mut self.rng);
+                entries.push(NodeEntry {
+                    identity: node.public(),
+                    addresses: vec![format!("127.0.0.1:{}", 5000 + i).parse().unwrap()],
+                    onion_keys: vec![OnionKeyCert::sign(node, &onion)],
+                    swarm: *swarm,
+                    software: "test".into(),
+                });
+            }
+            Roster::new("test-net", version, 1, 2, entries)
+                .unwrap()
+                .sign(&[&self.authority])
+                .unwrap()
+                .encode()
+        }
+    }
+
+    fn membership(w: &World, me: usize) -> (Arc<RosterState>, Membership) {
+        let roster = Arc::new(RosterState::new(w.network.clone(), None, Metrics::new()));
+        let m = Membership::new(
+            w.nodes[me].public().node_id(),
+            roster.clone(),
+            Metrics::new(),
+        );
+        (roster, m)
+    }
+
+    #[test]
+    fn a_node_is_syncing_from_its_first_moment_until_it_has_pulled_its_swarm() {
+        let mut w = World::new(3);
+        let (roster, m) = membership(&w, 0);
+        let mailbox = Mailbox::from_bytes([9; 32]);
+        // No roster yet: a retrieve is refused, a store is taken.
+        assert!(m.syncing());
+        let refusal = m.check(&mailbox, Method::Retrieve, 1).unwrap();
+        assert_eq!(refusal.result, Err(Status::Syncing));
+        assert!(m.check(&mailbox, Method::Store, 1).is_none());
+        // A roster naming its swarm (as a cached one does at start): still syncing.
+        roster
+            .offer(&w.roster(1, &[Some(1), Some(1), Some(2)]))
+            .unwrap();
+        assert!(m.syncing());
+        m.set_clock(ClockVerdict::Agrees { offset: 0 });
+        m.mark_synced(1);
+        assert!(!m.syncing());
+        assert!(m.check(&mailbox, Method::Retrieve, 1).is_none());
+    }
+
+    #[test]
+    fn leaving_the_roster_even_briefly_forgets_the_pull() {
+        let mut w = World::new(3);
+        let (roster, m) = membership(&w, 0);
+        roster
+            .offer(&w.roster(1, &[Some(1), Some(1), Some(2)]))
+            .unwrap();
+        m.set_clock(ClockVerdict::Agrees { offset: 0 });
+        m.mark_synced(1);
+        assert!(!m.syncing());
+        // Dropped from the roster (its descriptor timed out): it has no swarm, and answers no
+        // retrieve, since its peers stopped sending it copies.
+        roster
+            .offer(&w.roster(2, &[None, Some(1), Some(2)]))
+            .unwrap();
+        assert!(m.syncing());
+        // Back in the same swarm: it must pull again before it serves retrieves.
+        roster
+            .offer(&w.roster(3, &[Some(1), Some(1), Some(2)]))
+            .unwrap();
+        assert!(m.syncing());
+        m.mark_synced(1);
+        assert!(!m.syncing());
+        // Moved to another swarm: a round of the old one does not count.
+        roster
+            .offer(&w.roster(4, &[Some(2), Some(1), Some(2)]))
+            .unwrap();
+        m.mark_synced(1);
+        assert!(m.syncing());
+        m.mark_synced(2);
+        assert!(!m.syncing());
+    }
+
+    #[test]
+    fn a_far_clock_serves_no_mailbox_until_it_agrees_and_has_pulled_again() {
+        let mut w = World::new(3);
+        let (roster, m) = membership(&w, 0);
+        roster
+            .offer(&w.roster(1, &[Some(1), Some(1), Some(2)]))
+            .unwrap();
+        // Only a mailbox of its own swarm is served; find one.
+        let mine = (0..=255u8)
+            .map(|b| Mailbox::from_bytes([b; 32]))
+            .find(|mb| m.owns(mb))
+            .unwrap();
+        // Before any peer has answered, its clock is unchecked: nothing is served.
+        assert_eq!(
+            m.check(&mine, Method::Store, 1).unwrap().result,
+            Err(Status::Syncing)
+        );
+        m.mark_synced(1);
+        assert!(m.syncing());
+        m.set_clock(ClockVerdict::Agrees { offset: 0 });
+        m.mark_synced(1);
+        assert!(m.check(&mine, Method::Store, 1).is_none());
+        m.set_clock(ClockVerdict::Far { offset: 200_000 });
+        assert!(m.syncing());
+        for method in [
+            Method::Store,
+            Method::Retrieve,
+            Method::Delete,
+            Method::DeleteAll,
+            Method::Expire,
+        ] {
+            let refusal = m.check(&mine, method, 1).unwrap();
+            assert_eq!(refusal.result, Err(Status::Syncing), "{method:?}");
+        }
+        // A round in which no peer answered changes nothing; one that pulled while far does
+        // not count.
+        m.set_clock(ClockVerdict::Unknown);
+        assert!(m.clock().is_far());
+        m.mark_synced(1);
+        assert!(m.syncing());
+        // Agreeing again, it takes writes at once and retrieves after its next complete round.
+        m.set_clock(ClockVerdict::Agrees { offset: 3 });
+        assert!(m.check(&mine, Method::Store, 1).is_none());
+        assert_eq!(
+            m.check(&mine, Method::Retrieve, 1).unwrap().result,
+            Err(Status::Syncing)
+        );
+        m.mark_synced(1);
+        assert!(m.check(&mine, Method::Retrieve, 1).is_none());
+    }
 }

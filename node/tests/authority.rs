@@ -1,6 +1,7 @@
 //! The authority's registration: valid descriptors are kept, bad ones refused, memory capped.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +14,11 @@ use allium_proto::network::{Authority as NetAuthority, NetworkFile, NetworkParam
 use allium_proto::roster::DirectoryResponse;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
+
+/// A registration's source: one address per `i`, so the per-address rate does not apply.
+fn from(i: u32) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i))
+}
 
 fn authority(rng: &mut ChaCha20Rng) -> Authority {
     let me = IdentityKeypair::generate(rng);
@@ -62,16 +68,19 @@ async fn valid_descriptors_are_kept_and_bad_ones_refused() {
     let a = authority(&mut rng);
     let good = signed_descriptor(&mut rng);
     assert!(matches!(
-        a.register(&good),
+        a.register(&good, from(0)),
         DirectoryResponse::Registered { .. }
     ));
     assert_eq!(a.registered(), 1);
     let mut bad = good.clone();
     let last = bad.len() - 1;
     bad[last] ^= 1;
-    assert!(matches!(a.register(&bad), DirectoryResponse::Refused(_)));
     assert!(matches!(
-        a.register(b"garbage"),
+        a.register(&bad, from(0)),
+        DirectoryResponse::Refused(_)
+    ));
+    assert!(matches!(
+        a.register(b"garbage", from(0)),
         DirectoryResponse::Refused(_)
     ));
     assert_eq!(a.registered(), 1);
@@ -83,23 +92,54 @@ async fn the_registry_is_capped_and_known_nodes_may_still_re_register() {
     let a = authority(&mut rng);
     let first = signed_descriptor(&mut rng);
     assert!(matches!(
-        a.register(&first),
+        a.register(&first, from(0)),
         DirectoryResponse::Registered { .. }
     ));
-    for _ in 1..MAX_REGISTERED {
+    for i in 1..MAX_REGISTERED as u32 {
         assert!(matches!(
-            a.register(&signed_descriptor(&mut rng)),
+            a.register(&signed_descriptor(&mut rng), from(i)),
             DirectoryResponse::Registered { .. }
         ));
     }
     assert_eq!(a.registered(), MAX_REGISTERED);
-    match a.register(&signed_descriptor(&mut rng)) {
+    match a.register(&signed_descriptor(&mut rng), from(u32::MAX >> 8)) {
         DirectoryResponse::Refused(why) => assert!(why.contains("full"), "{why}"),
         other => panic!("a registration past the cap was accepted: {other:?}"),
     }
     assert_eq!(a.registered(), MAX_REGISTERED);
     assert!(matches!(
-        a.register(&first),
+        a.register(&first, from(0)),
+        DirectoryResponse::Registered { .. }
+    ));
+}
+
+#[tokio::test]
+async fn new_nodes_are_rate_limited_per_source_address_and_known_ones_are_not() {
+    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    let a = authority(&mut rng);
+    let one = from(1);
+    let first = signed_descriptor(&mut rng);
+    assert!(matches!(
+        a.register(&first, one),
+        DirectoryResponse::Registered { .. }
+    ));
+    let mut refused = 0;
+    for _ in 0..100 {
+        if let DirectoryResponse::Refused(why) = a.register(&signed_descriptor(&mut rng), one) {
+            assert!(why.contains("too many"), "{why}");
+            refused += 1;
+        }
+    }
+    // A burst of 32 new nodes at once, then about one per second.
+    assert!((67..=69).contains(&refused), "{refused} refused");
+    // A node already registered re-registers whatever its address's rate, and another address
+    // is not affected.
+    assert!(matches!(
+        a.register(&first, one),
+        DirectoryResponse::Registered { .. }
+    ));
+    assert!(matches!(
+        a.register(&signed_descriptor(&mut rng), from(2)),
         DirectoryResponse::Registered { .. }
     ));
 }

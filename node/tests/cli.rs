@@ -377,4 +377,16 @@ fn check_network_prints_the_fingerprint_or_the_fault() {
     let out = run(&["check-network", &path]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("swarm_size"));
+
+    // An authority key of small order (the neutral point) is refused, not fingerprinted.
+    let small_order = format!("01{}", "00".repeat(31));
+    let key = "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c";
+    std::fs::write(&file, text.replace(key, &small_order)).unwrap_or_else(|e| panic!("{e}"));
+    let out = run(&["check-network", &path]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("small order"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

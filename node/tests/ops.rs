@@ -322,12 +322,15 @@ fn keystore_init_then_open_gives_the_same_identity() {
     let reopened = KeyStore::open(&dir).unwrap();
     assert_eq!(reopened.identity().public(), store.identity().public());
     assert_eq!(reopened.data_dir(), dir);
-    // No temp file left behind.
+    // No temp file left behind: only the empty turn-taking files of atomic writes.
     let names: Vec<_> = fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
+    for n in names.iter().filter(|n| n.starts_with('.')) {
+        assert!(n.ends_with(".lock"), "{names:?}");
+        assert_eq!(fs::metadata(dir.join(n)).unwrap().len(), 0, "{n}");
+    }
 }
 
 #[test]
@@ -564,7 +567,9 @@ fn metrics_render_has_every_name_and_counts() {
     );
     m.set_db_size(12345);
     m.set_roster_version(42);
-    m.set_replay_filter_load(0.25);
+    m.set_replay_filter_load(2.5, 3);
+    m.replay_filter_rolled();
+    m.replay_filter_rolled();
     let _client = m.client_connected();
     let clone = m.clone();
     clone.delivered();
@@ -582,7 +587,10 @@ fn metrics_render_has_every_name_and_counts() {
         "allium_db_size_bytes 12345",
         "allium_roster_version 42",
         "allium_client_connections 1",
-        "allium_replay_filter_load 0.25",
+        "allium_replay_filter_load 2.5",
+        "allium_replay_filter_generations 3",
+        "allium_replay_filter_rolls_total 2",
+        "allium_replay_filter_saturated_total 0",
     ] {
         assert!(text.lines().any(|l| l == line), "{line:?} missing:\n{text}");
     }
@@ -705,6 +713,8 @@ async fn http_bind_failure_is_typed() {
         uptime_secs: 0,
         peers: 0,
         syncing: false,
+        clock_offset_ms: None,
+        clock_far: false,
     });
     let err = http::serve(addr, Metrics::new(), health, ShutdownSignal::new())
         .await

@@ -17,6 +17,14 @@ pub enum KeyError {
     /// Bytes that are not a valid Ed25519 point.
     #[error("not a valid Ed25519 public key")]
     BadIdentityKey,
+    /// An Ed25519 point of small order: no signature by it can verify under the strict rules,
+    /// and with the cofactorless rules one signature would verify for many messages.
+    #[error("an Ed25519 public key of small order")]
+    SmallOrderIdentityKey,
+    /// A second encoding of a point (the y coordinate not reduced mod p): the key has another,
+    /// canonical, spelling, so two texts would name one key.
+    #[error("a non-canonical encoding of an Ed25519 public key")]
+    NonCanonicalIdentityKey,
     /// An Ed25519 signature that does not verify.
     #[error("signature does not verify")]
     BadSignature,

@@ -54,9 +54,32 @@ impl IdentityPublicKey {
             .map_err(|_| KeyError::BadIdentityKey)
     }
 
+    /// Parses 32 bytes as a key that names someone: a point on the curve, in its one canonical
+    /// encoding, not of small order. Keys read from files (a network file's authorities) go
+    /// through this: a small-order key can sign nothing the strict verifier accepts, so listing
+    /// one is a mistake or an attack, and a non-canonical spelling would make two files that
+    /// differ name the same key.
+    pub fn from_canonical_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
+        let bytes = array32(bytes)?;
+        let key = VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::BadIdentityKey)?;
+        if key.is_weak() {
+            return Err(KeyError::SmallOrderIdentityKey);
+        }
+        if key.to_edwards().compress().to_bytes() != bytes {
+            return Err(KeyError::NonCanonicalIdentityKey);
+        }
+        Ok(IdentityPublicKey(key))
+    }
+
     /// The 32-byte encoding.
     pub fn to_bytes(&self) -> [u8; KEY_LEN] {
         self.0.to_bytes()
+    }
+
+    /// Whether the key is a canonically encoded point of large order
+    /// ([`Self::from_canonical_bytes`] would accept its bytes).
+    pub fn is_canonical(&self) -> bool {
+        !self.0.is_weak() && self.0.to_edwards().compress().to_bytes() == self.to_bytes()
     }
 
     /// Borrow the 32-byte encoding.
@@ -483,6 +506,44 @@ mod tests {
             );
         }
         assert!(OnionKeyCert::from_bytes(&bytes[..131]).is_err());
+    }
+
+    #[test]
+    fn keys_named_in_files_are_canonical_points_of_large_order() {
+        let refused = |hex_key: &str| {
+            IdentityPublicKey::from_canonical_bytes(&hex::decode(hex_key).unwrap()).unwrap_err()
+        };
+        // The neutral element, the point of order 2, a point of order 8.
+        for small in [
+            "0100000000000000000000000000000000000000000000000000000000000000",
+            "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+            "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+        ] {
+            assert_eq!(refused(small), KeyError::SmallOrderIdentityKey, "{small}");
+            // The lenient parser takes them: only the strict one knows.
+            let lenient = IdentityPublicKey::from_bytes(&hex::decode(small).unwrap()).unwrap();
+            assert!(!lenient.is_canonical());
+        }
+        // y = p + 3: the point y = 3 (of large order) spelt with an unreduced coordinate.
+        let unreduced = "f0ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f";
+        assert!(IdentityPublicKey::from_bytes(&hex::decode(unreduced).unwrap()).is_ok());
+        assert_eq!(refused(unreduced), KeyError::NonCanonicalIdentityKey);
+        let mut reduced = [0u8; 32];
+        reduced[0] = 3;
+        assert!(IdentityPublicKey::from_canonical_bytes(&reduced).is_ok());
+        // A real key passes, and bytes that are no point stay refused.
+        let real = IdentityKeypair::generate(&mut ChaCha20Rng::seed_from_u64(9)).public();
+        assert_eq!(
+            IdentityPublicKey::from_canonical_bytes(real.as_bytes()).unwrap(),
+            real
+        );
+        assert!(real.is_canonical());
+        let mut two = [0u8; 32];
+        two[0] = 2;
+        assert_eq!(
+            IdentityPublicKey::from_canonical_bytes(&two).unwrap_err(),
+            KeyError::BadIdentityKey
+        );
     }
 
     #[test]

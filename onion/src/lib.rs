@@ -25,5 +25,5 @@ pub use packet::{
     BuiltPacket, HEADER_LEN, MAX_HOPS, PathHop, Peeled, PreparedPath, SizeClass, build_packet,
     packet_epoch, peel, prepare_path,
 };
-pub use replay::{ReplayFilter, ReplayWindow};
+pub use replay::{Recorded, ReplayFilter, ReplayWindow};
 pub use reply::{ErrorCode, Reply, ReplyLayer, ReplyOpener, ReplySealer, max_response};

@@ -46,6 +46,12 @@ pub fn content_hash(mailbox: &Mailbox, namespace: Namespace, data: &[u8]) -> Mes
     ]))
 }
 
+/// The content hash of the delegation record that lets `signer` sign for `mailbox`: the message
+/// of namespace 3 whose data is exactly the signer's key (storage.md §3.1).
+pub fn delegation_hash(mailbox: &Mailbox, signer: &[u8; 32]) -> MessageHash {
+    content_hash(mailbox, crate::storage::DEVICES, signer)
+}
+
 /// Digest of one anti-entropy entry: `BLAKE2b-256(DOMAIN_SYNC_ENTRY || mailbox || namespace
 /// (u16 BE) || hash || state)`, `state` being `0x00 || expiry || set_at` (u64 BE each) for a live
 /// message and `0x01` for a tombstone (whose keep-until time differs between members by design).

@@ -1,11 +1,14 @@
-//! The client's retrieve cursor (whitepaper §7).
+//! The client's retrieve cursor (whitepaper storage §8).
 //!
 //! Messages are ordered by (timestamp, hash), the timestamp being the accepting member's clock.
 //! After a complete polling round at any member whose first page was answered at node time `r`,
 //! every message with timestamp `<= r - overlap` has been returned, provided replication reaches
 //! every member within D and member clocks agree within S, with `overlap >= D + S`. So the next
 //! round may start after `(r - overlap, 0xff…)`; repeats are limited to messages newer than that,
-//! and are dropped here by hash.
+//! and are dropped here by hash. Every page of a round comes from the member that answered its
+//! first page: a message filed at different positions on different members (a late replica,
+//! §8.3) could otherwise fall between the pages of two members. A round whose member stops
+//! answering is abandoned ([`Cursor::restart_round`]) and starts again at another.
 
 use std::collections::HashMap;
 
@@ -60,6 +63,13 @@ impl Cursor {
             safe,
             ..Self::new(overlap_ms)
         }
+    }
+
+    /// Abandons the round in progress (its member stopped answering): the next retrieve starts
+    /// again from [`Self::safe`], at any member. What the round returned is still remembered,
+    /// so it is not handed out twice.
+    pub fn restart_round(&mut self) {
+        self.round = None;
     }
 
     /// Hashes remembered for dropping repeats.

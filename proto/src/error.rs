@@ -89,6 +89,10 @@ pub enum AuthError {
     /// The replay cache is full; the request cannot be checked, so it is refused.
     #[error("replay cache full")]
     CacheFull,
+    /// A delegate's signature verified, but this node holds no live delegation record for it
+    /// (yet: another member may; or no more: the device was removed).
+    #[error("the signer holds no delegation for this mailbox here")]
+    NotDelegated,
 }
 
 /// What a client does after a refusal (arti's `RetryTime`): the request loop reads this instead of
@@ -104,6 +108,10 @@ pub enum Retry {
     /// Retry through another member after a pause: the node is short of a resource that frees
     /// up by itself.
     Later,
+    /// Retry through each other member of the swarm once, and give up when every member has
+    /// refused: one member may lack a record the others hold (a fresh delegation), but a
+    /// refusal by all is final (the delegation is gone).
+    EachMember,
     /// Do not retry: the same request would be refused again.
     Never,
 }
@@ -149,11 +157,14 @@ pub enum Status {
     /// Stored durably here, but fewer than a majority of the swarm confirmed it in time: not
     /// acknowledged. Retrying (through any member) is safe: stores are idempotent.
     NotReplicated = 17,
+    /// A delegate signed, and this member holds no live delegation record for it (storage.md
+    /// §3): ask the other members; refused by all, the delegation is gone.
+    NotDelegated = 18,
 }
 
 impl Status {
     /// All statuses, in code order.
-    pub const ALL: [Status; 18] = [
+    pub const ALL: [Status; 19] = [
         Status::Ok,
         Status::Malformed,
         Status::TooLarge,
@@ -172,6 +183,7 @@ impl Status {
         Status::WrongSwarm,
         Status::Syncing,
         Status::NotReplicated,
+        Status::NotDelegated,
     ];
 
     /// What a client does after this answer ([`Retry::Never`] for `Ok`, which needs no retry).
@@ -182,6 +194,7 @@ impl Status {
                 Retry::Elsewhere
             }
             Status::Busy => Retry::Later,
+            Status::NotDelegated => Retry::EachMember,
             Status::Ok
             | Status::Malformed
             | Status::TooLarge
@@ -230,6 +243,7 @@ impl From<AuthError> for Status {
             AuthError::ClockSkew => Status::ClockSkew,
             AuthError::Replayed => Status::Replayed,
             AuthError::CacheFull => Status::Busy,
+            AuthError::NotDelegated => Status::NotDelegated,
         }
     }
 }

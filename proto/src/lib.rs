@@ -19,4 +19,4 @@ pub use storage::{
     Body, CursorKey, Mailbox, MessageHash, Method, Namespace, NodeId, Request, Response,
     ResponseBody, StoredMessage,
 };
-pub use time::{Clock, ManualClock, SystemClock, UnixMillis};
+pub use time::{Clock, ClockSample, ClockVerdict, ManualClock, SystemClock, UnixMillis};

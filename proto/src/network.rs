@@ -19,7 +19,7 @@ use std::fmt::{self, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use allium_onion::{IdentityPublicKey, NodeId};
+use allium_onion::{IdentityPublicKey, KeyError, NodeId};
 use blake2::digest::consts::U32;
 use blake2::{Blake2b, Digest};
 use serde::Deserialize;
@@ -83,6 +83,15 @@ pub enum NetworkError {
         index: usize,
         /// The value given.
         value: String,
+    },
+    /// An `identity` that decodes to a point but one no authority can sign with: of small
+    /// order, or a non-canonical spelling of its key.
+    #[error("network file: authority {index}: `identity` is {source}")]
+    UnusableAuthorityKey {
+        /// Position of the authority in the file, from 0.
+        index: usize,
+        /// What is wrong with the key.
+        source: KeyError,
     },
     /// The same authority key listed twice.
     #[error("network file: authority {index}: `identity` listed twice")]
@@ -227,6 +236,9 @@ impl NetworkFile {
             return Err(NetworkError::TooManyAuthorities);
         }
         for (index, a) in authorities.iter().enumerate() {
+            if let Err(source) = IdentityPublicKey::from_canonical_bytes(a.identity.as_bytes()) {
+                return Err(NetworkError::UnusableAuthorityKey { index, source });
+            }
             if authorities[..index]
                 .iter()
                 .any(|b| b.identity == a.identity)
@@ -274,9 +286,16 @@ impl NetworkFile {
             if index >= MAX_AUTHORITIES {
                 return Err(NetworkError::TooManyAuthorities);
             }
-            let identity = NodeId::from_hex(&a.identity)
-                .and_then(|id| id.public_key().ok())
-                .ok_or(NetworkError::BadAuthorityKey { index })?;
+            let bytes = NodeId::from_hex(&a.identity)
+                .ok_or(NetworkError::BadAuthorityKey { index })?
+                .to_bytes();
+            let identity =
+                IdentityPublicKey::from_canonical_bytes(&bytes).map_err(|e| match e {
+                    KeyError::SmallOrderIdentityKey | KeyError::NonCanonicalIdentityKey => {
+                        NetworkError::UnusableAuthorityKey { index, source: e }
+                    }
+                    _ => NetworkError::BadAuthorityKey { index },
+                })?;
             let address =
                 parse_address(&a.address).ok_or_else(|| NetworkError::BadAuthorityAddress {
                     index,

@@ -50,6 +50,10 @@ pub const INBOX: Namespace = 0;
 pub const OWNER: Namespace = 1;
 /// Published records: the owner writes, anyone reads (prekey bundles, device lists).
 pub const PUBLIC: Namespace = 2;
+/// Delegation records: written, read, deleted and expired with the mailbox key only, never by a
+/// delegate. A live message here whose data is a key lets that key sign for the mailbox
+/// (storage.md §3, devices.md §2.1).
+pub const DEVICES: Namespace = 3;
 
 pub use allium_onion::NodeId;
 
@@ -284,8 +288,11 @@ pub enum Body {
 pub struct Auth {
     /// Client's clock when signing, Unix ms.
     pub timestamp: UnixMillis,
-    /// Ed25519 signature by the mailbox key over [`crypto::signed_data`].
+    /// Ed25519 signature over [`crypto::signed_data`], by the mailbox key or by `signer`.
     pub signature: [u8; 64],
+    /// A delegate's Ed25519 public key, when the mailbox key did not sign (storage.md §3): the
+    /// node accepts it only while the mailbox holds a live delegation record for it.
+    pub signer: Option<[u8; 32]>,
 }
 
 /// A request: a body and, where the method needs one, a signature.
@@ -631,8 +638,24 @@ impl Request {
             auth: Some(Auth {
                 timestamp,
                 signature,
+                signer: None,
             }),
         }
+    }
+
+    /// Signs `body` with a delegate's key `key` (not the mailbox key), naming it as `signer`
+    /// (storage.md §3). A body that needs no signature is returned unsigned.
+    pub fn signed_by_delegate(
+        body: Body,
+        key: &SigningKey,
+        node: &NodeId,
+        timestamp: UnixMillis,
+    ) -> Self {
+        let mut req = Self::signed(body, key, node, timestamp);
+        if let Some(a) = req.auth.as_mut() {
+            a.signer = Some(key.verifying_key().to_bytes());
+        }
+        req
     }
 
     /// Canonical CBOR encoding.
@@ -643,11 +666,14 @@ impl Request {
         self.body.encode_into(&mut e);
         if let Some(a) = &self.auth {
             e.uint(3)
-                .map(2)
+                .map(if a.signer.is_some() { 3 } else { 2 })
                 .uint(1)
                 .uint(a.timestamp)
                 .uint(2)
                 .bytes(&a.signature);
+            if let Some(signer) = &a.signer {
+                e.uint(3).bytes(signer);
+            }
         }
         e.buf
     }
@@ -694,13 +720,14 @@ impl Request {
 }
 
 fn decode_auth(d: &mut Decoder<'_>) -> Result<Auth, DecodeError> {
-    let n = d.map(2)?;
+    let n = d.map(3)?;
     let mut prev = None;
-    let (mut timestamp, mut signature) = (None, None);
+    let (mut timestamp, mut signature, mut signer) = (None, None, None);
     for _ in 0..n {
         match d.key(&mut prev)? {
             1 => timestamp = Some(d.uint()?),
             2 => signature = Some(d.fixed::<64>()?),
+            3 => signer = Some(d.fixed::<32>()?),
             k => return Err(DecodeError::UnknownKey(k)),
         }
     }
@@ -708,6 +735,7 @@ fn decode_auth(d: &mut Decoder<'_>) -> Result<Auth, DecodeError> {
     Ok(Auth {
         timestamp: need(timestamp, 1)?,
         signature: need(signature, 2)?,
+        signer,
     })
 }
 
@@ -1143,6 +1171,43 @@ impl Response {
             }
         }
         e.buf
+    }
+
+    /// The encoding, fitted to a reply of at most `max` bytes (onion §6.1, storage §4.2): a
+    /// response is never truncated; a `retrieve` page too long is cut to the longest prefix of
+    /// its messages that fits, with `more = true` so the client asks again after the last one.
+    /// `None` when nothing fits: a longer reply class is needed.
+    pub fn encode_within(&self, max: usize) -> Option<Vec<u8>> {
+        let whole = self.encode();
+        if whole.len() <= max {
+            return Some(whole);
+        }
+        let Ok(ResponseBody::Retrieve(page)) = &self.result else {
+            return None;
+        };
+        let with = |count: usize| {
+            Response::ok(
+                self.now,
+                ResponseBody::Retrieve(RetrieveResponse {
+                    messages: page.messages[..count].to_vec(),
+                    more: true,
+                }),
+            )
+            .encode()
+        };
+        // The longest prefix that fits: encodings grow with the count, so search for it. The
+        // whole page does not fit, so the answer is below its length.
+        let (mut fits, mut over) = (0, page.messages.len());
+        while over - fits > 1 {
+            let mid = fits + (over - fits) / 2;
+            if with(mid).len() <= max {
+                fits = mid;
+            } else {
+                over = mid;
+            }
+        }
+        // An empty page with `more` would send the client back to the same place for ever.
+        (fits > 0).then(|| with(fits))
     }
 
     /// Decodes the response to a request of `method`.

@@ -501,8 +501,14 @@ fn decode_keys(d: &mut Decoder<'_>, max: usize) -> Result<Vec<EntryKey>, DecodeE
 pub enum PeerResponse {
     /// `replicate`: one status per item (`ok` when the item is now held).
     Replicated(Vec<Status>),
-    /// `root`.
-    Root([u8; 32]),
+    /// `root`: the root digest, and the node time when the peer answered (storage §9.4; the
+    /// asking member compares its clock with it, §8.3).
+    Root {
+        /// The root digest.
+        root: [u8; 32],
+        /// The answering member's node time.
+        now: UnixMillis,
+    },
     /// `buckets`: 256 truncated digests.
     Buckets(Vec<[u8; BUCKET_DIGEST_LEN]>),
     /// `entries`: a page, and whether more follow.
@@ -521,7 +527,7 @@ impl PeerResponse {
     pub fn method(&self) -> PeerMethod {
         match self {
             PeerResponse::Replicated(_) => PeerMethod::Replicate,
-            PeerResponse::Root(_) => PeerMethod::Root,
+            PeerResponse::Root { .. } => PeerMethod::Root,
             PeerResponse::Buckets(_) => PeerMethod::Buckets,
             PeerResponse::Entries { .. } => PeerMethod::Entries,
             PeerResponse::Fetched(_) => PeerMethod::Fetch,
@@ -538,8 +544,8 @@ impl PeerResponse {
                     e.uint(s.code().into());
                 }
             }
-            PeerResponse::Root(r) => {
-                e.bytes(r);
+            PeerResponse::Root { root, now } => {
+                e.array(2).bytes(root).uint(*now);
             }
             PeerResponse::Buckets(b) => {
                 e.array(b.len());
@@ -593,7 +599,15 @@ impl PeerResponse {
                 d.leave();
                 PeerResponse::Replicated(statuses)
             }
-            PeerMethod::Root => PeerResponse::Root(d.fixed()?),
+            PeerMethod::Root => {
+                if d.array(2)? != 2 {
+                    return Err(DecodeError::InvalidValue("root"));
+                }
+                let root = d.fixed()?;
+                let now = d.uint()?;
+                d.leave();
+                PeerResponse::Root { root, now }
+            }
             PeerMethod::Buckets => {
                 if d.array(BUCKETS)? != BUCKETS {
                     return Err(DecodeError::InvalidValue("bucket count"));

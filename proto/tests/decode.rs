@@ -80,18 +80,24 @@ fn body() -> impl Strategy<Value = Body> {
 }
 
 fn request() -> impl Strategy<Value = Request> {
-    (body(), any::<u64>(), any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(
-        |(body, timestamp, s1, s2)| {
+    (
+        body(),
+        any::<u64>(),
+        any::<[u8; 32]>(),
+        any::<[u8; 32]>(),
+        proptest::option::of(any::<[u8; 32]>()),
+    )
+        .prop_map(|(body, timestamp, s1, s2, signer)| {
             let mut signature = [0u8; 64];
             signature[..32].copy_from_slice(&s1);
             signature[32..].copy_from_slice(&s2);
             let auth = body.auth_target().map(|_| Auth {
                 timestamp,
                 signature,
+                signer,
             });
             Request { body, auth }
-        },
-    )
+        })
 }
 
 fn message() -> impl Strategy<Value = StoredMessage> {
@@ -359,4 +365,90 @@ fn limits_are_enforced() {
         Request::decode(&vec![0; MAX_REQUEST_BYTES + 1]),
         Err(DecodeError::TooLarge { .. })
     ));
+}
+
+fn stored(seed: u8, len: usize) -> StoredMessage {
+    StoredMessage {
+        hash: MessageHash([seed; 32]),
+        timestamp: 1_700_000_000_000 + u64::from(seed),
+        expiry: 1_700_086_400_000,
+        data: vec![seed; len],
+    }
+}
+
+fn page_of(messages: Vec<StoredMessage>, more: bool) -> Response {
+    Response::ok(
+        1_700_000_000_500,
+        ResponseBody::Retrieve(RetrieveResponse { messages, more }),
+    )
+}
+
+/// The body a small reply carries (onion §6.1: `size − 21`).
+const SMALL_BODY: usize = 4_096 - 21;
+
+/// Onion §6.1, storage §1: a signed retrieve over ten 512-byte messages in the small reply class
+/// is answered with as many as fit and `more = true`, never refused nor cut mid-message.
+#[test]
+fn a_retrieve_page_is_fitted_to_the_reply_class() {
+    let page = page_of((0..10).map(|i| stored(i, 512)).collect(), false);
+    assert!(page.encode().len() > SMALL_BODY);
+    let fitted = page.encode_within(SMALL_BODY).expect("some messages fit");
+    assert!(fitted.len() <= SMALL_BODY);
+    let back = Response::decode(&fitted, Method::Retrieve).unwrap();
+    let Ok(ResponseBody::Retrieve(r)) = back.result else {
+        panic!("{back:?}")
+    };
+    assert_eq!(r.messages.len(), 7);
+    assert!(r.more);
+    let Ok(ResponseBody::Retrieve(whole)) = &page.result else {
+        unreachable!()
+    };
+    assert_eq!(r.messages, whole.messages[..7]);
+    // A page that fits is sent as it is.
+    assert_eq!(page.encode_within(usize::MAX), Some(page.encode()));
+    // One message longer than the class: nothing to send but error 5.
+    assert_eq!(
+        page_of(vec![stored(1, 5_000)], false).encode_within(SMALL_BODY),
+        None
+    );
+    // Other answers are never cut.
+    let refusal = Response::error(1, Status::Syncing);
+    assert_eq!(refusal.encode_within(2), None);
+}
+
+proptest! {
+    /// A fitted page fits, is a prefix of the page, and says `more` whenever it was cut.
+    #[test]
+    fn fitted_pages_are_prefixes_that_fit(
+        lens in proptest::collection::vec(0usize..2_000, 0..40),
+        more in any::<bool>(),
+        max in 0usize..70_000,
+    ) {
+        let messages: Vec<StoredMessage> =
+            lens.iter().enumerate().map(|(i, &l)| stored(i as u8, l)).collect();
+        let page = page_of(messages.clone(), more);
+        match page.encode_within(max) {
+            Some(bytes) => {
+                prop_assert!(bytes.len() <= max);
+                let back = Response::decode(&bytes, Method::Retrieve).unwrap();
+                let Ok(ResponseBody::Retrieve(r)) = back.result else {
+                    panic!("{back:?}")
+                };
+                prop_assert_eq!(&r.messages[..], &messages[..r.messages.len()]);
+                if r.messages.len() < messages.len() {
+                    prop_assert!(r.more && !r.messages.is_empty());
+                    // The longest such prefix.
+                    let one_more = page_of(messages[..=r.messages.len()].to_vec(), true);
+                    prop_assert!(one_more.encode().len() > max);
+                } else {
+                    prop_assert_eq!(r.more, more);
+                }
+            }
+            None => {
+                prop_assert!(page.encode().len() > max);
+                let first = page_of(messages.iter().take(1).cloned().collect(), true);
+                prop_assert!(messages.is_empty() || first.encode().len() > max);
+            }
+        }
+    }
 }

@@ -6,12 +6,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
-use allium_onion::{Epoch, IdentityKeypair, OnionKeyCert, OnionSecretKey};
+use allium_onion::{
+    Epoch, IdentityKeypair, IdentityPublicKey, KeyError, OnionKeyCert, OnionSecretKey,
+};
 use allium_proto::assign::{
     assign, fold_mailbox, min_members, moved, nearest_swarm, ring_distance,
 };
 use allium_proto::error::DecodeError;
-use allium_proto::network::{NetworkError, NetworkFile};
+use allium_proto::network::{Authority, NetworkError, NetworkFile};
 use allium_proto::roster::*;
 use allium_proto::{Mailbox, NodeId};
 use proptest::prelude::*;
@@ -68,6 +70,53 @@ fn network_toml(authorities: &[&IdentityKeypair], threshold: u64) -> String {
          allow_same_subnet = false\nroster_threshold = {threshold}\n"
     );
     s
+}
+
+/// Authority keys a network file must refuse, and why: points of small order (the neutral
+/// element, the point of order 2, a point of order 8), a second spelling of a point (its y
+/// coordinate not reduced: p + 3), and bytes that are no point at all (y = 2).
+const REFUSED_AUTHORITY_KEYS: [(&str, &str); 5] = [
+    (
+        "0100000000000000000000000000000000000000000000000000000000000000",
+        "small_order",
+    ),
+    (
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "small_order",
+    ),
+    (
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+        "small_order",
+    ),
+    (
+        "f0ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "non_canonical",
+    ),
+    (
+        "0200000000000000000000000000000000000000000000000000000000000000",
+        "not_a_point",
+    ),
+];
+
+/// The network file of the vectors with `input.identity` as its authority, and why it is
+/// refused (or `accepted`).
+fn network_refused_case(input: &Value) -> Value {
+    let key = input["identity"].as_str().unwrap();
+    let toml = network_toml(&[&kp(0xa0)], 1).replace(&hexkey(&kp(0xa0)), key);
+    let refused = match NetworkFile::from_toml(&toml) {
+        Ok(_) => "accepted",
+        Err(NetworkError::UnusableAuthorityKey {
+            index: 0,
+            source: KeyError::SmallOrderIdentityKey,
+        }) => "small_order",
+        Err(NetworkError::UnusableAuthorityKey {
+            index: 0,
+            source: KeyError::NonCanonicalIdentityKey,
+        }) => "non_canonical",
+        Err(NetworkError::BadAuthorityKey { index: 0 }) => "not_a_point",
+        Err(e) => panic!("{key}: {e}"),
+    };
+    json!({ "identity": key, "refused": refused })
 }
 
 fn network(authorities: &[&IdentityKeypair], threshold: u64) -> NetworkFile {
@@ -267,6 +316,32 @@ fn network_file_errors_name_the_key() {
     assert!(matches!(
         err(&short_key),
         NetworkError::BadAuthorityKey { index: 0 }
+    ));
+    // Keys that decode to a point nobody can sign with, or a second spelling of one.
+    for (key, refused) in REFUSED_AUTHORITY_KEYS {
+        assert_eq!(
+            network_refused_case(&json!({ "identity": key }))["refused"],
+            json!(refused),
+            "{key}"
+        );
+    }
+    // A network file built from parts is held to the same rules.
+    let small =
+        IdentityPublicKey::from_bytes(&hex::decode(REFUSED_AUTHORITY_KEYS[0].0).unwrap()).unwrap();
+    let from_parts = NetworkFile::new(
+        "allium-devnet",
+        vec![Authority {
+            identity: small,
+            address: "127.0.0.1:4433".parse().unwrap(),
+        }],
+        network(&[&a], 1).params,
+    );
+    assert!(matches!(
+        from_parts,
+        Err(NetworkError::UnusableAuthorityKey {
+            index: 0,
+            source: KeyError::SmallOrderIdentityKey
+        })
     ));
     for addr in [
         "localhost:4433",
@@ -1358,6 +1433,10 @@ fn vectors() -> Value {
             "fingerprint": net.fingerprint_hex(),
             "authority_address": addr.to_string(),
         },
+        "network_refused": REFUSED_AUTHORITY_KEYS
+            .iter()
+            .map(|(k, _)| network_refused_case(&json!({ "identity": k })))
+            .collect::<Vec<_>>(),
         "descriptor": desc,
         "roster": roster_case(&roster_in),
         "swarm_for": mailboxes.iter().map(|m| swarm_for_case(&r, &json!(hex::encode(m)))).collect::<Vec<_>>(),
@@ -1378,6 +1457,12 @@ fn rebuild(p: &Value) -> Value {
     assert_eq!(net.authorities()[0].identity, auth.public());
     out["network"]["canonical_cbor"] = json!(hex::encode(net.canonical_bytes()));
     out["network"]["fingerprint"] = json!(net.fingerprint_hex());
+    out["network_refused"] = p["network_refused"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(network_refused_case)
+        .collect();
     let strip = |v: &Value, keys: &[&str]| {
         let mut v = v.clone();
         for k in keys {

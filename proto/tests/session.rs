@@ -86,7 +86,10 @@ fn diverged(theirs: &[Entry], budget: usize) -> Session {
     exchange(
         &mut s,
         Action::Send(PeerRequest::Root),
-        PeerResponse::Root(peer.root()),
+        PeerResponse::Root {
+            root: peer.root(),
+            now: 0,
+        },
     );
     exchange(
         &mut s,
@@ -103,7 +106,10 @@ fn equal_roots_cost_one_request() {
     exchange(
         &mut s,
         Action::Send(PeerRequest::Root),
-        PeerResponse::Root(mine.root()),
+        PeerResponse::Root {
+            root: mine.root(),
+            now: 0,
+        },
     );
     assert_eq!(s.poll(), Action::Done { complete: true });
     // A finished session stays finished.
@@ -344,7 +350,10 @@ fn out_of_turn_calls_are_refused_and_change_nothing() {
         },
     );
     assert!(matches!(
-        s.handle_response(PeerResponse::Root([0; 32])),
+        s.handle_response(PeerResponse::Root {
+            root: [0; 32],
+            now: 0
+        }),
         Err(SessionError::OutOfTurn(_))
     ));
     assert_eq!(s.poll(), Action::Reconcile(page.clone()));
@@ -518,7 +527,10 @@ impl Member {
 
     fn answer(&self, request: &PeerRequest, limits: Limits) -> PeerResponse {
         match request {
-            PeerRequest::Root => PeerResponse::Root(self.digests.root()),
+            PeerRequest::Root => PeerResponse::Root {
+                root: self.digests.root(),
+                now: 0,
+            },
             PeerRequest::Buckets => PeerResponse::Buckets(self.digests.truncated()),
             PeerRequest::Entries {
                 bucket,

@@ -261,7 +261,10 @@ fn peer_request_of(v: &Value) -> PeerRequest {
 fn peer_response_of(method: PeerMethod, v: &Value) -> PeerResponse {
     match method {
         PeerMethod::Replicate => PeerResponse::Replicated(list(&v["statuses"], status)),
-        PeerMethod::Root => PeerResponse::Root(b32(&v["root"])),
+        PeerMethod::Root => PeerResponse::Root {
+            root: b32(&v["root"]),
+            now: uint(&v["now"]),
+        },
         PeerMethod::Buckets => {
             PeerResponse::Buckets(list(&v["buckets"], |b| bytes(b).try_into().unwrap()))
         }
@@ -329,6 +332,50 @@ fn signed_case(
         "digest": hex::encode(digest),
         "signed_data": hex::encode(signed),
         "signature": hex::encode(sig),
+        "request_cbor": hex::encode(bytes),
+    })
+}
+
+/// A request signed by a delegate `key` (storage.md §3.1): the signature is over the same
+/// signed data, and `auth` names the signer.
+fn delegated_case(
+    name: &Value,
+    request: &Value,
+    timestamp: u64,
+    key: &SigningKey,
+    node: &NodeId,
+) -> Value {
+    let body = body_of(request);
+    let req = Request::signed_by_delegate(body.clone(), key, node, timestamp);
+    let (mailbox, namespace) = body.auth_target().unwrap();
+    let digest = body.digest();
+    let signed = crypto::signed_data(
+        body.method().id(),
+        &mailbox,
+        namespace,
+        timestamp,
+        node,
+        &digest,
+    );
+    let auth = req.auth.as_ref().unwrap();
+    let signer = key.verifying_key().to_bytes();
+    assert_eq!(auth.signer, Some(signer));
+    key.verifying_key()
+        .verify(&signed, &Signature::from_bytes(&auth.signature))
+        .unwrap();
+    let bytes = req.encode();
+    let decoded = Request::decode(&bytes).unwrap();
+    assert_eq!(decoded.request, req);
+    let record = crypto::content_hash(&mailbox, DEVICES, &signer);
+    assert_eq!(record, crypto::delegation_hash(&mailbox, &signer));
+    json!({
+        "name": name,
+        "request": request,
+        "timestamp_ms": timestamp,
+        "signer": hex::encode(signer),
+        "delegation_record_hash": hex::encode(record.0),
+        "signed_data": hex::encode(signed),
+        "signature": hex::encode(auth.signature),
         "request_cbor": hex::encode(bytes),
     })
 }
@@ -463,6 +510,17 @@ fn vectors() -> Value {
             json!({ "method": 1, "body": { "mailbox": mb, "namespace": 5, "ttl_ms": day, "data": data } }),
         ),
     ];
+    let delegate = SigningKey::from_bytes(&seq(128));
+    let delegated = [
+        (
+            "retrieve from the inbox, signed by a delegate",
+            json!({ "method": 2, "body": { "mailbox": mb, "namespace": INBOX, "wait_ms": 25_000 } }),
+        ),
+        (
+            "store to the owner namespace, signed by a delegate",
+            json!({ "method": 1, "body": { "mailbox": mb, "namespace": OWNER, "ttl_ms": day, "data": data } }),
+        ),
+    ];
     let message = json!({ "hash": h, "timestamp": TS, "expiry": TS + day, "data": data });
     let swarm = json!({ "swarm_id": 0x8000_0000_0000_0000u64, "members": [other, third] });
     let responses = [
@@ -563,7 +621,7 @@ fn vectors() -> Value {
     ];
     let peer_responses = [
         ("replicated", 1, json!({ "statuses": [0, 15] })),
-        ("root", 2, json!({ "root": root["root"] })),
+        ("root", 2, json!({ "root": root["root"], "now": TS + 1 })),
         (
             "entries",
             4,
@@ -584,6 +642,8 @@ fn vectors() -> Value {
         "content_hash": content,
         "unsigned": unsigned.iter().map(|(n, r)| unsigned_case(&json!(n), r)).collect::<Vec<_>>(),
         "signed": signed.iter().map(|(n, r)| signed_case(&json!(n), r, TS, &key, &node_id)).collect::<Vec<_>>(),
+        "delegate_seed": hex::encode(seq(128)),
+        "delegated": delegated.iter().map(|(n, r)| delegated_case(&json!(n), r, TS, &delegate, &node_id)).collect::<Vec<_>>(),
         "responses": responses.iter().map(|(n, m, r)| response_case(&json!(n), &json!(m), r)).collect::<Vec<_>>(),
         "depth": [
             depth_case("expire answer, one pair at depth 4", Method::Expire, &at_limit, Some(expire_ok)),
@@ -621,6 +681,16 @@ fn rebuild(published: &Value) -> Value {
             &c["request"],
             uint(&c["timestamp_ms"]),
             &key,
+            &node_id,
+        )
+    });
+    let delegate = SigningKey::from_bytes(&b32(&p["delegate_seed"]));
+    out["delegated"] = each("delegated", &|c| {
+        delegated_case(
+            &c["name"],
+            &c["request"],
+            uint(&c["timestamp_ms"]),
+            &delegate,
             &node_id,
         )
     });
@@ -679,6 +749,7 @@ fn published_vectors_match() {
         .unwrap()
         .iter()
         .chain(published["unsigned"].as_array().unwrap())
+        .chain(published["delegated"].as_array().unwrap())
     {
         let bytes = hex::decode(v["request_cbor"].as_str().unwrap()).unwrap();
         assert_eq!(Request::decode(&bytes).unwrap().request.encode(), bytes);

@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use crate::store::{NewMessage, RetrieveQuery, Store, Watch};
 use allium_proto::auth::{self, ReplayCache};
+use allium_proto::crypto;
 use allium_proto::error::Status;
 use allium_proto::storage::{
-    Body, DeleteAllResponse, DeleteResponse, ExpireResponse, InfoResponse, MAX_RETRIEVE_COUNT,
-    Mailbox, Method, NodeId, PROTOCOL_VERSION, RETRIEVE_BUDGET_BYTES, Request, Response,
-    ResponseBody, RetrieveResponse, StoreResponse,
+    Body, DEVICES, DeleteAllResponse, DeleteResponse, ExpireResponse, InfoResponse,
+    MAX_RETRIEVE_COUNT, Mailbox, Method, NodeId, PROTOCOL_VERSION, RETRIEVE_BUDGET_BYTES, Request,
+    Response, ResponseBody, RetrieveResponse, StoreResponse,
 };
 use allium_proto::sync::{EntryKey, Item, ItemMessage};
 use allium_proto::time::{Clock, MonotoneFloor, UnixMillis};
@@ -27,6 +28,9 @@ pub struct ServiceConfig {
     pub replay_capacity: usize,
     /// Reported by `info`, at most [`allium_proto::storage::MAX_SOFTWARE_LEN`] bytes.
     pub software: String,
+    /// Signed requests timestamped before this are refused as outside the window: the node's
+    /// start, as the replay cache of an earlier run is gone (0: none refused).
+    pub not_before: UnixMillis,
 }
 
 impl ServiceConfig {
@@ -37,6 +41,7 @@ impl ServiceConfig {
             window_ms: auth::SIGNATURE_WINDOW_MS,
             replay_capacity: auth::DEFAULT_REPLAY_CAPACITY,
             software: concat!("allium-swarm/", env!("CARGO_PKG_VERSION")).to_owned(),
+            not_before: 0,
         }
     }
 }
@@ -163,7 +168,9 @@ impl Service {
         placement: Arc<dyn Placement>,
     ) -> Self {
         let floor = MonotoneFloor::new(store.high_water());
-        let replay = Mutex::new(ReplayCache::new(cfg.window_ms, cfg.replay_capacity));
+        let mut replay = ReplayCache::new(cfg.window_ms, cfg.replay_capacity);
+        replay.refuse_before(cfg.not_before);
+        let replay = Mutex::new(replay);
         Self {
             store,
             placement,
@@ -195,7 +202,25 @@ impl Service {
                 .replay
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Err(e) = auth::authenticate(&decoded, &self.cfg.node, now, &mut replay) {
+            // A delegate's request is accepted while its delegation record is live here
+            // (whitepaper §3.1): one point read, made only after its signature verified.
+            let mut fault = None;
+            let verdict =
+                auth::authenticate_with(&decoded, &self.cfg.node, now, &mut replay, |m, signer| {
+                    let key = EntryKey {
+                        mailbox: *m,
+                        namespace: DEVICES,
+                        hash: crypto::delegation_hash(m, signer),
+                    };
+                    self.store.holds_live(&key, now).unwrap_or_else(|e| {
+                        fault = Some(e);
+                        false
+                    })
+                });
+            if let Some(e) = fault {
+                return Handled::Respond(Response::error(now, Status::from(&e)));
+            }
+            if let Err(e) = verdict {
                 return Handled::Respond(Response::error(now, e.into()));
             }
         }

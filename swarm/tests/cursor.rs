@@ -282,3 +282,118 @@ fn repeats_stop_after_the_overlap() {
     assert_eq!(seen.len(), 5);
     assert!(cursor.remembered() <= 5);
 }
+
+/// Positions differ between members once a replica arrives late (§8.3): a round that took one
+/// page from each member could fall between them and still move the cursor past the message.
+/// A round whose pages all come from the member that answered the first sees it.
+#[test]
+fn a_round_keeps_to_one_member_when_positions_differ() {
+    let mb = mailbox(&key(1));
+    let overlap = D + S;
+    let setup = || {
+        let (da, a) = open(StoreConfig {
+            overlap_ms: overlap,
+            ..StoreConfig::default()
+        });
+        let (db, b) = open(StoreConfig {
+            overlap_ms: overlap,
+            ..StoreConfig::default()
+        });
+        let item = |data: &[u8], at: u64| ItemMessage {
+            mailbox: mb,
+            namespace: INBOX,
+            timestamp: at,
+            expiry: at + TTL,
+            set_at: at,
+            data: data.to_vec(),
+        };
+        // `m` accepted by A at T0; `q` by B at T0 + 5 D, reaching A on time. `m` reaches B ten
+        // times D late, and B files it at `now - overlap`, after `q`.
+        let m = a
+            .store(
+                NewMessage {
+                    mailbox: mb,
+                    namespace: INBOX,
+                    ttl_ms: TTL,
+                    data: b"m".to_vec(),
+                },
+                T0,
+            )
+            .unwrap();
+        let q = item(b"q", T0 + 5 * D);
+        for r in b.apply_items(vec![Item::Message(q.clone())], T0 + 5 * D) {
+            r.unwrap();
+        }
+        for r in a.apply_items(vec![Item::Message(q)], T0 + 5 * D + 1) {
+            r.unwrap();
+        }
+        for r in b.apply_items(vec![Item::Message(item(b"m", T0))], T0 + 10 * D) {
+            r.unwrap();
+        }
+        ((da, a), (db, b), m.hash)
+    };
+    let page = |store: &Store, cursor: &Cursor, now: u64| {
+        let p = store
+            .retrieve(
+                &RetrieveQuery {
+                    mailbox: mb,
+                    namespace: INBOX,
+                    after: cursor.after(),
+                    max_count: 1,
+                    max_bytes: usize::MAX,
+                },
+                now,
+            )
+            .unwrap();
+        RetrieveResponse {
+            messages: p.messages,
+            more: p.more,
+        }
+    };
+    let now = T0 + 10 * D + 1;
+
+    // First page from B (it holds `q` first), the next from A (after `q`, where A holds
+    // nothing): `m` is in neither, and the round ends past both its positions.
+    let ((_da, a), (_db, b), m) = setup();
+    let mut cursor = Cursor::new(overlap);
+    let mut seen: Vec<MessageHash> = Vec::new();
+    let first = page(&b, &cursor, now);
+    assert!(first.more);
+    seen.extend(cursor.accept(now, &first).iter().map(|x| x.hash));
+    let second = page(&a, &cursor, now);
+    assert!(!second.more);
+    seen.extend(cursor.accept(now, &second).iter().map(|x| x.hash));
+    let mut later = Vec::new();
+    poll(
+        &Member { store: a, skew: 0 },
+        mb,
+        &mut cursor,
+        now + 1,
+        5,
+        &mut later,
+    );
+    poll(
+        &Member { store: b, skew: 0 },
+        mb,
+        &mut cursor,
+        now + 2,
+        5,
+        &mut later,
+    );
+    seen.extend(later);
+    assert!(!seen.contains(&m), "mixing members lost nothing this time?");
+
+    // The same round kept at B returns `m` on its second page.
+    let ((_da, _a), (_db, b), m) = setup();
+    let mut cursor = Cursor::new(overlap);
+    let mut seen = Vec::new();
+    poll(
+        &Member { store: b, skew: 0 },
+        mb,
+        &mut cursor,
+        now,
+        1,
+        &mut seen,
+    );
+    assert!(seen.contains(&m));
+}

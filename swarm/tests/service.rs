@@ -266,6 +266,149 @@ fn signature_window_and_replay_cache() {
     assert_eq!(status(&call(&s, &req, now)), Status::ClockSkew);
 }
 
+/// Whitepaper §3.1: a delegate signs for the mailbox exactly while the mailbox holds a live
+/// delegation record for its key in namespace 3; the record is the owner's alone.
+#[test]
+fn delegates_act_while_their_record_is_live() {
+    let (_d, s) = service(StoreConfig::default());
+    let owner = key(1);
+    let mb = mailbox(&owner);
+    let device = key(2);
+    let signer = device.verifying_key().to_bytes();
+    let node = node_id(NODE);
+    let mut now = T0 + 1_000_000;
+    let mut tick = || {
+        now += 1;
+        now
+    };
+    let record = |ttl_ms| {
+        Body::Store(StoreRequest {
+            mailbox: mb,
+            namespace: DEVICES,
+            ttl_ms,
+            data: signer.to_vec(),
+        })
+    };
+    let by_device = |body, t| Request::signed_by_delegate(body, &device, &node, t);
+
+    // No record yet: refused with the status that sends the client to the other members.
+    let t = tick();
+    let r = call(&s, &by_device(retrieve_body(mb), t), t);
+    assert_eq!(status(&r), Status::NotDelegated);
+    assert_eq!(
+        Status::NotDelegated.retry(),
+        allium_proto::Retry::EachMember
+    );
+
+    // The delegate cannot write its own record: namespace 3 is the owner's.
+    let t = tick();
+    let r = call(&s, &by_device(record(60_000), t), t);
+    assert_eq!(status(&r), Status::Unauthorized);
+
+    // The owner stores it: from now on the delegate reads the inbox and writes namespace 1.
+    let t = tick();
+    let stored = call(&s, &Request::signed(record(60_000), &owner, &node, t), t);
+    assert_eq!(status(&stored), Status::Ok);
+    let Ok(ResponseBody::Store(sr)) = &stored.result else {
+        panic!("not a store answer")
+    };
+    assert_eq!(sr.hash, crypto::delegation_hash(&mb, &signer));
+    let t = tick();
+    s.handle_blocking(
+        &inbox_store(mb, b"for every device", 60_000).encode(),
+        &ManualClock::new(t),
+    );
+    let t = tick();
+    let r = call(&s, &by_device(retrieve_body(mb), t), t);
+    assert_eq!(messages(&r).len(), 1);
+    let owner_ns = Body::Store(StoreRequest {
+        mailbox: mb,
+        namespace: OWNER,
+        ttl_ms: 60_000,
+        data: b"synced".to_vec(),
+    });
+    let t = tick();
+    assert_eq!(status(&call(&s, &by_device(owner_ns, t), t)), Status::Ok);
+
+    // Another key naming the same signer is a forgery, delegated or not.
+    let mut forged = Request::signed(retrieve_body(mb), &key(3), &node, tick());
+    forged.auth.as_mut().unwrap().signer = Some(signer);
+    let t = tick();
+    assert_eq!(status(&call(&s, &forged, t)), Status::Unauthorized);
+
+    // Expired: refused again.
+    let late = t + 60_001;
+    let r = call(&s, &by_device(retrieve_body(mb), late), late);
+    assert_eq!(status(&r), Status::NotDelegated);
+
+    // Stored again, then deleted by the owner (a removal): refused from the delete on.
+    let t = late + 1;
+    let r = call(&s, &Request::signed(record(60_000), &owner, &node, t), t);
+    assert_eq!(status(&r), Status::Ok);
+    let t = t + 1;
+    assert_eq!(
+        status(&call(&s, &by_device(retrieve_body(mb), t), t)),
+        Status::Ok
+    );
+    let del = Body::Delete(DeleteRequest {
+        mailbox: mb,
+        namespace: DEVICES,
+        hashes: vec![crypto::delegation_hash(&mb, &signer)],
+    });
+    let t = t + 1;
+    assert_eq!(
+        status(&call(&s, &Request::signed(del, &owner, &node, t), t)),
+        Status::Ok
+    );
+    let t = t + 1;
+    let r = call(&s, &by_device(retrieve_body(mb), t), t);
+    assert_eq!(status(&r), Status::NotDelegated);
+}
+
+#[test]
+fn a_restarted_service_refuses_what_was_signed_before_its_start() {
+    let (dir, store) = open(StoreConfig::default());
+    let s = Service::new(Arc::new(store), ServiceConfig::new(node_id(NODE)));
+    let k = key(2);
+    let mb = mailbox(&k);
+    let node = node_id(NODE);
+    let now = T0 + 1_000_000;
+    let wipe = Request::signed(
+        Body::DeleteAll(DeleteAllRequest {
+            mailbox: mb,
+            namespace: INBOX,
+        }),
+        &k,
+        &node,
+        now,
+    );
+    assert_eq!(status(&call(&s, &wipe, now)), Status::Ok);
+    assert_eq!(status(&call(&s, &wipe, now + 1_000)), Status::Replayed);
+
+    // Killed 2 s later and started again 3 s later: well inside the request's window, but the
+    // replay cache of the first run is gone.
+    drop(s);
+    let store = allium_swarm::Store::open(dir.path(), StoreConfig::default()).unwrap();
+    let restarted = now + 5_000;
+    let s = Service::new(
+        Arc::new(store),
+        ServiceConfig {
+            not_before: restarted,
+            ..ServiceConfig::new(node_id(NODE))
+        },
+    );
+    let r = call(&s, &wipe, restarted + 1_000);
+    assert_eq!(
+        status(&r),
+        Status::ClockSkew,
+        "a replay ran after a restart"
+    );
+    assert_eq!(r.now, restarted + 1_000, "the answer carries the node time");
+    // Signed again at the node's time, the same operation runs.
+    let resigned = Request::signed(wipe.body.clone(), &k, &node, r.now);
+    assert_eq!(status(&call(&s, &resigned, r.now)), Status::Ok);
+}
+
 #[test]
 fn ttl_bounds_expiry_and_background_removal() {
     let cfg = StoreConfig::default();

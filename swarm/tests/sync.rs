@@ -56,7 +56,10 @@ fn pull(from: &Store, into: &Store, now: u64) -> usize {
                 let r = req.encode();
                 let req = PeerRequest::decode(&r).unwrap();
                 let resp = match &req {
-                    PeerRequest::Root => PeerResponse::Root(from.digests().root()),
+                    PeerRequest::Root => PeerResponse::Root {
+                        root: from.digests().root(),
+                        now: 0,
+                    },
                     PeerRequest::Buckets => PeerResponse::Buckets(from.digests().truncated()),
                     // Smaller pages than asked for (a peer may send fewer), so paging is
                     // exercised.

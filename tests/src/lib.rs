@@ -6,8 +6,9 @@ use std::path::PathBuf;
 
 use tokio::sync::{Mutex, MutexGuard};
 
+pub use allium_node::devnet::DevnetOptions;
 pub use allium_node::devnet::wait_for_roster;
-use allium_node::devnet::{Devnet, DevnetError, DevnetOptions};
+use allium_node::devnet::{Devnet, DevnetError};
 
 /// The `allium-node` executable that `cargo test --workspace` built next to the test binaries.
 pub fn node_binary() -> PathBuf {
@@ -44,6 +45,28 @@ pub async fn serial() -> MutexGuard<'static, ()> {
 
 /// Starts a devnet of `nodes` nodes plus an authority in `dir`.
 pub fn start_devnet(dir: &std::path::Path, nodes: usize) -> Result<Devnet, DevnetError> {
+    start_devnet_with(
+        dir,
+        &DevnetOptions {
+            nodes,
+            ..test_options()
+        },
+    )
+}
+
+/// The options whole-network tests start devnets with: short time-outs.
+pub fn test_options() -> DevnetOptions {
+    DevnetOptions {
+        forward_timeout_ms: 1500,
+        ..DevnetOptions::default()
+    }
+}
+
+/// Starts a devnet with `opts` in `dir`.
+pub fn start_devnet_with(
+    dir: &std::path::Path,
+    opts: &DevnetOptions,
+) -> Result<Devnet, DevnetError> {
     let binary = node_binary();
     if !binary.exists() {
         return Err(DevnetError::Startup(format!(
@@ -51,13 +74,5 @@ pub fn start_devnet(dir: &std::path::Path, nodes: usize) -> Result<Devnet, Devne
             binary.display()
         )));
     }
-    Devnet::start(
-        &binary,
-        dir,
-        &DevnetOptions {
-            nodes,
-            forward_timeout_ms: 1500,
-            ..DevnetOptions::default()
-        },
-    )
+    Devnet::start(&binary, dir, opts)
 }

@@ -85,9 +85,14 @@ async fn two_people_talk_both_ways_offline_and_after_restoring_an_identity() {
         bob2.inbox(),
         vec![(alice_addr.clone(), "for both of you".to_owned())]
     );
+    // Bob's first device also shows what his new one sent, as sent by his account
+    // (devices.md §5.1), then Alice's answer.
     assert_eq!(
         bob.inbox(),
-        vec![(alice_addr, "for both of you".to_owned())]
+        vec![
+            (bob_addr, "new phone".to_owned()),
+            (alice_addr, "for both of you".to_owned())
+        ]
     );
 }
 

@@ -186,6 +186,69 @@ async fn a_message_stored_over_four_layers_is_retrieved_over_four_layers() {
     assert_eq!(got, vec![b"hello through four layers".to_vec()]);
 }
 
+/// Onion §6.1, storage §1: a signed retrieve whose answer is too long for the small reply class
+/// is answered with the messages that fit and `more = true`, and paging gets the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retrieve_in_the_small_reply_class_pages_instead_of_failing() {
+    let Fixture {
+        _serial,
+        _dir,
+        net: _net,
+        network,
+        c,
+        roster,
+        key,
+        mailbox,
+    } = fixture(7).await;
+    let path = hops(&network, &path_for(&roster, &mailbox, &[]));
+    let sent: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 512]).collect();
+    for data in &sent {
+        let stored = store(&c, &path, &mailbox, data).await.unwrap();
+        assert!(
+            matches!(stored.result, Ok(ResponseBody::Store(_))),
+            "{stored:?}"
+        );
+    }
+    let destination = NodeId::from_bytes(path.last().unwrap().identity.to_bytes());
+    let mut after = None;
+    let mut got = Vec::new();
+    let mut pages = Vec::new();
+    loop {
+        let request = Request::signed(
+            Body::Retrieve(RetrieveRequest {
+                mailbox,
+                namespace: 0,
+                after,
+                limit: None,
+                wait_ms: None,
+            }),
+            &key,
+            &destination,
+            now_ms(),
+        )
+        .encode();
+        let body = c
+            .send(&path, &request, SizeClass::Small, T)
+            .await
+            .expect("answered in the small class, not refused with error 5");
+        let Ok(ResponseBody::Retrieve(page)) =
+            Response::decode(&body, Method::Retrieve).unwrap().result
+        else {
+            panic!("retrieve refused");
+        };
+        pages.push(page.messages.len());
+        after = page.messages.last().map(|m| m.key()).or(after);
+        got.extend(page.messages.into_iter().map(|m| m.data));
+        if !page.more {
+            break;
+        }
+        assert!(pages.len() < 10, "pages {pages:?}");
+    }
+    assert_eq!(pages, [7, 3], "pages of a small reply");
+    got.sort();
+    assert_eq!(got, sent);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_presenting_the_wrong_key_is_refused() {
     let _serial = serial().await;
@@ -287,13 +350,25 @@ async fn a_restarted_node_keeps_its_keys_its_messages_and_its_place() {
     );
     net.start_node(i).unwrap();
 
-    // Same identity, same swarm, same onion keys in the roster after the restart.
-    let after = formed(&mut net, &c, &network).await;
-    let entry = after
-        .node(&dest.identity.node_id())
-        .expect("still in the roster");
+    // Same identity and swarm after the restart; new onion keys, as the replay filters of
+    // the earlier run are gone (onion.md §8).
+    let started = std::time::Instant::now();
+    let (after, entry) = loop {
+        let after = formed(&mut net, &c, &network).await;
+        let entry = after
+            .node(&dest.identity.node_id())
+            .expect("still in the roster")
+            .clone();
+        if entry.onion_keys != dest.onion_keys {
+            break (after, entry);
+        }
+        assert!(
+            started.elapsed() < T * 3,
+            "no new onion keys were published"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert_eq!(entry.swarm, dest.swarm);
-    assert_eq!(entry.onion_keys, dest.onion_keys);
     // The message is still there.
     let got = retrieve(&c, &hops(&network, &path_for(&after, &mailbox, &[])), &key).await;
     assert_eq!(got, vec![b"kept across a restart".to_vec()]);
@@ -408,4 +483,35 @@ async fn garbage_truncated_and_replayed_packets_are_dropped_and_counted() {
     assert!(gauge(&after, "allium_peers_connected") >= 1, "{after}");
     // The node keeps serving.
     store(&c, &hops, &mailbox, b"still serving").await.unwrap();
+}
+
+/// Stopping a formed network whose nodes are idle waits for no drain period: the long-lived
+/// connections between nodes hold no request, so no node logs that requests were still in
+/// flight after the drain, and every node exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_idle_nodes_waits_for_no_drain() {
+    let Fixture {
+        _serial,
+        _dir,
+        mut net,
+        ..
+    } = fixture(8).await;
+    let started = std::time::Instant::now();
+    let stopped = net.stop_all();
+    let took = started.elapsed();
+    for s in &stopped {
+        assert!(s.clean, "{}: {}", s.name, s.outcome);
+    }
+    let waited: Vec<&str> = net
+        .nodes
+        .iter()
+        .filter(|n| {
+            std::fs::read_to_string(&n.log)
+                .unwrap()
+                .contains("requests still in flight after the drain period")
+        })
+        .map(|n| n.name.as_str())
+        .collect();
+    assert!(waited.is_empty(), "waited the whole drain: {waited:?}");
+    eprintln!("{} idle nodes stopped in {took:?}", stopped.len());
 }

@@ -8,32 +8,39 @@
 //!   first use and kept in the data directory.
 //! * [`Messenger::publish`]: rotates the prekeys when due and publishes the bundle in the
 //!   account's public namespace.
-//! * [`Messenger::send_text`]: fetches the recipient's bundles when stale, seals one envelope per
-//!   device (starting sessions where there are none), keeps them in the peer's outbox together
-//!   with the advanced sessions, and stores them in the recipient's inbox.
-//! * [`Messenger::receive`]: pages through the inbox, opens and decrypts what is new, records it
-//!   in the history, and only then saves the advanced session and the cursor.
+//! * [`Messenger::send_text`]: fetches the recipient's device list and bundles when stale, seals
+//!   one envelope per listed device (starting sessions where there are none), packs them into
+//!   one stored item (a container, `whitepaper/devices.md` §4), keeps it in the peer's outbox
+//!   together with the advanced sessions, makes the copy for this account's other devices, and
+//!   stores both.
+//! * [`Messenger::receive`]: pages through the inbox, opens the envelope meant for this device
+//!   and decrypts what is new, records it in the history, and only then saves the advanced
+//!   session and the cursor.
 
+pub mod linking;
 pub mod payload;
 pub mod peer;
+pub mod shared;
 
 use std::collections::{BTreeMap, HashSet};
 
+use allium_onion::IdentityPublicKey;
 use allium_proto::cursor::{Cursor, DEFAULT_OVERLAP_MS};
 use allium_proto::storage::{CursorKey, PUBLIC, RetrieveResponse};
-use allium_proto::{Mailbox, MessageHash};
+use allium_proto::{Mailbox, MessageHash, NodeId};
 use ed25519_dalek::SigningKey;
 use rand_core::{OsRng, RngCore};
+use zeroize::Zeroizing;
 
+use crate::devices::list::{DeviceList, RECORD_LIST};
+use crate::devices::{self, DeviceError, container};
 use crate::identity::{Address, Identity};
-use crate::net::{Net, NetError, PathReport};
-use crate::session::{
-    self, DeviceKeys, PeerSessions, PrekeyBundle, PrekeyStore, SessionError, envelope,
-};
+use crate::net::{Delegate, MailboxSigner, Net, NetError, PathReport};
+use crate::session::{self, DeviceKeys, PrekeyBundle, PrekeyStore, SessionError, envelope};
 use crate::state::{
     ClientState, DataDir, Delivery, Direction, HistoryEntry, SavedCursor, StateError,
 };
-use payload::{AppMessage, Content};
+use payload::{AppMessage, Content, Incoming};
 use peer::{MAX_DEVICES, MAX_OUTBOX, Outgoing, PeerRecord, PeerRecordError};
 
 /// Bundles fetched longer ago than this are fetched again before a send, so a sender soon finds
@@ -44,6 +51,9 @@ pub const BUNDLE_REFRESH_MS: u64 = 5 * 60 * 1000;
 pub const RECORD_BUNDLE: u8 = 1;
 /// History entries read back to know which messages are recorded already.
 const HISTORY_INDEX: usize = crate::state::MAX_SEEN;
+/// Rounds of one fetch started again because their member stopped answering mid-round. Each
+/// restart follows a page that was answered, so a fetch still ends; a busy swarm may need a few.
+const MAX_ROUND_RESTARTS: usize = 8;
 
 /// Why a messaging operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -88,19 +98,119 @@ pub enum MessengerError {
         /// Why.
         source: SessionError,
     },
+    /// Only the primary device (the one that holds the recovery phrase) can do this.
+    #[error("only the account's primary device (the one with the recovery phrase) can do this")]
+    NotPrimary,
+    /// The account removed this device.
+    #[error("{0}")]
+    Removed(String),
+    /// This device's copy of the shared state does not decode.
+    #[error("{file} in the data directory is damaged ({source}); move it away to start afresh")]
+    Shared {
+        /// The file.
+        file: &'static str,
+        /// Why.
+        source: DeviceError,
+    },
+    /// `devices link` in a data directory that already holds an account.
+    #[error("this data directory already holds an account; link from an empty one")]
+    AlreadyLinked,
+    /// Linking stopped, and nothing was linked.
+    #[error("linking stopped: {0}; nothing was linked")]
+    LinkAborted(devices::link::AbortReason),
+    /// Linking did not finish within the time its messages live.
+    #[error("linking did not finish within 10 minutes; nothing was linked")]
+    LinkTimedOut,
+    /// No device of the account has this id (or it is this device).
+    #[error("the account has no other device with id {0} (see `allium devices list`)")]
+    NoSuchDevice(u32),
+    /// Every member of the swarm refused this linked device's requests, and the account's list
+    /// still names it: the delegation lapsed (the primary has been offline for 14 days).
+    #[error(
+        "the network no longer accepts this device for the account: open the primary device \
+         to renew it"
+    )]
+    NotDelegated,
+    /// A device format or linking step failed.
+    #[error(transparent)]
+    Device(DeviceError),
 }
 
-/// This device's account identity, device keys and prekey secrets.
+/// Which device of the account this is.
+#[derive(Debug)]
+pub enum Role {
+    /// It holds the account seed (made by `init` or `restore`): it certifies devices and signs
+    /// the device list.
+    Primary(Box<Identity>),
+    /// A device the primary linked: it never sees the seed, and acts on the account's mailbox
+    /// as a delegate (`whitepaper/devices.md` §2).
+    Linked,
+}
+
+/// A linked device's account secrets (`account.bin`): the sync key and the version of the
+/// device list that added it.
+///
+/// ```text
+/// account = 0x01 || sync key (32) || u64be(joined version)
+/// ```
+#[derive(Clone)]
+pub struct LinkedSecrets {
+    /// The account's sync key.
+    pub sync_key: Zeroizing<[u8; 32]>,
+    /// The version of the list that first held this device: a later list without it removed it.
+    pub joined_version: u64,
+}
+
+impl std::fmt::Debug for LinkedSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkedSecrets")
+            .field("joined_version", &self.joined_version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LinkedSecrets {
+    /// The file's encoding; wiped on drop.
+    pub fn encode(&self) -> Zeroizing<Vec<u8>> {
+        let mut out = Zeroizing::new(Vec::with_capacity(41));
+        out.push(1);
+        out.extend_from_slice(self.sync_key.as_ref());
+        out.extend_from_slice(&self.joined_version.to_be_bytes());
+        out
+    }
+
+    /// Decodes [`Self::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, SessionError> {
+        if bytes.len() != 41 || bytes[0] != 1 {
+            return Err(SessionError::Malformed {
+                what: "account file",
+            });
+        }
+        let mut sync_key = Zeroizing::new([0u8; 32]);
+        sync_key.copy_from_slice(&bytes[1..33]);
+        let mut v = [0u8; 8];
+        v.copy_from_slice(&bytes[33..]);
+        Ok(LinkedSecrets {
+            sync_key,
+            joined_version: u64::from_be_bytes(v),
+        })
+    }
+}
+
+/// This device's account, device keys and prekey secrets.
 #[derive(Debug)]
 pub struct Account {
-    identity: Identity,
+    role: Role,
+    address: Address,
     device: DeviceKeys,
     prekeys: PrekeyStore,
+    sync_key: Zeroizing<[u8; 32]>,
+    joined_version: u64,
 }
 
 impl Account {
     /// Loads the device keys and prekeys of `identity` from `dir`, creating the device keys
-    /// (a new device of the account) on first use.
+    /// (a new device of the account) on first use: the primary device.
     pub fn open(dir: &DataDir, identity: Identity, now: u64) -> Result<Account, MessengerError> {
         let device = match dir.read_device()? {
             Some(bytes) => DeviceKeys::decode(&bytes).map_err(|source| MessengerError::Keys {
@@ -120,23 +230,88 @@ impl Account {
                 source: SessionError::WrongAccount,
             });
         }
-        let prekeys = match dir.read_prekeys()? {
-            Some(bytes) => PrekeyStore::decode(&bytes).map_err(|source| MessengerError::Keys {
-                file: crate::state::PREKEYS_FILE,
-                source,
-            })?,
-            None => PrekeyStore::new(),
-        };
+        let prekeys = Self::read_prekeys(dir)?;
+        let sync_key = devices::sync_key(&identity).map_err(MessengerError::Device)?;
         Ok(Account {
-            identity,
+            address: identity.address(),
+            role: Role::Primary(Box::new(identity)),
             device,
             prekeys,
+            sync_key,
+            joined_version: 0,
         })
     }
 
-    /// The account identity.
-    pub fn identity(&self) -> &Identity {
-        &self.identity
+    /// Loads this device's account, whichever device it is: the primary if the directory holds
+    /// the seed, else a linked device (its keys, certificate and account file).
+    pub fn load(dir: &DataDir, now: u64) -> Result<Account, MessengerError> {
+        if let Some(reason) = dir.read_private(crate::state::REMOVED_FILE, 4096)? {
+            return Err(MessengerError::Removed(
+                String::from_utf8_lossy(&reason).into_owned(),
+            ));
+        }
+        if dir.has_identity() {
+            let identity = Identity::from_seed(&*dir.read_identity()?);
+            return Self::open(dir, identity, now);
+        }
+        let keys_err = |file, source| MessengerError::Keys { file, source };
+        let Some(bytes) = dir.read_device()? else {
+            return Err(MessengerError::State(StateError::NoIdentity {
+                path: dir.path().join(crate::state::IDENTITY_FILE),
+            }));
+        };
+        let device =
+            DeviceKeys::decode(&bytes).map_err(|e| keys_err(crate::state::DEVICE_FILE, e))?;
+        let secrets = dir
+            .read_private(crate::state::ACCOUNT_FILE, 4096)?
+            .ok_or(keys_err(
+                crate::state::ACCOUNT_FILE,
+                SessionError::Malformed {
+                    what: "account file (missing)",
+                },
+            ))?;
+        let secrets =
+            LinkedSecrets::decode(&secrets).map_err(|e| keys_err(crate::state::ACCOUNT_FILE, e))?;
+        let address = device
+            .cert()
+            .account()
+            .ok_or(keys_err(crate::state::DEVICE_FILE, SessionError::WeakKey))?;
+        Ok(Account {
+            role: Role::Linked,
+            address,
+            prekeys: Self::read_prekeys(dir)?,
+            device,
+            sync_key: secrets.sync_key,
+            joined_version: secrets.joined_version,
+        })
+    }
+
+    fn read_prekeys(dir: &DataDir) -> Result<PrekeyStore, MessengerError> {
+        match dir.read_prekeys()? {
+            Some(bytes) => PrekeyStore::decode(&bytes).map_err(|source| MessengerError::Keys {
+                file: crate::state::PREKEYS_FILE,
+                source,
+            }),
+            None => Ok(PrekeyStore::new()),
+        }
+    }
+
+    /// The account seed's identity, on the primary device.
+    pub fn identity(&self) -> Option<&Identity> {
+        match &self.role {
+            Role::Primary(identity) => Some(identity),
+            Role::Linked => None,
+        }
+    }
+
+    /// Which device this is.
+    pub fn role(&self) -> &Role {
+        &self.role
+    }
+
+    /// The account's address.
+    pub fn address(&self) -> Address {
+        self.address
     }
 
     /// This device's keys.
@@ -144,12 +319,22 @@ impl Account {
         &self.device
     }
 
-    fn mailbox(&self) -> Mailbox {
-        Mailbox::from(self.identity.public())
+    /// The account's sync key (`whitepaper/devices.md` §8.1).
+    pub fn sync_key(&self) -> &[u8; 32] {
+        &self.sync_key
     }
 
-    fn signing_key(&self) -> SigningKey {
-        SigningKey::from_bytes(&self.identity.seed())
+    fn mailbox(&self) -> Mailbox {
+        Mailbox::from_bytes(self.address.public_key().to_bytes())
+    }
+
+    /// What signs requests to the account's mailbox: the account key on the primary, the
+    /// device's own signing key as a delegate on a linked device (devices.md §2.1).
+    fn signing_key(&self) -> Result<Box<dyn MailboxSigner>, MessengerError> {
+        Ok(match &self.role {
+            Role::Primary(identity) => Box::new(SigningKey::from_bytes(&identity.seed())),
+            Role::Linked => Box::new(Delegate(self.device.signing_secret().clone())),
+        })
     }
 }
 
@@ -160,11 +345,15 @@ pub struct Sent {
     pub msg_id: [u8; 16],
     /// Devices of the recipient it was sealed to.
     pub devices: usize,
-    /// Members that acknowledged the last envelope.
+    /// Stored items it took (one, unless its envelopes do not fit one item together).
+    pub items: usize,
+    /// This account's other devices that get a copy.
+    pub copies: usize,
+    /// Members that acknowledged the last item.
     pub holders: usize,
     /// Members of the recipient's swarm.
     pub members: usize,
-    /// The path of the last envelope stored.
+    /// The path of the last item stored.
     pub path: PathReport,
 }
 
@@ -177,6 +366,8 @@ pub struct Received {
     pub device_id: u32,
     /// The application message.
     pub message: AppMessage,
+    /// For a copy of a message another device of this account sent: to whom it was sent.
+    pub copy_to: Option<Address>,
     /// When the swarm first accepted it (node time).
     pub stored_ms: u64,
     /// The path of the fetch that brought it.
@@ -197,6 +388,23 @@ pub enum Skipped {
     },
     /// A message of a kind this version does not read.
     UnknownContent(payload::PayloadError),
+    /// A message from a device its account no longer lists (removed).
+    Unlisted {
+        /// The account.
+        from: Address,
+        /// The device id.
+        device_id: u32,
+    },
+}
+
+/// What one inbox item came to.
+enum Outcome {
+    Nothing,
+    Shown(Box<Received>),
+    /// The sending device is not on the list held for its account: fetch the list and retry.
+    NotListed(Address, u32),
+    /// The account's newest list leaves this device out.
+    Removed,
 }
 
 /// Sends and receives for one account on this device.
@@ -208,7 +416,7 @@ pub struct Messenger {
     /// twice after a crash is recorded once.
     recorded: HashSet<[u8; 16]>,
     /// Sent message ids the history records: an outbox entry left by a crash before its history
-    /// line gets one when it is flushed.
+    /// line gets one when it is flushed, and a sent copy from another device is recorded once.
     recorded_sent: HashSet<[u8; 16]>,
 }
 
@@ -234,6 +442,11 @@ impl Messenger {
     /// The account.
     pub fn account(&self) -> &Account {
         &self.account
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &DataDir {
+        &self.dir
     }
 
     /// Rotates the prekeys when the newest is older than the rotation period (or there is
@@ -278,14 +491,14 @@ impl Messenger {
         let mut record = Vec::with_capacity(1 + bundle.as_bytes().len());
         record.push(RECORD_BUNDLE);
         record.extend_from_slice(bundle.as_bytes());
-        let key = self.account.signing_key();
-        net.store_in(&self.account.mailbox(), PUBLIC, ttl_ms, record, Some(&key))
+        let key = self.account.signing_key()?;
+        net.store_in(&self.account.mailbox(), PUBLIC, ttl_ms, record, Some(&*key))
             .await?;
         state.set_published_prekey(current.spk_id);
         Ok(true)
     }
 
-    fn load_peer(&self, account: &Address) -> Result<PeerRecord, MessengerError> {
+    pub(crate) fn load_peer(&self, account: &Address) -> Result<PeerRecord, MessengerError> {
         let key = account.public_key().to_bytes();
         match self.dir.read_peer(&key)? {
             None => Ok(PeerRecord::default()),
@@ -296,13 +509,18 @@ impl Messenger {
         }
     }
 
-    fn save_peer(&self, account: &Address, record: &PeerRecord) -> Result<(), MessengerError> {
+    pub(crate) fn save_peer(
+        &self,
+        account: &Address,
+        record: &PeerRecord,
+    ) -> Result<(), MessengerError> {
         let key = account.public_key().to_bytes();
         Ok(self.dir.write_peer(&key, &record.encode())?)
     }
 
-    /// Fetches `account`'s published bundles and keeps, per device, the newest valid one.
-    async fn refresh_bundles(
+    /// Fetches `account`'s public records: takes its newest valid device list (never an older
+    /// one than held), and keeps, per listed device, the newest valid bundle.
+    pub(crate) async fn refresh_bundles(
         &self,
         net: &Net,
         account: &Address,
@@ -313,20 +531,29 @@ impl Messenger {
             .fetch_public(&Mailbox::from_bytes(account.public_key().to_bytes()))
             .await?;
         let mut newest: BTreeMap<[u8; 32], PrekeyBundle> = BTreeMap::new();
+        let mut lists: Vec<DeviceList> = Vec::new();
         for item in items {
-            let Some((&RECORD_BUNDLE, bytes)) = item.data.split_first() else {
-                continue;
-            };
-            // Anything else the owner published, or a bundle that is not valid now, is skipped.
-            let Ok(bundle) = PrekeyBundle::verify(bytes, account, now) else {
-                continue;
-            };
-            let device = bundle.cert().signing_key();
-            let newer = newest
-                .get(&device)
-                .is_none_or(|b| b.valid_from() < bundle.valid_from());
-            if newer {
-                newest.insert(device, bundle);
+            match item.data.split_first() {
+                Some((&RECORD_BUNDLE, bytes)) => {
+                    // A bundle that is not valid now is skipped.
+                    let Ok(bundle) = PrekeyBundle::verify(bytes, account, now) else {
+                        continue;
+                    };
+                    let device = bundle.cert().signing_key();
+                    let newer = newest
+                        .get(&device)
+                        .is_none_or(|b| b.valid_from() < bundle.valid_from());
+                    if newer {
+                        newest.insert(device, bundle);
+                    }
+                }
+                Some((&RECORD_LIST, bytes)) => {
+                    if let Ok(list) = DeviceList::verify(bytes, account) {
+                        lists.push(list);
+                    }
+                }
+                // Anything else the owner published is for a later version.
+                _ => {}
             }
         }
         let mut bundles: Vec<PrekeyBundle> = newest.into_values().collect();
@@ -334,18 +561,93 @@ impl Messenger {
         bundles.sort_by_key(|b| std::cmp::Reverse(b.cert().created_at()));
         bundles.truncate(MAX_DEVICES);
         record.bundles = bundles;
+        // Only the newest list is adopted: adopting an older one on the way would drop the
+        // bundles and sessions of devices linked since.
+        let newest = lists
+            .into_iter()
+            .reduce(|a, b| if b.newer_than(&a) { b } else { a });
+        if let Some(list) = newest {
+            record.adopt_list(list);
+        }
+        if let Some(list) = record.list.clone() {
+            // Re-apply the held list to the fresh bundles.
+            record
+                .bundles
+                .retain(|b| list.cert(&b.cert().signing_key()) == Some(b.cert()));
+        }
         record.fetched_at = now;
         Ok(())
     }
 
-    /// Refuses a text that no envelope can carry, before anything is sealed or sent.
+    /// Refreshes a peer record's bundles and list when they are older than
+    /// [`BUNDLE_REFRESH_MS`] or one has expired.
+    async fn refresh_if_stale(
+        &self,
+        net: &Net,
+        account: &Address,
+        record: &mut PeerRecord,
+    ) -> Result<(), MessengerError> {
+        let now = net.now_ms();
+        let stale = now.saturating_sub(record.fetched_at) >= BUNDLE_REFRESH_MS
+            || record.bundles.iter().any(|b| b.check_time(now).is_err());
+        if record.bundles.is_empty() || stale {
+            self.refresh_bundles(net, account, record).await?;
+        }
+        Ok(())
+    }
+
+    /// Refuses a text that no envelope can carry, before anything is sealed or sent. The copy
+    /// for this account's other devices is the longer: it names the peer.
     pub fn check_size(text: &str) -> Result<(), MessengerError> {
-        let largest =
-            payload::HEADER_LEN + text.len() + session::START_OVERHEAD + session::RATCHET_OVERHEAD;
+        let largest = payload::HEADER_LEN
+            + payload::SENT_COPY_OVERHEAD
+            + text.len()
+            + session::START_OVERHEAD
+            + session::RATCHET_OVERHEAD;
         match envelope::bucket_for(largest) {
             Some(_) => Ok(()),
             None => Err(MessengerError::TooLarge(SessionError::TooLarge)),
         }
+    }
+
+    /// Seals `plaintext` to every device of `bundles` (this device excluded), starting
+    /// sessions where there are none. The sessions advance in `record`; the caller saves it
+    /// with the envelopes before any goes out.
+    fn seal_all(
+        &self,
+        peer: &Address,
+        record: &mut PeerRecord,
+        plaintext: &[u8],
+        now: u64,
+    ) -> Result<Vec<Vec<u8>>, MessengerError> {
+        let seal_err = |source| MessengerError::Seal {
+            peer: peer.to_string(),
+            source,
+        };
+        let me = self.account.device.cert().signing_key();
+        let targets: Vec<PrekeyBundle> = record
+            .recipients()
+            .filter(|b| b.cert().signing_key() != me)
+            .cloned()
+            .collect();
+        let mut sealed = Vec::with_capacity(targets.len());
+        for bundle in &targets {
+            let device = bundle.cert().signing_key();
+            let sessions = record.sessions.entry(device).or_default();
+            if sessions.active().is_none() {
+                sessions
+                    .initiate(&self.account.device, bundle, now, &mut OsRng)
+                    .map_err(seal_err)?;
+            }
+            let payload = sessions.encrypt(plaintext).map_err(seal_err)?;
+            let env = envelope::seal(&self.account.device, bundle, &payload, now, &mut OsRng)
+                .map_err(|e| match e {
+                    SessionError::TooLarge => MessengerError::TooLarge(e),
+                    e => seal_err(e),
+                })?;
+            sealed.push(env);
+        }
+        Ok(sealed)
     }
 
     /// A fresh random message id.
@@ -355,8 +657,9 @@ impl Messenger {
         msg_id
     }
 
-    /// Sends `text` to every device of `to`. The envelopes and the advanced sessions are saved
-    /// together before anything goes out; an envelope stays in the outbox until the swarm
+    /// Sends `text` to every device of `to`, in one stored item when the envelopes fit, and a
+    /// copy to this account's other devices. The items and the advanced sessions are saved
+    /// together before anything goes out; an item stays in the outbox until the swarm
     /// acknowledges it, so a crash or an unreachable network loses nothing (the next
     /// [`Self::flush`] sends it, byte for byte).
     pub async fn send_text(
@@ -390,70 +693,110 @@ impl Messenger {
         if record.outbox.len() >= MAX_OUTBOX {
             return Err(MessengerError::OutboxFull(record.outbox.len()));
         }
-        let stale = now.saturating_sub(record.fetched_at) >= BUNDLE_REFRESH_MS
-            || record.bundles.iter().any(|b| b.check_time(now).is_err());
-        if record.bundles.is_empty() || stale {
-            self.refresh_bundles(net, to, &mut record).await?;
-        }
-        if record.bundles.is_empty() {
-            return Err(MessengerError::NoBundle(to.to_string()));
-        }
-        let seal_err = |source| MessengerError::Seal {
-            peer: to.to_string(),
-            source,
-        };
-        // Never to this device itself: a note to one's own account goes to one's other devices.
+        self.refresh_if_stale(net, to, &mut record).await?;
         let me = self.account.device.cert().signing_key();
-        if record.bundles.iter().all(|b| b.cert().signing_key() == me) {
+        if !record.recipients().any(|b| b.cert().signing_key() != me) {
             return Err(MessengerError::NoBundle(to.to_string()));
         }
-        let mut sealed = Vec::with_capacity(record.bundles.len());
-        for bundle in record
-            .bundles
-            .iter()
-            .filter(|b| b.cert().signing_key() != me)
-        {
-            let device = bundle.cert().signing_key();
-            let sessions = record
-                .sessions
-                .entry(device)
-                .or_insert_with(PeerSessions::new);
-            if sessions.active().is_none() {
-                sessions
-                    .initiate(&self.account.device, bundle, now, &mut OsRng)
-                    .map_err(seal_err)?;
-            }
-            let payload = sessions.encrypt(&plaintext).map_err(seal_err)?;
-            let env = envelope::seal(&self.account.device, bundle, &payload, now, &mut OsRng)
-                .map_err(|e| match e {
-                    SessionError::TooLarge => MessengerError::TooLarge(e),
-                    e => seal_err(e),
-                })?;
-            sealed.push(Outgoing {
-                msg_id,
-                device,
-                envelope: env,
-                message: plaintext.clone(),
-            });
-        }
-        let devices = sealed.len();
-        record.outbox.extend(sealed);
-        // One atomic write: the spent chain keys and the envelopes they sealed.
+        let envelopes = self.seal_all(to, &mut record, &plaintext, now)?;
+        let devices = envelopes.len();
+        let items = container::pack(&envelopes);
+        let n_items = items.len();
+        let to_self = *to == self.account.address;
+        record.outbox.extend(items.into_iter().map(|item| Outgoing {
+            msg_id,
+            item,
+            message: plaintext.clone(),
+            copy_pending: !to_self,
+        }));
+        // One atomic write: the spent chain keys and the items they sealed.
         self.save_peer(to, &record)?;
+        let copies = if to_self {
+            0
+        } else {
+            // A failure here leaves the copy pending; the next command makes it.
+            self.make_copies(net, to, &mut record)
+                .await
+                .ok()
+                .unwrap_or(0)
+        };
         let last = self.flush_peer(net, to, &mut record, Some(msg_id)).await?;
+        if !to_self {
+            let me_addr = self.account.address;
+            let mut own = self.load_peer(&me_addr)?;
+            self.flush_peer(net, &me_addr, &mut own, None).await?;
+        }
         let Some((holders, members, path)) = last else {
             return Err(MessengerError::Net(NetError::NoSwarm));
         };
         Ok(Sent {
             msg_id,
             devices,
+            items: n_items,
+            copies,
             holders,
             members,
             path,
         })
     }
 
-    /// Records an outgoing message in the history (once) with its delivery.
+    /// Makes the copies of `to`'s outbox messages whose copy is pending, for this account's
+    /// other devices: seals them into this account's own outbox, then clears the marks. Each
+    /// step is one atomic write, and a copy already in the own outbox is not made twice, so a
+    /// crash between them only repeats the clearing. Returns how many devices get each copy.
+    async fn make_copies(
+        &mut self,
+        net: &Net,
+        to: &Address,
+        record: &mut PeerRecord,
+    ) -> Result<usize, MessengerError> {
+        let pending: Vec<Outgoing> = record
+            .outbox
+            .iter()
+            .filter(|o| o.copy_pending)
+            .cloned()
+            .collect();
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let me_addr = self.account.address;
+        let mut own = self.load_peer(&me_addr)?;
+        self.refresh_if_stale(net, &me_addr, &mut own).await?;
+        let now = net.now_ms();
+        let mut devices = 0;
+        let mut done: HashSet<[u8; 16]> = HashSet::new();
+        for out in &pending {
+            if !done.insert(out.msg_id) || own.outbox.iter().any(|o| o.msg_id == out.msg_id) {
+                continue;
+            }
+            let Ok(message) = AppMessage::decode(&out.message) else {
+                continue;
+            };
+            let copy = message.sent_copy(&to.public_key().to_bytes());
+            let envelopes = self.seal_all(&me_addr, &mut own, &copy, now)?;
+            devices = envelopes.len();
+            own.outbox.extend(
+                container::pack(&envelopes)
+                    .into_iter()
+                    .map(|item| Outgoing {
+                        msg_id: out.msg_id,
+                        item,
+                        message: copy.clone(),
+                        copy_pending: false,
+                    }),
+            );
+        }
+        self.save_peer(&me_addr, &own)?;
+        for o in record.outbox.iter_mut() {
+            o.copy_pending = false;
+        }
+        self.save_peer(to, record)?;
+        Ok(devices)
+    }
+
+    /// Records an outgoing message in the history (once) with its delivery. Copies and
+    /// messages between this account's devices are not recorded (they are not messages the
+    /// person sent).
     fn record_sent(
         &mut self,
         to: &Address,
@@ -476,11 +819,11 @@ impl Messenger {
         Ok(())
     }
 
-    /// Stores the outbox of one peer, oldest first, removing each envelope once acknowledged.
-    /// The history records each message as sending before its first envelope goes out (also a
+    /// Stores the outbox of one peer, oldest first, removing each item once acknowledged.
+    /// The history records each message as sending before its first item goes out (also a
     /// message a crash left in the outbox unrecorded) and as stored once its last one is
-    /// acknowledged. Returns the acknowledgement of the last envelope of message `wanted`.
-    async fn flush_peer(
+    /// acknowledged. Returns the acknowledgement of the last item of message `wanted`.
+    pub(crate) async fn flush_peer(
         &mut self,
         net: &Net,
         to: &Address,
@@ -490,10 +833,14 @@ impl Messenger {
         let mailbox = Mailbox::from_bytes(to.public_key().to_bytes());
         let mut last = None;
         while let Some(next) = record.outbox.first().cloned() {
+            if next.copy_pending {
+                // Its copy comes first (`flush` makes the copies before it stores anything).
+                break;
+            }
             if !self.recorded_sent.contains(&next.msg_id) {
                 self.record_sent(to, &next, Delivery::Sending)?;
             }
-            let stored = net.store(&mailbox, next.envelope.clone()).await?;
+            let stored = net.store(&mailbox, next.item.clone()).await?;
             record.outbox.remove(0);
             self.save_peer(to, record)?;
             let members = net
@@ -514,19 +861,28 @@ impl Messenger {
     }
 
     /// Sends whatever earlier runs left in the outboxes (after a crash or an unreachable
-    /// network). Returns how many envelopes went out.
+    /// network), making the sent copies still pending first. Returns how many items went out.
     pub async fn flush(&mut self, net: &Net) -> Result<usize, MessengerError> {
+        let peers: Vec<Address> = self
+            .dir
+            .peers()?
+            .iter()
+            .filter_map(|k| Address::from_key_bytes(k).ok())
+            .collect();
+        for to in &peers {
+            let mut record = self.load_peer(to)?;
+            if record.outbox.iter().any(|o| o.copy_pending) {
+                self.make_copies(net, to, &mut record).await?;
+            }
+        }
         let mut sent = 0;
-        for key in self.dir.peers()? {
-            let Ok(to) = Address::from_key_bytes(&key) else {
-                continue;
-            };
-            let mut record = self.load_peer(&to)?;
+        for to in &peers {
+            let mut record = self.load_peer(to)?;
             if record.outbox.is_empty() {
                 continue;
             }
             let before = record.outbox.len();
-            self.flush_peer(net, &to, &mut record, None).await?;
+            self.flush_peer(net, to, &mut record, None).await?;
             sent += before - record.outbox.len();
         }
         Ok(sent)
@@ -535,8 +891,9 @@ impl Messenger {
     /// Fetches every page of new inbox messages once (the first waiting up to `wait`), and for
     /// each new message: decrypts it, records it in the history, calls `on_message`, then saves
     /// the advanced session. The cursor in `state` moves past what was handled; the caller saves
-    /// `state`. `on_skip` hears about inbox items that could not be read. Returns the number of
-    /// messages received.
+    /// `state`. `on_skip` hears about inbox items that could not be read; items that hold
+    /// nothing for this device (envelopes for the account's other devices) are passed over
+    /// without a word. Returns the number of messages received.
     pub async fn receive(
         &mut self,
         net: &Net,
@@ -545,8 +902,8 @@ impl Messenger {
         mut on_message: impl FnMut(&Received),
         mut on_skip: impl FnMut(&Skipped),
     ) -> Result<usize, MessengerError> {
-        let key = self.account.signing_key();
-        let mailbox = key.verifying_key().to_bytes();
+        let key = self.account.signing_key()?;
+        let mailbox = self.account.address.public_key().to_bytes();
         let safe = state.cursor(&mailbox).map(|c| CursorKey {
             timestamp: c.timestamp,
             hash: MessageHash(c.hash),
@@ -554,9 +911,37 @@ impl Messenger {
         let mut cursor = Cursor::resume(DEFAULT_OVERLAP_MS, safe);
         let mut received = 0;
         let mut wait = wait;
+        // The member answering the round in progress: its later pages come from it alone.
+        let mut round_at: Option<NodeId> = None;
+        let mut restarts = 0;
         loop {
-            let page = net.fetch(&key, cursor.after(), wait).await?;
+            let page = match net
+                .fetch_for(
+                    &Mailbox::from_bytes(mailbox),
+                    &*key,
+                    cursor.after(),
+                    wait,
+                    round_at,
+                )
+                .await
+            {
+                Ok(page) => page,
+                Err(NetError::MemberLost) if restarts < MAX_ROUND_RESTARTS => {
+                    restarts += 1;
+                    cursor.restart_round();
+                    round_at = None;
+                    continue;
+                }
+                Err(NetError::Refused(allium_proto::Status::NotDelegated)) => {
+                    return Err(self.refused_delegate(net).await);
+                }
+                Err(e) => return Err(e.into()),
+            };
             wait = std::time::Duration::ZERO;
+            round_at = page
+                .more
+                .then(|| page.path.hops.last().map(IdentityPublicKey::node_id))
+                .flatten();
             let fresh = cursor.accept(
                 page.node_now,
                 &RetrieveResponse {
@@ -568,10 +953,32 @@ impl Messenger {
                 if state.seen_hash(&m.hash.0) {
                     continue;
                 }
-                let now = net.now_ms();
-                if let Some(r) = self.handle(&m.data, m.timestamp, now, &page.path, &mut on_skip)? {
-                    on_message(&r);
-                    received += 1;
+                let mut refreshed = false;
+                loop {
+                    let now = net.now_ms();
+                    match self.handle(&m.data, m.timestamp, now, &page.path, &mut on_skip)? {
+                        Outcome::Nothing => {}
+                        Outcome::Shown(r) => {
+                            on_message(&r);
+                            received += 1;
+                        }
+                        Outcome::NotListed(from, device_id) if !refreshed => {
+                            // A device the list held does not name: a new one, or removed.
+                            refreshed = true;
+                            let mut record = self.load_peer(&from)?;
+                            self.refresh_bundles(net, &from, &mut record).await?;
+                            self.save_peer(&from, &record)?;
+                            if record.listed_device(device_id) {
+                                continue;
+                            }
+                            on_skip(&Skipped::Unlisted { from, device_id });
+                        }
+                        Outcome::NotListed(from, device_id) => {
+                            on_skip(&Skipped::Unlisted { from, device_id });
+                        }
+                        Outcome::Removed => return Err(self.removed()?),
+                    }
+                    break;
                 }
                 state.mark_seen_hash(&m.hash.0);
             }
@@ -590,8 +997,22 @@ impl Messenger {
         }
     }
 
-    /// One inbox item: open, decrypt, record, save the session. `Ok(None)` when there is
-    /// nothing new to show.
+    /// This device learnt that its account removed it: it forgets its keys and sessions (its
+    /// history and contacts stay) and says so from now on.
+    fn removed(&mut self) -> Result<MessengerError, MessengerError> {
+        let reason = format!(
+            "this device was removed from the account {}; run `allium devices link` to link it \
+             again",
+            self.account.address
+        );
+        self.dir.reset_device()?;
+        self.dir
+            .write_private(crate::state::REMOVED_FILE, reason.as_bytes())?;
+        Ok(MessengerError::Removed(reason))
+    }
+
+    /// One inbox item: open the envelope meant for this device, decrypt, record, save the
+    /// session.
     fn handle(
         &mut self,
         data: &[u8],
@@ -599,20 +1020,44 @@ impl Messenger {
         now: u64,
         path: &PathReport,
         on_skip: &mut impl FnMut(&Skipped),
-    ) -> Result<Option<Received>, MessengerError> {
-        let opened = match envelope::open(&self.account.prekeys, data, now) {
-            Ok(o) => o,
-            Err(e) => {
-                on_skip(&Skipped::Unreadable(e));
-                return Ok(None);
+    ) -> Result<Outcome, MessengerError> {
+        let envelopes = match container::unpack(data) {
+            Ok(e) => e,
+            Err(_) => {
+                on_skip(&Skipped::Unreadable(SessionError::Malformed {
+                    what: "stored item",
+                }));
+                return Ok(Outcome::Nothing);
             }
+        };
+        let mut opened = None;
+        let mut failure = None;
+        for e in envelopes {
+            match envelope::open(&self.account.prekeys, e, now) {
+                Ok(o) => {
+                    opened = Some(o);
+                    break;
+                }
+                // Sealed to another device of the account (or to nobody): not for us.
+                Err(SessionError::Decrypt) => {}
+                Err(e) => failure = Some(e),
+            }
+        }
+        let Some(opened) = opened else {
+            if let Some(e) = failure {
+                on_skip(&Skipped::Unreadable(e));
+            }
+            return Ok(Outcome::Nothing);
         };
         let Some(from) = opened.sender.account() else {
             on_skip(&Skipped::Unreadable(SessionError::WeakKey));
-            return Ok(None);
+            return Ok(Outcome::Nothing);
         };
         let mut record = self.load_peer(&from)?;
         let device = opened.sender.signing_key();
+        if !record.listed(&device) {
+            return Ok(Outcome::NotListed(from, opened.sender.device_id()));
+        }
         let mut sessions = record.sessions.get(&device).cloned().unwrap_or_default();
         let plaintext = match sessions.decrypt(
             &self.account.device,
@@ -623,23 +1068,24 @@ impl Messenger {
         ) {
             Ok(p) => p,
             // Its key is gone: this message was handled before a crash cut the round short.
-            Err(SessionError::Duplicate) => return Ok(None),
+            Err(SessionError::Duplicate) => return Ok(Outcome::Nothing),
             Err(error) => {
                 on_skip(&Skipped::Undecryptable {
                     from: Some(from),
                     error,
                 });
-                return Ok(None);
+                return Ok(Outcome::Nothing);
             }
         };
-        let message = AppMessage::decode(&plaintext);
         record.sessions.insert(device, sessions);
         if record.bundle(&device).is_none() {
             // A device of theirs we have no bundle for: fetch theirs before the next send.
             record.fetched_at = 0;
         }
-        let out = match message {
-            Ok(message) if !self.recorded.contains(&message.msg_id) => {
+        let own = from == self.account.address;
+        let mut outcome = Outcome::Nothing;
+        match Incoming::decode(&plaintext) {
+            Ok(Incoming::Message(message)) if !self.recorded.contains(&message.msg_id) => {
                 let Content::Text(text) = &message.content;
                 // Recorded first: if the session save below does not happen, the message is
                 // decrypted again next time and found here, never shown twice.
@@ -652,21 +1098,66 @@ impl Messenger {
                     delivery: None,
                 })?;
                 self.recorded.insert(message.msg_id);
-                Some(Received {
+                outcome = Outcome::Shown(Box::new(Received {
                     from,
                     device_id: opened.sender.device_id(),
                     message,
+                    copy_to: None,
                     stored_ms,
                     path: path.clone(),
-                })
+                }));
             }
-            Ok(_) => None,
-            Err(e) => {
-                on_skip(&Skipped::UnknownContent(e));
-                None
+            Ok(Incoming::SentCopy { peer, message }) if own => {
+                let to = Address::from_key_bytes(&peer);
+                if let (Ok(to), false) = (to, self.recorded_sent.contains(&message.msg_id)) {
+                    let Content::Text(text) = &message.content;
+                    self.dir.append_history(&HistoryEntry {
+                        direction: Direction::Sent,
+                        peer: to.to_string(),
+                        timestamp_ms: message.sent_ms,
+                        msg_id: message.msg_id,
+                        text: text.clone(),
+                        delivery: None,
+                    })?;
+                    self.recorded_sent.insert(message.msg_id);
+                    outcome = Outcome::Shown(Box::new(Received {
+                        from,
+                        device_id: opened.sender.device_id(),
+                        message,
+                        copy_to: Some(to),
+                        stored_ms,
+                        path: path.clone(),
+                    }));
+                }
             }
-        };
+            Ok(Incoming::DeviceList { list, .. }) if own => {
+                if let Ok(list) = DeviceList::verify(&list, &from) {
+                    record.adopt_list(list);
+                    if self.left_out(&record) {
+                        return Ok(Outcome::Removed);
+                    }
+                }
+            }
+            // Copies and lists come only from the account's own devices.
+            Ok(Incoming::SentCopy { .. } | Incoming::DeviceList { .. }) => {
+                on_skip(&Skipped::UnknownContent(payload::PayloadError::BadCopy));
+            }
+            Ok(Incoming::Message(_)) => {}
+            Err(e) => on_skip(&Skipped::UnknownContent(e)),
+        }
         self.save_peer(&from, &record)?;
-        Ok(out)
+        Ok(outcome)
+    }
+
+    /// Whether the newest device list of this account held in `own` (this account's record)
+    /// leaves this linked device out, being later than the list that added it. The primary is
+    /// never removed: it holds the seed.
+    fn left_out(&self, own: &PeerRecord) -> bool {
+        let Some(list) = &own.list else {
+            return false;
+        };
+        matches!(self.account.role, Role::Linked)
+            && list.version() > self.account.joined_version
+            && !list.contains(&self.account.device.cert().signing_key())
     }
 }

@@ -7,6 +7,12 @@
 //! `msg_id` names the message for the reader's deduplication and for later status updates;
 //! `sent_ms` is the sender's claim of when it was written (shown, never trusted). The body's
 //! meaning depends on `kind`; a reader skips kinds it does not know.
+//!
+//! Kinds 2 and 3 travel only between the devices of one account (`whitepaper/devices.md` §5):
+//! a *sent copy* of a message one device sent (body `peer (32) || u8(kind) || body`, with the
+//! copied message's `msg_id` and `sent_ms`), and a *device list* (body: the list signed by the
+//! account), which tells a device whether it is still on its account. [`Incoming`] reads all
+//! three; [`AppMessage`] only what people read.
 
 use thiserror::Error;
 
@@ -21,16 +27,25 @@ pub const HEADER_LEN: usize = 1 + 1 + 16 + 8;
 pub enum Kind {
     /// UTF-8 text for a person to read.
     Text = 1,
+    /// A copy, for the account's other devices, of a message one device sent.
+    SentCopy = 2,
+    /// The account's device list, sent by its primary device.
+    DeviceList = 3,
 }
 
 impl Kind {
     fn from_u8(b: u8) -> Option<Kind> {
         match b {
             1 => Some(Kind::Text),
+            2 => Some(Kind::SentCopy),
+            3 => Some(Kind::DeviceList),
             _ => None,
         }
     }
 }
+
+/// Bytes a sent copy adds to the body of the message it copies: the peer and the kind.
+pub const SENT_COPY_OVERHEAD: usize = 32 + 1;
 
 /// Why a decrypted message could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
@@ -47,6 +62,9 @@ pub enum PayloadError {
     /// Text that is not UTF-8.
     #[error("text is not UTF-8")]
     NotUtf8,
+    /// A sent copy too short for its peer, or copying a kind that cannot be copied.
+    #[error("malformed sent copy")]
+    BadCopy,
 }
 
 /// One application message.
@@ -82,7 +100,72 @@ impl AppMessage {
         out
     }
 
-    /// Decodes [`Self::encode`].
+    /// Decodes [`Self::encode`]: a message people read (kinds 2 and 3 are [`Incoming`]'s).
+    pub fn decode(bytes: &[u8]) -> Result<Self, PayloadError> {
+        match Incoming::decode(bytes)? {
+            Incoming::Message(m) => Ok(m),
+            _ => Err(PayloadError::UnknownKind(bytes[1])),
+        }
+    }
+
+    /// The copy of this message (sent to `peer`) for the sender's other devices: kind 2.
+    pub fn sent_copy(&self, peer: &[u8; 32]) -> Vec<u8> {
+        let inner = self.encode();
+        let mut out = Vec::with_capacity(inner.len() + SENT_COPY_OVERHEAD);
+        out.extend_from_slice(&inner[..HEADER_LEN]);
+        out[1] = Kind::SentCopy as u8;
+        out.extend_from_slice(peer);
+        out.push(inner[1]);
+        out.extend_from_slice(&inner[HEADER_LEN..]);
+        out
+    }
+}
+
+/// Kind 3: the device list `list` (its encoding), sent by the primary as `msg_id` at `sent_ms`.
+pub fn device_list_message(msg_id: [u8; 16], sent_ms: u64, list: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + list.len());
+    out.push(VERSION);
+    out.push(Kind::DeviceList as u8);
+    out.extend_from_slice(&msg_id);
+    out.extend_from_slice(&sent_ms.to_be_bytes());
+    out.extend_from_slice(list);
+    out
+}
+
+/// Any application message: one for people, or one between the devices of an account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    /// A message people read.
+    Message(AppMessage),
+    /// A copy of a message another device of this account sent to `peer`.
+    SentCopy {
+        /// The account it was sent to.
+        peer: [u8; 32],
+        /// The message as sent.
+        message: AppMessage,
+    },
+    /// The account's device list (not yet verified), from a device of the account.
+    DeviceList {
+        /// The message id.
+        msg_id: [u8; 16],
+        /// The list's encoding.
+        list: Vec<u8>,
+    },
+}
+
+fn content(kind: Kind, body: &[u8]) -> Result<Content, PayloadError> {
+    match kind {
+        Kind::Text => Ok(Content::Text(
+            std::str::from_utf8(body)
+                .map_err(|_| PayloadError::NotUtf8)?
+                .to_owned(),
+        )),
+        Kind::SentCopy | Kind::DeviceList => Err(PayloadError::BadCopy),
+    }
+}
+
+impl Incoming {
+    /// Decodes an application message of any kind this version knows.
     pub fn decode(bytes: &[u8]) -> Result<Self, PayloadError> {
         if bytes.len() < HEADER_LEN {
             return Err(PayloadError::Truncated);
@@ -95,18 +178,34 @@ impl AppMessage {
         msg_id.copy_from_slice(&bytes[2..18]);
         let mut sent = [0u8; 8];
         sent.copy_from_slice(&bytes[18..26]);
+        let sent_ms = u64::from_be_bytes(sent);
         let body = &bytes[HEADER_LEN..];
-        let content = match kind {
-            Kind::Text => Content::Text(
-                std::str::from_utf8(body)
-                    .map_err(|_| PayloadError::NotUtf8)?
-                    .to_owned(),
-            ),
-        };
-        Ok(AppMessage {
-            msg_id,
-            sent_ms: u64::from_be_bytes(sent),
-            content,
+        Ok(match kind {
+            Kind::Text => Incoming::Message(AppMessage {
+                msg_id,
+                sent_ms,
+                content: content(kind, body)?,
+            }),
+            Kind::SentCopy => {
+                if body.len() < SENT_COPY_OVERHEAD {
+                    return Err(PayloadError::BadCopy);
+                }
+                let mut peer = [0u8; 32];
+                peer.copy_from_slice(&body[..32]);
+                let inner = Kind::from_u8(body[32]).ok_or(PayloadError::UnknownKind(body[32]))?;
+                Incoming::SentCopy {
+                    peer,
+                    message: AppMessage {
+                        msg_id,
+                        sent_ms,
+                        content: content(inner, &body[SENT_COPY_OVERHEAD..])?,
+                    },
+                }
+            }
+            Kind::DeviceList => Incoming::DeviceList {
+                msg_id,
+                list: body.to_vec(),
+            },
         })
     }
 }
@@ -120,6 +219,21 @@ mod tests {
         #[test]
         fn decoding_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = AppMessage::decode(&bytes);
+        }
+
+        #[test]
+        fn incoming_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..96)) {
+            let _ = Incoming::decode(&bytes);
+        }
+
+        #[test]
+        fn copies_round_trip(id in any::<[u8; 16]>(), t in any::<u64>(), text in ".{0,40}",
+                             peer in any::<[u8; 32]>()) {
+            let m = AppMessage { msg_id: id, sent_ms: t, content: Content::Text(text) };
+            let copy = m.sent_copy(&peer);
+            prop_assert_eq!(copy.len(), m.encode().len() + SENT_COPY_OVERHEAD);
+            prop_assert_eq!(Incoming::decode(&copy), Ok(Incoming::SentCopy { peer, message: m }));
+            prop_assert_eq!(AppMessage::decode(&copy), Err(PayloadError::UnknownKind(2)));
         }
 
         #[test]
@@ -146,5 +260,21 @@ mod tests {
         let mut bad = m.encode();
         bad.push(0xff);
         assert_eq!(AppMessage::decode(&bad), Err(PayloadError::NotUtf8));
+        // A copy of a copy, or of a device list, is refused.
+        let mut copy = m.sent_copy(&[1; 32]);
+        copy[HEADER_LEN + 32] = 2;
+        assert_eq!(Incoming::decode(&copy), Err(PayloadError::BadCopy));
+        assert_eq!(
+            Incoming::decode(&copy[..HEADER_LEN + 10]),
+            Err(PayloadError::BadCopy)
+        );
+        let list = device_list_message([3; 16], 9, b"list");
+        assert_eq!(
+            Incoming::decode(&list),
+            Ok(Incoming::DeviceList {
+                msg_id: [3; 16],
+                list: b"list".to_vec()
+            })
+        );
     }
 }

@@ -25,7 +25,7 @@ const CERT_SIGNED_LEN: usize = CERT_LEN - SIGNATURE_LEN;
 const BUNDLE_SIGNED_LEN: usize = BUNDLE_LEN - SIGNATURE_LEN;
 
 /// An Ed25519 public key that is canonical and not of small order, as addresses require.
-pub(crate) fn check_ed25519(bytes: &[u8; KEY_LEN]) -> Result<VerifyingKey, SessionError> {
+pub fn check_ed25519(bytes: &[u8; KEY_LEN]) -> Result<VerifyingKey, SessionError> {
     let key = VerifyingKey::from_bytes(bytes).map_err(|_| SessionError::WeakKey)?;
     if key.is_weak() || key.to_edwards().compress().to_bytes() != *bytes {
         return Err(SessionError::WeakKey);
@@ -78,6 +78,20 @@ impl DeviceCert {
             .sign(&[labels::DEVICE_CERT, &bytes[..CERT_SIGNED_LEN]].concat());
         bytes[CERT_SIGNED_LEN..].copy_from_slice(&sig);
         DeviceCert { bytes }
+    }
+
+    /// The account certifies a device of other keys (a device being linked, which keeps its
+    /// secrets to itself): checks both keys as [`Self::decode`] does, then signs.
+    pub fn issue(
+        account: &Identity,
+        signing: &[u8; KEY_LEN],
+        ik: &[u8; KEY_LEN],
+        id: u32,
+        at: u64,
+    ) -> Result<Self, SessionError> {
+        check_ed25519(signing)?;
+        crypto::check_x25519_public(ik)?;
+        Ok(Self::sign(account, signing, ik, id, at))
     }
 
     /// Decodes and verifies a certificate: version, canonical non-weak keys, and the account's
@@ -171,6 +185,59 @@ impl fmt::Debug for DeviceKeys {
 /// Length of an encoded [`DeviceKeys`].
 pub const DEVICE_KEYS_LEN: usize = 1 + 2 * KEY_LEN + CERT_LEN;
 
+/// The two secrets of a device that has no certificate yet: a device being linked makes them,
+/// sends their public halves to the account's primary device, and becomes [`DeviceKeys`] once
+/// the certificate comes back.
+#[derive(Clone)]
+pub struct DeviceSecrets {
+    signing: SigningKey,
+    identity: DhSecret,
+}
+
+impl fmt::Debug for DeviceSecrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DeviceSecrets(<redacted>)")
+    }
+}
+
+impl DeviceSecrets {
+    /// Draws the signing seed, then the identity secret, as [`DeviceKeys::generate`] does.
+    pub fn generate(rng: &mut impl CryptoRngCore) -> Self {
+        let seed = crypto::random_secret(rng);
+        let identity = crypto::random_secret(rng);
+        DeviceSecrets {
+            signing: SigningKey::from_bytes(&seed),
+            identity,
+        }
+    }
+
+    /// The Ed25519 signing public key `D_sig`.
+    pub fn signing_public(&self) -> [u8; KEY_LEN] {
+        self.signing.verifying_key().to_bytes()
+    }
+
+    /// The X25519 identity public key `IK`.
+    pub fn identity_public(&self) -> [u8; KEY_LEN] {
+        crypto::dh_public(&self.identity)
+    }
+
+    /// The device's keys once the account certified them; refuses a certificate of other keys.
+    pub fn certified(self, cert: DeviceCert) -> Result<DeviceKeys, SessionError> {
+        let mine = crypto::ct_eq(&self.signing_public(), &cert.signing_key())
+            && crypto::ct_eq(&self.identity_public(), &cert.identity_key());
+        if !mine {
+            return Err(SessionError::Malformed {
+                what: "device certificate (of other keys)",
+            });
+        }
+        Ok(DeviceKeys {
+            signing: self.signing,
+            identity: self.identity,
+            cert,
+        })
+    }
+}
+
 impl DeviceKeys {
     /// A new device of `account`: draws the signing seed, then the identity secret, from `rng`.
     pub fn generate(
@@ -199,6 +266,12 @@ impl DeviceKeys {
     /// The certificate others verify.
     pub fn cert(&self) -> &DeviceCert {
         &self.cert
+    }
+
+    /// The device's Ed25519 signing key: it signs requests as the account's delegate on a
+    /// linked device (devices.md §2.1).
+    pub(crate) fn signing_secret(&self) -> &SigningKey {
+        &self.signing
     }
 
     pub(crate) fn identity_secret(&self) -> &[u8; KEY_LEN] {

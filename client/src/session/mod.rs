@@ -22,8 +22,8 @@ mod ratchet;
 mod safety;
 
 pub use keys::{
-    BUNDLE_LEN, CERT_LEN, DEVICE_KEYS_LEN, DeviceCert, DeviceKeys, PrekeyBundle, PrekeySecrets,
-    PrekeyStore,
+    BUNDLE_LEN, CERT_LEN, DEVICE_KEYS_LEN, DeviceCert, DeviceKeys, DeviceSecrets, PrekeyBundle,
+    PrekeySecrets, PrekeyStore, check_ed25519,
 };
 pub use peer::{PeerSessions, accepted_wins};
 pub use ratchet::{

@@ -123,7 +123,7 @@ impl Session {
             return Err(SessionError::OutOfTurn("an answer"));
         };
         let next = match (request, response) {
-            (PeerRequest::Root, PeerResponse::Root(root)) => {
+            (PeerRequest::Root, PeerResponse::Root { root, .. }) => {
                 if root == self.local.root() {
                     State::Done { complete: true }
                 } else {

@@ -49,6 +49,14 @@ impl Store {
         lock(&self.digests).clone()
     }
 
+    /// Whether a message is held under `key` and still live at `now`: the delegation check
+    /// (whitepaper §3.1) reads one point through the hash index's bloom filter.
+    pub fn holds_live(&self, key: &EntryKey, now: UnixMillis) -> Result<bool, StoreError> {
+        Ok(self
+            .held(key)?
+            .is_some_and(|(_, expiry, _, _)| expiry > now))
+    }
+
     /// What is held under `key`, expired or not.
     fn entry(&self, key: &EntryKey) -> Result<Option<EntryState>, StoreError> {
         let kb = key.to_bytes();
