@@ -12,6 +12,8 @@
 //!   prekeys.bin        0600  this device's prekey secrets (sessions.md §3.2)
 //!   peers/             0700  one file per peer account: bundles, sessions, outbox
 //!     <account>.bin    0600  (hex of the account key; messenger::peer)
+//!   groups/            0700  one file per group: its seed, lists, member keys, epochs, outbox
+//!     <group>.bin      0600  (hex of the group key; messenger::groups)
 //!   account.bin        0600  a linked device's sync key and the list that added it (devices.md §9)
 //!   devices.bin        0600  the primary's device list and removals in progress (devices.md §9)
 //!   sync.bin           0600  the state the account's devices share (devices.md §8)
@@ -61,6 +63,10 @@ pub const DEVICE_FILE: &str = "device.key";
 pub const PREKEYS_FILE: &str = "prekeys.bin";
 /// The folder of per-peer files.
 pub const PEERS_DIR: &str = "peers";
+/// Folder of the groups this device is in or invited into, one file per group.
+pub const GROUPS_DIR: &str = "groups";
+/// Largest group file read back.
+pub const MAX_GROUP_BYTES: u64 = 64 << 20;
 /// A linked device's account secrets.
 pub const ACCOUNT_FILE: &str = "account.bin";
 /// The primary device's registry of the account's devices.
@@ -519,26 +525,49 @@ impl DataDir {
 
     /// The accounts that have a peer file.
     pub fn peers(&self) -> Result<Vec<[u8; 32]>, StateError> {
-        let dir = self.dir.join(PEERS_DIR);
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_err(&dir)(e)),
-        };
-        let mut out = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(io_err(&dir))?;
-            let name = entry.file_name();
-            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".bin")) else {
-                continue;
-            };
-            let mut key = [0u8; 32];
-            if hex::decode_to_slice(stem, &mut key).is_ok() {
-                out.push(key);
-            }
+        keyed_files(&self.dir.join(PEERS_DIR))
+    }
+
+    /// The file of group `group` (its 32-byte key), if any.
+    pub fn read_group(&self, group: &[u8; 32]) -> Result<Option<Zeroizing<Vec<u8>>>, StateError> {
+        let path = self
+            .dir
+            .join(GROUPS_DIR)
+            .join(format!("{}.bin", hex::encode(group)));
+        Ok(fsutil::read_private(&path, MAX_GROUP_BYTES)?)
+    }
+
+    /// Replaces the file of group `group` atomically.
+    pub fn write_group(&self, group: &[u8; 32], bytes: &[u8]) -> Result<(), StateError> {
+        let dir = self.private_subdir(GROUPS_DIR)?;
+        write_atomic(&dir, &format!("{}.bin", hex::encode(group)), bytes, true)
+    }
+
+    /// Removes the file of group `group` (the device left it, was removed, or refused).
+    pub fn remove_group(&self, group: &[u8; 32]) -> Result<(), StateError> {
+        let dir = self.dir.join(GROUPS_DIR);
+        let path = dir.join(format!("{}.bin", hex::encode(group)));
+        match fs::remove_file(&path) {
+            Ok(()) => sync_dir(&dir),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&path)(e)),
         }
-        out.sort_unstable();
-        Ok(out)
+    }
+
+    /// The groups that have a file.
+    pub fn groups(&self) -> Result<Vec<[u8; 32]>, StateError> {
+        keyed_files(&self.dir.join(GROUPS_DIR))
+    }
+
+    fn private_subdir(&self, name: &str) -> Result<PathBuf, StateError> {
+        let dir = self.dir.join(name);
+        match DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => sync_dir(&self.dir)?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err(&dir)(e)),
+        }
+        check_dir(&dir)?;
+        Ok(dir)
     }
 
     // ---- history ----
@@ -608,6 +637,29 @@ impl DataDir {
 }
 
 /// Refuses a directory others can write to: they could replace our files.
+/// The 32-byte keys named by the `HEX.bin` files of `dir` (none if it does not exist), sorted.
+fn keyed_files(dir: &Path) -> Result<Vec<[u8; 32]>, StateError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(dir)(e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name();
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".bin")) else {
+            continue;
+        };
+        let mut key = [0u8; 32];
+        if hex::decode_to_slice(stem, &mut key).is_ok() {
+            out.push(key);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
 fn check_dir(dir: &Path) -> Result<(), StateError> {
     Ok(fsutil::check_private_dir(dir)?)
 }

@@ -145,3 +145,54 @@ proptest! {
         let _ = decode_all(&bad);
     }
 }
+
+/// A group file (`groups/<G>.bin`) holding the fixture's list, keys, part and epoch, with an
+/// item in its outbox.
+fn group_file() -> &'static Vec<u8> {
+    use allium_client::group::MembershipLog;
+    use allium_client::messenger::groups::{GroupRecord, Status};
+    static F: OnceLock<Vec<u8>> = OnceLock::new();
+    F.get_or_init(|| {
+        let f = fixture();
+        let list = MembershipList::decode(&f.list).unwrap();
+        let rec = GroupRecord {
+            status: Status::Member,
+            name: "club".into(),
+            secret: f.group.clone(),
+            inviter: [9; 32],
+            was_member: true,
+            max_epoch: 1,
+            log: MembershipLog::new(list),
+            secrets: vec![MemberSecret::decode(&f.member_secret).unwrap()],
+            keys: vec![MemberKey::decode(&f.member_key).unwrap()],
+            parts: vec![RekeyPart::decode(&f.part).unwrap()],
+            epochs: vec![Epoch::decode(&f.epoch_state).unwrap()],
+            invited: vec![[1; 32]],
+            accepted: vec![[2; 32]],
+            leaving: vec![],
+            mine: Some(([3; 32], [4; 32])),
+            outbox: vec![f.sealed.clone()],
+        };
+        let bytes = rec.encode().to_vec();
+        let back = GroupRecord::decode(&bytes).unwrap();
+        assert_eq!(back.encode().as_slice(), bytes.as_slice(), "round trip");
+        bytes
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn group_files_changed_cut_or_random_never_panic(at in any::<prop::sample::Index>(), flip in 1u8..=255,
+                                                     cut in 0usize..4000, random in proptest::collection::vec(any::<u8>(), 0..600)) {
+        use allium_client::messenger::groups::GroupRecord;
+        let enc = group_file();
+        let mut bad = enc.clone();
+        let i = at.index(bad.len());
+        bad[i] ^= flip;
+        let _ = GroupRecord::decode(&bad);
+        prop_assert!(GroupRecord::decode(&enc[..enc.len().saturating_sub(cut + 1)]).is_err());
+        let _ = GroupRecord::decode(&random);
+    }
+}

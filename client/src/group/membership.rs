@@ -369,6 +369,25 @@ impl MembershipLog {
         self.lists.get(hash)
     }
 
+    /// Every list held (not those waiting for their parent), lowest version first.
+    pub fn lists(&self) -> Vec<&MembershipList> {
+        let mut out: Vec<&MembershipList> = self.lists.values().collect();
+        out.sort_by_key(|l| (l.version(), l.hash()));
+        out
+    }
+
+    /// A log rebuilt from the lists [`Self::lists`] gave (read back from this device's own
+    /// disk): the first is trusted as root, the others taken as if read from the mailbox.
+    pub fn restore(lists: Vec<MembershipList>) -> Result<Self, GroupError> {
+        let mut lists = lists.into_iter();
+        let root = lists.next().ok_or(GroupError::BadMembers)?;
+        let mut log = MembershipLog::new(root);
+        for l in lists {
+            log.insert(l)?;
+        }
+        Ok(log)
+    }
+
     /// How many lists wait for their parent.
     pub fn pending(&self) -> usize {
         self.pending.len()

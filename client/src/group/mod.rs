@@ -24,7 +24,7 @@ mod secret;
 pub use epoch::{Epoch, MAX_PAYLOAD, Received, epoch_id_of};
 pub use member_key::{MEMBER_KEY_LEN, MEMBER_SECRET_LEN, MemberKey, MemberSecret};
 pub use membership::{Change, MembershipList, MembershipLog, Role};
-pub use rekey::{ENTRIES_PER_PART, ENTRY_LEN, Entry, RekeyPart, rekey};
+pub use rekey::{ENTRIES_PER_PART, ENTRY_LEN, Entry, RekeyPart, recipients_of, rekey};
 pub use secret::{GroupSecret, ITEM_OVERHEAD, MAX_INNER_LEN};
 
 use ed25519_dalek::{Signature, Signer};

@@ -256,6 +256,13 @@ fn recipients<'a>(list: &MembershipList, keys: &'a [MemberKey]) -> Vec<(Entry, &
     out
 }
 
+/// The devices a rekey for `list` made now from `keys` would wrap the epoch key for, in order
+/// (`whitepaper/groups.md` §5.2): an admin compares them with an epoch's senders to know whether
+/// a device joined or left since.
+pub fn recipients_of(list: &MembershipList, keys: &[MemberKey]) -> Vec<Entry> {
+    recipients(list, keys).into_iter().map(|(e, _)| e).collect()
+}
+
 /// Makes epoch `epoch` for `list`: draws the epoch key (32 bytes), the ephemeral X25519 secret
 /// (32), then one ML-KEM `m` (32) per recipient in order; wraps the key for every member device
 /// among `keys` (see `whitepaper/groups.md` §5.2 for which); and returns the signed parts and

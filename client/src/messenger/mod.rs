@@ -17,6 +17,7 @@
 //!   and decrypts what is new, records it in the history, and only then saves the advanced
 //!   session and the cursor.
 
+pub mod groups;
 pub mod linking;
 pub mod payload;
 pub mod peer;
@@ -134,6 +135,9 @@ pub enum MessengerError {
     /// A device format or linking step failed.
     #[error(transparent)]
     Device(DeviceError),
+    /// A group command failed.
+    #[error(transparent)]
+    Group(#[from] groups::GroupFailure),
 }
 
 /// Which device of the account this is.
@@ -418,6 +422,8 @@ pub struct Messenger {
     /// Sent message ids the history records: an outbox entry left by a crash before its history
     /// line gets one when it is flushed, and a sent copy from another device is recorded once.
     recorded_sent: HashSet<[u8; 16]>,
+    /// What happened to groups since the caller last asked (invitations, answers, removals).
+    group_events: Vec<groups::GroupEvent>,
 }
 
 impl Messenger {
@@ -436,6 +442,7 @@ impl Messenger {
             account,
             recorded,
             recorded_sent,
+            group_events: Vec::new(),
         })
     }
 
@@ -688,7 +695,22 @@ impl Messenger {
             sent_ms: now,
             content: Content::Text(text.to_owned()),
         };
-        let plaintext = message.encode();
+        self.send_plaintext(net, to, message.encode(), msg_id, true)
+            .await
+    }
+
+    /// Seals `plaintext` (an application message, `msg_id` its id) to every device of `to`
+    /// and stores it through the peer's outbox as [`Self::send_text_as`] does; with `copy`, a
+    /// copy goes to this account's other devices.
+    pub(crate) async fn send_plaintext(
+        &mut self,
+        net: &Net,
+        to: &Address,
+        plaintext: Vec<u8>,
+        msg_id: [u8; 16],
+        copy: bool,
+    ) -> Result<Sent, MessengerError> {
+        let now = net.now_ms();
         let mut record = self.load_peer(to)?;
         if record.outbox.len() >= MAX_OUTBOX {
             return Err(MessengerError::OutboxFull(record.outbox.len()));
@@ -707,11 +729,11 @@ impl Messenger {
             msg_id,
             item,
             message: plaintext.clone(),
-            copy_pending: !to_self,
+            copy_pending: !to_self && copy,
         }));
         // One atomic write: the spent chain keys and the items they sealed.
         self.save_peer(to, &record)?;
-        let copies = if to_self {
+        let copies = if to_self || !copy {
             0
         } else {
             // A failure here leaves the copy pending; the next command makes it.
@@ -1138,6 +1160,11 @@ impl Messenger {
                     }
                 }
             }
+            Ok(incoming @ (Incoming::GroupInvitation { .. } | Incoming::GroupAnswer { .. })) => {
+                self.group_control(&from, incoming, now)?;
+            }
+            // A group's own kind, out of place in a session.
+            Ok(Incoming::GroupLeave { .. }) => {}
             // Copies and lists come only from the account's own devices.
             Ok(Incoming::SentCopy { .. } | Incoming::DeviceList { .. }) => {
                 on_skip(&Skipped::UnknownContent(payload::PayloadError::BadCopy));
