@@ -2,6 +2,7 @@
 //! processes, reported against the floor of the same machine measured in the same run.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod attach;
 mod floor;
 mod longpoll;
 mod machine;
@@ -93,6 +94,19 @@ enum Command {
     /// at the destination, in the same run, and the destination's memory and threads in both
     /// states. Needs a network started here (it reads the node's /proc).
     Longpoll(LongpollArgs),
+    /// Attachments: upload and download MB/s for a few file sizes through 3-relay paths, each
+    /// against a floor from the same run's primitives (`whitepaper/attachments.md`).
+    Attach(AttachArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct AttachArgs {
+    /// File sizes, MB (10^6 bytes).
+    #[arg(long = "sizes-mb", value_delimiter = ',', default_value = "1,16,256")]
+    sizes_mb: Vec<u64>,
+    /// Chunks in flight at once, each on its own path.
+    #[arg(long, default_value_t = 4)]
+    paths: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -751,9 +765,60 @@ async fn bench_longpoll(cli: &Cli, args: &LongpollArgs) -> Result<(), String> {
     Ok(())
 }
 
+async fn bench_attach(cli: &Cli, args: &AttachArgs) -> Result<(), String> {
+    let machine = Machine::describe();
+    let mut network = start_network(cli)?;
+    let out = out_dir(cli);
+    let measured = async {
+        formed(&mut network, &client()?).await?;
+        std::fs::create_dir_all(&network.dir).map_err(|e| e.to_string())?;
+        eprintln!(
+            "measuring the floor (X25519, AES-256-GCM, loopback QUIC, synced RocksDB write) …"
+        );
+        let primitives = floor::measure(&network.dir).await?;
+        let results = attach::series(
+            &network.file,
+            &network.dir,
+            &args.sizes_mb,
+            args.paths,
+            &primitives,
+        )
+        .await?;
+        Ok::<_, String>((primitives, results))
+    }
+    .await;
+    let unclean = network.stop();
+    let (primitives, results) = measured?;
+    println!("allium-bench attach — {}", machine.line());
+    for r in &results {
+        r.print();
+    }
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let path = cli.json.clone().unwrap_or_else(|| out.join("attach.json"));
+    let report = json!({
+        "tool": "allium-bench attach",
+        "version": env!("CARGO_PKG_VERSION"),
+        "command": std::env::args().collect::<Vec<_>>(),
+        "machine": machine.to_json(),
+        "setup": { "roster_nodes": cli.nodes + 1, "relays": 3, "paths": args.paths },
+        "primitives": primitives.to_json(),
+        "results": results.iter().map(attach::AttachResult::to_json).collect::<Vec<_>>(),
+    });
+    let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    std::fs::write(&path, text + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
+    println!("wrote {}", path.display());
+    if !unclean.is_empty() {
+        return Err(format!("nodes that did not stop cleanly: {unclean:?}"));
+    }
+    Ok(())
+}
+
 async fn bench(cli: Cli) -> Result<(), String> {
     if let Some(Command::Longpoll(args)) = &cli.command {
         return bench_longpoll(&cli, args).await;
+    }
+    if let Some(Command::Attach(args)) = &cli.command {
+        return bench_attach(&cli, args).await;
     }
     let machine = Machine::describe();
     let mut network = start_network(&cli)?;

@@ -14,6 +14,8 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
 use crate::app::{self, App};
+use crate::attach::report::Reporter;
+use crate::attach::{self, AttachError, TransferConfig, Transfers};
 use crate::chat::{self, keys::Keymap, model::Model, text::Clock, view::Theme};
 use crate::display;
 use crate::identity::{Address, AddressError, Identity, IdentityError};
@@ -85,14 +87,22 @@ enum Command {
     /// Manage the names you send to.
     #[command(subcommand)]
     Contacts(ContactsCommand),
-    /// Send a text message; it is acknowledged once the recipient's swarm holds it.
+    /// Send a text message or files; acknowledged once the recipient's swarm holds it.
     ///
-    /// Examples: `allium send alice "see you at 6"`, `echo hi | allium send allium1… -`
+    /// Examples: `allium send alice "see you at 6"`, `echo hi | allium send allium1… -`,
+    /// `allium send alice --file report.pdf --file photo.jpg` (up to 1 GiB each; an interrupted
+    /// upload resumes when the same command is run again).
     Send {
         /// A contact name, an address, or a group's name (a contact of the same name wins).
         to: String,
-        /// The text; `-` or nothing reads it from standard input.
+        /// The text; `-` or nothing reads it from standard input (unless files are sent).
         text: Option<String>,
+        /// A file to send; repeat for several.
+        #[arg(long = "file", value_name = "PATH")]
+        files: Vec<PathBuf>,
+        /// Chunks in flight at once, each through its own onion path.
+        #[arg(long, default_value_t = attach::DEFAULT_PATHS, value_name = "N")]
+        paths: usize,
     },
     /// Link this device to an account, and manage the account's devices.
     #[command(subcommand)]
@@ -100,10 +110,10 @@ enum Command {
     /// Groups: one stored message reaches every member (`allium send GROUP "text"`).
     #[command(subcommand)]
     Groups(GroupsCommand),
-    /// Fetch and print new messages.
-    Inbox,
-    /// Wait for messages and print each as it arrives (Ctrl-C to stop).
-    Listen,
+    /// Fetch and print new messages, and download the files they carry.
+    Inbox(Downloads),
+    /// Wait for messages and print each as it arrives (Ctrl-C to stop); files are downloaded.
+    Listen(Downloads),
     /// A terminal messenger: conversations, history with delivery state, and writing.
     ///
     /// Keys are listed by `?` (or F1) inside, and set in keys.toml in the config directory
@@ -126,6 +136,21 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+}
+
+/// Where and how received files are downloaded.
+#[derive(Debug, Args)]
+struct Downloads {
+    /// The folder files are saved in. Default: $XDG_DOWNLOAD_DIR, else ~/Downloads.
+    #[arg(long = "download-dir", env = "ALLIUM_DOWNLOAD_DIR", value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Files larger than this many bytes are downloaded only after you agree (asked on a
+    /// terminal; otherwise they wait until a run with a larger limit).
+    #[arg(long, default_value_t = 64 << 20, value_name = "BYTES")]
+    max_download: u64,
+    /// Chunks in flight at once, each through its own onion path.
+    #[arg(long, default_value_t = attach::DEFAULT_PATHS, value_name = "N")]
+    paths: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -270,6 +295,9 @@ pub enum CliError {
     /// The input is not UTF-8 text.
     #[error("standard input is not UTF-8 text")]
     NotText,
+    /// A file could not be sent or received.
+    #[error("{0}")]
+    Attach(AttachError),
 }
 
 impl From<MessengerError> for CliError {
@@ -277,7 +305,17 @@ impl From<MessengerError> for CliError {
         match e {
             MessengerError::State(e) => CliError::State(e),
             MessengerError::Net(e) => CliError::Net(e),
+            MessengerError::Attach(e) => CliError::from(e),
             e => CliError::Messenger(e),
+        }
+    }
+}
+
+impl From<AttachError> for CliError {
+    fn from(e: AttachError) -> Self {
+        match e {
+            AttachError::Net(e) => CliError::Net(e),
+            e => CliError::Attach(e),
         }
     }
 }
@@ -304,6 +342,10 @@ impl CliError {
             CliError::Messenger(MessengerError::Group(GroupFailure::NoSuchGroup(_))) => 3,
             CliError::Messenger(MessengerError::Group(GroupFailure::Damaged { .. })) => 4,
             CliError::Messenger(_) => 1,
+            CliError::Attach(AttachError::Io(..) | AttachError::Changed(_)) => 4,
+            CliError::Attach(AttachError::TooLarge(_)) => 6,
+            CliError::Attach(AttachError::Quota | AttachError::Full) => 8,
+            CliError::Attach(_) => 1,
         }
     }
 }
@@ -484,7 +526,7 @@ async fn run(cli: Cli, clock: Clock) -> Result<(), CliError> {
         return Ok(());
     }
     // `listen` and `chat` take the lock only to save, so other commands can run beside them.
-    let hold_lock = !matches!(cli.command, Command::Listen | Command::Chat { .. });
+    let hold_lock = !matches!(cli.command, Command::Listen(_) | Command::Chat { .. });
     let local = Local::open(&cli.global, hold_lock)?;
     match cli.command {
         Command::Init { force } => {
@@ -528,23 +570,34 @@ async fn run(cli: Cli, clock: Clock) -> Result<(), CliError> {
         Command::Contacts(c) => contacts(&local, c),
         Command::Devices(c) => devices(&local, c).await,
         Command::Groups(c) => groups(&local, c).await,
-        Command::Send { to, text } => send(&local, &to, text).await,
-        Command::Inbox => {
+        Command::Send {
+            to,
+            text,
+            files,
+            paths,
+        } if !files.is_empty() => send_files(&local, &to, text, &files, paths).await,
+        Command::Send { to, text, .. } => send(&local, &to, text).await,
+        Command::Inbox(downloads) => {
             let mut state = local.dir.load_state()?;
             let net = local.net(&state)?;
             let mut messenger = local.messenger(net.now_ms())?;
             let shown = fetch_round(&local, &net, &mut messenger, &mut state, Duration::ZERO).await;
-            if shown.is_ok() {
-                sync_shared(&local, &net, &mut messenger).await;
-            }
+            let fetched = match shown {
+                Ok(_) => {
+                    sync_shared(&local, &net, &mut messenger).await;
+                    download_pending(&local, &net, &downloads).await
+                }
+                Err(_) => Ok(()),
+            };
             local.save_net(&net, &mut state)?;
             let shown = shown?;
+            fetched?;
             if shown == 0 && !local.json {
                 eprintln!("no new messages");
             }
             Ok(())
         }
-        Command::Listen => {
+        Command::Listen(downloads) => {
             let mut state = local.dir.load_state()?;
             let net = local.net(&state)?;
             let mut messenger = local.messenger(net.now_ms())?;
@@ -564,6 +617,10 @@ async fn run(cli: Cli, clock: Clock) -> Result<(), CliError> {
                         Duration::from_secs(25),
                     )
                     .await;
+                    let r = match r {
+                        Ok(n) => download_pending(&local, &net, &downloads).await.map(|()| n),
+                        Err(e) => Err(e),
+                    };
                     // A `send` from the same data directory may hold the lock for a while;
                     // the position is then saved after the next round.
                     match app::lock_waiting_async(&local.dir).await {
@@ -876,6 +933,91 @@ async fn groups(local: &Local, c: GroupsCommand) -> Result<(), CliError> {
     result
 }
 
+/// `allium send NAME --file PATH…`: each file is uploaded (resuming an interrupted upload of it)
+/// and announced once all its chunks are held by a majority of the swarm; a text, if given, goes
+/// after the files.
+async fn send_files(
+    local: &Local,
+    to: &str,
+    text: Option<String>,
+    files: &[PathBuf],
+    paths: usize,
+) -> Result<(), CliError> {
+    let (name, recipient) = local.resolve(to)?;
+    if let Some(t) = &text {
+        Messenger::check_size(t)?;
+    }
+    let mut state = local.dir.load_state()?;
+    let net = local.net(&state)?;
+    let mut messenger = local.messenger(net.now_ms())?;
+    let transfers = Transfers::open(local.dir.path())?;
+    let (mailbox, owner) = messenger.account().mailbox_signer()?;
+    let cfg = TransferConfig { paths };
+    let result = async {
+        messenger.publish(&net, &mut state).await?;
+        messenger.flush(&net).await?;
+        for path in files {
+            let media = media_type(path);
+            let shown = attach::file::name_of(path);
+            let mut reporter = Reporter::new("sending", &shown, local.json);
+            let upload = attach::upload(
+                &net,
+                owner.as_ref(),
+                mailbox,
+                &transfers,
+                &recipient.public_key().to_bytes(),
+                path,
+                media,
+                cfg,
+                &mut |p| reporter.update(p),
+            )
+            .await;
+            reporter.finish();
+            let upload = upload?;
+            let sent = messenger.send_file(&net, &recipient, &upload).await?;
+            upload.finish(&transfers)?;
+            let p = upload.progress;
+            if local.json {
+                println!(
+                    "{}",
+                    json!({
+                        "sent": name,
+                        "address": recipient.to_string(),
+                        "file": upload.file.name,
+                        "size": upload.file.size,
+                        "chunks": p.total,
+                        "resumed": p.resumed,
+                        "transferred": p.transferred,
+                        "duplicates": p.duplicates,
+                        "msg_id": hex::encode(sent.msg_id),
+                        "holders": sent.holders,
+                        "swarm": sent.members,
+                    })
+                );
+            } else {
+                println!(
+                    "sent {} ({} bytes, {} chunks{}) to {name}",
+                    display::neutralize(&upload.file.name),
+                    upload.file.size,
+                    p.total,
+                    if p.resumed > 0 {
+                        format!(", {} resumed", p.resumed)
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+        }
+        if let Some(t) = &text {
+            messenger.send_text(&net, &recipient, t).await?;
+        }
+        Ok::<(), CliError>(())
+    }
+    .await;
+    local.save_net(&net, &mut state)?;
+    result
+}
+
 fn groups_local(local: &Local, messenger: &Messenger, c: GroupsCommand) -> Result<(), CliError> {
     let role_name = |r: Option<crate::group::Role>| match r {
         Some(crate::group::Role::Admin) => "admin",
@@ -1078,6 +1220,144 @@ async fn devices(local: &Local, c: DevicesCommand) -> Result<(), CliError> {
     result
 }
 
+/// A media type guessed from the file name's extension (empty: unknown).
+fn media_type(path: &std::path::Path) -> &'static str {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    match ext.as_deref() {
+        Some("txt") => "text/plain",
+        Some("pdf") => "application/pdf",
+        Some("png") => "image/png",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("gif") => "image/gif",
+        Some("webp") => "image/webp",
+        Some("mp4") => "video/mp4",
+        Some("mp3") => "audio/mpeg",
+        Some("zip") => "application/zip",
+        Some("json") => "application/json",
+        _ => "",
+    }
+}
+
+/// The default download folder: `$XDG_DOWNLOAD_DIR`, else `~/Downloads`.
+fn download_dir(chosen: Option<&std::path::Path>) -> Result<PathBuf, CliError> {
+    let dir = match chosen {
+        Some(d) => d.to_path_buf(),
+        None => match std::env::var_os("XDG_DOWNLOAD_DIR").filter(|d| !d.is_empty()) {
+            Some(d) => PathBuf::from(d),
+            None => {
+                let home = std::env::var_os("HOME").ok_or_else(|| {
+                    CliError::Attach(AttachError::Io(
+                        "download folder".into(),
+                        std::io::Error::other("HOME is not set; pass --download-dir"),
+                    ))
+                })?;
+                PathBuf::from(home).join("Downloads")
+            }
+        },
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| AttachError::io(&dir, e))?;
+    Ok(dir)
+}
+
+/// Asks on the terminal whether to download a file above the limit.
+fn ask(question: &str) -> bool {
+    if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
+        return false;
+    }
+    eprint!("{question} [y/N] ");
+    let mut answer = String::new();
+    if std::io::stdin().lock().read_line(&mut answer).is_err() {
+        return false;
+    }
+    matches!(answer.trim(), "y" | "Y" | "yes")
+}
+
+/// Downloads every file recorded from received messages (and any an earlier run left
+/// unfinished) into the chosen folder. A file over the size limit is asked about on a terminal,
+/// and otherwise left waiting; one that cannot be fetched is reported and the others go on.
+async fn download_pending(local: &Local, net: &Net, d: &Downloads) -> Result<(), CliError> {
+    let transfers = Transfers::open(local.dir.path())?;
+    let pending = transfers.pending_downloads()?;
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let dir = download_dir(d.dir.as_deref())?;
+    let cfg = TransferConfig { paths: d.paths };
+    for p in pending {
+        let f = &p.file;
+        if f.size > d.max_download && !p.started {
+            let question = format!(
+                "download {} ({} bytes) from {}?",
+                display::neutralize(&f.name),
+                f.size,
+                display::neutralize(&p.from)
+            );
+            if local.json || !ask(&question) {
+                if !local.json && std::io::stdin().is_terminal() {
+                    transfers.drop_download(f)?;
+                    eprintln!("allium: not downloaded");
+                    continue;
+                }
+                warn(
+                    local,
+                    &format!(
+                        "{} ({} bytes) is larger than --max-download ({} bytes): it waits for                          a run with a larger limit",
+                        display::neutralize(&f.name),
+                        f.size,
+                        d.max_download
+                    ),
+                );
+                continue;
+            }
+        }
+        let mut reporter = Reporter::new("receiving", &f.name, local.json);
+        let got =
+            attach::download(net, &transfers, f, &dir, cfg, &mut |p| reporter.update(p)).await;
+        reporter.finish();
+        match got {
+            Ok((path, progress)) => {
+                if local.json {
+                    println!(
+                        "{}",
+                        json!({
+                            "saved": path.display().to_string(),
+                            "from": p.from,
+                            "name": f.name,
+                            "size": f.size,
+                            "chunks": progress.total,
+                            "resumed": progress.resumed,
+                            "transferred": progress.transferred,
+                            "refused": progress.refused,
+                        })
+                    );
+                } else {
+                    println!(
+                        "saved {} ({} bytes) to {}",
+                        display::neutralize(&f.name),
+                        f.size,
+                        display::neutralize(&path.display().to_string())
+                    );
+                }
+            }
+            Err(AttachError::Net(e)) => return Err(CliError::Net(e)),
+            Err(e) => {
+                // This file stays recorded unless it can never succeed.
+                if matches!(e, AttachError::BadRoot | AttachError::BadChunk(_)) {
+                    transfers.drop_download(f)?;
+                }
+                warn(
+                    local,
+                    &format!("{} was not saved: {e}", display::neutralize(&f.name)),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Publishes this device's keys right after `init` or `restore` if the network is known and
 /// answers; otherwise says they go out with the next command that reaches the network.
 async fn publish_at_start(local: &Local) {
@@ -1137,7 +1417,8 @@ async fn fetch_round(
     let mut read: std::collections::BTreeMap<[u8; 32], (Address, u64, [u8; 16])> =
         std::collections::BTreeMap::new();
     let on_message = |r: &Received| {
-        let Content::Text(text) = &r.message.content;
+        let text = r.message.content.summary();
+        let text = &text;
         if r.copy_to.is_none() {
             let pos = (r.message.sent_ms, r.message.msg_id);
             let held = read.get(&r.from.public_key().to_bytes());
@@ -1156,6 +1437,10 @@ async fn fetch_round(
                 "stored_ms": r.stored_ms,
                 "received_ms": net.now_ms(),
                 "text": text,
+                "file": match &r.message.content {
+                    Content::File(f) => json!({ "name": f.name, "size": f.size, "media": f.media }),
+                    Content::Text(_) => serde_json::Value::Null,
+                },
                 "path": path_json(&r.path),
             });
             if let (Some(to), Some(obj)) = (&r.copy_to, line.as_object_mut()) {
@@ -1224,7 +1509,8 @@ fn print_group_message(
     m: &GroupMessage,
     name_of: &dyn Fn(&Address) -> String,
 ) {
-    let Content::Text(text) = &m.message.content;
+    let text = m.message.content.summary();
+    let text = &text;
     let from = name_of(&m.from);
     if local.json {
         println!(

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod app;
+pub mod attach;
 pub mod chat;
 pub mod cli;
 pub mod devices;

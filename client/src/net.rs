@@ -28,6 +28,11 @@ use crate::onion::{Hop, OnionClient, SendError, epoch_at, hop};
 pub const GUARDS: usize = 3;
 /// How often a long-running client asks for a newer roster (and once at the start of each run).
 const ROSTER_REFRESH: Duration = Duration::from_secs(300);
+/// Failed attempts of one request after which a newer roster is asked for: the failing relays
+/// may have restarted with onion keys that only a newer roster lists.
+const ROSTER_RETRY_FAILURES: u32 = 4;
+/// Least time between two such asks.
+const ROSTER_RETRY_GAP: Duration = Duration::from_secs(1);
 /// How long to wait before asking another member after a `busy` answer.
 const LATER_PAUSE: Duration = Duration::from_millis(200);
 /// How long `status` waits for a guard to answer.
@@ -527,6 +532,7 @@ impl Net {
         let mut tried: HashSet<NodeId> = HashSet::new();
         let mut redirect: Option<Vec<NodeId>> = None;
         let mut pinned_retried = false;
+        let mut failures: u32 = 0;
         // Members that refused with retry class "each member": refused by all, it is final.
         let mut refused: HashSet<NodeId> = HashSet::new();
         while Instant::now() < deadline {
@@ -614,6 +620,12 @@ impl Net {
                     self.blame(&path, &e);
                     if e.failed_hop() == Some(path.len() - 1) {
                         tried.insert(node);
+                    }
+                    failures += 1;
+                    let recent =
+                        lock(&self.refreshed).is_some_and(|t| t.elapsed() < ROSTER_RETRY_GAP);
+                    if failures % ROSTER_RETRY_FAILURES == 0 && !recent {
+                        let _ = self.refresh_roster().await;
                     }
                     continue;
                 }

@@ -98,6 +98,11 @@ pub const ENV_VARS: &[EnvVar] = &[
         "ALLIUM_NODE_STORE_MAILBOX_QUOTA_BYTES",
         "store.mailbox_quota_bytes",
     ),
+    var("ALLIUM_NODE_STORE_BLOB_MAX_BYTES", "store.blob_max_bytes"),
+    var(
+        "ALLIUM_NODE_STORE_BLOB_QUOTA_BYTES",
+        "store.blob_quota_bytes",
+    ),
     var(
         "ALLIUM_NODE_REPLAY_PACKETS_PER_EPOCH",
         "replay.packets_per_epoch",
@@ -251,6 +256,10 @@ pub struct StoreConfig {
     pub max_bytes: u64,
     /// Size cap of one mailbox, bytes.
     pub mailbox_quota_bytes: u64,
+    /// Size cap of the blob namespace (attachments) on this node, all mailboxes, bytes.
+    pub blob_max_bytes: u64,
+    /// Size cap of one mailbox's blob namespace, bytes.
+    pub blob_quota_bytes: u64,
     /// Free space the data directory's file system must keep: below it new messages are
     /// refused ("full") while reads and deletes go on.
     pub min_free_bytes: u64,
@@ -338,6 +347,8 @@ impl Default for StoreConfig {
         StoreConfig {
             max_bytes: 10 * GIB,
             mailbox_quota_bytes: 16 * MIB,
+            blob_max_bytes: 16 * GIB,
+            blob_quota_bytes: 2 * GIB,
             min_free_bytes: 256 * MIB,
         }
     }
@@ -555,6 +566,8 @@ impl NodeConfig {
             "store.max_bytes" => self.store.max_bytes = parse(value)?,
             "store.mailbox_quota_bytes" => self.store.mailbox_quota_bytes = parse(value)?,
             "store.min_free_bytes" => self.store.min_free_bytes = parse(value)?,
+            "store.blob_max_bytes" => self.store.blob_max_bytes = parse(value)?,
+            "store.blob_quota_bytes" => self.store.blob_quota_bytes = parse(value)?,
             "replay.packets_per_epoch" => self.replay.packets_per_epoch = parse(value)?,
             "replication.sync_interval_ms" => self.replication.sync_interval_ms = parse(value)?,
             "replication.quorum_timeout_ms" => {
@@ -634,6 +647,8 @@ impl NodeConfig {
             ("limits.peer_read_buffer_bytes", l.peer_read_buffer_bytes),
             ("store.max_bytes", self.store.max_bytes),
             ("store.mailbox_quota_bytes", self.store.mailbox_quota_bytes),
+            ("store.blob_max_bytes", self.store.blob_max_bytes),
+            ("store.blob_quota_bytes", self.store.blob_quota_bytes),
             ("replay.packets_per_epoch", self.replay.packets_per_epoch),
             (
                 "replication.sync_interval_ms",
@@ -730,6 +745,15 @@ impl NodeConfig {
                 format!(
                     "{} exceeds store.max_bytes ({})",
                     self.store.mailbox_quota_bytes, self.store.max_bytes
+                ),
+            ));
+        }
+        if self.store.blob_quota_bytes > self.store.blob_max_bytes {
+            return Err(invalid(
+                "store.blob_quota_bytes",
+                format!(
+                    "{} exceeds store.blob_max_bytes ({})",
+                    self.store.blob_quota_bytes, self.store.blob_max_bytes
                 ),
             ));
         }

@@ -349,6 +349,8 @@ pub async fn run(config: NodeConfig, shutdown: ShutdownSignal) -> Result<(), Dae
         ttl_max_ms: params.max_ttl_secs.saturating_mul(1000),
         mailbox_quota_bytes: config.store.mailbox_quota_bytes,
         node_cap_bytes: config.store.max_bytes,
+        blob_quota_bytes: config.store.blob_quota_bytes,
+        blob_cap_bytes: config.store.blob_max_bytes,
         min_free_bytes: config.store.min_free_bytes,
         ..allium_swarm::StoreConfig::default()
     };

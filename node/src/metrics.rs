@@ -137,6 +137,8 @@ label_enum! {
         GetSwarm => "get_swarm",
         /// The roster.
         Roster => "roster",
+        /// One blob chunk by address.
+        ReadBlob => "read_blob",
         /// A method id this node does not know.
         Unknown => "unknown",
     }
@@ -656,6 +658,7 @@ impl From<allium_proto::Method> for StorageMethod {
             M::Info => StorageMethod::Info,
             M::GetSwarm => StorageMethod::GetSwarm,
             M::Roster => StorageMethod::Roster,
+            M::ReadBlob => StorageMethod::ReadBlob,
         }
     }
 }

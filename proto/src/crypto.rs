@@ -12,6 +12,8 @@ type Blake2b256 = Blake2b<U32>;
 
 /// Prefix of the content hash input.
 pub const DOMAIN_MESSAGE: &[u8] = b"allium/v1/storage/message";
+/// Prefix of the content hash input in the blob namespace ([`crate::storage::BLOB`]).
+pub const DOMAIN_BLOB: &[u8] = b"allium/v1/storage/blob";
 /// Prefix of the request-body digest input.
 pub const DOMAIN_REQUEST: &[u8] = b"allium/v1/storage/request";
 /// First bytes of the data a mailbox key signs.
@@ -36,8 +38,19 @@ fn blake2b256(parts: &[&[u8]]) -> [u8; 32] {
 }
 
 /// Content hash: the dedupe key and the message's name in delete/expire requests.
-/// `BLAKE2b-256(DOMAIN_MESSAGE || mailbox || namespace (u16 BE) || data)`.
+/// `BLAKE2b-256(DOMAIN_MESSAGE || mailbox || namespace (u16 BE) || data)`; in the blob
+/// namespace `BLAKE2b-256(DOMAIN_BLOB || mailbox || namespace || data[..BLOB_PREFIX_LEN])`, an
+/// address the owner chooses so that readers can name a chunk without holding it (storage §5.1).
 pub fn content_hash(mailbox: &Mailbox, namespace: Namespace, data: &[u8]) -> MessageHash {
+    if namespace == crate::storage::BLOB {
+        let prefix = &data[..data.len().min(crate::storage::BLOB_PREFIX_LEN)];
+        return MessageHash(blake2b256(&[
+            DOMAIN_BLOB,
+            mailbox.as_bytes(),
+            &namespace.to_be_bytes(),
+            prefix,
+        ]));
+    }
     MessageHash(blake2b256(&[
         DOMAIN_MESSAGE,
         mailbox.as_bytes(),

@@ -54,6 +54,11 @@ pub const PUBLIC: Namespace = 2;
 /// delegate. A live message here whose data is a key lets that key sign for the mailbox
 /// (storage.md §3, devices.md §2.1).
 pub const DEVICES: Namespace = 3;
+/// Blob namespace: the owner stores, anyone reads one message by its hash (`read_blob`);
+/// charged against its own quota and cap (storage §4.3, §4.4).
+pub const BLOB: Namespace = 4;
+/// Shortest data stored in [`BLOB`], and the part of it the content hash covers.
+pub const BLOB_PREFIX_LEN: usize = 36;
 
 pub use allium_onion::NodeId;
 
@@ -160,11 +165,13 @@ pub enum Method {
     GetSwarm = 7,
     /// The signed roster.
     Roster = 8,
+    /// One message of the blob namespace by hash, unsigned.
+    ReadBlob = 9,
 }
 
 impl Method {
     /// All methods, in id order.
-    pub const ALL: [Method; 8] = [
+    pub const ALL: [Method; 9] = [
         Method::Store,
         Method::Retrieve,
         Method::Delete,
@@ -173,6 +180,7 @@ impl Method {
         Method::Info,
         Method::GetSwarm,
         Method::Roster,
+        Method::ReadBlob,
     ];
     /// The wire id.
     pub fn id(self) -> u8 {
@@ -262,6 +270,15 @@ pub struct RosterRequest {
     pub known_version: Option<u64>,
 }
 
+/// `read_blob`: the live message of `mailbox`'s blob namespace whose content hash is `hash`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadBlobRequest {
+    /// Mailbox.
+    pub mailbox: Mailbox,
+    /// Content hash in [`BLOB`] (an address, storage §5.1).
+    pub hash: MessageHash,
+}
+
 /// A request body, one variant per method.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body {
@@ -281,6 +298,8 @@ pub enum Body {
     GetSwarm(GetSwarmRequest),
     /// `roster`.
     Roster(RosterRequest),
+    /// `read_blob`.
+    ReadBlob(ReadBlobRequest),
 }
 
 /// The signature block of a request.
@@ -340,6 +359,7 @@ impl Body {
             Body::Info => Method::Info,
             Body::GetSwarm(_) => Method::GetSwarm,
             Body::Roster(_) => Method::Roster,
+            Body::ReadBlob(_) => Method::ReadBlob,
         }
     }
 
@@ -353,7 +373,7 @@ impl Body {
             Body::Delete(r) => Some((r.mailbox, r.namespace)),
             Body::DeleteAll(r) => Some((r.mailbox, r.namespace)),
             Body::Expire(r) => Some((r.mailbox, r.namespace)),
-            Body::Info | Body::GetSwarm(_) | Body::Roster(_) => None,
+            Body::Info | Body::GetSwarm(_) | Body::Roster(_) | Body::ReadBlob(_) => None,
         }
     }
 
@@ -366,6 +386,7 @@ impl Body {
             Body::Delete(r) => Some(r.mailbox),
             Body::DeleteAll(r) => Some(r.mailbox),
             Body::Expire(r) => Some(r.mailbox),
+            Body::ReadBlob(r) => Some(r.mailbox),
             Body::Info | Body::GetSwarm(_) | Body::Roster(_) => None,
         }
     }
@@ -418,6 +439,13 @@ impl Body {
                     e.map(0);
                 }
             },
+            Body::ReadBlob(r) => {
+                e.map(2)
+                    .uint(1)
+                    .bytes(r.mailbox.as_bytes())
+                    .uint(2)
+                    .bytes(&r.hash.0);
+            }
         }
     }
 
@@ -446,11 +474,16 @@ impl Body {
                     }
                     _ => Err(DecodeError::UnknownKey(k)),
                 })?;
+                let (namespace, data) = (need(f.namespace, 2)?, need(f.data, 4)?);
+                // The blob namespace names a message by its first bytes (storage §5.1).
+                if namespace == BLOB && data.len() < BLOB_PREFIX_LEN {
+                    return Err(DecodeError::InvalidValue("data"));
+                }
                 Body::Store(StoreRequest {
                     mailbox: need(f.mailbox, 1)?,
-                    namespace: need(f.namespace, 2)?,
+                    namespace,
                     ttl_ms: need(f.uints[0], 3)?,
-                    data: need(f.data, 4)?,
+                    data,
                 })
             }
             Method::Retrieve => {
@@ -544,6 +577,20 @@ impl Body {
                 })?;
                 Body::Roster(RosterRequest {
                     known_version: f.uints[0],
+                })
+            }
+            Method::ReadBlob => {
+                let f = Fields::read(d, 2, |k, d, f| match k {
+                    1 => f.mailbox(d),
+                    2 => {
+                        f.hashes = Some(vec![MessageHash(d.fixed()?)]);
+                        Ok(())
+                    }
+                    _ => Err(DecodeError::UnknownKey(k)),
+                })?;
+                Body::ReadBlob(ReadBlobRequest {
+                    mailbox: need(f.mailbox, 1)?,
+                    hash: need(f.hashes.and_then(|h| h.first().copied()), 2)?,
                 })
             }
         })
@@ -916,6 +963,13 @@ pub struct RosterResponse {
     pub roster: Option<Vec<u8>>,
 }
 
+/// `read_blob` result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadBlobResponse {
+    /// The message, if this node holds it live.
+    pub message: Option<StoredMessage>,
+}
+
 /// A response body, one variant per method.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResponseBody {
@@ -935,6 +989,8 @@ pub enum ResponseBody {
     GetSwarm(GetSwarmResponse),
     /// `roster`.
     Roster(RosterResponse),
+    /// `read_blob`.
+    ReadBlob(ReadBlobResponse),
 }
 
 impl ResponseBody {
@@ -949,6 +1005,7 @@ impl ResponseBody {
             ResponseBody::Info(_) => Method::Info,
             ResponseBody::GetSwarm(_) => Method::GetSwarm,
             ResponseBody::Roster(_) => Method::Roster,
+            ResponseBody::ReadBlob(_) => Method::ReadBlob,
         }
     }
 
@@ -991,6 +1048,15 @@ impl ResponseBody {
                     e.uint(2).bytes(b);
                 }
             }
+            ResponseBody::ReadBlob(r) => match &r.message {
+                Some(m) => {
+                    e.map(1).uint(1);
+                    m.encode_into(e);
+                }
+                None => {
+                    e.map(0);
+                }
+            },
         }
     }
 
@@ -1097,6 +1163,16 @@ impl ResponseBody {
                     None
                 };
                 ResponseBody::Roster(RosterResponse { version, roster })
+            }
+            Method::ReadBlob => {
+                expect_len(&[0, 1])?;
+                let message = if n == 1 {
+                    key(d, 1)?;
+                    Some(StoredMessage::decode(d)?)
+                } else {
+                    None
+                };
+                ResponseBody::ReadBlob(ReadBlobResponse { message })
             }
         };
         d.leave();

@@ -118,6 +118,10 @@ fn body_of(v: &Value) -> Body {
         Method::Roster => Body::Roster(RosterRequest {
             known_version: opt(b, "known_version", uint),
         }),
+        Method::ReadBlob => Body::ReadBlob(ReadBlobRequest {
+            mailbox: mailbox(b),
+            hash: hash(&b["hash"]),
+        }),
     }
 }
 
@@ -169,6 +173,14 @@ fn response_of(method: Method, v: &Value) -> Response {
                 Method::Roster => ResponseBody::Roster(RosterResponse {
                     version: uint(&r["version"]),
                     roster: opt(r, "roster", bytes),
+                }),
+                Method::ReadBlob => ResponseBody::ReadBlob(ReadBlobResponse {
+                    message: opt(r, "message", |m| StoredMessage {
+                        hash: hash(&m["hash"]),
+                        timestamp: uint(&m["timestamp"]),
+                        expiry: uint(&m["expiry"]),
+                        data: bytes(&m["data"]),
+                    }),
                 }),
             })
         }
@@ -475,6 +487,10 @@ fn vectors() -> Value {
             "roster, version 41 held",
             json!({ "method": 8, "body": { "known_version": 41 } }),
         ),
+        (
+            "read_blob",
+            json!({ "method": 9, "body": { "mailbox": mb, "hash": other } }),
+        ),
     ];
     let signed = [
         (
@@ -571,6 +587,17 @@ fn vectors() -> Value {
             "roster, not newer",
             8,
             json!({ "now": TS, "status": 0, "result": { "version": 41 } }),
+        ),
+        (
+            "read_blob, held",
+            9,
+            json!({ "now": TS, "status": 0, "result": { "message": {
+                "hash": other, "timestamp": TS, "expiry": TS + day, "data": hex::encode([7u8; 40]) } } }),
+        ),
+        (
+            "read_blob, not held",
+            9,
+            json!({ "now": TS, "status": 0, "result": {} }),
         ),
         ("clock skew", 2, json!({ "now": TS, "status": 6 })),
         (

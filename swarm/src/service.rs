@@ -11,8 +11,8 @@ use allium_proto::crypto;
 use allium_proto::error::Status;
 use allium_proto::storage::{
     Body, DEVICES, DeleteAllResponse, DeleteResponse, ExpireResponse, InfoResponse,
-    MAX_RETRIEVE_COUNT, Mailbox, Method, NodeId, PROTOCOL_VERSION, RETRIEVE_BUDGET_BYTES, Request,
-    Response, ResponseBody, RetrieveResponse, StoreResponse,
+    MAX_RETRIEVE_COUNT, Mailbox, Method, NodeId, PROTOCOL_VERSION, RETRIEVE_BUDGET_BYTES,
+    ReadBlobResponse, Request, Response, ResponseBody, RetrieveResponse, StoreResponse,
 };
 use allium_proto::sync::{EntryKey, Item, ItemMessage};
 use allium_proto::time::{Clock, MonotoneFloor, UnixMillis};
@@ -360,6 +360,9 @@ impl Service {
                 protocol: PROTOCOL_VERSION,
                 software: self.cfg.software.clone(),
             })),
+            Body::ReadBlob(r) => s
+                .read_blob(&r.mailbox, &r.hash, now)
+                .map(|message| ResponseBody::ReadBlob(ReadBlobResponse { message })),
             b @ (Body::GetSwarm(_) | Body::Roster(_)) => return Handled::Forward(b),
         };
         Handled::Respond(match result {

@@ -65,6 +65,9 @@ pub enum MessengerError {
     /// The network.
     #[error(transparent)]
     Net(#[from] NetError),
+    /// An attachment could not be sent or recorded.
+    #[error(transparent)]
+    Attach(#[from] crate::attach::AttachError),
     /// A key file of this device does not decode.
     #[error("{file} in the data directory is damaged ({source}); move it away to start afresh")]
     Keys {
@@ -330,6 +333,12 @@ impl Account {
 
     fn mailbox(&self) -> Mailbox {
         Mailbox::from_bytes(self.address.public_key().to_bytes())
+    }
+
+    /// The account's mailbox and what signs for it on this device (attachments go into its
+    /// blob namespace).
+    pub fn mailbox_signer(&self) -> Result<(Mailbox, Box<dyn MailboxSigner>), MessengerError> {
+        Ok((self.mailbox(), self.signing_key()?))
     }
 
     /// What signs requests to the account's mailbox: the account key on the primary, the
@@ -689,11 +698,34 @@ impl Messenger {
         msg_id: [u8; 16],
     ) -> Result<Sent, MessengerError> {
         Self::check_size(text)?;
+        self.send_content_as(net, to, Content::Text(text.to_owned()), msg_id)
+            .await
+    }
+
+    /// Announces an uploaded file to every device of `to` (attachments.md §4), under the
+    /// message id the upload kept, so a resumed upload announces it once.
+    pub async fn send_file(
+        &mut self,
+        net: &Net,
+        to: &Address,
+        upload: &crate::attach::Upload,
+    ) -> Result<Sent, MessengerError> {
+        self.send_content_as(net, to, Content::File(upload.file.clone()), upload.msg_id)
+            .await
+    }
+
+    async fn send_content_as(
+        &mut self,
+        net: &Net,
+        to: &Address,
+        content: Content,
+        msg_id: [u8; 16],
+    ) -> Result<Sent, MessengerError> {
         let now = net.now_ms();
         let message = AppMessage {
             msg_id,
             sent_ms: now,
-            content: Content::Text(text.to_owned()),
+            content,
         };
         self.send_plaintext(net, to, message.encode(), msg_id, true)
             .await
@@ -828,7 +860,7 @@ impl Messenger {
         let Ok(message) = AppMessage::decode(&out.message) else {
             return Ok(());
         };
-        let Content::Text(text) = message.content;
+        let text = message.content.summary();
         self.dir.append_history(&HistoryEntry {
             direction: Direction::Sent,
             peer: to.to_string(),
@@ -1108,7 +1140,13 @@ impl Messenger {
         let mut outcome = Outcome::Nothing;
         match Incoming::decode(&plaintext) {
             Ok(Incoming::Message(message)) if !self.recorded.contains(&message.msg_id) => {
-                let Content::Text(text) = &message.content;
+                let text = message.content.summary();
+                if let Content::File(file) = &message.content {
+                    // Before the history line: once that is written this message is never
+                    // handled again, and its file must not be lost with it.
+                    crate::attach::Transfers::open(self.dir.path())?
+                        .register_download(file, &from.to_string())?;
+                }
                 // Recorded first: if the session save below does not happen, the message is
                 // decrypted again next time and found here, never shown twice.
                 self.dir.append_history(&HistoryEntry {
@@ -1116,7 +1154,7 @@ impl Messenger {
                     peer: from.to_string(),
                     timestamp_ms: message.sent_ms,
                     msg_id: message.msg_id,
-                    text: text.clone(),
+                    text,
                     delivery: None,
                 })?;
                 self.recorded.insert(message.msg_id);
@@ -1132,13 +1170,18 @@ impl Messenger {
             Ok(Incoming::SentCopy { peer, message }) if own => {
                 let to = Address::from_key_bytes(&peer);
                 if let (Ok(to), false) = (to, self.recorded_sent.contains(&message.msg_id)) {
-                    let Content::Text(text) = &message.content;
+                    let text = message.content.summary();
+                    if let Content::File(file) = &message.content {
+                        // This account's own file: its other devices keep a copy too.
+                        crate::attach::Transfers::open(self.dir.path())?
+                            .register_download(file, &from.to_string())?;
+                    }
                     self.dir.append_history(&HistoryEntry {
                         direction: Direction::Sent,
                         peer: to.to_string(),
                         timestamp_ms: message.sent_ms,
                         msg_id: message.msg_id,
-                        text: text.clone(),
+                        text,
                         delivery: None,
                     })?;
                     self.recorded_sent.insert(message.msg_id);

@@ -6,20 +6,23 @@
 //!
 //! `msg_id` names the message for the reader's deduplication and for later status updates;
 //! `sent_ms` is the sender's claim of when it was written (shown, never trusted). The body's
-//! meaning depends on `kind`; a reader skips kinds it does not know.
+//! meaning depends on `kind` (1 text, 4 file: `whitepaper/attachments.md` §4); a reader
+//! skips kinds it does not know.
 //!
 //! Kinds 2 and 3 travel only between the devices of one account (`whitepaper/devices.md` §5):
 //! a *sent copy* of a message one device sent (body `peer (32) || u8(kind) || body`, with the
 //! copied message's `msg_id` and `sent_ms`), and a *device list* (body: the list signed by the
 //! account), which tells a device whether it is still on its account. [`Incoming`] reads all
-//! three; [`AppMessage`] only what people read.
+//! of them; [`AppMessage`] only what people read.
 //!
-//! Kind 4 is a file message (attachments). Kinds 5 to 7 are groups' (`whitepaper/groups.md`
+//! Kinds 5 to 7 are groups' (`whitepaper/groups.md`
 //! §13): an *invitation* (5, body `seed (32) || u8(n) || name (n) || list`) and its *answer* (6,
 //! body `G (32) || u8(1 accepted, 0 refused)`) travel over sessions; *leaving* (7, empty body)
 //! is a message inside a group.
 
 use thiserror::Error;
+
+use crate::attach::FileRef;
 
 /// Version byte of [`AppMessage`].
 pub const VERSION: u8 = 1;
@@ -36,6 +39,8 @@ pub enum Kind {
     SentCopy = 2,
     /// The account's device list, sent by its primary device.
     DeviceList = 3,
+    /// A file: its chunks' place, key and root (`whitepaper/attachments.md` §4).
+    File = 4,
 }
 
 impl Kind {
@@ -44,6 +49,7 @@ impl Kind {
             1 => Some(Kind::Text),
             2 => Some(Kind::SentCopy),
             3 => Some(Kind::DeviceList),
+            4 => Some(Kind::File),
             _ => None,
         }
     }
@@ -149,6 +155,9 @@ pub enum PayloadError {
     /// A group invitation, answer or leaving message that does not decode.
     #[error("malformed group message")]
     BadGroup,
+    /// A file message that does not decode (attachments.md §4).
+    #[error("unreadable file message")]
+    BadFile,
 }
 
 /// One application message.
@@ -167,13 +176,30 @@ pub struct AppMessage {
 pub enum Content {
     /// Text.
     Text(String),
+    /// A file.
+    File(FileRef),
+}
+
+impl Content {
+    /// What the history and the terminal show for it: the text, or a line naming the file.
+    pub fn summary(&self) -> String {
+        match self {
+            Content::Text(t) => t.clone(),
+            Content::File(f) => format!("[file] {} ({} bytes)", f.name, f.size),
+        }
+    }
 }
 
 impl AppMessage {
     /// The encoding sealed into a session message.
     pub fn encode(&self) -> Vec<u8> {
+        let file;
         let (kind, body) = match &self.content {
             Content::Text(t) => (Kind::Text, t.as_bytes()),
+            Content::File(f) => {
+                file = f.encode();
+                (Kind::File, file.as_slice())
+            }
         };
         let mut out = Vec::with_capacity(HEADER_LEN + body.len());
         out.push(VERSION);
@@ -265,6 +291,9 @@ fn content(kind: Kind, body: &[u8]) -> Result<Content, PayloadError> {
                 .map_err(|_| PayloadError::NotUtf8)?
                 .to_owned(),
         )),
+        Kind::File => Ok(Content::File(
+            FileRef::decode(body).map_err(|_| PayloadError::BadFile)?,
+        )),
         Kind::SentCopy | Kind::DeviceList => Err(PayloadError::BadCopy),
     }
 }
@@ -334,7 +363,7 @@ impl Incoming {
         let sent_ms = u64::from_be_bytes(sent);
         let body = &bytes[HEADER_LEN..];
         Ok(match kind {
-            Kind::Text => Incoming::Message(AppMessage {
+            Kind::Text | Kind::File => Incoming::Message(AppMessage {
                 msg_id,
                 sent_ms,
                 content: content(kind, body)?,
@@ -464,6 +493,9 @@ mod tests {
         let mut bad = m.encode();
         bad.push(0xff);
         assert_eq!(AppMessage::decode(&bad), Err(PayloadError::NotUtf8));
+        let mut file = m.encode();
+        file[1] = 4;
+        assert_eq!(AppMessage::decode(&file), Err(PayloadError::BadFile));
         // A copy of a copy, or of a device list, is refused.
         let mut copy = m.sent_copy(&[1; 32]);
         copy[HEADER_LEN + 32] = 2;

@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 
 use allium_proto::crypto;
 use allium_proto::storage::{
-    CursorKey, Mailbox, MessageHash, Namespace, StoreResponse, StoredMessage,
+    BLOB, CursorKey, Mailbox, MessageHash, Namespace, StoreResponse, StoredMessage,
 };
 use allium_proto::sync::{Digests, EntryKey, Item};
 use allium_proto::time::{Clock, UnixMillis};
@@ -34,7 +34,9 @@ mod waiters;
 mod writer;
 
 use error::StoreError;
-use schema::{Cf, META_TOTAL, handle, parse_msg_key, parse_msg_value, prefix, successor};
+use schema::{
+    Cf, META_TOTAL, counter_keys, handle, parse_msg_key, parse_msg_value, prefix, successor,
+};
 use waiters::Waiters;
 pub use waiters::Watch;
 use writer::{Job, Op, Outcome, Writer};
@@ -52,8 +54,12 @@ pub struct StoreConfig {
     pub ttl_max_ms: u64,
     /// Bytes one mailbox may hold, all namespaces together (data + [`MESSAGE_OVERHEAD`] each).
     pub mailbox_quota_bytes: u64,
-    /// Bytes the node holds in total before answering "full".
+    /// Bytes the node holds in total before answering "full" (the blob namespace excepted).
     pub node_cap_bytes: u64,
+    /// Bytes one mailbox may hold in the blob namespace (storage §5.1).
+    pub blob_quota_bytes: u64,
+    /// Bytes the node holds in the blob namespace, all mailboxes, before answering "full".
+    pub blob_cap_bytes: u64,
     /// Most operations written in one synced batch.
     pub max_group: usize,
     /// Operations queued for the writer before callers block.
@@ -77,6 +83,8 @@ impl Default for StoreConfig {
             ttl_max_ms: 14 * 24 * 3_600_000,
             mailbox_quota_bytes: 16 << 20,
             node_cap_bytes: 4 << 30,
+            blob_quota_bytes: 2 << 30,
+            blob_cap_bytes: 16 << 30,
             max_group: 256,
             queue_len: 4_096,
             max_waiters: 4_096,
@@ -476,6 +484,60 @@ impl Store {
     /// Usage of the whole node.
     pub fn total(&self) -> Result<Usage, StoreError> {
         Usage::decode(self.db.get_cf(handle(&self.db, Cf::Meta)?, META_TOTAL)?)
+    }
+
+    /// Usage of one mailbox in the blob namespace, and of the whole node there.
+    pub fn blob_usage(&self, mailbox: &Mailbox) -> Result<(Usage, Usage), StoreError> {
+        let (usage_key, total_key) = counter_keys(mailbox, BLOB);
+        Ok((
+            Usage::decode(self.db.get_cf(handle(&self.db, Cf::Usage)?, usage_key)?)?,
+            Usage::decode(self.db.get_cf(handle(&self.db, Cf::Meta)?, total_key)?)?,
+        ))
+    }
+
+    /// The live message of `mailbox`'s blob namespace named `hash`, if held (storage §4.4).
+    pub fn read_blob(
+        &self,
+        mailbox: &Mailbox,
+        hash: &MessageHash,
+        now: UnixMillis,
+    ) -> Result<Option<StoredMessage>, StoreError> {
+        let key = EntryKey {
+            mailbox: *mailbox,
+            namespace: BLOB,
+            hash: *hash,
+        };
+        let mut ro = ReadOptions::default();
+        ro.set_verify_checksums(true);
+        let Some(ts) = self
+            .db
+            .get_cf_opt(handle(&self.db, Cf::Hash)?, key.to_bytes(), &ro)?
+        else {
+            return Ok(None);
+        };
+        if ts.len() != 8 {
+            return Err(error::Corruption::HashIndexValue.into());
+        }
+        let timestamp =
+            u64::from_be_bytes([ts[0], ts[1], ts[2], ts[3], ts[4], ts[5], ts[6], ts[7]]);
+        let mut mk = prefix(mailbox, BLOB).to_vec();
+        mk.extend_from_slice(&timestamp.to_be_bytes());
+        mk.extend_from_slice(&hash.0);
+        // A hash entry written in the same batch as its message: between two reads the
+        // message may have been removed, which is "not held", not corruption.
+        let Some(v) = self.db.get_cf_opt(handle(&self.db, Cf::Msg)?, &mk, &ro)? else {
+            return Ok(None);
+        };
+        let (expiry, _, data) = parse_msg_value(&v)?;
+        if expiry <= now {
+            return Ok(None);
+        }
+        Ok(Some(StoredMessage {
+            hash: *hash,
+            timestamp,
+            expiry,
+            data: data.to_vec(),
+        }))
     }
 
     /// Registers interest in new messages for a mailbox namespace (long-poll). Bounded by

@@ -25,6 +25,20 @@ const CF_USAGE: &str = "usage";
 const CF_META: &str = "meta";
 const META_SCHEMA: &[u8] = b"schema";
 pub(super) const META_TOTAL: &[u8] = b"total";
+/// Charged bytes and messages of the node in the blob namespace (storage §6).
+pub(super) const META_BLOB_TOTAL: &[u8] = b"blob_total";
+
+/// The `usage` key and the `meta` total key that count a message of `namespace`: the blob
+/// namespace has its own quota and cap (storage §5.1), so its own counters.
+pub(super) fn counter_keys(mailbox: &Mailbox, namespace: Namespace) -> (Vec<u8>, &'static [u8]) {
+    if namespace == allium_proto::storage::BLOB {
+        let mut k = mailbox.as_bytes().to_vec();
+        k.extend_from_slice(&namespace.to_be_bytes());
+        (k, META_BLOB_TOTAL)
+    } else {
+        (mailbox.as_bytes().to_vec(), META_TOTAL)
+    }
+}
 pub(super) const META_CLOCK: &[u8] = b"clock";
 const CF_TOMB: &str = "tomb";
 const VALUE_VERSION: u8 = 2;

@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 use rocksdb::{DB, Direction, IteratorMode, WriteBatch, WriteOptions};
 use tokio::sync::oneshot;
 
-use allium_proto::storage::{MAX_DATA_BYTES, Mailbox, MessageHash, Namespace, StoreResponse};
+use allium_proto::storage::{BLOB, MAX_DATA_BYTES, Mailbox, MessageHash, Namespace, StoreResponse};
 use allium_proto::sync::{Digests, ENTRY_KEY_LEN, Entry, EntryKey, EntryState, ItemMessage};
 use allium_proto::time::UnixMillis;
 
 use super::error::{Corruption, StoreError};
 use super::schema::{
-    Cf, META_CLOCK, META_TOTAL, be64, charge, exp_key, handle, msg_key, msg_value, parse_msg_key,
+    Cf, META_CLOCK, be64, charge, counter_keys, exp_key, handle, msg_key, msg_value, parse_msg_key,
     parse_msg_value, prefix, tomb_exp_key,
 };
 use super::waiters::Waiters;
@@ -500,12 +500,18 @@ impl Writer {
             hash,
         } = key;
         let c = charge(data.len());
-        let mut usage = Usage::decode(ov.get(&self.db, Cf::Usage, mailbox.as_bytes())?)?;
-        if usage.bytes.saturating_add(c) > self.cfg.mailbox_quota_bytes {
+        let (usage_key, total_key) = counter_keys(&mailbox, namespace);
+        let (quota, cap) = if namespace == BLOB {
+            (self.cfg.blob_quota_bytes, self.cfg.blob_cap_bytes)
+        } else {
+            (self.cfg.mailbox_quota_bytes, self.cfg.node_cap_bytes)
+        };
+        let mut usage = Usage::decode(ov.get(&self.db, Cf::Usage, &usage_key)?)?;
+        if usage.bytes.saturating_add(c) > quota {
             return Err(StoreError::QuotaExceeded);
         }
-        let mut total = Usage::decode(ov.get(&self.db, Cf::Meta, META_TOTAL)?)?;
-        if total.bytes.saturating_add(c) > self.cfg.node_cap_bytes {
+        let mut total = Usage::decode(ov.get(&self.db, Cf::Meta, total_key)?)?;
+        if total.bytes.saturating_add(c) > cap {
             return Err(StoreError::NodeFull);
         }
         usage.bytes += c;
@@ -516,8 +522,8 @@ impl Writer {
         ov.put(Cf::Exp, exp_key(expiry, &mk), Vec::new());
         ov.put(Cf::Msg, mk, msg_value(expiry, set_at, &data));
         ov.put(Cf::Hash, key.to_bytes().to_vec(), ts.to_be_bytes().to_vec());
-        ov.put(Cf::Usage, mailbox.as_bytes().to_vec(), usage.encode());
-        ov.put(Cf::Meta, META_TOTAL.to_vec(), total.encode());
+        ov.put(Cf::Usage, usage_key, usage.encode());
+        ov.put(Cf::Meta, total_key.to_vec(), total.encode());
         ov.toggle(key, EntryState::Live { expiry, set_at });
         stored.insert((mailbox, namespace));
         Ok(StoreResponse {
@@ -626,19 +632,19 @@ impl Writer {
             },
         );
         let c = charge(held.len);
-        let mailbox = &key.mailbox;
-        let mut usage = Usage::decode(ov.get(&self.db, Cf::Usage, mailbox.as_bytes())?)?;
+        let (usage_key, total_key) = counter_keys(&key.mailbox, key.namespace);
+        let mut usage = Usage::decode(ov.get(&self.db, Cf::Usage, &usage_key)?)?;
         usage.bytes = usage.bytes.saturating_sub(c);
         usage.count = usage.count.saturating_sub(1);
         if usage.count == 0 {
-            ov.delete(Cf::Usage, mailbox.as_bytes().to_vec());
+            ov.delete(Cf::Usage, usage_key);
         } else {
-            ov.put(Cf::Usage, mailbox.as_bytes().to_vec(), usage.encode());
+            ov.put(Cf::Usage, usage_key, usage.encode());
         }
-        let mut total = Usage::decode(ov.get(&self.db, Cf::Meta, META_TOTAL)?)?;
+        let mut total = Usage::decode(ov.get(&self.db, Cf::Meta, total_key)?)?;
         total.bytes = total.bytes.saturating_sub(c);
         total.count = total.count.saturating_sub(1);
-        ov.put(Cf::Meta, META_TOTAL.to_vec(), total.encode());
+        ov.put(Cf::Meta, total_key.to_vec(), total.encode());
         Ok(())
     }
 
