@@ -163,7 +163,9 @@ fn group_file() -> &'static Vec<u8> {
             was_member: true,
             max_epoch: 1,
             log: MembershipLog::new(list),
-            secrets: vec![MemberSecret::decode(&f.member_secret).unwrap()],
+            secrets: allium_client::group::MemberSecrets::from_vec(vec![
+                MemberSecret::decode(&f.member_secret).unwrap(),
+            ]),
             keys: vec![MemberKey::decode(&f.member_key).unwrap()],
             parts: vec![RekeyPart::decode(&f.part).unwrap()],
             epochs: vec![Epoch::decode(&f.epoch_state).unwrap()],

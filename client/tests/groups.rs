@@ -10,8 +10,8 @@
 use std::collections::BTreeMap;
 
 use allium_client::group::{
-    Change, Epoch, GroupError, GroupSecret, MemberKey, MemberSecret, MembershipList, MembershipLog,
-    RekeyPart, Role, epoch_id_of, kind, rekey,
+    Change, Epoch, GroupError, GroupSecret, MemberKey, MemberSecret, MemberSecrets, MembershipList,
+    MembershipLog, RekeyPart, Role, epoch_id_of, kind, rekey,
 };
 use allium_client::identity::Identity;
 use allium_client::session::DeviceKeys;
@@ -656,4 +656,78 @@ fn a_member_forging_another_sender_is_refused_and_changes_nothing() {
     let got = carol.decrypt(&real).unwrap();
     assert_eq!((got.payload.as_slice(), got.counter), (&b"genuine"[..], 0));
     assert_eq!(carol.decrypt(&forged).err(), Some(GroupError::Duplicate));
+}
+
+/// §4.2 and §10.3: a thief who copies a device's whole group state at time t reads the epoch of
+/// the next membership change (the rekey for it is wrapped to a key the copy holds), and nothing
+/// of the epoch after: the device replaced its key when that epoch reached it, the next rekey
+/// is wrapped to the replacement, and the secrets the copy holds are erased on the device.
+#[test]
+fn a_stolen_group_state_opens_nothing_after_the_next_change_and_key_replacement() {
+    let mut w = world(9);
+    let g = w.group.public();
+    let alice = w.alice.devices[0].keys.clone();
+    let bob = w.bob.devices[0].keys.clone();
+    let mut bob_secrets = MemberSecrets::from_vec(vec![w.bob.devices[0].secret.clone()]);
+    // The mailbox as the admin reads it: the newest key of each device wins.
+    let mut announced = keys(&[&w.alice, &w.bob, &w.carol]);
+    let l0 = genesis(&w, &[&w.alice], &[&w.bob]);
+    let (p1, _) = rekey(&l0, 1, &announced, &alice, T0, &mut w.rng).unwrap();
+    let (e1, due) = bob_secrets.open(&p1, &l0, &bob).unwrap();
+    assert!(due, "the epoch came through Bob's newest key");
+    announced.push(bob_secrets.replace(&g, &bob, T0 + 1, &mut w.rng).unwrap());
+
+    // Time t: the thief copies Bob's whole group state.
+    let mut stolen_secrets = bob_secrets.clone();
+    let stolen_epoch = Epoch::decode(&e1.encode()).unwrap();
+
+    // Next membership change: Carol joins. The rekey is wrapped to Bob's newest key, which the
+    // copy holds too: the thief reads this epoch.
+    let l1 = l0
+        .next(
+            &[Change::Add(w.carol.account, Role::Member)],
+            &alice,
+            T0 + 10,
+        )
+        .unwrap();
+    let (p2, mut a2) = rekey(&l1, 2, &announced, &alice, T0 + 10, &mut w.rng).unwrap();
+    let (mut thief2, _) = stolen_secrets.clone().open(&p2, &l1, &bob).unwrap();
+    let m2 = a2.encrypt(&alice, b"epoch 2", &mut w.rng).unwrap();
+    assert_eq!(thief2.decrypt(&m2).unwrap().payload.as_slice(), b"epoch 2");
+    // Bob opens it, erases the secret before it, and replaces his key.
+    let before = bob_secrets.as_slice().len();
+    let (_, due) = bob_secrets.open(&p2, &l1, &bob).unwrap();
+    assert!(due);
+    assert_eq!(
+        bob_secrets.as_slice().len(),
+        before - 1,
+        "the older secret is erased"
+    );
+    announced.push(bob_secrets.replace(&g, &bob, T0 + 11, &mut w.rng).unwrap());
+
+    // The change after (Carol removed, or the timed rekey): wrapped to the replacement.
+    let l2 = l1
+        .next(&[Change::Remove(w.carol.account)], &alice, T0 + 20)
+        .unwrap();
+    let (p3, mut a3) = rekey(&l2, 3, &announced, &alice, T0 + 20, &mut w.rng).unwrap();
+    let m3 = a3.encrypt(&alice, b"epoch 3", &mut w.rng).unwrap();
+    assert_eq!(
+        stolen_secrets.open(&p3, &l2, &bob).err(),
+        Some(GroupError::Decrypt),
+        "the copy holds no secret the new epoch key is wrapped to"
+    );
+    let mut stolen_epoch = stolen_epoch;
+    assert_eq!(
+        stolen_epoch.decrypt(&m3).err(),
+        Some(GroupError::WrongEpoch)
+    );
+    assert_eq!(thief2.decrypt(&m3).err(), Some(GroupError::WrongEpoch));
+    // Bob reads it.
+    let (mut bob3, _) = bob_secrets.open(&p3, &l2, &bob).unwrap();
+    assert_eq!(bob3.decrypt(&m3).unwrap().payload.as_slice(), b"epoch 3");
+    // And Bob's state now opens no earlier rekey either: a later theft learns no past epoch key.
+    assert_eq!(
+        bob_secrets.clone().open(&p2, &l1, &bob).err(),
+        Some(GroupError::Decrypt)
+    );
 }

@@ -188,3 +188,89 @@ impl MemberSecret {
         })
     }
 }
+
+/// A device's member secrets for one group, oldest first, under the replacement rule of
+/// `whitepaper/groups.md` §4.2: a device makes a new member key each time a new epoch reaches
+/// it through its newest one (so at every membership change and every timed rekey), and erases
+/// a secret once an epoch came through a newer one. A copy of the secrets taken at any time
+/// therefore opens at most the rekeys up to the first one wrapped to a key made after it.
+#[derive(Clone, Default)]
+pub struct MemberSecrets {
+    secrets: Vec<MemberSecret>,
+}
+
+impl fmt::Debug for MemberSecrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.secrets.iter().map(MemberSecret::created_at))
+            .finish()
+    }
+}
+
+impl MemberSecrets {
+    /// The secrets kept, ordered by creation (as a device's file holds them).
+    pub fn from_vec(mut secrets: Vec<MemberSecret>) -> Self {
+        secrets.sort_by_key(MemberSecret::created_at);
+        MemberSecrets { secrets }
+    }
+
+    /// The secrets held, oldest first.
+    pub fn as_slice(&self) -> &[MemberSecret] {
+        &self.secrets
+    }
+
+    /// The newest secret's creation time.
+    pub fn newest(&self) -> Option<u64> {
+        self.secrets.last().map(MemberSecret::created_at)
+    }
+
+    /// Makes a new member secret (created at `now`, or just after the newest held, so the new
+    /// key is always the one admins pick) and returns its public key, signed by `device`, to
+    /// store in the group mailbox. Draws as [`MemberSecret::generate`].
+    pub fn replace(
+        &mut self,
+        group: &[u8; KEY_LEN],
+        device: &DeviceKeys,
+        now: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<MemberKey, GroupError> {
+        let at = self.newest().map_or(now, |n| now.max(n.saturating_add(1)));
+        let secret = MemberSecret::generate(at, rng);
+        let key = secret.public(group, device)?;
+        self.secrets.push(secret);
+        Ok(key)
+    }
+
+    /// Opens a rekey with these secrets; the secrets older than the one that opened it are
+    /// erased (an admin has seen the newer key, and every rekey before is opened or
+    /// abandoned). Returns the epoch, and whether it came through the newest secret: then a
+    /// replacement is due ([`Self::replace`]).
+    pub fn open(
+        &mut self,
+        parts: &[super::RekeyPart],
+        list: &super::MembershipList,
+        device: &DeviceKeys,
+    ) -> Result<(super::Epoch, bool), GroupError> {
+        let (epoch, used) = super::Epoch::open_with(parts, list, device, &self.secrets)?;
+        let at = self.secrets[used].created_at();
+        Ok((epoch, self.retire_before(at)))
+    }
+
+    /// After an epoch reached this device through the secret created at `used` (opened, or
+    /// made by this device as an admin wrapping to its own newest key): erases every older
+    /// secret. Returns whether `used` is the newest.
+    pub fn retire_before(&mut self, used: u64) -> bool {
+        // Dropping a secret wipes it (its halves are zeroized on drop).
+        self.secrets.retain(|s| s.created_at() >= used);
+        self.newest() == Some(used)
+    }
+
+    /// Erases secrets other than the newest that are older than `max_age_ms` at `now`: every
+    /// rekey wrapped to them has left the mailbox by then.
+    pub fn expire(&mut self, now: u64, max_age_ms: u64) {
+        let newest = self.newest();
+        self.secrets.retain(|s| {
+            Some(s.created_at()) == newest || s.created_at().saturating_add(max_age_ms) > now
+        });
+    }
+}

@@ -22,7 +22,7 @@ mod rekey;
 mod secret;
 
 pub use epoch::{Epoch, MAX_PAYLOAD, Received, epoch_id_of};
-pub use member_key::{MEMBER_KEY_LEN, MEMBER_SECRET_LEN, MemberKey, MemberSecret};
+pub use member_key::{MEMBER_KEY_LEN, MEMBER_SECRET_LEN, MemberKey, MemberSecret, MemberSecrets};
 pub use membership::{Change, MembershipList, MembershipLog, Role};
 pub use rekey::{ENTRIES_PER_PART, ENTRY_LEN, Entry, RekeyPart, recipients_of, rekey};
 pub use secret::{GroupSecret, ITEM_OVERHEAD, MAX_INNER_LEN};
@@ -46,6 +46,10 @@ pub const MAX_ITEM_LEN: usize = allium_proto::storage::MAX_DATA_BYTES;
 
 /// How often an admin rekeys when membership does not change.
 pub const REKEY_INTERVAL_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// The longest an item stays in a mailbox (the network's default maximum TTL): how long a
+/// device keeps an epoch after a newer one came, and a member secret after a newer one.
+pub const RETENTION_MS: u64 = 14 * 24 * 3600 * 1000;
 
 /// The most message keys an epoch keeps for messages not received yet; the oldest go first.
 pub const MAX_SKIPPED: usize = 2000;

@@ -346,6 +346,17 @@ impl Epoch {
         me: &DeviceKeys,
         secrets: &[MemberSecret],
     ) -> Result<Epoch, GroupError> {
+        Self::open_with(parts, list, me, secrets).map(|(epoch, _)| epoch)
+    }
+
+    /// [`Self::open`], also giving the index in `secrets` of the member secret that unwrapped
+    /// the epoch key (§4.2: the secrets older than it can go).
+    pub fn open_with(
+        parts: &[RekeyPart],
+        list: &MembershipList,
+        me: &DeviceKeys,
+        secrets: &[MemberSecret],
+    ) -> Result<(Epoch, usize), GroupError> {
         let Some(head) = parts.first() else {
             return Err(GroupError::BadParts);
         };
@@ -398,7 +409,7 @@ impl Epoch {
         let ct = part.ct(i);
         let epoch = part.epoch();
         let mut epoch_key = None;
-        for s in secrets {
+        for (used, s) in secrets.iter().enumerate() {
             let x = crypto::dh_public(&s.x);
             let Ok(dh) = crypto::dh(&s.x, &e) else {
                 continue;
@@ -407,11 +418,11 @@ impl Epoch {
             let kn = wrap_key(&ss, &dh, &e, &x, &group, epoch, &list.hash())?;
             let (k, n) = split(&kn);
             if let Ok(key) = crypto::aead_open(&k, &n, &wrap_ad(&mine), part.wrapped(i)) {
-                epoch_key = Some(key);
+                epoch_key = Some((key, used));
                 break;
             }
         }
-        let key = epoch_key.ok_or(GroupError::Decrypt)?;
+        let (key, used) = epoch_key.ok_or(GroupError::Decrypt)?;
         let mut k = Zeroizing::new([0u8; KEY_LEN]);
         if key.len() != KEY_LEN {
             return Err(GroupError::Decrypt);
@@ -423,6 +434,6 @@ impl Epoch {
         ) {
             return Err(GroupError::Decrypt);
         }
-        Epoch::from_key(&group, epoch, &list.hash(), &k, senders, index)
+        Epoch::from_key(&group, epoch, &list.hash(), &k, senders, index).map(|e| (e, used))
     }
 }

@@ -19,8 +19,9 @@ use zeroize::Zeroizing;
 use super::payload::{self, AppMessage, Content, GroupInvitation, Incoming};
 use super::{Messenger, MessengerError};
 use crate::group::{
-    Change, Epoch, GroupError, GroupSecret, MemberKey, MemberSecret, MembershipList, MembershipLog,
-    RekeyPart, Role, epoch_id_of, kind, recipients_of, rekey,
+    Change, Epoch, GroupError, GroupSecret, MemberKey, MemberSecret, MemberSecrets, MembershipList,
+    MembershipLog, REKEY_INTERVAL_MS, RETENTION_MS, RekeyPart, Role, epoch_id_of, kind,
+    recipients_of, rekey,
 };
 use crate::identity::Address;
 use crate::net::Net;
@@ -123,7 +124,7 @@ pub struct GroupRecord {
     /// The lists held.
     pub log: MembershipLog,
     /// This device's member secrets, newest last.
-    pub secrets: Vec<MemberSecret>,
+    pub secrets: MemberSecrets,
     /// Member keys read from the mailbox, newest per device.
     pub keys: Vec<MemberKey>,
     /// Rekey parts not opened yet.
@@ -219,8 +220,8 @@ impl GroupRecord {
         for l in lists {
             put_bytes(&mut out, l.as_bytes());
         }
-        put_count(&mut out, self.secrets.len());
-        for s in &self.secrets {
+        put_count(&mut out, self.secrets.as_slice().len());
+        for s in self.secrets.as_slice() {
             put_bytes(&mut out, &s.encode());
         }
         put_count(&mut out, self.keys.len());
@@ -316,7 +317,7 @@ impl GroupRecord {
             was_member,
             max_epoch,
             log,
-            secrets,
+            secrets: MemberSecrets::from_vec(secrets),
             keys: keys_read,
             parts,
             epochs,
@@ -387,16 +388,16 @@ impl GroupRecord {
         self.secret.seal_item(item, &mut OsRng)
     }
 
-    /// Makes this device's member key, keeps its secret, and queues the key for the mailbox.
+    /// Makes this device's member key (its first, or the replacement of §4.2), keeps its
+    /// secret, and queues the key for the mailbox.
     fn make_member_key(
         &mut self,
         device: &crate::session::DeviceKeys,
         now: u64,
     ) -> Result<(), GroupError> {
-        let secret = MemberSecret::generate(now, &mut OsRng);
-        let key = secret.public(&self.group(), device)?;
+        let group = self.group();
+        let key = self.secrets.replace(&group, device, now, &mut OsRng)?;
         self.outbox.push(self.seal(key.as_bytes())?);
-        self.secrets.push(secret);
         self.add_key(key);
         Ok(())
     }
@@ -409,13 +410,15 @@ impl GroupRecord {
         Ok(())
     }
 
-    /// Opens every rekey whose parts are all here and whose list is held.
-    fn open_rekeys(&mut self, device: &crate::session::DeviceKeys) {
-        let mut by_id: BTreeMap<[u8; 16], Vec<RekeyPart>> = BTreeMap::new();
+    /// Opens every rekey whose parts are all here and whose list is held, lowest epoch number
+    /// first; replaces this device's member key when one came through the newest (§4.2).
+    fn open_rekeys(&mut self, device: &crate::session::DeviceKeys, now: u64) {
+        let mut by_id: BTreeMap<(u64, [u8; 16]), Vec<RekeyPart>> = BTreeMap::new();
         for p in self.parts.drain(..) {
-            by_id.entry(p.epoch_id()).or_default().push(p);
+            by_id.entry((p.epoch(), p.epoch_id())).or_default().push(p);
         }
-        for (id, mut parts) in by_id {
+        let mut replace = false;
+        for ((_, id), mut parts) in by_id {
             if self.epochs.iter().any(|e| e.epoch_id() == id) {
                 continue;
             }
@@ -431,9 +434,15 @@ impl GroupRecord {
                 continue;
             }
             // A rekey not for this device, or refused, is dropped; only an opened one is kept.
-            if let Ok(epoch) = Epoch::open(&parts, &list, device, &self.secrets) {
+            if let Ok((epoch, newest)) = self.secrets.open(&parts, &list, device) {
                 self.epochs.push(epoch);
+                replace |= newest;
             }
+        }
+        self.secrets.expire(now, RETENTION_MS);
+        if replace {
+            // Queued with the state it changes; a failure leaves the current key in use.
+            let _ = self.make_member_key(device, now);
         }
         if self.parts.len() > MAX_PARTS_KEPT {
             let extra = self.parts.len() - MAX_PARTS_KEPT;
@@ -653,7 +662,7 @@ impl Messenger {
             was_member: true,
             max_epoch: 0,
             log: MembershipLog::new(list.clone()),
-            secrets: Vec::new(),
+            secrets: MemberSecrets::default(),
             keys: Vec::new(),
             parts: Vec::new(),
             epochs: Vec::new(),
@@ -969,6 +978,20 @@ impl Messenger {
         }
         rec.max_epoch = number;
         rec.epochs.push(epoch);
+        // The rekey wrapped this device's newest key of `keys`: as after opening one, older
+        // secrets go and the key is replaced (§4.2).
+        let own = self.account.device.cert().signing_key();
+        let used = keys
+            .iter()
+            .filter(|k| k.cert().signing_key() == own)
+            .map(MemberKey::created_at)
+            .max();
+        if let Some(used) = used
+            && rec.secrets.retire_before(used)
+        {
+            rec.make_member_key(&self.account.device, now)
+                .map_err(GroupFailure::from)?;
+        }
         Ok(())
     }
 
@@ -1013,6 +1036,18 @@ impl Messenger {
     ) -> Result<(), MessengerError> {
         let me = self.my_account();
         let now = net.now_ms();
+        if rec.status == Status::Member
+            && rec
+                .secrets
+                .newest()
+                .is_some_and(|n| n.saturating_add(REKEY_INTERVAL_MS) <= now)
+        {
+            // No rekey reached this device for a while: its key is replaced on the timer, so
+            // the next rekey, whenever it comes, is wrapped to a fresh one (§4.2).
+            rec.make_member_key(&self.account.device, now)
+                .map_err(GroupFailure::from)?;
+            self.save_group(rec)?;
+        }
         if rec.status == Status::Member && rec.head().role(&me) == Some(Role::Admin) {
             self.rebase_group(rec, now)?;
             let head = rec.head().clone();
@@ -1191,7 +1226,7 @@ impl Messenger {
                     state.mark_seen_hash(&m.hash.0);
                 }
             }
-            self.take_items(rec, &items);
+            self.take_items(rec, &items, net.now_ms());
             if !self.still_member(rec)? {
                 return Ok(false);
             }
@@ -1220,7 +1255,7 @@ impl Messenger {
     }
 
     /// Lists, member keys and rekey parts of one page, then the rekeys they complete.
-    fn take_items(&mut self, rec: &mut GroupRecord, items: &[Item]) {
+    fn take_items(&mut self, rec: &mut GroupRecord, items: &[Item], now: u64) {
         let group = rec.group();
         let me = self.my_account();
         for (_, _, k, inner) in items {
@@ -1243,10 +1278,7 @@ impl Messenger {
                     rec.add_key(key);
                     if own_other && rec.status == Status::Invited {
                         // Another device of this account accepted: this one joins too.
-                        if rec
-                            .make_member_key(&self.account.device, self.clock_hint(items))
-                            .is_ok()
-                        {
+                        if rec.make_member_key(&self.account.device, now).is_ok() {
                             rec.status = Status::Member;
                             self.group_events.push(GroupEvent::Joined {
                                 name: rec.name.clone(),
@@ -1270,14 +1302,8 @@ impl Messenger {
             }
         }
         if rec.status == Status::Member {
-            rec.open_rekeys(&self.account.device);
+            rec.open_rekeys(&self.account.device, now);
         }
-    }
-
-    /// A time for a member key made while reading: the newest stored time of the page (node
-    /// time), as the reading code has no clock of its own.
-    fn clock_hint(&self, items: &[Item]) -> u64 {
-        items.iter().map(|i| i.1).max().unwrap_or(0)
     }
 
     /// Whether this account is still in the group; deletes the group's state when a head
@@ -1381,7 +1407,7 @@ impl Messenger {
                     was_member: false,
                     max_epoch: 0,
                     log: MembershipLog::new(list),
-                    secrets: Vec::new(),
+                    secrets: MemberSecrets::default(),
                     keys: Vec::new(),
                     parts: Vec::new(),
                     epochs: Vec::new(),
