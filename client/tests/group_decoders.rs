@@ -168,11 +168,16 @@ fn group_file() -> &'static Vec<u8> {
             ]),
             keys: vec![MemberKey::decode(&f.member_key).unwrap()],
             parts: vec![RekeyPart::decode(&f.part).unwrap()],
-            epochs: vec![Epoch::decode(&f.epoch_state).unwrap()],
+            epochs: vec![allium_client::messenger::groups::HeldEpoch {
+                epoch: Epoch::decode(&f.epoch_state).unwrap(),
+                issued_at: 5,
+                opened_at: 6,
+            }],
             invited: vec![[1; 32]],
             accepted: vec![[2; 32]],
             leaving: vec![],
             mine: Some(([3; 32], [4; 32])),
+            head_copy: Some(([5; 32], 7)),
             outbox: vec![f.sealed.clone()],
         };
         let bytes = rec.encode().to_vec();

@@ -33,8 +33,9 @@ use crate::state::{ClientState, SavedCursor, validate_contact_name};
 /// held.
 type Item = ([u8; 32], u64, u8, Zeroizing<Vec<u8>>);
 
-/// Epochs a device keeps to read late messages; the lowest numbers go first.
-pub const MAX_EPOCHS_KEPT: usize = 8;
+/// The most epochs a device keeps, whatever their age (a bound on the file): the lowest
+/// numbers go first. Epochs normally go by time (§5.4, [`GroupRecord::retain_epochs`]).
+pub const MAX_EPOCHS_KEPT: usize = 32;
 /// Member keys a group's file keeps (the newest per device).
 pub const MAX_KEYS_KEPT: usize = 4096;
 /// Rekey parts kept while their rekey is incomplete or its list has not arrived.
@@ -107,6 +108,18 @@ pub enum Status {
     Member = 2,
 }
 
+/// An epoch this device holds, with when its rekey was made (`issued_at`, the admin's clock)
+/// and when it reached this device (this device's clock).
+#[derive(Debug)]
+pub struct HeldEpoch {
+    /// The epoch's state.
+    pub epoch: Epoch,
+    /// The rekey's `issued_at`: the timed rekey counts from it.
+    pub issued_at: u64,
+    /// When this device opened (or made) it: an older epoch is kept `RETENTION` after this.
+    pub opened_at: u64,
+}
+
 /// A group as this device keeps it (`groups/<G>.bin`, `whitepaper/groups.md` §13.3).
 pub struct GroupRecord {
     /// Where this device stands.
@@ -130,7 +143,7 @@ pub struct GroupRecord {
     /// Rekey parts not opened yet.
     pub parts: Vec<RekeyPart>,
     /// The epochs this device holds.
-    pub epochs: Vec<Epoch>,
+    pub epochs: Vec<HeldEpoch>,
     /// Accounts this device invited that have not answered.
     pub invited: Vec<[u8; 32]>,
     /// Invitees who accepted, to be added by the next list.
@@ -140,6 +153,9 @@ pub struct GroupRecord {
     /// The last list this device signed and the list it followed, until the head descends
     /// from it (§3.3: a list that lost is re-applied).
     pub mine: Option<([u8; 32], [u8; 32])>,
+    /// The hash of a list and the newest time (node time) a copy of it was seen stored in the
+    /// mailbox: an admin stores the head again before its copies expire (§3.2).
+    pub head_copy: Option<([u8; 32], u64)>,
     /// Sealed items not acknowledged by the group's swarm yet, oldest first.
     pub outbox: Vec<Vec<u8>>,
 }
@@ -234,7 +250,9 @@ impl GroupRecord {
         }
         put_count(&mut out, self.epochs.len());
         for e in &self.epochs {
-            put_bytes(&mut out, &e.encode());
+            out.extend_from_slice(&e.issued_at.to_be_bytes());
+            out.extend_from_slice(&e.opened_at.to_be_bytes());
+            put_bytes(&mut out, &e.epoch.encode());
         }
         put_keys(&mut out, &self.invited);
         put_keys(&mut out, &self.accepted);
@@ -245,6 +263,14 @@ impl GroupRecord {
                 out.push(1);
                 out.extend_from_slice(base);
                 out.extend_from_slice(mine);
+            }
+        }
+        match &self.head_copy {
+            None => out.push(0),
+            Some((hash, at)) => {
+                out.push(1);
+                out.extend_from_slice(hash);
+                out.extend_from_slice(&at.to_be_bytes());
             }
         }
         put_count(&mut out, self.outbox.len());
@@ -294,14 +320,27 @@ impl GroupRecord {
             .collect::<Result<Vec<_>, _>>()?;
         let n = count(&mut r)?;
         let epochs = (0..n)
-            .map(|_| Epoch::decode(bytes(&mut r)?))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|_| {
+                let issued_at = r.u64()?;
+                let opened_at = r.u64()?;
+                Ok(HeldEpoch {
+                    epoch: Epoch::decode(bytes(&mut r)?)?,
+                    issued_at,
+                    opened_at,
+                })
+            })
+            .collect::<Result<Vec<_>, GroupError>>()?;
         let invited = keys(&mut r)?;
         let accepted = keys(&mut r)?;
         let leaving = keys(&mut r)?;
         let mine = match r.u8()? {
             0 => None,
             1 => Some((r.array::<32>()?, r.array::<32>()?)),
+            _ => return Err(GroupError::BadMembers),
+        };
+        let head_copy = match r.u8()? {
+            0 => None,
+            1 => Some((r.array::<32>()?, r.u64()?)),
             _ => return Err(GroupError::BadMembers),
         };
         let n = count(&mut r)?;
@@ -325,6 +364,7 @@ impl GroupRecord {
             accepted,
             leaving,
             mine,
+            head_copy,
             outbox,
         })
     }
@@ -350,16 +390,66 @@ impl GroupRecord {
                 std::cmp::Reverse(e.epoch_id()),
             )
         };
-        self.epochs.iter_mut().max_by_key(|e| best(e))
+        self.epochs
+            .iter_mut()
+            .map(|h| &mut h.epoch)
+            .max_by_key(|e| best(e))
     }
 
     /// The epoch made for the head list that a send would use, if any.
-    fn head_epoch(&self) -> Option<&Epoch> {
+    pub fn head_epoch(&self) -> Option<&HeldEpoch> {
         let head = self.head().hash();
         self.epochs
             .iter()
-            .filter(|e| e.list_hash() == head)
-            .max_by_key(|e| (e.epoch(), std::cmp::Reverse(e.epoch_id())))
+            .filter(|e| e.epoch.list_hash() == head)
+            .max_by_key(|e| (e.epoch.epoch(), std::cmp::Reverse(e.epoch.epoch_id())))
+    }
+
+    /// Whether an admin rekeys on the timer at `now` (§5): the head's epoch was made
+    /// `REKEY_INTERVAL` ago or more. (A head without an epoch is rekeyed anyway.)
+    pub fn rekey_due(&self, now: u64) -> bool {
+        self.head_epoch()
+            .is_some_and(|e| e.issued_at.saturating_add(REKEY_INTERVAL_MS) <= now)
+    }
+
+    /// Whether an admin stores the head list again at `now` (§3.2): the newest copy of it seen
+    /// in the mailbox (or, with none seen, its signing time) is half of `ttl_ms` old, so a copy
+    /// is always there for members who come later.
+    pub fn list_restore_due(&self, now: u64, ttl_ms: u64) -> bool {
+        let head = self.head();
+        let stored = match self.head_copy {
+            Some((hash, at)) if hash == head.hash() => at,
+            _ => head.issued_at(),
+        };
+        stored.saturating_add(ttl_ms / 2) <= now
+    }
+
+    /// §5.4: erases each epoch `RETENTION` after a newer one reached this device (the messages
+    /// written in it have left the mailbox by then), and the lowest numbers beyond
+    /// [`MAX_EPOCHS_KEPT`]. Dropping an epoch wipes its keys.
+    pub fn retain_epochs(&mut self, now: u64) {
+        let replaced: Vec<Option<u64>> = self
+            .epochs
+            .iter()
+            .map(|e| {
+                self.epochs
+                    .iter()
+                    .filter(|n| n.epoch.epoch() > e.epoch.epoch())
+                    .map(|n| n.opened_at)
+                    .min()
+            })
+            .collect();
+        let mut i = 0;
+        self.epochs.retain(|_| {
+            let keep = replaced[i].is_none_or(|at| at.saturating_add(RETENTION_MS) > now);
+            i += 1;
+            keep
+        });
+        while self.epochs.len() > MAX_EPOCHS_KEPT {
+            if let Some(i) = (0..self.epochs.len()).min_by_key(|&i| self.epochs[i].epoch.epoch()) {
+                self.epochs.remove(i);
+            }
+        }
     }
 
     fn add_key(&mut self, key: MemberKey) {
@@ -419,7 +509,7 @@ impl GroupRecord {
         }
         let mut replace = false;
         for ((_, id), mut parts) in by_id {
-            if self.epochs.iter().any(|e| e.epoch_id() == id) {
+            if self.epochs.iter().any(|e| e.epoch.epoch_id() == id) {
                 continue;
             }
             parts.sort_by_key(RekeyPart::first);
@@ -435,7 +525,11 @@ impl GroupRecord {
             }
             // A rekey not for this device, or refused, is dropped; only an opened one is kept.
             if let Ok((epoch, newest)) = self.secrets.open(&parts, &list, device) {
-                self.epochs.push(epoch);
+                self.epochs.push(HeldEpoch {
+                    epoch,
+                    issued_at: parts[0].issued_at(),
+                    opened_at: now,
+                });
                 replace |= newest;
             }
         }
@@ -448,11 +542,7 @@ impl GroupRecord {
             let extra = self.parts.len() - MAX_PARTS_KEPT;
             self.parts.drain(..extra);
         }
-        while self.epochs.len() > MAX_EPOCHS_KEPT {
-            if let Some(i) = (0..self.epochs.len()).min_by_key(|&i| self.epochs[i].epoch()) {
-                self.epochs.remove(i);
-            }
-        }
+        self.retain_epochs(now);
     }
 }
 
@@ -670,6 +760,7 @@ impl Messenger {
             accepted: Vec::new(),
             leaving: Vec::new(),
             mine: None,
+            head_copy: None,
             outbox: Vec::new(),
         };
         rec.make_member_key(&self.account.device, now)
@@ -977,7 +1068,11 @@ impl Messenger {
             rec.outbox.push(sealed);
         }
         rec.max_epoch = number;
-        rec.epochs.push(epoch);
+        rec.epochs.push(HeldEpoch {
+            epoch,
+            issued_at: now,
+            opened_at: now,
+        });
         // The rekey wrapped this device's newest key of `keys`: as after opening one, older
         // secrets go and the key is replaced (§4.2).
         let own = self.account.device.cert().signing_key();
@@ -1072,21 +1167,31 @@ impl Messenger {
             }
             if rec.head().role(&me) == Some(Role::Admin) {
                 let held: Option<Vec<_>> = rec.head_epoch().map(|e| {
-                    e.senders()
+                    e.epoch
+                        .senders()
                         .map(|(account, device)| crate::group::Entry { account, device })
                         .collect()
                 });
                 let all = recipients_of(rec.head(), &rec.keys);
-                if held.as_ref() != Some(&all) {
+                let timer = rec.rekey_due(now);
+                if held.as_ref() != Some(&all) || timer {
                     let keys = self.eligible_keys(net, rec).await?;
                     let wanted = recipients_of(rec.head(), &keys);
                     let mine = crate::group::Entry {
                         account: me,
                         device: self.account.device.cert().signing_key(),
                     };
-                    if held.as_ref() != Some(&wanted) && wanted.contains(&mine) {
+                    if (held.as_ref() != Some(&wanted) || timer) && wanted.contains(&mine) {
                         self.rekey_group(rec, keys, now)?;
                     }
+                }
+                let ttl = net.network().params.max_ttl_secs.saturating_mul(1000);
+                if rec.list_restore_due(now, ttl) {
+                    // A fresh nonce makes a new item: the swarm does not take it for the old.
+                    let head = rec.head().clone();
+                    let sealed = rec.seal(head.as_bytes()).map_err(GroupFailure::from)?;
+                    rec.outbox.push(sealed);
+                    rec.head_copy = Some((head.hash(), now));
                 }
             }
             self.save_group(rec)?;
@@ -1258,12 +1363,20 @@ impl Messenger {
     fn take_items(&mut self, rec: &mut GroupRecord, items: &[Item], now: u64) {
         let group = rec.group();
         let me = self.my_account();
-        for (_, _, k, inner) in items {
+        for (_, stored_ms, k, inner) in items {
             match *k {
                 kind::LIST => {
                     if let Ok(list) = MembershipList::decode(inner) {
+                        let hash = list.hash();
                         // A list that does not follow one held, or is stale, is dropped.
                         let _ = rec.log.insert(list);
+                        if rec.head().hash() == hash {
+                            let at = match rec.head_copy {
+                                Some((h, at)) if h == hash => at.max(*stored_ms),
+                                _ => *stored_ms,
+                            };
+                            rec.head_copy = Some((hash, at));
+                        }
                     }
                 }
                 kind::MEMBER_KEY => {
@@ -1294,7 +1407,11 @@ impl Messenger {
                         continue;
                     }
                     rec.max_epoch = rec.max_epoch.max(part.epoch());
-                    if !rec.epochs.iter().any(|e| e.epoch_id() == part.epoch_id()) {
+                    if !rec
+                        .epochs
+                        .iter()
+                        .any(|e| e.epoch.epoch_id() == part.epoch_id())
+                    {
                         rec.parts.push(part);
                     }
                 }
@@ -1336,7 +1453,12 @@ impl Messenger {
         let Ok(id) = epoch_id_of(inner) else {
             return Ok(());
         };
-        let Some(epoch) = rec.epochs.iter_mut().find(|e| e.epoch_id() == id) else {
+        let Some(epoch) = rec
+            .epochs
+            .iter_mut()
+            .map(|h| &mut h.epoch)
+            .find(|e| e.epoch_id() == id)
+        else {
             // An epoch this device was not given (before it joined, or after it was removed).
             return Ok(());
         };
@@ -1415,6 +1537,7 @@ impl Messenger {
                     accepted: Vec::new(),
                     leaving: Vec::new(),
                     mine: None,
+                    head_copy: None,
                     outbox: Vec::new(),
                 };
                 if own {
