@@ -608,35 +608,47 @@ async fn run(cli: Cli, clock: Clock) -> Result<(), CliError> {
                 );
             }
             let listen = async {
+                // A round reads every mailbox and does the periodic work (outbox, prekeys,
+                // device list, a group admin's duties); between rounds every mailbox is
+                // long-polled at once, and the first to bring something starts the next.
+                let mut woke = true;
+                let mut last_round = std::time::Instant::now();
                 loop {
-                    let r = fetch_round(
-                        &local,
-                        &net,
-                        &mut messenger,
-                        &mut state,
-                        Duration::from_secs(25),
-                    )
-                    .await;
-                    let r = match r {
-                        Ok(n) => download_pending(&local, &net, &downloads).await.map(|()| n),
-                        Err(e) => Err(e),
-                    };
-                    // A `send` from the same data directory may hold the lock for a while;
-                    // the position is then saved after the next round.
-                    match app::lock_waiting_async(&local.dir).await {
-                        Ok(_lock) => local.save_net(&net, &mut state)?,
-                        Err(StateError::Locked { .. }) => {}
-                        Err(e) => return Err(e.into()),
+                    if woke || last_round.elapsed() >= ROUND_EVERY {
+                        last_round = std::time::Instant::now();
+                        let r =
+                            fetch_round(&local, &net, &mut messenger, &mut state, Duration::ZERO)
+                                .await;
+                        let r = match r {
+                            Ok(n) => download_pending(&local, &net, &downloads).await.map(|()| n),
+                            Err(e) => Err(e),
+                        };
+                        // A `send` from the same data directory may hold the lock for a while;
+                        // the position is then saved after the next round.
+                        match app::lock_waiting_async(&local.dir).await {
+                            Ok(_lock) => local.save_net(&net, &mut state)?,
+                            Err(StateError::Locked { .. }) => {}
+                            Err(e) => return Err(e.into()),
+                        }
+                        match r {
+                            Ok(_) => {}
+                            // A network that is down for a while is waited out, not fatal.
+                            Err(CliError::Net(e @ NetError::Unreachable { .. })) => {
+                                eprintln!("allium: {e}; retrying");
+                                tokio::time::sleep(Duration::from_secs(2)).await;
+                            }
+                            Err(e) => return Err(e),
+                        }
                     }
-                    match r {
-                        Ok(_) => {}
-                        // A network that is down for a while is waited out, not fatal.
-                        Err(CliError::Net(e @ NetError::Unreachable { .. })) => {
+                    woke = match messenger.wait_for_mail(&net, &state, LISTEN_WAIT).await {
+                        Ok(w) => w,
+                        Err(e) => {
+                            // The round that follows says what is wrong, or goes on.
                             eprintln!("allium: {e}; retrying");
                             tokio::time::sleep(Duration::from_secs(2)).await;
+                            true
                         }
-                        Err(e) => return Err(e),
-                    }
+                    };
                 }
             };
             tokio::select! {
@@ -1469,13 +1481,6 @@ async fn fetch_round(
         let what = app::describe_skip(s, name_of);
         warn(local, &what);
     };
-    // With groups to read as well, the inbox's long-poll is kept short so a group message
-    // waits a few seconds at most.
-    let wait = if messenger.has_groups() {
-        wait.min(GROUP_POLL)
-    } else {
-        wait
-    };
     let mut shown = messenger
         .receive(net, state, wait, on_message, on_skip)
         .await?;
@@ -1499,8 +1504,12 @@ fn wall_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// The longest an inbox long-poll waits while groups are to be read too.
-const GROUP_POLL: Duration = Duration::from_secs(3);
+/// How long `listen` long-polls its mailboxes before asking again.
+const LISTEN_WAIT: Duration = Duration::from_secs(25);
+
+/// The longest `listen` goes without a whole round (reading every mailbox, sending what is
+/// queued, publishing prekeys, a group admin's timed duties) while nothing arrives.
+const ROUND_EVERY: Duration = Duration::from_secs(300);
 
 /// A group message, as `inbox` and `listen` print it: the group, then the writer.
 fn print_group_message(

@@ -252,3 +252,67 @@ async fn five_people_on_nine_devices() {
     let listed = d[0].ok(&["groups", "list"]);
     assert!(listed.is_empty(), "{listed:?}");
 }
+
+/// Long-polls parked at every node of the network.
+async fn parked(world: &World) -> u64 {
+    let mut sum = 0;
+    for n in &world.net.nodes {
+        let page = allium_node::http::get(n.metrics, "/metrics")
+            .await
+            .unwrap()
+            .1;
+        sum += page
+            .lines()
+            .find(|l| l.split(' ').next() == Some("allium_longpolls_parked"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0) as u64;
+    }
+    sum
+}
+
+/// Waits until `at_least` long-polls are parked in the network; false after `T`.
+async fn parked_at_least(world: &World, at_least: u64) -> bool {
+    let deadline = std::time::Instant::now() + allium_tests::people::T;
+    while std::time::Instant::now() < deadline {
+        if parked(world).await >= at_least {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    false
+}
+
+/// `listen` on a device holding a group long-polls its inbox and the group mailbox at the same
+/// time (both retrieves are parked at once), and a message to either is shown as it arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_waits_on_the_inbox_and_the_group_at_once() {
+    let world = World::start().await;
+    let (_, a) = account(&world, "alice", 1);
+    let (bob, b) = account(&world, "bob", 1);
+    a[0].ok(&["groups", "create", "club"]);
+    a[0].ok(&["groups", "add", "club", bob.as_str()]);
+    inbox(&b[0]);
+    b[0].ok(&["groups", "accept", "club"]);
+    inbox(&a[0]);
+    inbox(&b[0]);
+    assert_eq!(parked(&world).await, 0, "nobody listens yet");
+
+    let (mut child, rx) = b[0].listen();
+    assert!(
+        parked_at_least(&world, 2).await,
+        "the inbox and the group mailbox are both long-polled"
+    );
+    a[0].ok(&["send", "club", "to the group"]);
+    assert_eq!(
+        allium_tests::people::texts_within(&rx, 1, allium_tests::people::T),
+        ["to the group"]
+    );
+    assert!(parked_at_least(&world, 2).await, "both polls again");
+    a[0].send(&bob, "to bob");
+    assert_eq!(
+        allium_tests::people::texts_within(&rx, 1, allium_tests::people::T),
+        ["to bob"]
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -1578,3 +1578,73 @@ impl Messenger {
         }
     }
 }
+
+/// One mailbox to long-poll: its key, a signer of its reads, and its saved safe position.
+type Watched = (
+    Mailbox,
+    Box<dyn crate::net::MailboxSigner>,
+    Option<CursorKey>,
+);
+
+impl Messenger {
+    /// Long-polls the account's inbox and every group mailbox this device holds at once — one
+    /// `retrieve` per mailbox, each from its saved position and waiting up to `wait` — and
+    /// returns as soon as one answers: true when that answer holds an item not handled yet
+    /// (the caller then reads every mailbox), false when the wait ran out. The other polls
+    /// are dropped. An answer holding only items handled already (the cursor's overlap, storage
+    /// §8) is asked again from after its last item, so the wait does not spin on them.
+    pub async fn wait_for_mail(
+        &self,
+        net: &Net,
+        state: &ClientState,
+        wait: std::time::Duration,
+    ) -> Result<bool, MessengerError> {
+        let saved = |key: &[u8; 32]| {
+            state.cursor(key).map(|c| CursorKey {
+                timestamp: c.timestamp,
+                hash: MessageHash(c.hash),
+            })
+        };
+        let me = self.my_account();
+        let mut watched: Vec<Watched> = vec![(
+            Mailbox::from_bytes(me),
+            self.account.signing_key()?,
+            saved(&me),
+        )];
+        for g in self.dir.groups()? {
+            if let Some(rec) = self.load_group(&g)? {
+                let key = SigningKey::from_bytes(&rec.secret.seed());
+                watched.push((Mailbox::from_bytes(g), Box::new(key), saved(&g)));
+            }
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        let polls = watched.iter().map(|(mailbox, key, after)| {
+            Box::pin(async move {
+                let mut after = *after;
+                loop {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    if left.is_zero() {
+                        return Ok(false);
+                    }
+                    let page = net
+                        .fetch_for(mailbox, key.as_ref(), after, left, None)
+                        .await?;
+                    if page.messages.iter().any(|m| !state.seen_hash(&m.hash.0)) {
+                        return Ok::<bool, NetError>(true);
+                    }
+                    match page.messages.last() {
+                        None => return Ok(false),
+                        Some(m) => {
+                            after = Some(CursorKey {
+                                timestamp: m.timestamp,
+                                hash: m.hash,
+                            });
+                        }
+                    }
+                }
+            })
+        });
+        let (first, _, _rest) = futures_util::future::select_all(polls).await;
+        Ok(first?)
+    }
+}
