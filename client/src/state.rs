@@ -574,6 +574,16 @@ impl DataDir {
 
     /// Appends one entry and syncs it, so an acknowledged send or a shown message is on disk.
     pub fn append_history(&self, entry: &HistoryEntry) -> Result<(), StateError> {
+        self.append_history_line(entry)
+    }
+
+    /// Appends a group message's line ([`GroupHistoryEntry`]) to the history, as
+    /// [`Self::append_history`] does.
+    pub fn append_group_history(&self, entry: &GroupHistoryEntry) -> Result<(), StateError> {
+        self.append_history_line(entry)
+    }
+
+    fn append_history_line(&self, entry: &impl Serialize) -> Result<(), StateError> {
         let path = self.dir.join(HISTORY_FILE);
         let line = serde_json::to_vec(entry).map_err(|e| io_err(&path)(io::Error::from(e)))?;
         if line.len() > MAX_HISTORY_LINE {
@@ -1210,6 +1220,22 @@ pub struct HistoryEntry {
     /// updates an earlier one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<Delivery>,
+}
+
+/// A group message's line of `history.jsonl` (`whitepaper/groups.md` §13.5): a [`HistoryEntry`]
+/// whose `peer` is the group's address (its key `G` in the address encoding, which names the
+/// group mailbox), with two more fields: `group`, the group's name on this device, and `from`,
+/// the writer's address (this account's for a message it wrote). A reader that knows only
+/// [`HistoryEntry`] ignores the two and sees one conversation per group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupHistoryEntry {
+    /// The entry, its `peer` naming the group.
+    #[serde(flatten)]
+    pub entry: HistoryEntry,
+    /// The group's local name.
+    pub group: String,
+    /// The writer's address.
+    pub from: String,
 }
 
 /// How far a sent message got.

@@ -287,7 +287,7 @@ async fn parked_at_least(world: &World, at_least: u64) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listen_waits_on_the_inbox_and_the_group_at_once() {
     let world = World::start().await;
-    let (_, a) = account(&world, "alice", 1);
+    let (alice, a) = account(&world, "alice", 1);
     let (bob, b) = account(&world, "bob", 1);
     a[0].ok(&["groups", "create", "club"]);
     a[0].ok(&["groups", "add", "club", bob.as_str()]);
@@ -315,4 +315,30 @@ async fn listen_waits_on_the_inbox_and_the_group_at_once() {
     );
     child.kill().unwrap();
     child.wait().unwrap();
+
+    // Both histories hold the group message as a conversation with the group (its address as
+    // the peer), the writer beside it (groups.md §13.5).
+    let key = a[0].ok(&["groups", "list"])[0]["group_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let key: [u8; 32] = hex::decode(key).unwrap().try_into().unwrap();
+    let group = allium_client::identity::Address::from_key_bytes(&key)
+        .unwrap()
+        .to_string();
+    for (p, direction) in [(&a[0], "sent"), (&b[0], "received")] {
+        let text = std::fs::read_to_string(p.data.join("history.jsonl")).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .filter(|l: &Value| l["group"] == "club")
+            .collect();
+        assert!(
+            lines.iter().any(|l| l["peer"] == group.as_str()
+                && l["from"] == alice.as_str()
+                && l["text"] == "to the group"
+                && l["direction"] == direction),
+            "{lines:?}"
+        );
+    }
 }

@@ -27,7 +27,10 @@ use crate::identity::Address;
 use crate::net::Net;
 use crate::net::{NetError, PathReport};
 use crate::session::codec::Reader;
-use crate::state::{ClientState, SavedCursor, validate_contact_name};
+use crate::state::{
+    ClientState, Delivery, Direction, GroupHistoryEntry, HistoryEntry, SavedCursor,
+    validate_contact_name,
+};
 
 /// An item read from a group mailbox: its hash, stored time, kind and what the sealed layer
 /// held.
@@ -1017,9 +1020,22 @@ impl Messenger {
         rec.outbox.push(sealed);
         // The spent chain key and the item it sealed, in one write, before it goes out.
         self.save_group(&rec)?;
+        let me = self.account.address;
+        self.record_group(
+            &rec,
+            &me,
+            &message,
+            Direction::Sent,
+            Some(Delivery::Sending),
+        )?;
         let Some((holders, members, path)) = self.flush_group(net, &mut rec).await? else {
             return Err(MessengerError::Net(NetError::NoSwarm));
         };
+        let stored = Delivery::Stored {
+            holders: u32::try_from(holders).unwrap_or(u32::MAX),
+            members: u32::try_from(members).unwrap_or(u32::MAX),
+        };
+        self.record_group(&rec, &me, &message, Direction::Sent, Some(stored))?;
         Ok(GroupSent {
             msg_id,
             epoch: epoch_no,
@@ -1466,31 +1482,70 @@ impl Messenger {
         let Ok(got) = epoch.decrypt(inner) else {
             return Ok(());
         };
-        self.save_group(rec)?;
         let Ok(from) = Address::from_key_bytes(&got.account) else {
-            return Ok(());
+            return self.save_group(rec);
         };
         match Incoming::decode(&got.payload) {
-            Ok(Incoming::Message(message)) => on_message(&GroupMessage {
-                group: rec.group(),
-                name: rec.name.clone(),
-                from,
-                device: got.device,
-                message,
-                stored_ms,
-                path: path.clone(),
-            }),
+            Ok(Incoming::Message(message)) => {
+                // Recorded before the epoch is saved: if the save does not happen, the message
+                // is decrypted again next time and found recorded, never shown twice.
+                let new = !self.recorded.contains(&message.msg_id);
+                if new {
+                    self.record_group(rec, &from, &message, Direction::Received, None)?;
+                    self.recorded.insert(message.msg_id);
+                }
+                self.save_group(rec)?;
+                if new {
+                    on_message(&GroupMessage {
+                        group: rec.group(),
+                        name: rec.name.clone(),
+                        from,
+                        device: got.device,
+                        message,
+                        stored_ms,
+                        path: path.clone(),
+                    });
+                }
+            }
             Ok(Incoming::GroupLeave { .. }) => {
                 if !rec.leaving.contains(&got.account) {
                     rec.leaving.push(got.account);
                 }
+                self.save_group(rec)?;
                 self.group_events.push(GroupEvent::Left {
                     name: rec.name.clone(),
                     who: from,
                 });
             }
-            _ => {}
+            _ => self.save_group(rec)?,
         }
+        Ok(())
+    }
+
+    /// A group message's line in the history (`GroupHistoryEntry`): the group as the peer, the
+    /// writer beside it.
+    fn record_group(
+        &self,
+        rec: &GroupRecord,
+        from: &Address,
+        message: &AppMessage,
+        direction: Direction,
+        delivery: Option<Delivery>,
+    ) -> Result<(), MessengerError> {
+        let group = Address::from_key_bytes(&rec.group())
+            .map_err(|_| GroupFailure::Crypto(GroupError::WrongGroup))?;
+        self.dir.append_group_history(&GroupHistoryEntry {
+            entry: HistoryEntry {
+                direction,
+                peer: group.to_string(),
+                timestamp_ms: message.sent_ms,
+                msg_id: message.msg_id,
+                text: message.content.summary(),
+                delivery,
+            },
+            group: rec.name.clone(),
+            from: from.to_string(),
+        })?;
         Ok(())
     }
 
