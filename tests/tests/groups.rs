@@ -282,18 +282,24 @@ async fn parked_at_least(world: &World, at_least: u64) -> bool {
     false
 }
 
-/// `listen` on a device holding a group long-polls its inbox and the group mailbox at the same
-/// time (both retrieves are parked at once), and a message to either is shown as it arrives.
+/// An admin's device that did not send an invitation adds the invitee who accepted. `listen` on a
+/// device holding a group long-polls its inbox and the group mailbox at the same time (both
+/// retrieves are parked at once), and a message to either is shown as it arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listen_waits_on_the_inbox_and_the_group_at_once() {
     let world = World::start().await;
-    let (alice, a) = account(&world, "alice", 1);
+    let (alice, a) = account(&world, "alice", 2);
     let (bob, b) = account(&world, "bob", 1);
     a[0].ok(&["groups", "create", "club"]);
+    inbox(&a[1]);
     a[0].ok(&["groups", "add", "club", bob.as_str()]);
     inbox(&b[0]);
     b[0].ok(&["groups", "accept", "club"]);
-    inbox(&a[0]);
+    // Alice's other device, not the one that invited, reads the answer first and adds Bob: it
+    // knows of the invitation from the copy the inviting device sent it.
+    inbox(&a[1]);
+    let (_, _, accounts) = head(&a[1]);
+    assert!(accounts.contains(&bob), "{accounts:?}");
     inbox(&b[0]);
     assert_eq!(parked(&world).await, 0, "nobody listens yet");
 

@@ -834,7 +834,26 @@ impl Messenger {
             rec.invited.push(account);
         }
         self.save_group(&rec)?;
-        self.send_invitation(net, &rec, who).await
+        self.send_invitation(net, &rec, who).await?;
+        // The account's other devices learn whom it invited, so whichever reads the answer
+        // first adds the invitee (§13.2).
+        let invitation = GroupInvitation {
+            seed: rec.secret.seed(),
+            name: rec.name.clone(),
+            list: rec.head().as_bytes().to_vec(),
+        };
+        let msg_id = Self::new_msg_id();
+        let copy = payload::group_invitation_copy(msg_id, net.now_ms(), &account, &invitation)
+            .map_err(|_| MessengerError::Group(GroupFailure::Crypto(GroupError::TooLarge)))?;
+        let own = self.account.address;
+        match self
+            .send_plaintext(net, &own, copy.to_vec(), msg_id, false)
+            .await
+        {
+            // No other device: nobody to tell.
+            Ok(_) | Err(MessengerError::NoBundle(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Makes member `who` of group `name` an admin: the next list (and, as after every list, a
@@ -1605,6 +1624,23 @@ impl Messenger {
                         .push(GroupEvent::Invited { name, from: *from });
                 }
                 self.save_group(&rec)
+            }
+            Incoming::GroupInvitationCopy {
+                invitee,
+                invitation,
+                ..
+            } if own => {
+                let Ok(secret) = GroupSecret::from_seed(&invitation.seed) else {
+                    return Ok(());
+                };
+                let Some(mut rec) = self.load_group(&secret.public())? else {
+                    return Ok(());
+                };
+                if rec.head().role(&invitee).is_none() && !rec.invited.contains(&invitee) {
+                    rec.invited.push(invitee);
+                    self.save_group(&rec)?;
+                }
+                Ok(())
             }
             Incoming::GroupAnswer {
                 group, accepted, ..

@@ -1206,10 +1206,17 @@ impl Messenger {
             Ok(incoming @ (Incoming::GroupInvitation { .. } | Incoming::GroupAnswer { .. })) => {
                 self.group_control(&from, incoming, now)?;
             }
+            Ok(incoming @ Incoming::GroupInvitationCopy { .. }) if own => {
+                self.group_control(&from, incoming, now)?;
+            }
             // A group's own kind, out of place in a session.
             Ok(Incoming::GroupLeave { .. }) => {}
             // Copies and lists come only from the account's own devices.
-            Ok(Incoming::SentCopy { .. } | Incoming::DeviceList { .. }) => {
+            Ok(
+                Incoming::SentCopy { .. }
+                | Incoming::DeviceList { .. }
+                | Incoming::GroupInvitationCopy { .. },
+            ) => {
                 on_skip(&Skipped::UnknownContent(payload::PayloadError::BadCopy));
             }
             Ok(Incoming::Message(_)) => {}

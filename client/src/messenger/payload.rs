@@ -113,6 +113,30 @@ pub fn group_invitation_message(
     )))
 }
 
+/// Kind 2 holding kind 5: the copy of an invitation into a group that this account sent to
+/// `invitee`, for the account's other devices (`whitepaper/groups.md` §13.1): it tells them
+/// whom the account invited, so any of them adds the invitee once it accepts.
+pub fn group_invitation_copy(
+    msg_id: [u8; 16],
+    sent_ms: u64,
+    invitee: &[u8; 32],
+    invitation: &GroupInvitation,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, PayloadError> {
+    let inner = group_invitation_message(msg_id, sent_ms, invitation)?;
+    let mut body = zeroize::Zeroizing::new(Vec::with_capacity(
+        SENT_COPY_OVERHEAD + inner.len() - HEADER_LEN,
+    ));
+    body.extend_from_slice(invitee);
+    body.push(KIND_GROUP_INVITATION);
+    body.extend_from_slice(&inner[HEADER_LEN..]);
+    Ok(zeroize::Zeroizing::new(with_header(
+        Kind::SentCopy as u8,
+        msg_id,
+        sent_ms,
+        &body,
+    )))
+}
+
 /// Kind 6: the answer to an invitation into group `group`.
 pub fn group_answer_message(
     msg_id: [u8; 16],
@@ -277,6 +301,15 @@ pub enum Incoming {
         /// Accepted, or refused.
         accepted: bool,
     },
+    /// The copy of an invitation another device of this account sent (kind 2 holding 5).
+    GroupInvitationCopy {
+        /// The message id.
+        msg_id: [u8; 16],
+        /// Whom it invited.
+        invitee: [u8; 32],
+        /// What the invitation carried.
+        invitation: Box<GroupInvitation>,
+    },
     /// The writer leaves the group it wrote this in (kind 7).
     GroupLeave {
         /// The message id.
@@ -374,6 +407,21 @@ impl Incoming {
                 }
                 let mut peer = [0u8; 32];
                 peer.copy_from_slice(&body[..32]);
+                if body[32] == KIND_GROUP_INVITATION {
+                    let Some(Incoming::GroupInvitation { invitation, .. }) = Self::decode_group(
+                        KIND_GROUP_INVITATION,
+                        msg_id,
+                        &body[SENT_COPY_OVERHEAD..],
+                    )?
+                    else {
+                        return Err(PayloadError::BadGroup);
+                    };
+                    return Ok(Incoming::GroupInvitationCopy {
+                        msg_id,
+                        invitee: peer,
+                        invitation,
+                    });
+                }
                 let inner = Kind::from_u8(body[32]).ok_or(PayloadError::UnknownKind(body[32]))?;
                 Incoming::SentCopy {
                     peer,
@@ -474,6 +522,24 @@ mod tests {
             hex::encode(group_leave_message(msg_id, sent)),
             want("leave")
         );
+        let invitee: [u8; 32] = hex_of("invitee").try_into().unwrap();
+        let copy = group_invitation_copy(msg_id, sent, &invitee, &inv).unwrap();
+        assert_eq!(hex::encode(&*copy), want("invitation_copy"));
+        assert_eq!(
+            Incoming::decode(&copy),
+            Ok(Incoming::GroupInvitationCopy {
+                msg_id,
+                invitee,
+                invitation: Box::new(inv.clone()),
+            })
+        );
+        // Cut anywhere: never a panic; a typed error until the list begins (the list itself is
+        // checked when it is used).
+        let list_at = HEADER_LEN + SENT_COPY_OVERHEAD + 32 + 1 + inv.name.len();
+        for cut in 0..copy.len() {
+            let got = Incoming::decode(&copy[..cut]);
+            assert!(cut > list_at || got.is_err(), "{cut}");
+        }
     }
 
     #[test]
