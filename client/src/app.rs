@@ -548,7 +548,7 @@ impl App {
     /// what the network client learnt; stops early at a shutdown (`None`).
     async fn locked<T>(
         &mut self,
-        work: impl AsyncFnOnce(&Net, &mut Messenger) -> Result<T, MessengerError>,
+        work: impl AsyncFnOnce(&Net, &mut Messenger, &mut ClientState) -> Result<T, MessengerError>,
     ) -> Option<Result<T, MessengerError>> {
         let App {
             dir,
@@ -561,7 +561,7 @@ impl App {
         let run = async {
             let _lock = lock_for_round(dir).await?;
             reload(dir, net, messenger, state)?;
-            let r = work(net, messenger).await;
+            let r = work(net, messenger, state).await;
             save_net(dir, net, state)?;
             r
         };
@@ -577,18 +577,30 @@ impl App {
         match command {
             Command::Send { to, text, msg_id } => {
                 let Some(sent) = self
-                    .locked(async |net, m| m.send_text_as(net, &to, &text, msg_id).await)
+                    .locked(async |net, m, state| {
+                        // A conversation with a group is written into the group's mailbox.
+                        match m.load_group(&to.public_key().to_bytes())? {
+                            Some(group) => m
+                                .send_to_group_as(net, state, &group.name, &text, msg_id)
+                                .await
+                                .map(|g| (g.holders, g.members)),
+                            None => m
+                                .send_text_as(net, &to, &text, msg_id)
+                                .await
+                                .map(|s| (s.holders, s.members)),
+                        }
+                    })
                     .await
                 else {
                     return false;
                 };
                 match sent {
-                    Ok(s) => {
+                    Ok((holders, members)) => {
                         self.set_reach(Reach::Online).await;
                         self.emit(Event::Stored {
                             msg_id,
-                            holders: s.holders,
-                            members: s.members,
+                            holders,
+                            members,
                         })
                         .await;
                     }
@@ -608,7 +620,7 @@ impl App {
                 }
             }
             Command::Flush => {
-                let Some(flushed) = self.locked(async |net, m| m.flush(net).await).await else {
+                let Some(flushed) = self.locked(async |net, m, _| m.flush(net).await).await else {
                     return false;
                 };
                 match flushed {
@@ -646,7 +658,7 @@ impl App {
                     return true;
                 };
                 let Some(r) = self
-                    .locked(async |net, m| {
+                    .locked(async |net, m, _| {
                         m.mark_read(&peer, mark.timestamp_ms, &mark.msg_id, net.now_ms())?;
                         m.read_marks()
                     })
@@ -719,7 +731,7 @@ impl App {
         let sent = match uploaded {
             Ok((upload, transfers)) => {
                 let Some(r) = self
-                    .locked(async |net, m| {
+                    .locked(async |net, m, _| {
                         m.send_file(net, &to, &upload).await?;
                         upload.finish(&transfers)?;
                         Ok(())
@@ -871,7 +883,7 @@ async fn round(
     } else {
         None
     };
-    messenger.wait_for_new(net, state, LONG_POLL).await?;
+    messenger.wait_for_mail(net, state, LONG_POLL).await?;
     Ok(up)
 }
 

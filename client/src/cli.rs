@@ -20,6 +20,8 @@ use crate::attach::{self, AttachError, TransferConfig, Transfers};
 use crate::chat::{self, keys::Keymap, model::Model, text::Clock, view::Theme};
 use crate::display;
 use crate::identity::{Address, AddressError, Identity, IdentityError};
+use crate::messenger::groups::{GroupEvent, GroupFailure, GroupMessage, Status};
+use crate::messenger::payload::Content;
 use crate::messenger::{Account, Messenger, MessengerError, Received, Skipped};
 use crate::net::{Net, NetError, PathReport, Timing};
 use crate::session;
@@ -92,7 +94,7 @@ enum Command {
     /// `allium send alice --file report.pdf --file photo.jpg` (up to 1 GiB each; an interrupted
     /// upload resumes when the same command is run again).
     Send {
-        /// A contact name or an address.
+        /// A contact name, an address, or a group's name (a contact of the same name wins).
         to: String,
         /// The text; `-` or nothing reads it from standard input (unless files are sent).
         text: Option<String>,
@@ -106,6 +108,9 @@ enum Command {
     /// Link this device to an account, and manage the account's devices.
     #[command(subcommand)]
     Devices(DevicesCommand),
+    /// Groups: one stored message reaches every member (`allium send GROUP "text"`).
+    #[command(subcommand)]
+    Groups(GroupsCommand),
     /// Fetch and print new messages, and download the files they carry.
     Inbox(Downloads),
     /// Wait for messages and print each as it arrives (Ctrl-C to stop); files are downloaded.
@@ -229,6 +234,54 @@ enum DevicesCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum GroupsCommand {
+    /// Create a group with you as its admin.
+    Create {
+        /// A name: 1–32 of A–Z a–z 0–9 _ . -
+        name: String,
+    },
+    /// Invite a contact; they join once they accept (`allium groups accept`).
+    Add {
+        /// The group.
+        group: String,
+        /// A contact name or an address.
+        contact: String,
+        /// Make a member an admin (who may then change the members too) instead.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Remove a member: they can read nothing written afterwards.
+    Remove {
+        /// The group.
+        group: String,
+        /// A contact name or an address.
+        contact: String,
+    },
+    /// Leave a group (tells its members, then forgets it).
+    Leave {
+        /// The group.
+        group: String,
+    },
+    /// Accept an invitation.
+    Accept {
+        /// The group.
+        group: String,
+    },
+    /// Refuse an invitation.
+    Refuse {
+        /// The group.
+        group: String,
+    },
+    /// The groups of this device and the invitations waiting.
+    List,
+    /// A group's members, as this device last read them.
+    Members {
+        /// The group.
+        group: String,
+    },
+}
+
 /// Why a command failed, and the exit code it gives.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -317,6 +370,8 @@ impl CliError {
             CliError::Messenger(MessengerError::Keys { .. } | MessengerError::Peer { .. }) => 4,
             CliError::Messenger(MessengerError::TooLarge(_)) => 6,
             CliError::Messenger(MessengerError::NoBundle(_)) => 9,
+            CliError::Messenger(MessengerError::Group(GroupFailure::NoSuchGroup(_))) => 3,
+            CliError::Messenger(MessengerError::Group(GroupFailure::Damaged { .. })) => 4,
             CliError::Messenger(_) => 1,
             CliError::Attach(AttachError::Io(..) | AttachError::Changed(_)) => 4,
             CliError::Attach(AttachError::TooLarge(_)) => 6,
@@ -554,6 +609,7 @@ async fn run(cli: Cli, clock: Clock) -> Result<(), CliError> {
         }
         Command::Contacts(c) => contacts(&local, c),
         Command::Devices(c) => devices(&local, c).await,
+        Command::Groups(c) => groups(&local, c).await,
         Command::Send {
             to,
             text,
@@ -592,43 +648,58 @@ async fn run(cli: Cli, clock: Clock) -> Result<(), CliError> {
                 );
             }
             let listen = async {
+                // A round reads every mailbox and does the periodic work (outbox, prekeys,
+                // device list, a group admin's duties); between rounds every mailbox is
+                // long-polled at once, and the first to bring something starts the next.
+                let mut woke = true;
+                let mut last_round = std::time::Instant::now();
                 loop {
-                    // Every change to the data directory under its lock, on what is on disk
-                    // now: a `send` beside this may have rotated the prekeys, advanced a
-                    // session or moved the cursor (whitepaper client.md §6, One data directory).
-                    let r = async {
-                        let _lock = app::lock_for_round(&local.dir).await?;
-                        app::reload(&local.dir, &net, &mut messenger, &mut state)?;
-                        let r =
-                            fetch_round(&local, &net, &mut messenger, &mut state, Duration::ZERO)
-                                .await;
-                        local.save_net(&net, &mut state)?;
-                        r
+                    if woke || last_round.elapsed() >= ROUND_EVERY {
+                        last_round = std::time::Instant::now();
+                        // Every change to the data directory under its lock, on what is on disk
+                        // now: a `send` beside this may have rotated the prekeys, advanced a
+                        // session or moved the cursor (whitepaper client.md §6, One data
+                        // directory).
+                        let r = async {
+                            let _lock = app::lock_for_round(&local.dir).await?;
+                            app::reload(&local.dir, &net, &mut messenger, &mut state)?;
+                            let r = fetch_round(
+                                &local,
+                                &net,
+                                &mut messenger,
+                                &mut state,
+                                Duration::ZERO,
+                            )
+                            .await;
+                            local.save_net(&net, &mut state)?;
+                            r
+                        }
+                        .await;
+                        // Downloads keep records of their own and resume: no lock needed.
+                        let r = match r {
+                            Ok(_) => download_pending(&local, &net, &downloads).await,
+                            Err(e) => Err(e),
+                        };
+                        match r {
+                            Ok(()) => {}
+                            // A network that is down for a while is waited out, not fatal.
+                            Err(CliError::Net(e @ NetError::Unreachable { .. })) => {
+                                eprintln!("allium: {e}; retrying");
+                                tokio::time::sleep(Duration::from_secs(2)).await;
+                            }
+                            Err(e) => return Err(e),
+                        }
                     }
-                    .await;
-                    // Downloads keep records of their own and resume: no lock needed.
-                    let r = match r {
-                        Ok(_) => download_pending(&local, &net, &downloads).await,
-                        Err(e) => Err(e),
-                    };
-                    // The long-poll, without the lock.
-                    let r = match r {
-                        Ok(()) => messenger
-                            .wait_for_new(&net, &state, app::LONG_POLL)
-                            .await
-                            .map(|_| ())
-                            .map_err(CliError::from),
-                        Err(e) => Err(e),
-                    };
-                    match r {
-                        Ok(_) => {}
-                        // A network that is down for a while is waited out, not fatal.
-                        Err(CliError::Net(e @ NetError::Unreachable { .. })) => {
+                    // The long-polls of every mailbox, without the lock.
+                    woke = match messenger.wait_for_mail(&net, &state, LISTEN_WAIT).await {
+                        Ok(w) => w,
+                        Err(e) => {
+                            // The round that follows says what is wrong, or goes on.
                             eprintln!("allium: {e}; retrying");
                             tokio::time::sleep(Duration::from_secs(2)).await;
+                            true
                         }
-                        Err(e) => return Err(e),
-                    }
+                    };
                 }
             };
             tokio::select! {
@@ -871,17 +942,17 @@ fn print_usage(
 }
 
 async fn send(local: &Local, to: &str, text: Option<String>) -> Result<(), CliError> {
-    let (name, recipient) = local.resolve(to)?;
-    let text = match text.as_deref() {
-        Some("-") | None => {
-            let mut bytes = Vec::new();
-            std::io::stdin()
-                .read_to_end(&mut bytes)
-                .map_err(CliError::Input)?;
-            String::from_utf8(bytes).map_err(|_| CliError::NotText)?
+    let resolved = local.resolve(to);
+    if let Err(CliError::UnknownContact(_)) = resolved
+        && !local.dir.groups()?.is_empty()
+    {
+        let messenger = local.messenger(wall_ms())?;
+        if messenger.group_named(to).is_ok() {
+            return send_group(local, to, text).await;
         }
-        Some(t) => t.to_owned(),
-    };
+    }
+    let (name, recipient) = resolved?;
+    let text = read_text(text)?;
     Messenger::check_size(&text)?;
     let mut state = local.dir.load_state()?;
     let net = local.net(&state)?;
@@ -924,6 +995,134 @@ async fn send(local: &Local, to: &str, text: Option<String>) -> Result<(), CliEr
         println!("  path: {}", describe_path(&sent.path));
     }
     Ok(())
+}
+
+/// The text of a `send`: the argument, or standard input for `-` or none.
+fn read_text(text: Option<String>) -> Result<String, CliError> {
+    match text.as_deref() {
+        Some("-") | None => {
+            let mut bytes = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut bytes)
+                .map_err(CliError::Input)?;
+            String::from_utf8(bytes).map_err(|_| CliError::NotText)
+        }
+        Some(t) => Ok(t.to_owned()),
+    }
+}
+
+async fn send_group(local: &Local, group: &str, text: Option<String>) -> Result<(), CliError> {
+    let text = read_text(text)?;
+    if text.len() > crate::group::MAX_PAYLOAD - crate::messenger::payload::HEADER_LEN {
+        return Err(CliError::Messenger(MessengerError::TooLarge(
+            session::SessionError::TooLarge,
+        )));
+    }
+    let mut state = local.dir.load_state()?;
+    let net = local.net(&state)?;
+    let mut messenger = local.messenger(net.now_ms())?;
+    let sent = async {
+        messenger.publish(&net, &mut state).await?;
+        messenger.flush(&net).await?;
+        messenger
+            .send_to_group(&net, &mut state, group, &text)
+            .await
+    }
+    .await;
+    local.save_net(&net, &mut state)?;
+    let sent = sent?;
+    if local.json {
+        println!(
+            "{}",
+            json!({
+                "sent": group,
+                "group": true,
+                "msg_id": hex::encode(sent.msg_id),
+                "epoch": sent.epoch,
+                "items": 1,
+                "bytes": sent.bytes,
+                "holders": sent.holders,
+                "swarm": sent.members,
+                "path": path_json(&sent.path),
+            })
+        );
+    } else {
+        println!(
+            "sent to the group {group}: held by {} of {} members of its swarm, {:.1} ms",
+            sent.holders,
+            sent.members,
+            sent.path.rtt.as_secs_f64() * 1000.0
+        );
+        println!("  path: {}", describe_path(&sent.path));
+    }
+    Ok(())
+}
+
+async fn groups(local: &Local, c: GroupsCommand) -> Result<(), CliError> {
+    if let GroupsCommand::List | GroupsCommand::Members { .. } = c {
+        // What this device holds: no network.
+        let messenger = local.messenger(wall_ms())?;
+        return groups_local(local, &messenger, c);
+    }
+    let mut state = local.dir.load_state()?;
+    let net = local.net(&state)?;
+    let mut messenger = local.messenger(net.now_ms())?;
+    let result = async {
+        messenger.publish(&net, &mut state).await?;
+        messenger.flush(&net).await?;
+        let (what, group) = match c {
+            GroupsCommand::Create { name } => {
+                let key = messenger.create_group(&net, &name).await?;
+                if local.json {
+                    println!("{}", json!({ "created": name, "group_key": hex::encode(key) }));
+                } else {
+                    println!("created the group {name}; invite people with `allium groups add {name} CONTACT`");
+                }
+                return Ok(());
+            }
+            GroupsCommand::Add {
+                group,
+                contact,
+                admin: true,
+            } => {
+                let (name, who) = local.resolve(&contact)?;
+                messenger.make_admin(&net, &group, &who).await?;
+                (format!("made {name} an admin"), group)
+            }
+            GroupsCommand::Add { group, contact, .. } => {
+                let (name, who) = local.resolve(&contact)?;
+                messenger.invite_to_group(&net, &group, &who).await?;
+                (format!("invited {name}"), group)
+            }
+            GroupsCommand::Remove { group, contact } => {
+                let (name, who) = local.resolve(&contact)?;
+                messenger.remove_from_group(&net, &group, &who).await?;
+                (format!("removed {name}"), group)
+            }
+            GroupsCommand::Leave { group } => {
+                messenger.leave_group(&net, &group).await?;
+                ("left".to_owned(), group)
+            }
+            GroupsCommand::Accept { group } => {
+                messenger.answer_invitation(&net, &group, true).await?;
+                ("accepted".to_owned(), group)
+            }
+            GroupsCommand::Refuse { group } => {
+                messenger.answer_invitation(&net, &group, false).await?;
+                ("refused".to_owned(), group)
+            }
+            GroupsCommand::List | GroupsCommand::Members { .. } => return Ok(()),
+        };
+        if local.json {
+            println!("{}", json!({ "done": what, "group": group }));
+        } else {
+            println!("{what} ({})", display::neutralize(&group));
+        }
+        Ok(())
+    }
+    .await;
+    local.save_net(&net, &mut state)?;
+    result
 }
 
 /// `allium send NAME --file PATH…`: each file is uploaded (resuming an interrupted upload of it)
@@ -1009,6 +1208,84 @@ async fn send_files(
     .await;
     local.save_net(&net, &mut state)?;
     result
+}
+
+fn groups_local(local: &Local, messenger: &Messenger, c: GroupsCommand) -> Result<(), CliError> {
+    let role_name = |r: Option<crate::group::Role>| match r {
+        Some(crate::group::Role::Admin) => "admin",
+        Some(crate::group::Role::Member) => "member",
+        None => "none",
+    };
+    match c {
+        GroupsCommand::Members { group } => {
+            let rec = messenger.group_named(&group)?;
+            let contacts = local.dir.contacts()?;
+            let me = messenger.account().address();
+            for (account, role) in rec.head().members() {
+                let Ok(addr) = Address::from_key_bytes(account) else {
+                    continue;
+                };
+                let text = addr.to_string();
+                let name = if addr == me {
+                    "you".to_owned()
+                } else {
+                    contacts
+                        .iter()
+                        .find(|(_, a)| *a == text)
+                        .map_or(text.clone(), |(n, _)| n.to_owned())
+                };
+                if local.json {
+                    println!(
+                        "{}",
+                        json!({
+                            "group": group,
+                            "name": name,
+                            "address": text,
+                            "role": role_name(Some(*role)),
+                            "version": rec.head().version(),
+                            "list": hex::encode(rec.head().hash()),
+                        })
+                    );
+                } else {
+                    println!(
+                        "{:<32}  {:<6}  {text}",
+                        display::neutralize(&name),
+                        role_name(Some(*role))
+                    );
+                }
+            }
+        }
+        _ => {
+            for g in messenger.group_summaries()? {
+                let status = match g.status {
+                    Status::Invited => "invited",
+                    Status::Member => "member",
+                };
+                if local.json {
+                    println!(
+                        "{}",
+                        json!({
+                            "group": g.name,
+                            "group_key": hex::encode(g.group),
+                            "status": status,
+                            "role": role_name(g.role),
+                            "members": g.members,
+                            "version": g.version,
+                            "epoch": g.epoch,
+                        })
+                    );
+                } else {
+                    println!(
+                        "{:<32}  {status:<8}  {:<6}  {} members",
+                        g.name,
+                        role_name(g.role),
+                        g.members
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Asks the person whether the other device shows `sas`: a line on standard input, `y` or
@@ -1333,8 +1610,8 @@ async fn fetch_round(
                 "received_ms": net.now_ms(),
                 "text": text,
                 "file": match &r.message.content {
-                    crate::messenger::payload::Content::File(f) => json!({ "name": f.name, "size": f.size, "media": f.media }),
-                    crate::messenger::payload::Content::Text(_) => serde_json::Value::Null,
+                    Content::File(f) => json!({ "name": f.name, "size": f.size, "media": f.media }),
+                    Content::Text(_) => serde_json::Value::Null,
                 },
                 "path": path_json(&r.path),
             });
@@ -1364,14 +1641,113 @@ async fn fetch_round(
         let what = app::describe_skip(s, name_of);
         warn(local, &what);
     };
-    let shown = messenger
+    let mut shown = messenger
         .receive(net, state, wait, on_message, on_skip)
         .await?;
     let now = net.now_ms();
     for (peer, sent_ms, msg_id) in read.values() {
         messenger.mark_read(peer, *sent_ms, msg_id, now)?;
     }
+    let in_group = |m: &GroupMessage| print_group_message(local, net, m, &name_of);
+    let groups = messenger.receive_groups(net, state, in_group).await;
+    for e in messenger.take_group_events() {
+        print_group_event(local, &e, &name_of);
+    }
+    shown += groups?;
     Ok(shown)
+}
+
+/// This machine's clock (Unix ms), for commands that do not reach the network.
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// How long `listen` long-polls its mailboxes before asking again.
+const LISTEN_WAIT: Duration = Duration::from_secs(25);
+
+/// The longest `listen` goes without a whole round (reading every mailbox, sending what is
+/// queued, publishing prekeys, a group admin's timed duties) while nothing arrives.
+const ROUND_EVERY: Duration = Duration::from_secs(300);
+
+/// A group message, as `inbox` and `listen` print it: the group, then the writer.
+fn print_group_message(
+    local: &Local,
+    net: &Net,
+    m: &GroupMessage,
+    name_of: &dyn Fn(&Address) -> String,
+) {
+    let text = m.message.content.summary();
+    let text = &text;
+    let from = name_of(&m.from);
+    if local.json {
+        println!(
+            "{}",
+            json!({
+                "group": m.name,
+                "group_key": hex::encode(m.group),
+                "from": from,
+                "address": m.from.to_string(),
+                "device_key": hex::encode(m.device),
+                "msg_id": hex::encode(m.message.msg_id),
+                "sent_ms": m.message.sent_ms,
+                "stored_ms": m.stored_ms,
+                "received_ms": net.now_ms(),
+                "text": text,
+                "path": path_json(&m.path),
+            })
+        );
+    } else {
+        // Another person's text: shown, never obeyed by the terminal.
+        println!(
+            "[{}] {}: {}",
+            display::neutralize(&m.name),
+            display::neutralize(&from),
+            display::neutralize_lines(text, "  ")
+        );
+    }
+}
+
+fn print_group_event(local: &Local, e: &GroupEvent, name_of: &dyn Fn(&Address) -> String) {
+    let (line, human) = match e {
+        GroupEvent::Invited { name, from } => (
+            json!({ "group_invitation": name, "from": name_of(from), "address": from.to_string() }),
+            format!(
+                "{} invites you into the group {name}: `allium groups accept {name}` or `allium groups refuse {name}`",
+                name_of(from)
+            ),
+        ),
+        GroupEvent::Joined { name } => (
+            json!({ "group_joined": name }),
+            format!("joined the group {name} (accepted on another device)"),
+        ),
+        GroupEvent::Answered {
+            name,
+            from,
+            accepted,
+        } => (
+            json!({ "group_answer": name, "from": name_of(from), "address": from.to_string(), "accepted": accepted }),
+            format!(
+                "{} {} the invitation into {name}",
+                name_of(from),
+                if *accepted { "accepted" } else { "refused" }
+            ),
+        ),
+        GroupEvent::Left { name, who } => (
+            json!({ "group_left": name, "from": name_of(who), "address": who.to_string() }),
+            format!("{} left the group {name}", name_of(who)),
+        ),
+        GroupEvent::Removed { name } => (
+            json!({ "group_removed": name }),
+            format!("you were removed from the group {name}"),
+        ),
+    };
+    if local.json {
+        println!("{line}");
+    } else {
+        println!("{}", display::neutralize(&human));
+    }
 }
 
 /// One round of the state the account's devices share (contacts, read positions); a failure

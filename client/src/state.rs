@@ -12,6 +12,8 @@
 //!   prekeys.bin        0600  this device's prekey secrets (sessions.md §3.2)
 //!   peers/             0700  one file per peer account: bundles, sessions, outbox
 //!     <account>.bin    0600  (hex of the account key; messenger::peer)
+//!   groups/            0700  one file per group: its seed, lists, member keys, epochs, outbox
+//!     <group>.bin      0600  (hex of the group key; messenger::groups)
 //!   account.bin        0600  a linked device's sync key and the list that added it (devices.md §9)
 //!   devices.bin        0600  the primary's device list and removals in progress (devices.md §9)
 //!   sync.bin           0600  the state the account's devices share (devices.md §8)
@@ -61,6 +63,10 @@ pub const DEVICE_FILE: &str = "device.key";
 pub const PREKEYS_FILE: &str = "prekeys.bin";
 /// The folder of per-peer files.
 pub const PEERS_DIR: &str = "peers";
+/// Folder of the groups this device is in or invited into, one file per group.
+pub const GROUPS_DIR: &str = "groups";
+/// Largest group file read back.
+pub const MAX_GROUP_BYTES: u64 = 64 << 20;
 /// A linked device's account secrets.
 pub const ACCOUNT_FILE: &str = "account.bin";
 /// The primary device's registry of the account's devices.
@@ -533,32 +539,65 @@ impl DataDir {
 
     /// The accounts that have a peer file.
     pub fn peers(&self) -> Result<Vec<[u8; 32]>, StateError> {
-        let dir = self.dir.join(PEERS_DIR);
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_err(&dir)(e)),
-        };
-        let mut out = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(io_err(&dir))?;
-            let name = entry.file_name();
-            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".bin")) else {
-                continue;
-            };
-            let mut key = [0u8; 32];
-            if hex::decode_to_slice(stem, &mut key).is_ok() {
-                out.push(key);
-            }
+        keyed_files(&self.dir.join(PEERS_DIR))
+    }
+
+    /// The file of group `group` (its 32-byte key), if any.
+    pub fn read_group(&self, group: &[u8; 32]) -> Result<Option<Zeroizing<Vec<u8>>>, StateError> {
+        let path = self
+            .dir
+            .join(GROUPS_DIR)
+            .join(format!("{}.bin", hex::encode(group)));
+        Ok(fsutil::read_private(&path, MAX_GROUP_BYTES)?)
+    }
+
+    /// Replaces the file of group `group` atomically.
+    pub fn write_group(&self, group: &[u8; 32], bytes: &[u8]) -> Result<(), StateError> {
+        let dir = self.private_subdir(GROUPS_DIR)?;
+        write_atomic(&dir, &format!("{}.bin", hex::encode(group)), bytes, true)
+    }
+
+    /// Removes the file of group `group` (the device left it, was removed, or refused).
+    pub fn remove_group(&self, group: &[u8; 32]) -> Result<(), StateError> {
+        let dir = self.dir.join(GROUPS_DIR);
+        let path = dir.join(format!("{}.bin", hex::encode(group)));
+        match fs::remove_file(&path) {
+            Ok(()) => sync_dir(&dir),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&path)(e)),
         }
-        out.sort_unstable();
-        Ok(out)
+    }
+
+    /// The groups that have a file.
+    pub fn groups(&self) -> Result<Vec<[u8; 32]>, StateError> {
+        keyed_files(&self.dir.join(GROUPS_DIR))
+    }
+
+    fn private_subdir(&self, name: &str) -> Result<PathBuf, StateError> {
+        let dir = self.dir.join(name);
+        match DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => sync_dir(&self.dir)?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err(&dir)(e)),
+        }
+        check_dir(&dir)?;
+        Ok(dir)
     }
 
     // ---- history ----
 
     /// Appends one entry and syncs it, so an acknowledged send or a shown message is on disk.
     pub fn append_history(&self, entry: &HistoryEntry) -> Result<(), StateError> {
+        self.append_history_line(entry)
+    }
+
+    /// Appends a group message's line ([`GroupHistoryEntry`]) to the history, as
+    /// [`Self::append_history`] does.
+    pub fn append_group_history(&self, entry: &GroupHistoryEntry) -> Result<(), StateError> {
+        self.append_history_line(entry)
+    }
+
+    fn append_history_line(&self, entry: &impl Serialize) -> Result<(), StateError> {
         let path = self.dir.join(HISTORY_FILE);
         let line = serde_json::to_vec(entry).map_err(|e| io_err(&path)(io::Error::from(e)))?;
         if line.len() > MAX_HISTORY_LINE {
@@ -622,6 +661,29 @@ impl DataDir {
 }
 
 /// Refuses a directory others can write to: they could replace our files.
+/// The 32-byte keys named by the `HEX.bin` files of `dir` (none if it does not exist), sorted.
+fn keyed_files(dir: &Path) -> Result<Vec<[u8; 32]>, StateError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(dir)(e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name();
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".bin")) else {
+            continue;
+        };
+        let mut key = [0u8; 32];
+        if hex::decode_to_slice(stem, &mut key).is_ok() {
+            out.push(key);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
 fn check_dir(dir: &Path) -> Result<(), StateError> {
     Ok(fsutil::check_private_dir(dir)?)
 }
@@ -1188,6 +1250,22 @@ pub struct HistoryEntry {
     /// updates an earlier one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<Delivery>,
+}
+
+/// A group message's line of `history.jsonl` (`whitepaper/groups.md` §13.5): a [`HistoryEntry`]
+/// whose `peer` is the group's address (its key `G` in the address encoding, which names the
+/// group mailbox), with two more fields: `group`, the group's name on this device, and `from`,
+/// the writer's address (this account's for a message it wrote). A reader that knows only
+/// [`HistoryEntry`] ignores the two and sees one conversation per group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupHistoryEntry {
+    /// The entry, its `peer` naming the group.
+    #[serde(flatten)]
+    pub entry: HistoryEntry,
+    /// The group's local name.
+    pub group: String,
+    /// The writer's address.
+    pub from: String,
 }
 
 /// How far a sent message got.

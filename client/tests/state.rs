@@ -549,3 +549,28 @@ proptest! {
         prop_assert_eq!(dd.read_roster().unwrap().unwrap(), bytes);
     }
 }
+
+/// A group message's history line (`whitepaper/groups.md` §13.5) is a history entry with two
+/// more fields: a reader of plain entries sees it as a message of the conversation named by
+/// its peer (the group), and the whole line gives the group's name and the writer back.
+#[test]
+fn group_history_lines_read_as_entries_of_the_group() {
+    use allium_client::state::GroupHistoryEntry;
+    let (_tmp, dd) = fresh();
+    dd.append_history(&entry(1)).unwrap();
+    let group = GroupHistoryEntry {
+        entry: HistoryEntry {
+            peer: "allium1group".into(),
+            ..entry(2)
+        },
+        group: "club".into(),
+        from: "allium1writer".into(),
+    };
+    dd.append_group_history(&group).unwrap();
+    let read = dd.history(10).unwrap();
+    assert_eq!(read.len(), 2);
+    assert_eq!(read[1], group.entry);
+    let text = fs::read_to_string(dd.path().join("history.jsonl")).unwrap();
+    let last: GroupHistoryEntry = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last, group);
+}

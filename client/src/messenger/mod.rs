@@ -20,6 +20,7 @@
 //!   and decrypts what is new, records it in the history, and only then saves the advanced
 //!   session and the cursor.
 
+pub mod groups;
 pub mod linking;
 pub mod payload;
 pub mod peer;
@@ -143,6 +144,9 @@ pub enum MessengerError {
     /// A device format or linking step failed.
     #[error(transparent)]
     Device(DeviceError),
+    /// A group command failed.
+    #[error(transparent)]
+    Group(#[from] groups::GroupFailure),
 }
 
 /// Which device of the account this is.
@@ -437,6 +441,8 @@ pub struct Messenger {
     recorded_sent: HashSet<[u8; 16]>,
     /// How old the newest prekey set may get before [`Self::publish`] rotates.
     rotation_ms: u64,
+    /// What happened to groups since the caller last asked (invitations, answers, removals).
+    group_events: Vec<groups::GroupEvent>,
 }
 
 impl Messenger {
@@ -456,6 +462,7 @@ impl Messenger {
             recorded,
             recorded_sent,
             rotation_ms: session::PREKEY_ROTATION_MS,
+            group_events: Vec::new(),
         })
     }
 
@@ -860,7 +867,22 @@ impl Messenger {
             sent_ms: now,
             content,
         };
-        let plaintext = message.encode();
+        self.send_plaintext(net, to, message.encode(), msg_id, true)
+            .await
+    }
+
+    /// Seals `plaintext` (an application message, `msg_id` its id) to every device of `to`
+    /// and stores it through the peer's outbox as [`Self::send_text_as`] does; with `copy`, a
+    /// copy goes to this account's other devices.
+    pub(crate) async fn send_plaintext(
+        &mut self,
+        net: &Net,
+        to: &Address,
+        plaintext: Vec<u8>,
+        msg_id: [u8; 16],
+        copy: bool,
+    ) -> Result<Sent, MessengerError> {
+        let now = net.now_ms();
         let mut record = self.load_peer(to)?;
         if record.outbox.len() >= MAX_OUTBOX {
             return Err(MessengerError::OutboxFull(record.outbox.len()));
@@ -902,11 +924,11 @@ impl Messenger {
             msg_id,
             item,
             message: plaintext.clone(),
-            copy_pending: !to_self,
+            copy_pending: !to_self && copy,
         }));
         // One atomic write: the spent chain keys and the items they sealed.
         self.save_peer(to, &record)?;
-        let copies = if to_self {
+        let copies = if to_self || !copy {
             0
         } else {
             // A failure here leaves the copy pending; the next command makes it.
@@ -1092,47 +1114,6 @@ impl Messenger {
             sent += before - record.outbox.len();
         }
         Ok(sent)
-    }
-
-    /// Waits up to `wait` at the swarm for an inbox item that `state` has not handled, without
-    /// opening or recording anything: the long-poll of `listen` and `chat`, made while they do
-    /// not hold the data directory's lock (whitepaper client.md §6, *One data directory*). Items
-    /// within the cursor's overlap that were handled already do not end the wait: the next
-    /// request asks for what follows them. Returns whether something new is there; the caller
-    /// then takes the lock, reads the state again and receives with no wait.
-    pub async fn wait_for_new(
-        &self,
-        net: &Net,
-        state: &ClientState,
-        wait: std::time::Duration,
-    ) -> Result<bool, MessengerError> {
-        let key = self.account.signing_key()?;
-        let mailbox = self.account.address.public_key().to_bytes();
-        let mut after = state.cursor(&mailbox).map(|c| CursorKey {
-            timestamp: c.timestamp,
-            hash: MessageHash(c.hash),
-        });
-        let deadline = std::time::Instant::now() + wait;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let page = match net
-                .fetch_for(&Mailbox::from_bytes(mailbox), &*key, after, left, None)
-                .await
-            {
-                Ok(page) => page,
-                // The receive that follows deals with it (and says so).
-                Err(NetError::Refused(allium_proto::Status::NotDelegated)) => return Ok(true),
-                Err(e) => return Err(e.into()),
-            };
-            if page.messages.iter().any(|m| !state.seen_hash(&m.hash.0)) {
-                return Ok(true);
-            }
-            match page.messages.last() {
-                Some(last) if !left.is_zero() => after = Some(last.key()),
-                // Nothing came, or time is up: more pages mean more to look at.
-                _ => return Ok(page.more),
-            }
-        }
     }
 
     /// Fetches every page of new inbox messages once (the first waiting up to `wait`), and for
@@ -1446,8 +1427,20 @@ impl Messenger {
                     }
                 }
             }
+            Ok(incoming @ (Incoming::GroupInvitation { .. } | Incoming::GroupAnswer { .. })) => {
+                self.group_control(&from, incoming, now)?;
+            }
+            Ok(incoming @ Incoming::GroupInvitationCopy { .. }) if own => {
+                self.group_control(&from, incoming, now)?;
+            }
+            // A group's own kind, out of place in a session.
+            Ok(Incoming::GroupLeave { .. }) => {}
             // Copies and lists come only from the account's own devices.
-            Ok(Incoming::SentCopy { .. } | Incoming::DeviceList { .. }) => {
+            Ok(
+                Incoming::SentCopy { .. }
+                | Incoming::DeviceList { .. }
+                | Incoming::GroupInvitationCopy { .. },
+            ) => {
                 on_skip(&Skipped::UnknownContent(payload::PayloadError::BadCopy));
             }
             Ok(Incoming::Message(_)) => {}

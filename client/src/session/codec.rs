@@ -62,6 +62,11 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
+    /// How many bytes are not read yet.
+    pub(crate) fn remaining(&self) -> usize {
+        self.bytes.len()
+    }
+
     /// Everything not read yet.
     pub(crate) fn rest(&mut self) -> &'a [u8] {
         std::mem::take(&mut self.bytes)

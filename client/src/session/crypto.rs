@@ -206,7 +206,7 @@ pub(crate) struct MessageKey(pub(crate) Zeroizing<[u8; KEY_LEN]>);
 
 impl MessageKey {
     /// `key || nonce = HKDF(salt = 0^32, IKM = MK, info = "…/aead")`, 32 + 12 bytes.
-    fn aead(&self) -> Result<(Aes256Gcm, Nonce<aes_gcm::aead::consts::U12>), SessionError> {
+    fn aead(&self) -> Result<(Aes256Gcm, Nonce12), SessionError> {
         let out = hkdf::<44>(&[0u8; 32], &[self.0.as_ref()], labels::AEAD)?;
         let cipher = Aes256Gcm::new_from_slice(&out[..KEY_LEN]).map_err(|_| SessionError::Kdf)?;
         Ok((cipher, *Nonce::from_slice(&out[KEY_LEN..])))
@@ -215,13 +215,7 @@ impl MessageKey {
     /// `C || tag = AES-256-GCM(key, nonce, ad, plaintext)`.
     pub(crate) fn encrypt(self, ad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, SessionError> {
         let (cipher, nonce) = self.aead()?;
-        let mut out = Vec::with_capacity(plaintext.len() + TAG_LEN);
-        out.extend_from_slice(plaintext);
-        let tag = cipher
-            .encrypt_in_place_detached(&nonce, ad, &mut out)
-            .map_err(|_| SessionError::TooLarge)?;
-        out.extend_from_slice(&tag);
-        Ok(out)
+        seal_with(&cipher, &nonce, ad, plaintext)
     }
 
     /// Opens `C || tag`; any change to it or to `ad` is [`SessionError::Decrypt`].
@@ -230,21 +224,70 @@ impl MessageKey {
         ad: &[u8],
         ciphertext: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, SessionError> {
-        let Some(body_len) = ciphertext.len().checked_sub(TAG_LEN) else {
-            return Err(SessionError::Decrypt);
-        };
         let (cipher, nonce) = self.aead()?;
-        let mut out = Zeroizing::new(ciphertext[..body_len].to_vec());
-        cipher
-            .decrypt_in_place_detached(
-                &nonce,
-                ad,
-                &mut out,
-                Tag::from_slice(&ciphertext[body_len..]),
-            )
-            .map_err(|_| SessionError::Decrypt)?;
-        Ok(out)
+        open_with(&cipher, &nonce, ad, ciphertext)
     }
+}
+
+type Nonce12 = Nonce<aes_gcm::aead::consts::U12>;
+
+fn seal_with(
+    cipher: &Aes256Gcm,
+    nonce: &Nonce12,
+    ad: &[u8],
+    plaintext: &[u8],
+) -> Result<Vec<u8>, SessionError> {
+    let mut out = Vec::with_capacity(plaintext.len() + TAG_LEN);
+    out.extend_from_slice(plaintext);
+    let tag = cipher
+        .encrypt_in_place_detached(nonce, ad, &mut out)
+        .map_err(|_| SessionError::TooLarge)?;
+    out.extend_from_slice(&tag);
+    Ok(out)
+}
+
+fn open_with(
+    cipher: &Aes256Gcm,
+    nonce: &Nonce12,
+    ad: &[u8],
+    ciphertext: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, SessionError> {
+    let Some(body_len) = ciphertext.len().checked_sub(TAG_LEN) else {
+        return Err(SessionError::Decrypt);
+    };
+    let mut out = Zeroizing::new(ciphertext[..body_len].to_vec());
+    cipher
+        .decrypt_in_place_detached(
+            nonce,
+            ad,
+            &mut out,
+            Tag::from_slice(&ciphertext[body_len..]),
+        )
+        .map_err(|_| SessionError::Decrypt)?;
+    Ok(out)
+}
+
+/// `C || tag = AES-256-GCM(key, nonce, ad, plaintext)` under a key the caller uses once per
+/// nonce (group keys, whose nonces are derived or drawn as `whitepaper/groups.md` says).
+pub(crate) fn aead_seal(
+    key: &[u8; KEY_LEN],
+    nonce: &[u8; 12],
+    ad: &[u8],
+    plaintext: &[u8],
+) -> Result<Vec<u8>, SessionError> {
+    let cipher = Aes256Gcm::new_from_slice(key).map_err(|_| SessionError::Kdf)?;
+    seal_with(&cipher, Nonce::from_slice(nonce), ad, plaintext)
+}
+
+/// Opens [`aead_seal`]'s output; any change is [`SessionError::Decrypt`].
+pub(crate) fn aead_open(
+    key: &[u8; KEY_LEN],
+    nonce: &[u8; 12],
+    ad: &[u8],
+    ciphertext: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, SessionError> {
+    let cipher = Aes256Gcm::new_from_slice(key).map_err(|_| SessionError::Kdf)?;
+    open_with(&cipher, Nonce::from_slice(nonce), ad, ciphertext)
 }
 
 /// Constant-time equality of two byte strings of public length.

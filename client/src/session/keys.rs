@@ -278,6 +278,11 @@ impl DeviceKeys {
         &self.identity
     }
 
+    /// The device's Ed25519 signing key (its public half is in the certificate).
+    pub(crate) fn signing(&self) -> &SigningKey {
+        &self.signing
+    }
+
     /// The secret encoding, for the device's key file. Wiped on drop.
     pub fn encode(&self) -> Zeroizing<Vec<u8>> {
         let mut out = Zeroizing::new(Vec::with_capacity(DEVICE_KEYS_LEN));

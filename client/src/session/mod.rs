@@ -16,7 +16,7 @@
 pub(crate) mod codec;
 pub(crate) mod crypto;
 pub mod envelope;
-mod keys;
+pub(crate) mod keys;
 mod peer;
 mod ratchet;
 mod safety;
