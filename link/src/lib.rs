@@ -420,6 +420,14 @@ impl Link {
         self.endpoint.close(0u32.into(), b"shutting down");
         self.endpoint.wait_idle().await;
     }
+
+    /// [`Link::shutdown`], waiting at most `limit`: a process about to exit tells its peers
+    /// it is gone (so they free the connection now rather than at their idle time-out) but
+    /// never hangs on a peer that does not answer. Returns whether every connection finished
+    /// closing in time.
+    pub async fn close_within(&self, limit: Duration) -> bool {
+        tokio::time::timeout(limit, self.shutdown()).await.is_ok()
+    }
 }
 
 /// The read buffers of one endpoint: clients cannot use up what peers need to replicate.
