@@ -398,6 +398,7 @@ pub async fn run(config: NodeConfig, shutdown: ShutdownSignal) -> Result<(), Dae
         replicator.clone(),
         roster.clone(),
         metrics.clone(),
+        shutdown.token().clone(),
     ));
     let onion = Arc::new(OnionService::new(
         ring.clone(),
