@@ -424,6 +424,7 @@ pub async fn run(config: NodeConfig, shutdown: ShutdownSignal) -> Result<(), Dae
                 publish_interval: Duration::from_millis(dir.publish_interval_ms),
                 descriptor_ttl: Duration::from_millis(dir.descriptor_ttl_ms),
                 probe_timeout: forward_timeout,
+                new_per_address_burst: dir.new_nodes_per_address_burst,
             },
         ))
     });
