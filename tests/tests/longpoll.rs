@@ -184,48 +184,71 @@ const PARKED_AT_STOP: usize = 300;
 /// answered at once, empty (as a poll that timed out is), so its client polls again elsewhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_with_parked_long_polls_stops_within_five_seconds_of_sigterm() {
+    parked_then_stopped(Stopped::Destination).await;
+}
+
+/// A relay carrying long-polls parked further on stops within 5 s of SIGTERM too: it drains
+/// requests in flight for at most 3 s, then closes their connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_carrying_parked_long_polls_stops_within_five_seconds_of_sigterm() {
+    parked_then_stopped(Stopped::Relay).await;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stopped {
+    /// The member the polls are parked at.
+    Destination,
+    /// The relay in front of it.
+    Relay,
+}
+
+async fn parked_then_stopped(stopped: Stopped) {
     let _serial = serial().await;
     let dir = tempfile::tempdir().unwrap();
     // The shipped forward time-out (5 s), on which the drain of requests in flight is bounded.
     let opts = DevnetOptions {
-        nodes: 1,
+        nodes: 2,
         forward_timeout_ms: 5_000,
         ..DevnetOptions::default()
     };
     let mut net = start_devnet_with(dir.path(), &opts).unwrap();
     let network = NetworkFile::load(&net.network_file).unwrap();
     let c = Arc::new(client());
-    let roster = wait_for_roster(c.pool(), &network, 2, T * 3)
+    let roster = wait_for_roster(c.pool(), &network, 3, T * 3)
         .await
         .expect("roster formed");
     assert!(net.wait_for_roster_version(roster.version(), T * 3).await);
 
     let listener = SigningKey::from_bytes(&[8; 32]);
     let listened = Mailbox::from_bytes(listener.verifying_key().to_bytes());
-    // The member that is not the authority, so the network's directory stays up.
-    let dest = roster
-        .members_for(&listened)
-        .into_iter()
-        .find(|m| m.identity != net.nodes[0].identity)
-        .expect("a member besides the authority");
-    let index = net
-        .nodes
+    // Members besides the authority, so the network's directory stays up: one a destination,
+    // the other its relay.
+    let others: Vec<_> = roster
+        .nodes()
         .iter()
-        .position(|n| n.identity == dest.identity)
-        .unwrap();
-    let metrics = net.nodes[index].metrics;
-    let path = resolve(
-        &[dest],
-        epoch_at(network.params.epoch_secs, now_ms() / 1000),
-    )
-    .unwrap();
+        .filter(|m| m.identity != net.nodes[0].identity)
+        .collect();
+    let (dest, relay) = (others[0], others[1]);
+    let index_of = |id| net.nodes.iter().position(|n| n.identity == id).unwrap();
+    let metrics = net.nodes[index_of(dest.identity)].metrics;
+    let (hops, index) = match stopped {
+        Stopped::Destination => (vec![dest], index_of(dest.identity)),
+        Stopped::Relay => (vec![relay, dest], index_of(relay.identity)),
+    };
+    let path = resolve(&hops, epoch_at(network.params.epoch_secs, now_ms() / 1000)).unwrap();
     let dest_id = dest.identity.node_id();
+    // Through a relay, every poll shares the relay's one connection to the destination, which
+    // carries at most 256 streams.
+    let parked_n = match stopped {
+        Stopped::Destination => PARKED_AT_STOP,
+        Stopped::Relay => PER_CONNECTION,
+    };
 
-    let clients: Vec<Arc<OnionClient>> = (0..PARKED_AT_STOP.div_ceil(PER_CONNECTION))
+    let clients: Vec<Arc<OnionClient>> = (0..parked_n.div_ceil(PER_CONNECTION))
         .map(|_| Arc::new(client()))
         .collect();
     let signed_at = now_ms();
-    let polls: Vec<_> = (0..PARKED_AT_STOP)
+    let polls: Vec<_> = (0..parked_n)
         .map(|i| {
             let request = Request::signed(
                 Body::Retrieve(RetrieveRequest {
@@ -252,10 +275,10 @@ async fn a_node_with_parked_long_polls_stops_within_five_seconds_of_sigterm() {
         })
         .collect();
     let deadline = Instant::now() + T * 3;
-    while parked(metrics).await < PARKED_AT_STOP as u64 {
+    while parked(metrics).await < parked_n as u64 {
         assert!(
             Instant::now() < deadline,
-            "only {} of {PARKED_AT_STOP} long-polls parked",
+            "only {} of {parked_n} long-polls parked",
             parked(metrics).await
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -264,7 +287,7 @@ async fn a_node_with_parked_long_polls_stops_within_five_seconds_of_sigterm() {
     let started = Instant::now();
     let clean = tokio::task::block_in_place(|| net.stop_node(index)).unwrap();
     let took = started.elapsed();
-    eprintln!("SIGTERM to exit with {PARKED_AT_STOP} long-polls parked: {took:?}");
+    eprintln!("{stopped:?}: SIGTERM to exit with {parked_n} long-polls parked: {took:?}");
     assert!(clean, "the node exits with status 0");
     assert!(took < Duration::from_secs(5), "stopping took {took:?}");
     // Every poll has ended (none waits for its 60 s); those answered were answered empty.
@@ -278,5 +301,5 @@ async fn a_node_with_parked_long_polls_stops_within_five_seconds_of_sigterm() {
             answered += 1;
         }
     }
-    eprintln!("{answered} of {PARKED_AT_STOP} long-polls answered empty before the exit");
+    eprintln!("{answered} of {parked_n} long-polls answered empty before the exit");
 }
