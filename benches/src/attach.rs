@@ -87,7 +87,7 @@ pub async fn series(
         attempt: Duration::from_secs(10),
         operation: Duration::from_secs(60),
     };
-    let net = Net::new(network.clone(), None, &[], 0, timing).map_err(|e| e.to_string())?;
+    let net = Net::new(network.clone(), None, None, &[], 0, timing).map_err(|e| e.to_string())?;
     let mut seed = [0u8; 32];
     OsRng.fill_bytes(&mut seed);
     let owner = SigningKey::from_bytes(&seed);

@@ -119,6 +119,7 @@ pub fn open_net(
     Ok(Net::new(
         network,
         roster.as_deref(),
+        state.roster_digest(),
         &guards,
         state.clock_offset_ms(),
         timing,
@@ -129,9 +130,12 @@ pub fn open_net(
 /// `state` and saves it. The caller holds the data directory's lock.
 pub fn save_net(dir: &DataDir, net: &Net, state: &mut ClientState) -> Result<(), StateError> {
     if let Some(held) = net.roster() {
-        if state.roster_version() != Some(held.version()) {
+        let digest = held.verified_digest();
+        if state.roster_version() != Some(held.version()) || state.roster_digest() != Some(&digest)
+        {
             dir.write_roster(held.signed())?;
             state.set_roster_version(held.version());
+            state.set_roster_digest(digest);
         }
     }
     let now = net.now_ms();

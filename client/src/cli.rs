@@ -7,8 +7,10 @@ use std::io::{BufRead, IsTerminal, Read};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use allium_link::Link;
 use allium_proto::MessageHash;
 use allium_proto::network::NetworkFile;
 use clap::{Args, Parser, Subcommand};
@@ -419,6 +421,8 @@ struct Local {
     dir: DataDir,
     /// Held for the whole command, except by `listen`, which takes it only to save.
     _lock: Option<DataDirLock>,
+    /// The endpoints of every network client opened, closed before exit (see [`Local::close`]).
+    links: std::sync::Mutex<Vec<Arc<Link>>>,
     json: bool,
     network: Option<PathBuf>,
     timing: Timing,
@@ -435,6 +439,7 @@ impl Local {
         Ok(Local {
             dir,
             _lock: lock,
+            links: std::sync::Mutex::new(Vec::new()),
             json: g.json,
             network: g.network.clone(),
             timing: Timing {
@@ -497,12 +502,29 @@ impl Local {
 
     /// The network client, from the roster, guards and clock offset kept by earlier runs.
     fn net(&self, state: &ClientState) -> Result<Net, CliError> {
-        Ok(app::open_net(
-            &self.dir,
-            self.network_file()?,
-            state,
-            self.timing,
-        )?)
+        let net = app::open_net(&self.dir, self.network_file()?, state, self.timing)?;
+        self.links
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(net.onion().pool().link().clone());
+        Ok(net)
+    }
+
+    /// Closes the connections of every network client this command opened. Without it the
+    /// guards would hold them until their idle time-out (30 s), and a node's per-address cap
+    /// would count them against the next command from this address.
+    async fn close(&self) {
+        let links = std::mem::take(
+            &mut *self
+                .links
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for link in links {
+            // A guard that does not acknowledge in time drops the connection at its idle
+            // time-out, as before; nothing else depends on it.
+            let _ = link.close_within(CLOSE_WAIT).await;
+        }
     }
 
     /// Keeps what the network client learnt for the next run.
@@ -568,13 +590,24 @@ async fn run(cli: Cli, clock: Clock) -> Result<(), CliError> {
     // `listen` and `chat` take the lock only to save, so other commands can run beside them.
     let hold_lock = !matches!(cli.command, Command::Listen(_) | Command::Chat { .. });
     let local = Local::open(&cli.global, hold_lock)?;
-    match cli.command {
+    let result = dispatch(cli.command, &local, clock).await;
+    local.close().await;
+    result
+}
+
+/// How long `allium` waits at exit for its guards to learn that its connections are closed.
+/// Loopback and ordinary paths take a few round trips; a guard that stopped answering costs
+/// no more than this.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+async fn dispatch(command: Command, local: &Local, clock: Clock) -> Result<(), CliError> {
+    match command {
         Command::Init { force } => {
             let id = Identity::generate();
             local.dir.write_identity(&id.seed(), force)?;
             local.dir.reset_device()?;
-            print_new_identity(&local, &id, true);
-            publish_at_start(&local).await;
+            print_new_identity(local, &id, true);
+            publish_at_start(local).await;
             Ok(())
         }
         Command::Restore { force } => {
@@ -591,8 +624,8 @@ async fn run(cli: Cli, clock: Clock) -> Result<(), CliError> {
             let id = Identity::from_phrase(phrase)?;
             local.dir.write_identity(&id.seed(), force)?;
             local.dir.reset_device()?;
-            print_new_identity(&local, &id, false);
-            publish_at_start(&local).await;
+            print_new_identity(local, &id, false);
+            publish_at_start(local).await;
             Ok(())
         }
         Command::Whoami { qr } => {
@@ -607,25 +640,25 @@ async fn run(cli: Cli, clock: Clock) -> Result<(), CliError> {
             }
             Ok(())
         }
-        Command::Contacts(c) => contacts(&local, c),
-        Command::Devices(c) => devices(&local, c).await,
-        Command::Groups(c) => groups(&local, c).await,
+        Command::Contacts(c) => contacts(local, c),
+        Command::Devices(c) => devices(local, c).await,
+        Command::Groups(c) => groups(local, c).await,
         Command::Send {
             to,
             text,
             files,
             paths,
-        } if !files.is_empty() => send_files(&local, &to, text, &files, paths).await,
-        Command::Send { to, text, .. } => send(&local, &to, text).await,
+        } if !files.is_empty() => send_files(local, &to, text, &files, paths).await,
+        Command::Send { to, text, .. } => send(local, &to, text).await,
         Command::Inbox(downloads) => {
             let mut state = local.dir.load_state()?;
             let net = local.net(&state)?;
             let mut messenger = local.messenger(net.now_ms())?;
-            let shown = fetch_round(&local, &net, &mut messenger, &mut state, Duration::ZERO).await;
+            let shown = fetch_round(local, &net, &mut messenger, &mut state, Duration::ZERO).await;
             let fetched = match shown {
                 Ok(_) => {
-                    sync_shared(&local, &net, &mut messenger).await;
-                    download_pending(&local, &net, &downloads).await
+                    sync_shared(local, &net, &mut messenger).await;
+                    download_pending(local, &net, &downloads).await
                 }
                 Err(_) => Ok(()),
             };
@@ -664,7 +697,7 @@ async fn run(cli: Cli, clock: Clock) -> Result<(), CliError> {
                             let _lock = app::lock_for_round(&local.dir).await?;
                             app::reload(&local.dir, &net, &mut messenger, &mut state)?;
                             let r = fetch_round(
-                                &local,
+                                local,
                                 &net,
                                 &mut messenger,
                                 &mut state,
@@ -677,7 +710,7 @@ async fn run(cli: Cli, clock: Clock) -> Result<(), CliError> {
                         .await;
                         // Downloads keep records of their own and resume: no lock needed.
                         let r = match r {
-                            Ok(_) => download_pending(&local, &net, &downloads).await,
+                            Ok(_) => download_pending(local, &net, &downloads).await,
                             Err(e) => Err(e),
                         };
                         match r {
@@ -702,21 +735,32 @@ async fn run(cli: Cli, clock: Clock) -> Result<(), CliError> {
                     };
                 }
             };
+            // Ctrl-C, or SIGTERM from a service manager: stop, and close the connections.
+            let terminate = async {
+                use tokio::signal::unix::{SignalKind, signal};
+                match signal(SignalKind::terminate()) {
+                    Ok(mut term) => {
+                        term.recv().await;
+                    }
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            };
             tokio::select! {
                 r = listen => r,
                 _ = tokio::signal::ctrl_c() => Ok(()),
+                () = terminate => Ok(()),
             }
         }
         Command::Chat {
             keys,
             no_bell,
             downloads,
-        } => chat(&local, keys, !no_bell, &downloads, clock).await,
-        Command::Status => status(&local).await,
+        } => chat(local, keys, !no_bell, &downloads, clock).await,
+        Command::Status => status(local).await,
         c @ (Command::Usage
         | Command::Delete { .. }
         | Command::Clear { .. }
-        | Command::RotateToken) => mailbox_command(&local, c).await,
+        | Command::RotateToken) => mailbox_command(local, c).await,
         Command::Completions { .. } => Ok(()),
     }
 }

@@ -221,11 +221,14 @@ pub struct Net {
 }
 
 impl Net {
-    /// A client of `network`, starting from a cached roster (verified again here; refused if
-    /// bad) and the guards and clock offset kept from earlier runs.
+    /// A client of `network`, starting from a cached roster (refused if bad) and the guards and
+    /// clock offset kept from earlier runs. `cached_digest` is the roster's verified digest
+    /// recorded with it: when it matches the bytes, their certificates are not verified again
+    /// (whitepaper client.md §6); otherwise the roster is verified whole.
     pub fn new(
         network: NetworkFile,
         cached_roster: Option<&[u8]>,
+        cached_digest: Option<&[u8; 32]>,
         guards: &[NodeId],
         offset_ms: i64,
         timing: Timing,
@@ -238,7 +241,7 @@ impl Net {
         let roster = RosterHolder::new(network);
         if let Some(b) = cached_roster {
             // A damaged or foreign cache is as good as none: a fresh roster is fetched.
-            let _ = roster.offer(b);
+            let _ = roster.offer_cached(b, cached_digest);
         }
         let guards = guards.to_vec();
         Ok(Net {

@@ -4,7 +4,8 @@
 //! <data_dir>/          0700  --data-dir, else $XDG_DATA_HOME/allium, else ~/.local/share/allium
 //!   identity           0600  the 32-byte Ed25519 seed, raw bytes (as the node's identity.key)
 //!   contacts.toml      0600  [contacts] name = "address"
-//!   state.json         0600  cursors, seen message ids and hashes, guards, roster version, clock
+//!   state.json         0600  cursors, seen message ids and hashes, guards, roster version and
+//!                            verified digest (roster.md §4.3), clock
 //!   roster.cbor        0600  the last verified roster, opaque here
 //!   history.jsonl      0600  one JSON object per sent or received message, append-only
 //!   read.json          0600  how far each conversation was read (`allium chat`)
@@ -989,6 +990,7 @@ pub struct ClientState {
     seen_hashes: Fifo<[u8; 32]>,
     guards: Vec<Guard>,
     roster_version: Option<u64>,
+    roster_digest: Option<[u8; 32]>,
     clock_offset_ms: i64,
     published_prekey: Option<u32>,
     devices_refreshed_at: Option<u64>,
@@ -1003,6 +1005,7 @@ impl Default for ClientState {
             seen_hashes: Fifo::new(MAX_SEEN),
             guards: Vec::new(),
             roster_version: None,
+            roster_digest: None,
             clock_offset_ms: 0,
             published_prekey: None,
             devices_refreshed_at: None,
@@ -1082,6 +1085,18 @@ impl ClientState {
         self.roster_version = Some(version);
     }
 
+    /// The digest recorded when the cached roster's bytes were verified whole
+    /// (`allium_proto::roster::verified_digest`): with it the next run skips the certificate
+    /// checks of those very bytes.
+    pub fn roster_digest(&self) -> Option<&[u8; 32]> {
+        self.roster_digest.as_ref()
+    }
+
+    /// Records the verified digest of the roster cached.
+    pub fn set_roster_digest(&mut self, digest: [u8; 32]) {
+        self.roster_digest = Some(digest);
+    }
+
     /// The estimated offset of network time from the local clock, in ms (network − local).
     pub fn clock_offset_ms(&self) -> i64 {
         self.clock_offset_ms
@@ -1122,6 +1137,7 @@ impl ClientState {
             seen_hashes: self.seen_hashes.order.iter().map(|k| Hex(*k)).collect(),
             guards: self.guards.clone(),
             roster_version: self.roster_version,
+            roster_digest: self.roster_digest.map(Hex),
             clock_offset_ms: self.clock_offset_ms,
             published_prekey: self.published_prekey,
             devices_refreshed_at: self.devices_refreshed_at,
@@ -1146,6 +1162,8 @@ struct StateFile {
     guards: Vec<Guard>,
     #[serde(default)]
     roster_version: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    roster_digest: Option<Hex<32>>,
     #[serde(default)]
     clock_offset_ms: i64,
     #[serde(default)]
@@ -1167,6 +1185,7 @@ fn parse_state(path: &Path, bytes: &[u8]) -> Result<ClientState, StateError> {
         requests_cursor: file.requests_cursor,
         guards: file.guards,
         roster_version: file.roster_version,
+        roster_digest: file.roster_digest.map(|d| d.0),
         clock_offset_ms: file.clock_offset_ms,
         published_prekey: file.published_prekey,
         devices_refreshed_at: file.devices_refreshed_at,
@@ -1453,6 +1472,7 @@ mod tests {
             },
         );
         state.set_roster_version(9);
+        state.set_roster_digest([5; 32]);
         state.set_clock_offset_ms(-12);
         let bytes = serde_json::to_vec(&state.to_file());
         assert!(bytes.is_ok());

@@ -412,13 +412,25 @@ impl Link {
         if tokio::time::timeout(drain, tasks.wait()).await.is_err() {
             tracing::warn!("requests still in flight after the drain period; closing");
         }
-        self.endpoint.close(0u32.into(), b"shutting down");
+        // Tell every peer and client the connections are closed before the process exits, so
+        // requests still waiting on them fail now instead of at their idle time-out.
+        if !self.close_within(CLOSE_WAIT).await {
+            tracing::debug!("connections still closing after {CLOSE_WAIT:?}");
+        }
     }
 
     /// Closes every connection and waits until the peers were told.
     pub async fn shutdown(&self) {
         self.endpoint.close(0u32.into(), b"shutting down");
         self.endpoint.wait_idle().await;
+    }
+
+    /// [`Link::shutdown`], waiting at most `limit`: a process about to exit tells its peers
+    /// it is gone (so they free the connection now rather than at their idle time-out) but
+    /// never hangs on a peer that does not answer. Returns whether every connection finished
+    /// closing in time.
+    pub async fn close_within(&self, limit: Duration) -> bool {
+        tokio::time::timeout(limit, self.shutdown()).await.is_ok()
     }
 }
 
@@ -438,6 +450,9 @@ struct StreamContext {
     /// Fires when the endpoint stops: no new connection or request starts after it.
     stopping: tokio_util::sync::CancellationToken,
 }
+
+/// How long a stopping endpoint waits for its peers to learn that its connections are closed.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// QUIC application error code of a refused connection (its address has too many).
 const CONNECTION_REFUSED: u32 = 2;

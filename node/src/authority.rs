@@ -39,10 +39,9 @@ pub const KNOWN_PROBES: usize = 64;
 /// Probes of new nodes that run at once, in the background.
 pub const NEW_PROBES: usize = 16;
 
-/// New nodes one source address may register per second on average ...
+/// New nodes one source address may register per second on average, once its burst
+/// ([`AuthorityConfig::new_per_address_burst`]) is spent.
 const NEW_PER_SEC: u32 = 1;
-/// ... and at once (a whole test network on one host starts together).
-const NEW_BURST: u32 = 32;
 
 /// A round that starts this many publish intervals after the previous one means the authority
 /// was not running in between (stopped, or its host suspended).
@@ -57,6 +56,9 @@ pub struct AuthorityConfig {
     pub descriptor_ttl: Duration,
     /// How long a reachability probe may take.
     pub probe_timeout: Duration,
+    /// New nodes one source address may register at once (a whole test network on one host
+    /// starts together: `devnet` sets it to its number of nodes).
+    pub new_per_address_burst: u32,
 }
 
 #[derive(Debug)]
@@ -111,6 +113,7 @@ impl Authority {
         config: AuthorityConfig,
     ) -> Self {
         let now = Instant::now();
+        let new_by_source = RateLimiter::new(NEW_PER_SEC, config.new_per_address_burst, 4096);
         Authority {
             identity,
             roster,
@@ -124,7 +127,7 @@ impl Authority {
             config,
             probing: Mutex::new(HashSet::new()),
             new_probes: Arc::new(Semaphore::new(NEW_PROBES)),
-            new_by_source: RateLimiter::new(NEW_PER_SEC, NEW_BURST, 4096),
+            new_by_source,
         }
     }
 

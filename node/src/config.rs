@@ -135,6 +135,10 @@ pub const ENV_VARS: &[EnvVar] = &[
         "ALLIUM_NODE_DIRECTORY_DESCRIPTOR_TTL_MS",
         "directory.descriptor_ttl_ms",
     ),
+    var(
+        "ALLIUM_NODE_DIRECTORY_NEW_NODES_PER_ADDRESS_BURST",
+        "directory.new_nodes_per_address_burst",
+    ),
     var("ALLIUM_NODE_FAULT_CLOCK_OFFSET_MS", "fault.clock_offset_ms"),
 ];
 
@@ -285,6 +289,8 @@ pub struct DirectoryConfig {
     pub publish_interval_ms: u64,
     /// Authority only: a node silent for this long leaves the roster.
     pub descriptor_ttl_ms: u64,
+    /// Authority only: new nodes one address may register at once; beyond it, one a second.
+    pub new_nodes_per_address_burst: u32,
 }
 
 impl Default for DirectoryConfig {
@@ -294,6 +300,7 @@ impl Default for DirectoryConfig {
             roster_refresh_ms: 30_000,
             publish_interval_ms: 10_000,
             descriptor_ttl_ms: 600_000,
+            new_nodes_per_address_burst: 32,
         }
     }
 }
@@ -580,6 +587,9 @@ impl NodeConfig {
             "directory.roster_refresh_ms" => self.directory.roster_refresh_ms = parse(value)?,
             "directory.publish_interval_ms" => self.directory.publish_interval_ms = parse(value)?,
             "directory.descriptor_ttl_ms" => self.directory.descriptor_ttl_ms = parse(value)?,
+            "directory.new_nodes_per_address_burst" => {
+                self.directory.new_nodes_per_address_burst = parse(value)?;
+            }
             "fault.clock_offset_ms" => self.fault.clock_offset_ms = parse(value)?,
             _ => return Err(format!("unknown config key `{key}`")),
         }
@@ -677,6 +687,10 @@ impl NodeConfig {
             (
                 "directory.descriptor_ttl_ms",
                 self.directory.descriptor_ttl_ms,
+            ),
+            (
+                "directory.new_nodes_per_address_burst",
+                u64::from(self.directory.new_nodes_per_address_burst),
             ),
         ] {
             if value == 0 {

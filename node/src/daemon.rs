@@ -226,6 +226,18 @@ async fn register(
     }
 }
 
+/// Longest a stopping node waits for requests in flight. A relay cannot tell a long-poll it
+/// carries from a store (both are onion packets), and a long-poll may wait a minute; so the wait
+/// is bounded, and the node stops within 5 s of SIGTERM whatever it carries. A request cut off
+/// is one its client retries (a store is deduplicated by its hash).
+const MAX_DRAIN: Duration = Duration::from_secs(3);
+
+/// The drain period: long enough for a request accepted just before the stop to be forwarded
+/// and answered (the forward time-out plus 1 s), at most [`MAX_DRAIN`].
+fn drain_period(forward_timeout: Duration) -> Duration {
+    (forward_timeout + Duration::from_secs(1)).min(MAX_DRAIN)
+}
+
 /// Runs `body` every `period` until `stop` fires.
 fn every<F, Fut>(tracker: &ShutdownSignal, stop: CancellationToken, period: Duration, mut body: F)
 where
@@ -400,6 +412,7 @@ pub async fn run(config: NodeConfig, shutdown: ShutdownSignal) -> Result<(), Dae
         replicator.clone(),
         roster.clone(),
         metrics.clone(),
+        shutdown.token().clone(),
     ));
     let onion = Arc::new(OnionService::new(
         ring.clone(),
@@ -425,6 +438,7 @@ pub async fn run(config: NodeConfig, shutdown: ShutdownSignal) -> Result<(), Dae
                 publish_interval: Duration::from_millis(dir.publish_interval_ms),
                 descriptor_ttl: Duration::from_millis(dir.descriptor_ttl_ms),
                 probe_timeout: forward_timeout,
+                new_per_address_burst: dir.new_nodes_per_address_burst,
             },
         ))
     });
@@ -574,12 +588,8 @@ pub async fn run(config: NodeConfig, shutdown: ShutdownSignal) -> Result<(), Dae
         roster,
         authority,
     });
-    link.serve(
-        handler,
-        shutdown.triggered(),
-        forward_timeout + Duration::from_secs(1),
-    )
-    .await;
+    link.serve(handler, shutdown.triggered(), drain_period(forward_timeout))
+        .await;
     tracing::info!("stopped accepting; finishing background work");
     if let Err(e) = shutdown.wait_for_tasks(Duration::from_secs(10)).await {
         tracing::warn!(error = %e, "background work still running at exit");

@@ -9,9 +9,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use allium_proto::storage::{GetSwarmResponse, RosterResponse};
+use allium_proto::storage::{GetSwarmResponse, RetrieveResponse, RosterResponse};
 use allium_proto::{Body, Clock, Response, ResponseBody, Status, UnixMillis};
 use allium_swarm::{Handled, Service};
+use tokio_util::sync::CancellationToken;
 
 use crate::clock::NodeClock;
 use crate::directory::RosterState;
@@ -26,22 +27,27 @@ pub struct StoreDestination {
     replicator: Arc<Replicator>,
     roster: Arc<RosterState>,
     metrics: Metrics,
+    /// Fires when the node begins to stop: parked long-polls are answered at once.
+    stopping: CancellationToken,
 }
 
 impl StoreDestination {
     /// A destination over `service` whose writes reach the swarm through `replicator`,
-    /// answering swarm questions from `roster`.
+    /// answering swarm questions from `roster`. Once `stopping` fires, every long-poll parked
+    /// here (and any that would park) is answered at once with no message.
     pub fn new(
         service: Arc<Service>,
         replicator: Arc<Replicator>,
         roster: Arc<RosterState>,
         metrics: Metrics,
+        stopping: CancellationToken,
     ) -> Self {
         StoreDestination {
             service,
             replicator,
             roster,
             metrics,
+            stopping,
         }
     }
 
@@ -103,15 +109,32 @@ impl Destination for StoreDestination {
             }
             Handled::Store(pending) => self.replicator.acknowledge_store(pending).await,
             Handled::Wait(pending) => {
-                {
+                let stopped = {
                     let _parked = self.metrics.longpoll_parked();
                     // Woken by a store or ended by the timer; either way the query runs again.
-                    let _ = tokio::time::timeout(pending.wait, pending.watch.changed()).await;
+                    tokio::select! {
+                        _ = tokio::time::timeout(pending.wait, pending.watch.changed()) => false,
+                        () = self.stopping.cancelled() => true,
+                    }
+                };
+                if stopped {
+                    // The node is stopping: answer now, empty, as a poll whose wait ran out
+                    // may be (storage §4.2), rather than hold the drain for up to a minute —
+                    // or run one more read per parked poll while it stops. The client's cursor
+                    // is unchanged, so it misses nothing when it polls again.
+                    Response::ok(
+                        self.service.node_time(NodeClock.now()),
+                        ResponseBody::Retrieve(RetrieveResponse {
+                            messages: Vec::new(),
+                            more: false,
+                        }),
+                    )
+                } else {
+                    let service = self.service.clone();
+                    tokio::task::spawn_blocking(move || service.resume(pending, NodeClock.now()))
+                        .await
+                        .ok()?
                 }
-                let service = self.service.clone();
-                tokio::task::spawn_blocking(move || service.resume(pending, NodeClock.now()))
-                    .await
-                    .ok()?
             }
             Handled::Forward(body) => {
                 self.answer_locally(body, self.service.node_time(NodeClock.now()))

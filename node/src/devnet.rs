@@ -53,8 +53,24 @@ pub struct DevnetOptions {
     pub client_requests_per_sec: u32,
     /// Requests one client address may send at once above that rate.
     pub client_request_burst: u32,
-    /// Client connections a node accepts from one address.
-    pub max_connections_per_ip: u32,
+    /// Client connections a node accepts from one address; `None`: enough for every process
+    /// of the devnet and a few clients (see [`DevnetOptions::connections_per_ip`]).
+    pub max_connections_per_ip: Option<u32>,
+}
+
+impl DevnetOptions {
+    /// The per-address connection cap written into each node's config. Every process of a
+    /// devnet dials from 127.0.0.1, and a node that has not yet been admitted to the roster
+    /// (every node, while the first roster forms) counts as a client of that address: with the
+    /// internet's cap of 16, the authority refuses most registrations of a large devnet until
+    /// earlier ones are admitted. So the default leaves room for two connections per process
+    /// and 64 for clients and tools.
+    pub fn connections_per_ip(&self) -> u32 {
+        self.max_connections_per_ip.unwrap_or_else(|| {
+            let processes = u32::try_from(self.nodes + 1).unwrap_or(u32::MAX);
+            processes.saturating_mul(2).saturating_add(64)
+        })
+    }
 }
 
 impl Default for DevnetOptions {
@@ -70,7 +86,7 @@ impl Default for DevnetOptions {
             // Every process of a devnet shares one address, so per-address limits are off.
             client_requests_per_sec: 1_000_000,
             client_request_burst: 1_000_000,
-            max_connections_per_ip: 16,
+            max_connections_per_ip: None,
         }
     }
 }
@@ -190,6 +206,34 @@ impl Ports {
     }
 }
 
+/// How often the nodes of a devnet talk to its directory: as fast as the machine allows, so
+/// a network forms in seconds. Each roster version costs every node one verification of it,
+/// which grows with the number of nodes: n versions a second cost about n² verifications of one
+/// entry, so past a few dozen nodes the intervals grow with n, or a small machine spends all its
+/// time verifying rosters that are replaced before they are used (at 128 nodes on two cores the
+/// roster never settled at the 500 ms of a small devnet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DirectoryTiming {
+    register_interval_ms: u64,
+    roster_refresh_ms: u64,
+    publish_interval_ms: u64,
+    descriptor_ttl_ms: u64,
+}
+
+impl DirectoryTiming {
+    fn for_nodes(processes: usize) -> Self {
+        let publish = (16 * processes as u64).max(500);
+        let register = (2 * publish).max(1000);
+        DirectoryTiming {
+            register_interval_ms: register,
+            roster_refresh_ms: publish,
+            publish_interval_ms: publish,
+            // Several registrations long, as for any network (operator.md).
+            descriptor_ttl_ms: 5 * register,
+        }
+    }
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -250,17 +294,34 @@ impl Devnet {
             log: opts.log.clone(),
             opts: opts.clone(),
         };
-        for i in 0..net.nodes.len() {
-            let started = net.start_node(i);
-            let outcome = match started {
-                Ok(()) if progress(&net.nodes[i]) => continue,
-                Ok(()) => DevnetError::Startup("start interrupted".into()),
-                Err(e) => e,
-            };
-            // SIGTERM rather than the SIGKILL of `Drop`: the nodes already up keep their data
-            // consistent and their logs end with a clean stop.
-            net.stop();
-            return Err(outcome);
+        // The authority first, then the nodes a batch at a time: a node's start-up is mostly
+        // waiting (exec, opening its store, binding), so a batch overlaps those waits, while
+        // the batch size keeps a small machine from starting every process at once.
+        let count = net.nodes.len();
+        let batches = std::iter::once(0..1).chain(
+            (1..count)
+                .step_by(STARTING_AT_ONCE)
+                .map(|b| b..(b + STARTING_AT_ONCE).min(count)),
+        );
+        for batch in batches {
+            let mut started = Ok(());
+            for i in batch.clone() {
+                started = started.and_then(|()| net.spawn_node(i));
+            }
+            for i in batch {
+                let outcome = match started.as_ref().map_err(ToString::to_string) {
+                    Ok(()) => match net.wait_listening(i) {
+                        Ok(()) if progress(&net.nodes[i]) => continue,
+                        Ok(()) => DevnetError::Startup("start interrupted".into()),
+                        Err(e) => e,
+                    },
+                    Err(e) => DevnetError::Startup(e),
+                };
+                // SIGTERM rather than the SIGKILL of `Drop`: the nodes already up keep their
+                // data consistent and their logs end with a clean stop.
+                net.stop();
+                return Err(outcome);
+            }
         }
         Ok(net)
     }
@@ -290,14 +351,16 @@ impl Devnet {
         }
         if !config.exists() {
             let (port, metrics_port) = ports.reserve()?;
+            let timing = DirectoryTiming::for_nodes(opts.nodes + 1);
             let text = format!(
                 "data_dir = \"{}\"\nlisten = \"127.0.0.1:{}\"\nmetrics_listen = \"127.0.0.1:{}\"\n\
                  network_file = \"{}\"\nauthority = {}\n\n[limits]\nforward_timeout_ms = {}\n\
                  client_requests_per_sec = {}\nclient_request_burst = {}\nmax_connections_per_ip = {}\n\
                  idle_timeout_ms = 30000\nkeep_alive_ms = 5000\n\n[store]\nmax_bytes = 1073741824\n\n\
                  [replay]\npackets_per_epoch = {}\n\n[replication]\nsync_interval_ms = {}\n\n\
-                 [directory]\nregister_interval_ms = 1000\n\
-                 roster_refresh_ms = 500\npublish_interval_ms = 500\ndescriptor_ttl_ms = 5000\n",
+                 [directory]\nregister_interval_ms = {}\n\
+                 roster_refresh_ms = {}\npublish_interval_ms = {}\ndescriptor_ttl_ms = {}\n\
+                 new_nodes_per_address_burst = {}\n",
                 data_dir.display(),
                 port,
                 metrics_port,
@@ -306,9 +369,15 @@ impl Devnet {
                 opts.forward_timeout_ms,
                 opts.client_requests_per_sec,
                 opts.client_request_burst,
-                opts.max_connections_per_ip,
+                opts.connections_per_ip(),
                 opts.replay_packets_per_epoch,
                 opts.sync_interval_ms,
+                timing.register_interval_ms,
+                timing.roster_refresh_ms,
+                timing.publish_interval_ms,
+                timing.descriptor_ttl_ms,
+                // Every node registers from 127.0.0.1 at once.
+                (opts.nodes + 1).max(32),
             );
             std::fs::write(&config, text).map_err(io("writing a node config"))?;
         }
@@ -354,6 +423,12 @@ impl Devnet {
 
     /// Starts node `i` (again), logging to `<name>.log`, and waits until it listens.
     pub fn start_node(&mut self, i: usize) -> Result<(), DevnetError> {
+        self.spawn_node(i)?;
+        self.wait_listening(i)
+    }
+
+    /// Starts node `i`'s process, logging to `<name>.log`.
+    fn spawn_node(&mut self, i: usize) -> Result<(), DevnetError> {
         let node = &mut self.nodes[i];
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -378,7 +453,14 @@ impl Devnet {
                 self.binary.display()
             )))?;
         node.child = Some(child);
-        // The node writes run.json once it listens and serves metrics.
+        Ok(())
+    }
+
+    /// Waits until node `i`, just spawned, listens: it writes run.json once it listens and
+    /// serves metrics.
+    fn wait_listening(&mut self, i: usize) -> Result<(), DevnetError> {
+        let node = &mut self.nodes[i];
+        let run_file = node.data_dir.join("run.json");
         let deadline = Instant::now() + START_TIMEOUT;
         while !run_file.exists() {
             if let Some(status) = node.exited() {
@@ -565,6 +647,8 @@ pub struct NodeStopped {
 
 /// How long a node may take to start listening.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Nodes `devnet` starts at the same time.
+const STARTING_AT_ONCE: usize = 16;
 /// How long the nodes may take to drain and exit after SIGTERM before they are killed.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 

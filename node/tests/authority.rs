@@ -47,6 +47,7 @@ fn authority(rng: &mut ChaCha20Rng) -> Authority {
             publish_interval: Duration::from_secs(1),
             descriptor_ttl: Duration::from_secs(60),
             probe_timeout: Duration::from_secs(1),
+            new_per_address_burst: 32,
         },
     )
 }

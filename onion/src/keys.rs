@@ -398,6 +398,28 @@ impl OnionKeyCert {
 
     /// Parses and verifies a certificate.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
+        let cert = Self::parse(bytes, None)?;
+        cert.identity.verify(
+            &Self::signed_message(&cert.identity, cert.epoch, &cert.onion_key),
+            &cert.signature,
+        )?;
+        Ok(cert)
+    }
+
+    /// Parses a certificate without verifying its signature: only for bytes this process
+    /// verified with [`Self::from_bytes`] before and kept bound to that check (a client's
+    /// cached roster, whose digest it recorded after verifying every certificate in it;
+    /// whitepaper client.md §6). The key encodings are still checked.
+    /// The certificate must be by `owner` (checked on the bytes, which spares decoding the
+    /// key again: most of what is left of the cost).
+    pub fn from_bytes_verified_before(
+        bytes: &[u8],
+        owner: &IdentityPublicKey,
+    ) -> Result<Self, KeyError> {
+        Self::parse(bytes, Some(owner))
+    }
+
+    fn parse(bytes: &[u8], owner: Option<&IdentityPublicKey>) -> Result<Self, KeyError> {
         if bytes.len() != Self::LEN {
             return Err(KeyError::BadLength {
                 expected: Self::LEN,
@@ -407,7 +429,11 @@ impl OnionKeyCert {
         let (id, rest) = bytes.split_at(KEY_LEN);
         let (epoch, rest) = rest.split_at(4);
         let (onion, sig) = rest.split_at(KEY_LEN);
-        let identity = IdentityPublicKey::from_bytes(id)?;
+        let identity = match owner {
+            Some(o) if o.as_bytes().as_slice() == id => *o,
+            Some(_) => return Err(KeyError::BadSignature),
+            None => IdentityPublicKey::from_bytes(id)?,
+        };
         let epoch = Epoch(u32::from_be_bytes(epoch.try_into().map_err(|_| {
             KeyError::BadLength {
                 expected: 4,
@@ -415,7 +441,6 @@ impl OnionKeyCert {
             }
         })?));
         let onion_key = OnionPublicKey::from_bytes(onion)?;
-        identity.verify(&Self::signed_message(&identity, epoch, &onion_key), sig)?;
         let mut signature = [0u8; SIGNATURE_LEN];
         signature.copy_from_slice(sig);
         Ok(OnionKeyCert {

@@ -32,6 +32,11 @@ pub const DOMAIN_SYNC_ROOT: &[u8] = b"allium/v1/sync/root";
 /// Length of [`signed_data`]'s output.
 pub const SIGNED_DATA_LEN: usize = DOMAIN_AUTH.len() + 1 + 32 + 2 + 8 + 32 + 32;
 
+/// BLAKE2b-256 of the concatenation of `parts` (each caller puts its domain string first).
+pub(crate) fn blake2b256_parts(parts: &[&[u8]]) -> [u8; 32] {
+    blake2b256(parts)
+}
+
 fn blake2b256(parts: &[&[u8]]) -> [u8; 32] {
     let mut h = Blake2b256::new();
     for p in parts {

@@ -221,15 +221,30 @@ fn encode_certs(e: &mut Encoder, certs: &[OnionKeyCert]) {
     }
 }
 
+/// Whether decoding verifies the signatures of onion-key certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Certs {
+    /// Verify each one: bytes from anywhere.
+    Verify,
+    /// Bytes this process verified whole before and bound to that check by
+    /// [`verified_digest`]: the signatures are not verified again (their structure is).
+    VerifiedBefore,
+}
+
 fn decode_certs(
     d: &mut Decoder<'_>,
     owner: &IdentityPublicKey,
+    check: Certs,
 ) -> Result<Vec<OnionKeyCert>, RosterError> {
     let n = d.array(MAX_CERTS)?;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let bytes = d.fixed::<{ OnionKeyCert::LEN }>()?;
-        out.push(OnionKeyCert::from_bytes(&bytes).map_err(|_| RosterError::BadCert)?);
+        let cert = match check {
+            Certs::Verify => OnionKeyCert::from_bytes(&bytes),
+            Certs::VerifiedBefore => OnionKeyCert::from_bytes_verified_before(&bytes, owner),
+        };
+        out.push(cert.map_err(|_| RosterError::BadCert)?);
     }
     d.leave();
     check_certs(&out, owner)?;
@@ -316,7 +331,7 @@ impl Descriptor {
         key(&mut d, &mut prev, 1)?;
         let addresses = decode_addresses(&mut d)?;
         key(&mut d, &mut prev, 2)?;
-        let onion_keys = decode_certs(&mut d, &identity)?;
+        let onion_keys = decode_certs(&mut d, &identity, Certs::Verify)?;
         key(&mut d, &mut prev, 3)?;
         let software = d.text(MAX_SOFTWARE_LEN)?.to_owned();
         key(&mut d, &mut prev, 4)?;
@@ -468,7 +483,7 @@ impl NodeEntry {
         e.uint(3).uint(self.swarm).uint(4).text(&self.software);
     }
 
-    fn decode(d: &mut Decoder<'_>) -> Result<Self, RosterError> {
+    fn decode(d: &mut Decoder<'_>, certs: Certs) -> Result<Self, RosterError> {
         let mut prev = None;
         fixed_map(d, 5)?;
         key(d, &mut prev, 0)?;
@@ -476,7 +491,7 @@ impl NodeEntry {
         key(d, &mut prev, 1)?;
         let addresses = decode_addresses(d)?;
         key(d, &mut prev, 2)?;
-        let onion_keys = decode_certs(d, &identity)?;
+        let onion_keys = decode_certs(d, &identity, certs)?;
         key(d, &mut prev, 3)?;
         let swarm = d.uint()?;
         key(d, &mut prev, 4)?;
@@ -596,6 +611,10 @@ impl Roster {
     /// Decodes a roster body. Only for bytes whose signatures were checked, or for tools:
     /// clients and nodes use [`SignedRoster::decode_and_verify`].
     pub fn decode(bytes: &[u8]) -> Result<Self, RosterError> {
+        Self::decode_with(bytes, Certs::Verify)
+    }
+
+    fn decode_with(bytes: &[u8], certs: Certs) -> Result<Self, RosterError> {
         check_len(bytes, MAX_ROSTER_BYTES)?;
         let mut d = Decoder::new(bytes);
         let mut prev = None;
@@ -618,7 +637,7 @@ impl Roster {
         let n = d.array(MAX_NODES)?;
         let mut nodes: Vec<NodeEntry> = Vec::with_capacity(n);
         for _ in 0..n {
-            let entry = NodeEntry::decode(&mut d)?;
+            let entry = NodeEntry::decode(&mut d, certs)?;
             if let Some(last) = nodes.last() {
                 match last.identity.as_bytes().cmp(entry.identity.as_bytes()) {
                     std::cmp::Ordering::Less => {}
@@ -879,9 +898,18 @@ impl SignedRoster {
         network: &NetworkFile,
         held_version: Option<u64>,
     ) -> Result<Roster, RosterError> {
+        Self::decode_and_verify_with(bytes, network, held_version, Certs::Verify)
+    }
+
+    fn decode_and_verify_with(
+        bytes: &[u8],
+        network: &NetworkFile,
+        held_version: Option<u64>,
+        certs: Certs,
+    ) -> Result<Roster, RosterError> {
         let signed = Self::decode(bytes)?;
         signed.verify_signatures(network)?;
-        let roster = Roster::decode(&signed.roster)?;
+        let roster = Roster::decode_with(&signed.roster, certs)?;
         if roster.network != network.name() {
             return Err(RosterError::WrongNetwork {
                 expected: network.name().to_owned(),
@@ -1080,6 +1108,7 @@ impl DirectoryResponse {
 pub struct HeldRoster {
     roster: Roster,
     signed: Vec<u8>,
+    digest: [u8; 32],
 }
 
 impl HeldRoster {
@@ -1097,6 +1126,23 @@ impl HeldRoster {
     pub fn version(&self) -> u64 {
         self.roster.version()
     }
+
+    /// [`verified_digest`] of its signed encoding: kept beside a cache of it, it lets
+    /// [`RosterHolder::offer_cached`] skip the certificate checks next time.
+    pub fn verified_digest(&self) -> [u8; 32] {
+        self.digest
+    }
+}
+
+/// Prefix of [`verified_digest`]'s input.
+pub const VERIFIED_ROSTER_DOMAIN: &[u8] = b"allium/v1/roster/verified";
+
+/// `BLAKE2b-256(VERIFIED_ROSTER_DOMAIN || network fingerprint || signed roster)`: names the
+/// exact bytes of a signed roster that were verified whole against one network file (roster.md
+/// §4.3). It is not a secret and proves nothing to anyone else: it only tells the process that
+/// recorded it that these bytes already passed every check.
+pub fn verified_digest(network: &NetworkFile, signed: &[u8]) -> [u8; 32] {
+    crate::crypto::blake2b256_parts(&[VERIFIED_ROSTER_DOMAIN, &network.fingerprint(), signed])
 }
 
 /// What [`RosterHolder::offer`] did with a roster.
@@ -1149,14 +1195,42 @@ impl RosterHolder {
     /// Verifies `signed` and takes it if it is newer than the roster held. On error the held
     /// roster is unchanged.
     pub fn offer(&self, signed: &[u8]) -> Result<Offered, RosterError> {
+        self.take(signed, Certs::Verify, None)
+    }
+
+    /// [`Self::offer`] for a cached roster: when `digest` is the [`verified_digest`] of
+    /// `signed` under this holder's network, recorded when those very bytes were verified
+    /// whole, the onion-key certificates are not verified again — they are most of the cost
+    /// (roster.md §4.3). Everything else is: the encoding, the authorities' signatures, the
+    /// network name and the version rule. Any other digest, or none, means a full check.
+    pub fn offer_cached(
+        &self,
+        signed: &[u8],
+        digest: Option<&[u8; 32]>,
+    ) -> Result<Offered, RosterError> {
+        let computed = verified_digest(&self.network, signed);
+        let certs = match digest {
+            Some(d) if crate::crypto::ct_eq(d, &computed) => Certs::VerifiedBefore,
+            _ => Certs::Verify,
+        };
+        self.take(signed, certs, Some(computed))
+    }
+
+    fn take(
+        &self,
+        signed: &[u8],
+        certs: Certs,
+        digest: Option<[u8; 32]>,
+    ) -> Result<Offered, RosterError> {
         let held = self.version();
-        let roster = SignedRoster::decode_and_verify(signed, &self.network, held)?;
+        let roster = SignedRoster::decode_and_verify_with(signed, &self.network, held, certs)?;
         if held == Some(roster.version()) {
             return Ok(Offered::Same);
         }
         let new = Arc::new(HeldRoster {
             roster,
             signed: signed.to_vec(),
+            digest: digest.unwrap_or_else(|| verified_digest(&self.network, signed)),
         });
         let mut slot = self
             .held

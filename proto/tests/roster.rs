@@ -898,6 +898,9 @@ proptest! {
         let _ = Roster::decode(&bytes);
         let _ = SignedRoster::decode(&bytes);
         let _ = SignedRoster::decode_and_verify(&bytes, &net, Some(1));
+        // The cached path, with the digest of these very bytes: no certificate checks.
+        let digest = verified_digest(&net, &bytes);
+        let _ = RosterHolder::new(net.clone()).offer_cached(&bytes, Some(&digest));
         let _ = DirectoryRequest::decode(&bytes);
         let _ = DirectoryResponse::decode(&bytes);
         let _ = NetworkFile::from_toml(&String::from_utf8_lossy(&bytes));
@@ -1374,6 +1377,16 @@ fn swarm_for_case(roster: &Roster, mailbox: &Value) -> Value {
            "swarm_id": roster.swarm_for(&m)})
 }
 
+/// The verified digest (roster.md §4.3) of the network file's and the roster case's signed
+/// roster, both published beside it.
+fn verified_digest_case(net: &NetworkFile, roster: &Value) -> Value {
+    let sr = hex::decode(roster["signed_roster_cbor"].as_str().unwrap()).unwrap();
+    json!({
+        "inputs": "network.toml (its fingerprint) and roster.signed_roster_cbor",
+        "digest": hex::encode(verified_digest(net, &sr)),
+    })
+}
+
 fn vectors() -> Value {
     let auth = kp(0xa0);
     let net = network(&[&auth], 1);
@@ -1439,6 +1452,7 @@ fn vectors() -> Value {
             .collect::<Vec<_>>(),
         "descriptor": desc,
         "roster": roster_case(&roster_in),
+        "verified_roster_digest": verified_digest_case(&net, &roster_case(&roster_in)),
         "swarm_for": mailboxes.iter().map(|m| swarm_for_case(&r, &json!(hex::encode(m)))).collect::<Vec<_>>(),
         "assignment_cases": [assignment_case(&dissolution_input())],
         "measured_moves": measured(),
@@ -1486,6 +1500,7 @@ fn rebuild(p: &Value) -> Value {
     ));
     let sr = hex::decode(out["roster"]["signed_roster_cbor"].as_str().unwrap()).unwrap();
     let r = SignedRoster::decode_and_verify(&sr, &net, None).unwrap();
+    out["verified_roster_digest"] = verified_digest_case(&net, &out["roster"]);
     out["swarm_for"] = p["swarm_for"]
         .as_array()
         .unwrap()
@@ -1578,4 +1593,84 @@ fn vectors_match_the_whitepaper() {
     )
     .unwrap();
     SignedDescriptor::decode_and_verify(&sd, NOW, 0).unwrap();
+}
+
+/// A cached roster whose bytes carry the digest recorded when they were verified whole skips
+/// only the certificate checks (roster.md §4.3): a certificate that does not verify passes
+/// then, and only then; anything else about the bytes is checked as always, and a digest for
+/// other bytes or another network means a full check.
+#[test]
+fn a_cached_roster_with_its_verified_digest_skips_only_the_certificate_checks() {
+    let a = kp(0xa0);
+    let net = network(&[&a], 1);
+    let r = roster("allium-devnet", 5, &[1, 2, 3]);
+    let good = r.sign(&[&a]).unwrap().encode();
+
+    // A full check, then the recorded digest: the same roster, either way.
+    let first = RosterHolder::new(net.clone());
+    assert_eq!(first.offer(&good), Ok(Offered::Updated));
+    let digest = first.current().unwrap().verified_digest();
+    assert_eq!(digest, verified_digest(&net, &good));
+    let cached = RosterHolder::new(net.clone());
+    assert_eq!(
+        cached.offer_cached(&good, Some(&digest)),
+        Ok(Offered::Updated)
+    );
+    assert_eq!(cached.current().unwrap().roster(), &r);
+    assert_eq!(cached.current().unwrap().verified_digest(), digest);
+
+    // Signed by the authority, but with a certificate that does not verify: refused without
+    // the digest of these bytes, taken with it (which only a full check of them records).
+    let c = r.nodes()[0].onion_keys[0].to_bytes();
+    let mut bad_c = c;
+    bad_c[70] ^= 1;
+    let body = replace(&r.encode(), &c, &bad_c);
+    let bad = envelope(&body, &[roster_sig(&a, &body)]);
+    let bad_digest = verified_digest(&net, &bad);
+    for d in [None, Some(&digest), Some(&[0u8; 32])] {
+        assert_eq!(
+            RosterHolder::new(net.clone()).offer_cached(&bad, d),
+            Err(RosterError::BadCert)
+        );
+    }
+    assert_eq!(
+        RosterHolder::new(net.clone()).offer_cached(&bad, Some(&bad_digest)),
+        Ok(Offered::Updated)
+    );
+
+    // The digest never covers for the authority's signature, the network or the version rule.
+    let mut forged = good.clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    assert_eq!(
+        RosterHolder::new(net.clone()).offer_cached(&forged, Some(&verified_digest(&net, &forged))),
+        Err(RosterError::BadSignature)
+    );
+    // Every single-bit flip of the cached bytes, with the digest of the flipped bytes (as a
+    // writer of both files could record), is refused or yields the same roster.
+    for i in 0..good.len() {
+        let mut b = good.clone();
+        b[i] ^= 0x04;
+        let d = verified_digest(&net, &b);
+        if RosterHolder::new(net.clone())
+            .offer_cached(&b, Some(&d))
+            .is_ok()
+        {
+            let h = RosterHolder::new(net.clone());
+            h.offer_cached(&b, Some(&d)).unwrap();
+            assert_eq!(h.current().unwrap().roster(), &r, "flip at {i}");
+        }
+    }
+    let other_net = network(&[&a, &kp(0xa1)], 1);
+    assert_ne!(verified_digest(&other_net, &good), digest);
+    let newer = roster("allium-devnet", 6, &[1, 2, 3])
+        .sign(&[&a])
+        .unwrap()
+        .encode();
+    let holder = RosterHolder::new(net.clone());
+    assert_eq!(holder.offer(&newer), Ok(Offered::Updated));
+    assert!(matches!(
+        holder.offer_cached(&good, Some(&digest)),
+        Err(RosterError::Outdated { held: 6, got: 5 })
+    ));
 }

@@ -42,6 +42,8 @@ impl World {
             .await
             .expect("roster formed");
         assert!(net.wait_for_roster_version(roster.version(), T).await);
+        // As `allium` does at exit: the guard frees the connection now, not at its idle time-out.
+        c.pool().link().close_within(Duration::from_secs(1)).await;
         World {
             _serial: serial,
             net,

@@ -172,3 +172,80 @@ async fn mistakes_get_clear_errors_and_exit_codes() {
             .contains("could not be reached")
     );
 }
+
+/// Open client connections over the whole network, as the nodes' metrics count them.
+async fn client_connections(w: &World) -> u64 {
+    let mut sum = 0;
+    for node in &w.net.nodes {
+        let page = allium_node::http::get(node.metrics, "/metrics")
+            .await
+            .unwrap()
+            .1;
+        sum += page
+            .lines()
+            .find(|l| l.split(' ').next() == Some("allium_client_connections"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0) as u64;
+    }
+    sum
+}
+
+/// Waits until the network's open client connections satisfy `ok`; returns the last count
+/// and how long it took, or `None` at `limit`.
+async fn connections_until(
+    w: &World,
+    limit: std::time::Duration,
+    ok: impl Fn(u64) -> bool,
+) -> Option<(u64, std::time::Duration)> {
+    let started = std::time::Instant::now();
+    loop {
+        let n = client_connections(w).await;
+        if ok(n) {
+            return Some((n, started.elapsed()));
+        }
+        if started.elapsed() > limit {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// `allium` closes its QUIC connections when it exits, so the guards free them at once
+/// instead of at their 30 s idle time-out (where, until then, they count against the
+/// address's connection cap). The bound waited for is a third of that time-out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_close_their_connections_when_they_exit() {
+    const WELL_BEFORE_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
+    let w = World::start().await;
+    let (alice, bob) = (w.person("alice"), w.person("bob"));
+    let before = client_connections(&w).await;
+
+    alice.init();
+    let (bob_addr, _) = bob.init();
+    alice.send(&bob_addr, "hello");
+    assert_eq!(bob.inbox().len(), 1);
+    let (n, took) = connections_until(&w, WELL_BEFORE_IDLE, |n| n <= before)
+        .await
+        .expect("connections of exited commands still open");
+    eprintln!("after init, send and inbox: {n} client connections ({before} before) in {took:?}");
+
+    // A listener holds its guard connection while it runs, and closes it when stopped.
+    let idle = client_connections(&w).await;
+    let (mut listener, _rx) = bob.listen();
+    connections_until(&w, T, |n| n > idle)
+        .await
+        .expect("the listener connects");
+    let stopped = std::process::Command::new("kill")
+        .args(["-TERM", &listener.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    assert!(
+        listener.wait().unwrap().success(),
+        "SIGTERM stops listen cleanly"
+    );
+    let (n, took) = connections_until(&w, WELL_BEFORE_IDLE, |n| n <= idle)
+        .await
+        .expect("the stopped listener's connection still open");
+    eprintln!("after listen stopped: {n} client connections in {took:?}");
+}

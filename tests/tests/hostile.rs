@@ -526,7 +526,7 @@ async fn a_local_process_holding_the_address_cap_does_not_lock_nodes_out() {
         dir.path(),
         &DevnetOptions {
             nodes: 4,
-            max_connections_per_ip: 4,
+            max_connections_per_ip: Some(4),
             ..test_options()
         },
     )

@@ -12,7 +12,7 @@ use allium_proto::network::NetworkFile;
 use allium_proto::storage::{MAX_WAIT_MS, RetrieveRequest, StoreRequest};
 use allium_proto::{Body, Mailbox, Method, Request, Response, ResponseBody};
 use allium_tests::onion::{client, now_ms};
-use allium_tests::{serial, start_devnet, wait_for_roster};
+use allium_tests::{DevnetOptions, serial, start_devnet, start_devnet_with, wait_for_roster};
 use ed25519_dalek::SigningKey;
 
 const T: Duration = Duration::from_secs(10);
@@ -166,4 +166,131 @@ async fn stores_are_acknowledged_while_two_thousand_long_polls_are_parked() {
         assert_eq!(got[0].data, b"for everyone");
     }
     assert_eq!(parked(metrics).await, 0);
+}
+
+/// Long-polls parked for the shutdown test: as many as this two-core machine parks cheaply.
+const PARKED_AT_STOP: usize = 300;
+
+/// A node stops within 5 s of SIGTERM however many long-polls are parked at it: each is
+/// answered at once, empty (as a poll that timed out is), so its client polls again elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_parked_long_polls_stops_within_five_seconds_of_sigterm() {
+    parked_then_stopped(Stopped::Destination).await;
+}
+
+/// A relay carrying long-polls parked further on stops within 5 s of SIGTERM too: it drains
+/// requests in flight for at most 3 s, then closes their connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_carrying_parked_long_polls_stops_within_five_seconds_of_sigterm() {
+    parked_then_stopped(Stopped::Relay).await;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stopped {
+    /// The member the polls are parked at.
+    Destination,
+    /// The relay in front of it.
+    Relay,
+}
+
+async fn parked_then_stopped(stopped: Stopped) {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    // The shipped forward time-out (5 s), on which the drain of requests in flight is bounded.
+    let opts = DevnetOptions {
+        nodes: 2,
+        forward_timeout_ms: 5_000,
+        ..DevnetOptions::default()
+    };
+    let mut net = start_devnet_with(dir.path(), &opts).unwrap();
+    let network = NetworkFile::load(&net.network_file).unwrap();
+    let c = Arc::new(client());
+    let roster = wait_for_roster(c.pool(), &network, 3, T * 3)
+        .await
+        .expect("roster formed");
+    assert!(net.wait_for_roster_version(roster.version(), T * 3).await);
+
+    let listener = SigningKey::from_bytes(&[8; 32]);
+    let listened = Mailbox::from_bytes(listener.verifying_key().to_bytes());
+    // Members besides the authority, so the network's directory stays up: one a destination,
+    // the other its relay.
+    let others: Vec<_> = roster
+        .nodes()
+        .iter()
+        .filter(|m| m.identity != net.nodes[0].identity)
+        .collect();
+    let (dest, relay) = (others[0], others[1]);
+    let index_of = |id| net.nodes.iter().position(|n| n.identity == id).unwrap();
+    let metrics = net.nodes[index_of(dest.identity)].metrics;
+    let (hops, index) = match stopped {
+        Stopped::Destination => (vec![dest], index_of(dest.identity)),
+        Stopped::Relay => (vec![relay, dest], index_of(relay.identity)),
+    };
+    let path = resolve(&hops, epoch_at(network.params.epoch_secs, now_ms() / 1000)).unwrap();
+    let dest_id = dest.identity.node_id();
+    // Through a relay, every poll shares the relay's one connection to the destination, which
+    // carries at most 256 streams.
+    let parked_n = match stopped {
+        Stopped::Destination => PARKED_AT_STOP,
+        Stopped::Relay => PER_CONNECTION,
+    };
+
+    let clients: Vec<Arc<OnionClient>> = (0..parked_n.div_ceil(PER_CONNECTION))
+        .map(|_| Arc::new(client()))
+        .collect();
+    let signed_at = now_ms();
+    let polls: Vec<_> = (0..parked_n)
+        .map(|i| {
+            let request = Request::signed(
+                Body::Retrieve(RetrieveRequest {
+                    mailbox: listened,
+                    namespace: 0,
+                    after: None,
+                    limit: None,
+                    wait_ms: Some(MAX_WAIT_MS),
+                }),
+                &listener,
+                &dest_id,
+                signed_at + i as u64,
+            )
+            .encode();
+            let (c, path) = (clients[i / PER_CONNECTION].clone(), path.clone());
+            tokio::spawn(async move {
+                let wait = Duration::from_millis(MAX_WAIT_MS) + T;
+                let body = c.send(&path, &request, SizeClass::Small, wait).await.ok()?;
+                match Response::decode(&body, Method::Retrieve).unwrap().result {
+                    Ok(ResponseBody::Retrieve(r)) => Some(r.messages.len()),
+                    other => panic!("long-poll failed: {other:?}"),
+                }
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + T * 3;
+    while parked(metrics).await < parked_n as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {parked_n} long-polls parked",
+            parked(metrics).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let started = Instant::now();
+    let clean = tokio::task::block_in_place(|| net.stop_node(index)).unwrap();
+    let took = started.elapsed();
+    eprintln!("{stopped:?}: SIGTERM to exit with {parked_n} long-polls parked: {took:?}");
+    assert!(clean, "the node exits with status 0");
+    assert!(took < Duration::from_secs(5), "stopping took {took:?}");
+    // Every poll has ended (none waits for its 60 s); those answered were answered empty.
+    let mut answered = 0;
+    for p in polls {
+        let got = tokio::time::timeout(T, p)
+            .await
+            .expect("a poll still waits");
+        if let Some(n) = got.unwrap() {
+            assert_eq!(n, 0);
+            answered += 1;
+        }
+    }
+    eprintln!("{answered} of {parked_n} long-polls answered empty before the exit");
 }

@@ -62,7 +62,7 @@ async fn flood(
 async fn strangers_cannot_fill_an_inbox_that_contacts_reach_with_a_token() {
     let w = World::start().await;
     let network = NetworkFile::load(&w.net.network_file).unwrap();
-    let stranger = Arc::new(Net::new(network, None, &[], 0, Timing::default()).unwrap());
+    let stranger = Arc::new(Net::new(network, None, None, &[], 0, Timing::default()).unwrap());
 
     // Before: a mailbox that registered no token (every mailbox, before this change). The
     // stranger fills it, and the swarm then refuses every store, a contact's included.
