@@ -17,6 +17,7 @@
 //! Also here, shared with the `allium` command: [`open_net`] and [`save_net`] (what the network
 //! client learnt, kept for the next run) and [`lock_waiting`].
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -30,8 +31,8 @@ use crate::identity::Address;
 use crate::messenger::{Messenger, MessengerError, Skipped};
 use crate::net::{Net, Timing};
 use crate::state::{
-    ClientState, Contacts, DataDir, DataDirLock, Guard, HistoryEntry, MAX_SEEN, READ_FILE,
-    ReadMark, ReadMarks, StateError, fold_history,
+    ClientState, Contacts, DataDir, DataDirLock, Direction, GroupHistoryEntry, Guard, HistoryEntry,
+    MAX_SEEN, READ_FILE, ReadMark, ReadMarks, StateError, fold_history,
 };
 
 /// How long one receive waits at the swarm for a message (as `allium listen`).
@@ -253,6 +254,8 @@ pub enum Event {
     History(Vec<HistoryEntry>),
     /// The address book, after it changed.
     Contacts(Contacts),
+    /// The groups this device is in: each group's address (its conversation's peer) and name.
+    Groups(Vec<(String, String)>),
     /// The read positions the account's devices share (`whitepaper/devices.md` §8), after each
     /// round and after this device moved one.
     ReadMarks(ReadMarks),
@@ -418,6 +421,7 @@ impl App {
     }
 
     async fn emit_history(&self) {
+        self.emit(groups_event(&self.messenger)).await;
         self.emit(history_event(&self.dir)).await;
     }
 
@@ -803,9 +807,52 @@ struct Parts<'a> {
 
 fn history_event(dir: &DataDir) -> Event {
     match dir.history(HISTORY_WINDOW) {
-        Ok(h) => Event::History(fold_history(h)),
+        Ok(h) => Event::History(fold_history(with_writers(dir, h))),
         Err(e) => Event::Notice(e.to_string()),
     }
+}
+
+/// A group message another member wrote shows its writer, as `inbox` prints it: its text is
+/// prefixed with the writer's contact name, or address (groups.md §13.5).
+fn with_writers(dir: &DataDir, mut history: Vec<HistoryEntry>) -> Vec<HistoryEntry> {
+    let Ok(lines) = dir.history_as::<GroupHistoryEntry>(HISTORY_WINDOW) else {
+        return history;
+    };
+    if lines.is_empty() {
+        return history;
+    }
+    let contacts = dir.contacts().unwrap_or_default();
+    let writers: HashMap<[u8; 16], String> = lines
+        .into_iter()
+        .filter(|l| l.entry.direction == Direction::Received)
+        .map(|l| (l.entry.msg_id, l.from))
+        .collect();
+    for e in history
+        .iter_mut()
+        .filter(|e| e.direction == Direction::Received)
+    {
+        if let Some(from) = writers.get(&e.msg_id) {
+            let name = contacts
+                .iter()
+                .find(|(_, a)| a == from)
+                .map_or(from.as_str(), |(n, _)| n);
+            e.text = format!("{name}: {}", e.text);
+        }
+    }
+    history
+}
+
+fn groups_event(messenger: &Messenger) -> Event {
+    let groups = messenger.groups().unwrap_or_default();
+    Event::Groups(
+        groups
+            .iter()
+            .filter_map(|g| {
+                let address = Address::from_key_bytes(&g.group()).ok()?;
+                Some((address.to_string(), g.name.clone()))
+            })
+            .collect(),
+    )
 }
 
 fn read_marks_event(messenger: &Messenger) -> Event {
@@ -851,6 +898,8 @@ async fn round(
                     |s| skipped.push(describe_skip(s, ToString::to_string)),
                 )
                 .await?;
+            // Group messages are recorded in the history, where the chat reads them.
+            messenger.receive_groups(net, state, |_| {}).await?;
             messenger.sync_shared(net).await?;
             Ok::<(), MessengerError>(())
         }
@@ -861,6 +910,7 @@ async fn round(
     for s in skipped {
         let _ = events.send(Event::Notice(s)).await;
     }
+    let _ = events.send(groups_event(messenger)).await;
     let _ = events.send(history_event(dir)).await;
     let _ = events.send(read_marks_event(messenger)).await;
     if let Ok(c) = dir.contacts() {

@@ -642,6 +642,15 @@ impl DataDir {
     /// not grow with the log. Lines that do not parse (a torn last line after a crash, or
     /// anything else damaged) are skipped.
     pub fn history(&self, limit: usize) -> Result<Vec<HistoryEntry>, StateError> {
+        self.history_as(limit)
+    }
+
+    /// The lines among the last `limit` lines of the history that read as a `T`: every line as
+    /// a [`HistoryEntry`], only a group's as a [`GroupHistoryEntry`].
+    pub fn history_as<T: serde::de::DeserializeOwned>(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<T>, StateError> {
         let path = self.dir.join(HISTORY_FILE);
         if limit == 0 {
             return Ok(Vec::new());
@@ -653,7 +662,7 @@ impl DataDir {
         };
         let len = file.metadata().map_err(io_err(&path))?.len();
         let mut entries = read_last_lines(&file, len, limit, |line| {
-            serde_json::from_slice::<HistoryEntry>(line).ok()
+            serde_json::from_slice::<T>(line).ok()
         })
         .map_err(io_err(&path))?;
         entries.reverse();

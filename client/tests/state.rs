@@ -574,3 +574,31 @@ fn group_history_lines_read_as_entries_of_the_group() {
     let last: GroupHistoryEntry = serde_json::from_str(text.lines().last().unwrap()).unwrap();
     assert_eq!(last, group);
 }
+
+#[test]
+fn group_lines_read_back_as_group_lines_and_plain_lines_do_not() {
+    use allium_client::state::{Direction, GroupHistoryEntry};
+    let (_tmp, dd) = fresh();
+    let plain = HistoryEntry {
+        direction: Direction::Received,
+        peer: "allium1peer".into(),
+        timestamp_ms: 1,
+        msg_id: [1; 16],
+        text: "plain".into(),
+        delivery: None,
+    };
+    dd.append_history(&plain).unwrap();
+    let group = GroupHistoryEntry {
+        entry: HistoryEntry {
+            msg_id: [2; 16],
+            text: "in the group".into(),
+            peer: "allium1group".into(),
+            ..plain.clone()
+        },
+        group: "club".into(),
+        from: "allium1writer".into(),
+    };
+    dd.append_group_history(&group).unwrap();
+    assert_eq!(dd.history(10).unwrap().len(), 2);
+    assert_eq!(dd.history_as::<GroupHistoryEntry>(10).unwrap(), vec![group]);
+}

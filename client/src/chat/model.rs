@@ -159,6 +159,8 @@ pub struct Model {
     /// Files on their way out or in, in the order they started.
     pub transfers: Vec<Transfer>,
     contacts: Contacts,
+    /// Group addresses and their names.
+    groups: HashMap<String, String>,
     history: Vec<HistoryEntry>,
     received: HashSet<[u8; 16]>,
     loaded: bool,
@@ -193,6 +195,7 @@ impl Model {
             notice: None,
             transfers: Vec::new(),
             contacts: Contacts::default(),
+            groups: HashMap::new(),
             history: Vec::new(),
             received: HashSet::new(),
             loaded: false,
@@ -295,7 +298,10 @@ impl Model {
                 }
             }
         }
-        let name_of: HashMap<&str, &str> = self.contacts.iter().map(|(n, a)| (a, n)).collect();
+        let mut name_of: HashMap<&str, &str> = self.contacts.iter().map(|(n, a)| (a, n)).collect();
+        for (address, name) in &self.groups {
+            name_of.entry(address.as_str()).or_insert(name.as_str());
+        }
         let mut with_history: Vec<(usize, Conversation)> = by_peer
             .iter()
             .map(|(peer, (last, ms, unread, _))| {
@@ -409,6 +415,10 @@ impl Model {
             }
             Event::Contacts(c) => {
                 self.contacts = c;
+                self.recompute();
+            }
+            Event::Groups(g) => {
+                self.groups = g.into_iter().collect();
                 self.recompute();
             }
             Event::ReadMarks(m) => {

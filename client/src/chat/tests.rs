@@ -643,3 +643,26 @@ fn a_file_is_sent_with_a_progress_bar_and_a_received_one_is_saved() {
     assert!(s.contains("to /home/me/Downloads/cat.jpg"), "{s}");
     assert!(f.model.transfers.is_empty());
 }
+
+#[test]
+fn a_group_is_a_conversation_under_its_name() {
+    let mut f = fixture();
+    let club = address(9);
+    f.model.on_event(Event::Groups(vec![(
+        club.to_string(),
+        "book club".to_owned(),
+    )]));
+    // The task prefixes another member's group message with its writer.
+    f.model.on_event(Event::History(vec![
+        entry(&f.bob, 1, Direction::Received, "hi alice"),
+        entry(&club, 2, Direction::Received, "carol: chapter 3 tonight"),
+    ]));
+    let buf = draw(&mut f.model, 80, 24, Theme::new(true));
+    let s = screen(&buf);
+    let group = row(&buf, 1);
+    assert!(
+        group.contains("book club") && !group.contains("allium1"),
+        "{s}"
+    );
+    assert!(s.contains("carol: chapter 3 tonight"), "{s}");
+}

@@ -1686,14 +1686,15 @@ impl Messenger {
 /// One mailbox to long-poll: its key, a signer of its reads, and its saved safe position.
 type Watched = (
     Mailbox,
+    allium_proto::storage::Namespace,
     Box<dyn crate::net::MailboxSigner>,
     Option<CursorKey>,
 );
 
 impl Messenger {
-    /// Long-polls the account's inbox and every group mailbox this device holds at once — one
-    /// `retrieve` per mailbox, each from its saved position and waiting up to `wait` — and
-    /// returns as soon as one answers: true when that answer holds an item not handled yet
+    /// Long-polls the account's inbox, its requests share and every group mailbox this device
+    /// holds at once — one `retrieve` each, from its saved position and waiting up to `wait` —
+    /// and returns as soon as one answers: true when that answer holds an item not handled yet
     /// (the caller then reads every mailbox), false when the wait ran out. The other polls
     /// are dropped. An answer holding only items handled already (the cursor's overlap, storage
     /// §8) is asked again from after its last item, so the wait does not spin on them.
@@ -1710,19 +1711,39 @@ impl Messenger {
             })
         };
         let me = self.my_account();
-        let mut watched: Vec<Watched> = vec![(
-            Mailbox::from_bytes(me),
-            self.account.signing_key()?,
-            saved(&me),
-        )];
+        let requests = state.requests_cursor().map(|c| CursorKey {
+            timestamp: c.timestamp,
+            hash: MessageHash(c.hash),
+        });
+        // The account's inbox and its requests share (senders without its delivery token,
+        // storage.md §4.5), then every group mailbox.
+        let mut watched: Vec<Watched> = vec![
+            (
+                Mailbox::from_bytes(me),
+                allium_proto::storage::INBOX,
+                self.account.signing_key()?,
+                saved(&me),
+            ),
+            (
+                Mailbox::from_bytes(me),
+                allium_proto::storage::REQUESTS,
+                self.account.signing_key()?,
+                requests,
+            ),
+        ];
         for g in self.dir.groups()? {
             if let Some(rec) = self.load_group(&g)? {
                 let key = SigningKey::from_bytes(&rec.secret.seed());
-                watched.push((Mailbox::from_bytes(g), Box::new(key), saved(&g)));
+                watched.push((
+                    Mailbox::from_bytes(g),
+                    allium_proto::storage::INBOX,
+                    Box::new(key),
+                    saved(&g),
+                ));
             }
         }
         let deadline = tokio::time::Instant::now() + wait;
-        let polls = watched.iter().map(|(mailbox, key, after)| {
+        let polls = watched.iter().map(|(mailbox, namespace, key, after)| {
             Box::pin(async move {
                 let mut after = *after;
                 loop {
@@ -1731,7 +1752,7 @@ impl Messenger {
                         return Ok(false);
                     }
                     let page = net
-                        .fetch_for(mailbox, key.as_ref(), after, left, None)
+                        .fetch_namespace(mailbox, *namespace, key.as_ref(), after, left, None)
                         .await?;
                     if page.messages.iter().any(|m| !state.seen_hash(&m.hash.0)) {
                         return Ok::<bool, NetError>(true);
