@@ -909,6 +909,22 @@ impl Net {
         }
     }
 
+    /// `body`, signed by `key` for the member it goes to, sent as [`Self::request`] sends: the
+    /// body of the answer it executed.
+    pub(crate) async fn signed(
+        &self,
+        mailbox: &Mailbox,
+        method: Method,
+        body: Body,
+        key: &dyn MailboxSigner,
+    ) -> Result<ResponseBody, NetError> {
+        let make = |node: &NodeId, now: u64| key.sign(body.clone(), node, now).encode();
+        let (response, _) = self.request(mailbox, method, Duration::ZERO, make).await?;
+        response
+            .result
+            .map_err(|_| NetError::Refused(Status::Internal))
+    }
+
     /// Deletes the messages `hashes` (at most 256) of `namespace` of `mailbox`, signed with
     /// `key`. Returns how many were live.
     pub async fn delete(
@@ -926,12 +942,8 @@ impl Net {
             namespace,
             hashes,
         });
-        let make = |node: &NodeId, now: u64| key.sign(body.clone(), node, now).encode();
-        let (response, _) = self
-            .request(mailbox, Method::Delete, Duration::ZERO, make)
-            .await?;
-        match response.result {
-            Ok(ResponseBody::Delete(d)) => Ok(d.deleted.len()),
+        match self.signed(mailbox, Method::Delete, body, key).await? {
+            ResponseBody::Delete(d) => Ok(d.deleted.len()),
             _ => Err(NetError::Refused(Status::Internal)),
         }
     }
@@ -948,12 +960,8 @@ impl Net {
             mailbox: *mailbox,
             namespace,
         });
-        let make = |node: &NodeId, now: u64| key.sign(body.clone(), node, now).encode();
-        let (response, _) = self
-            .request(mailbox, Method::DeleteAll, Duration::ZERO, make)
-            .await?;
-        match response.result {
-            Ok(ResponseBody::DeleteAll(d)) => Ok(d.count),
+        match self.signed(mailbox, Method::DeleteAll, body, key).await? {
+            ResponseBody::DeleteAll(d) => Ok(d.count),
             _ => Err(NetError::Refused(Status::Internal)),
         }
     }
@@ -970,12 +978,8 @@ impl Net {
             mailbox: *mailbox,
             namespace,
         });
-        let make = |node: &NodeId, now: u64| key.sign(body.clone(), node, now).encode();
-        let (response, _) = self
-            .request(mailbox, Method::Usage, Duration::ZERO, make)
-            .await?;
-        match response.result {
-            Ok(ResponseBody::Usage(u)) => Ok(u),
+        match self.signed(mailbox, Method::Usage, body, key).await? {
+            ResponseBody::Usage(u) => Ok(u),
             _ => Err(NetError::Refused(Status::Internal)),
         }
     }

@@ -335,12 +335,8 @@ async fn store_chunk(
         data,
         token: None,
     });
-    let make = |node: &NodeId, now: u64| owner.sign(body.clone(), node, now).encode();
-    let (response, _) = net
-        .request(&mailbox, Method::Store, Duration::ZERO, make)
-        .await?;
-    match response.result {
-        Ok(ResponseBody::Store(s)) => Ok((s.expiry, s.duplicate)),
+    match net.signed(&mailbox, Method::Store, body, owner).await? {
+        ResponseBody::Store(s) => Ok((s.expiry, s.duplicate)),
         _ => Err(NetError::Refused(allium_proto::Status::Internal)),
     }
 }
