@@ -1359,23 +1359,9 @@ impl Messenger {
         let mut outcome = Outcome::Nothing;
         match Incoming::decode(&plaintext) {
             Ok(Incoming::Message(message)) if !self.recorded.contains(&message.msg_id) => {
-                let text = message.content.summary();
-                if let Content::File(file) = &message.content {
-                    // Before the history line: once that is written this message is never
-                    // handled again, and its file must not be lost with it.
-                    crate::attach::Transfers::open(self.dir.path())?
-                        .register_download(file, &from.to_string())?;
-                }
                 // Recorded first: if the session save below does not happen, the message is
                 // decrypted again next time and found here, never shown twice.
-                self.dir.append_history(&HistoryEntry {
-                    direction: Direction::Received,
-                    peer: from.to_string(),
-                    timestamp_ms: message.sent_ms,
-                    msg_id: message.msg_id,
-                    text,
-                    delivery: None,
-                })?;
+                self.record_incoming(&from, &from, Direction::Received, &message)?;
                 self.recorded.insert(message.msg_id);
                 outcome = Outcome::Shown(Box::new(Received {
                     from,
@@ -1390,20 +1376,8 @@ impl Messenger {
             Ok(Incoming::SentCopy { peer, message }) if own => {
                 let to = Address::from_key_bytes(&peer);
                 if let (Ok(to), false) = (to, self.recorded_sent.contains(&message.msg_id)) {
-                    let text = message.content.summary();
-                    if let Content::File(file) = &message.content {
-                        // This account's own file: its other devices keep a copy too.
-                        crate::attach::Transfers::open(self.dir.path())?
-                            .register_download(file, &from.to_string())?;
-                    }
-                    self.dir.append_history(&HistoryEntry {
-                        direction: Direction::Sent,
-                        peer: to.to_string(),
-                        timestamp_ms: message.sent_ms,
-                        msg_id: message.msg_id,
-                        text,
-                        delivery: None,
-                    })?;
+                    // This account's own file: its other devices keep a copy too.
+                    self.record_incoming(&from, &to, Direction::Sent, &message)?;
                     self.recorded_sent.insert(message.msg_id);
                     outcome = Outcome::Shown(Box::new(Received {
                         from,
@@ -1448,6 +1422,32 @@ impl Messenger {
         }
         self.save_peer(&from, &record)?;
         Ok(outcome)
+    }
+
+    /// Keeps a message read from a session in the history, `direction` as this account sees
+    /// it and `peer` the other account. A file it announces is recorded for download first:
+    /// once the history line is written the message is never handled again, and its file must
+    /// not be lost with it.
+    fn record_incoming(
+        &self,
+        from: &Address,
+        peer: &Address,
+        direction: Direction,
+        message: &AppMessage,
+    ) -> Result<(), MessengerError> {
+        if let Content::File(file) = &message.content {
+            crate::attach::Transfers::open(self.dir.path())?
+                .register_download(file, &from.to_string())?;
+        }
+        self.dir.append_history(&HistoryEntry {
+            direction,
+            peer: peer.to_string(),
+            timestamp_ms: message.sent_ms,
+            msg_id: message.msg_id,
+            text: message.content.summary(),
+            delivery: None,
+        })?;
+        Ok(())
     }
 
     /// Whether the newest device list of this account held in `own` (this account's record)
