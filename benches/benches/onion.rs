@@ -43,8 +43,9 @@ fn x25519_op(c: &mut Criterion) {
     let mut u = [0u8; 32];
     rng.fill_bytes(&mut k);
     rng.fill_bytes(&mut u);
+    let onion_key = OnionSecretKey::from_bytes(EPOCH, &k);
     c.bench_function("x25519/one-operation", |b| {
-        b.iter(|| x25519_dalek::x25519(black_box(k), black_box(u)))
+        b.iter(|| allium_onion::trace::onion_key_agreement(black_box(&onion_key), black_box(&u)))
     });
 }
 
@@ -137,8 +138,6 @@ fn peel_to_x25519_ratio(class: SizeClass) -> (f64, Duration, Duration) {
                 .packet
         })
         .collect();
-    let mut k = [0u8; 32];
-    rng.fill_bytes(&mut k);
     let u = *keys[1].public().as_bytes();
     let mut ratios = Vec::new();
     let mut peels = Vec::new();
@@ -147,7 +146,11 @@ fn peel_to_x25519_ratio(class: SizeClass) -> (f64, Duration, Duration) {
         let mut batch = packets.clone();
         let t = Instant::now();
         for _ in 0..n {
-            black_box(x25519_dalek::x25519(black_box(k), black_box(u)));
+            black_box(allium_onion::trace::onion_key_agreement(
+                black_box(&keys[0]),
+                black_box(&u),
+            ))
+            .ok();
         }
         let dh = t.elapsed();
         let t = Instant::now();

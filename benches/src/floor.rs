@@ -15,7 +15,7 @@ use allium_onion::{
     Epoch, IdentityKeypair, IdentityPublicKey, NodeId, OnionSecretKey, PathHop, SizeClass,
     build_packet, peel,
 };
-use rand_core::{OsRng, RngCore};
+use rand_core::OsRng;
 use serde_json::{Value, json};
 
 use crate::stats::median;
@@ -222,12 +222,13 @@ fn synced_write(dir: &Path, samples: usize) -> Result<(Duration, usize), String>
 /// Measures every primitive. `dir` is on the disk the nodes write to.
 pub async fn measure(dir: &Path) -> Result<Primitives, String> {
     let mut rng = OsRng;
-    let mut k = [0u8; 32];
-    let mut u = [0u8; 32];
-    rng.fill_bytes(&mut k);
-    rng.fill_bytes(&mut u);
+    // The X25519 a relay makes to peel a layer: its onion key with a sender's ephemeral key,
+    // on the backend the onion crate uses.
+    let onion_key = OnionSecretKey::generate(Epoch(1), &mut rng);
+    let ephemeral = *allium_onion::EphemeralSecret::generate(&mut rng).public();
     let (x25519, nx) = timed(200, 50, || {
-        black_box(x25519_dalek::x25519(black_box(k), black_box(u)));
+        let shared = allium_onion::trace::onion_key_agreement(black_box(&onion_key), &ephemeral);
+        black_box(shared.is_ok());
     });
 
     let mut buf = vec![0u8; PACKET];

@@ -94,3 +94,12 @@ pub fn x25519(
         .diffie_hellman(public)
         .map(|s| *s.as_bytes())
 }
+
+/// One key agreement of a node's onion key with a sender's ephemeral public key, as a relay
+/// peeling a layer makes it; the floor's X25519 term (performance.md §2).
+pub fn onion_key_agreement(
+    key: &crate::keys::OnionSecretKey,
+    ephemeral: &[u8; KEY_LEN],
+) -> Result<[u8; KEY_LEN], crate::error::KeyError> {
+    key.diffie_hellman(ephemeral).map(|s| *s.as_bytes())
+}

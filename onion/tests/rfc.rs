@@ -87,3 +87,20 @@ fn rfc8032_section_7_1_ed25519() {
         assert!(parsed.verify(&message, &bad).is_err());
     }
 }
+
+proptest::proptest! {
+    /// The onion layers' X25519 (AWS-LC) is RFC 7748's function for every scalar and every
+    /// u-coordinate a peer may send — points of the twist and non-canonical encodings included —
+    /// the reference being curve25519-dalek's ladder; an all-zero result is refused, never used.
+    #[test]
+    fn x25519_equals_the_reference_ladder_for_any_input(
+        k in proptest::array::uniform32(proptest::prelude::any::<u8>()),
+        u in proptest::array::uniform32(proptest::prelude::any::<u8>()),
+    ) {
+        let want = x25519_dalek::x25519(k, u);
+        match x25519(&k, &OnionPublicKey::from(u)) {
+            Ok(got) => proptest::prop_assert_eq!(got, want),
+            Err(_) => proptest::prop_assert_eq!(want, [0u8; 32]),
+        }
+    }
+}
