@@ -148,7 +148,13 @@ impl Handler for Echo {
     }
 }
 
-async fn quic_rtt(samples: usize) -> Result<(Duration, usize), String> {
+/// Runs `f` on a warm client connection to an echo server on loopback (both in this process,
+/// with the node's own link code), then closes both.
+async fn with_echo<T, F, Fut>(f: F) -> Result<T, String>
+where
+    F: FnOnce(Arc<quinn::Connection>) -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
     let e = |e: allium_link::LinkError| e.to_string();
     let keys = IdentityKeypair::generate(&mut OsRng);
     let public = keys.public();
@@ -172,29 +178,103 @@ async fn quic_rtt(samples: usize) -> Result<(Duration, usize), String> {
         })
     };
     let client = Link::bind_client(loopback, LinkLimits::default()).map_err(e)?;
-    let conn = client.connect(addr, &public).await.map_err(e)?;
-    let body = vec![0x5a; PACKET];
-    let deadlines = Deadlines::uniform(Duration::from_secs(5));
-    let mut v = Vec::with_capacity(samples);
-    for i in 0..samples + samples / 5 {
-        let t = Instant::now();
-        let (status, answer) = allium_link::request(&conn, Kind::Onion, &body, deadlines)
-            .await
-            .map_err(e)?;
-        let d = t.elapsed();
-        if status != Status::Ok || answer.len() != PACKET {
-            return Err("the echo server answered wrongly".into());
-        }
-        // The first fifth warms the connection's congestion window and the caches.
-        if i >= samples / 5 {
-            v.push(d);
-        }
-    }
+    let conn = Arc::new(client.connect(addr, &public).await.map_err(e)?);
+    let out = f(conn.clone()).await;
     conn.close(0u32.into(), b"done");
     client.shutdown().await;
     let _ = stop.send(());
     let _ = serving.await;
-    Ok((median(&mut v), samples))
+    out
+}
+
+/// One packet-sized request and its packet-sized answer on `conn`.
+async fn echo_round_trip(conn: &quinn::Connection) -> Result<(), String> {
+    let body = vec![0x5a; PACKET];
+    let deadlines = Deadlines::uniform(Duration::from_secs(5));
+    let (status, answer) = allium_link::request(conn, Kind::Onion, &body, deadlines)
+        .await
+        .map_err(|e| e.to_string())?;
+    if status != Status::Ok || answer.len() != PACKET {
+        return Err("the echo server answered wrongly".into());
+    }
+    Ok(())
+}
+
+async fn quic_rtt(samples: usize) -> Result<(Duration, usize), String> {
+    with_echo(|conn| async move {
+        let mut v = Vec::with_capacity(samples);
+        for i in 0..samples + samples / 5 {
+            let t = Instant::now();
+            echo_round_trip(&conn).await?;
+            // The first fifth warms the connection's congestion window and the caches.
+            if i >= samples / 5 {
+                v.push(t.elapsed());
+            }
+        }
+        Ok((median(&mut v), samples))
+    })
+    .await
+}
+
+/// CPU time this process spends per packet-sized round trip over a warm loopback connection,
+/// `in_flight` at once: a send and a receive on each side, as a relay receives a packet and
+/// sends it on, then receives the reply and sends it back. Read from the process's CPU clock,
+/// so it counts the link's tasks, wake-ups and system calls, not the waiting.
+pub async fn quic_round_trip_cpu(round_trips: usize, in_flight: usize) -> Result<Duration, String> {
+    with_echo(|conn| async move {
+        let run = |n: usize| {
+            let tasks: Vec<_> = (0..in_flight)
+                .map(|_| {
+                    let conn = conn.clone();
+                    tokio::spawn(async move {
+                        for _ in 0..n / in_flight.max(1) {
+                            echo_round_trip(&conn).await?;
+                        }
+                        Ok::<(), String>(())
+                    })
+                })
+                .collect();
+            async move {
+                for t in tasks {
+                    t.await.map_err(|e| e.to_string())??;
+                }
+                Ok::<(), String>(())
+            }
+        };
+        run(round_trips / 5).await?;
+        let before = cpu_time(std::process::id()).ok_or("no CPU time for this process")?;
+        run(round_trips).await?;
+        let used = cpu_time(std::process::id()).ok_or("no CPU time for this process")? - before;
+        let done = (round_trips / in_flight.max(1) * in_flight.max(1)).max(1);
+        Ok(used / u32::try_from(done).unwrap_or(u32::MAX))
+    })
+    .await
+}
+
+/// User and system CPU time of process `pid` so far, all its threads included (`/proc/PID/stat`,
+/// in clock ticks of 10 ms: callers measure over seconds).
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name, field 2, is in parentheses and may hold spaces: count after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 1000 / clock_ticks()))
+}
+
+/// Clock ticks per second of `/proc` times (`getconf CLK_TCK`; 100 on Linux in practice).
+fn clock_ticks() -> u64 {
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .filter(|&t| t > 0)
+            .unwrap_or(100)
+    })
 }
 
 fn synced_write(dir: &Path, samples: usize) -> Result<(Duration, usize), String> {
@@ -219,27 +299,32 @@ fn synced_write(dir: &Path, samples: usize) -> Result<(Duration, usize), String>
     Ok((median(&mut v), samples))
 }
 
-/// Measures every primitive. `dir` is on the disk the nodes write to.
-pub async fn measure(dir: &Path) -> Result<Primitives, String> {
+/// The floor's crypto primitives, medians with their sample counts: the X25519 a relay makes to
+/// peel a layer (its onion key with a sender's ephemeral key, on the backend the onion crate
+/// uses), and AES-256-GCM over one small packet with its key set-up.
+pub fn crypto() -> ((Duration, usize), (Duration, usize)) {
     let mut rng = OsRng;
-    // The X25519 a relay makes to peel a layer: its onion key with a sender's ephemeral key,
-    // on the backend the onion crate uses.
     let onion_key = OnionSecretKey::generate(Epoch(1), &mut rng);
     let ephemeral = *allium_onion::EphemeralSecret::generate(&mut rng).public();
-    let (x25519, nx) = timed(200, 50, || {
+    let x25519 = timed(200, 50, || {
         let shared = allium_onion::trace::onion_key_agreement(black_box(&onion_key), &ephemeral);
         black_box(shared.is_ok());
     });
-
     let mut buf = vec![0u8; PACKET];
     let key = [7u8; 32];
-    let (aead, na) = timed(200, 20, || {
+    let aead = timed(200, 20, || {
         let cipher = Aes256Gcm::new(black_box(&key).into());
         let tag =
             cipher.encrypt_in_place_detached(&Nonce::default(), b"", black_box(buf.as_mut_slice()));
         black_box(tag.is_ok());
     });
+    (x25519, aead)
+}
 
+/// Measures every primitive. `dir` is on the disk the nodes write to.
+pub async fn measure(dir: &Path) -> Result<Primitives, String> {
+    let mut rng = OsRng;
+    let ((x25519, nx), (aead, na)) = crypto();
     let (synced_write, nw) = synced_write(dir, 500)?;
     let (rtt, nr) = quic_rtt(2000).await?;
 

@@ -8,6 +8,7 @@ mod longpoll;
 mod machine;
 mod net;
 mod pair;
+mod relay;
 mod stats;
 mod svg;
 
@@ -97,6 +98,21 @@ enum Command {
     /// Attachments: upload and download MB/s for a few file sizes through 3-relay paths, each
     /// against a floor from the same run's primitives (`whitepaper/attachments.md`).
     Attach(AttachArgs),
+    /// Relay capacity per core: one node relays every request, pinned to core 1, while the
+    /// clients and every other node, pinned to core 0, load it; its CPU per packet against the
+    /// floor of a relayed packet from the same run. Needs a network started here on a machine
+    /// of at least two cores, and `taskset`.
+    Relay(RelayArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RelayArgs {
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Seconds measured, after one second of untimed load.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -765,6 +781,80 @@ async fn bench_longpoll(cli: &Cli, args: &LongpollArgs) -> Result<(), String> {
     Ok(())
 }
 
+async fn bench_relay(cli: &Cli, args: &RelayArgs) -> Result<(), String> {
+    if cli.network.is_some() {
+        return Err("relay pins the node processes: run it on a network it starts".into());
+    }
+    let machine = Machine::describe();
+    let mut network = start_network(cli)?;
+    let measured = measure_relay(args, &mut network).await;
+    let unclean = network.stop();
+    let r = measured?;
+    r.print(&format!("allium-bench relay — {}", machine.line()));
+    let out = out_dir(cli);
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let path = cli.json.clone().unwrap_or_else(|| out.join("relay.json"));
+    let report = json!({
+        "tool": "allium-bench relay",
+        "version": env!("CARGO_PKG_VERSION"),
+        "command": std::env::args().collect::<Vec<_>>(),
+        "machine": machine.to_json(),
+        "setup": {
+            "roster_nodes": cli.nodes + 1,
+            "path": "[relay, destination]: one relay, info requests, small class",
+            "relay_core": 1,
+            "everything_else_core": 0,
+        },
+        "results": r.to_json(),
+    });
+    let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    std::fs::write(&path, text + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
+    println!();
+    println!("wrote {}", path.display());
+    if !unclean.is_empty() {
+        return Err(format!("nodes that did not stop cleanly: {unclean:?}"));
+    }
+    Ok(())
+}
+
+async fn measure_relay(args: &RelayArgs, network: &mut Network) -> Result<relay::RelayRun, String> {
+    let roster = formed(network, &client()?).await?;
+    let epoch = epoch_at(network.file.params.epoch_secs, net::now_ms() / 1000);
+    let devnet = network.devnet.as_ref().ok_or("no network started here")?;
+    let processes: Vec<relay::Process> = devnet
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            Some(relay::Process {
+                identity: Some(n.identity),
+                pid: n.pid()?,
+            })
+        })
+        .collect();
+    // The relay: the last node started, never the authority.
+    let relay = devnet
+        .nodes
+        .last()
+        .filter(|n| n.name != "authority")
+        .map(|n| n.identity)
+        .ok_or("the network has no node besides the authority")?;
+    eprintln!(
+        "relaying {} requests at once for {} s through one pinned relay …",
+        args.concurrency, args.seconds
+    );
+    relay::run(
+        &roster,
+        epoch,
+        relay,
+        &processes,
+        args.concurrency,
+        Duration::from_secs(1),
+        Duration::from_secs(args.seconds),
+        &Latencies::new()?,
+    )
+    .await
+}
+
 async fn bench_attach(cli: &Cli, args: &AttachArgs) -> Result<(), String> {
     let machine = Machine::describe();
     let mut network = start_network(cli)?;
@@ -819,6 +909,9 @@ async fn bench(cli: Cli) -> Result<(), String> {
     }
     if let Some(Command::Attach(args)) = &cli.command {
         return bench_attach(&cli, args).await;
+    }
+    if let Some(Command::Relay(args)) = &cli.command {
+        return bench_relay(&cli, args).await;
     }
     let machine = Machine::describe();
     let mut network = start_network(&cli)?;
