@@ -35,6 +35,9 @@ pub struct Primitives {
     pub rtt: Duration,
     /// One 1 KiB RocksDB put with `sync = true`, on the disk the nodes use.
     pub synced_write: Duration,
+    /// CPU time (both ends) of one such round trip, 16 in flight: what the link costs a hop
+    /// to receive a packet and send it on, and the same for its reply.
+    pub link_cpu: Duration,
     /// Building a 4-layer small packet (reference, not part of the floor).
     pub build4: Duration,
     /// Peeling one layer of a small packet (reference).
@@ -65,6 +68,15 @@ impl Primitives {
         self.request_floor(relays)
     }
 
+    /// The least CPU time, summed over every process, an acknowledged store through `relays`
+    /// relays needs: the layers' crypto as in [`Primitives::store_floor`], and the link's work
+    /// for each hop and for the copy to the one peer a majority needs, `(L + 1)·Lcpu`. The
+    /// synced writes wait for the disk rather than use the CPU, and are not counted.
+    pub fn store_cpu_floor(&self, relays: usize) -> Duration {
+        let l = (relays + 1) as u32;
+        (self.x25519 + self.aead) * 2 * l + self.aead * 2 * l + self.link_cpu * (l + 1)
+    }
+
     fn request_floor(&self, relays: usize) -> Duration {
         let l = (relays + 1) as u32;
         (self.x25519 + self.aead) * 2 * l + self.aead * 2 * l + self.rtt * l
@@ -91,6 +103,7 @@ impl Primitives {
             "aes256gcm_4096B_us": us(self.aead),
             "quic_loopback_rtt_4096B_us": us(self.rtt),
             "rocksdb_synced_put_1KiB_us": us(self.synced_write),
+            "quic_loopback_round_trip_cpu_4096B_us": us(self.link_cpu),
             "reference": {
                 "build_packet_4_layers_small_us": us(self.build4),
                 "peel_one_layer_small_us": us(self.peel),
@@ -327,6 +340,7 @@ pub async fn measure(dir: &Path) -> Result<Primitives, String> {
     let ((x25519, nx), (aead, na)) = crypto();
     let (synced_write, nw) = synced_write(dir, 500)?;
     let (rtt, nr) = quic_rtt(2000).await?;
+    let link_cpu = quic_round_trip_cpu(20_000, 16).await?;
 
     // Reference: the onion operations themselves, to see how far they are from their parts.
     let epoch = Epoch(1);
@@ -394,6 +408,7 @@ pub async fn measure(dir: &Path) -> Result<Primitives, String> {
         aead,
         rtt,
         synced_write,
+        link_cpu,
         build4,
         peel,
         envelope_open,

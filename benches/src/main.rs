@@ -350,6 +350,12 @@ async fn measure(cli: &Cli, network: &mut Network) -> Result<Results, String> {
     let clients = (0..cli.clients.max(1))
         .map(|_| client().map(Arc::new))
         .collect::<Result<Vec<_>, _>>()?;
+    // Every process of a network started here, for the CPU time per store.
+    let processes: Vec<u32> = network
+        .devnet
+        .as_ref()
+        .map(|d| d.nodes.iter().filter_map(|n| n.pid()).collect())
+        .unwrap_or_default();
     let mut throughput = Vec::new();
     for &c in &cli.concurrency {
         throughput.push(
@@ -361,6 +367,7 @@ async fn measure(cli: &Cli, network: &mut Network) -> Result<Results, String> {
                 Duration::from_secs_f64(cli.throughput_warmup.max(0.0)),
                 Duration::from_secs_f64(cli.duration.max(0.1)),
                 &template,
+                &processes,
             )
             .await?,
         );
@@ -378,6 +385,10 @@ async fn measure(cli: &Cli, network: &mut Network) -> Result<Results, String> {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
 }
 
 /// A goal, its figure and whether it is met.
@@ -419,6 +430,15 @@ fn goals(r: &Results) -> Vec<Goal> {
             measured: format!("{:.0}", t.per_second()),
             met: t.per_second() >= 3000.0,
         });
+        if let Some(cpu) = t.cpu_per_store() {
+            let floor = r.primitives.store_cpu_floor(3);
+            g.push(Goal {
+                name: "CPU per store at concurrency 64",
+                target: format!("≤ 1.5 × CPU floor = {:.0} µs", 1.5 * us(floor)),
+                measured: format!("{:.0} µs = {:.2} × CPU floor", us(cpu), us(cpu) / us(floor)),
+                met: us(cpu) <= 1.5 * us(floor),
+            });
+        }
     }
     g.push(Goal {
         name: "delivery p50",
@@ -526,7 +546,7 @@ fn print_table(cli: &Cli, r: &Results, machine: &Machine) {
     println!("(p50/own: against the floor of that operation and path length, same model)");
     println!();
     println!(
-        "{:<12} {:>10} {:>8} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7}",
+        "{:<12} {:>10} {:>8} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>12} {:>8}",
         "concurrency",
         "stores/s",
         "samples",
@@ -536,12 +556,16 @@ fn print_table(cli: &Cli, r: &Results, machine: &Machine) {
         "p99 ms",
         "p99.9 ms",
         "max ms",
-        "p50/F"
+        "p50/F",
+        "CPU µs/store",
+        "/ floor"
     );
+    let cpu_floor = us(p.store_cpu_floor(3));
     for t in &r.throughput {
         let s = t.latencies.summary();
+        let cpu = t.cpu_per_store().map(us);
         println!(
-            "{:<12} {:>10.0} {:>8} {:>6} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>7.2}",
+            "{:<12} {:>10.0} {:>8} {:>6} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>7.2} {:>12} {:>8}",
             t.concurrency,
             t.per_second(),
             s.count,
@@ -551,9 +575,16 @@ fn print_table(cli: &Cli, r: &Results, machine: &Machine) {
             s.p99,
             s.p999,
             s.max,
-            s.p50 / floor
+            s.p50 / floor,
+            cpu.map(|c| format!("{c:.0}")).unwrap_or_else(|| "-".into()),
+            cpu.map(|c| format!("{:.2}", c / cpu_floor))
+                .unwrap_or_else(|| "-".into()),
         );
     }
+    println!(
+        "(CPU per store: every process of the run over the window; its floor = 8·X25519 + 16·AEAD + 5·link CPU per round trip = {cpu_floor:.0} µs, link CPU {:.1} µs)",
+        us(p.link_cpu)
+    );
     println!();
     println!("goals (issue #8):");
     for g in goals(r) {
@@ -651,6 +682,8 @@ fn report_json(cli: &Cli, r: &Results, machine: &Machine) -> Value {
             "seconds": t.seconds,
             "latency": t.latencies.summary().to_json(),
             "p50_over_store3_floor": t.latencies.ms(0.5) / floor,
+            "cpu_us_per_store": t.cpu_per_store().map(us),
+            "cpu_floor_us_per_store": us(p.store_cpu_floor(3)),
         })).collect::<Vec<_>>(),
         "goals": goals(r).iter().map(|g| json!({
             "goal": g.name, "target": g.target, "measured": g.measured, "met": g.met,

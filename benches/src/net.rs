@@ -15,6 +15,7 @@ use allium_proto::{Body, Mailbox, Method, Request, Response, ResponseBody, Statu
 use ed25519_dalek::SigningKey;
 use rand_core::{OsRng, RngCore};
 
+use crate::floor::cpu_time;
 use crate::stats::Latencies;
 
 /// Bound on one request's round trip; a long-poll adds its wait.
@@ -510,17 +511,27 @@ pub struct Throughput {
     pub errors: u64,
     pub first_error: Option<String>,
     pub latencies: Latencies,
+    /// CPU time of every process of the run (the nodes and this one) over the window.
+    pub cpu: Option<Duration>,
 }
 
 impl Throughput {
     pub fn per_second(&self) -> f64 {
         self.acknowledged as f64 / self.seconds.max(1e-9)
     }
+
+    /// CPU time, all processes together, per acknowledged store.
+    pub fn cpu_per_store(&self) -> Option<Duration> {
+        let n = u32::try_from(self.acknowledged).ok().filter(|&n| n > 0)?;
+        Some(self.cpu? / n)
+    }
 }
 
 /// `concurrency` tasks, each storing distinct messages to random mailboxes back to back
 /// through random 3-relay paths, sharing `clients` round-robin. Counts the stores acknowledged
-/// inside the measuring window (after `warmup`, for `duration`).
+/// inside the measuring window (after `warmup`, for `duration`), and the CPU time `processes`
+/// (with this one) used in it.
+#[allow(clippy::too_many_arguments)]
 pub async fn throughput(
     net: &Arc<Net>,
     clients: &[Arc<OnionClient>],
@@ -529,6 +540,7 @@ pub async fn throughput(
     warmup: Duration,
     duration: Duration,
     template: &Latencies,
+    processes: &[u32],
 ) -> Result<Throughput, String> {
     let start = Instant::now() + warmup;
     let end = start + duration;
@@ -589,10 +601,21 @@ pub async fn throughput(
         errors: 0,
         first_error: None,
         latencies: template.fresh(),
+        cpu: None,
     };
     let label = format!("throughput, concurrency {concurrency}");
+    let pids: Vec<u32> = processes
+        .iter()
+        .copied()
+        .chain([std::process::id()])
+        .collect();
+    let cpu = || -> Option<Duration> { pids.iter().map(|&p| cpu_time(p)).sum() };
+    tokio::time::sleep_until(start.into()).await;
+    let cpu_start = cpu();
     while Instant::now() < end {
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        // Never past the window's end: its CPU time is read there.
+        let left = end.saturating_duration_since(Instant::now());
+        tokio::time::sleep(Duration::from_millis(250).min(left)).await;
         let phase = if Instant::now() < start {
             "warm-up"
         } else {
@@ -603,6 +626,7 @@ pub async fn throughput(
             end.saturating_duration_since(Instant::now()).as_secs_f64()
         );
     }
+    out.cpu = cpu().zip(cpu_start).map(|(b, a)| b.saturating_sub(a));
     for task in tasks {
         let (hist, ok, errors, first) = task.await.map_err(|e| e.to_string())?;
         out.latencies.add(&hist);
