@@ -11,5 +11,6 @@ pub mod identity;
 pub mod messenger;
 pub mod net;
 pub mod onion;
+pub mod path;
 pub mod session;
 pub mod state;

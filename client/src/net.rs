@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use allium_link::directory::{self, Source};
 use allium_onion::{IdentityPublicKey, SizeClass};
 use allium_proto::network::NetworkFile;
-use allium_proto::roster::{DirectoryRequest, HeldRoster, NodeEntry, Roster, RosterHolder};
+use allium_proto::roster::{DirectoryRequest, HeldRoster, NodeEntry, RosterHolder};
 use allium_proto::storage::{
     CursorKey, DeleteAllRequest, DeleteRequest, DeliveryToken, INBOX, Namespace, PUBLIC, REQUESTS,
     RetrieveRequest, StoreRequest, UsageRequest, UsageResponse,
@@ -24,6 +24,7 @@ use ed25519_dalek::SigningKey;
 use rand_core::{OsRng, RngCore};
 
 use crate::onion::{Hop, OnionClient, SendError, epoch_at, hop};
+use crate::path::{PathIndex, PathRules, TooFewNodes};
 
 /// Guards a client keeps.
 pub const GUARDS: usize = 3;
@@ -190,15 +191,6 @@ fn local_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// The network prefix two path nodes must not share unless the network allows it: /16 for
-/// IPv4, /32 for IPv6.
-fn subnet(addr: &SocketAddr) -> Vec<u8> {
-    match addr.ip() {
-        IpAddr::V4(a) => a.octets()[..2].to_vec(),
-        IpAddr::V6(a) => a.octets()[..4].to_vec(),
-    }
-}
-
 fn random_index(n: usize) -> usize {
     (OsRng.next_u64() % n.max(1) as u64) as usize
 }
@@ -211,6 +203,8 @@ pub struct Net {
     roster: RosterHolder,
     guards: Mutex<Vec<NodeId>>,
     avoid: Mutex<HashMap<NodeId, Instant>>,
+    /// The roster in use, indexed for paths when first used.
+    paths: Mutex<Option<Arc<PathIndex>>>,
     /// When a directory last confirmed the roster held is the newest.
     refreshed: Mutex<Option<Instant>>,
     /// Node time minus local time, ms: signatures and envelopes use corrected time.
@@ -223,8 +217,8 @@ pub struct Net {
 impl Net {
     /// A client of `network`, starting from a cached roster (refused if bad) and the guards and
     /// clock offset kept from earlier runs. `cached_digest` is the roster's verified digest
-    /// recorded with it: when it matches the bytes, their certificates are not verified again
-    /// (whitepaper client.md §6); otherwise the roster is verified whole.
+    /// recorded with it; the roster is verified as a fresh one either way (whitepaper client.md
+    /// §6).
     pub fn new(
         network: NetworkFile,
         cached_roster: Option<&[u8]>,
@@ -250,6 +244,7 @@ impl Net {
             roster,
             guards: Mutex::new(guards),
             avoid: Mutex::new(HashMap::new()),
+            paths: Mutex::new(None),
             refreshed: Mutex::new(None),
             offset_ms: AtomicI64::new(offset_ms),
             requests: AtomicU64::new(0),
@@ -433,55 +428,40 @@ impl Net {
     }
 
     /// Three relays (a guard, a middle, an exit) then `destination`, all distinct, avoiding
-    /// recently failed relays and, unless the network allows it, two nodes of one subnet.
-    fn path(&self, roster: &Roster, destination: &NodeEntry) -> Result<Vec<Hop>, NetError> {
+    /// recently failed relays and, unless the network allows it, two nodes of one subnet
+    /// ([`PathIndex::choose`]). `destination` is a node of `held`.
+    fn path(&self, held: &Arc<HeldRoster>, destination: &NodeEntry) -> Result<Vec<Hop>, NetError> {
+        let index = self.path_index(held);
+        let roster = index.roster();
         let avoid = self.avoided();
-        let same_subnet_ok = self.network().params.allow_same_subnet;
-        let fits = |n: &NodeEntry, chosen: &[&NodeEntry]| {
-            !n.addresses.is_empty()
-                && n.identity != destination.identity
-                && !avoid.contains(&n.identity.node_id())
-                && chosen.iter().all(|c| c.identity != n.identity)
-                && (same_subnet_ok
-                    || chosen.iter().chain(std::iter::once(&destination)).all(|c| {
-                        match (c.addresses.first(), n.addresses.first()) {
-                            (Some(a), Some(b)) => subnet(a) != subnet(b),
-                            _ => true,
-                        }
-                    }))
+        let guards = self.guards();
+        let rules = PathRules {
+            guards: &guards,
+            avoid: &avoid,
+            same_subnet_ok: self.network().params.allow_same_subnet,
         };
-        let mut chosen: Vec<&NodeEntry> = Vec::with_capacity(3);
-        let guard = self
-            .guards()
-            .iter()
-            .filter_map(|g| roster.node(g))
-            .find(|g| fits(g, &chosen));
-        // With every guard down or excluded, any fitting node serves as guard for now.
-        let guard = match guard {
-            Some(g) => g,
-            None => {
-                let pool: Vec<&NodeEntry> =
-                    roster.nodes().iter().filter(|n| fits(n, &chosen)).collect();
-                *pool
-                    .get(random_index(pool.len()))
-                    .ok_or(NetError::TooFewNodes(roster.nodes().len()))?
-            }
-        };
-        chosen.push(guard);
-        for _ in 0..2 {
-            let pool: Vec<&NodeEntry> =
-                roster.nodes().iter().filter(|n| fits(n, &chosen)).collect();
-            let n = *pool
-                .get(random_index(pool.len()))
-                .ok_or(NetError::TooFewNodes(roster.nodes().len()))?;
-            chosen.push(n);
-        }
-        chosen.push(destination);
+        let chosen = index
+            .choose(destination, &rules, &mut OsRng)
+            .map_err(|TooFewNodes(n)| NetError::TooFewNodes(n))?;
         let epoch = epoch_at(self.network().params.epoch_secs, self.now_ms() / 1000);
         chosen
             .iter()
             .map(|n| hop(n, epoch).ok_or(NetError::TooFewNodes(roster.nodes().len())))
             .collect()
+    }
+
+    /// The path index of `held`: the one kept if it was built from that roster, else a new one
+    /// (kept when `held` is the roster in use).
+    fn path_index(&self, held: &Arc<HeldRoster>) -> Arc<PathIndex> {
+        let mut kept = lock(&self.paths);
+        if let Some(index) = kept.as_ref().filter(|i| Arc::ptr_eq(i.held(), held)) {
+            return index.clone();
+        }
+        let index = Arc::new(PathIndex::new(held.clone()));
+        if self.roster().is_some_and(|h| Arc::ptr_eq(&h, held)) {
+            *kept = Some(index.clone());
+        }
+        index
     }
 
     /// Sends a request for `mailbox` to a member of its swarm through a fresh path, and retries
@@ -591,12 +571,12 @@ impl Net {
                 continue;
             }
             let destination = members[random_index(members.len())];
-            let path = match self.path(roster.roster(), destination) {
+            let path = match self.path(&roster, destination) {
                 Ok(p) => p,
                 // Avoided relays may make paths impossible: forgive them once.
                 Err(_) if !lock(&self.avoid).is_empty() => {
                     lock(&self.avoid).clear();
-                    self.path(roster.roster(), destination)?
+                    self.path(&roster, destination)?
                 }
                 Err(e) => return Err(e),
             };

@@ -1094,9 +1094,9 @@ impl ClientState {
         self.roster_version = Some(version);
     }
 
-    /// The digest recorded when the cached roster's bytes were verified whole
-    /// (`allium_proto::roster::verified_digest`): with it the next run skips the certificate
-    /// checks of those very bytes.
+    /// The digest recorded when the cached roster's bytes were verified
+    /// (`allium_proto::roster::verified_digest`). Kept so that data directories of every version
+    /// load alike; a load checks the roster whole either way (whitepaper client.md §6).
     pub fn roster_digest(&self) -> Option<&[u8; 32]> {
         self.roster_digest.as_ref()
     }

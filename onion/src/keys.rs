@@ -428,24 +428,27 @@ impl OnionKeyCert {
     /// Parses and verifies a certificate.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
         let cert = Self::parse(bytes, None)?;
-        cert.identity.verify(
-            &Self::signed_message(&cert.identity, cert.epoch, &cert.onion_key),
-            &cert.signature,
-        )?;
+        cert.verify()?;
         Ok(cert)
     }
 
-    /// Parses a certificate without verifying its signature: only for bytes this process
-    /// verified with [`Self::from_bytes`] before and kept bound to that check (a client's
-    /// cached roster, whose digest it recorded after verifying every certificate in it;
-    /// whitepaper client.md §6). The key encodings are still checked.
-    /// The certificate must be by `owner` (checked on the bytes, which spares decoding the
-    /// key again: most of what is left of the cost).
-    pub fn from_bytes_verified_before(
-        bytes: &[u8],
-        owner: &IdentityPublicKey,
-    ) -> Result<Self, KeyError> {
+    /// Parses a certificate by `owner` without verifying its signature: only for bytes that
+    /// something verified vouches for — a roster's certificates, covered by the signatures of
+    /// the authorities that checked them at registration (whitepaper roster.md §4.2). The key
+    /// encodings are still checked. A certificate by another key than `owner` is refused
+    /// (compared as bytes, which spares decoding the key a second time).
+    pub fn from_bytes_vouched(bytes: &[u8], owner: &IdentityPublicKey) -> Result<Self, KeyError> {
         Self::parse(bytes, Some(owner))
+    }
+
+    /// Verifies the signature by the certified identity (strict Ed25519): what
+    /// [`Self::from_bytes`] checks, for a certificate parsed with [`Self::from_bytes_vouched`]
+    /// and audited later.
+    pub fn verify(&self) -> Result<(), KeyError> {
+        self.identity.verify(
+            &Self::signed_message(&self.identity, self.epoch, &self.onion_key),
+            &self.signature,
+        )
     }
 
     fn parse(bytes: &[u8], owner: Option<&IdentityPublicKey>) -> Result<Self, KeyError> {
@@ -560,6 +563,20 @@ mod tests {
             );
         }
         assert!(OnionKeyCert::from_bytes(&bytes[..131]).is_err());
+
+        // Vouched for by something else: parsed without the signature, which `verify` checks.
+        let mut bad_sig = bytes;
+        bad_sig[100] ^= 0x01;
+        let vouched = OnionKeyCert::from_bytes_vouched(&bad_sig, &id.public()).unwrap();
+        assert_eq!(vouched.to_bytes(), bad_sig);
+        assert_eq!(vouched.verify(), Err(KeyError::BadSignature));
+        assert_eq!(
+            OnionKeyCert::from_bytes_vouched(&bytes, &id.public()).unwrap(),
+            cert
+        );
+        assert!(cert.verify().is_ok());
+        let other = IdentityKeypair::from_seed(&[0x42; 32]).public();
+        assert!(OnionKeyCert::from_bytes_vouched(&bytes, &other).is_err());
     }
 
     #[test]

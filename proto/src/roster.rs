@@ -224,11 +224,13 @@ fn encode_certs(e: &mut Encoder, certs: &[OnionKeyCert]) {
 /// Whether decoding verifies the signatures of onion-key certificates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Certs {
-    /// Verify each one: bytes from anywhere.
+    /// Verify each one: a descriptor (roster.md §3 step 4), or a roster body an authority checks
+    /// before it signs it.
     Verify,
-    /// Bytes this process verified whole before and bound to that check by
-    /// [`verified_digest`]: the signatures are not verified again (their structure is).
-    VerifiedBefore,
+    /// Certificates inside a roster whose authorities' signatures were verified: those
+    /// signatures cover every certificate byte and vouch for what the authorities checked, so
+    /// only the structure is checked (roster.md §4.2 step 4).
+    Vouched,
 }
 
 fn decode_certs(
@@ -241,10 +243,16 @@ fn decode_certs(
     for _ in 0..n {
         let bytes = d.fixed::<{ OnionKeyCert::LEN }>()?;
         let cert = match check {
-            Certs::Verify => OnionKeyCert::from_bytes(&bytes),
-            Certs::VerifiedBefore => OnionKeyCert::from_bytes_verified_before(&bytes, owner),
+            Certs::Verify => OnionKeyCert::from_bytes(&bytes).map_err(|_| RosterError::BadCert)?,
+            Certs::Vouched => {
+                // A certificate naming another node is reported as in a full check.
+                if bytes[..32] != owner.as_bytes()[..] {
+                    return Err(RosterError::CertIdentityMismatch);
+                }
+                OnionKeyCert::from_bytes_vouched(&bytes, owner).map_err(|_| RosterError::BadCert)?
+            }
         };
-        out.push(cert.map_err(|_| RosterError::BadCert)?);
+        out.push(cert);
     }
     d.leave();
     check_certs(&out, owner)?;
@@ -506,6 +514,14 @@ impl NodeEntry {
         })
     }
 
+    /// Verifies the signature of each of the node's onion-key certificates: the audit that
+    /// roster verification leaves to the authorities' signatures (roster.md §4.3).
+    pub fn verify_certificates(&self) -> Result<(), RosterError> {
+        self.onion_keys
+            .iter()
+            .try_for_each(|c| c.verify().map_err(|_| RosterError::BadCert))
+    }
+
     /// The certified onion key for `epoch`, if the node published one.
     pub fn onion_key(&self, epoch: Epoch) -> Option<OnionPublicKey> {
         self.onion_keys
@@ -608,8 +624,10 @@ impl Roster {
         e.buf
     }
 
-    /// Decodes a roster body. Only for bytes whose signatures were checked, or for tools:
-    /// clients and nodes use [`SignedRoster::decode_and_verify`].
+    /// Decodes a roster body and verifies every onion-key certificate in it: what an authority
+    /// does before it signs or co-signs a body (roster.md §4.1), and what an audit of a roster
+    /// does (§4.3). Clients and nodes taking a roster use [`SignedRoster::decode_and_verify`],
+    /// which relies on the authorities' signatures for the certificates.
     pub fn decode(bytes: &[u8]) -> Result<Self, RosterError> {
         Self::decode_with(bytes, Certs::Verify)
     }
@@ -738,6 +756,18 @@ impl Roster {
     /// The onion key `node` certified for `epoch`, if it is listed and published one.
     pub fn onion_key(&self, node: &NodeId, epoch: Epoch) -> Option<OnionPublicKey> {
         self.node(node)?.onion_key(epoch)
+    }
+
+    /// Audits the roster: the nodes (ascending by identity) with an onion-key certificate whose
+    /// signature does not verify. Roster verification does not need this (roster.md §4.2);
+    /// a non-empty answer proves that the authorities that signed the roster listed a key its
+    /// node never certified (§4.3).
+    pub fn audit(&self) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|n| n.verify_certificates().is_err())
+            .map(|n| n.identity.node_id())
+            .collect()
     }
 
     /// The assignment this roster records, as [`crate::assign::assign`] takes it.
@@ -888,28 +918,22 @@ impl SignedRoster {
         }
     }
 
-    /// Decodes and verifies a signed roster. Refuses, in this order: input over
+    /// Decodes and verifies a signed roster (roster.md §4.2). Refuses, in this order: input over
     /// [`MAX_SIGNED_ROSTER_BYTES`] or not canonical; no signature; too few valid signatures by
-    /// distinct authorities of `network`; a malformed roster body (including a node listed twice
-    /// or a certificate that does not verify or names another node); another network's name;
-    /// a version older than `held_version` (an equal version is accepted: the same roster).
+    /// distinct authorities of `network`; a malformed roster body (including a node listed twice,
+    /// or a certificate that is malformed, names another node or breaks the epoch order);
+    /// another network's name; a version older than `held_version` (an equal version is
+    /// accepted: the same roster). The certificates' own signatures are not verified: the
+    /// authorities' signatures cover them, and the authorities verified them at registration
+    /// (§4.2 says why that loses nothing); [`Roster::audit`] checks them when wanted.
     pub fn decode_and_verify(
         bytes: &[u8],
         network: &NetworkFile,
         held_version: Option<u64>,
     ) -> Result<Roster, RosterError> {
-        Self::decode_and_verify_with(bytes, network, held_version, Certs::Verify)
-    }
-
-    fn decode_and_verify_with(
-        bytes: &[u8],
-        network: &NetworkFile,
-        held_version: Option<u64>,
-        certs: Certs,
-    ) -> Result<Roster, RosterError> {
         let signed = Self::decode(bytes)?;
         signed.verify_signatures(network)?;
-        let roster = Roster::decode_with(&signed.roster, certs)?;
+        let roster = Roster::decode_with(&signed.roster, Certs::Vouched)?;
         if roster.network != network.name() {
             return Err(RosterError::WrongNetwork {
                 expected: network.name().to_owned(),
@@ -1127,8 +1151,8 @@ impl HeldRoster {
         self.roster.version()
     }
 
-    /// [`verified_digest`] of its signed encoding: kept beside a cache of it, it lets
-    /// [`RosterHolder::offer_cached`] skip the certificate checks next time.
+    /// [`verified_digest`] of its signed encoding, recorded beside a cache of it (roster.md
+    /// §4.3).
     pub fn verified_digest(&self) -> [u8; 32] {
         self.digest
     }
@@ -1195,42 +1219,15 @@ impl RosterHolder {
     /// Verifies `signed` and takes it if it is newer than the roster held. On error the held
     /// roster is unchanged.
     pub fn offer(&self, signed: &[u8]) -> Result<Offered, RosterError> {
-        self.take(signed, Certs::Verify, None)
-    }
-
-    /// [`Self::offer`] for a cached roster: when `digest` is the [`verified_digest`] of
-    /// `signed` under this holder's network, recorded when those very bytes were verified
-    /// whole, the onion-key certificates are not verified again — they are most of the cost
-    /// (roster.md §4.3). Everything else is: the encoding, the authorities' signatures, the
-    /// network name and the version rule. Any other digest, or none, means a full check.
-    pub fn offer_cached(
-        &self,
-        signed: &[u8],
-        digest: Option<&[u8; 32]>,
-    ) -> Result<Offered, RosterError> {
-        let computed = verified_digest(&self.network, signed);
-        let certs = match digest {
-            Some(d) if crate::crypto::ct_eq(d, &computed) => Certs::VerifiedBefore,
-            _ => Certs::Verify,
-        };
-        self.take(signed, certs, Some(computed))
-    }
-
-    fn take(
-        &self,
-        signed: &[u8],
-        certs: Certs,
-        digest: Option<[u8; 32]>,
-    ) -> Result<Offered, RosterError> {
         let held = self.version();
-        let roster = SignedRoster::decode_and_verify_with(signed, &self.network, held, certs)?;
+        let roster = SignedRoster::decode_and_verify(signed, &self.network, held)?;
         if held == Some(roster.version()) {
             return Ok(Offered::Same);
         }
         let new = Arc::new(HeldRoster {
             roster,
             signed: signed.to_vec(),
-            digest: digest.unwrap_or_else(|| verified_digest(&self.network, signed)),
+            digest: verified_digest(&self.network, signed),
         });
         let mut slot = self
             .held
@@ -1242,6 +1239,18 @@ impl RosterHolder {
         }
         *slot = Some(new);
         Ok(Offered::Updated)
+    }
+
+    /// [`Self::offer`] for a cached roster and the [`verified_digest`] recorded beside it. The
+    /// digest once let a load skip the certificate checks; roster verification no longer makes
+    /// them (roster.md §4.2), so a cached roster is checked exactly as a fresh one whatever the
+    /// digest, and a cache written with or without one loads alike (§4.3).
+    pub fn offer_cached(
+        &self,
+        signed: &[u8],
+        _digest: Option<&[u8; 32]>,
+    ) -> Result<Offered, RosterError> {
+        self.offer(signed)
     }
 
     /// The answer to a directory `get_roster` from someone who holds `have_version`.
