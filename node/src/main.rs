@@ -235,9 +235,17 @@ struct DevnetArgs {
     /// Log filter of the nodes (their logs are <dir>/<name>.log).
     #[arg(long, value_name = "FILTER", default_value = "info")]
     log: String,
-    /// Give up if the network has not formed within this many seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 120)]
-    ready_timeout: u64,
+    /// Give up if the network has not formed within this many seconds (default: 120, or one
+    /// per node for larger devnets, which take longer to form on a small machine).
+    #[arg(long, value_name = "SECS")]
+    ready_timeout: Option<u64>,
+}
+
+impl DevnetArgs {
+    fn ready_timeout(&self) -> u64 {
+        self.ready_timeout
+            .unwrap_or_else(|| u64::from(self.nodes).max(120))
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -536,10 +544,10 @@ async fn form_network(
     args: &DevnetArgs,
     shutdown: &ShutdownSignal,
 ) -> Result<Formed, String> {
-    let deadline = Instant::now() + Duration::from_secs(args.ready_timeout);
+    let deadline = Instant::now() + Duration::from_secs(args.ready_timeout());
     let late = format!(
         "the network did not form within {} s; the node logs are <name>.log in {}",
-        args.ready_timeout,
+        args.ready_timeout(),
         net.dir().display()
     );
     // An anonymous endpoint, as a client would use: the roster is public.
