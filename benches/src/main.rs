@@ -117,6 +117,10 @@ struct LongpollArgs {
     /// Timed sequential stores in each series.
     #[arg(long, default_value_t = 200)]
     stores: usize,
+    /// Stores to parked mailboxes, one at a time, each timed until that mailbox's long-poll
+    /// answers with it.
+    #[arg(long, default_value_t = 200)]
+    wakes: usize,
 }
 
 fn node_binary() -> PathBuf {
@@ -716,6 +720,7 @@ async fn measure_longpoll(
         target_of,
         args.parked,
         args.stores,
+        args.wakes,
         cli.warmup,
         cli.size,
         &Latencies::new()?,
@@ -751,6 +756,8 @@ async fn bench_longpoll(cli: &Cli, args: &LongpollArgs) -> Result<(), String> {
             "stores_per_series": args.stores,
             "warmup": cli.warmup,
             "parked": args.parked,
+            "parked_per_mailbox": 1,
+            "wakes": args.wakes,
             "long_poll_wait_ms": allium_proto::storage::MAX_WAIT_MS,
         },
         "results": r.to_json(),

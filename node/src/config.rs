@@ -92,6 +92,10 @@ pub const ENV_VARS: &[EnvVar] = &[
         "ALLIUM_NODE_LIMITS_PEER_READ_BUFFER_BYTES",
         "limits.peer_read_buffer_bytes",
     ),
+    var(
+        "ALLIUM_NODE_LIMITS_MAX_PARKED_POLLS",
+        "limits.max_parked_polls",
+    ),
     var("ALLIUM_NODE_STORE_MAX_BYTES", "store.max_bytes"),
     var("ALLIUM_NODE_STORE_MIN_FREE_BYTES", "store.min_free_bytes"),
     var(
@@ -250,6 +254,9 @@ pub struct Limits {
     pub client_read_buffer_bytes: u64,
     /// Bytes that request bodies being read from roster nodes may hold at once, in all.
     pub peer_read_buffer_bytes: u64,
+    /// Long-poll retrieves parked at once (every listening client holds one); beyond it a
+    /// retrieve is answered at once, as if its wait had run out.
+    pub max_parked_polls: u32,
 }
 
 /// Message store limits.
@@ -345,6 +352,7 @@ impl Default for Limits {
             client_request_burst: 400,
             client_read_buffer_bytes: 32 * MIB,
             peer_read_buffer_bytes: 64 * MIB,
+            max_parked_polls: 16_384,
         }
     }
 }
@@ -570,6 +578,7 @@ impl NodeConfig {
             "limits.client_request_burst" => l.client_request_burst = parse(value)?,
             "limits.client_read_buffer_bytes" => l.client_read_buffer_bytes = parse(value)?,
             "limits.peer_read_buffer_bytes" => l.peer_read_buffer_bytes = parse(value)?,
+            "limits.max_parked_polls" => l.max_parked_polls = parse(value)?,
             "store.max_bytes" => self.store.max_bytes = parse(value)?,
             "store.mailbox_quota_bytes" => self.store.mailbox_quota_bytes = parse(value)?,
             "store.min_free_bytes" => self.store.min_free_bytes = parse(value)?,
@@ -655,6 +664,7 @@ impl NodeConfig {
                 l.client_read_buffer_bytes,
             ),
             ("limits.peer_read_buffer_bytes", l.peer_read_buffer_bytes),
+            ("limits.max_parked_polls", u64::from(l.max_parked_polls)),
             ("store.max_bytes", self.store.max_bytes),
             ("store.mailbox_quota_bytes", self.store.mailbox_quota_bytes),
             ("store.blob_max_bytes", self.store.blob_max_bytes),

@@ -364,6 +364,7 @@ pub async fn run(config: NodeConfig, shutdown: ShutdownSignal) -> Result<(), Dae
         blob_quota_bytes: config.store.blob_quota_bytes,
         blob_cap_bytes: config.store.blob_max_bytes,
         min_free_bytes: config.store.min_free_bytes,
+        max_waiters: config.limits.max_parked_polls as usize,
         ..allium_swarm::StoreConfig::default()
     };
     let store = Arc::new(open_store(&config.data_dir, store_config)?);
