@@ -51,6 +51,10 @@ pub const ENV_VARS: &[EnvVar] = &[
         "limits.max_streams_per_connection",
     ),
     var(
+        "ALLIUM_NODE_LIMITS_MAX_STREAMS_PER_PEER_CONNECTION",
+        "limits.max_streams_per_peer_connection",
+    ),
+    var(
         "ALLIUM_NODE_LIMITS_STREAM_RECEIVE_WINDOW",
         "limits.stream_receive_window",
     ),
@@ -227,8 +231,11 @@ pub struct Limits {
     pub max_connections_per_ip: u32,
     /// Open connections in total.
     pub max_connections: u32,
-    /// Concurrent bidirectional streams a peer may open on one connection.
+    /// Concurrent bidirectional streams a client may open on one connection.
     pub max_streams_per_connection: u32,
+    /// Concurrent bidirectional streams a roster node may open on one connection (a relay
+    /// carries all its clients' long-polls to this node over one connection).
+    pub max_streams_per_peer_connection: u32,
     /// QUIC per-stream receive window, bytes.
     pub stream_receive_window: u64,
     /// QUIC per-connection receive window, bytes.
@@ -241,7 +248,8 @@ pub struct Limits {
     pub forward_timeout_ms: u64,
     /// Give up reading a request from a stream after this long, milliseconds.
     pub request_read_timeout_ms: u64,
-    /// Packets waiting to be forwarded per next hop before new ones are dropped (`queue_full`).
+    /// Packets waiting for their next hop to accept them before new ones are dropped
+    /// (`queue_full`); one the next hop accepted (a long-poll waiting there) no longer counts.
     pub forward_queue: u32,
     /// How long a relay waits for the next hop's complete reply once it accepted the packet,
     /// ms; longer than the longest long-poll.
@@ -340,6 +348,7 @@ impl Default for Limits {
             max_connections_per_ip: 16,
             max_connections: 4096,
             max_streams_per_connection: 256,
+            max_streams_per_peer_connection: 16_384,
             stream_receive_window: 256 * KIB,
             connection_receive_window: 4 * MIB,
             idle_timeout_ms: 30_000,
@@ -566,6 +575,9 @@ impl NodeConfig {
             "limits.max_connections_per_ip" => l.max_connections_per_ip = parse(value)?,
             "limits.max_connections" => l.max_connections = parse(value)?,
             "limits.max_streams_per_connection" => l.max_streams_per_connection = parse(value)?,
+            "limits.max_streams_per_peer_connection" => {
+                l.max_streams_per_peer_connection = parse(value)?;
+            }
             "limits.stream_receive_window" => l.stream_receive_window = parse(value)?,
             "limits.connection_receive_window" => l.connection_receive_window = parse(value)?,
             "limits.idle_timeout_ms" => l.idle_timeout_ms = parse(value)?,
@@ -639,6 +651,10 @@ impl NodeConfig {
             (
                 "limits.max_streams_per_connection",
                 u64::from(l.max_streams_per_connection),
+            ),
+            (
+                "limits.max_streams_per_peer_connection",
+                u64::from(l.max_streams_per_peer_connection),
             ),
             ("limits.stream_receive_window", l.stream_receive_window),
             (

@@ -129,6 +129,7 @@ fn link_limits(config: &NodeConfig) -> LinkLimits {
         max_connections: l.max_connections as usize,
         max_connections_per_ip: l.max_connections_per_ip as usize,
         max_streams_per_connection: l.max_streams_per_connection,
+        max_streams_per_peer_connection: l.max_streams_per_peer_connection,
         stream_receive_window: u32::try_from(l.stream_receive_window).unwrap_or(u32::MAX),
         connection_receive_window: u32::try_from(l.connection_receive_window).unwrap_or(u32::MAX),
         idle_timeout: l.idle_timeout(),
