@@ -30,6 +30,8 @@ use crate::stats::{Latencies, Summary};
 
 /// Long-polls per client connection: under the link's 256 streams per connection.
 const PER_CONNECTION: usize = 250;
+/// Long-polls sent at once while parking.
+const BATCH: usize = 1_000;
 /// Bound on one store's round trip.
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the long-polls have been parked when the node is looked at again: past the 10 s
@@ -113,6 +115,8 @@ pub struct Longpoll {
     /// Long-polls that came back empty (their wait ran out) and were sent again.
     pub reparked: u64,
     pub swarm: usize,
+    /// Relays in front of the member on every path.
+    pub relays: usize,
 }
 
 impl Longpoll {
@@ -144,9 +148,17 @@ impl Longpoll {
         println!();
         println!("{header}");
         println!(
-            "stores through 0 relays to one member of a swarm of {}, acknowledged by a majority; \
-             {} long-polls parked at the same member, one per mailbox",
-            self.swarm, self.parked
+            "stores through {} relays to one member of a swarm of {}, acknowledged by a majority; \
+             {} long-polls parked at the same member through {} relays, one per mailbox{}",
+            self.relays,
+            self.swarm,
+            self.parked,
+            self.relays,
+            if self.relays > 0 {
+                ", their paths starting at every other node in turn"
+            } else {
+                ""
+            }
         );
         println!();
         println!(
@@ -375,20 +387,39 @@ async fn listen(
     }
 }
 
+/// What to measure.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    /// Long-polls to park, one per mailbox.
+    pub parked: usize,
+    /// Timed stores in each series.
+    pub stores: usize,
+    /// Stores to parked mailboxes, each timed until its long-poll answers.
+    pub wakes: usize,
+    /// Relays in front of the member on every path.
+    pub relays: usize,
+    pub warmup: usize,
+    /// Message bytes.
+    pub size: usize,
+}
+
 /// Runs the series against `roster`, parking at the member `target` names: `parked`
 /// long-polls, one per mailbox, then `wakes` stores to some of those mailboxes.
-#[allow(clippy::too_many_arguments)]
 pub async fn run(
     roster: &Roster,
     epoch: allium_onion::Epoch,
     target_of: impl Fn(&allium_onion::IdentityPublicKey) -> Option<Target>,
-    parked: usize,
-    n: usize,
-    wakes: usize,
-    warmup: usize,
-    size: usize,
+    plan: Plan,
     template: &Latencies,
 ) -> Result<Longpoll, String> {
+    let Plan {
+        parked,
+        stores: n,
+        wakes,
+        relays,
+        warmup,
+        size,
+    } = plan;
     let writer = Identity::generate();
     let mailbox = Mailbox::from_bytes(writer.public().to_bytes());
     let members = roster.members_for(&mailbox);
@@ -396,7 +427,27 @@ pub async fn run(
     let dest = *members.first().ok_or("no swarm for the mailbox")?;
     let target = target_of(&dest.identity).ok_or("the destination is not a node started here")?;
     let dest_hop = hop(dest, epoch).ok_or("the destination has no onion key for this epoch")?;
-    let path = vec![dest_hop.clone()];
+    // Every other node relays; path `i` starts at the `i`-th, so the long-polls reach the
+    // member through every one of them as exit, as a network's clients would.
+    let others = roster
+        .nodes()
+        .iter()
+        .filter(|m| m.identity != dest.identity)
+        .map(|m| hop(m, epoch).ok_or("a node has no onion key for this epoch"))
+        .collect::<Result<Vec<Hop>, _>>()?;
+    if relays > others.len() {
+        return Err(format!(
+            "{relays} relays asked for, {} nodes besides the destination",
+            others.len()
+        ));
+    }
+    let path_at = |i: usize| -> Vec<Hop> {
+        (0..relays)
+            .map(|j| others[(i + j) % others.len()].clone())
+            .chain([dest_hop.clone()])
+            .collect()
+    };
+    let path = path_at(0);
     // Listeners are users of `dest`'s swarm: every one of their mailboxes is held there.
     let listeners: Vec<SigningKey> = (0..parked)
         .map(|_| listener_at(roster, &dest.identity))
@@ -433,33 +484,49 @@ pub async fn run(
         .map(|_| OnionClient::new(([127, 0, 0, 1], 0).into()).map(Arc::new))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
+    // Listeners arrive a batch at a time, the next once the last is parked: ten thousand
+    // packets in one instant would be a flood that guards answer with their accept time-out.
     let started = Instant::now();
-    let mut polls: Vec<Option<JoinHandle<Answered>>> = listeners
-        .into_iter()
-        .enumerate()
-        .map(|(i, key)| {
-            Some(tokio::spawn(listen(
-                clients[i / PER_CONNECTION].clone(),
-                path.clone(),
-                key,
-                stamp.clone(),
-                reparked.clone(),
-            )))
-        })
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = started + Duration::from_secs(120);
+    let mut listeners = listeners.into_iter().enumerate();
+    let mut polls: Vec<Option<JoinHandle<Answered>>> = Vec::with_capacity(parked);
     let all_parked = loop {
+        let sent = polls.len();
         let now = parked_now(target.metrics).await?;
         if now >= parked as u64 {
             break Instant::now();
+        }
+        if now >= sent as u64 {
+            polls.extend(listeners.by_ref().take(BATCH).map(|(i, key)| {
+                Some(tokio::spawn(listen(
+                    clients[i / PER_CONNECTION].clone(),
+                    path_at(i),
+                    key,
+                    stamp.clone(),
+                    reparked.clone(),
+                )))
+            }));
         }
         if Instant::now() > deadline {
             return Err(format!(
                 "only {now} of {parked} long-polls parked within 120 s"
             ));
         }
-        if polls.iter().flatten().any(|p| p.is_finished()) {
-            return Err("a long-poll ended before anything was stored".into());
+        if let Some(p) = polls
+            .iter_mut()
+            .find(|p| p.as_ref().is_some_and(|p| p.is_finished()))
+        {
+            let why = match p.take() {
+                Some(p) => match p.await {
+                    Ok(Err(e)) => e,
+                    Ok(Ok(_)) => "it was answered with a message".into(),
+                    Err(e) => e.to_string(),
+                },
+                None => String::new(),
+            };
+            return Err(format!(
+                "a long-poll ended before anything was stored: {why}"
+            ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
@@ -544,5 +611,6 @@ pub async fn run(
         final_status,
         reparked: reparked.load(Ordering::Relaxed),
         swarm,
+        relays,
     })
 }
