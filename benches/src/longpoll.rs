@@ -3,7 +3,7 @@
 //! `--parked` long-poll retrieves waiting at that member (one per mailbox, as listening users
 //! hold them), in the same run; then stores to some of the parked mailboxes, each timed until
 //! its long-poll answers; and the member's memory and threads (`/proc/<pid>/status`) throughout
-//! (whitepaper storage §4.2, performance.md §8).
+//! (whitepaper storage §4.2, performance.md §10).
 //!
 //! The long-polls are onion packets of one layer sent straight to the member, 250 on each client
 //! connection: the member peels, checks and parks each as it would one delivered by an exit

@@ -1,5 +1,5 @@
 //! Parked long-polls hold no thread and little memory (BAD_INPUTS 29, whitepaper storage §4.2,
-//! performance.md §8): 2,000 `retrieve`s waiting at one node, one per mailbox as listeners hold
+//! performance.md §10): 2,000 `retrieve`s waiting at one node, one per mailbox as listeners hold
 //! them, sent through the link as clients send them, cost that node so little memory that 10,000
 //! fit in 256 MiB, and do not stop it from acknowledging stores; and a message stored for each
 //! mailbox answers that mailbox's long-poll with it. `allium-bench longpoll --parked 10000` parks
