@@ -133,6 +133,14 @@ struct LongpollArgs {
     /// Timed sequential stores in each series.
     #[arg(long, default_value_t = 200)]
     stores: usize,
+    /// Stores to parked mailboxes, one at a time, each timed until that mailbox's long-poll
+    /// answers with it.
+    #[arg(long, default_value_t = 200)]
+    wakes: usize,
+    /// Relays in front of the destination on every path, the stores' and the long-polls'; the
+    /// long-polls' paths start at every other node in turn, so each is some polls' exit.
+    #[arg(long, default_value_t = 0)]
+    relays: usize,
 }
 
 fn node_binary() -> PathBuf {
@@ -763,10 +771,14 @@ async fn measure_longpoll(
         &roster,
         epoch,
         target_of,
-        args.parked,
-        args.stores,
-        cli.warmup,
-        cli.size,
+        longpoll::Plan {
+            parked: args.parked,
+            stores: args.stores,
+            wakes: args.wakes,
+            relays: args.relays,
+            warmup: cli.warmup,
+            size: cli.size,
+        },
         &Latencies::new()?,
     )
     .await
@@ -795,11 +807,13 @@ async fn bench_longpoll(cli: &Cli, args: &LongpollArgs) -> Result<(), String> {
         "machine": machine.to_json(),
         "setup": {
             "roster_nodes": cli.nodes + 1,
-            "relays": 0,
+            "relays": args.relays,
             "message_bytes": cli.size,
             "stores_per_series": args.stores,
             "warmup": cli.warmup,
             "parked": args.parked,
+            "parked_per_mailbox": 1,
+            "wakes": args.wakes,
             "long_poll_wait_ms": allium_proto::storage::MAX_WAIT_MS,
         },
         "results": r.to_json(),

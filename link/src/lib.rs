@@ -79,8 +79,12 @@ pub struct LinkLimits {
     pub max_connections: usize,
     /// Connections accepted from one IP address (one /64 for IPv6).
     pub max_connections_per_ip: usize,
-    /// Concurrent bidirectional streams a peer may open on one connection.
+    /// Concurrent bidirectional streams a client may open on one connection.
     pub max_streams_per_connection: u32,
+    /// Concurrent bidirectional streams a roster node may open on one connection: a relay
+    /// carries every request of its clients to this node over its one connection here, each
+    /// long-poll among them holding its stream for up to a minute.
+    pub max_streams_per_peer_connection: u32,
     /// Bytes a peer may have in flight on one stream.
     pub stream_receive_window: u32,
     /// Bytes a peer may have in flight on one connection.
@@ -103,6 +107,7 @@ impl Default for LinkLimits {
             max_connections: 4096,
             max_connections_per_ip: 16,
             max_streams_per_connection: 256,
+            max_streams_per_peer_connection: 16_384,
             stream_receive_window: 256 * 1024,
             connection_receive_window: 4 * 1024 * 1024,
             idle_timeout: Duration::from_secs(30),
@@ -396,6 +401,7 @@ impl Link {
             let handler = handler.clone();
             let streams = StreamContext {
                 read_timeout: self.limits.request_read_timeout,
+                peer_streams: self.limits.max_streams_per_peer_connection,
                 budgets: budgets.clone(),
                 tasks: tasks.clone(),
                 stopping: stopping.clone(),
@@ -445,6 +451,8 @@ struct Budgets {
 #[derive(Debug, Clone)]
 struct StreamContext {
     read_timeout: Duration,
+    /// Streams a peer's connection is granted once it is known to be a peer's.
+    peer_streams: u32,
     budgets: Arc<Budgets>,
     tasks: tokio_util::task::TaskTracker,
     /// Fires when the endpoint stops: no new connection or request starts after it.
@@ -462,6 +470,7 @@ const STREAM_REFUSED: u32 = 1;
 /// An accepted connection as its stream tasks see it.
 struct Accepted<H: Handler> {
     peer: Peer,
+    conn: quinn::Connection,
     /// Still counted as a client of its address.
     client: AtomicBool,
     /// Its place in the connection counts and its handler's guard, replaced when a client's key
@@ -473,10 +482,11 @@ impl<H: Handler> Accepted<H> {
     /// A connection made before its node was admitted to the roster (a node registering) turns
     /// into a peer's at its first request after: it stops counting against its address, so nodes
     /// sharing a host are not locked out by their own earlier connections.
-    fn promote(&self, handler: &H) {
+    fn promote(&self, handler: &H, peer_streams: u32) {
         if !self.client.swap(false, Ordering::AcqRel) {
             return;
         }
+        self.conn.set_max_concurrent_bi_streams(peer_streams.into());
         let mut standing = self.standing.lock().unwrap_or_else(|p| p.into_inner());
         standing.0.uncount_client();
         standing.1 = None;
@@ -524,9 +534,14 @@ async fn serve_connection<H: Handler>(
         identity,
         role,
     };
+    if role == Role::Peer {
+        // Granted after the handshake: the transport's initial limit is a client's.
+        conn.set_max_concurrent_bi_streams(context.peer_streams.into());
+    }
     let guard = handler.connected(&peer);
     let accepted = Arc::new(Accepted::<H> {
         peer,
+        conn: conn.clone(),
         client: AtomicBool::new(role == Role::Client),
         standing: Mutex::new((slot, Some(guard))),
     });
@@ -567,7 +582,7 @@ async fn serve_stream<H: Handler>(
         // connection lives.
         let is_peer = peer.identity.as_ref().is_some_and(|id| handler.is_peer(id));
         if is_peer {
-            accepted.promote(&*handler);
+            accepted.promote(&*handler, context.peer_streams);
         }
         if kind.peers_only() && !is_peer {
             return Err(Refusal::NotAPeer);
@@ -652,6 +667,19 @@ pub async fn request(
     body: &[u8],
     deadlines: Deadlines,
 ) -> Result<(Status, Vec<u8>), LinkError> {
+    request_held(conn, kind, &mut Some(body), deadlines).await
+}
+
+/// [`request`] with a body the caller gives up once the peer accepted it: `held` (the body and
+/// whatever the caller keeps with it, such as a queue slot) is emptied then, so a request
+/// waiting a minute for its answer (a long-poll carried by a relay) holds neither meanwhile. A
+/// request that fails before it was accepted leaves `held` as it was, to be sent again.
+pub async fn request_held<B: AsRef<[u8]>>(
+    conn: &quinn::Connection,
+    kind: Kind,
+    held: &mut Option<B>,
+    deadlines: Deadlines,
+) -> Result<(Status, Vec<u8>), LinkError> {
     let lost = |e: LinkError| match e {
         LinkError::Stream(why) if conn.close_reason().is_some() => LinkError::Lost(why),
         other => other,
@@ -661,13 +689,17 @@ pub async fn request(
             .open_bi()
             .await
             .map_err(|e| LinkError::Lost(e.to_string()))?;
-        frame::write_request(&mut send, kind, body)
+        let body = held
+            .as_ref()
+            .ok_or(LinkError::BadFrame("no request body"))?;
+        frame::write_request(&mut send, kind, body.as_ref())
             .await
             .map_err(lost)?;
         tokio::time::timeout(deadlines.accept, frame::read_accepted(&mut recv))
             .await
             .map_err(|_| LinkError::Timeout)?
             .map_err(lost)?;
+        *held = None;
         frame::read_response(&mut recv).await
     };
     tokio::time::timeout(deadlines.answer, exchange)

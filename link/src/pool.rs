@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use allium_onion::IdentityPublicKey;
 
-use super::{Deadlines, Kind, Link, LinkError, Status, request};
+use super::{Deadlines, Kind, Link, LinkError, Status, request_held};
 
 type Slot = Arc<tokio::sync::Mutex<Option<quinn::Connection>>>;
 
@@ -90,12 +90,27 @@ impl Pool {
         body: &[u8],
         deadlines: Deadlines,
     ) -> Result<(Status, Vec<u8>), LinkError> {
+        self.request_held(node, addr, kind, &mut Some(body), deadlines)
+            .await
+    }
+
+    /// [`Pool::request`] giving up `held` (the body and what the caller keeps with it) once
+    /// the peer accepted the request, as [`crate::request_held`] does.
+    pub async fn request_held<B: AsRef<[u8]>>(
+        &self,
+        node: &IdentityPublicKey,
+        addr: SocketAddr,
+        kind: Kind,
+        held: &mut Option<B>,
+        deadlines: Deadlines,
+    ) -> Result<(Status, Vec<u8>), LinkError> {
         let (conn, fresh) = self.connection(node, addr).await?;
-        match request(&conn, kind, body, deadlines).await {
+        match request_held(&conn, kind, held, deadlines).await {
+            // Lost means not accepted: `held` still holds the body.
             Err(LinkError::Lost(_)) if !fresh => {
                 self.forget(node, &conn).await;
                 let (conn, _) = self.connection(node, addr).await?;
-                let result = request(&conn, kind, body, deadlines).await;
+                let result = request_held(&conn, kind, held, deadlines).await;
                 if result.is_err() && conn.close_reason().is_some() {
                     self.forget(node, &conn).await;
                 }

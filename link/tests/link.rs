@@ -661,3 +661,172 @@ async fn a_request_in_flight_at_the_stop_is_answered() {
         .expect("stopped once the request was answered")
         .unwrap();
 }
+
+/// Parks every request until the test opens the gate; counts arrivals. `peers` are its roster.
+struct ParkAll {
+    peers: Vec<IdentityPublicKey>,
+    arrived: Mutex<usize>,
+    arrival: tokio::sync::Notify,
+    open: tokio::sync::Semaphore,
+}
+
+impl ParkAll {
+    fn new(peers: Vec<IdentityPublicKey>) -> Self {
+        ParkAll {
+            peers,
+            arrived: Mutex::new(0),
+            arrival: tokio::sync::Notify::new(),
+            open: tokio::sync::Semaphore::new(0),
+        }
+    }
+
+    /// Waits until `n` requests have arrived in all.
+    async fn until_arrived(&self, n: usize) {
+        tokio::time::timeout(T, async {
+            loop {
+                let notified = self.arrival.notified();
+                if *self.arrived.lock().unwrap() >= n {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("only {} of {n} arrived", self.arrived.lock().unwrap()));
+    }
+}
+
+impl Handler for ParkAll {
+    type ConnectionGuard = ();
+
+    fn is_peer(&self, identity: &IdentityPublicKey) -> bool {
+        self.peers.contains(identity)
+    }
+
+    fn may_be_peer(&self, _ip: IpAddr) -> bool {
+        true
+    }
+
+    fn connected(&self, _peer: &Peer) {}
+
+    async fn handle(&self, _peer: &Peer, _kind: Kind, body: Vec<u8>) -> (Status, Vec<u8>) {
+        *self.arrived.lock().unwrap() += 1;
+        self.arrival.notify_waiters();
+        let _ = self.open.acquire().await;
+        (Status::Ok, body)
+    }
+}
+
+/// `Some(output)` if `f` is ready at its first poll.
+fn ready_now<F: Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(out) => Some(out),
+        std::task::Poll::Pending => None,
+    }
+}
+
+/// A relay carries every request of its clients to a node over one connection, long-polls that
+/// wait a minute among them: a roster node's connection is granted more concurrent streams
+/// than a client's, so those waiting requests do not hold up the rest.
+#[tokio::test]
+async fn a_peer_connection_carries_more_waiting_requests_than_a_clients() {
+    let peer = IdentityKeypair::generate(&mut ChaCha20Rng::seed_from_u64(21));
+    let limits = LinkLimits {
+        max_streams_per_connection: 4,
+        max_streams_per_peer_connection: 32,
+        ..LinkLimits::default()
+    };
+    let server = serve_with(
+        22,
+        limits,
+        Arc::new(ParkAll::new(vec![peer.public()])),
+        Duration::from_secs(1),
+    );
+    let key = server.identity.public();
+    let ask = |conn: &quinn::Connection, n: usize| {
+        (0..n)
+            .map(|i| {
+                let conn = conn.clone();
+                tokio::spawn(async move {
+                    allium_link::request(&conn, Kind::Directory, &[i as u8], Deadlines::uniform(T))
+                        .await
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let peer_link = node_link(&peer, LinkLimits::default());
+    let peer_conn = peer_link.connect(server.addr, &key).await.unwrap();
+    let mut waiting = ask(&peer_conn, 20);
+    server.echo.until_arrived(20).await;
+
+    let c = client();
+    let client_conn = c.connect(server.addr, &key).await.unwrap();
+    waiting.extend(ask(&client_conn, 4));
+    server.echo.until_arrived(24).await;
+    // The client's four streams are all it may open; the peer has room left.
+    assert!(ready_now(client_conn.open_bi()).is_none());
+    assert!(ready_now(peer_conn.open_bi()).is_some());
+
+    server.echo.open.add_permits(64);
+    for w in waiting {
+        let (status, _) = w.await.unwrap().unwrap();
+        assert_eq!(status, Status::Ok);
+    }
+    server.stop().await;
+}
+
+/// Sets its flag when dropped.
+struct Tracked(Vec<u8>, Arc<tokio::sync::Notify>);
+
+impl AsRef<[u8]> for Tracked {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.1.notify_one();
+    }
+}
+
+/// A request whose answer takes long (a long-poll) gives up its body, and what its sender keeps
+/// with it, once the next hop accepted it, not when the answer comes.
+#[tokio::test]
+async fn a_held_body_is_given_up_once_the_request_is_accepted() {
+    let server = serve_with(
+        23,
+        LinkLimits::default(),
+        Arc::new(ParkAll::new(Vec::new())),
+        Duration::from_secs(1),
+    );
+    let c = client();
+    let conn = c
+        .connect(server.addr, &server.identity.public())
+        .await
+        .unwrap();
+    let dropped = Arc::new(tokio::sync::Notify::new());
+    let asking = {
+        let (conn, dropped) = (conn.clone(), dropped.clone());
+        tokio::spawn(async move {
+            let mut held = Some(Tracked(b"held".to_vec(), dropped));
+            let r =
+                allium_link::request_held(&conn, Kind::Directory, &mut held, Deadlines::uniform(T))
+                    .await;
+            (r, held.is_none())
+        })
+    };
+    server.echo.until_arrived(1).await;
+    // Dropped while the request still waits for its answer.
+    tokio::time::timeout(T, dropped.notified())
+        .await
+        .expect("the body was held until the answer");
+    assert!(!asking.is_finished());
+    server.echo.open.add_permits(1);
+    let (r, emptied) = asking.await.unwrap();
+    assert_eq!(r.unwrap(), (Status::Ok, b"held".to_vec()));
+    assert!(emptied);
+    server.stop().await;
+}

@@ -51,6 +51,10 @@ pub const ENV_VARS: &[EnvVar] = &[
         "limits.max_streams_per_connection",
     ),
     var(
+        "ALLIUM_NODE_LIMITS_MAX_STREAMS_PER_PEER_CONNECTION",
+        "limits.max_streams_per_peer_connection",
+    ),
+    var(
         "ALLIUM_NODE_LIMITS_STREAM_RECEIVE_WINDOW",
         "limits.stream_receive_window",
     ),
@@ -91,6 +95,10 @@ pub const ENV_VARS: &[EnvVar] = &[
     var(
         "ALLIUM_NODE_LIMITS_PEER_READ_BUFFER_BYTES",
         "limits.peer_read_buffer_bytes",
+    ),
+    var(
+        "ALLIUM_NODE_LIMITS_MAX_PARKED_POLLS",
+        "limits.max_parked_polls",
     ),
     var("ALLIUM_NODE_STORE_MAX_BYTES", "store.max_bytes"),
     var("ALLIUM_NODE_STORE_MIN_FREE_BYTES", "store.min_free_bytes"),
@@ -223,8 +231,11 @@ pub struct Limits {
     pub max_connections_per_ip: u32,
     /// Open connections in total.
     pub max_connections: u32,
-    /// Concurrent bidirectional streams a peer may open on one connection.
+    /// Concurrent bidirectional streams a client may open on one connection.
     pub max_streams_per_connection: u32,
+    /// Concurrent bidirectional streams a roster node may open on one connection (a relay
+    /// carries all its clients' long-polls to this node over one connection).
+    pub max_streams_per_peer_connection: u32,
     /// QUIC per-stream receive window, bytes.
     pub stream_receive_window: u64,
     /// QUIC per-connection receive window, bytes.
@@ -237,7 +248,8 @@ pub struct Limits {
     pub forward_timeout_ms: u64,
     /// Give up reading a request from a stream after this long, milliseconds.
     pub request_read_timeout_ms: u64,
-    /// Packets waiting to be forwarded per next hop before new ones are dropped (`queue_full`).
+    /// Packets waiting for their next hop to accept them before new ones are dropped
+    /// (`queue_full`); one the next hop accepted (a long-poll waiting there) no longer counts.
     pub forward_queue: u32,
     /// How long a relay waits for the next hop's complete reply once it accepted the packet,
     /// ms; longer than the longest long-poll.
@@ -250,6 +262,9 @@ pub struct Limits {
     pub client_read_buffer_bytes: u64,
     /// Bytes that request bodies being read from roster nodes may hold at once, in all.
     pub peer_read_buffer_bytes: u64,
+    /// Long-poll retrieves parked at once (every listening client holds one); beyond it a
+    /// retrieve is answered at once, as if its wait had run out.
+    pub max_parked_polls: u32,
 }
 
 /// Message store limits.
@@ -333,6 +348,7 @@ impl Default for Limits {
             max_connections_per_ip: 16,
             max_connections: 4096,
             max_streams_per_connection: 256,
+            max_streams_per_peer_connection: 16_384,
             stream_receive_window: 256 * KIB,
             connection_receive_window: 4 * MIB,
             idle_timeout_ms: 30_000,
@@ -345,6 +361,7 @@ impl Default for Limits {
             client_request_burst: 400,
             client_read_buffer_bytes: 32 * MIB,
             peer_read_buffer_bytes: 64 * MIB,
+            max_parked_polls: 16_384,
         }
     }
 }
@@ -558,6 +575,9 @@ impl NodeConfig {
             "limits.max_connections_per_ip" => l.max_connections_per_ip = parse(value)?,
             "limits.max_connections" => l.max_connections = parse(value)?,
             "limits.max_streams_per_connection" => l.max_streams_per_connection = parse(value)?,
+            "limits.max_streams_per_peer_connection" => {
+                l.max_streams_per_peer_connection = parse(value)?;
+            }
             "limits.stream_receive_window" => l.stream_receive_window = parse(value)?,
             "limits.connection_receive_window" => l.connection_receive_window = parse(value)?,
             "limits.idle_timeout_ms" => l.idle_timeout_ms = parse(value)?,
@@ -570,6 +590,7 @@ impl NodeConfig {
             "limits.client_request_burst" => l.client_request_burst = parse(value)?,
             "limits.client_read_buffer_bytes" => l.client_read_buffer_bytes = parse(value)?,
             "limits.peer_read_buffer_bytes" => l.peer_read_buffer_bytes = parse(value)?,
+            "limits.max_parked_polls" => l.max_parked_polls = parse(value)?,
             "store.max_bytes" => self.store.max_bytes = parse(value)?,
             "store.mailbox_quota_bytes" => self.store.mailbox_quota_bytes = parse(value)?,
             "store.min_free_bytes" => self.store.min_free_bytes = parse(value)?,
@@ -631,6 +652,10 @@ impl NodeConfig {
                 "limits.max_streams_per_connection",
                 u64::from(l.max_streams_per_connection),
             ),
+            (
+                "limits.max_streams_per_peer_connection",
+                u64::from(l.max_streams_per_peer_connection),
+            ),
             ("limits.stream_receive_window", l.stream_receive_window),
             (
                 "limits.connection_receive_window",
@@ -655,6 +680,7 @@ impl NodeConfig {
                 l.client_read_buffer_bytes,
             ),
             ("limits.peer_read_buffer_bytes", l.peer_read_buffer_bytes),
+            ("limits.max_parked_polls", u64::from(l.max_parked_polls)),
             ("store.max_bytes", self.store.max_bytes),
             ("store.mailbox_quota_bytes", self.store.mailbox_quota_bytes),
             ("store.blob_max_bytes", self.store.blob_max_bytes),

@@ -129,6 +129,7 @@ fn link_limits(config: &NodeConfig) -> LinkLimits {
         max_connections: l.max_connections as usize,
         max_connections_per_ip: l.max_connections_per_ip as usize,
         max_streams_per_connection: l.max_streams_per_connection,
+        max_streams_per_peer_connection: l.max_streams_per_peer_connection,
         stream_receive_window: u32::try_from(l.stream_receive_window).unwrap_or(u32::MAX),
         connection_receive_window: u32::try_from(l.connection_receive_window).unwrap_or(u32::MAX),
         idle_timeout: l.idle_timeout(),
@@ -364,6 +365,7 @@ pub async fn run(config: NodeConfig, shutdown: ShutdownSignal) -> Result<(), Dae
         blob_quota_bytes: config.store.blob_quota_bytes,
         blob_cap_bytes: config.store.blob_max_bytes,
         min_free_bytes: config.store.min_free_bytes,
+        max_waiters: config.limits.max_parked_polls as usize,
         ..allium_swarm::StoreConfig::default()
     };
     let store = Arc::new(open_store(&config.data_dir, store_config)?);

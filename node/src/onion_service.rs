@@ -39,7 +39,9 @@ pub struct OnionConfig {
     pub forward_timeout: Duration,
     /// How long a relay waits for the next hop's whole reply (longer than any long-poll).
     pub reply_timeout: Duration,
-    /// Packets that may wait for their next hop at once; beyond it packets are shed.
+    /// Packets that may wait for their next hop to accept them at once; beyond it packets are
+    /// shed. A packet the next hop accepted no longer counts: a long-poll it carries waits
+    /// there, up to a minute, without holding a place here.
     pub forward_queue: usize,
 }
 
@@ -66,6 +68,18 @@ fn drop_reason(e: &PeelError) -> DropReason {
         PeelError::PayloadAuth => DropReason::PayloadAuth,
         PeelError::Replay => DropReason::Replay,
         _ => DropReason::Malformed,
+    }
+}
+
+/// A packet on its way to the next hop, with its place in the forward queue.
+struct Forwarding<'a> {
+    packet: Vec<u8>,
+    _slot: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl AsRef<[u8]> for Forwarding<'_> {
+    fn as_ref(&self) -> &[u8] {
+        &self.packet
     }
 }
 
@@ -202,14 +216,22 @@ impl<N: Neighbours, D: Destination> OnionService<N, D> {
                     self.metrics.dropped(DropReason::NextHopUnreachable);
                     return (Status::Ok, reply.error(ErrorCode::NextHopUnreachable));
                 };
-                let Ok(_slot) = self.forward_slots.try_acquire() else {
+                let Ok(slot) = self.forward_slots.try_acquire() else {
                     self.metrics.dropped(DropReason::QueueFull);
                     return (Status::Ok, reply.error(ErrorCode::Overloaded));
                 };
+                // The packet and its place in the queue are given up once the next hop
+                // accepted it; while its answer comes (a minute for a long-poll) this hop
+                // keeps only the reply layer.
+                let mut held = Some(Forwarding {
+                    packet,
+                    _slot: slot,
+                });
                 let outcome = self
                     .pool
-                    .request(&key, addr, Kind::Onion, &packet, self.deadlines)
+                    .request_held(&key, addr, Kind::Onion, &mut held, self.deadlines)
                     .await;
+                drop(held);
                 let answer = match outcome {
                     Ok((Status::Ok, mut back)) => match reply.wrap(&mut back) {
                         Ok(()) => back,
