@@ -97,6 +97,27 @@ enum Command {
     /// Attachments: upload and download MB/s for a few file sizes through 3-relay paths, each
     /// against a floor from the same run's primitives (`whitepaper/attachments.md`).
     Attach(AttachArgs),
+    /// Mailbox moves at a network size beyond the roster tests: the shipped assignment grows
+    /// to `--grow` nodes one join at a time, then `--churn` nodes leave, `--churn` join, and
+    /// `--churn` leave-and-join pairs follow; every event's moved mailboxes are reported
+    /// against `1/k` (`whitepaper/roster.md` §5.4). Pure computation, no network.
+    Moves(MovesArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct MovesArgs {
+    /// Nodes that join one at a time.
+    #[arg(long, default_value_t = 2000)]
+    grow: u32,
+    /// Length of each churn phase after growing.
+    #[arg(long, default_value_t = 200)]
+    churn: u32,
+    /// Mailboxes whose swarm is followed.
+    #[arg(long, default_value_t = 100_000)]
+    mailboxes: u32,
+    /// Swarm sizes `S`.
+    #[arg(long, value_delimiter = ',', default_value = "3,5")]
+    sizes: Vec<usize>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -813,12 +834,109 @@ async fn bench_attach(cli: &Cli, args: &AttachArgs) -> Result<(), String> {
     Ok(())
 }
 
+fn bench_moves(cli: &Cli, args: &MovesArgs) -> Result<(), String> {
+    use allium_bench::moves::{MovesConfig, measure, summarise};
+    let started = Instant::now();
+    let mut results = Vec::new();
+    println!(
+        "{} nodes join; then {} leave, {} join, and {} leave-and-join pairs follow; {} mailboxes",
+        args.grow, args.churn, args.churn, args.churn, args.mailboxes
+    );
+    println!(
+        "| S | phase | events | swarms created/dissolved | nodes moved (max per event) | events moving mailboxes | mailbox moves | mean fraction | max fraction | max fraction × k | swarms after |"
+    );
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for &size in &args.sizes {
+        let cfg = MovesConfig {
+            nodes: args.grow,
+            churn: args.churn,
+            mailboxes: args.mailboxes,
+            swarm_size: size,
+        };
+        let phases_run = measure(&cfg);
+        let mut phases = serde_json::Map::new();
+        for (name, events, join) in [
+            ("grow: joins", &phases_run.grow, true),
+            ("shrink: leaves", &phases_run.shrink, false),
+            ("regrow: joins", &phases_run.regrow, true),
+            ("interleaved: leaves", &phases_run.interleaved, false),
+            ("interleaved: joins", &phases_run.interleaved, true),
+        ] {
+            let s = summarise(events, join, args.mailboxes);
+            let after = events
+                .iter()
+                .rev()
+                .find(|e| e.join == join)
+                .map_or(0, |e| e.swarms.1);
+            println!(
+                "| {size} | {name} | {} | {} | {} ({}) | {} | {} | {:.5} | {:.5} | {:.2} | {after} |",
+                s.events,
+                s.swarms_changed,
+                s.nodes_moved.0,
+                s.nodes_moved.1,
+                s.moving,
+                s.mailboxes_moved,
+                s.fraction.0,
+                s.fraction.1,
+                s.max_per_share,
+            );
+            phases.insert(name.to_string(), s.to_json());
+        }
+        let per_event = |events: &[allium_bench::moves::Event]| -> Vec<Value> {
+            events
+                .iter()
+                .map(|e| {
+                    json!([
+                        if e.join { "join" } else { "leave" },
+                        e.swarms.0,
+                        e.swarms.1,
+                        e.nodes_moved,
+                        e.mailboxes_moved
+                    ])
+                })
+                .collect()
+        };
+        results.push(json!({
+            "swarm_size": size,
+            "summary": phases,
+            "shrink_events": per_event(&phases_run.shrink),
+            "regrow_events": per_event(&phases_run.regrow),
+            "interleaved_events": per_event(&phases_run.interleaved),
+        }));
+    }
+    eprintln!("computed in {:.1} s", started.elapsed().as_secs_f64());
+    let out = out_dir(cli);
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let path = out.join("moves.json");
+    let report = json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "command": std::env::args().collect::<Vec<_>>(),
+        "inputs": {
+            "grow": args.grow, "churn": args.churn, "mailboxes": args.mailboxes,
+            "rules": "roster.md §5.4 generator; grow: node_key(0..grow) join; shrink: churn \
+                leaves; regrow: churn joins; interleaved: churn leave-then-join pairs; the k-th \
+                leave removes index u32be(node_key(2000000 + k)[0..4]) mod n of the n nodes \
+                present in join order, the k-th later join adds node_key(grow + k)",
+            "events_columns": ["kind", "swarms_before", "swarms_after", "nodes_moved",
+                "mailboxes_moved"],
+        },
+        "results": results,
+    });
+    let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    std::fs::write(&path, text + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
 async fn bench(cli: Cli) -> Result<(), String> {
     if let Some(Command::Longpoll(args)) = &cli.command {
         return bench_longpoll(&cli, args).await;
     }
     if let Some(Command::Attach(args)) = &cli.command {
         return bench_attach(&cli, args).await;
+    }
+    if let Some(Command::Moves(args)) = &cli.command {
+        return bench_moves(&cli, args);
     }
     let machine = Machine::describe();
     let mut network = start_network(&cli)?;
