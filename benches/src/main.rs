@@ -102,6 +102,47 @@ enum Command {
     /// `--churn` leave-and-join pairs follow; every event's moved mailboxes are reported
     /// against `1/k` (`whitepaper/roster.md` §5.4). Pure computation, no network.
     Moves(MovesArgs),
+    /// A simulated network with churn, in one process on a simulated clock: the shipped swarm
+    /// assignment and ring lookup, the nodes' replication and the clients' retries modelled
+    /// after their code (`whitepaper/performance.md` §8). Deterministic from `--seed`.
+    Sim(SimArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SimArgs {
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Nodes at the start.
+    #[arg(long = "sim-nodes", default_value_t = 1000)]
+    sim_nodes: u32,
+    /// Clients, each listening on its own mailbox and sending.
+    #[arg(long, default_value_t = 10_000)]
+    clients: u32,
+    /// Simulated minutes.
+    #[arg(long, default_value_t = 60)]
+    minutes: u32,
+    /// Last minutes without new messages (so the last ones can arrive).
+    #[arg(long, default_value_t = 5)]
+    quiet_minutes: u32,
+    /// Nodes joining each minute.
+    #[arg(long, default_value_t = 5)]
+    joins_per_minute: u32,
+    /// Nodes leaving each minute (abruptly, store lost).
+    #[arg(long, default_value_t = 5)]
+    leaves_per_minute: u32,
+    /// Swarm size `S`.
+    #[arg(long, default_value_t = 5)]
+    swarm_size: usize,
+    /// Mean seconds between two messages of one client.
+    #[arg(long, default_value_t = 300.0)]
+    send_mean_s: f64,
+    /// Median one-way WAN delay of a hop, ms (log-normal).
+    #[arg(long, default_value_t = 25.0)]
+    wan_median_ms: f64,
+    /// Sigma of the log-normal WAN delay.
+    #[arg(long, default_value_t = 0.5)]
+    wan_sigma: f64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -834,6 +875,57 @@ async fn bench_attach(cli: &Cli, args: &AttachArgs) -> Result<(), String> {
     Ok(())
 }
 
+fn bench_sim(cli: &Cli, args: &SimArgs) -> Result<(), String> {
+    use allium_bench::sim::{SimConfig, run};
+    let mut cfg = SimConfig::standard(args.seed);
+    cfg.nodes = args.sim_nodes;
+    cfg.clients = args.clients;
+    cfg.minutes = args.minutes;
+    cfg.quiet_minutes = args.quiet_minutes.min(args.minutes);
+    cfg.joins_per_minute = args.joins_per_minute;
+    cfg.leaves_per_minute = args.leaves_per_minute;
+    cfg.swarm_size = args.swarm_size;
+    cfg.send_mean = (args.send_mean_s * 1e6) as u64;
+    cfg.wan_median = (args.wan_median_ms * 1e3) as u64;
+    cfg.wan_sigma = args.wan_sigma;
+    let started = Instant::now();
+    let report = run(&cfg);
+    let took = started.elapsed().as_secs_f64();
+    let j = report.to_json();
+    println!(
+        "simulated {} min: {} nodes at the start, {} joins and {} leaves a minute, {} clients, S = {}, seed {}",
+        cfg.minutes,
+        cfg.nodes,
+        cfg.joins_per_minute,
+        cfg.leaves_per_minute,
+        cfg.clients,
+        cfg.swarm_size,
+        cfg.seed
+    );
+    println!("real code: {}", j["real_code"].as_str().unwrap_or_default());
+    println!("modelled: {}", j["modelled"].as_str().unwrap_or_default());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json!({
+            "messages": j["messages"], "latency_ms": j["latency_ms"],
+            "network_end": j["network_end"], "counters": j["counters"],
+        }))
+        .map_err(|e| e.to_string())?
+    );
+    eprintln!("{} events in {took:.1} s", report.events);
+    let out = out_dir(cli);
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let path = out.join("sim.json");
+    let mut full = j;
+    full["command"] = json!(std::env::args().collect::<Vec<_>>());
+    full["version"] = json!(env!("CARGO_PKG_VERSION"));
+    full["seconds"] = json!(took);
+    let text = serde_json::to_string_pretty(&full).map_err(|e| e.to_string())?;
+    std::fs::write(&path, text + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
 fn bench_moves(cli: &Cli, args: &MovesArgs) -> Result<(), String> {
     use allium_bench::moves::{MovesConfig, measure, summarise};
     let started = Instant::now();
@@ -937,6 +1029,9 @@ async fn bench(cli: Cli) -> Result<(), String> {
     }
     if let Some(Command::Moves(args)) = &cli.command {
         return bench_moves(&cli, args);
+    }
+    if let Some(Command::Sim(args)) = &cli.command {
+        return bench_sim(&cli, args);
     }
     let machine = Machine::describe();
     let mut network = start_network(&cli)?;
