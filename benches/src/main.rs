@@ -103,6 +103,15 @@ enum Command {
     /// floor of a relayed packet from the same run. Needs a network started here on a machine
     /// of at least two cores, and `taskset`.
     Relay(RelayArgs),
+    /// Mailbox moves at a network size beyond the roster tests: the shipped assignment grows
+    /// to `--grow` nodes one join at a time, then `--churn` nodes leave, `--churn` join, and
+    /// `--churn` leave-and-join pairs follow; every event's moved mailboxes are reported
+    /// against `1/k` (`whitepaper/roster.md` §5.4). Pure computation, no network.
+    Moves(MovesArgs),
+    /// A simulated network with churn, in one process on a simulated clock: the shipped swarm
+    /// assignment and ring lookup, the nodes' replication and the clients' retries modelled
+    /// after their code (`whitepaper/performance.md` §11). Deterministic from `--seed`.
+    Sim(SimArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -113,6 +122,59 @@ struct RelayArgs {
     /// Seconds measured, after one second of untimed load.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+}
+
+#[derive(Debug, clap::Args)]
+struct SimArgs {
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Nodes at the start.
+    #[arg(long = "sim-nodes", default_value_t = 1000)]
+    sim_nodes: u32,
+    /// Clients, each listening on its own mailbox and sending.
+    #[arg(long, default_value_t = 10_000)]
+    clients: u32,
+    /// Simulated minutes.
+    #[arg(long, default_value_t = 60)]
+    minutes: u32,
+    /// Last minutes without new messages (so the last ones can arrive).
+    #[arg(long, default_value_t = 5)]
+    quiet_minutes: u32,
+    /// Nodes joining each minute.
+    #[arg(long, default_value_t = 5)]
+    joins_per_minute: u32,
+    /// Nodes leaving each minute (abruptly, store lost).
+    #[arg(long, default_value_t = 5)]
+    leaves_per_minute: u32,
+    /// Swarm size `S`.
+    #[arg(long, default_value_t = 5)]
+    swarm_size: usize,
+    /// Mean seconds between two messages of one client.
+    #[arg(long, default_value_t = 300.0)]
+    send_mean_s: f64,
+    /// Median one-way WAN delay of a hop, ms (log-normal).
+    #[arg(long, default_value_t = 25.0)]
+    wan_median_ms: f64,
+    /// Sigma of the log-normal WAN delay.
+    #[arg(long, default_value_t = 0.5)]
+    wan_sigma: f64,
+}
+
+#[derive(Debug, clap::Args)]
+struct MovesArgs {
+    /// Nodes that join one at a time.
+    #[arg(long, default_value_t = 2000)]
+    grow: u32,
+    /// Length of each churn phase after growing.
+    #[arg(long, default_value_t = 200)]
+    churn: u32,
+    /// Mailboxes whose swarm is followed.
+    #[arg(long, default_value_t = 100_000)]
+    mailboxes: u32,
+    /// Swarm sizes `S`.
+    #[arg(long, value_delimiter = ',', default_value = "3,5")]
+    sizes: Vec<usize>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -950,6 +1012,151 @@ async fn bench_attach(cli: &Cli, args: &AttachArgs) -> Result<(), String> {
     Ok(())
 }
 
+fn bench_sim(cli: &Cli, args: &SimArgs) -> Result<(), String> {
+    use allium_bench::sim::{SimConfig, run};
+    let mut cfg = SimConfig::standard(args.seed);
+    cfg.nodes = args.sim_nodes;
+    cfg.clients = args.clients;
+    cfg.minutes = args.minutes;
+    cfg.quiet_minutes = args.quiet_minutes.min(args.minutes);
+    cfg.joins_per_minute = args.joins_per_minute;
+    cfg.leaves_per_minute = args.leaves_per_minute;
+    cfg.swarm_size = args.swarm_size;
+    cfg.send_mean = (args.send_mean_s * 1e6) as u64;
+    cfg.wan_median = (args.wan_median_ms * 1e3) as u64;
+    cfg.wan_sigma = args.wan_sigma;
+    let started = Instant::now();
+    let report = run(&cfg);
+    let took = started.elapsed().as_secs_f64();
+    let j = report.to_json();
+    println!(
+        "simulated {} min: {} nodes at the start, {} joins and {} leaves a minute, {} clients, S = {}, seed {}",
+        cfg.minutes,
+        cfg.nodes,
+        cfg.joins_per_minute,
+        cfg.leaves_per_minute,
+        cfg.clients,
+        cfg.swarm_size,
+        cfg.seed
+    );
+    println!("real code: {}", j["real_code"].as_str().unwrap_or_default());
+    println!("modelled: {}", j["modelled"].as_str().unwrap_or_default());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json!({
+            "messages": j["messages"], "latency_ms": j["latency_ms"],
+            "network_end": j["network_end"], "counters": j["counters"],
+        }))
+        .map_err(|e| e.to_string())?
+    );
+    eprintln!("{} events in {took:.1} s", report.events);
+    let out = out_dir(cli);
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let path = out.join("sim.json");
+    let mut full = j;
+    full["command"] = json!(std::env::args().collect::<Vec<_>>());
+    full["version"] = json!(env!("CARGO_PKG_VERSION"));
+    full["seconds"] = json!(took);
+    let text = serde_json::to_string_pretty(&full).map_err(|e| e.to_string())?;
+    std::fs::write(&path, text + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+fn bench_moves(cli: &Cli, args: &MovesArgs) -> Result<(), String> {
+    use allium_bench::moves::{MovesConfig, measure, summarise};
+    let started = Instant::now();
+    let mut results = Vec::new();
+    println!(
+        "{} nodes join; then {} leave, {} join, and {} leave-and-join pairs follow; {} mailboxes",
+        args.grow, args.churn, args.churn, args.churn, args.mailboxes
+    );
+    println!(
+        "| S | phase | events | swarms created/dissolved | nodes moved (max per event) | events moving mailboxes | mailbox moves | mean fraction | max fraction | max fraction × k | swarms after |"
+    );
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for &size in &args.sizes {
+        let cfg = MovesConfig {
+            nodes: args.grow,
+            churn: args.churn,
+            mailboxes: args.mailboxes,
+            swarm_size: size,
+        };
+        let phases_run = measure(&cfg);
+        let mut phases = serde_json::Map::new();
+        for (name, events, join) in [
+            ("grow: joins", &phases_run.grow, true),
+            ("shrink: leaves", &phases_run.shrink, false),
+            ("regrow: joins", &phases_run.regrow, true),
+            ("interleaved: leaves", &phases_run.interleaved, false),
+            ("interleaved: joins", &phases_run.interleaved, true),
+        ] {
+            let s = summarise(events, join, args.mailboxes);
+            let after = events
+                .iter()
+                .rev()
+                .find(|e| e.join == join)
+                .map_or(0, |e| e.swarms.1);
+            println!(
+                "| {size} | {name} | {} | {} | {} ({}) | {} | {} | {:.5} | {:.5} | {:.2} | {after} |",
+                s.events,
+                s.swarms_changed,
+                s.nodes_moved.0,
+                s.nodes_moved.1,
+                s.moving,
+                s.mailboxes_moved,
+                s.fraction.0,
+                s.fraction.1,
+                s.max_per_share,
+            );
+            phases.insert(name.to_string(), s.to_json());
+        }
+        let per_event = |events: &[allium_bench::moves::Event]| -> Vec<Value> {
+            events
+                .iter()
+                .map(|e| {
+                    json!([
+                        if e.join { "join" } else { "leave" },
+                        e.swarms.0,
+                        e.swarms.1,
+                        e.nodes_moved,
+                        e.mailboxes_moved
+                    ])
+                })
+                .collect()
+        };
+        results.push(json!({
+            "swarm_size": size,
+            "summary": phases,
+            "shrink_events": per_event(&phases_run.shrink),
+            "regrow_events": per_event(&phases_run.regrow),
+            "interleaved_events": per_event(&phases_run.interleaved),
+        }));
+    }
+    eprintln!("computed in {:.1} s", started.elapsed().as_secs_f64());
+    let out = out_dir(cli);
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let path = out.join("moves.json");
+    let report = json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "command": std::env::args().collect::<Vec<_>>(),
+        "inputs": {
+            "grow": args.grow, "churn": args.churn, "mailboxes": args.mailboxes,
+            "rules": "roster.md §5.4 generator; grow: node_key(0..grow) join; shrink: churn \
+                leaves; regrow: churn joins; interleaved: churn leave-then-join pairs; the k-th \
+                leave removes index u32be(node_key(2000000 + k)[0..4]) mod n of the n nodes \
+                present in join order, the k-th later join adds node_key(grow + k)",
+            "events_columns": ["kind", "swarms_before", "swarms_after", "nodes_moved",
+                "mailboxes_moved"],
+        },
+        "results": results,
+    });
+    let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    std::fs::write(&path, text + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
 async fn bench(cli: Cli) -> Result<(), String> {
     if let Some(Command::Longpoll(args)) = &cli.command {
         return bench_longpoll(&cli, args).await;
@@ -959,6 +1166,12 @@ async fn bench(cli: Cli) -> Result<(), String> {
     }
     if let Some(Command::Relay(args)) = &cli.command {
         return bench_relay(&cli, args).await;
+    }
+    if let Some(Command::Moves(args)) = &cli.command {
+        return bench_moves(&cli, args);
+    }
+    if let Some(Command::Sim(args)) = &cli.command {
+        return bench_sim(&cli, args);
     }
     let machine = Machine::describe();
     let mut network = start_network(&cli)?;
