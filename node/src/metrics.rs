@@ -141,6 +141,8 @@ label_enum! {
         Usage => "usage",
         /// One blob chunk by address.
         ReadBlob => "read_blob",
+        /// One page of the roster.
+        RosterPage => "roster_page",
         /// A method id this node does not know.
         Unknown => "unknown",
     }
@@ -664,6 +666,7 @@ impl From<allium_proto::Method> for StorageMethod {
             M::Roster => StorageMethod::Roster,
             M::Usage => StorageMethod::Usage,
             M::ReadBlob => StorageMethod::ReadBlob,
+            M::RosterPage => StorageMethod::RosterPage,
         }
     }
 }
