@@ -11,6 +11,7 @@ pub mod identity;
 pub mod messenger;
 pub mod net;
 pub mod onion;
+pub mod pages;
 pub mod path;
 pub mod session;
 pub mod state;

@@ -14,7 +14,7 @@ use allium_proto::network::NetworkFile;
 use allium_proto::roster::{DirectoryRequest, HeldRoster, NodeEntry, RosterHolder};
 use allium_proto::storage::{
     CursorKey, DeleteAllRequest, DeleteRequest, DeliveryToken, INBOX, Namespace, PUBLIC, REQUESTS,
-    RetrieveRequest, StoreRequest, UsageRequest, UsageResponse,
+    RetrieveRequest, RosterPageRequest, StoreRequest, UsageRequest, UsageResponse,
 };
 use allium_proto::{
     Body, Mailbox, MessageHash, Method, NodeId, Request, Response, ResponseBody, Retry, Status,
@@ -24,6 +24,7 @@ use ed25519_dalek::SigningKey;
 use rand_core::{OsRng, RngCore};
 
 use crate::onion::{Hop, OnionClient, SendError, epoch_at, hop};
+use crate::pages;
 use crate::path::{PathIndex, PathRules, TooFewNodes};
 
 /// Guards a client keeps.
@@ -39,6 +40,8 @@ const ROSTER_RETRY_GAP: Duration = Duration::from_secs(1);
 const LATER_PAUSE: Duration = Duration::from_millis(200);
 /// How long `status` waits for a guard to answer.
 const GUARD_PROBE: Duration = Duration::from_secs(5);
+/// Nodes asked in turn for a newer roster through the onion before the held one is kept.
+const ROSTER_FETCH_NODES: usize = 3;
 /// How long a relay that failed is left out of new paths.
 const AVOID_FOR: Duration = Duration::from_secs(120);
 
@@ -298,9 +301,98 @@ impl Net {
         self.offset_ms.store(offset, Ordering::Relaxed);
     }
 
-    /// Fetches a newer roster from a guard or an authority and verifies it; keeps the held one
-    /// when nothing newer and valid comes. Returns the version held.
+    /// Asks for a newer roster and verifies it whole; keeps the held one when nothing newer and
+    /// valid comes. Returns the version held. A client holding a roster asks through the onion
+    /// (`roster_page`, roster.md §4.4); only one without a usable roster (the first run, or one
+    /// whose onion keys have all run out, so that it can build no path) asks a guard or an
+    /// authority directly (the bootstrap).
     pub async fn refresh_roster(&self) -> Result<u64, NetError> {
+        if let Some(held) = self.roster() {
+            let fetched =
+                tokio::time::timeout(self.timing.operation, self.refresh_through_onion(&held))
+                    .await;
+            match fetched {
+                Ok(Ok(())) => {
+                    *lock(&self.refreshed) = Some(Instant::now());
+                    self.choose_guards();
+                    return Ok(self.roster.version().unwrap_or(held.roster().version()));
+                }
+                Ok(Err(NetError::TooFewNodes(_))) => {}
+                // Nobody answered in time: the held roster stays in use, and the client does not
+                // step out of the onion for a newer one.
+                Ok(Err(_)) | Err(_) => return Ok(held.roster().version()),
+            }
+        }
+        self.bootstrap_roster().await
+    }
+
+    /// Fetches the roster through the onion from a node of `roster`, a few nodes in turn, and
+    /// adopts it if it verifies and is newer. `TooFewNodes` when the roster can build no path.
+    async fn refresh_through_onion(&self, held: &Arc<HeldRoster>) -> Result<(), NetError> {
+        let roster = held.roster();
+        let mut last = String::from("no attempt");
+        for _ in 0..ROSTER_FETCH_NODES {
+            let avoid = self.avoided();
+            let candidates: Vec<&NodeEntry> = roster
+                .nodes()
+                .iter()
+                .filter(|n| !n.addresses.is_empty() && !avoid.contains(&n.identity.node_id()))
+                .collect();
+            let Some(&destination) = candidates.get(random_index(candidates.len())) else {
+                return Err(NetError::TooFewNodes(0));
+            };
+            // One path for every page: each page is its own onion packet with fresh keys, and
+            // the destination sees the whole fetch anyway; more paths would show the burst to
+            // more relays and hide nothing.
+            let path = match self.path(held, destination) {
+                Ok(p) => p,
+                // Avoided relays may make paths impossible: forgive them once.
+                Err(_) if !lock(&self.avoid).is_empty() => {
+                    lock(&self.avoid).clear();
+                    self.path(held, destination)?
+                }
+                Err(e) => return Err(e),
+            };
+            let ask = |request: RosterPageRequest| {
+                let path = &path;
+                async move {
+                    let bytes = Request::unsigned(Body::RosterPage(request)).encode();
+                    self.requests.fetch_add(1, Ordering::Relaxed);
+                    self.request_bytes
+                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    let body = self
+                        .onion
+                        .send(path, &bytes, SizeClass::Large, self.timing.attempt)
+                        .await
+                        .inspect_err(|e| self.blame(path, e))
+                        .map_err(|e| e.to_string())?;
+                    self.response_bytes
+                        .fetch_add(body.len() as u64, Ordering::Relaxed);
+                    let response = Response::decode(&body, Method::RosterPage)
+                        .map_err(|e| format!("undecodable answer: {e}"))?;
+                    self.observe_node_time(response.now);
+                    Ok::<_, String>(response)
+                }
+            };
+            match pages::fetch_roster(Some(roster.version()), ask).await {
+                Ok(None) => return Ok(()),
+                Ok(Some(fetched)) => match self.roster.offer(&fetched.signed) {
+                    Ok(_) => return Ok(()),
+                    Err(e) => {
+                        // Not the network's roster: that node is not asked again for a while.
+                        self.avoid(destination.identity.node_id());
+                        last = format!("roster refused: {e}");
+                    }
+                },
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(NetError::NoRoster(last))
+    }
+
+    /// Fetches a roster over the link from the guards, then the authorities (the bootstrap of
+    /// a client without a usable roster), and verifies it.
+    async fn bootstrap_roster(&self) -> Result<u64, NetError> {
         let held = self.roster.version();
         let mut sources: Vec<Source> = Vec::new();
         if let Some(h) = self.roster() {

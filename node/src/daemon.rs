@@ -21,7 +21,7 @@ use crate::destination::StoreDestination;
 use crate::directory::{RosterState, SelfDescription, authorities, descriptor, refresh_roster};
 use crate::http::{self, HealthReport, HealthStatus};
 use crate::keystore::KeyStore;
-use crate::metrics::{DropReason, Metrics};
+use crate::metrics::{Asker, DropReason, Metrics};
 use crate::onion_service::{OnionConfig, OnionService, unix_now};
 use crate::ratelimit::RateLimiter;
 use crate::replication::{Membership, Replicator};
@@ -99,6 +99,10 @@ impl Handler for NodeHandler {
             tracing::debug!(kind = ?kind, "request dropped: client over its rate");
             self.metrics.dropped(DropReason::RateLimited);
             return (Status::Rejected, Vec::new());
+        }
+        if matches!(kind, Kind::Directory) {
+            let from = if is_peer { Asker::Peer } else { Asker::Client };
+            self.metrics.directory_request(from);
         }
         match kind {
             Kind::Onion => self.onion.handle(body).await,

@@ -1,5 +1,6 @@
 //! The destination: executes a storage request delivered by an onion packet against this node's
-//! mailbox store, including long-poll waits, and answers `get_swarm` and `roster` from the roster.
+//! mailbox store, including long-poll waits, and answers `get_swarm`, `roster` and `roster_page`
+//! from the roster.
 //!
 //! Only work that touches the disk runs on the runtime's blocking threads (decoding and checking
 //! a request with its reads, and re-running a long-poll's query). Waiting holds no thread: a
@@ -9,7 +10,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use allium_proto::storage::{GetSwarmResponse, RetrieveResponse, RosterResponse};
+use allium_proto::storage::{
+    GetSwarmResponse, RetrieveResponse, RosterPageResponse, RosterResponse,
+};
 use allium_proto::{Body, Clock, Response, ResponseBody, Status, UnixMillis};
 use allium_swarm::{Handled, Service};
 use tokio_util::sync::CancellationToken;
@@ -75,6 +78,11 @@ impl StoreDestination {
                         .then(|| h.signed().to_vec()),
                 }))
             }
+            // One page copied out of the held bytes, which this request shares (an `Arc`): the
+            // answer is one page whatever the roster's size (storage §4.6).
+            (Body::RosterPage(r), Some(h)) => Ok(ResponseBody::RosterPage(
+                RosterPageResponse::answer(h.roster().version(), h.signed(), &r),
+            )),
             (_, None) => Err(Status::Busy),
             (_, Some(_)) => Err(Status::Unsupported),
         };

@@ -141,6 +141,8 @@ label_enum! {
         Usage => "usage",
         /// One blob chunk by address.
         ReadBlob => "read_blob",
+        /// One page of the roster.
+        RosterPage => "roster_page",
         /// A method id this node does not know.
         Unknown => "unknown",
     }
@@ -193,6 +195,16 @@ label_enum! {
 }
 
 label_enum! {
+    /// Who sent a directory request.
+    Asker {
+        /// A node of the roster held.
+        Peer => "peer",
+        /// Anyone else.
+        Client => "client",
+    }
+}
+
+label_enum! {
     /// Which way anti-entropy bytes went.
     SyncDirection {
         /// Requests this node sent and answers it received, pulling from peers.
@@ -235,6 +247,11 @@ struct LinkLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DirectoryLabels {
+    from: Asker,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct StorageLabels {
     method: StorageMethod,
     result: StorageResult,
@@ -258,6 +275,7 @@ struct Inner {
     delivered: Counter,
     dropped: Family<DropLabels, Counter>,
     link_refused: Family<LinkLabels, Counter>,
+    directory_requests: Family<DirectoryLabels, Counter>,
     replays: Counter,
     storage_requests: Family<StorageLabels, Counter>,
     forward_seconds: Histogram,
@@ -299,6 +317,7 @@ impl Metrics {
         let delivered = Counter::default();
         let dropped = Family::<DropLabels, Counter>::default();
         let link_refused = Family::<LinkLabels, Counter>::default();
+        let directory_requests = Family::<DirectoryLabels, Counter>::default();
         let replays = Counter::default();
         let storage_requests = Family::<StorageLabels, Counter>::default();
         let forward_seconds = latency_histogram();
@@ -379,6 +398,12 @@ impl Metrics {
             dropped.clone(),
         );
         registry.register(
+            "allium_directory_requests",
+            "Directory requests handled, by who asked (a roster node, or a client: a client \
+             holding a roster asks through the onion, so these are bootstraps)",
+            directory_requests.clone(),
+        );
+        registry.register(
             "allium_link_refused",
             "Connections and requests the link refused before handling them, by reason",
             link_refused.clone(),
@@ -455,6 +480,7 @@ impl Metrics {
             delivered,
             dropped,
             link_refused,
+            directory_requests,
             replays,
             storage_requests,
             forward_seconds,
@@ -545,6 +571,14 @@ impl Metrics {
         self.0
             .link_refused
             .get_or_create(&LinkLabels { reason })
+            .inc();
+    }
+
+    /// A directory request from `from` was read.
+    pub fn directory_request(&self, from: Asker) {
+        self.0
+            .directory_requests
+            .get_or_create(&DirectoryLabels { from })
             .inc();
     }
 
@@ -664,6 +698,7 @@ impl From<allium_proto::Method> for StorageMethod {
             M::Roster => StorageMethod::Roster,
             M::Usage => StorageMethod::Usage,
             M::ReadBlob => StorageMethod::ReadBlob,
+            M::RosterPage => StorageMethod::RosterPage,
         }
     }
 }

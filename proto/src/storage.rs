@@ -41,6 +41,14 @@ pub const MAX_SWARM_MEMBERS: usize = 64;
 pub const MAX_ROSTER_BYTES: usize = 61_440;
 /// Longest software string in an `info` response.
 pub const MAX_SOFTWARE_LEN: usize = 64;
+/// Bytes of the signed roster in one `roster_page` answer (the last page may be shorter): the
+/// whole answer is at most [`ROSTER_PAGE_BYTES`] + 38 bytes, within a large reply's 65,515
+/// (whitepaper storage §1, roster §4.4).
+pub const ROSTER_PAGE_BYTES: usize = 61_440;
+/// Most pages a signed roster of [`crate::roster::MAX_SIGNED_ROSTER_BYTES`] takes: page indices
+/// are below it.
+pub const MAX_ROSTER_PAGES: u32 =
+    crate::roster::MAX_SIGNED_ROSTER_BYTES.div_ceil(ROSTER_PAGE_BYTES) as u32;
 
 /// A mailbox namespace (storage.md §4.3): who may write and who may read depends on it.
 pub type Namespace = u16;
@@ -178,11 +186,13 @@ pub enum Method {
     Usage = 10,
     /// One message of the blob namespace by hash, unsigned.
     ReadBlob = 9,
+    /// One page of the signed roster, unsigned.
+    RosterPage = 11,
 }
 
 impl Method {
     /// All methods, in id order.
-    pub const ALL: [Method; 10] = [
+    pub const ALL: [Method; 11] = [
         Method::Store,
         Method::Retrieve,
         Method::Delete,
@@ -193,6 +203,7 @@ impl Method {
         Method::Roster,
         Method::Usage,
         Method::ReadBlob,
+        Method::RosterPage,
     ];
     /// The wire id.
     pub fn id(self) -> u8 {
@@ -321,6 +332,28 @@ pub struct ReadBlobRequest {
     pub hash: MessageHash,
 }
 
+/// Which roster a `roster_page` request wants a page of (storage §4.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageOf {
+    /// The roster the node holds, whatever its version.
+    Held,
+    /// Only this version: a node holding another answers without the page (the roster changed
+    /// while the client fetched its pages).
+    Version(u64),
+    /// Only a version newer than this one, the version the client holds: a node holding no
+    /// newer one answers without the page ("not modified").
+    NewerThan(u64),
+}
+
+/// `roster_page`: one fixed-size slice of the node's signed roster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RosterPageRequest {
+    /// Page index, below [`MAX_ROSTER_PAGES`]: bytes `page × ROSTER_PAGE_BYTES` onwards.
+    pub page: u32,
+    /// The condition on the node's version.
+    pub of: PageOf,
+}
+
 /// A request body, one variant per method.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body {
@@ -344,6 +377,8 @@ pub enum Body {
     Usage(UsageRequest),
     /// `read_blob`.
     ReadBlob(ReadBlobRequest),
+    /// `roster_page`.
+    RosterPage(RosterPageRequest),
 }
 
 /// The signature block of a request.
@@ -405,6 +440,7 @@ impl Body {
             Body::Roster(_) => Method::Roster,
             Body::Usage(_) => Method::Usage,
             Body::ReadBlob(_) => Method::ReadBlob,
+            Body::RosterPage(_) => Method::RosterPage,
         }
     }
 
@@ -419,12 +455,16 @@ impl Body {
             Body::DeleteAll(r) => Some((r.mailbox, r.namespace)),
             Body::Expire(r) => Some((r.mailbox, r.namespace)),
             Body::Usage(r) => Some((r.mailbox, r.namespace)),
-            Body::Info | Body::GetSwarm(_) | Body::Roster(_) | Body::ReadBlob(_) => None,
+            Body::Info
+            | Body::GetSwarm(_)
+            | Body::Roster(_)
+            | Body::ReadBlob(_)
+            | Body::RosterPage(_) => None,
         }
     }
 
-    /// The mailbox a request stores to or reads from (every method but `info`, `get_swarm`
-    /// and `roster`): the node serves it only if the mailbox is in its swarm.
+    /// The mailbox a request stores to or reads from (every method but `info`, `get_swarm`,
+    /// `roster` and `roster_page`): the node serves it only if the mailbox is in its swarm.
     pub fn mailbox(&self) -> Option<Mailbox> {
         match self {
             Body::Store(r) => Some(r.mailbox),
@@ -434,7 +474,7 @@ impl Body {
             Body::Expire(r) => Some(r.mailbox),
             Body::Usage(r) => Some(r.mailbox),
             Body::ReadBlob(r) => Some(r.mailbox),
-            Body::Info | Body::GetSwarm(_) | Body::Roster(_) => None,
+            Body::Info | Body::GetSwarm(_) | Body::Roster(_) | Body::RosterPage(_) => None,
         }
     }
 
@@ -501,6 +541,19 @@ impl Body {
                     .bytes(r.mailbox.as_bytes())
                     .uint(2)
                     .bytes(&r.hash.0);
+            }
+            Body::RosterPage(r) => {
+                let n = if r.of == PageOf::Held { 1 } else { 2 };
+                e.map(n).uint(1).uint(r.page.into());
+                match r.of {
+                    PageOf::Held => {}
+                    PageOf::Version(v) => {
+                        e.uint(2).uint(v);
+                    }
+                    PageOf::NewerThan(v) => {
+                        e.uint(3).uint(v);
+                    }
+                }
             }
         }
     }
@@ -662,6 +715,31 @@ impl Body {
                     hash: need(f.hashes.and_then(|h| h.first().copied()), 2)?,
                 })
             }
+            Method::RosterPage => {
+                let f = Fields::read(d, 3, |k, d, f| match k {
+                    1 => f.uint(d, 0),
+                    2 | 3 if f.uints[1].is_some() => {
+                        Err(DecodeError::InvalidValue("two roster page conditions"))
+                    }
+                    2 | 3 => {
+                        f.uints[1] = Some(d.uint()?);
+                        f.cond_key = k;
+                        Ok(())
+                    }
+                    _ => Err(DecodeError::UnknownKey(k)),
+                })?;
+                let page = need(f.uints[0], 1)?;
+                let page = u32::try_from(page)
+                    .ok()
+                    .filter(|p| *p < MAX_ROSTER_PAGES)
+                    .ok_or(DecodeError::InvalidValue("roster page"))?;
+                let of = match (f.uints[1], f.cond_key) {
+                    (None, _) => PageOf::Held,
+                    (Some(v), 2) => PageOf::Version(v),
+                    (Some(v), _) => PageOf::NewerThan(v),
+                };
+                Body::RosterPage(RosterPageRequest { page, of })
+            }
         })
     }
 }
@@ -680,6 +758,8 @@ struct Fields {
     data: Option<Vec<u8>>,
     token: Option<DeliveryToken>,
     uints: [Option<u64>; 2],
+    /// The key the second uint came under, where two keys share its slot.
+    cond_key: u64,
 }
 
 impl Fields {
@@ -1061,6 +1141,58 @@ pub struct ReadBlobResponse {
     pub message: Option<StoredMessage>,
 }
 
+/// `roster_page` result: what the node holds, and the page when the request's condition holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RosterPageResponse {
+    /// Version of the node's roster.
+    pub version: u64,
+    /// Length of the node's signed roster, at most [`crate::roster::MAX_SIGNED_ROSTER_BYTES`].
+    pub total: u64,
+    /// The page index asked for.
+    pub page: u32,
+    /// The page's bytes, [`roster_page_len`] of them; absent when the condition did not hold
+    /// or the page lies past the end.
+    pub bytes: Option<Vec<u8>>,
+}
+
+impl RosterPageResponse {
+    /// A node's answer to `request` from the signed roster it holds, `signed`, of `version`:
+    /// the page is copied out of `signed`, nothing else (storage §4.6).
+    pub fn answer(version: u64, signed: &[u8], request: &RosterPageRequest) -> Self {
+        let total = signed.len() as u64;
+        let wanted = match request.of {
+            PageOf::Held => true,
+            PageOf::Version(v) => v == version,
+            PageOf::NewerThan(v) => version > v,
+        };
+        let bytes = roster_page_len(total, request.page)
+            .filter(|_| wanted)
+            .and_then(|len| {
+                let start = request.page as usize * ROSTER_PAGE_BYTES;
+                signed.get(start..start + len).map(<[u8]>::to_vec)
+            });
+        Self {
+            version,
+            total,
+            page: request.page,
+            bytes,
+        }
+    }
+}
+
+/// Length of page `page` of a signed roster of `total` bytes: [`ROSTER_PAGE_BYTES`], less for
+/// the last page; `None` past the end.
+pub fn roster_page_len(total: u64, page: u32) -> Option<usize> {
+    let start = u64::from(page).checked_mul(ROSTER_PAGE_BYTES as u64)?;
+    let left = total.checked_sub(start).filter(|l| *l > 0)?;
+    usize::try_from(left.min(ROSTER_PAGE_BYTES as u64)).ok()
+}
+
+/// Number of pages of a signed roster of `total` bytes.
+pub fn roster_pages(total: u64) -> u64 {
+    total.div_ceil(ROSTER_PAGE_BYTES as u64)
+}
+
 /// A response body, one variant per method.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResponseBody {
@@ -1084,6 +1216,8 @@ pub enum ResponseBody {
     Usage(UsageResponse),
     /// `read_blob`.
     ReadBlob(ReadBlobResponse),
+    /// `roster_page`.
+    RosterPage(RosterPageResponse),
 }
 
 impl ResponseBody {
@@ -1100,6 +1234,7 @@ impl ResponseBody {
             ResponseBody::Roster(_) => Method::Roster,
             ResponseBody::Usage(_) => Method::Usage,
             ResponseBody::ReadBlob(_) => Method::ReadBlob,
+            ResponseBody::RosterPage(_) => Method::RosterPage,
         }
     }
 
@@ -1164,6 +1299,18 @@ impl ResponseBody {
                     e.map(0);
                 }
             },
+            ResponseBody::RosterPage(r) => {
+                e.map(3 + usize::from(r.bytes.is_some()))
+                    .uint(1)
+                    .uint(r.version)
+                    .uint(2)
+                    .uint(r.total)
+                    .uint(3)
+                    .uint(r.page.into());
+                if let Some(b) = &r.bytes {
+                    e.uint(4).bytes(b);
+                }
+            }
         }
     }
 
@@ -1310,6 +1457,38 @@ impl ResponseBody {
                     None
                 };
                 ResponseBody::ReadBlob(ReadBlobResponse { message })
+            }
+            Method::RosterPage => {
+                expect_len(&[3, 4])?;
+                key(d, 1)?;
+                let version = d.uint()?;
+                key(d, 2)?;
+                let total = d.uint()?;
+                if total == 0 || total > crate::roster::MAX_SIGNED_ROSTER_BYTES as u64 {
+                    return Err(DecodeError::InvalidValue("roster length"));
+                }
+                key(d, 3)?;
+                let page = u32::try_from(d.uint()?)
+                    .ok()
+                    .filter(|p| *p < MAX_ROSTER_PAGES)
+                    .ok_or(DecodeError::InvalidValue("roster page"))?;
+                let bytes = if n == 4 {
+                    key(d, 4)?;
+                    let b = d.bytes(ROSTER_PAGE_BYTES)?;
+                    // A page is exactly its slice of the roster: nothing short, nothing past it.
+                    if roster_page_len(total, page) != Some(b.len()) {
+                        return Err(DecodeError::InvalidValue("roster page length"));
+                    }
+                    Some(b.to_vec())
+                } else {
+                    None
+                };
+                ResponseBody::RosterPage(RosterPageResponse {
+                    version,
+                    total,
+                    page,
+                    bytes,
+                })
             }
         };
         d.leave();

@@ -81,6 +81,15 @@ fn body() -> impl Strategy<Value = Body> {
         mb.prop_map(|mailbox| Body::GetSwarm(GetSwarmRequest { mailbox })),
         proptest::option::of(any::<u64>())
             .prop_map(|known_version| Body::Roster(RosterRequest { known_version })),
+        (
+            0..MAX_ROSTER_PAGES,
+            prop_oneof![
+                Just(PageOf::Held),
+                any::<u64>().prop_map(PageOf::Version),
+                any::<u64>().prop_map(PageOf::NewerThan),
+            ]
+        )
+            .prop_map(|(page, of)| Body::RosterPage(RosterPageRequest { page, of })),
     ]
 }
 
@@ -164,6 +173,23 @@ fn response_body() -> impl Strategy<Value = ResponseBody> {
             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..100))
         )
             .prop_map(|(version, roster)| ResponseBody::Roster(RosterResponse { version, roster })),
+        (
+            any::<u64>(),
+            1..=3 * ROSTER_PAGE_BYTES as u64,
+            any::<bool>(),
+            any::<u8>()
+        )
+            .prop_map(|(version, total, with, fill)| {
+                // The last page: its length follows from the total.
+                let page = (roster_pages(total) - 1) as u32;
+                let bytes = with.then(|| vec![fill; roster_page_len(total, page).unwrap()]);
+                ResponseBody::RosterPage(RosterPageResponse {
+                    version,
+                    total,
+                    page,
+                    bytes,
+                })
+            }),
         (any::<[u64; 6]>(), proptest::option::of(any::<u64>())).prop_map(|(v, max_count)| {
             ResponseBody::Usage(UsageResponse {
                 bytes: v[0],
@@ -468,5 +494,114 @@ proptest! {
                 prop_assert!(messages.is_empty() || first.encode().len() > max);
             }
         }
+    }
+}
+
+/// `roster_page` (storage §4.6): the largest answer fits a large reply, the decoder refuses
+/// pages past the bound, two conditions and page bytes that are not their slice, and a node's
+/// answer follows its condition.
+#[test]
+fn roster_pages_are_bounded_and_follow_their_condition() {
+    let capacity = allium_onion::max_response(allium_onion::SizeClass::Large);
+    let largest = Response::ok(
+        u64::MAX,
+        ResponseBody::RosterPage(RosterPageResponse {
+            version: u64::MAX,
+            total: allium_proto::roster::MAX_SIGNED_ROSTER_BYTES as u64,
+            // The widest page index with a full page: an upper bound on every answer.
+            page: MAX_ROSTER_PAGES - 1,
+            bytes: Some(vec![0; ROSTER_PAGE_BYTES]),
+        }),
+    );
+    assert_eq!(largest.encode().len(), ROSTER_PAGE_BYTES + 38);
+    assert!(largest.encode().len() <= capacity);
+    assert_eq!(MAX_ROSTER_PAGES, 137);
+
+    // Requests: page bound, and at most one condition (keys 2 and 3 both present).
+    let page = |p: u64, extra: &[u8]| {
+        let mut e = vec![0xa2, 0x01, 0x0b, 0x02];
+        e.push(0xa1 + u8::from(!extra.is_empty()));
+        e.extend_from_slice(&[0x01, 0x18, p as u8]);
+        e.extend_from_slice(extra);
+        e
+    };
+    let ok = Request::decode(&page(136, &[])).unwrap().request.body;
+    assert_eq!(
+        ok,
+        Body::RosterPage(RosterPageRequest {
+            page: 136,
+            of: PageOf::Held
+        })
+    );
+    assert!(matches!(
+        Request::decode(&page(137, &[])),
+        Err(DecodeError::InvalidValue("roster page"))
+    ));
+    let mut both = page(30, &[0x02, 0x05, 0x03, 0x05]);
+    both[4] = 0xa3;
+    assert!(matches!(
+        Request::decode(&both),
+        Err(DecodeError::InvalidValue("two roster page conditions"))
+    ));
+
+    // Responses: a page must be exactly its slice of `total`.
+    let answer = |total: u64, page: u32, len: usize| {
+        Response::ok(
+            1,
+            ResponseBody::RosterPage(RosterPageResponse {
+                version: 7,
+                total,
+                page,
+                bytes: Some(vec![1; len]),
+            }),
+        )
+        .encode()
+    };
+    let total = ROSTER_PAGE_BYTES as u64 + 10;
+    assert!(Response::decode(&answer(total, 1, 10), Method::RosterPage).is_ok());
+    for (page, len) in [(1, 9), (1, 11), (0, 10), (2, 10)] {
+        assert!(
+            matches!(
+                Response::decode(&answer(total, page, len), Method::RosterPage),
+                Err(DecodeError::InvalidValue("roster page length"))
+            ),
+            "page {page} of {len} bytes"
+        );
+    }
+
+    // A node's answer: the page of the version held when the condition holds; else none.
+    let signed: Vec<u8> = (0..2 * ROSTER_PAGE_BYTES + 3).map(|i| i as u8).collect();
+    let ask = |page, of| RosterPageResponse::answer(9, &signed, &RosterPageRequest { page, of });
+    assert_eq!(
+        ask(1, PageOf::Version(9)).bytes.unwrap(),
+        &signed[ROSTER_PAGE_BYTES..2 * ROSTER_PAGE_BYTES]
+    );
+    assert_eq!(
+        ask(2, PageOf::Held).bytes.unwrap(),
+        &signed[2 * ROSTER_PAGE_BYTES..]
+    );
+    assert_eq!(
+        ask(0, PageOf::NewerThan(8)).bytes.unwrap().len(),
+        ROSTER_PAGE_BYTES
+    );
+    assert_eq!(ask(3, PageOf::Held).bytes, None, "past the end");
+    assert_eq!(ask(0, PageOf::NewerThan(9)).bytes, None, "not modified");
+    assert_eq!(
+        ask(0, PageOf::NewerThan(10)).bytes,
+        None,
+        "the client is ahead"
+    );
+    let changed = ask(1, PageOf::Version(8));
+    assert_eq!(
+        (changed.version, &changed.bytes),
+        (9, &None),
+        "another version"
+    );
+    assert_eq!(changed.total, signed.len() as u64);
+    // Every answer decodes as it was made.
+    for r in [ask(2, PageOf::Held), changed] {
+        let bytes = Response::ok(1, ResponseBody::RosterPage(r.clone())).encode();
+        let back = Response::decode(&bytes, Method::RosterPage).unwrap();
+        assert_eq!(back.result, Ok(ResponseBody::RosterPage(r)));
     }
 }

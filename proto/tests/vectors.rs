@@ -127,6 +127,15 @@ fn body_of(v: &Value) -> Body {
             mailbox: mailbox(b),
             hash: hash(&b["hash"]),
         }),
+        Method::RosterPage => Body::RosterPage(RosterPageRequest {
+            page: u32::try_from(uint(&b["page"])).unwrap(),
+            of: match (opt(b, "version", uint), opt(b, "newer_than", uint)) {
+                (None, None) => PageOf::Held,
+                (Some(v), None) => PageOf::Version(v),
+                (None, Some(v)) => PageOf::NewerThan(v),
+                (Some(_), Some(_)) => panic!("two roster page conditions"),
+            },
+        }),
     }
 }
 
@@ -195,6 +204,12 @@ fn response_of(method: Method, v: &Value) -> Response {
                         expiry: uint(&m["expiry"]),
                         data: bytes(&m["data"]),
                     }),
+                }),
+                Method::RosterPage => ResponseBody::RosterPage(RosterPageResponse {
+                    version: uint(&r["version"]),
+                    total: uint(&r["total"]),
+                    page: u32::try_from(uint(&r["page"])).unwrap(),
+                    bytes: opt(r, "bytes", bytes),
                 }),
             })
         }
@@ -530,6 +545,18 @@ fn vectors() -> Value {
             "read_blob",
             json!({ "method": 9, "body": { "mailbox": mb, "hash": other } }),
         ),
+        (
+            "roster_page, first page if newer than version 41",
+            json!({ "method": 11, "body": { "page": 0, "newer_than": 41 } }),
+        ),
+        (
+            "roster_page, page 2 of version 42",
+            json!({ "method": 11, "body": { "page": 2, "version": 42 } }),
+        ),
+        (
+            "roster_page, page 0 of the roster held",
+            json!({ "method": 11, "body": { "page": 0 } }),
+        ),
     ];
     let signed = [
         (
@@ -660,6 +687,24 @@ fn vectors() -> Value {
             "read_blob, not held",
             9,
             json!({ "now": TS, "status": 0, "result": {} }),
+        ),
+        (
+            "roster_page, last page of a 3-page roster",
+            11,
+            json!({ "now": TS, "status": 0, "result": {
+                "version": 42, "total": 2 * ROSTER_PAGE_BYTES + 5, "page": 2,
+                "bytes": hex::encode(b"tail!") } }),
+        ),
+        (
+            "roster_page, not modified or another version",
+            11,
+            json!({ "now": TS, "status": 0, "result": {
+                "version": 42, "total": 2 * ROSTER_PAGE_BYTES + 5, "page": 0 } }),
+        ),
+        (
+            "roster_page, no roster held yet",
+            11,
+            json!({ "now": TS, "status": 12 }),
         ),
         ("clock skew", 2, json!({ "now": TS, "status": 6 })),
         (

@@ -87,7 +87,8 @@ pub enum Handled {
     /// A long-poll found nothing: await [`Watch::changed`] on [`PendingRetrieve::watch`] for at
     /// most [`PendingRetrieve::wait`] (it holds no thread), then call [`Service::resume`].
     Wait(PendingRetrieve),
-    /// A valid, authenticated request the node itself answers (`get_swarm`, `roster`).
+    /// A valid, authenticated request the node itself answers (`get_swarm`, `roster`,
+    /// `roster_page`).
     Forward(Body),
 }
 
@@ -420,7 +421,9 @@ impl Service {
             Body::ReadBlob(r) => s
                 .read_blob(&r.mailbox, &r.hash, now)
                 .map(|message| ResponseBody::ReadBlob(ReadBlobResponse { message })),
-            b @ (Body::GetSwarm(_) | Body::Roster(_)) => return Handled::Forward(b),
+            b @ (Body::GetSwarm(_) | Body::Roster(_) | Body::RosterPage(_)) => {
+                return Handled::Forward(b);
+            }
         };
         Handled::Respond(match result {
             Ok(body) => Response::ok(now, body),
