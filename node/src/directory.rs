@@ -75,6 +75,16 @@ impl RosterState {
         self.holder.answer(have_version)
     }
 
+    /// The answer to a directory `probe`.
+    pub fn answer_probe(&self) -> DirectoryResponse {
+        self.holder.answer_probe()
+    }
+
+    /// The answer to a directory `get_delta` from `from`.
+    pub fn answer_delta(&self, from: u64) -> DirectoryResponse {
+        self.holder.answer_delta(from)
+    }
+
     /// Verifies `signed` and adopts it if it is newer than the roster held.
     pub fn offer(&self, signed: &[u8]) -> Result<Offered, RosterError> {
         let offered = self.holder.offer(signed)?;
