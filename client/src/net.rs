@@ -306,7 +306,6 @@ impl Net {
     /// Fetches a newer roster from a guard or an authority and verifies it; keeps the held one
     /// when nothing newer and valid comes. Returns the version held.
     pub async fn refresh_roster(&self) -> Result<u64, NetError> {
-        let held = self.roster.version();
         let mut sources: Vec<Source> = Vec::new();
         if let Some(h) = self.roster() {
             for g in self.guards() {
@@ -327,9 +326,8 @@ impl Net {
         let refreshed = directory::refresh_roster(
             self.onion.pool(),
             &sources,
-            held,
             self.timing.attempt,
-            |b| self.roster.offer(b),
+            &self.roster,
         )
         .await;
         match (refreshed, self.roster.version()) {
