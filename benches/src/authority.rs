@@ -231,13 +231,17 @@ fn node_descriptor(
     addr: SocketAddr,
     software: &str,
 ) -> Result<Vec<u8>, String> {
-    let epoch = Epoch((unix_now() / 3600) as u32);
-    let onion = OnionSecretKey::generate(epoch, &mut OsRng);
+    // The current and the next epoch's keys, as a node publishes them.
+    let epoch = (unix_now() / 3600) as u32;
+    let certs = [epoch, epoch + 1]
+        .into_iter()
+        .map(|e| OnionKeyCert::sign(id, &OnionSecretKey::generate(Epoch(e), &mut OsRng)))
+        .collect();
     let me = SelfDescription {
         addresses: vec![addr],
         software: software.into(),
     };
-    descriptor(id, &me, vec![OnionKeyCert::sign(id, &onion)]).map_err(|e| e.to_string())
+    descriptor(id, &me, certs).map_err(|e| e.to_string())
 }
 
 impl Bench {
@@ -407,15 +411,24 @@ impl Bench {
             let (id, addr) = (self.auth_identity, self.auth_addr);
             tasks.spawn(async move {
                 let _slot = slots.acquire_owned().await;
-                node.pool
-                    .request(
-                        &id,
-                        addr,
-                        Kind::Directory,
-                        &request,
-                        Deadlines::uniform(TIMEOUT),
-                    )
-                    .await
+                // A node whose dial failed tries again, as its next refresh would.
+                let mut tries = 0;
+                loop {
+                    let answer = node
+                        .pool
+                        .request(
+                            &id,
+                            addr,
+                            Kind::Directory,
+                            &request,
+                            Deadlines::uniform(TIMEOUT),
+                        )
+                        .await;
+                    tries += 1;
+                    if answer.is_ok() || tries == 3 {
+                        return answer;
+                    }
+                }
             });
         }
         let mut size = 0;
