@@ -3,6 +3,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod attach;
+mod authority;
 mod floor;
 mod longpoll;
 mod machine;
@@ -112,6 +113,10 @@ enum Command {
     /// assignment and ring lookup, the nodes' replication and the clients' retries modelled
     /// after their code (`whitepaper/performance.md` §11). Deterministic from `--seed`.
     Sim(SimArgs),
+    /// The directory authority's CPU and bytes per publish round, before and after probes and
+    /// deltas, with in-process nodes on loopback QUIC (`whitepaper/performance.md`, "Authority
+    /// rounds"). Starts no network; needs a file-descriptor limit above the largest size.
+    Authority(AuthorityArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -175,6 +180,16 @@ struct MovesArgs {
     /// Swarm sizes `S`.
     #[arg(long, value_delimiter = ',', default_value = "3,5")]
     sizes: Vec<usize>,
+}
+
+#[derive(Debug, clap::Args)]
+struct AuthorityArgs {
+    /// Network sizes, nodes.
+    #[arg(long, value_delimiter = ',', default_value = "250,1000,2000")]
+    sizes: Vec<usize>,
+    /// Measured rounds at each size (the medians are reported).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -1157,7 +1172,33 @@ fn bench_moves(cli: &Cli, args: &MovesArgs) -> Result<(), String> {
     Ok(())
 }
 
+async fn bench_authority(cli: &Cli, args: &AuthorityArgs) -> Result<(), String> {
+    let machine = Machine::describe();
+    println!("allium-bench authority — {}", machine.line());
+    let results = authority::run(&args.sizes, args.rounds.max(1)).await?;
+    let out = out_dir(cli);
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let path = cli
+        .json
+        .clone()
+        .unwrap_or_else(|| out.join("authority.json"));
+    let report = json!({
+        "tool": "allium-bench authority",
+        "version": env!("CARGO_PKG_VERSION"),
+        "command": std::env::args().collect::<Vec<_>>(),
+        "machine": machine.to_json(),
+        "results": results.iter().map(authority::SizeResult::to_json).collect::<Vec<_>>(),
+    });
+    let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    std::fs::write(&path, text + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
 async fn bench(cli: Cli) -> Result<(), String> {
+    if let Some(Command::Authority(args)) = &cli.command {
+        return bench_authority(&cli, args).await;
+    }
     if let Some(Command::Longpoll(args)) = &cli.command {
         return bench_longpoll(&cli, args).await;
     }

@@ -393,7 +393,6 @@ impl Net {
     /// Fetches a roster over the link from the guards, then the authorities (the bootstrap of
     /// a client without a usable roster), and verifies it.
     async fn bootstrap_roster(&self) -> Result<u64, NetError> {
-        let held = self.roster.version();
         let mut sources: Vec<Source> = Vec::new();
         if let Some(h) = self.roster() {
             for g in self.guards() {
@@ -414,9 +413,8 @@ impl Net {
         let refreshed = directory::refresh_roster(
             self.onion.pool(),
             &sources,
-            held,
             self.timing.attempt,
-            |b| self.roster.offer(b),
+            &self.roster,
         )
         .await;
         match (refreshed, self.roster.version()) {

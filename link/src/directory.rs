@@ -1,11 +1,14 @@
 //! Directory requests over the link: asking a list of sources (guards, authorities) in turn, and
-//! fetching a newer roster into whatever holds it. Nodes and clients use this same code.
+//! fetching a newer roster into whatever holds it — as a delta from the version held when there
+//! is one (whitepaper roster.md §6.3). Nodes and clients use this same code.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use allium_onion::IdentityPublicKey;
-use allium_proto::roster::{DirectoryRequest, DirectoryResponse, Offered, RosterError};
+use allium_proto::roster::{
+    DeltaError, DirectoryRequest, DirectoryResponse, Offered, RosterError, RosterHolder,
+};
 
 use crate::{Deadlines, Kind, LinkError, Pool, Status};
 
@@ -60,6 +63,38 @@ pub enum DirectoryError {
         /// Why.
         source: RosterError,
     },
+    /// The delta that came back did not rebuild a roster the authorities signed, and the whole
+    /// roster asked for next did not come.
+    #[error("{addr}: delta refused: {source}")]
+    DeltaRefused {
+        /// The source's address.
+        addr: SocketAddr,
+        /// Why.
+        source: DeltaError,
+    },
+}
+
+/// Whatever holds the roster a refresh updates: a [`RosterHolder`], or a wrapper that also
+/// caches what it takes.
+pub trait RosterSink {
+    /// The version held.
+    fn held_version(&self) -> Option<u64>;
+    /// Verifies a whole signed roster and takes it if newer.
+    fn offer(&self, signed: &[u8]) -> Result<Offered, RosterError>;
+    /// Applies an encoded delta to the roster held and takes the result if it verifies.
+    fn apply_delta(&self, delta: &[u8]) -> Result<Offered, DeltaError>;
+}
+
+impl RosterSink for RosterHolder {
+    fn held_version(&self) -> Option<u64> {
+        self.version()
+    }
+    fn offer(&self, signed: &[u8]) -> Result<Offered, RosterError> {
+        RosterHolder::offer(self, signed)
+    }
+    fn apply_delta(&self, delta: &[u8]) -> Result<Offered, DeltaError> {
+        RosterHolder::apply_delta(self, delta)
+    }
 }
 
 /// Sends `request` to each source in turn until one answers with a directory response, and
@@ -109,33 +144,67 @@ pub enum Refreshed {
     NotModified,
 }
 
-/// Asks `sources` in turn for a roster newer than `have_version` and offers what comes to
-/// `offer` (a holder's [`RosterHolder::offer`](allium_proto::roster::RosterHolder::offer), or a
-/// wrapper that also caches it). A source whose roster is refused is skipped: the next may have
-/// a good one.
+/// Asks `sources` in turn for a roster newer than the one `sink` holds and gives what comes to
+/// `sink`: a delta from the version held (roster.md §6.3) when it holds one, the whole roster
+/// otherwise. A source whose delta is refused, or that does not know delta requests, is asked
+/// for the whole roster; a source whose roster is refused is skipped: the next may have a good
+/// one.
 pub async fn refresh_roster(
     pool: &Pool,
     sources: &[Source],
-    have_version: Option<u64>,
     timeout: Duration,
-    mut offer: impl FnMut(&[u8]) -> Result<Offered, RosterError>,
+    sink: &impl RosterSink,
 ) -> Result<Refreshed, DirectoryError> {
-    let request = DirectoryRequest::GetRoster { have_version }.encode();
     let mut last = DirectoryError::NoSource;
     for source in sources {
-        let addr = source.addr;
-        last = match ask_one(pool, source, &request, timeout).await {
-            Ok(DirectoryResponse::Roster(bytes)) => match offer(&bytes) {
-                Ok(o) => return Ok(Refreshed::Offered(o)),
-                Err(source) => DirectoryError::RosterRefused { addr, source },
-            },
-            Ok(DirectoryResponse::NotModified) if have_version.is_some() => {
-                return Ok(Refreshed::NotModified);
-            }
-            Ok(answer) => DirectoryError::Unexpected { addr, answer },
+        last = match refresh_from(pool, source, timeout, sink).await {
+            Ok(r) => return Ok(r),
             Err(e) => e,
         };
         tracing::debug!(error = %last, "directory source gave no roster");
     }
     Err(last)
+}
+
+async fn refresh_from(
+    pool: &Pool,
+    source: &Source,
+    timeout: Duration,
+    sink: &impl RosterSink,
+) -> Result<Refreshed, DirectoryError> {
+    let addr = source.addr;
+    let have_version = sink.held_version();
+    let full = DirectoryRequest::GetRoster { have_version }.encode();
+    let answer = match have_version {
+        Some(from) => {
+            let request = DirectoryRequest::GetDelta { from }.encode();
+            match ask_one(pool, source, &request, timeout).await {
+                Ok(DirectoryResponse::Delta(bytes)) => match sink.apply_delta(&bytes) {
+                    Ok(o) => return Ok(Refreshed::Offered(o)),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "delta refused; asking for the whole roster");
+                        match ask_one(pool, source, &full, timeout).await {
+                            Ok(DirectoryResponse::Roster(r)) => Ok(DirectoryResponse::Roster(r)),
+                            Ok(DirectoryResponse::NotModified) => {
+                                return Err(DirectoryError::DeltaRefused { addr, source: e });
+                            }
+                            other => other,
+                        }
+                    }
+                },
+                // A source that does not know delta requests yet.
+                Err(DirectoryError::Refused(_)) => ask_one(pool, source, &full, timeout).await,
+                other => other,
+            }
+        }
+        None => ask_one(pool, source, &full, timeout).await,
+    };
+    match answer? {
+        DirectoryResponse::Roster(bytes) => match sink.offer(&bytes) {
+            Ok(o) => Ok(Refreshed::Offered(o)),
+            Err(source) => Err(DirectoryError::RosterRefused { addr, source }),
+        },
+        DirectoryResponse::NotModified if have_version.is_some() => Ok(Refreshed::NotModified),
+        answer => Err(DirectoryError::Unexpected { addr, answer }),
+    }
 }

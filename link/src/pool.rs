@@ -128,6 +128,27 @@ impl Pool {
         }
     }
 
+    /// UDP bytes sent and received, QUIC framing and all, over the connections pooled now (a
+    /// connection replaced or closed takes its counts with it): for measurements.
+    pub async fn traffic(&self) -> (u64, u64) {
+        let slots: Vec<Slot> = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let (mut sent, mut received) = (0, 0);
+        for slot in slots {
+            if let Some(conn) = slot.lock().await.as_ref() {
+                let stats = conn.stats();
+                sent += stats.udp_tx.bytes;
+                received += stats.udp_rx.bytes;
+            }
+        }
+        (sent, received)
+    }
+
     /// Number of live connections.
     pub fn live(&self) -> usize {
         let slots: Vec<Slot> = self

@@ -110,6 +110,10 @@ impl Handler for NodeHandler {
                 Ok(DirectoryRequest::GetRoster { have_version }) => {
                     (Status::Ok, self.roster.answer(have_version).encode())
                 }
+                Ok(DirectoryRequest::Probe) => (Status::Ok, self.roster.answer_probe().encode()),
+                Ok(DirectoryRequest::GetDelta { from }) => {
+                    (Status::Ok, self.roster.answer_delta(from).encode())
+                }
                 Ok(DirectoryRequest::Register(descriptor)) => {
                     let answer = match &self.authority {
                         Some(a) => a.register(&descriptor, peer.addr.ip()),

@@ -7,12 +7,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use allium_link::directory::{self, DirectoryError, Source};
+use allium_link::directory::{self, DirectoryError, RosterSink, Source};
 use allium_link::{Pool, ip_key};
 use allium_onion::{IdentityKeypair, IdentityPublicKey, NodeId, OnionKeyCert};
 use allium_proto::network::NetworkFile;
 use allium_proto::roster::{
-    Descriptor, DirectoryResponse, HeldRoster, Offered, RosterError, RosterHolder, SignedDescriptor,
+    DeltaError, Descriptor, DirectoryResponse, HeldRoster, Offered, RosterError, RosterHolder,
+    SignedDescriptor,
 };
 
 use crate::metrics::Metrics;
@@ -75,32 +76,66 @@ impl RosterState {
         self.holder.answer(have_version)
     }
 
+    /// The answer to a directory `probe`.
+    pub fn answer_probe(&self) -> DirectoryResponse {
+        self.holder.answer_probe()
+    }
+
+    /// The answer to a directory `get_delta` from `from`.
+    pub fn answer_delta(&self, from: u64) -> DirectoryResponse {
+        self.holder.answer_delta(from)
+    }
+
     /// Verifies `signed` and adopts it if it is newer than the roster held.
     pub fn offer(&self, signed: &[u8]) -> Result<Offered, RosterError> {
         let offered = self.holder.offer(signed)?;
-        if offered == Offered::Updated {
-            if let Some(held) = self.current() {
-                let ips = held
-                    .roster()
-                    .nodes()
-                    .iter()
-                    .flat_map(|n| n.addresses.iter().map(|a| ip_key(a.ip())))
-                    .collect();
-                *self.node_ips.write().unwrap_or_else(|p| p.into_inner()) = ips;
-            }
-            let version = self.version().unwrap_or_default();
-            self.metrics.set_roster_version(version);
-            if let Some(path) = &self.cache {
-                let (dir, name) = (path.parent(), path.file_name().and_then(|n| n.to_str()));
-                if let (Some(dir), Some(name)) = (dir, name) {
-                    if let Err(e) = allium_fsutil::write_atomic(dir, name, signed, true) {
-                        tracing::warn!(path = %e.path.display(), error = %e.source, "could not cache the roster");
-                    }
+        self.adopted(offered);
+        Ok(offered)
+    }
+
+    /// Applies a roster delta (roster.md §6.3) and adopts the result if it verifies.
+    pub fn apply_delta(&self, delta: &[u8]) -> Result<Offered, DeltaError> {
+        let offered = self.holder.apply_delta(delta)?;
+        self.adopted(offered);
+        Ok(offered)
+    }
+
+    /// After a roster was taken: the peer addresses, the metric and the cache follow it.
+    fn adopted(&self, offered: Offered) {
+        if offered != Offered::Updated {
+            return;
+        }
+        let Some(held) = self.current() else { return };
+        let ips = held
+            .roster()
+            .nodes()
+            .iter()
+            .flat_map(|n| n.addresses.iter().map(|a| ip_key(a.ip())))
+            .collect();
+        *self.node_ips.write().unwrap_or_else(|p| p.into_inner()) = ips;
+        let version = held.version();
+        self.metrics.set_roster_version(version);
+        if let Some(path) = &self.cache {
+            let (dir, name) = (path.parent(), path.file_name().and_then(|n| n.to_str()));
+            if let (Some(dir), Some(name)) = (dir, name) {
+                if let Err(e) = allium_fsutil::write_atomic(dir, name, held.signed(), true) {
+                    tracing::warn!(path = %e.path.display(), error = %e.source, "could not cache the roster");
                 }
             }
-            tracing::info!(version, "roster adopted");
         }
-        Ok(offered)
+        tracing::info!(version, "roster adopted");
+    }
+}
+
+impl RosterSink for RosterState {
+    fn held_version(&self) -> Option<u64> {
+        self.version()
+    }
+    fn offer(&self, signed: &[u8]) -> Result<Offered, RosterError> {
+        RosterState::offer(self, signed)
+    }
+    fn apply_delta(&self, delta: &[u8]) -> Result<Offered, DeltaError> {
+        RosterState::apply_delta(self, delta)
     }
 }
 
@@ -165,13 +200,12 @@ pub fn authorities(network: &NetworkFile) -> Vec<Source> {
         .collect()
 }
 
-/// Fetches a newer roster from the authorities, if there is one.
+/// Fetches a newer roster from the authorities, if there is one: a delta from the version held.
 pub async fn refresh_roster(pool: &Pool, state: &RosterState, timeout: Duration) {
     let sources = authorities(state.network());
-    let offer = |b: &[u8]| state.offer(b);
-    match directory::refresh_roster(pool, &sources, state.version(), timeout, offer).await {
+    match directory::refresh_roster(pool, &sources, timeout, state).await {
         Ok(_) => {}
-        Err(e @ DirectoryError::RosterRefused { .. }) => {
+        Err(e @ (DirectoryError::RosterRefused { .. } | DirectoryError::DeltaRefused { .. })) => {
             tracing::warn!(error = %e, "roster from the authority refused; keeping the last good one");
         }
         Err(e) => tracing::debug!(error = %e, "no authority gave a roster"),

@@ -20,6 +20,9 @@ use crate::error::DecodeError;
 use crate::network::{MAX_AUTHORITIES, MAX_NAME_LEN, MAX_SWARM_SIZE, NetworkFile, parse_address};
 use crate::storage::{Mailbox, NodeId};
 
+mod delta;
+pub use delta::{DELTA_HISTORY, DeltaError, RosterDelta, RosterSummary};
+
 /// Domain string of a descriptor signature.
 pub const DESCRIPTOR_DOMAIN: &[u8] = b"allium/v1/descriptor";
 /// Domain string of a roster signature.
@@ -958,6 +961,8 @@ impl SignedRoster {
 /// ```cddl
 /// directory-request = { 0 => 0, 1 => bstr .size (1..2048) }   ; register: a signed descriptor
 ///                   / { 0 => 1, ? 1 => uint }                 ; get roster: version held
+///                   / { 0 => 2 }                              ; probe
+///                   / { 0 => 3, 1 => uint }                   ; get delta from a version
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DirectoryRequest {
@@ -967,6 +972,15 @@ pub enum DirectoryRequest {
     GetRoster {
         /// The version held, if any.
         have_version: Option<u64>,
+    },
+    /// Are you there, and which roster version do you hold? Answered
+    /// [`DirectoryResponse::Alive`]: a probe costs a few bytes whatever the roster's size.
+    Probe,
+    /// Ask for what changed since version `from`, held by the asker: answered
+    /// [`DirectoryResponse::Delta`], or the whole roster when `from` is too old or unknown.
+    GetDelta {
+        /// The version held.
+        from: u64,
     },
 }
 
@@ -985,6 +999,12 @@ impl DirectoryRequest {
                 have_version: Some(v),
             } => {
                 e.map(2).uint(0).uint(1).uint(1).uint(*v);
+            }
+            DirectoryRequest::Probe => {
+                e.map(1).uint(0).uint(2);
+            }
+            DirectoryRequest::GetDelta { from } => {
+                e.map(2).uint(0).uint(3).uint(1).uint(*from);
             }
         }
         e.buf
@@ -1017,6 +1037,13 @@ impl DirectoryRequest {
                     have_version: Some(d.uint()?),
                 }
             }
+            (2, 1) => DirectoryRequest::Probe,
+            (2, _) => return Err(DecodeError::UnknownKey(1)),
+            (3, 2) => {
+                key(&mut d, &mut prev, 1)?;
+                DirectoryRequest::GetDelta { from: d.uint()? }
+            }
+            (3, _) => return Err(DecodeError::MissingKey(1)),
             _ => return Err(DecodeError::InvalidValue("directory request type")),
         };
         d.leave();
@@ -1032,6 +1059,8 @@ impl DirectoryRequest {
 ///                    / { 0 => 1, 1 => bstr }                     ; roster: a signed roster
 ///                    / { 0 => 2 }                                ; not modified
 ///                    / { 0 => 3, 1 => tstr .size (0..256) }      ; refused: reason
+///                    / { 0 => 4, 1 => uint }                     ; alive: version held, 0 if none
+///                    / { 0 => 5, 1 => bstr }                     ; delta: a roster-delta
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DirectoryResponse {
@@ -1047,6 +1076,13 @@ pub enum DirectoryResponse {
     NotModified,
     /// The request was refused; a human-readable reason (at most 256 bytes, cut on encoding).
     Refused(String),
+    /// The answer to a probe: the version of the roster the node holds (0 if none).
+    Alive {
+        /// Version held.
+        roster_version: u64,
+    },
+    /// An encoded [`RosterDelta`] from the version the asker holds.
+    Delta(Vec<u8>),
 }
 
 fn truncate_utf8(s: &str, max: usize) -> &str {
@@ -1083,6 +1119,13 @@ impl DirectoryResponse {
                     .uint(1)
                     .text(truncate_utf8(reason, MAX_REFUSAL_LEN));
             }
+            DirectoryResponse::Alive { roster_version } => {
+                e.map(2).uint(0).uint(4).uint(1).uint(*roster_version);
+            }
+            DirectoryResponse::Delta(d) => {
+                e = Encoder::with_capacity(d.len() + 16);
+                e.map(2).uint(0).uint(5).uint(1).bytes(d);
+            }
         }
         e.buf
     }
@@ -1101,7 +1144,7 @@ impl DirectoryResponse {
         let response = match (kind, n) {
             (2, 1) => DirectoryResponse::NotModified,
             (2, _) => return Err(DecodeError::UnknownKey(1)),
-            (0 | 1 | 3, 1) => return Err(DecodeError::MissingKey(1)),
+            (0 | 1 | 3 | 4 | 5, 1) => return Err(DecodeError::MissingKey(1)),
             (0, _) => {
                 key(&mut d, &mut prev, 1)?;
                 DirectoryResponse::Registered {
@@ -1115,6 +1158,16 @@ impl DirectoryResponse {
             (3, _) => {
                 key(&mut d, &mut prev, 1)?;
                 DirectoryResponse::Refused(d.text(MAX_REFUSAL_LEN)?.to_owned())
+            }
+            (4, _) => {
+                key(&mut d, &mut prev, 1)?;
+                DirectoryResponse::Alive {
+                    roster_version: d.uint()?,
+                }
+            }
+            (5, _) => {
+                key(&mut d, &mut prev, 1)?;
+                DirectoryResponse::Delta(d.bytes(MAX_SIGNED_ROSTER_BYTES)?.to_vec())
             }
             _ => return Err(DecodeError::InvalidValue("directory response type")),
         };
@@ -1187,6 +1240,8 @@ pub enum Offered {
 pub struct RosterHolder {
     network: NetworkFile,
     held: RwLock<Option<Arc<HeldRoster>>>,
+    /// Summaries of the versions held before, to answer deltas from them (§6.3).
+    history: std::sync::Mutex<delta::History>,
 }
 
 impl RosterHolder {
@@ -1195,6 +1250,7 @@ impl RosterHolder {
         RosterHolder {
             network,
             held: RwLock::new(None),
+            history: std::sync::Mutex::default(),
         }
     }
 
@@ -1229,16 +1285,46 @@ impl RosterHolder {
             signed: signed.to_vec(),
             digest: verified_digest(&self.network, signed),
         });
+        Ok(self.replace(new))
+    }
+
+    /// Takes `new` unless a newer roster is held, remembering the one it replaces.
+    fn replace(&self, new: Arc<HeldRoster>) -> Offered {
         let mut slot = self
             .held
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Another task may have taken a newer one meanwhile.
         if slot.as_ref().is_some_and(|h| h.version() >= new.version()) {
-            return Ok(Offered::Same);
+            return Offered::Same;
         }
-        *slot = Some(new);
-        Ok(Offered::Updated)
+        if let Some(old) = slot.replace(new) {
+            self.history
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .replaced(old.roster());
+        }
+        Offered::Updated
+    }
+
+    /// Applies an encoded [`RosterDelta`] to the roster held (roster.md §6.3): the new roster is
+    /// rebuilt from it and taken only if the authorities' signatures over its bytes verify. On
+    /// error the held roster is unchanged.
+    pub fn apply_delta(&self, delta: &[u8]) -> Result<Offered, DeltaError> {
+        let delta = RosterDelta::decode(delta)?;
+        let Some(base) = self.current() else {
+            return Err(DeltaError::WrongBase {
+                held: 0,
+                base: delta.base(),
+            });
+        };
+        let (roster, signed) = delta.apply(base.roster(), &self.network)?;
+        let digest = verified_digest(&self.network, &signed);
+        Ok(self.replace(Arc::new(HeldRoster {
+            roster,
+            signed,
+            digest,
+        })))
     }
 
     /// [`Self::offer`] for a cached roster and the [`verified_digest`] recorded beside it. The
@@ -1259,6 +1345,34 @@ impl RosterHolder {
             Some(h) if Some(h.version()) == have_version => DirectoryResponse::NotModified,
             Some(h) => DirectoryResponse::Roster(h.signed.clone()),
             None => DirectoryResponse::Refused("no roster yet".into()),
+        }
+    }
+
+    /// The answer to a directory *probe*: the version held, 0 if none.
+    pub fn answer_probe(&self) -> DirectoryResponse {
+        DirectoryResponse::Alive {
+            roster_version: self.version().unwrap_or(0),
+        }
+    }
+
+    /// The answer to a directory *get delta* from someone who holds `from` (§6.2): *not
+    /// modified* for the version held, a delta from one of the [`DELTA_HISTORY`] versions held
+    /// before it, otherwise the whole roster.
+    pub fn answer_delta(&self, from: u64) -> DirectoryResponse {
+        let Some(h) = self.current() else {
+            return DirectoryResponse::Refused("no roster yet".into());
+        };
+        if h.version() == from {
+            return DirectoryResponse::NotModified;
+        }
+        let delta = self
+            .history
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .delta(from, h.roster(), &h.signed);
+        match delta {
+            Some(d) => DirectoryResponse::Delta(d.as_ref().clone()),
+            None => DirectoryResponse::Roster(h.signed.clone()),
         }
     }
 }

@@ -841,6 +841,9 @@ fn directory_messages_round_trip_and_refuse_malformed_input() {
         DirectoryRequest::GetRoster {
             have_version: Some(u64::MAX),
         },
+        DirectoryRequest::Probe,
+        DirectoryRequest::GetDelta { from: 0 },
+        DirectoryRequest::GetDelta { from: u64::MAX },
     ] {
         let b = req.encode();
         assert_eq!(DirectoryRequest::decode(&b).unwrap(), req);
@@ -853,6 +856,11 @@ fn directory_messages_round_trip_and_refuse_malformed_input() {
         DirectoryResponse::Roster(vec![1, 2, 3]),
         DirectoryResponse::NotModified,
         DirectoryResponse::Refused("node unreachable at 10.0.0.1:4433".into()),
+        DirectoryResponse::Alive { roster_version: 0 },
+        DirectoryResponse::Alive {
+            roster_version: u64::MAX,
+        },
+        DirectoryResponse::Delta(vec![4, 5, 6]),
     ] {
         let b = resp.encode();
         assert_eq!(DirectoryResponse::decode(&b).unwrap(), resp);
@@ -882,6 +890,23 @@ fn directory_messages_round_trip_and_refuse_malformed_input() {
     assert_eq!(
         DirectoryResponse::decode(&[0xa2, 0x00, 0x02, 0x01, 0x00]),
         Err(DecodeError::UnknownKey(1))
+    );
+    // A probe carries nothing; a delta request needs its version.
+    assert_eq!(
+        DirectoryRequest::decode(&[0xa2, 0x00, 0x02, 0x01, 0x00]),
+        Err(DecodeError::UnknownKey(1))
+    );
+    assert_eq!(
+        DirectoryRequest::decode(&[0xa1, 0x00, 0x03]),
+        Err(DecodeError::MissingKey(1))
+    );
+    assert_eq!(
+        DirectoryResponse::decode(&[0xa1, 0x00, 0x04]),
+        Err(DecodeError::MissingKey(1))
+    );
+    assert_eq!(
+        DirectoryResponse::decode(&[0xa1, 0x00, 0x06]),
+        Err(DecodeError::InvalidValue("directory response type"))
     );
     assert_eq!(
         DirectoryResponse::decode(&[0xa0]),
@@ -1365,6 +1390,10 @@ fn directory_case(v: &Value) -> Value {
             1 => DirectoryRequest::GetRoster {
                 have_version: r.get("version").map(|x| x.as_u64().unwrap()),
             },
+            2 => DirectoryRequest::Probe,
+            3 => DirectoryRequest::GetDelta {
+                from: r["version"].as_u64().unwrap(),
+            },
             t => panic!("request type {t}"),
         };
         let b = req.encode();
@@ -1379,6 +1408,10 @@ fn directory_case(v: &Value) -> Value {
             1 => DirectoryResponse::Roster(hex::decode(r["roster"].as_str().unwrap()).unwrap()),
             2 => DirectoryResponse::NotModified,
             3 => DirectoryResponse::Refused(r["reason"].as_str().unwrap().into()),
+            4 => DirectoryResponse::Alive {
+                roster_version: r["version"].as_u64().unwrap(),
+            },
+            5 => DirectoryResponse::Delta(hex::decode(r["delta"].as_str().unwrap()).unwrap()),
             t => panic!("response type {t}"),
         };
         let b = resp.encode();
@@ -1451,6 +1484,92 @@ fn bad_certificate_input() -> Value {
     })
 }
 
+/// The inputs of the delta vector: version 2 of the `roster` vector's network, where node 3
+/// leaves, node 8 joins and node 5 publishes new onion keys (epochs 101 and 102).
+fn delta_input() -> Value {
+    let mut five = descriptor_input(5);
+    five["onion_secret_seeds"] = json!([hex::encode([5 ^ 0xaa; 32]), hex::encode([5 ^ 0x33; 32])]);
+    five["epochs"] = json!([101, 102]);
+    five["published_at"] = json!(NOW + 60);
+    json!({
+        "base": "roster",
+        "version": 2,
+        "published_at": NOW + 60,
+        "leaves": [hex::encode([3u8; 32])],
+        "joins": [descriptor_input(8)],
+        "changes": [five],
+    })
+}
+
+/// The delta vector: the roster `base` (a `roster` vector) becomes version `version`, with the
+/// nodes of `leaves` (identity seeds) removed, `joins` added and `changes` replacing the
+/// descriptors of their nodes; swarms are assigned from `base`'s assignment (§5.2), signed by
+/// `base`'s authority. Gives the new roster, the delta from `base` and the directory response
+/// carrying it, and checks that the delta applied to `base` rebuilds the new roster's bytes.
+fn delta_case(input: &Value, base: &Value) -> Value {
+    let auth = IdentityKeypair::from_seed(&b32(&base["authority_seed"]));
+    let net = network(&[&auth], 1);
+    let base_signed = hex::decode(base["signed_roster_cbor"].as_str().unwrap()).unwrap();
+    let old = SignedRoster::decode_and_verify(&base_signed, &net, None).unwrap();
+    let leaves: Vec<IdentityPublicKey> = input["leaves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| IdentityKeypair::from_seed(&b32(s)).public())
+        .collect();
+    let mut descs: BTreeMap<NodeId, Descriptor> = base["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| descriptor_of(n).1)
+        .filter(|d| !leaves.contains(&d.identity))
+        .map(|d| (d.identity.node_id(), d))
+        .collect();
+    for n in input["joins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(input["changes"].as_array().unwrap())
+    {
+        let d = descriptor_of(n).1;
+        descs.insert(d.identity.node_id(), d);
+    }
+    let keys: Vec<NodeId> = descs.keys().copied().collect();
+    let size = base["swarm_size"].as_u64().unwrap() as usize;
+    let a = assign(&old.assignment(), &keys, size);
+    let nodes = descs
+        .into_values()
+        .map(|d| {
+            let swarm = a[&d.identity.node_id()];
+            NodeEntry::from_descriptor(d, swarm)
+        })
+        .collect();
+    let new = Roster::new(
+        old.network(),
+        input["version"].as_u64().unwrap(),
+        input["published_at"].as_u64().unwrap(),
+        size,
+        nodes,
+    )
+    .unwrap();
+    let signed = new.sign(&[&auth]).unwrap();
+    let delta = RosterDelta::between(&RosterSummary::of(&old), &signed).unwrap();
+    let delta_bytes = delta.encode();
+    let (rebuilt, rebuilt_signed) = RosterDelta::decode(&delta_bytes)
+        .unwrap()
+        .apply(&old, &net)
+        .unwrap();
+    assert_eq!(rebuilt.encode(), new.encode());
+    assert_eq!(rebuilt_signed, signed.encode());
+    let mut out = input.clone();
+    out["assignment"] = assignment_json(&a);
+    out["roster_cbor"] = json!(hex::encode(new.encode()));
+    out["signed_roster_cbor"] = json!(hex::encode(signed.encode()));
+    out["delta_cbor"] = json!(hex::encode(&delta_bytes));
+    out["response_cbor"] = json!(hex::encode(DirectoryResponse::Delta(delta_bytes).encode()));
+    out
+}
+
 fn vectors() -> Value {
     let auth = kp(0xa0);
     let net = network(&[&auth], 1);
@@ -1494,6 +1613,13 @@ fn vectors() -> Value {
             "refused",
             json!({"response": {"type": 3, "reason": "unreachable"}}),
         ),
+        ("probe", json!({"request": {"type": 2}})),
+        ("get_delta_7", json!({"request": {"type": 3, "version": 7}})),
+        ("alive_7", json!({"response": {"type": 4, "version": 7}})),
+        (
+            "delta",
+            json!({"response": {"type": 5, "delta": hex::encode(b"roster delta bytes")}}),
+        ),
     ];
     json!({
         "description": "Allium roster test vectors (whitepaper/roster.md, section 8). Byte strings \
@@ -1516,6 +1642,7 @@ fn vectors() -> Value {
             .collect::<Vec<_>>(),
         "descriptor": desc,
         "roster": roster_case(&roster_in),
+        "roster_delta": delta_case(&delta_input(), &roster_case(&roster_in)),
         "verified_roster_digest": verified_digest_case(&net, &roster_case(&roster_in)),
         "roster_bad_certificate": bad_certificate_case(&net, &roster_case(&roster_in), &bad_certificate_input()),
         "swarm_for": mailboxes.iter().map(|m| swarm_for_case(&r, &json!(hex::encode(m)))).collect::<Vec<_>>(),
@@ -1563,6 +1690,19 @@ fn rebuild(p: &Value) -> Value {
         &p["roster"],
         &["assignment", "roster_cbor", "signed_roster_cbor"],
     ));
+    out["roster_delta"] = delta_case(
+        &strip(
+            &p["roster_delta"],
+            &[
+                "assignment",
+                "roster_cbor",
+                "signed_roster_cbor",
+                "delta_cbor",
+                "response_cbor",
+            ],
+        ),
+        &out["roster"],
+    );
     let sr = hex::decode(out["roster"]["signed_roster_cbor"].as_str().unwrap()).unwrap();
     let r = SignedRoster::decode_and_verify(&sr, &net, None).unwrap();
     out["verified_roster_digest"] = verified_digest_case(&net, &out["roster"]);
@@ -1738,4 +1878,362 @@ fn a_cached_roster_is_checked_as_a_fresh_one_whatever_its_digest() {
         holder.offer_cached(&good, Some(&digest)),
         Err(RosterError::Outdated { held: 6, got: 5 })
     ));
+}
+
+// ---- roster deltas (roster.md §6.3) ----------------------------------------------------------
+
+/// A hand-made delta: `{0: base, 1: version, 2: published_at, 3: swarm size, 4: removed,
+/// 5: entries, 6: signatures}`.
+fn delta_bytes(
+    base: u64,
+    r: &Roster,
+    removed: &[[u8; 32]],
+    entries: &[Vec<u8>],
+    sigs: &[([u8; 32], [u8; 64])],
+) -> Vec<u8> {
+    let mut out = vec![0xa7, 0x00];
+    head(0, base, &mut out);
+    out.push(0x01);
+    head(0, r.version(), &mut out);
+    out.push(0x02);
+    head(0, r.published_at(), &mut out);
+    out.push(0x03);
+    head(0, r.swarm_size() as u64, &mut out);
+    out.push(0x04);
+    head(4, removed.len() as u64, &mut out);
+    for id in removed {
+        bstr(id, &mut out);
+    }
+    out.push(0x05);
+    head(4, entries.len() as u64, &mut out);
+    for e in entries {
+        out.extend_from_slice(e);
+    }
+    out.push(0x06);
+    head(4, sigs.len() as u64, &mut out);
+    for (id, sig) in sigs {
+        out.extend([0xa2, 0x00]);
+        bstr(id, &mut out);
+        out.push(0x01);
+        bstr(sig, &mut out);
+    }
+    out
+}
+
+fn id_bytes(seed: u8) -> [u8; 32] {
+    kp(seed).public().to_bytes()
+}
+
+#[test]
+fn a_delta_rebuilds_the_signed_roster_and_a_holder_answers_with_it() {
+    let a = kp(0xa0);
+    let net = network(&[&a], 1);
+    let v1 = roster("allium-devnet", 1, &[1, 2, 3, 4]);
+    let v2 = roster("allium-devnet", 2, &[1, 2, 4, 5]);
+    let s1 = v1.sign(&[&a]).unwrap();
+    let s2 = v2.sign(&[&a]).unwrap();
+    let delta = RosterDelta::between(&RosterSummary::of(&v1), &s2).unwrap();
+    assert_eq!(delta.removed(), &[kp(3).public().node_id()]);
+    assert_eq!(delta.changed().len(), 1);
+    let (rebuilt, signed) = delta.apply(&v1, &net).unwrap();
+    assert_eq!(rebuilt, v2);
+    assert_eq!(signed, s2.encode());
+    // Re-encoding the decoded delta gives its bytes.
+    let bytes = delta.encode();
+    assert_eq!(RosterDelta::decode(&bytes).unwrap().encode(), bytes);
+
+    // A server holding v2 after v1 answers a delta from v1, the roster from anything else.
+    let server = RosterHolder::new(net.clone());
+    assert_eq!(
+        server.answer_delta(1),
+        DirectoryResponse::Refused("no roster yet".into())
+    );
+    server.offer(&s1.encode()).unwrap();
+    server.offer(&s2.encode()).unwrap();
+    assert_eq!(server.answer_delta(2), DirectoryResponse::NotModified);
+    assert_eq!(
+        server.answer_delta(1),
+        DirectoryResponse::Delta(bytes.clone())
+    );
+    assert_eq!(
+        server.answer_delta(0),
+        DirectoryResponse::Roster(s2.encode())
+    );
+    assert_eq!(
+        server.answer_delta(3),
+        DirectoryResponse::Roster(s2.encode())
+    );
+    assert_eq!(
+        server.answer_probe(),
+        DirectoryResponse::Alive { roster_version: 2 }
+    );
+
+    // A node holding v1 takes the delta; the result is what the whole roster would give.
+    let node = RosterHolder::new(net.clone());
+    assert!(matches!(
+        node.apply_delta(&bytes),
+        Err(DeltaError::WrongBase { held: 0, base: 1 })
+    ));
+    node.offer(&s1.encode()).unwrap();
+    assert_eq!(node.apply_delta(&bytes), Ok(Offered::Updated));
+    let held = node.current().unwrap();
+    assert_eq!(held.signed(), s2.encode().as_slice());
+    assert_eq!(held.roster(), &v2);
+    assert_eq!(held.verified_digest(), verified_digest(&net, &s2.encode()));
+    // The node now answers deltas from v1 in turn.
+    assert_eq!(
+        node.answer_delta(1),
+        DirectoryResponse::Delta(bytes.clone())
+    );
+    // Applying it again: its base is no longer held.
+    assert!(matches!(
+        node.apply_delta(&bytes),
+        Err(DeltaError::WrongBase { held: 2, base: 1 })
+    ));
+}
+
+#[test]
+fn a_server_answers_deltas_from_its_last_versions_only() {
+    let a = kp(0xa0);
+    let net = network(&[&a], 1);
+    let server = RosterHolder::new(net.clone());
+    let total = DELTA_HISTORY as u64 + 3;
+    for v in 1..=total {
+        let seeds: Vec<u8> = (1..=(v as u8 + 1)).collect();
+        let s = roster("allium-devnet", v, &seeds).sign(&[&a]).unwrap();
+        server.offer(&s.encode()).unwrap();
+    }
+    for from in 1..total {
+        let remembered = from >= total - DELTA_HISTORY as u64;
+        match server.answer_delta(from) {
+            DirectoryResponse::Delta(_) => assert!(remembered, "delta from {from}"),
+            DirectoryResponse::Roster(_) => assert!(!remembered, "roster from {from}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn delta_refusals() {
+    let a = kp(0xa0);
+    let net = network(&[&a], 1);
+    let v1 = roster("allium-devnet", 1, &[1, 2, 3]);
+    let v2 = roster("allium-devnet", 2, &[1, 2, 4]);
+    let body2 = v2.encode();
+    let sig2 = roster_sig(&a, &body2);
+    let e2 = entries_of(&v2);
+    let e1 = entries_of(&v1);
+    // Entries of v2 in identity order: find node 4's.
+    let four = v2
+        .nodes()
+        .iter()
+        .position(|n| n.identity == kp(4).public())
+        .unwrap();
+    let apply = |bytes: &[u8]| RosterDelta::decode(bytes)?.apply(&v1, &net);
+
+    let good = delta_bytes(1, &v2, &[id_bytes(3)], &[e2[four].clone()], &[sig2]);
+    assert_eq!(apply(&good).unwrap().1, envelope(&body2, &[sig2]));
+
+    assert!(matches!(
+        apply(&delta_bytes(
+            7,
+            &v2,
+            &[id_bytes(3)],
+            &[e2[four].clone()],
+            &[sig2]
+        )),
+        Err(DeltaError::WrongBase { held: 1, base: 7 })
+    ));
+    let v1b = roster("allium-devnet", 1, &[1, 2, 4]);
+    assert!(matches!(
+        apply(&delta_bytes(1, &v1b, &[], &[], &[sig2])),
+        Err(DeltaError::NotNewer {
+            base: 1,
+            version: 1
+        })
+    ));
+    assert_eq!(
+        apply(&delta_bytes(
+            1,
+            &v2,
+            &[id_bytes(9)],
+            &[e2[four].clone()],
+            &[sig2]
+        )),
+        Err(DeltaError::RemovesAbsent)
+    );
+    // Node 1 removed and listed again.
+    let one = v1
+        .nodes()
+        .iter()
+        .position(|n| n.identity == kp(1).public())
+        .unwrap();
+    let mut changed = e2.clone();
+    changed.retain(|e| e != &e1[one]);
+    let mut with_one = vec![e1[one].clone(), e2[four].clone()];
+    with_one.sort_by_key(|e| e[4..36].to_vec());
+    assert_eq!(
+        apply(&delta_bytes(
+            1,
+            &v2,
+            &[id_bytes(1), id_bytes(3)],
+            &with_one,
+            &[sig2]
+        )),
+        Err(DeltaError::RemovedAndAdded)
+    );
+    // Node 1 listed as changed but equal to v1's entry.
+    assert_eq!(
+        apply(&delta_bytes(1, &v2, &[id_bytes(3)], &with_one, &[sig2])),
+        Err(DeltaError::Unchanged)
+    );
+    // A delta that leaves out a change rebuilds other bytes: the signature does not verify.
+    assert_eq!(
+        apply(&delta_bytes(1, &v2, &[], &[e2[four].clone()], &[sig2])),
+        Err(DeltaError::Roster(RosterError::BadSignature))
+    );
+    assert_eq!(
+        apply(&delta_bytes(
+            1,
+            &v2,
+            &[id_bytes(3)],
+            &[e2[four].clone()],
+            &[]
+        )),
+        Err(DeltaError::Roster(RosterError::Unsigned))
+    );
+    let forged = roster_sig(&kp(0xee), &body2);
+    assert_eq!(
+        apply(&delta_bytes(
+            1,
+            &v2,
+            &[id_bytes(3)],
+            &[e2[four].clone()],
+            &[forged]
+        )),
+        Err(DeltaError::Roster(RosterError::UnknownAuthority))
+    );
+    // Lists out of order or repeated.
+    let mut two = [id_bytes(3), id_bytes(2)];
+    two.sort();
+    two.reverse();
+    assert_eq!(
+        apply(&delta_bytes(1, &v2, &two, &[], &[sig2])),
+        Err(DeltaError::Roster(RosterError::Unsorted))
+    );
+    assert!(matches!(
+        apply(&delta_bytes(
+            1,
+            &v2,
+            &[id_bytes(3), id_bytes(3)],
+            &[],
+            &[sig2]
+        )),
+        Err(DeltaError::Roster(RosterError::DuplicateIdentity(_)))
+    ));
+    // A changed entry altered after signing is refused: the signatures over the rebuilt roster
+    // no longer cover it (its certificates' own signatures are not what refuses it, §4.3).
+    let mut bad = e2[four].clone();
+    let n = bad.len();
+    bad[n - 30] ^= 1;
+    assert!(apply(&delta_bytes(1, &v2, &[], &[bad], &[sig2])).is_err());
+    // Truncations and trailing bytes.
+    for n in 0..good.len() {
+        assert!(RosterDelta::decode(&good[..n]).is_err());
+    }
+    let mut long = good.clone();
+    long.push(0);
+    assert!(RosterDelta::decode(&long).is_err());
+    // The held roster stays when a delta is refused.
+    let node = RosterHolder::new(net.clone());
+    node.offer(&v1.sign(&[&a]).unwrap().encode()).unwrap();
+    assert!(
+        node.apply_delta(&delta_bytes(1, &v2, &[], &[], &[sig2]))
+            .is_err()
+    );
+    assert_eq!(node.version(), Some(1));
+}
+
+/// Descriptors of nodes 1..=12, signed once for every case.
+fn pool() -> &'static [Descriptor] {
+    static POOL: std::sync::OnceLock<Vec<Descriptor>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| (1..=12).map(descriptor).collect())
+}
+
+/// The roster of the pool's nodes in `members` (a bit mask), each with a swarm from `swarms`
+/// and a software name that depends on `flavour`'s bit.
+fn random_roster(version: u64, members: u16, swarms: &[u8], flavour: u16) -> Roster {
+    let nodes = pool()
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| members & (1 << i) != 0)
+        .map(|(i, d)| {
+            let mut d = d.clone();
+            if flavour & (1 << i) != 0 {
+                d.software = format!("allium-node/0.{i}");
+            }
+            NodeEntry::from_descriptor(d, u64::from(swarms[i % swarms.len()]) << 56)
+        })
+        .collect();
+    Roster::new("allium-devnet", version, NOW + version, 3, nodes).unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// apply(delta(a, b), a) == b, for any two rosters of the same network.
+    #[test]
+    fn applying_the_delta_between_two_rosters_gives_the_second(
+        ma in any::<u16>(), mb in any::<u16>(),
+        sa in proptest::collection::vec(0u8..4, 1..12),
+        sb in proptest::collection::vec(0u8..4, 1..12),
+        fa in any::<u16>(), fb in any::<u16>(),
+        va in 0u64..1000, step in 1u64..5,
+    ) {
+        let auth = kp(0xa0);
+        let net = network(&[&auth], 1);
+        let a = random_roster(va, ma, &sa, fa);
+        let b = random_roster(va + step, mb, &sb, fb);
+        let sb_ = b.sign(&[&auth]).unwrap();
+        let delta = RosterDelta::between(&RosterSummary::of(&a), &sb_).unwrap();
+        let bytes = delta.encode();
+        let (rebuilt, signed) = RosterDelta::decode(&bytes).unwrap().apply(&a, &net).unwrap();
+        prop_assert_eq!(&rebuilt, &b);
+        prop_assert_eq!(signed, sb_.encode());
+        // Only what changed travels.
+        let differs = b.nodes().iter().filter(|n| a.node(&n.identity.node_id()) != Some(*n)).count();
+        prop_assert_eq!(delta.changed().len(), differs);
+        let gone = a.nodes().iter().filter(|n| b.node(&n.identity.node_id()).is_none()).count();
+        prop_assert_eq!(delta.removed().len(), gone);
+    }
+
+    #[test]
+    fn delta_decoding_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..800)) {
+        let net = network(&[&kp(0xa0)], 1);
+        let base = roster("allium-devnet", 1, &[1, 2]);
+        if let Ok(d) = RosterDelta::decode(&bytes) {
+            prop_assert_eq!(d.encode(), bytes.clone());
+            let _ = d.apply(&base, &net);
+        }
+        let holder = RosterHolder::new(net);
+        let _ = holder.apply_delta(&bytes);
+    }
+
+    #[test]
+    fn mutated_deltas_never_panic_nor_pass(i in 0usize..4096, byte in any::<u8>(), cut in 0usize..8) {
+        let auth = kp(0xa0);
+        let net = network(&[&auth], 1);
+        let a = roster("allium-devnet", 1, &[1, 2, 3]);
+        let b = roster("allium-devnet", 2, &[1, 3, 4]);
+        let sb_ = b.sign(&[&auth]).unwrap();
+        let mut bytes = RosterDelta::between(&RosterSummary::of(&a), &sb_).unwrap().encode();
+        let i = i % bytes.len();
+        bytes[i] = byte;
+        bytes.truncate(bytes.len() - cut.min(bytes.len()));
+        if let Ok((got, signed)) = RosterDelta::decode(&bytes).and_then(|d| d.apply(&a, &net)) {
+            // Only a change the signature does not cover (none here) could pass.
+            prop_assert_eq!(got, b);
+            prop_assert_eq!(signed, sb_.encode());
+        }
+    }
 }
