@@ -832,18 +832,8 @@ impl SignedRoster {
     /// The canonical encoding.
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Encoder::with_capacity(self.roster.len() + 16 + self.signatures.len() * 104);
-        e.map(2)
-            .uint(0)
-            .bytes(&self.roster)
-            .uint(1)
-            .array(self.signatures.len());
-        for s in &self.signatures {
-            e.map(2)
-                .uint(0)
-                .bytes(s.authority.as_bytes())
-                .uint(1)
-                .bytes(&s.signature);
-        }
+        e.map(2).uint(0).bytes(&self.roster).uint(1);
+        delta::encode_signatures(&mut e, &self.signatures);
         e.buf
     }
 
@@ -857,22 +847,7 @@ impl SignedRoster {
         key(&mut d, &mut prev, 0)?;
         let roster = d.bytes(MAX_ROSTER_BYTES)?.to_vec();
         key(&mut d, &mut prev, 1)?;
-        let n = d.array(MAX_AUTHORITIES)?;
-        let mut signatures = Vec::with_capacity(n);
-        for _ in 0..n {
-            let mut p = None;
-            fixed_map(&mut d, 2)?;
-            key(&mut d, &mut p, 0)?;
-            let authority = NodeId::from_bytes(d.fixed::<32>()?);
-            key(&mut d, &mut p, 1)?;
-            let signature = d.fixed::<SIG_LEN>()?;
-            d.leave();
-            signatures.push(RosterSignature {
-                authority,
-                signature,
-            });
-        }
-        d.leave();
+        let signatures = delta::signature_list(&mut d)?;
         d.leave();
         d.finish()?;
         Ok(SignedRoster { roster, signatures })

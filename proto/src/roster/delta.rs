@@ -226,14 +226,8 @@ impl RosterDelta {
         for n in &self.changed {
             n.encode_into(&mut e);
         }
-        e.uint(6).array(self.signatures.len());
-        for s in &self.signatures {
-            e.map(2)
-                .uint(0)
-                .bytes(s.authority.as_bytes())
-                .uint(1)
-                .bytes(&s.signature);
-        }
+        e.uint(6);
+        encode_signatures(&mut e, &self.signatures);
         e.buf
     }
 
@@ -370,7 +364,7 @@ impl RosterDelta {
 }
 
 /// A `[0*16 roster-signature]` list, as in a signed roster.
-fn signature_list(d: &mut Decoder<'_>) -> Result<Vec<RosterSignature>, DecodeError> {
+pub(super) fn signature_list(d: &mut Decoder<'_>) -> Result<Vec<RosterSignature>, DecodeError> {
     let n = d.array(MAX_AUTHORITIES)?;
     let mut signatures = Vec::with_capacity(n);
     for _ in 0..n {
@@ -453,5 +447,17 @@ impl History {
         let d = std::sync::Arc::new(RosterDelta::from_parts(base, held, signatures).encode());
         self.encoded.push((from, to, d.clone()));
         Some(d)
+    }
+}
+
+/// Encodes `signatures` as a `[* roster-signature]` (roster.md §4.1).
+pub(super) fn encode_signatures(e: &mut Encoder, signatures: &[RosterSignature]) {
+    e.array(signatures.len());
+    for s in signatures {
+        e.map(2)
+            .uint(0)
+            .bytes(s.authority.as_bytes())
+            .uint(1)
+            .bytes(&s.signature);
     }
 }
