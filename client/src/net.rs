@@ -303,25 +303,22 @@ impl Net {
 
     /// Asks for a newer roster and verifies it whole; keeps the held one when nothing newer and
     /// valid comes. Returns the version held. A client holding a roster asks through the onion
-    /// (`roster_page`, roster.md §4.4); only one without a usable roster (the first run, or one
-    /// whose onion keys have all run out, so that it can build no path) asks a guard or an
+    /// (`roster_page`, roster.md §4.4); only one without a usable roster (the first run, one
+    /// that can build no path, or one through which no node answered) asks a guard or an
     /// authority directly (the bootstrap).
     pub async fn refresh_roster(&self) -> Result<u64, NetError> {
         if let Some(held) = self.roster() {
             let fetched =
                 tokio::time::timeout(self.timing.operation, self.refresh_through_onion(&held))
                     .await;
-            match fetched {
-                Ok(Ok(())) => {
-                    *lock(&self.refreshed) = Some(Instant::now());
-                    self.choose_guards();
-                    return Ok(self.roster.version().unwrap_or(held.roster().version()));
-                }
-                Ok(Err(NetError::TooFewNodes(_))) => {}
-                // Nobody answered in time: the held roster stays in use, and the client does not
-                // step out of the onion for a newer one.
-                Ok(Err(_)) | Err(_) => return Ok(held.roster().version()),
+            if let Ok(Ok(())) = fetched {
+                *lock(&self.refreshed) = Some(Instant::now());
+                self.choose_guards();
+                return Ok(self.roster.version().unwrap_or(held.roster().version()));
             }
+            // No path, or none through which a node answered in time: the roster held no longer
+            // reaches the network (after every node restarted with new onion keys, say), so only
+            // the directory can give the one that does.
         }
         self.bootstrap_roster().await
     }
