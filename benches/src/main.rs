@@ -468,6 +468,14 @@ async fn measure(cli: &Cli, network: &mut Network) -> Result<Results, String> {
     })
 }
 
+/// Writes a series' JSON report to `path` and says where.
+fn write_report(path: &Path, report: &Value) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
+    std::fs::write(path, text + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -895,10 +903,8 @@ async fn bench_longpoll(cli: &Cli, args: &LongpollArgs) -> Result<(), String> {
         },
         "results": r.to_json(),
     });
-    let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
-    std::fs::write(&path, text + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
     println!();
-    println!("wrote {}", path.display());
+    write_report(&path, &report)?;
     if !unclean.is_empty() {
         return Err(format!("nodes that did not stop cleanly: {unclean:?}"));
     }
@@ -931,10 +937,8 @@ async fn bench_relay(cli: &Cli, args: &RelayArgs) -> Result<(), String> {
         },
         "results": r.to_json(),
     });
-    let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
-    std::fs::write(&path, text + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
     println!();
-    println!("wrote {}", path.display());
+    write_report(&path, &report)?;
     if !unclean.is_empty() {
         return Err(format!("nodes that did not stop cleanly: {unclean:?}"));
     }
@@ -1018,9 +1022,7 @@ async fn bench_attach(cli: &Cli, args: &AttachArgs) -> Result<(), String> {
         "primitives": primitives.to_json(),
         "results": results.iter().map(attach::AttachResult::to_json).collect::<Vec<_>>(),
     });
-    let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
-    std::fs::write(&path, text + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
-    println!("wrote {}", path.display());
+    write_report(&path, &report)?;
     if !unclean.is_empty() {
         return Err(format!("nodes that did not stop cleanly: {unclean:?}"));
     }
@@ -1166,9 +1168,7 @@ fn bench_moves(cli: &Cli, args: &MovesArgs) -> Result<(), String> {
         },
         "results": results,
     });
-    let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
-    std::fs::write(&path, text + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
-    println!("wrote {}", path.display());
+    write_report(&path, &report)?;
     Ok(())
 }
 
@@ -1189,9 +1189,7 @@ async fn bench_authority(cli: &Cli, args: &AuthorityArgs) -> Result<(), String> 
         "machine": machine.to_json(),
         "results": results.iter().map(authority::SizeResult::to_json).collect::<Vec<_>>(),
     });
-    let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
-    std::fs::write(&path, text + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
-    println!("wrote {}", path.display());
+    write_report(&path, &report)?;
     Ok(())
 }
 
