@@ -127,6 +127,10 @@ struct RelayArgs {
     /// Seconds measured, after one second of untimed load.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Each task opens a path session (onion.md §12) and sends session packets, which the
+    /// relay peels without a key agreement; the floor then has no X25519.
+    #[arg(long)]
+    sessions: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -932,6 +936,7 @@ async fn bench_relay(cli: &Cli, args: &RelayArgs) -> Result<(), String> {
         "setup": {
             "roster_nodes": cli.nodes + 1,
             "path": "[relay, destination]: one relay, info requests, small class",
+            "packets": if args.sessions { "path session packets (onion.md §12)" } else { "onion packets" },
             "relay_core": 1,
             "everything_else_core": 0,
         },
@@ -976,6 +981,7 @@ async fn measure_relay(args: &RelayArgs, network: &mut Network) -> Result<relay:
         relay,
         &processes,
         args.concurrency,
+        args.sessions,
         Duration::from_secs(1),
         Duration::from_secs(args.seconds),
         &Latencies::new()?,

@@ -27,6 +27,8 @@ const LINK_IN_FLIGHT: usize = 16;
 #[derive(Debug)]
 pub struct RelayRun {
     pub concurrency: usize,
+    /// Path session packets (no key agreement at the relay) rather than onion packets.
+    pub sessions: bool,
     pub seconds: f64,
     pub packets: u64,
     pub errors: u64,
@@ -55,10 +57,16 @@ impl RelayRun {
         self.relay_cpu.as_secs_f64() / self.seconds.max(1e-9)
     }
 
-    /// The least CPU a relayed packet needs: peeling its layer (one X25519 and one AEAD over the
-    /// packet), wrapping the reply (one AEAD), and the link's receive and send of both.
+    /// The least CPU a relayed packet needs: peeling its layer (one X25519 — none for a path
+    /// session's packet — and one AEAD over the packet), wrapping the reply (one AEAD), and the
+    /// link's receive and send of both.
     pub fn floor_us(&self) -> f64 {
-        (self.x25519 + self.aead * 2 + self.link_cpu).as_secs_f64() * 1e6
+        let x25519 = if self.sessions {
+            Duration::ZERO
+        } else {
+            self.x25519
+        };
+        (x25519 + self.aead * 2 + self.link_cpu).as_secs_f64() * 1e6
     }
 
     /// Floor over measured CPU per packet: the capacity of one core against the floor's.
@@ -68,6 +76,15 @@ impl RelayRun {
 
     pub fn print(&self, header: &str) {
         println!("{header}");
+        println!();
+        println!(
+            "packets: {}",
+            if self.sessions {
+                "path session packets (no X25519 at the relay; the floor has none)"
+            } else {
+                "onion packets"
+            }
+        );
         println!();
         println!(
             "| in flight | packets/s | relay CPU µs/packet | relay core busy | capacity per core (1/CPU) | floor µs/packet | floor capacity | capacity / floor |"
@@ -107,6 +124,7 @@ impl RelayRun {
     pub fn to_json(&self) -> Value {
         json!({
             "concurrency": self.concurrency,
+            "sessions": self.sessions,
             "seconds": self.seconds,
             "packets": self.packets,
             "errors": self.errors,
@@ -163,6 +181,7 @@ pub async fn run(
     relay: IdentityPublicKey,
     processes: &[Process],
     concurrency: usize,
+    sessions: bool,
     warmup: Duration,
     duration: Duration,
     template: &Latencies,
@@ -214,16 +233,41 @@ pub async fn run(
             let mut hist = template.fresh();
             tokio::spawn(async move {
                 let (mut ok, mut errors, mut first) = (0u64, 0u64, None::<String>);
+                // Opened in the untimed warm-up, like the connections.
+                let mut session = None;
+                if sessions {
+                    match client
+                        .send_opening(&path, &request, SizeClass::Small, TIMEOUT)
+                        .await
+                    {
+                        Ok((_, s)) => session = Some(s),
+                        Err(e) => {
+                            first = Some(format!("no session opened: {e}"));
+                            return (hist, ok, errors + 1, first);
+                        }
+                    }
+                }
                 while Instant::now() < end {
                     let sent = Instant::now();
-                    let r = client
-                        .send(&path, &request, SizeClass::Small, TIMEOUT)
-                        .await
-                        .map_err(|e| e.to_string())
-                        .and_then(|b| {
-                            allium_proto::Response::decode(&b, Method::Info)
-                                .map_err(|e| e.to_string())
-                        });
+                    let answer = match session.as_mut() {
+                        Some(s) => match s.build(
+                            &mut rand_core::OsRng,
+                            &request,
+                            SizeClass::Small,
+                            SizeClass::Small,
+                        ) {
+                            Ok(built) => client.send_built(&path[0], built, TIMEOUT).await,
+                            Err(e) => Err(e.into()),
+                        },
+                        None => {
+                            client
+                                .send(&path, &request, SizeClass::Small, TIMEOUT)
+                                .await
+                        }
+                    };
+                    let r = answer.map_err(|e| e.to_string()).and_then(|b| {
+                        allium_proto::Response::decode(&b, Method::Info).map_err(|e| e.to_string())
+                    });
                     let done = Instant::now();
                     if done < start || done > end {
                         continue;
@@ -267,6 +311,7 @@ pub async fn run(
         .ok_or("no CPU time for the relay")?;
     let mut out = RelayRun {
         concurrency,
+        sessions,
         seconds,
         packets: 0,
         errors: 0,

@@ -6,6 +6,7 @@ pub mod chat;
 pub mod cli;
 pub mod devices;
 pub mod display;
+pub mod flows;
 pub mod group;
 pub mod identity;
 pub mod messenger;

@@ -23,6 +23,7 @@ use allium_proto::{
 use ed25519_dalek::SigningKey;
 use rand_core::{OsRng, RngCore};
 
+use crate::flows::{Flow, Flows, Plan};
 use crate::onion::{Hop, OnionClient, SendError, epoch_at, hop};
 use crate::pages;
 use crate::path::{PathIndex, PathRules, TooFewNodes};
@@ -215,6 +216,8 @@ pub struct Net {
     requests: AtomicU64,
     request_bytes: AtomicU64,
     response_bytes: AtomicU64,
+    /// Path sessions of the linkable flows (onion.md §12.5).
+    flows: Flows,
 }
 
 impl Net {
@@ -253,6 +256,7 @@ impl Net {
             requests: AtomicU64::new(0),
             request_bytes: AtomicU64::new(0),
             response_bytes: AtomicU64::new(0),
+            flows: Flows::default(),
         })
     }
 
@@ -576,8 +580,29 @@ impl Net {
         make: impl Fn(&NodeId, u64) -> Vec<u8>,
         exclude: &HashSet<NodeId>,
     ) -> Result<(Response, PathReport), NetError> {
-        self.request_among(mailbox, method, wait, make, Members::Except(exclude))
+        self.request_among(mailbox, method, wait, make, Members::Except(exclude), None)
             .await
+    }
+
+    /// [`Self::request_excluding`] for a request of `flow`: on the flow's path session when it
+    /// has one to an allowed member (onion.md §12.5), else opening one.
+    pub async fn request_in_flow(
+        &self,
+        flow: Flow,
+        mailbox: &Mailbox,
+        method: Method,
+        make: impl Fn(&NodeId, u64) -> Vec<u8>,
+        exclude: &HashSet<NodeId>,
+    ) -> Result<(Response, PathReport), NetError> {
+        self.request_among(
+            mailbox,
+            method,
+            Duration::ZERO,
+            make,
+            Members::Except(exclude),
+            Some(flow),
+        )
+        .await
     }
 
     /// [`Self::request`] to the members `among` allows. With [`Members::Only`], a second refusal
@@ -590,6 +615,7 @@ impl Net {
         wait: Duration,
         make: impl Fn(&NodeId, u64) -> Vec<u8>,
         among: Members<'_>,
+        flow: Option<Flow>,
     ) -> Result<(Response, PathReport), NetError> {
         let empty = HashSet::new();
         let (exclude, only) = match among {
@@ -657,18 +683,29 @@ impl Net {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
-            let destination = members[random_index(members.len())];
-            let path = match self.path(&roster, destination) {
-                Ok(p) => p,
-                // Avoided relays may make paths impossible: forgive them once.
-                Err(_) if !lock(&self.avoid).is_empty() => {
-                    lock(&self.avoid).clear();
-                    self.path(&roster, destination)?
+            let allowed: HashSet<NodeId> = members.iter().map(|m| m.identity.node_id()).collect();
+            // A flow's live session decides the destination and the path.
+            let session = flow.as_ref().and_then(|f| {
+                self.flows
+                    .live_path(f, |n| allowed.contains(n) && !tried.contains(n))
+            });
+            let (node, path) = match session {
+                Some(live) => live,
+                None => {
+                    let destination = members[random_index(members.len())];
+                    let path = match self.path(&roster, destination) {
+                        Ok(p) => p,
+                        // Avoided relays may make paths impossible: forgive them once.
+                        Err(_) if !lock(&self.avoid).is_empty() => {
+                            lock(&self.avoid).clear();
+                            self.path(&roster, destination)?
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    (destination.identity.node_id(), path)
                 }
-                Err(e) => return Err(e),
             };
             attempts += 1;
-            let node = destination.identity.node_id();
             let request = make(&node, self.now_ms());
             let left = deadline.saturating_duration_since(Instant::now());
             let budget = (self.timing.attempt + wait).min(left);
@@ -677,8 +714,7 @@ impl Net {
             self.request_bytes
                 .fetch_add(request.len() as u64, Ordering::Relaxed);
             let outcome = self
-                .onion
-                .send(&path, &request, SizeClass::Large, budget)
+                .send_on(flow.as_ref(), node, &path, &request, budget)
                 .await;
             let rtt = sent.elapsed();
             let body = match outcome {
@@ -687,7 +723,13 @@ impl Net {
                         .fetch_add(body.len() as u64, Ordering::Relaxed);
                     body
                 }
-                Err(e) => {
+                // The session is gone at some hop (it restarted, or forgot it): the request is
+                // sent again at once as an onion packet, and no node is blamed.
+                Err(Sent::Session(e)) => {
+                    last = e.to_string();
+                    continue;
+                }
+                Err(Sent::Onion(e)) => {
                     last = e.to_string();
                     self.blame(&path, &e);
                     if e.failed_hop() == Some(path.len() - 1) {
@@ -750,6 +792,73 @@ impl Net {
             attempts,
             last,
         })
+    }
+
+    /// Sends `request` to `destination` on `path`: as an onion packet, or for a request of a
+    /// flow, on the flow's path session (opening one when it has none on this path).
+    async fn send_on(
+        &self,
+        flow: Option<&Flow>,
+        destination: NodeId,
+        path: &[Hop],
+        request: &[u8],
+        budget: Duration,
+    ) -> Result<Vec<u8>, Sent> {
+        let reply_class = SizeClass::Large;
+        let plan = match flow {
+            Some(f) => self
+                .flows
+                .plan(f, path, request, reply_class)
+                .map_err(|e| Sent::Onion(e.into()))?,
+            None => Plan::Plain,
+        };
+        match (plan, flow) {
+            (Plan::Session(built), Some(f)) => {
+                let guard = path.first().ok_or(Sent::Onion(SendError::GuardRejected))?;
+                match self.onion.send_built(guard, built, budget).await {
+                    Ok(body) => {
+                        self.flows.answered(f);
+                        Ok(body)
+                    }
+                    Err(e) => {
+                        self.flows.failed(f);
+                        Err(Sent::Session(e))
+                    }
+                }
+            }
+            (Plan::Open, Some(f)) => {
+                let (body, session) = self
+                    .onion
+                    .send_opening(path, request, reply_class, budget)
+                    .await
+                    .map_err(Sent::Onion)?;
+                let lifetime = self.session_lifetime(session.epochs());
+                self.flows
+                    .opened(*f, destination, path.to_vec(), session, lifetime);
+                Ok(body)
+            }
+            _ => self
+                .onion
+                .send(path, request, reply_class, budget)
+                .await
+                .map_err(Sent::Onion),
+        }
+    }
+
+    /// How long the hops keep a session opened now with onion keys of `epochs`: until the
+    /// first of them is deleted (the start of epoch `e + 2`), at most the session lifetime.
+    fn session_lifetime(&self, epochs: &[allium_onion::Epoch]) -> Duration {
+        let epoch_secs = self.network().params.epoch_secs.max(1);
+        let now = self.now_ms() / 1000;
+        epochs
+            .iter()
+            .map(|e| {
+                let deleted = (u64::from(e.0) + 2).saturating_mul(epoch_secs);
+                Duration::from_secs(deleted.saturating_sub(now))
+            })
+            .min()
+            .unwrap_or(Duration::ZERO)
+            .min(crate::flows::SESSION_LIFETIME)
     }
 
     /// Leaves the node a failure names out of new paths: a relay, or the guard.
@@ -1119,6 +1228,7 @@ impl Net {
                 Duration::from_millis(wait_ms),
                 make,
                 among,
+                Some(Flow::Reads(mailbox, namespace)),
             )
             .await?;
         match response.result {
@@ -1131,6 +1241,14 @@ impl Net {
             _ => Err(NetError::Refused(Status::Internal)),
         }
     }
+}
+
+/// Why a request on a path failed: on a path session (which the hops may have forgotten, so
+/// it says nothing about them) or as an onion packet.
+#[derive(Debug)]
+enum Sent {
+    Session(SendError),
+    Onion(SendError),
 }
 
 /// Which members of a mailbox's swarm a request may go to.

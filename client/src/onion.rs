@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use allium_link::{Deadlines, Kind, Link, LinkError, LinkLimits, Pool, Status};
 use allium_onion::{
-    BuildError, Epoch, ErrorCode, IdentityPublicKey, OnionPublicKey, PathHop, PreparedPath, Reply,
-    ReplyError, SizeClass, prepare_path,
+    BuildError, BuiltPacket, Epoch, ErrorCode, IdentityPublicKey, OnionPublicKey, PathHop,
+    PathSession, PreparedPath, Reply, ReplyError, SizeClass, prepare_path,
 };
 use allium_proto::roster::NodeEntry;
 
@@ -152,6 +152,49 @@ impl OnionClient {
         reply_class: SizeClass,
         timeout: Duration,
     ) -> Result<Vec<u8>, SendError> {
+        self.send_onion(path, request, reply_class, timeout, false)
+            .await
+            .map(|(body, _)| body)
+    }
+
+    /// [`Self::send`], asking every hop to keep a path session (onion.md §12.1): the returned
+    /// session builds later packets on this path that the hops peel without a key agreement.
+    pub async fn send_opening(
+        &self,
+        path: &[Hop],
+        request: &[u8],
+        reply_class: SizeClass,
+        timeout: Duration,
+    ) -> Result<(Vec<u8>, PathSession), SendError> {
+        let (body, session) = self
+            .send_onion(path, request, reply_class, timeout, true)
+            .await?;
+        let session = session.ok_or(BuildError::BadPathLength {
+            max: allium_onion::MAX_HOPS,
+            got: 0,
+        })?;
+        Ok((body, session))
+    }
+
+    /// Sends a packet built on a path session (`PathSession::build`) to the path's first hop
+    /// and returns the response body.
+    pub async fn send_built(
+        &self,
+        guard: &Hop,
+        built: BuiltPacket,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, SendError> {
+        self.exchange(guard, built, timeout).await
+    }
+
+    async fn send_onion(
+        &self,
+        path: &[Hop],
+        request: &[u8],
+        reply_class: SizeClass,
+        timeout: Duration,
+        open_session: bool,
+    ) -> Result<(Vec<u8>, Option<PathSession>), SendError> {
         let class = SizeClass::for_request(request.len()).unwrap_or(SizeClass::Large);
         let hops: Vec<PathHop> = path
             .iter()
@@ -172,7 +215,12 @@ impl OnionClient {
             Some(p) => p,
             None => prepare_path(&mut rand_core::OsRng, &hops)?,
         };
-        let built = prepared.build(request, class, reply_class)?;
+        let (built, session) = if open_session {
+            let (built, session) = prepared.build_opening(request, class, reply_class)?;
+            (built, Some(session))
+        } else {
+            (prepared.build(request, class, reply_class)?, None)
+        };
         // A path used twice in a row is likely used again: make the next packet's key
         // agreements while this one travels.
         let next = repeat.then(|| {
@@ -182,6 +230,26 @@ impl OnionClient {
             max: allium_onion::MAX_HOPS,
             got: 0,
         })?;
+        let answer = self.exchange(guard, built, timeout).await;
+        if let Some(Ok(Some(p))) = match next {
+            Some(task) => Some(task.await),
+            None => None,
+        } {
+            let mut ahead = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
+            if ahead.ready.is_none() {
+                ahead.ready = Some(p);
+            }
+        }
+        Ok((answer?, session))
+    }
+
+    /// Sends a built packet to the guard and opens the layered reply.
+    async fn exchange(
+        &self,
+        guard: &Hop,
+        built: BuiltPacket,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, SendError> {
         let (status, mut reply) = self
             .pool
             .request(
@@ -196,15 +264,6 @@ impl OnionClient {
             )
             .await
             .map_err(SendError::Guard)?;
-        if let Some(Ok(Some(p))) = match next {
-            Some(task) => Some(task.await),
-            None => None,
-        } {
-            let mut ahead = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
-            if ahead.ready.is_none() {
-                ahead.ready = Some(p);
-            }
-        }
         if status == Status::Rejected {
             return Err(SendError::GuardRejected);
         }

@@ -100,6 +100,10 @@ pub const ENV_VARS: &[EnvVar] = &[
         "ALLIUM_NODE_LIMITS_MAX_PARKED_POLLS",
         "limits.max_parked_polls",
     ),
+    var(
+        "ALLIUM_NODE_LIMITS_MAX_PATH_SESSIONS",
+        "limits.max_path_sessions",
+    ),
     var("ALLIUM_NODE_STORE_MAX_BYTES", "store.max_bytes"),
     var("ALLIUM_NODE_STORE_MIN_FREE_BYTES", "store.min_free_bytes"),
     var(
@@ -265,6 +269,10 @@ pub struct Limits {
     /// Long-poll retrieves parked at once (every listening client holds one); beyond it a
     /// retrieve is answered at once, as if its wait had run out.
     pub max_parked_polls: u32,
+    /// Path sessions kept at once (onion.md §12; about 150 bytes each); beyond it a packet
+    /// asking for one is peeled as usual and its sender's later packets fall back to onion
+    /// packets.
+    pub max_path_sessions: u32,
 }
 
 /// Message store limits.
@@ -362,6 +370,7 @@ impl Default for Limits {
             client_read_buffer_bytes: 32 * MIB,
             peer_read_buffer_bytes: 64 * MIB,
             max_parked_polls: 16_384,
+            max_path_sessions: 65_536,
         }
     }
 }
@@ -591,6 +600,7 @@ impl NodeConfig {
             "limits.client_read_buffer_bytes" => l.client_read_buffer_bytes = parse(value)?,
             "limits.peer_read_buffer_bytes" => l.peer_read_buffer_bytes = parse(value)?,
             "limits.max_parked_polls" => l.max_parked_polls = parse(value)?,
+            "limits.max_path_sessions" => l.max_path_sessions = parse(value)?,
             "store.max_bytes" => self.store.max_bytes = parse(value)?,
             "store.mailbox_quota_bytes" => self.store.mailbox_quota_bytes = parse(value)?,
             "store.min_free_bytes" => self.store.min_free_bytes = parse(value)?,
@@ -681,6 +691,7 @@ impl NodeConfig {
             ),
             ("limits.peer_read_buffer_bytes", l.peer_read_buffer_bytes),
             ("limits.max_parked_polls", u64::from(l.max_parked_polls)),
+            ("limits.max_path_sessions", u64::from(l.max_path_sessions)),
             ("store.max_bytes", self.store.max_bytes),
             ("store.mailbox_quota_bytes", self.store.mailbox_quota_bytes),
             ("store.blob_max_bytes", self.store.blob_max_bytes),

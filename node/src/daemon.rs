@@ -435,6 +435,7 @@ pub async fn run(config: NodeConfig, shutdown: ShutdownSignal) -> Result<(), Dae
             forward_timeout,
             reply_timeout: config.limits.reply_timeout(),
             forward_queue: config.limits.forward_queue as usize,
+            max_path_sessions: config.limits.max_path_sessions as usize,
         },
     ));
     rotate_keys(&ring, &keys, &onion);

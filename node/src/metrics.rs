@@ -69,8 +69,10 @@ label_enum! {
         HeaderAuth => "header_auth",
         /// The payload failed authentication.
         PayloadAuth => "payload_auth",
-        /// Seen before in this epoch.
+        /// Seen before in this epoch (or this sequence number in its path session).
         Replay => "replay",
+        /// A path session's packet for a session this node does not keep.
+        UnknownSession => "unknown_session",
         /// Peeled but the routing information does not parse.
         Malformed => "malformed",
         /// The next hop's forward queue was full.
@@ -289,6 +291,9 @@ struct Inner {
     replay_generations: Gauge,
     replay_rolls: Counter,
     replay_saturated: Counter,
+    sessions: Gauge,
+    session_packets: Counter,
+    sessions_refused: Counter,
     sync_bytes: Family<SyncLabels, Counter>,
     sync_pulled: Counter,
     sync_rounds: Counter,
@@ -332,6 +337,9 @@ impl Metrics {
         let replay_generations = Gauge::default();
         let replay_rolls = Counter::default();
         let replay_saturated = Counter::default();
+        let sessions = Gauge::default();
+        let session_packets = Counter::default();
+        let sessions_refused = Counter::default();
         let sync_bytes = Family::<SyncLabels, Counter>::default();
         let sync_pulled = Counter::default();
         let sync_rounds = Counter::default();
@@ -473,6 +481,21 @@ impl Metrics {
             "Epochs whose replay filters reached their ceiling: false positives rising",
             replay_saturated.clone(),
         );
+        registry.register(
+            "allium_path_sessions",
+            "Path sessions kept (onion.md §12): each lets one path's later packets skip the key agreement",
+            sessions.clone(),
+        );
+        registry.register(
+            "allium_path_session_packets",
+            "Path session packets peeled",
+            session_packets.clone(),
+        );
+        registry.register(
+            "allium_path_sessions_refused",
+            "Path sessions not kept because the table held limits.max_path_sessions",
+            sessions_refused.clone(),
+        );
 
         Metrics(Arc::new(Inner {
             registry,
@@ -494,6 +517,9 @@ impl Metrics {
             replay_generations,
             replay_rolls,
             replay_saturated,
+            sessions,
+            session_packets,
+            sessions_refused,
             sync_bytes,
             sync_pulled,
             sync_rounds,
@@ -616,6 +642,21 @@ impl Metrics {
         self.0
             .replay_generations
             .set(i64::try_from(generations).unwrap_or(i64::MAX));
+    }
+
+    /// Path sessions now kept.
+    pub fn set_path_sessions(&self, n: usize) {
+        self.0.sessions.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// A path session packet was peeled.
+    pub fn path_session_packet(&self) {
+        self.0.session_packets.inc();
+    }
+
+    /// A path session was not kept: the table is full.
+    pub fn path_session_refused(&self) {
+        self.0.sessions_refused.inc();
     }
 
     /// A replay filter generation was added.
@@ -746,7 +787,7 @@ mod tests {
             );
             assert!(seen.insert(r.as_str()));
         }
-        assert_eq!(DropReason::ALL.len(), 13);
+        assert_eq!(DropReason::ALL.len(), 14);
     }
 
     #[test]

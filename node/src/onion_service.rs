@@ -7,9 +7,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use allium_onion::session::SESSION_VERSION;
 use allium_onion::{
-    ErrorCode, IdentityPublicKey, NodeId, OnionKeyRing, PeelError, Peeled, ReplayWindow,
-    packet_epoch, peel,
+    Epoch, ErrorCode, IdentityPublicKey, NodeId, OnionKeyRing, OpenError, PeelError, Peeled,
+    ReplayWindow, SessionGrant, SessionRole, SessionTable, packet_epoch, peel, peel_session,
 };
 use tokio::sync::Semaphore;
 
@@ -43,6 +44,8 @@ pub struct OnionConfig {
     /// shed. A packet the next hop accepted no longer counts: a long-poll it carries waits
     /// there, up to a minute, without holding a place here.
     pub forward_queue: usize,
+    /// Path sessions kept at once (onion.md §12).
+    pub max_path_sessions: usize,
 }
 
 /// The onion service of one node.
@@ -50,6 +53,7 @@ pub struct OnionConfig {
 pub struct OnionService<N, D> {
     keys: Arc<RwLock<OnionKeyRing>>,
     replay: Mutex<ReplayWindow>,
+    sessions: Mutex<SessionTable>,
     pool: Arc<Pool>,
     neighbours: Arc<N>,
     destination: Arc<D>,
@@ -67,6 +71,7 @@ fn drop_reason(e: &PeelError) -> DropReason {
         PeelError::HeaderAuth => DropReason::HeaderAuth,
         PeelError::PayloadAuth => DropReason::PayloadAuth,
         PeelError::Replay => DropReason::Replay,
+        PeelError::UnknownSession => DropReason::UnknownSession,
         _ => DropReason::Malformed,
     }
 }
@@ -127,6 +132,7 @@ impl<N: Neighbours, D: Destination> OnionService<N, D> {
         OnionService {
             keys,
             replay: Mutex::new(replay),
+            sessions: Mutex::new(SessionTable::new(config.max_path_sessions)),
             pool,
             neighbours,
             destination,
@@ -139,16 +145,71 @@ impl<N: Neighbours, D: Destination> OnionService<N, D> {
         }
     }
 
-    /// Drops the replay filters of epochs whose keys were deleted.
-    pub fn forget_epochs(&self, keep: impl FnMut(allium_onion::Epoch) -> bool) {
+    /// Drops the replay filters and path sessions of epochs whose keys were deleted, and the
+    /// sessions that expired.
+    pub fn forget_epochs(&self, mut keep: impl FnMut(Epoch) -> bool) {
         self.replay
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(keep);
+            .retain(&mut keep);
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.retain_epochs(keep);
+        sessions.expire(unix_now());
+        self.metrics.set_path_sessions(sessions.len());
     }
 
+    /// Peels an onion packet or, by its version byte, a path session's packet.
     fn peel_at<'a>(&self, now: u64, packet: &'a mut [u8]) -> Result<Peeled<'a>, PeelError> {
+        if packet.first() == Some(&SESSION_VERSION) {
+            return self.peel_session_at(now, packet);
+        }
         let epoch = packet_epoch(packet)?;
+        let peeled = self.peel_onion_at(now, epoch, packet)?;
+        match &peeled {
+            Peeled::Forward {
+                next,
+                opened: Some(grant),
+                ..
+            } => self.keep_session(grant, SessionRole::Relay { next: *next }, epoch, now),
+            Peeled::Deliver {
+                opened: Some(grant),
+                ..
+            } => self.keep_session(grant, SessionRole::Deliver, epoch, now),
+            _ => {}
+        }
+        Ok(peeled)
+    }
+
+    /// Keeps the session a layer asked for; a full table only means its sender's later
+    /// packets fall back to onion packets.
+    fn keep_session(&self, grant: &SessionGrant, role: SessionRole, epoch: Epoch, now: u64) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        match sessions.open(grant.clone(), role, epoch, now) {
+            Ok(()) => {}
+            Err(OpenError::Full) => self.metrics.path_session_refused(),
+            Err(e) => tracing::debug!(error = %e, "path session not kept"),
+        }
+        self.metrics.set_path_sessions(sessions.len());
+    }
+
+    fn peel_session_at<'a>(&self, now: u64, packet: &'a mut [u8]) -> Result<Peeled<'a>, PeelError> {
+        // The lock is held for the look-up and the window update, not across the decryption.
+        let sessions = || self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let peeled = peel_session(
+            packet,
+            |sid| sessions().get(sid, now),
+            |sid, seq| sessions().accept(sid, seq),
+        )?;
+        self.metrics.path_session_packet();
+        Ok(peeled)
+    }
+
+    fn peel_onion_at<'a>(
+        &self,
+        now: u64,
+        epoch: Epoch,
+        packet: &'a mut [u8],
+    ) -> Result<Peeled<'a>, PeelError> {
         let ring = self.keys.read().unwrap_or_else(|p| p.into_inner());
         let key = ring.get(epoch, now).ok_or(PeelError::UnknownEpoch(epoch))?;
         // The replay lock is taken only for the filter update, not across the key exchange.
@@ -188,7 +249,7 @@ impl<N: Neighbours, D: Destination> OnionService<N, D> {
                 self.metrics.dropped(drop_reason(&e));
                 (Status::Rejected, Vec::new())
             }
-            Ok(Peeled::Deliver { request, reply }) => {
+            Ok(Peeled::Deliver { request, reply, .. }) => {
                 let request = request.to_vec();
                 // The packet (up to 64 KiB) is not needed while the request runs, which for a
                 // long-poll is up to a minute: only the request's own bytes are kept.
@@ -211,7 +272,7 @@ impl<N: Neighbours, D: Destination> OnionService<N, D> {
                     None => (Status::Ok, reply.error(ErrorCode::Rejected)),
                 }
             }
-            Ok(Peeled::Forward { next, reply }) => {
+            Ok(Peeled::Forward { next, reply, .. }) => {
                 let Some((key, addr)) = self.neighbours.lookup(&next) else {
                     self.metrics.dropped(DropReason::NextHopUnreachable);
                     return (Status::Ok, reply.error(ErrorCode::NextHopUnreachable));

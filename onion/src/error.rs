@@ -61,6 +61,9 @@ pub enum BuildError {
         /// Index of the hop in the path.
         hop: usize,
     },
+    /// A path session has numbered 2^32 packets; open another.
+    #[error("the path session has numbered all its packets")]
+    SessionExhausted,
 }
 
 /// Why a node refused to peel a packet.
@@ -89,9 +92,13 @@ pub enum PeelError {
     /// The payload tag does not verify.
     #[error("payload authentication failed")]
     PayloadAuth,
-    /// The layer was already seen in this epoch.
+    /// The layer was already seen in this epoch (or, in a path session, this sequence number).
     #[error("replayed packet")]
     Replay,
+    /// A path session's packet for a session this node does not keep (expired, never opened,
+    /// forgotten at a restart, or another node's).
+    #[error("unknown path session")]
+    UnknownSession,
     /// The authenticated routing slot or payload breaks the format (a buggy sender).
     #[error("malformed layer: {0}")]
     Malformed(&'static str),

@@ -1,7 +1,8 @@
 //! Key derivation and the symmetric primitives built on the derived keys.
 //!
-//! Every layer's X25519 shared secret yields six values, each a keyed BLAKE2b-256 of
-//! `ephemeral_public || onion_public || label` under the shared secret. Each key is used for
+//! Every layer's X25519 shared secret yields its values, each a keyed BLAKE2b-256 of
+//! `ephemeral_public || onion_public || label` under the shared secret; a path session's packet
+//! derives the same keys from the session key and `session_id || nonce`. Each key is used for
 //! exactly one operation on one packet; that is what makes the fixed AES-GCM nonce safe.
 
 use aes::Aes256;
@@ -29,6 +30,10 @@ pub mod labels {
     pub const REPLY_WRAP: &[u8] = b"allium/v1/onion/reply-wrap-key";
     /// The replay tag remembered by the node.
     pub const REPLAY: &[u8] = b"allium/v1/onion/replay-tag";
+    /// The identifier under which a hop keeps a path session opened by this layer.
+    pub const SESSION_ID: &[u8] = b"allium/v1/onion/session-id";
+    /// The key of a path session opened by this layer.
+    pub const SESSION_KEY: &[u8] = b"allium/v1/onion/session-key";
 }
 
 /// The all-zero 96-bit nonce. Safe because every key is used for one encryption only.
@@ -70,40 +75,59 @@ pub(crate) struct LayerKeys {
     pub(crate) filler: Key,
     pub(crate) reply: Key,
     pub(crate) reply_wrap: Key,
-    pub(crate) replay: ReplayTag,
 }
 
-impl LayerKeys {
-    /// Derives the keys of the layer whose ephemeral key is `ephemeral` and whose node's onion key
-    /// is `onion`.
-    pub(crate) fn derive(
-        shared: &SharedSecret,
-        ephemeral: &[u8; KEY_LEN],
-        onion: &[u8; KEY_LEN],
-    ) -> Self {
-        // The common prefix is absorbed once; each label then costs one compression.
-        let mut base = match <Blake2bMac<U32> as KeyInit>::new_from_slice(shared.as_bytes()) {
+/// Keyed BLAKE2b-256 of `context || label` under one secret, with the context absorbed once:
+/// each label then costs one compression.
+#[derive(Clone)]
+pub(crate) struct Derivation(Blake2bMac<U32>);
+
+impl Derivation {
+    /// `K(label) = BLAKE2b(key = secret, digest length = 32, message = context… || label)`.
+    pub(crate) fn new(secret: &[u8; KEY_LEN], context: &[&[u8]]) -> Self {
+        let mut mac = match <Blake2bMac<U32> as KeyInit>::new_from_slice(secret) {
             Ok(mac) => mac,
             // A 32-byte key is always within BLAKE2b's 64-byte key limit.
             Err(_) => unreachable_key_length(),
         };
-        Mac::update(&mut base, ephemeral);
-        Mac::update(&mut base, onion);
-        let derive = |label: &[u8]| {
-            let mut mac = base.clone();
-            Mac::update(&mut mac, label);
-            let mut out = [0u8; KEY_LEN];
-            out.copy_from_slice(&mac.finalize_fixed());
-            out
-        };
-        LayerKeys {
-            header: Key(derive(labels::HEADER)),
-            payload: Key(derive(labels::PAYLOAD)),
-            filler: Key(derive(labels::FILLER)),
-            reply: Key(derive(labels::REPLY)),
-            reply_wrap: Key(derive(labels::REPLY_WRAP)),
-            replay: ReplayTag(derive(labels::REPLAY)),
+        for part in context {
+            Mac::update(&mut mac, part);
         }
+        Derivation(mac)
+    }
+
+    /// The layer's values from an X25519 exchange: the context is `ephemeral || onion`, which
+    /// binds every key to this exchange with this node's key.
+    pub(crate) fn onion(
+        shared: &SharedSecret,
+        ephemeral: &[u8; KEY_LEN],
+        onion: &[u8; KEY_LEN],
+    ) -> Self {
+        Self::new(shared.as_bytes(), &[ephemeral, onion])
+    }
+
+    pub(crate) fn value(&self, label: &[u8]) -> [u8; KEY_LEN] {
+        let mut mac = self.0.clone();
+        Mac::update(&mut mac, label);
+        let mut out = [0u8; KEY_LEN];
+        out.copy_from_slice(&mac.finalize_fixed());
+        out
+    }
+
+    /// The five symmetric keys of a layer.
+    pub(crate) fn layer_keys(&self) -> LayerKeys {
+        LayerKeys {
+            header: Key(self.value(labels::HEADER)),
+            payload: Key(self.value(labels::PAYLOAD)),
+            filler: Key(self.value(labels::FILLER)),
+            reply: Key(self.value(labels::REPLY)),
+            reply_wrap: Key(self.value(labels::REPLY_WRAP)),
+        }
+    }
+
+    /// The replay tag of an onion layer.
+    pub(crate) fn replay_tag(&self) -> ReplayTag {
+        ReplayTag(self.value(labels::REPLAY))
     }
 }
 

@@ -9,6 +9,7 @@ pub mod keys;
 pub mod packet;
 pub mod replay;
 pub mod reply;
+pub mod session;
 #[cfg(feature = "trace")]
 pub mod trace;
 
@@ -27,3 +28,7 @@ pub use packet::{
 };
 pub use replay::{Recorded, ReplayFilter, ReplayWindow};
 pub use reply::{ErrorCode, Reply, ReplyLayer, ReplyOpener, ReplySealer, max_response};
+pub use session::{
+    OpenError, PathSession, SessionGrant, SessionId, SessionRole, SessionTable, peel_session,
+    session_packet_id,
+};

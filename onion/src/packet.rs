@@ -18,9 +18,10 @@ use rand_core::CryptoRngCore;
 use crate::epoch::Epoch;
 use crate::error::{BuildError, PeelError};
 use crate::id::NodeId;
-use crate::kdf::{LayerKeys, ReplayTag};
+use crate::kdf::{Derivation, LayerKeys, ReplayTag};
 use crate::keys::{EphemeralSecret, KEY_LEN, OnionPublicKey, OnionSecretKey};
 use crate::reply::{ReplyLayer, ReplyOpener, ReplySealer};
+use crate::session::{PathSession, SessionGrant};
 
 /// The packet format version this crate speaks.
 pub const VERSION: u8 = 1;
@@ -39,13 +40,16 @@ pub const REQUEST_PREFIX_LEN: usize = 5;
 
 const OFF_EPOCH: usize = 1;
 const OFF_EPHEMERAL: usize = 5;
-const OFF_TAG: usize = OFF_EPHEMERAL + KEY_LEN;
+pub(crate) const OFF_TAG: usize = OFF_EPHEMERAL + KEY_LEN;
 const OFF_ROUTING: usize = OFF_TAG + TAG_LEN;
-/// The header bytes authenticated as associated data: version, epoch, ephemeral key.
-const AAD_LEN: usize = OFF_TAG;
+/// The header bytes authenticated as associated data: version, epoch, ephemeral key (or, in a
+/// path session's packet, its version, zeros, session id and nonce).
+pub(crate) const AAD_LEN: usize = OFF_TAG;
 
-const CMD_RELAY: u8 = 0x01;
-const CMD_DELIVER: u8 = 0x02;
+pub(crate) const CMD_RELAY: u8 = 0x01;
+pub(crate) const CMD_DELIVER: u8 = 0x02;
+/// Slot flag: the hop keeps a path session for this layer (onion.md §12.1).
+const FLAG_OPEN_SESSION: u8 = 0x01;
 
 /// The fixed sizes every packet and every reply on a link has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -131,9 +135,11 @@ pub(crate) enum Slot {
         next_ephemeral: [u8; KEY_LEN],
         next_header_tag: [u8; TAG_LEN],
         payload_tag: [u8; TAG_LEN],
+        open_session: bool,
     },
     Deliver {
         payload_tag: [u8; TAG_LEN],
+        open_session: bool,
     },
 }
 
@@ -147,16 +153,22 @@ impl Slot {
                 next_ephemeral,
                 next_header_tag,
                 payload_tag,
+                open_session,
             } => {
                 s[0] = CMD_RELAY;
+                s[1] = u8::from(*open_session) * FLAG_OPEN_SESSION;
                 s[4..8].copy_from_slice(&next_epoch.0.to_be_bytes());
                 s[8..40].copy_from_slice(next_node.as_bytes());
                 s[40..72].copy_from_slice(next_ephemeral);
                 s[72..88].copy_from_slice(next_header_tag);
                 s[88..104].copy_from_slice(payload_tag);
             }
-            Slot::Deliver { payload_tag } => {
+            Slot::Deliver {
+                payload_tag,
+                open_session,
+            } => {
                 s[0] = CMD_DELIVER;
+                s[1] = u8::from(*open_session) * FLAG_OPEN_SESSION;
                 s[88..104].copy_from_slice(payload_tag);
             }
         }
@@ -174,9 +186,10 @@ impl Slot {
             a.copy_from_slice(&s[r]);
             a
         };
-        if s[1..4] != [0, 0, 0] {
+        if s[1] & !FLAG_OPEN_SESSION != 0 || s[2..4] != [0, 0] {
             return Err(PeelError::Malformed("reserved slot bytes are not zero"));
         }
+        let open_session = s[1] == FLAG_OPEN_SESSION;
         match s[0] {
             CMD_RELAY => Ok(Slot::Relay {
                 next_epoch: Epoch(u32::from_be_bytes([s[4], s[5], s[6], s[7]])),
@@ -184,9 +197,11 @@ impl Slot {
                 next_ephemeral: arr(40..72),
                 next_header_tag: tag(72..88),
                 payload_tag: tag(88..104),
+                open_session,
             }),
             CMD_DELIVER if s[4..88].iter().all(|&b| b == 0) => Ok(Slot::Deliver {
                 payload_tag: tag(88..104),
+                open_session,
             }),
             CMD_DELIVER => Err(PeelError::Malformed(
                 "deliver slot with non-zero routing fields",
@@ -259,6 +274,8 @@ pub struct PreparedPath {
     path: Vec<PathHop>,
     publics: Vec<[u8; KEY_LEN]>,
     keys: Vec<LayerKeys>,
+    /// What each hop keeps if the packet opens a path session (onion.md §12.1).
+    sessions: Vec<SessionGrant>,
     padding: Vec<u8>,
 }
 
@@ -282,22 +299,22 @@ impl PreparedPath {
         }
         let mut publics = Vec::with_capacity(n);
         let mut keys = Vec::with_capacity(n);
+        let mut sessions = Vec::with_capacity(n);
         for (i, (hop, eph)) in path.iter().zip(randomness.ephemerals).enumerate() {
             let public = *eph.public();
             let shared = eph
                 .diffie_hellman(&hop.onion_key)
                 .map_err(|_| BuildError::NonContributory { hop: i })?;
-            keys.push(LayerKeys::derive(
-                &shared,
-                &public,
-                hop.onion_key.as_bytes(),
-            ));
+            let derivation = Derivation::onion(&shared, &public, hop.onion_key.as_bytes());
+            keys.push(derivation.layer_keys());
+            sessions.push(SessionGrant::derive(&derivation));
             publics.push(public);
         }
         Ok(PreparedPath {
             path: path.to_vec(),
             publics,
             keys,
+            sessions,
             padding: randomness.padding,
         })
     }
@@ -314,7 +331,20 @@ impl PreparedPath {
         class: SizeClass,
         reply_class: SizeClass,
     ) -> Result<BuiltPacket, BuildError> {
-        self.build_observed(request, class, reply_class, &mut |_, _, _| {})
+        self.build_observed(request, class, reply_class, false, &mut |_, _, _| {})
+            .map(|(built, _)| built)
+    }
+
+    /// Builds the packet carrying `request` and asks every hop to keep a path session for it
+    /// (onion.md §12): later requests on this path can go as [`PathSession`] packets, which
+    /// each hop peels without a key agreement.
+    pub fn build_opening(
+        self,
+        request: &[u8],
+        class: SizeClass,
+        reply_class: SizeClass,
+    ) -> Result<(BuiltPacket, PathSession), BuildError> {
+        self.build_observed(request, class, reply_class, true, &mut |_, _, _| {})
     }
 }
 
@@ -338,9 +368,16 @@ pub(crate) fn build_with(
     request: &[u8],
     class: SizeClass,
     reply_class: SizeClass,
+    open_session: bool,
     observe: &mut LayerObserver<'_>,
-) -> Result<BuiltPacket, BuildError> {
-    PreparedPath::new(path, randomness)?.build_observed(request, class, reply_class, observe)
+) -> Result<(BuiltPacket, PathSession), BuildError> {
+    PreparedPath::new(path, randomness)?.build_observed(
+        request,
+        class,
+        reply_class,
+        open_session,
+        observe,
+    )
 }
 
 impl PreparedPath {
@@ -349,101 +386,144 @@ impl PreparedPath {
         request: &[u8],
         class: SizeClass,
         reply_class: SizeClass,
+        open_session: bool,
         observe: &mut LayerObserver<'_>,
-    ) -> Result<BuiltPacket, BuildError> {
+    ) -> Result<(BuiltPacket, PathSession), BuildError> {
         let PreparedPath {
             path,
             publics,
             keys,
+            sessions,
             padding,
         } = self;
         let n = path.len();
-        if request.len() > class.max_request() {
-            return Err(BuildError::RequestTooLarge {
-                len: request.len(),
-                max: class.max_request(),
-                class,
-            });
-        }
-
-        let mut packet = vec![0u8; class.size()];
-        let (header, payload) = packet.split_at_mut(HEADER_LEN);
-
-        // Payload: the request, then one GCM layer per hop from the inside out.
-        payload[0] = reply_class.code();
-        payload[1..5].copy_from_slice(&(request.len() as u32).to_be_bytes());
-        payload[REQUEST_PREFIX_LEN..REQUEST_PREFIX_LEN + request.len()].copy_from_slice(request);
-        let mut payload_tags = vec![[0u8; TAG_LEN]; n];
-        for i in (0..n).rev() {
-            payload_tags[i] = keys[i].payload.seal(&[], payload);
-        }
-
-        // Filler: the bytes that hops 0..n-2 append, as they will look after each later decryption.
-        // After hop j shifts, the last (j+1) slots of the routing header are this filler.
-        let mut filler = Vec::with_capacity(ROUTING_LEN);
-        let mut keystream = [0u8; ROUTING_LEN];
-        for key in keys.iter().take(n - 1) {
-            keystream.fill(0);
-            key.header.gcm_keystream_xor(&mut keystream);
-            let start = ROUTING_LEN - filler.len();
-            for (f, k) in filler.iter_mut().zip(&keystream[start..]) {
-                *f ^= k;
-            }
-            let mut appended = [0u8; SLOT_LEN];
-            key.filler.ctr_xor(&mut appended);
-            filler.extend_from_slice(&appended);
-        }
-
-        // Routing header, from the last hop back to the first.
-        let routing = &mut header[OFF_ROUTING..];
-        let last = n - 1;
-        let last_slot = Slot::Deliver {
-            payload_tag: payload_tags[last],
-        }
-        .encode();
-        routing[..SLOT_LEN].copy_from_slice(&last_slot);
-        routing[SLOT_LEN..SLOT_LEN + padding.len()].copy_from_slice(&padding);
-        // The tail is chosen so that it encrypts to exactly the filler the earlier hops append.
-        let tail = ROUTING_LEN - filler.len();
-        keystream.fill(0);
-        keys[last].header.gcm_keystream_xor(&mut keystream);
-        for ((r, f), k) in routing[tail..]
-            .iter_mut()
-            .zip(&filler)
-            .zip(&keystream[tail..])
-        {
-            *r = f ^ k;
-        }
-        let mut tag = keys[last]
-            .header
-            .seal(&aad(path[last].epoch, &publics[last]), routing);
-        observe(last, &keys[last], &last_slot);
-
-        for i in (0..last).rev() {
-            let slot = Slot::Relay {
-                next_epoch: path[i + 1].epoch,
-                next_node: path[i + 1].node,
-                next_ephemeral: publics[i + 1],
-                next_header_tag: tag,
-                payload_tag: payload_tags[i],
-            }
-            .encode();
-            routing.copy_within(..ROUTING_LEN - SLOT_LEN, SLOT_LEN);
-            routing[..SLOT_LEN].copy_from_slice(&slot);
-            tag = keys[i]
-                .header
-                .seal(&aad(path[i].epoch, &publics[i]), routing);
-            observe(i, &keys[i], &slot);
-        }
-
-        header[0] = VERSION;
-        header[OFF_EPOCH..OFF_EPHEMERAL].copy_from_slice(&path[0].epoch.0.to_be_bytes());
-        header[OFF_EPHEMERAL..OFF_TAG].copy_from_slice(&publics[0]);
-        header[OFF_TAG..OFF_ROUTING].copy_from_slice(&tag);
-
+        let prefixes: Vec<[u8; AAD_LEN]> = path
+            .iter()
+            .zip(&publics)
+            .map(|(hop, public)| aad(hop.epoch, public))
+            .collect();
+        let packet = assemble(
+            &keys,
+            &prefixes,
+            &padding,
+            request,
+            class,
+            reply_class,
+            &mut |i, next_header_tag, payload_tag| {
+                let slot = match next_header_tag {
+                    Some(next_header_tag) if i + 1 < n => Slot::Relay {
+                        next_epoch: path[i + 1].epoch,
+                        next_node: path[i + 1].node,
+                        next_ephemeral: publics[i + 1],
+                        next_header_tag,
+                        payload_tag,
+                        open_session,
+                    },
+                    _ => Slot::Deliver {
+                        payload_tag,
+                        open_session,
+                    },
+                }
+                .encode();
+                observe(i, &keys[i], &slot);
+                slot
+            },
+        )?;
+        let session = PathSession::new(
+            path.iter().map(|h| h.node).zip(sessions).collect(),
+            path.iter().map(|h| h.epoch).collect(),
+        );
         let reply = ReplyOpener::new(keys.into_iter().map(|k| (k.reply, k.reply_wrap)).collect());
-        Ok(BuiltPacket { packet, reply })
+        Ok((BuiltPacket { packet, reply }, session))
     }
+}
+
+/// Lays out a packet from each layer's keys and the 37 bytes that open its header: the payload
+/// sealed from the inside out, the filler the hops will append, then the routing header from
+/// the last hop back to the first. `slot(i, next_header_tag, payload_tag)` gives layer `i`'s
+/// slot plaintext (`next_header_tag` is `None` for the last layer). Shared by onion packets
+/// (§4) and path sessions' packets (§12.3), which differ only in their keys, prefixes and slots.
+pub(crate) fn assemble(
+    keys: &[LayerKeys],
+    prefixes: &[[u8; AAD_LEN]],
+    padding: &[u8],
+    request: &[u8],
+    class: SizeClass,
+    reply_class: SizeClass,
+    slot: &mut dyn FnMut(usize, Option<[u8; TAG_LEN]>, [u8; TAG_LEN]) -> [u8; SLOT_LEN],
+) -> Result<Vec<u8>, BuildError> {
+    let n = keys.len();
+    if n == 0 || n > MAX_HOPS || prefixes.len() != n || padding.len() != padding_len(n) {
+        return Err(BuildError::BadPathLength {
+            max: MAX_HOPS,
+            got: n,
+        });
+    }
+    if request.len() > class.max_request() {
+        return Err(BuildError::RequestTooLarge {
+            len: request.len(),
+            max: class.max_request(),
+            class,
+        });
+    }
+
+    let mut packet = vec![0u8; class.size()];
+    let (header, payload) = packet.split_at_mut(HEADER_LEN);
+
+    // Payload: the request, then one GCM layer per hop from the inside out.
+    payload[0] = reply_class.code();
+    payload[1..5].copy_from_slice(&(request.len() as u32).to_be_bytes());
+    payload[REQUEST_PREFIX_LEN..REQUEST_PREFIX_LEN + request.len()].copy_from_slice(request);
+    let mut payload_tags = vec![[0u8; TAG_LEN]; n];
+    for i in (0..n).rev() {
+        payload_tags[i] = keys[i].payload.seal(&[], payload);
+    }
+
+    // Filler: the bytes that hops 0..n-2 append, as they will look after each later decryption.
+    // After hop j shifts, the last (j+1) slots of the routing header are this filler.
+    let mut filler = Vec::with_capacity(ROUTING_LEN);
+    let mut keystream = [0u8; ROUTING_LEN];
+    for key in keys.iter().take(n - 1) {
+        keystream.fill(0);
+        key.header.gcm_keystream_xor(&mut keystream);
+        let start = ROUTING_LEN - filler.len();
+        for (f, k) in filler.iter_mut().zip(&keystream[start..]) {
+            *f ^= k;
+        }
+        let mut appended = [0u8; SLOT_LEN];
+        key.filler.ctr_xor(&mut appended);
+        filler.extend_from_slice(&appended);
+    }
+
+    // Routing header, from the last hop back to the first.
+    let routing = &mut header[OFF_ROUTING..];
+    let last = n - 1;
+    let last_slot = slot(last, None, payload_tags[last]);
+    routing[..SLOT_LEN].copy_from_slice(&last_slot);
+    routing[SLOT_LEN..SLOT_LEN + padding.len()].copy_from_slice(padding);
+    // The tail is chosen so that it encrypts to exactly the filler the earlier hops append.
+    let tail = ROUTING_LEN - filler.len();
+    keystream.fill(0);
+    keys[last].header.gcm_keystream_xor(&mut keystream);
+    for ((r, f), k) in routing[tail..]
+        .iter_mut()
+        .zip(&filler)
+        .zip(&keystream[tail..])
+    {
+        *r = f ^ k;
+    }
+    let mut tag = keys[last].header.seal(&prefixes[last], routing);
+
+    for i in (0..last).rev() {
+        let slot = slot(i, Some(tag), payload_tags[i]);
+        routing.copy_within(..ROUTING_LEN - SLOT_LEN, SLOT_LEN);
+        routing[..SLOT_LEN].copy_from_slice(&slot);
+        tag = keys[i].header.seal(&prefixes[i], routing);
+    }
+
+    header[..AAD_LEN].copy_from_slice(&prefixes[0]);
+    header[OFF_TAG..OFF_ROUTING].copy_from_slice(&tag);
+    Ok(packet)
 }
 
 fn aad(epoch: Epoch, ephemeral: &[u8; KEY_LEN]) -> [u8; AAD_LEN] {
@@ -477,6 +557,8 @@ pub enum Peeled<'a> {
         next: NodeId,
         /// Wraps the next hop's reply, or makes this hop's own error reply. Single use.
         reply: ReplyLayer,
+        /// The path session the sender asked this hop to keep (onion.md §12.1), if any.
+        opened: Option<SessionGrant>,
     },
     /// This node is the destination: execute `request` and answer with `reply`.
     Deliver {
@@ -484,6 +566,8 @@ pub enum Peeled<'a> {
         request: &'a [u8],
         /// Seals the response in the reply class the sender asked for. Single use.
         reply: ReplySealer,
+        /// The path session the sender asked this hop to keep (onion.md §12.1), if any.
+        opened: Option<SessionGrant>,
     },
 }
 
@@ -502,74 +586,124 @@ pub fn peel<'a>(
     if epoch != key.epoch() {
         return Err(PeelError::UnknownEpoch(epoch));
     }
-    let class = SizeClass::from_len(packet.len()).ok_or(PeelError::BadSize(packet.len()))?;
-    let (header, payload) = packet.split_at_mut(HEADER_LEN);
     let mut ephemeral = [0u8; KEY_LEN];
-    ephemeral.copy_from_slice(&header[OFF_EPHEMERAL..OFF_TAG]);
-    let mut header_tag = [0u8; TAG_LEN];
-    header_tag.copy_from_slice(&header[OFF_TAG..OFF_ROUTING]);
+    ephemeral.copy_from_slice(&packet[OFF_EPHEMERAL..OFF_TAG]);
 
     let shared = key
         .diffie_hellman(&ephemeral)
         .map_err(|_| PeelError::NonContributory)?;
-    let keys = LayerKeys::derive(&shared, &ephemeral, key.public().as_bytes());
+    let derivation = Derivation::onion(&shared, &ephemeral, key.public().as_bytes());
     drop(shared);
+    let keys = derivation.layer_keys();
 
-    let (aad, rest) = header.split_at_mut(OFF_TAG);
-    let routing = &mut rest[TAG_LEN..];
-    keys.header
-        .open(aad, routing, &header_tag)
-        .map_err(|_| PeelError::HeaderAuth)?;
-    let mut slot_bytes = [0u8; SLOT_LEN];
-    slot_bytes.copy_from_slice(&routing[..SLOT_LEN]);
-    let slot = Slot::decode(&slot_bytes)?;
-
-    if !fresh(epoch, &keys.replay) {
+    let slot = Slot::decode(&open_header(&keys, packet)?)?;
+    if !fresh(epoch, &derivation.replay_tag()) {
         return Err(PeelError::Replay);
     }
-
-    let payload_tag = match &slot {
-        Slot::Relay { payload_tag, .. } | Slot::Deliver { payload_tag } => *payload_tag,
-    };
-    keys.payload
-        .open(&[], payload, &payload_tag)
-        .map_err(|_| PeelError::PayloadAuth)?;
-
     match slot {
         Slot::Relay {
             next_epoch,
             next_node,
             next_ephemeral,
             next_header_tag,
-            ..
+            payload_tag,
+            open_session,
         } => {
-            routing.copy_within(SLOT_LEN.., 0);
-            let tail = &mut routing[ROUTING_LEN - SLOT_LEN..];
-            tail.fill(0);
-            keys.filler.ctr_xor(tail);
-            header[OFF_EPOCH..OFF_EPHEMERAL].copy_from_slice(&next_epoch.0.to_be_bytes());
-            header[OFF_EPHEMERAL..OFF_TAG].copy_from_slice(&next_ephemeral);
-            header[OFF_TAG..OFF_ROUTING].copy_from_slice(&next_header_tag);
+            let mut prefix = [0u8; AAD_LEN];
+            prefix[0] = VERSION;
+            prefix[OFF_EPOCH..OFF_EPHEMERAL].copy_from_slice(&next_epoch.0.to_be_bytes());
+            prefix[OFF_EPHEMERAL..].copy_from_slice(&next_ephemeral);
+            let reply = relay(keys, packet, &payload_tag, &prefix, &next_header_tag)?;
             Ok(Peeled::Forward {
                 next: next_node,
-                reply: ReplyLayer::new(keys.reply, keys.reply_wrap),
+                reply,
+                opened: open_session.then(|| SessionGrant::derive(&derivation)),
             })
         }
-        Slot::Deliver { .. } => {
-            let reply_class = SizeClass::from_code(payload[0])
-                .ok_or(PeelError::Malformed("unknown reply class"))?;
-            let len = u32::from_be_bytes([payload[1], payload[2], payload[3], payload[4]]) as usize;
-            if len > class.max_request() {
-                return Err(PeelError::Malformed("request length exceeds the payload"));
-            }
-            let end = REQUEST_PREFIX_LEN + len;
-            if payload[end..].iter().any(|&b| b != 0) {
-                return Err(PeelError::Malformed("non-zero payload padding"));
-            }
+        Slot::Deliver {
+            payload_tag,
+            open_session,
+        } => {
+            let opened = open_session.then(|| SessionGrant::derive(&derivation));
+            let (request, reply) = deliver(keys, packet, &payload_tag)?;
             Ok(Peeled::Deliver {
-                request: &payload[REQUEST_PREFIX_LEN..end],
-                reply: ReplySealer::new(keys.reply, reply_class),
+                request,
+                reply,
+                opened,
             })
         }
     }
+}
+
+/// Authenticates and decrypts the routing header in place (§5 step 5) and returns its first slot.
+pub(crate) fn open_header(
+    keys: &LayerKeys,
+    packet: &mut [u8],
+) -> Result<[u8; SLOT_LEN], PeelError> {
+    let len = packet.len();
+    let header = packet
+        .get_mut(..HEADER_LEN)
+        .ok_or(PeelError::BadSize(len))?;
+    let mut header_tag = [0u8; TAG_LEN];
+    header_tag.copy_from_slice(&header[OFF_TAG..OFF_ROUTING]);
+    let (aad, rest) = header.split_at_mut(OFF_TAG);
+    let routing = &mut rest[TAG_LEN..];
+    keys.header
+        .open(aad, routing, &header_tag)
+        .map_err(|_| PeelError::HeaderAuth)?;
+    let mut slot = [0u8; SLOT_LEN];
+    slot.copy_from_slice(&routing[..SLOT_LEN]);
+    Ok(slot)
+}
+
+/// Opens this layer of the payload and turns the packet into the next hop's (§5 steps 8–9):
+/// the routing header shifted by one slot and refilled with the filler, behind `prefix` (the
+/// next layer's first 37 bytes) and its header tag.
+pub(crate) fn relay(
+    keys: LayerKeys,
+    packet: &mut [u8],
+    payload_tag: &[u8; TAG_LEN],
+    prefix: &[u8; AAD_LEN],
+    next_header_tag: &[u8; TAG_LEN],
+) -> Result<ReplyLayer, PeelError> {
+    let (header, payload) = packet.split_at_mut(HEADER_LEN);
+    keys.payload
+        .open(&[], payload, payload_tag)
+        .map_err(|_| PeelError::PayloadAuth)?;
+    let routing = &mut header[OFF_ROUTING..];
+    routing.copy_within(SLOT_LEN.., 0);
+    let tail = &mut routing[ROUTING_LEN - SLOT_LEN..];
+    tail.fill(0);
+    keys.filler.ctr_xor(tail);
+    header[..AAD_LEN].copy_from_slice(prefix);
+    header[OFF_TAG..OFF_ROUTING].copy_from_slice(next_header_tag);
+    Ok(ReplyLayer::new(keys.reply, keys.reply_wrap))
+}
+
+/// Opens the destination's layer of the payload and checks the request's framing (§5 steps 8
+/// and 10).
+pub(crate) fn deliver<'a>(
+    keys: LayerKeys,
+    packet: &'a mut [u8],
+    payload_tag: &[u8; TAG_LEN],
+) -> Result<(&'a [u8], ReplySealer), PeelError> {
+    let class = SizeClass::from_len(packet.len()).ok_or(PeelError::BadSize(packet.len()))?;
+    let payload = &mut packet[HEADER_LEN..];
+    keys.payload
+        .open(&[], payload, payload_tag)
+        .map_err(|_| PeelError::PayloadAuth)?;
+    let reply_class =
+        SizeClass::from_code(payload[0]).ok_or(PeelError::Malformed("unknown reply class"))?;
+    let len = u32::from_be_bytes([payload[1], payload[2], payload[3], payload[4]]) as usize;
+    if len > class.max_request() {
+        return Err(PeelError::Malformed("request length exceeds the payload"));
+    }
+    let end = REQUEST_PREFIX_LEN + len;
+    if payload[end..].iter().any(|&b| b != 0) {
+        return Err(PeelError::Malformed("non-zero payload padding"));
+    }
+    Ok((
+        &payload[REQUEST_PREFIX_LEN..end],
+        ReplySealer::new(keys.reply, reply_class),
+    ))
 }

@@ -53,6 +53,21 @@ fn published_vectors_are_reproduced_exactly() {
 }
 
 #[test]
+fn published_session_vectors_are_reproduced_exactly() {
+    let published: Value = serde_json::from_str(PUBLISHED).expect("vectors parse");
+    let cases = published["session_cases"]
+        .as_array()
+        .expect("session_cases");
+    assert!(cases.len() >= 2);
+    for case in cases {
+        let recomputed = vectors::compute_session(&vectors::session_inputs_of(case));
+        if let Some(d) = first_difference("", case, &recomputed) {
+            panic!("session case {}: differs at {d}", case["name"]);
+        }
+    }
+}
+
+#[test]
 fn the_vector_file_is_what_the_generator_writes() {
     let published: Value = serde_json::from_str(PUBLISHED).expect("vectors parse");
     if let Some(d) = first_difference("", &published, &vectors::document()) {

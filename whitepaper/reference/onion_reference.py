@@ -2,7 +2,7 @@
 """Independent reference implementation of the Allium onion packet (whitepaper/onion.md, v1).
 
 Written from onion.md and README.md alone and checked against vectors/onion.json:
-build (§4), peel (§5), replies (§6), plus negative checks. Prints `N passed, M failed`.
+build (§4), peel (§5), replies (§6), path sessions (§12), plus negative checks. Prints `N passed, M failed`.
 Only the standard library and the `cryptography` package are used.
 """
 import hashlib
@@ -20,6 +20,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 VECTORS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "vectors", "onion.json")
 
 VERSION = 0x01
+SESSION_VERSION = 0x02                          # path session packets (§12)
+SESSION_LABELS = {"session_id": b"allium/v1/onion/session-id",
+                  "session_key": b"allium/v1/onion/session-key"}
 SLOT, R, H = 104, 832, 885                      # §3 constants
 CLASS_SIZE = {0: 4096, 1: 65536}                # class code -> size (§3)
 CLASS_CODE = {"small": 0, "large": 1}
@@ -112,18 +115,12 @@ def ctr_stream(k, n):
 
 # ---------------------------------------------------------------- building (§4)
 
-def build(path, request, packet_class, reply_class, eph_secrets, D):
-    """path: [(node_id, epoch, onion_public)]. Returns (packet, per-layer client state)."""
+def build(path, request, packet_class, reply_class, eph_secrets, D, flags=0):
+    """path: [(node_id, epoch, onion_public)]. Returns (packet, per-layer client state).
+    flags = 1 asks every hop to keep a path session (§12.1)."""
     n = len(path)
     if not 1 <= n <= 8:
         raise Drop("path must have 1..8 layers")
-    size = CLASS_SIZE[packet_class]
-    P = size - H
-    if len(request) > P - 5:
-        raise Drop("request too long for the class")
-    if len(D) != R - SLOT * n:
-        raise Drop("random fill D has the wrong length")
-
     layers = []                                  # step 1: keys
     for (node, epoch, onion_pub), x in zip(path, eph_secrets):
         X = x25519(x, BASE_POINT)
@@ -132,6 +129,28 @@ def build(path, request, packet_class, reply_class, eph_secrets, D):
             raise Drop("all-zero shared secret")
         layers.append(dict(node=node, epoch=epoch, P=onion_pub, X=X, s=s,
                            aad=bytes([VERSION]) + u32be(epoch) + X, **derive(s, X, onion_pub)))
+
+    def slot(i, gamma_next):
+        L = layers[i]
+        if gamma_next is None:
+            return bytes([DELIVER, flags]) + bytes(86) + L["tau"]
+        nxt = layers[i + 1]
+        return (bytes([RELAY, flags]) + bytes(2) + u32be(nxt["epoch"]) + nxt["node"] + nxt["X"]
+                + gamma_next + L["tau"])
+
+    return assemble(layers, request, packet_class, reply_class, D, slot), layers
+
+
+def assemble(layers, request, packet_class, reply_class, D, slot):
+    """§4 steps 2-6 for layers that carry aad, header_key, payload_key and filler_key;
+    slot(i, gamma_next) is layer i's slot plaintext (gamma_next None for the last layer)."""
+    n = len(layers)
+    size = CLASS_SIZE[packet_class]
+    P = size - H
+    if len(request) > P - 5:
+        raise Drop("request too long for the class")
+    if len(D) != R - SLOT * n:
+        raise Drop("random fill D has the wrong length")
 
     m = bytes([reply_class]) + u32be(len(request)) + request + bytes(P - 5 - len(request))
     for L in reversed(layers):                   # step 2: innermost layer is the destination's
@@ -145,17 +164,40 @@ def build(path, request, packet_class, reply_class, eph_secrets, D):
 
     last = layers[-1]                            # step 4
     T = xor(phi, gcm_stream(last["header_key"], R)[R - len(phi):])
-    last["slot"] = bytes([DELIVER]) + bytes(87) + last["tau"]
+    last["slot"] = slot(n - 1, None)
     beta, gamma = gcm_seal(last["header_key"], last["aad"], last["slot"] + D + T)
     assert beta[R - len(phi):] == phi
 
     for i in range(n - 2, -1, -1):               # step 5: wrap outwards
-        L, nxt = layers[i], layers[i + 1]
-        L["slot"] = (bytes([RELAY]) + bytes(3) + u32be(nxt["epoch"]) + nxt["node"] + nxt["X"]
-                     + gamma + L["tau"])
+        L = layers[i]
+        L["slot"] = slot(i, gamma)
         beta, gamma = gcm_seal(L["header_key"], L["aad"], L["slot"] + beta[:R - SLOT])
 
-    return layers[0]["aad"] + gamma + beta + m, layers   # step 6
+    return layers[0]["aad"] + gamma + beta + m   # step 6
+
+
+def session_keys(sk, sid, nonce):
+    """§12.2: K'(label) = BLAKE2b(key = sk, 32, sid || nonce || label), no replay tag."""
+    return {name: hashlib.blake2b(sid + nonce + label, key=sk, digest_size=32).digest()
+            for name, label in LABELS.items() if name != "replay_tag"}
+
+
+def build_session(hops, q, request, packet_class, reply_class, nonces, D):
+    """§12.3. hops: [(sid, sk)] first hop first; q: the packet's sequence number."""
+    layers = []
+    for (sid, sk), nonce in zip(hops, nonces):
+        layers.append(dict(sid=sid, nonce=nonce, aad=bytes([SESSION_VERSION]) + bytes(4) + sid + nonce,
+                           **session_keys(sk, sid, nonce)))
+
+    def slot(i, gamma_next):
+        L = layers[i]
+        if gamma_next is None:
+            return bytes([DELIVER]) + bytes(3) + u32be(q) + bytes(80) + L["tau"]
+        nxt = layers[i + 1]
+        return (bytes([RELAY]) + bytes(3) + u32be(q) + bytes(32) + nxt["sid"] + nxt["nonce"]
+                + gamma_next + L["tau"])
+
+    return assemble(layers, request, packet_class, reply_class, D, slot), layers
 
 
 # ---------------------------------------------------------------- peeling (§5)
@@ -164,6 +206,7 @@ class Node:
     def __init__(self, onion_keys):
         self.keys = onion_keys                   # epoch -> (onion secret, onion public)
         self.seen = set()                        # replay memory (§7); any exact set will do
+        self.sessions = {}                       # sid -> session state (§12.1)
 
     def peel(self, b):
         if len(b) not in CLASS_SIZE.values():
@@ -184,7 +227,7 @@ class Node:
         except InvalidTag:
             raise Drop("header authentication") from None
         slot = rho[:SLOT]
-        if (slot[1:4] != bytes(3) or slot[0] not in (RELAY, DELIVER)
+        if (slot[1] not in (0, 1) or slot[2:4] != bytes(2) or slot[0] not in (RELAY, DELIVER)
                 or (slot[0] == DELIVER and slot[4:88] != bytes(84))):
             raise Drop("malformed slot")
         if (epoch, k["replay_tag"]) in self.seen:
@@ -195,11 +238,63 @@ class Node:
         except InvalidTag:
             raise Drop("payload authentication") from None
         out = dict(keys=k, s=s, slot=slot)
+        if slot[1] == 1:                         # §12.1: keep a path session for this layer
+            sid = hashlib.blake2b(X + pub + SESSION_LABELS["session_id"], key=s,
+                                  digest_size=32).digest()[:16]
+            sk = hashlib.blake2b(X + pub + SESSION_LABELS["session_key"], key=s,
+                                 digest_size=32).digest()
+            out.update(session_id=sid, session_key=sk)
+            self.sessions[sid] = dict(sk=sk, role=slot[0], next_node=slot[8:40], seqs=set())
         if slot[0] == RELAY:
             out["next_node"] = slot[8:40]
             out["next_packet"] = (bytes([VERSION]) + slot[4:8] + slot[40:72] + slot[72:88]
                                   + rho[SLOT:] + ctr_stream(k["filler_key"], SLOT) + payload)
             assert len(out["next_packet"]) == len(b)
+            return out
+        reply_class, L = payload[0], int.from_bytes(payload[1:5], "big")
+        if (reply_class not in CLASS_SIZE or L > len(payload) - 5
+                or any(payload[5 + L:])):
+            raise Drop("malformed payload")
+        out.update(request=payload[5:5 + L], reply_class=reply_class)
+        return out
+
+
+    def peel_session(self, b):
+        """§12.4."""
+        if len(b) not in CLASS_SIZE.values():
+            raise Drop("bad size")
+        if b[0] != SESSION_VERSION:
+            raise Drop("bad version")
+        if b[1:5] != bytes(4):
+            raise Drop("malformed header")
+        sid, nonce = b[5:21], b[21:37]
+        sess = self.sessions.get(sid)
+        if sess is None:
+            raise Drop("unknown session")
+        k = session_keys(sess["sk"], sid, nonce)
+        try:
+            rho = gcm_open(k["header_key"], b[0:37], b[53:H], b[37:53])
+        except InvalidTag:
+            raise Drop("header authentication") from None
+        slot = rho[:SLOT]
+        if (slot[1:4] != bytes(3) or slot[8:40] != bytes(32) or slot[0] != sess["role"]
+                or (slot[0] == DELIVER and slot[40:88] != bytes(48))):
+            raise Drop("malformed slot")
+        seq = int.from_bytes(slot[4:8], "big")
+        top = max(sess["seqs"], default=None)
+        if seq in sess["seqs"] or (top is not None and seq + 64 <= top):
+            raise Drop("replay")
+        sess["seqs"].add(seq)
+        try:
+            payload = gcm_open(k["payload_key"], b"", b[H:], slot[88:104])
+        except InvalidTag:
+            raise Drop("payload authentication") from None
+        out = dict(keys=k, slot=slot, seq=seq)
+        if slot[0] == RELAY:
+            out["next_node"] = sess["next_node"]
+            out["next_packet"] = (bytes([SESSION_VERSION]) + bytes(4) + slot[40:56] + slot[56:72]
+                                  + slot[72:88] + rho[SLOT:] + ctr_stream(k["filler_key"], SLOT)
+                                  + payload)
             return out
         reply_class, L = payload[0], int.from_bytes(payload[1:5], "big")
         if (reply_class not in CLASS_SIZE or L > len(payload) - 5
@@ -263,8 +358,11 @@ def same(got, want):
             and got[:H].hex() == want["header_hex"])
 
 
-def check_case(case):
+def check_case(case, state=None):
+    """Checks an onion-packet case; with `state` (a dict), an opening case of §12.1 whose hops
+    keep sessions, leaving the nodes and the sessions' (sid, sk) in it."""
     errs = []
+    flags = 1 if state is not None else 0
 
     def expect(field, got, want):
         if not same(got, want):
@@ -284,7 +382,7 @@ def check_case(case):
     # §4: build, then compare the packet and everything the client derived per layer.
     packet, layers = build(path, bytes.fromhex(inp["request"]), CLASS_CODE[inp["class"]],
                            CLASS_CODE[inp["reply_class"]], [h["ephemeral_secret"] for h in hops_in],
-                           bytes.fromhex(inp["padding"]))
+                           bytes.fromhex(inp["padding"]), flags)
     expect("packet", packet, case["packet"])
     for i, (L, vh) in enumerate(zip(layers, case["hops"])):
         expect(f"hops[{i}].node_id", L["node"], vh["node_id"])
@@ -319,6 +417,12 @@ def check_case(case):
         expect(f"hops[{i}].slot (hop side)", out["slot"], vh["slot"])
         for name in LABELS:
             expect(f"hops[{i}].{name} (hop side)", out["keys"][name], vh[name])
+        if flags:
+            if "session_id" not in out:
+                errs.append(f"hops[{i}] kept no session")
+                return errs
+            expect(f"hops[{i}].session_id", out["session_id"], vh["session_id"])
+            expect(f"hops[{i}].session_key", out["session_key"], vh["session_key"])
         if i < n - 1:
             if "next_packet" not in out:
                 errs.append(f"hops[{i}] delivered instead of relaying")
@@ -364,6 +468,64 @@ def check_case(case):
             errs.append(f"client_reads: got {read}, want error {want['error']}")
     elif read[0] != "response" or read[1].hex() != want["response"]:
         errs.append(f"client_reads: got {read}, want response {want['response']}")
+    if state is not None:
+        state["nodes"] = nodes
+        state["path"] = path
+        state["hops"] = [(p["session_id"], p["session_key"]) for p in peeled]
+    return errs
+
+
+def check_session_case(case):
+    """§12: the opening packet, then each session packet built, peeled hop by hop and answered."""
+    state = {}
+    errs = [f"opening: {e}" for e in check_case(case["opening"], state)]
+    if errs:
+        return errs
+    inp, op = case["inputs"], case["opening"]["inputs"]
+    cls, rcls = CLASS_CODE[op["class"]], CLASS_CODE[op["reply_class"]]
+    nodes, path, hops = state["nodes"], state["path"], state["hops"]
+    for q, vp in enumerate(case["packets"]):
+        nonces = [bytes.fromhex(x) for x in inp["nonces"][q]]
+        request = bytes.fromhex(inp["requests"][q])
+        packet, layers = build_session(hops, q, request, cls, rcls, nonces,
+                                       bytes.fromhex(inp["paddings"][q]))
+        if not same(packet, vp["packet"]):
+            errs.append(f"packets[{q}].packet")
+        b, peeled = packet, []
+        for i, vh in enumerate(vp["hops"]):
+            if not same(b, vh["packet_in"]):
+                errs.append(f"packets[{q}].hops[{i}].packet_in")
+            for name in ("header_key", "payload_key", "filler_key", "reply_key", "reply_wrap_key"):
+                if layers[i][name].hex() != vh[name]:
+                    errs.append(f"packets[{q}].hops[{i}].{name}")
+            try:
+                out = nodes[i].peel_session(b)
+            except Drop as e:
+                errs.append(f"packets[{q}].hops[{i}] dropped the packet: {e}")
+                return errs
+            if out["seq"] != q:
+                errs.append(f"packets[{q}].hops[{i}].seq")
+            peeled.append(out)
+            if "next_packet" in out:
+                if out["next_node"] != path[i + 1][0]:
+                    errs.append(f"packets[{q}].hops[{i}].next_node")
+                b = out["next_packet"]
+            elif out["request"] != request:
+                errs.append(f"packets[{q}] destination request")
+        try:                                     # a replay of the packet is refused at hop 0
+            nodes[0].peel_session(packet)
+            errs.append(f"packets[{q}]: a replay was peeled again")
+        except Drop:
+            pass
+        y = originate_response(peeled[-1]["keys"]["reply_key"], peeled[-1]["reply_class"],
+                               bytes.fromhex(inp["responses"][q]))
+        for i in range(len(peeled) - 2, -1, -1):
+            y = wrap(peeled[i]["keys"]["reply_wrap_key"], y)
+        if not same(y, vp["reply"]):
+            errs.append(f"packets[{q}].reply")
+        read = open_reply(layers, y)
+        if read[0] != "response" or read[1].hex() != vp["client_reads"].get("response"):
+            errs.append(f"packets[{q}].client_reads: got {read}")
     return errs
 
 
@@ -414,6 +576,17 @@ def main():
         try:
             errs = check_case(case)
         except Exception as e:                  # a crash is a failure of this case, not the run
+            errs = [f"exception {type(e).__name__}: {e}"]
+        if errs:
+            failed += 1
+            print(f"FAIL {case['name']}: " + "; ".join(errs))
+        else:
+            passed += 1
+            print(f"ok   {case['name']}")
+    for case in vectors.get("session_cases", []):
+        try:
+            errs = check_session_case(case)
+        except Exception as e:
             errs = [f"exception {type(e).__name__}: {e}"]
         if errs:
             failed += 1

@@ -22,6 +22,7 @@ use zeroize::Zeroizing;
 use super::AttachError;
 use super::chunk::{BlobKeys, CHUNK, MAX_FILE, chunk_count, leaf, root};
 use super::file::{FileRef, link_unique, name_of, sanitize};
+use crate::flows::Flow;
 use crate::net::{MailboxSigner, Net, NetError};
 
 /// Chunks in flight at once by default, each on its own path.
@@ -496,6 +497,7 @@ async fn fetch_chunk(
     file: &FileRef,
     keys: &BlobKeys,
     i: u32,
+    lane: usize,
 ) -> Result<(Zeroizing<Vec<u8>>, u32), AttachError> {
     let n = file.chunks();
     let request = Request::unsigned(Body::ReadBlob(ReadBlobRequest {
@@ -507,11 +509,13 @@ async fn fetch_chunk(
     let mut refused = 0;
     let mut bad_seen = false;
     loop {
+        // The chunks of one file are linked at their member anyway: each lane of chunks in
+        // flight keeps one path session (onion.md §12.5).
         let answer = net
-            .request_excluding(
+            .request_in_flow(
+                Flow::Chunks(file.mailbox, u8::try_from(lane).unwrap_or(u8::MAX)),
                 &file.mailbox,
                 Method::ReadBlob,
-                Duration::ZERO,
                 |_, _| request.clone(),
                 &exclude,
             )
@@ -629,7 +633,8 @@ pub async fn download(
         while flight.len() < paths {
             let Some(i) = todo.next() else { break };
             let keys = &keys;
-            flight.push(async move { (i, fetch_chunk(net, file, keys, i).await) });
+            let lane = i as usize % paths;
+            flight.push(async move { (i, fetch_chunk(net, file, keys, i, lane).await) });
         }
         let Some((i, result)) = flight.next().await else {
             break;
