@@ -4,6 +4,7 @@
 
 mod attach;
 mod authority;
+mod breakdown;
 mod floor;
 mod longpoll;
 mod machine;
@@ -85,6 +86,11 @@ struct Cli {
     /// Log filter of the started nodes (their logs are `<dir>/<node>.log`).
     #[arg(long, default_value = "warn")]
     node_log: String,
+    /// Also report where the delivery's time goes, stage by stage, from marks the started
+    /// nodes log (`allium_stage=trace` is added to their filter; each mark is a log line, so
+    /// the figures of such a run are a little slower than without).
+    #[arg(long)]
+    breakdown: bool,
     /// Print a shell completion script (bash, zsh, fish, …) and exit.
     #[arg(long, value_name = "SHELL")]
     completions: Option<clap_complete::Shell>,
@@ -262,6 +268,9 @@ struct Network {
 
 fn start_network(cli: &Cli) -> Result<Network, String> {
     if let Some(file) = &cli.network {
+        if cli.breakdown {
+            return Err("--breakdown reads the logs of a network started here".into());
+        }
         let network = NetworkFile::load(file).map_err(|e| format!("{}: {e}", file.display()))?;
         let dir = cli.out.clone().unwrap_or_else(default_out);
         return Ok(Network {
@@ -284,12 +293,17 @@ fn start_network(cli: &Cli) -> Result<Network, String> {
         cli.nodes,
         dir.display()
     );
+    let log = if cli.breakdown {
+        format!("{},{}=trace", cli.node_log, allium_swarm::stage::TARGET)
+    } else {
+        cli.node_log.clone()
+    };
     let devnet = Devnet::start(
         &node_binary(),
         &dir,
         &DevnetOptions {
             nodes: cli.nodes,
-            log: cli.node_log.clone(),
+            log,
             ..DevnetOptions::default()
         },
     )
@@ -336,6 +350,7 @@ struct Results {
     stores: Vec<(usize, Series)>,
     retrieves: Vec<(usize, Series)>,
     delivery: Delivery,
+    breakdown: Option<breakdown::Breakdown>,
     throughput: Vec<Throughput>,
     nodes: usize,
     elapsed: Duration,
@@ -431,6 +446,14 @@ async fn measure(cli: &Cli, network: &mut Network) -> Result<Results, String> {
         &stamp,
     )
     .await?;
+    let breakdown = if cli.breakdown {
+        Some(breakdown::Breakdown::from_logs(
+            &network.dir,
+            &delivery.marks,
+        )?)
+    } else {
+        None
+    };
 
     eprintln!(
         "throughput ({:.1} s per level after {:.1} s warm-up, {} clients) …",
@@ -466,6 +489,7 @@ async fn measure(cli: &Cli, network: &mut Network) -> Result<Results, String> {
         stores,
         retrieves,
         delivery,
+        breakdown,
         throughput,
         nodes,
         elapsed: started.elapsed(),
@@ -642,6 +666,10 @@ fn print_table(cli: &Cli, r: &Results, machine: &Machine) {
     );
     println!("(p50/own: against the floor of that operation and path length, same model)");
     println!();
+    if let Some(b) = &r.breakdown {
+        b.print();
+        println!();
+    }
     println!(
         "{:<12} {:>10} {:>8} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>12} {:>8}",
         "concurrency",
@@ -769,6 +797,7 @@ fn report_json(cli: &Cli, r: &Results, machine: &Machine) -> Value {
             "floor_ms": ms(p.delivery_floor()),
             "p50_over_own_floor": d.p50 / ms(p.delivery_floor()),
             "p50_over_store3_floor": d.p50 / floor,
+            "breakdown": r.breakdown.as_ref().map(breakdown::Breakdown::to_json),
         },
         "throughput": r.throughput.iter().map(|t| json!({
             "concurrency": t.concurrency,

@@ -12,6 +12,7 @@ use allium_onion::{Epoch, SizeClass};
 use allium_proto::roster::{NodeEntry, Roster};
 use allium_proto::storage::{CursorKey, INBOX, RetrieveRequest, StoreRequest};
 use allium_proto::{Body, Mailbox, Method, Request, Response, ResponseBody, Status};
+use allium_swarm::stage::now_us;
 use ed25519_dalek::SigningKey;
 use rand_core::{OsRng, RngCore};
 
@@ -348,6 +349,24 @@ pub struct Delivery {
     pub send: Latencies,
     /// Polls that came back empty (their wait ran out) and were re-issued.
     pub repolls: u64,
+    /// This process's steps of each timed delivery, for the stage breakdown.
+    pub marks: Vec<Marks>,
+}
+
+/// Wall-clock microseconds (the clock of the nodes' stage marks, `allium_swarm::stage`) of one
+/// timed delivery's steps in this process.
+#[derive(Debug, Clone, Copy)]
+pub struct Marks {
+    /// A starts to seal.
+    pub start: u64,
+    /// A's envelope is sealed; its packet is built next.
+    pub sealed: u64,
+    /// A holds the acknowledgement (the swarm's quorum).
+    pub acked: u64,
+    /// B holds the answer of the poll that carried the envelope (layers opened, decoded).
+    pub received: u64,
+    /// B has opened and decrypted the envelope.
+    pub opened: u64,
 }
 
 /// How long B's poll waits: below the relays' forward time-out (2 s on a devnet), so a poll
@@ -383,6 +402,7 @@ pub async fn delivery(
         },
         send: template.fresh(),
         repolls: 0,
+        marks: Vec::with_capacity(n),
     };
     // Alice seals while Bob's poll opens: one lock, held only for each step, never across an
     // await.
@@ -426,12 +446,13 @@ pub async fn delivery(
                     Err(s) => return Err(format!("B's poll: status {s:?}")),
                     Ok(_) => return Err("B's poll: unexpected answer".into()),
                 };
+                let received = now_us();
                 let mut found = None;
                 for m in &page.messages {
                     after = Some(m.key());
                     if let Ok(text) = opener.lock().map_err(|_| "lock")?.open(&m.data, now_ms()) {
                         if text.get(..16) == Some(&marker[..]) {
-                            found = Some(Instant::now());
+                            found = Some((Instant::now(), received, now_us()));
                         }
                     }
                 }
@@ -444,11 +465,13 @@ pub async fn delivery(
         let send = async {
             tokio::time::sleep(PARK).await;
             let t0 = Instant::now();
+            let start = now_us();
             let sealed = sealer
                 .lock()
                 .map_err(|_| "lock")?
                 .seal(&body, now_ms())
                 .map_err(|e| e.to_string())?;
+            let sealed_at = now_us();
             let r = call(
                 a,
                 &path_a,
@@ -459,11 +482,14 @@ pub async fn delivery(
             )
             .await;
             acknowledged(r, swarm)?;
-            Ok::<_, String>((t0, t0.elapsed()))
+            Ok::<_, String>((t0, t0.elapsed(), start, sealed_at, now_us()))
         };
         let (received, sent) = tokio::join!(poll, send);
         match (received, sent) {
-            (Ok((t_open, after, repolls)), Ok((t0, ack))) => {
+            (
+                Ok(((t_open, received, opened), after, repolls)),
+                Ok((t0, ack, start, sealed, acked)),
+            ) => {
                 cursor = after;
                 if i >= warmup {
                     out.latency
@@ -471,6 +497,13 @@ pub async fn delivery(
                         .record(t_open.saturating_duration_since(t0));
                     out.send.record(ack);
                     out.repolls += repolls;
+                    out.marks.push(Marks {
+                        start,
+                        sealed,
+                        acked,
+                        received,
+                        opened,
+                    });
                 }
                 i += 1;
             }

@@ -14,7 +14,7 @@ use allium_proto::storage::{
     GetSwarmResponse, RetrieveResponse, RosterPageResponse, RosterResponse,
 };
 use allium_proto::{Body, Clock, Response, ResponseBody, Status, UnixMillis};
-use allium_swarm::{Handled, Service};
+use allium_swarm::{Handled, Service, stage};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::NodeClock;
@@ -109,14 +109,19 @@ impl Destination for StoreDestination {
             tokio::task::spawn_blocking(move || service.handle(&request, NodeClock.now()))
                 .await
                 .ok()?;
+        let mut parked = false;
         let response = match handled {
             Handled::Respond(r) => r,
             Handled::Replicate { response, items } => {
                 self.replicator.spread(items);
                 response
             }
-            Handled::Store(pending) => self.replicator.acknowledge_store(pending).await,
+            Handled::Store(pending) => {
+                stage::mark("store.queued");
+                self.replicator.acknowledge_store(pending).await
+            }
             Handled::Wait(pending) => {
+                parked = true;
                 let stopped = {
                     let _parked = self.metrics.longpoll_parked();
                     // Woken by a store or ended by the timer; either way the query runs again.
@@ -138,10 +143,15 @@ impl Destination for StoreDestination {
                         }),
                     )
                 } else {
+                    stage::mark("poll.woken");
                     let service = self.service.clone();
-                    tokio::task::spawn_blocking(move || service.resume(pending, NodeClock.now()))
-                        .await
-                        .ok()?
+                    let answer = tokio::task::spawn_blocking(move || {
+                        service.resume(pending, NodeClock.now())
+                    })
+                    .await
+                    .ok()?;
+                    stage::mark("poll.read");
+                    answer
                 }
             }
             Handled::Forward(body) => {
@@ -156,6 +166,10 @@ impl Destination for StoreDestination {
             .storage_request(method_of(&response), result, started.elapsed());
         // A retrieve page is cut to the reply class the client chose (fewer messages, `more`);
         // any other answer too long for it is refused, and the client retries with a larger one.
-        response.encode_within(max_response)
+        let encoded = response.encode_within(max_response);
+        if parked {
+            stage::mark("poll.answered");
+        }
+        encoded
     }
 }

@@ -16,6 +16,7 @@ use tokio::sync::Semaphore;
 
 use crate::metrics::{DropReason, Metrics};
 use allium_link::{Deadlines, Kind, LinkError, Pool, Status};
+use allium_swarm::stage;
 
 /// Finds where a node named in a routing slot can be reached.
 pub trait Neighbours: Send + Sync + 'static {
@@ -250,6 +251,7 @@ impl<N: Neighbours, D: Destination> OnionService<N, D> {
                 (Status::Rejected, Vec::new())
             }
             Ok(Peeled::Deliver { request, reply, .. }) => {
+                stage::mark("dest.delivered");
                 let request = request.to_vec();
                 // The packet (up to 64 KiB) is not needed while the request runs, which for a
                 // long-poll is up to a minute: only the request's own bytes are kept.
@@ -273,6 +275,7 @@ impl<N: Neighbours, D: Destination> OnionService<N, D> {
                 }
             }
             Ok(Peeled::Forward { next, reply, .. }) => {
+                stage::mark("relay.peeled");
                 let Some((key, addr)) = self.neighbours.lookup(&next) else {
                     self.metrics.dropped(DropReason::NextHopUnreachable);
                     return (Status::Ok, reply.error(ErrorCode::NextHopUnreachable));

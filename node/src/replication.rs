@@ -18,7 +18,7 @@ use allium_proto::{
     Clock, ClockSample, ClockVerdict, DecodeError, Mailbox, Method, NodeId, Response, ResponseBody,
     Status, UnixMillis,
 };
-use allium_swarm::{PendingStore, Placement, Service, Store, StoreError};
+use allium_swarm::{PendingStore, Placement, Service, Store, StoreError, stage};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::NodeClock;
@@ -348,7 +348,11 @@ impl Replicator {
     /// included, holds it — else it is answered `not_replicated`.
     pub async fn acknowledge_store(&self, pending: PendingStore) -> Response {
         let sent = self.send_to_swarm(std::slice::from_ref(&pending.item));
-        let local = pending.finish();
+        let local = async {
+            let response = pending.finish().await;
+            stage::mark("store.local");
+            response
+        };
         let peers = async {
             let Some((size, mut rx)) = sent else {
                 return (Vec::new(), 1);
@@ -360,7 +364,12 @@ impl Replicator {
             // This node is the first holder once its own write succeeds.
             while got.len() + 1 < need {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some((id, true))) => got.push(id.node_id()),
+                    Ok(Some((id, true))) => {
+                        got.push(id.node_id());
+                        if got.len() + 1 >= need {
+                            stage::mark("store.peers");
+                        }
+                    }
                     Ok(Some((_, false))) => {}
                     Ok(None) | Err(_) => break,
                 }
@@ -404,6 +413,9 @@ impl Replicator {
             }
         };
         let syncs = !matches!(request, PeerRequest::Replicate(_));
+        if !syncs {
+            stage::mark("replica.received");
+        }
         // What a member holds is for its swarm peers only; any roster node may hand items in
         // (they are checked like a client's writes).
         if syncs && !self.membership.is_swarm_peer(&identity) {

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod service;
+pub mod stage;
 pub mod store;
 
 pub use service::{Handled, PendingStore, Placement, ServeAll, Service, ServiceConfig};

@@ -6,13 +6,13 @@ use std::fmt;
 
 use aes_gcm::aead::AeadInPlace;
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
+use aws_lc_rs::agreement::{self, PrivateKey, UnparsedPublicKey, X25519};
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use libcrux_ml_kem::mlkem768;
 use rand_core::CryptoRngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::{Zeroize, Zeroizing};
 
 use super::{KEM_CT_LEN, KEM_EK_LEN, KEM_SEED_LEN, KEY_LEN, SessionError, TAG_LEN, labels};
@@ -27,19 +27,55 @@ pub(crate) fn random_secret(rng: &mut impl CryptoRngCore) -> DhSecret {
     s
 }
 
+// X25519 runs on AWS-LC, as the onion layers do (its verified x86-64 and AArch64 code takes
+// about half the time of curve25519-dalek's ladder, whitepaper/performance.md §6): a session
+// message's envelope costs two on the sender's side and one on the receiver's, on the path
+// of every delivery. The function is RFC 7748's either way; `tests` check the two agree.
+
+/// An AWS-LC X25519 private key with scalar `secret` (clamped there, as RFC 7748 says).
+#[allow(
+    clippy::expect_used,
+    reason = "AWS-LC refuses an X25519 private key only for a length other than 32: a failure \
+              is a bug, never bad input"
+)]
+fn private_key(secret: &[u8; KEY_LEN]) -> PrivateKey {
+    PrivateKey::from_private_key(&X25519, secret).expect("32-byte X25519 private key")
+}
+
 /// The public key of an X25519 secret.
+#[allow(
+    clippy::expect_used,
+    reason = "the public key of a valid X25519 private key always exists and has 32 bytes"
+)]
 pub(crate) fn dh_public(secret: &[u8; KEY_LEN]) -> [u8; KEY_LEN] {
-    PublicKey::from(&StaticSecret::from(*secret)).to_bytes()
+    let public = private_key(secret)
+        .compute_public_key()
+        .expect("public key of a valid X25519 private key");
+    <[u8; KEY_LEN]>::try_from(public.as_ref()).expect("32-byte X25519 public key")
 }
 
 /// `X25519(secret, public)`, refusing the all-zero output of a small-order `public` (RFC 7748
 /// §6.1): a non-contributory exchange would let the peer fix the shared secret.
 pub(crate) fn dh(secret: &[u8; KEY_LEN], public: &[u8; KEY_LEN]) -> Result<DhSecret, SessionError> {
-    let shared = StaticSecret::from(*secret).diffie_hellman(&PublicKey::from(*public));
-    if !shared.was_contributory() {
-        return Err(SessionError::NonContributory);
-    }
-    Ok(Zeroizing::new(shared.to_bytes()))
+    let peer = UnparsedPublicKey::new(&X25519, public);
+    // AWS-LC refuses an all-zero output itself (its only failure for 32-byte keys); the check
+    // here keeps the rule independent of that.
+    agreement::agree(
+        &private_key(secret),
+        peer,
+        SessionError::NonContributory,
+        |shared| {
+            let mut out = Zeroizing::new([0u8; KEY_LEN]);
+            if shared.len() != KEY_LEN {
+                return Err(SessionError::NonContributory);
+            }
+            out.copy_from_slice(shared);
+            if bool::from(out.ct_eq(&[0u8; KEY_LEN])) {
+                return Err(SessionError::NonContributory);
+            }
+            Ok(out)
+        },
+    )
 }
 
 /// A published X25519 key must be canonical (`u < p`, top bit clear, so it has one encoding) and
@@ -298,9 +334,51 @@ pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use rand_chacha::ChaCha20Rng;
-    use rand_core::SeedableRng;
+    use rand_core::{RngCore, SeedableRng};
 
     use super::*;
+
+    #[test]
+    fn x25519_agrees_with_curve25519_dalek() {
+        use x25519_dalek::{PublicKey, StaticSecret};
+        let mut rng = ChaCha20Rng::seed_from_u64(25519);
+        for i in 0..64 {
+            let mut secret = [0u8; 32];
+            let mut u = [0u8; 32];
+            rng.fill_bytes(&mut secret);
+            rng.fill_bytes(&mut u);
+            // Top bit set, and u at or above p, every other round: both must be taken mod p.
+            if i % 2 == 1 {
+                u[31] |= 0x80;
+            }
+            let theirs = StaticSecret::from(secret);
+            assert_eq!(
+                dh_public(&secret),
+                PublicKey::from(&theirs).to_bytes(),
+                "public key, round {i}"
+            );
+            let ours = dh(&secret, &u).map(|s| *s);
+            let shared = theirs.diffie_hellman(&PublicKey::from(u));
+            let expected = if shared.was_contributory() {
+                Ok(shared.to_bytes())
+            } else {
+                Err(SessionError::NonContributory)
+            };
+            assert_eq!(ours, expected, "agreement, round {i}");
+        }
+        // RFC 7748 §5.2's first vector.
+        let k = hex::decode("a546e36bf0527c9d3b16154b82465edd62144c0ac1fc5a18506a2244ba449ac4")
+            .unwrap_or_default();
+        let u = hex::decode("e6db6867583030db3594c1a424b15f7c726624ec26b3353b10a903a6d0ab1c4c")
+            .unwrap_or_default();
+        let (mut kk, mut uu) = ([0u8; 32], [0u8; 32]);
+        kk.copy_from_slice(&k);
+        uu.copy_from_slice(&u);
+        assert_eq!(
+            dh(&kk, &uu).map(|s| hex::encode(*s)),
+            Ok("c3da55379de9c6908e94ea4df28d084f32eccf03491c71f754b4075577a28552".to_string())
+        );
+    }
 
     #[test]
     fn small_order_and_non_canonical_x25519_keys_are_refused() {

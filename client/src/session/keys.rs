@@ -38,6 +38,40 @@ fn verify(key: &VerifyingKey, message: &[&[u8]], sig: &[u8; SIGNATURE_LEN]) -> b
     key.verify_strict(&m, &Signature::from_bytes(sig)).is_ok()
 }
 
+/// Certificates that passed [`DeviceCert::decode`]'s checks in this process, by their bytes.
+/// Every envelope from a device carries the same certificate, and its checks (two key
+/// validations, one of them an X25519, and an Ed25519 verification: about half of opening a
+/// session message) give the same answer for the same bytes, so a pass is remembered. Only
+/// passes are: a refused certificate is checked again every time.
+mod verified {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, PoisonError};
+
+    use super::CERT_LEN;
+
+    /// Enough for every device a client talks to; past it the set starts again.
+    const MAX: usize = 4096;
+
+    static PASSED: Mutex<Option<HashSet<[u8; CERT_LEN]>>> = Mutex::new(None);
+
+    pub(super) fn passed(bytes: &[u8; CERT_LEN]) -> bool {
+        PASSED
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|set| set.contains(bytes))
+    }
+
+    pub(super) fn remember(bytes: &[u8; CERT_LEN]) {
+        let mut guard = PASSED.lock().unwrap_or_else(PoisonError::into_inner);
+        let set = guard.get_or_insert_with(HashSet::new);
+        if set.len() >= MAX {
+            set.clear();
+        }
+        set.insert(*bytes);
+    }
+}
+
 /// A device certificate: the account's signature over a device's two public keys.
 ///
 /// ```text
@@ -106,6 +140,9 @@ impl DeviceCert {
         };
         cert.bytes[0] = VERSION;
         cert.bytes[1..].copy_from_slice(rest);
+        if verified::passed(&cert.bytes) {
+            return Ok(cert);
+        }
         let account = Address::from_key_bytes(&cert.account_key())
             .map_err(|_| SessionError::WeakKey)?
             .public_key();
@@ -115,6 +152,7 @@ impl DeviceCert {
         account
             .verify(&message, &cert.bytes[CERT_SIGNED_LEN..])
             .map_err(|_| SessionError::BadCertSignature)?;
+        verified::remember(&cert.bytes);
         Ok(cert)
     }
 
@@ -713,6 +751,29 @@ mod tests {
         }
         let spk_hex = hex::encode(&store.encode()[9..41]);
         assert!(!format!("{store:?}").contains(&spk_hex));
+    }
+
+    #[test]
+    fn a_remembered_pass_never_admits_other_bytes() {
+        let mut rng = ChaCha20Rng::seed_from_u64(11);
+        let account = Identity::from_seed(&[5; 32]);
+        let keys = DeviceKeys::generate(&account, 3, 1, &mut rng);
+        let good = *keys.cert().as_bytes();
+        // Checked and remembered, then answered from memory: the same certificate.
+        assert_eq!(DeviceCert::decode(&good).as_ref(), Ok(keys.cert()));
+        assert!(verified::passed(&good));
+        assert_eq!(DeviceCert::decode(&good).as_ref(), Ok(keys.cert()));
+        // One flipped bit of the signature or of a signed field is checked afresh and refused,
+        // however often the original passed.
+        for at in [CERT_LEN - 1, 100] {
+            let mut bad = good;
+            bad[at] ^= 1;
+            assert_eq!(
+                DeviceCert::decode(&bad),
+                Err(SessionError::BadCertSignature)
+            );
+            assert!(!verified::passed(&bad));
+        }
     }
 
     #[test]

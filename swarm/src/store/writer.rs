@@ -233,13 +233,24 @@ impl Writer {
         stored: &mut HashSet<(Mailbox, Namespace)>,
     ) {
         let delta = std::mem::take(&mut ov.digests);
-        let result = if ov.map.is_empty() {
-            Ok(())
-        } else {
-            self.write(ov)
-        };
+        let wrote = !ov.map.is_empty();
+        let result = if wrote { self.write(ov) } else { Ok(()) };
         match result {
             Ok(()) => {
+                if wrote {
+                    // A client's stores and the rest (replicas, deletions) apart: the breakdown
+                    // tells the destination's write from a peer's copy by them.
+                    tracing::trace!(
+                        target: crate::stage::TARGET,
+                        at_us = crate::stage::now_us(),
+                        stage = "writer.durable",
+                        stores = done
+                            .iter()
+                            .filter(|(_, o)| matches!(o, Outcome::Stored(_)))
+                            .count(),
+                        messages = stored.len(),
+                    );
+                }
                 if !delta.is_empty() {
                     let mut digests = lock(&self.digests);
                     for (bucket, d) in &delta {
