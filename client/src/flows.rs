@@ -186,14 +186,7 @@ mod tests {
                 onion_key: *OnionSecretKey::generate(Epoch(5), &mut OsRng).public(),
             })
             .collect();
-        let path: Vec<PathHop> = hops
-            .iter()
-            .map(|h| PathHop {
-                node: h.identity.node_id(),
-                epoch: h.epoch,
-                onion_key: h.onion_key,
-            })
-            .collect();
+        let path: Vec<PathHop> = hops.iter().map(Hop::path_hop).collect();
         let (_, session) = prepare_path(&mut OsRng, &path)
             .unwrap()
             .build_opening(b"open", SizeClass::Small, SizeClass::Small)

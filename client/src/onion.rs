@@ -24,6 +24,17 @@ pub struct Hop {
     pub onion_key: OnionPublicKey,
 }
 
+impl Hop {
+    /// The hop as a packet names it.
+    pub fn path_hop(&self) -> PathHop {
+        PathHop {
+            node: self.identity.node_id(),
+            epoch: self.epoch,
+            onion_key: self.onion_key,
+        }
+    }
+}
+
 /// Why a request through the onion path failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -196,14 +207,7 @@ impl OnionClient {
         open_session: bool,
     ) -> Result<(Vec<u8>, Option<PathSession>), SendError> {
         let class = SizeClass::for_request(request.len()).unwrap_or(SizeClass::Large);
-        let hops: Vec<PathHop> = path
-            .iter()
-            .map(|h| PathHop {
-                node: h.identity.node_id(),
-                epoch: h.epoch,
-                onion_key: h.onion_key,
-            })
-            .collect();
+        let hops: Vec<PathHop> = path.iter().map(Hop::path_hop).collect();
         let (prepared, repeat) = {
             let mut ahead = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
             let ready = ahead.ready.take().filter(|p| same_path(p.hops(), &hops));

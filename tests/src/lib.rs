@@ -10,6 +10,29 @@ use tokio::sync::{Mutex, MutexGuard};
 pub use allium_node::devnet::DevnetOptions;
 pub use allium_node::devnet::wait_for_roster;
 use allium_node::devnet::{Devnet, DevnetError};
+use allium_proto::network::NetworkFile;
+use allium_proto::roster::Roster;
+
+/// The roster once it lists `nodes` nodes and every running node of `net` holds it, asked for
+/// through `pool`; panics after `limit` for each.
+#[allow(clippy::expect_used, clippy::panic)] // test support: a network that never forms fails the test
+pub async fn formed(
+    net: &mut Devnet,
+    pool: &allium_link::Pool,
+    network: &NetworkFile,
+    nodes: usize,
+    limit: std::time::Duration,
+) -> Roster {
+    let roster = wait_for_roster(pool, network, nodes, limit)
+        .await
+        .expect("roster formed");
+    assert!(
+        net.wait_for_roster_version(roster.version(), limit).await,
+        "nodes did not fetch roster {}",
+        roster.version()
+    );
+    roster
+}
 
 /// The `allium-node` executable that `cargo test --workspace` built next to the test binaries.
 pub fn node_binary() -> PathBuf {

@@ -13,16 +13,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use allium_client::onion::{OnionClient, SendError, epoch_at};
+use allium_client::onion::{SendError, epoch_at};
 use allium_link::{Deadlines, Kind, Link, LinkLimits, Status, TlsIdentity};
 use allium_node::devnet::{Devnet, DevnetNode};
 use allium_onion::{IdentityKeypair, IdentityPublicKey, SizeClass};
 use allium_proto::network::NetworkFile;
-use allium_proto::roster::{DirectoryRequest, DirectoryResponse, NodeEntry, Roster};
+use allium_proto::roster::{DirectoryRequest, DirectoryResponse, NodeEntry};
 use allium_proto::storage::{DeleteAllRequest, Method, Response, StoreRequest};
 use allium_proto::{Body, Mailbox, Request};
 use allium_tests::onion::{client, hops, now_ms, path_for};
-use allium_tests::{DevnetOptions, serial, start_devnet_with, test_options, wait_for_roster};
+use allium_tests::{DevnetOptions, formed, serial, start_devnet_with, test_options};
 use ed25519_dalek::SigningKey;
 
 const T: Duration = Duration::from_secs(10);
@@ -33,19 +33,6 @@ fn anonymous() -> Link {
 
 fn index_of(net: &Devnet, id: &IdentityPublicKey) -> usize {
     net.nodes.iter().position(|n| n.identity == *id).unwrap()
-}
-
-/// The roster once it lists `nodes` nodes and every running node holds it (and is not syncing).
-async fn formed(net: &mut Devnet, c: &OnionClient, network: &NetworkFile, nodes: usize) -> Roster {
-    let roster = wait_for_roster(c.pool(), network, nodes, T * 6)
-        .await
-        .expect("roster formed");
-    assert!(
-        net.wait_for_roster_version(roster.version(), T * 6).await,
-        "nodes did not fetch roster {}",
-        roster.version()
-    );
-    roster
 }
 
 async fn metrics(node: &DevnetNode) -> String {
@@ -115,7 +102,7 @@ async fn replays_refused_before_a_sigkill_are_refused_after_the_restart() {
     .unwrap();
     let network = NetworkFile::load(&net.network_file).unwrap();
     let c = client();
-    let roster = formed(&mut net, &c, &network, 2).await;
+    let roster = formed(&mut net, c.pool(), &network, 2, T * 6).await;
     let victim = 1;
     let id = net.nodes[victim].identity;
     let entry = roster.node(&id.node_id()).unwrap().clone();
@@ -226,7 +213,7 @@ async fn junk_past_the_replay_filter_design_load_does_not_drop_honest_packets() 
     .unwrap();
     let network = NetworkFile::load(&net.network_file).unwrap();
     let c = client();
-    let roster = formed(&mut net, &c, &network, 2).await;
+    let roster = formed(&mut net, c.pool(), &network, 2, T * 6).await;
     let node = &net.nodes[1];
     let entry = roster.node(&node.identity.node_id()).unwrap();
     let hop = &hops(&network, &[entry])[0];
@@ -320,7 +307,7 @@ async fn a_certificate_not_in_the_roster_is_a_client_for_limits_metrics_and_kind
     .unwrap();
     let network = NetworkFile::load(&net.network_file).unwrap();
     let c = client();
-    formed(&mut net, &c, &network, 2).await;
+    formed(&mut net, c.pool(), &network, 2, T * 6).await;
     let node = &net.nodes[1];
     let before = metrics(node).await;
 
@@ -386,7 +373,7 @@ async fn a_client_flooding_large_frames_leaves_the_node_under_256_mib() {
     .unwrap();
     let network = NetworkFile::load(&net.network_file).unwrap();
     let c = client();
-    formed(&mut net, &c, &network, 2).await;
+    formed(&mut net, c.pool(), &network, 2, T * 6).await;
     let node = &net.nodes[1];
     let pid = node.pid().unwrap();
     let (addr, identity) = (node.addr, node.identity);
@@ -533,7 +520,7 @@ async fn a_local_process_holding_the_address_cap_does_not_lock_nodes_out() {
     .unwrap();
     let network = NetworkFile::load(&net.network_file).unwrap();
     let c = client();
-    let roster = formed(&mut net, &c, &network, 5).await;
+    let roster = formed(&mut net, c.pool(), &network, 5, T * 6).await;
     let key = SigningKey::from_bytes(&[24; 32]);
     let mailbox = mailbox_of(&key);
     let authority = net.nodes[0].identity.node_id();
@@ -635,7 +622,7 @@ async fn fake_registrations_do_not_keep_a_dead_node_in_the_roster() {
     .unwrap();
     let network = NetworkFile::load(&net.network_file).unwrap();
     let c = client();
-    formed(&mut net, &c, &network, 4).await;
+    formed(&mut net, c.pool(), &network, 4, T * 6).await;
     // Every fake points at a socket that takes packets and never answers: each probe costs the
     // authority its whole time-out.
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -743,7 +730,7 @@ async fn an_authority_resumed_after_a_long_pause_drops_no_live_node() {
     .unwrap();
     let network = NetworkFile::load(&net.network_file).unwrap();
     let c = client();
-    let before = formed(&mut net, &c, &network, 4).await;
+    let before = formed(&mut net, c.pool(), &network, 4, T * 6).await;
     let pid = net.nodes[0].pid().unwrap().to_string();
     let signal = |sig: &str| {
         let status = std::process::Command::new("kill")

@@ -14,7 +14,7 @@ use allium_proto::roster::Roster;
 use allium_proto::storage::{RetrieveRequest, StoreRequest};
 use allium_proto::{Body, Mailbox, Method, NodeId, Request, Response, ResponseBody};
 use allium_tests::onion::{client, hops, now_ms, path_for};
-use allium_tests::{serial, start_devnet, wait_for_roster};
+use allium_tests::{formed, serial, start_devnet};
 use ed25519_dalek::SigningKey;
 
 const T: Duration = Duration::from_secs(10);
@@ -64,19 +64,6 @@ async fn retrieve(client: &OnionClient, path: &[Hop], key: &SigningKey) -> Vec<V
     }
 }
 
-/// The roster once it lists every node and every node holds it.
-async fn formed(net: &mut Devnet, c: &OnionClient, network: &NetworkFile) -> Roster {
-    let roster = wait_for_roster(c.pool(), network, NODES + 1, T * 3)
-        .await
-        .expect("roster formed");
-    assert!(
-        net.wait_for_roster_version(roster.version(), T * 3).await,
-        "nodes did not fetch roster {}",
-        roster.version()
-    );
-    roster
-}
-
 /// A formed network (an authority and `NODES` nodes, every node holding the roster), a client,
 /// and a mailbox. Bind `_serial` and `_dir` first when destructuring, so they are dropped last:
 /// the node processes stop before their folder goes and before the next test starts.
@@ -97,7 +84,7 @@ async fn fixture(seed: u8) -> Fixture {
     let mut net = start_devnet(dir.path(), NODES).unwrap();
     let network = NetworkFile::load(&net.network_file).unwrap();
     let c = client();
-    let roster = formed(&mut net, &c, &network).await;
+    let roster = formed(&mut net, c.pool(), &network, NODES + 1, T * 3).await;
     let key = mailbox_key(seed);
     let mailbox = Mailbox::from_bytes(key.verifying_key().to_bytes());
     Fixture {
@@ -322,7 +309,7 @@ async fn a_restarted_node_keeps_its_keys_its_messages_and_its_place() {
     // the earlier run are gone (onion.md §8).
     let started = std::time::Instant::now();
     let (after, entry) = loop {
-        let after = formed(&mut net, &c, &network).await;
+        let after = formed(&mut net, c.pool(), &network, NODES + 1, T * 3).await;
         let entry = after
             .node(&dest.identity.node_id())
             .expect("still in the roster")

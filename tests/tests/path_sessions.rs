@@ -8,31 +8,18 @@
 use std::time::{Duration, Instant};
 
 use allium_client::net::{Net, Timing};
-use allium_client::onion::{Hop, OnionClient};
+use allium_client::onion::Hop;
 use allium_link::{Deadlines, Kind, Link, LinkLimits, Status};
 use allium_node::devnet::{Devnet, DevnetNode};
 use allium_onion::{ErrorCode, SizeClass};
 use allium_proto::network::NetworkFile;
-use allium_proto::roster::Roster;
 use allium_proto::storage::Mailbox;
 use allium_proto::{Body, Method, Request, Response, ResponseBody};
 use allium_tests::onion::{client, hops};
-use allium_tests::{serial, start_devnet, wait_for_roster};
+use allium_tests::{formed, serial, start_devnet};
 use ed25519_dalek::SigningKey;
 
 const T: Duration = Duration::from_secs(10);
-
-async fn formed(net: &mut Devnet, c: &OnionClient, network: &NetworkFile, nodes: usize) -> Roster {
-    let roster = wait_for_roster(c.pool(), network, nodes, T * 6)
-        .await
-        .expect("roster formed");
-    assert!(
-        net.wait_for_roster_version(roster.version(), T * 6).await,
-        "nodes did not fetch roster {}",
-        roster.version()
-    );
-    roster
-}
 
 /// The sum of every sample of node `node` whose name (with labels) starts with `prefix`.
 async fn sample(node: &DevnetNode, prefix: &str) -> u64 {
@@ -67,7 +54,7 @@ async fn a_path_session_carries_requests_refuses_replays_and_ends_at_a_restart()
     let mut net = start_devnet(dir.path(), 4).unwrap();
     let network = NetworkFile::load(&net.network_file).unwrap();
     let c = client();
-    let roster = formed(&mut net, &c, &network, 5).await;
+    let roster = formed(&mut net, c.pool(), &network, 5, T * 6).await;
     // Two relays and a destination, none of them the authority.
     let entries: Vec<_> = net
         .nodes
@@ -195,7 +182,7 @@ async fn a_clients_reads_of_one_mailbox_go_on_one_path_session() {
     let mut net = start_devnet(dir.path(), 4).unwrap();
     let network = NetworkFile::load(&net.network_file).unwrap();
     let c = client();
-    formed(&mut net, &c, &network, 5).await;
+    formed(&mut net, c.pool(), &network, 5, T * 6).await;
     let reader = Net::new(network.clone(), None, None, &[], 0, Timing::default()).unwrap();
     let key = SigningKey::from_bytes(&[7; 32]);
     let mailbox = Mailbox::from_bytes(key.verifying_key().to_bytes());

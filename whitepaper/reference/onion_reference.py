@@ -251,11 +251,7 @@ class Node:
                                   + rho[SLOT:] + ctr_stream(k["filler_key"], SLOT) + payload)
             assert len(out["next_packet"]) == len(b)
             return out
-        reply_class, L = payload[0], int.from_bytes(payload[1:5], "big")
-        if (reply_class not in CLASS_SIZE or L > len(payload) - 5
-                or any(payload[5 + L:])):
-            raise Drop("malformed payload")
-        out.update(request=payload[5:5 + L], reply_class=reply_class)
+        out.update(deliver(payload))
         return out
 
 
@@ -296,12 +292,17 @@ class Node:
                                   + slot[72:88] + rho[SLOT:] + ctr_stream(k["filler_key"], SLOT)
                                   + payload)
             return out
-        reply_class, L = payload[0], int.from_bytes(payload[1:5], "big")
-        if (reply_class not in CLASS_SIZE or L > len(payload) - 5
-                or any(payload[5 + L:])):
-            raise Drop("malformed payload")
-        out.update(request=payload[5:5 + L], reply_class=reply_class)
+        out.update(deliver(payload))
         return out
+
+
+def deliver(payload):
+    """§5 step 10: the destination's payload framing."""
+    reply_class, L = payload[0], int.from_bytes(payload[1:5], "big")
+    if (reply_class not in CLASS_SIZE or L > len(payload) - 5
+            or any(payload[5 + L:])):
+        raise Drop("malformed payload")
+    return dict(request=payload[5:5 + L], reply_class=reply_class)
 
 
 # ---------------------------------------------------------------- replies (§6)
