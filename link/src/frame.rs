@@ -13,7 +13,6 @@
 //! arrive, against a [`ReadBudget`] shared by every stream (whitepaper `link.md` §2, §3). A frame
 //! must end where its length says: bytes after the body refuse it.
 
-use bytes::Bytes;
 use quinn::{RecvStream, SendStream};
 use tokio::sync::Semaphore;
 
@@ -149,7 +148,7 @@ impl ReadBudget {
 }
 
 async fn read_head(recv: &mut RecvStream) -> Result<(u8, usize), FrameError> {
-    let mut head = [0u8; HEAD];
+    let mut head = [0u8; 5];
     recv.read_exact(&mut head)
         .await
         .map_err(|_| FrameError::Truncated)?;
@@ -239,17 +238,13 @@ pub async fn read_request_body(
     read_body(recv, len, budget).await
 }
 
-/// Writes a request and finishes the send side. The head and body go to the stream as one
-/// buffer: quinn keeps it as it is instead of copying each write into a buffer of its own.
+/// Writes a request and finishes the send side.
 pub async fn write_request(
     send: &mut SendStream,
     kind: Kind,
     body: &[u8],
 ) -> Result<(), LinkError> {
-    let mut frame = Vec::with_capacity(HEAD + body.len());
-    frame.extend_from_slice(&head(kind.code(), body.len())?);
-    frame.extend_from_slice(body);
-    write_chunks(send, &mut [Bytes::from(frame)]).await
+    write_frame(send, kind.code(), body).await
 }
 
 /// Reads a response and the end of its stream. A requester reads one answer per stream it
@@ -264,36 +259,24 @@ pub async fn read_response(recv: &mut RecvStream) -> Result<(Status, Vec<u8>), L
     Ok((status, read_body(recv, len, &unbounded).await?))
 }
 
-/// Writes a response and finishes the send side. The body is handed to the stream as it is,
-/// not copied.
+/// Writes a response and finishes the send side.
 pub async fn write_response(
     send: &mut SendStream,
     status: Status,
-    body: Vec<u8>,
+    body: &[u8],
 ) -> Result<(), LinkError> {
-    let head = head(status.code(), body.len())?;
-    write_chunks(
-        send,
-        &mut [Bytes::copy_from_slice(&head), Bytes::from(body)],
-    )
-    .await
+    write_frame(send, status.code(), body).await
 }
 
-/// Bytes of a frame's head: the kind or status, and the body's length.
-const HEAD: usize = 5;
-
-fn head(code: u8, len: usize) -> Result<[u8; HEAD], LinkError> {
-    let len = u32::try_from(len).map_err(|_| LinkError::BadFrame("body too long"))?;
-    let mut head = [0u8; HEAD];
+async fn write_frame(send: &mut SendStream, code: u8, body: &[u8]) -> Result<(), LinkError> {
+    let len = u32::try_from(body.len()).map_err(|_| LinkError::BadFrame("body too long"))?;
+    let mut head = [0u8; 5];
     head[0] = code;
     head[1..].copy_from_slice(&len.to_be_bytes());
-    Ok(head)
-}
-
-/// Writes a whole frame and finishes the send side in the same turn, so the end of the stream
-/// travels in the frame's last packet rather than in one of its own.
-async fn write_chunks(send: &mut SendStream, chunks: &mut [Bytes]) -> Result<(), LinkError> {
-    send.write_all_chunks(chunks)
+    send.write_all(&head)
+        .await
+        .map_err(|e| LinkError::Stream(format!("writing frame: {e}")))?;
+    send.write_all(body)
         .await
         .map_err(|e| LinkError::Stream(format!("writing frame: {e}")))?;
     send.finish()

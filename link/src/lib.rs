@@ -233,28 +233,11 @@ fn transport(limits: &LinkLimits, keep_alive: bool) -> Result<quinn::TransportCo
         .stream_receive_window(limits.stream_receive_window.into())
         .receive_window(limits.connection_receive_window.into())
         .send_window(u64::from(limits.connection_receive_window))
-        .datagram_receive_buffer_size(None)
-        .ack_frequency_config(Some(ack_frequency()));
+        .datagram_receive_buffer_size(None);
     if keep_alive {
         t.keep_alive_interval(Some(limits.keep_alive));
     }
     Ok(t)
-}
-
-/// Ack-eliciting packets the peer may receive before it must acknowledge them at once (QUIC
-/// ACK frequency extension; the peer's own maximum delay still bounds the wait).
-const ACK_ELICITING_THRESHOLD: u32 = 4;
-
-/// What this side asks its peer's acknowledgements to be. Without it a receiver acknowledges
-/// every second packet at once: a 4 KiB onion packet takes three or four QUIC packets, so each
-/// request and each reply drew an acknowledgement of its own, a send and a receive system call
-/// and a wake-up at both ends. Asked to wait for five, the peer folds the acknowledgement into
-/// what it sends next on the connection anyway (the accepted byte, the reply, the next
-/// request). A peer without the extension ignores the request.
-fn ack_frequency() -> quinn::AckFrequencyConfig {
-    let mut acks = quinn::AckFrequencyConfig::default();
-    acks.ack_eliciting_threshold(ACK_ELICITING_THRESHOLD.into());
-    acks
 }
 
 /// A QUIC endpoint: a node's (which accepts and dials) or an anonymous client's (which dials).
@@ -625,7 +608,7 @@ async fn serve_stream<H: Handler>(
         return;
     }
     let (status, answer) = handler.handle(peer, kind, body).await;
-    if let Err(e) = frame::write_response(&mut send, status, answer).await {
+    if let Err(e) = frame::write_response(&mut send, status, &answer).await {
         tracing::debug!(error = %e, "response not delivered");
         return;
     }
