@@ -150,9 +150,10 @@ async fn a_path_session_carries_requests_refuses_replays_and_ends_at_a_restart()
         match c.send_built(&path[0], built, T).await {
             Err(allium_client::onion::SendError::Hop {
                 hop: 0,
-                code: ErrorCode::NextHopUnreachable,
+                code: ErrorCode::NextHopUnreachable | ErrorCode::NextHopTimeout,
             }) if started.elapsed() < T * 3 => {
-                // The restarted node is not listening yet.
+                // The restarted node is not listening yet, or the guard's connection to the
+                // killed process has not timed out yet.
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             other => break other,
@@ -164,13 +165,15 @@ async fn a_path_session_carries_requests_refuses_replays_and_ends_at_a_restart()
         }
         other => panic!("a forgotten session was not refused: {other:?}"),
     }
-    assert_eq!(
+    // At least the refused packet (one the guard gave up on may have arrived too).
+    assert!(
         sample(
             &net.nodes[on_path[1]],
             "allium_packets_dropped_total{reason=\"unknown_session\"}"
         )
-        .await,
-        1
+        .await
+            >= 1,
+        "the restarted node counted no packet of a session it does not keep"
     );
     net.stop();
 }
