@@ -573,21 +573,12 @@ def main():
     with open(VECTORS) as f:
         vectors = json.load(f)
     passed = failed = 0
-    for case in vectors["cases"]:
+    checks = ([(case, check_case) for case in vectors["cases"]]
+              + [(case, check_session_case) for case in vectors.get("session_cases", [])])
+    for case, check in checks:
         try:
-            errs = check_case(case)
+            errs = check(case)
         except Exception as e:                  # a crash is a failure of this case, not the run
-            errs = [f"exception {type(e).__name__}: {e}"]
-        if errs:
-            failed += 1
-            print(f"FAIL {case['name']}: " + "; ".join(errs))
-        else:
-            passed += 1
-            print(f"ok   {case['name']}")
-    for case in vectors.get("session_cases", []):
-        try:
-            errs = check_session_case(case)
-        except Exception as e:
             errs = [f"exception {type(e).__name__}: {e}"]
         if errs:
             failed += 1
