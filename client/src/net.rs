@@ -45,6 +45,8 @@ const GUARD_PROBE: Duration = Duration::from_secs(5);
 const ROSTER_FETCH_NODES: usize = 3;
 /// How long a relay that failed is left out of new paths.
 const AVOID_FOR: Duration = Duration::from_secs(120);
+/// How long a write sent to every member waits for each one beyond a majority.
+const MEMBER_AFTER_MAJORITY: Duration = Duration::from_secs(5);
 
 /// Timing of network operations.
 #[derive(Debug, Clone, Copy)]
@@ -960,12 +962,7 @@ impl Net {
     /// majority of its swarm and merged: any store a majority acknowledged is in it, even when
     /// one member has not received its copy yet. No signature; all pages.
     pub async fn fetch_public(&self, mailbox: &Mailbox) -> Result<Vec<StoredMessage>, NetError> {
-        let members = self
-            .ensure_roster()
-            .await?
-            .roster()
-            .members_for(mailbox)
-            .len();
+        let members = self.swarm_size(mailbox).await?;
         let mut asked: HashSet<NodeId> = HashSet::new();
         let mut merged: HashMap<MessageHash, StoredMessage> = HashMap::new();
         while asked.len() < members / 2 + 1 {
@@ -1124,22 +1121,66 @@ impl Net {
         }
     }
 
-    /// Deletes every message of `namespace` of `mailbox`, signed with `key`. Returns how many
-    /// were live.
+    /// How many members the roster names for `mailbox`'s swarm.
+    async fn swarm_size(&self, mailbox: &Mailbox) -> Result<usize, NetError> {
+        Ok(self
+            .ensure_roster()
+            .await?
+            .roster()
+            .members_for(mailbox)
+            .len())
+    }
+
+    /// Deletes every message of `namespace` of `mailbox`, signed with `key`, at every member of
+    /// its swarm that answers, a majority at least. Returns the most any member held live.
+    ///
+    /// A member's `delete_all` removes what that member holds (storage.md §5.2), and a store the
+    /// rest of the swarm refused stays held where it landed (§7), so asking one member would
+    /// leave such a message to spread again once the others have room.
     pub async fn delete_all(
         &self,
         mailbox: &Mailbox,
         namespace: Namespace,
         key: &dyn MailboxSigner,
     ) -> Result<u64, NetError> {
+        let members = self.swarm_size(mailbox).await?;
         let body = Body::DeleteAll(DeleteAllRequest {
             mailbox: *mailbox,
             namespace,
         });
-        match self.signed(mailbox, Method::DeleteAll, body, key).await? {
-            ResponseBody::DeleteAll(d) => Ok(d.count),
-            _ => Err(NetError::Refused(Status::Internal)),
+        let make = |node: &NodeId, now: u64| key.sign(body.clone(), node, now).encode();
+        let mut asked: HashSet<NodeId> = HashSet::new();
+        let mut live = 0;
+        while asked.len() < members {
+            let request =
+                self.request_excluding(mailbox, Method::DeleteAll, Duration::ZERO, make, &asked);
+            // Past a majority, a member that does not answer soon gets the tombstones from the
+            // others (§9.3); it is not worth a whole operation's time.
+            let answer = if asked.len() > members / 2 {
+                match tokio::time::timeout(MEMBER_AFTER_MAJORITY, request).await {
+                    Ok(answer) => answer,
+                    Err(_) => break,
+                }
+            } else {
+                request.await
+            };
+            let (response, path) = match answer {
+                Ok(answer) => answer,
+                Err(_) if asked.len() > members / 2 => break,
+                Err(e) => return Err(e),
+            };
+            let node = path
+                .hops
+                .last()
+                .map(IdentityPublicKey::node_id)
+                .ok_or(NetError::NoSwarm)?;
+            match response.result {
+                Ok(ResponseBody::DeleteAll(d)) => live = live.max(d.count),
+                _ => return Err(NetError::Refused(Status::Internal)),
+            }
+            asked.insert(node);
         }
+        Ok(live)
     }
 
     /// What `namespace` of `mailbox` and the whole mailbox hold, against their limits, as one
