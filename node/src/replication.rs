@@ -560,8 +560,10 @@ impl Replicator {
         Ok(())
     }
 
-    /// One anti-entropy round: pull from every other member of this node's swarm. When every
-    /// member that answered was pulled completely, the node has its share and serves retrieves.
+    /// One anti-entropy round: pull from every other member of this node's swarm. The node has
+    /// its share, and serves retrieves, when no member refused or was left half pulled, and
+    /// those pulled completely meet every majority that could hold a message without this node
+    /// (storage §9.5).
     pub async fn sync_round(&self) {
         // The gauge follows the roster: a node newly placed in a swarm is syncing until this
         // round (or a later one) completes.
@@ -570,11 +572,16 @@ impl Replicator {
             return;
         };
         let mut complete = true;
+        let mut pulled = 0;
         let mut clocks = Vec::with_capacity(peers.len());
         for peer in &peers {
             match self.pull_from(peer, &mut clocks).await {
-                Ok(done) => complete &= done,
-                // A member that is down has nothing to give now; it pulls from us when back.
+                Ok(done) => {
+                    complete &= done;
+                    pulled += usize::from(done);
+                }
+                // A member that is down gives nothing now and pulls from us when back; the
+                // members that answered must then make up the count below.
                 Err(PeerError::Link(e)) => {
                     tracing::debug!(peer = %peer.addr, error = %e, "swarm peer unreachable for anti-entropy");
                 }
@@ -585,7 +592,7 @@ impl Replicator {
             }
         }
         self.membership.set_clock(judge(&clocks, FAR_MS));
-        if complete {
+        if complete && pulled >= pulls_needed(peers.len() + 1) {
             self.membership.mark_synced(swarm);
             self.metrics.sync_round();
         }
@@ -690,6 +697,13 @@ impl Replicator {
             }
         }
     }
+}
+
+/// How many other members of a swarm of `n` a member must pull completely to hold every message
+/// a majority acknowledged: one it missed is held by `n / 2 + 1` of the others, so any
+/// `n - (n / 2 + 1)` of them include a holder.
+fn pulls_needed(n: usize) -> usize {
+    n - (n / 2 + 1)
 }
 
 /// Items as encoded `replicate` requests of at most [`MAX_ITEMS`] items and about 512 KiB.
@@ -834,6 +848,30 @@ mod tests {
             Metrics::new(),
         );
         (roster, m)
+    }
+
+    #[test]
+    fn the_members_a_node_must_pull_meet_every_majority_that_excludes_it() {
+        // Every way of choosing the pulled members and the holders among the n - 1 others.
+        for n in 1..=9usize {
+            let others = n - 1;
+            let need = pulls_needed(n);
+            let mut covered = true;
+            let mut one_fewer_covers = need > 0;
+            for pulled in 0u32..1 << others {
+                for holders in 0u32..1 << others {
+                    if holders.count_ones() as usize > n / 2 && pulled & holders == 0 {
+                        match pulled.count_ones() as usize {
+                            k if k == need => covered = false,
+                            k if k + 1 == need => one_fewer_covers = false,
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            assert!(covered, "{need} pulls miss a majority of {n}");
+            assert!(!one_fewer_covers, "{} pulls would do for {n}", need - 1);
+        }
     }
 
     #[test]
