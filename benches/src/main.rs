@@ -137,6 +137,10 @@ struct RelayArgs {
     /// relay peels without a key agreement; the floor then has no X25519.
     #[arg(long)]
     sessions: bool,
+    /// Start the relay on every core and pin it once it runs: its runtime keeps one worker per
+    /// core of the machine, now sharing one (the setting before relays were started pinned).
+    #[arg(long)]
+    pin_after_start: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -266,7 +270,9 @@ struct Network {
     expected_nodes: usize,
 }
 
-fn start_network(cli: &Cli) -> Result<Network, String> {
+/// Starts the network of the run (or loads `--network`); `last_node_core` pins the last node
+/// from its start.
+fn start_network(cli: &Cli, last_node_core: Option<usize>) -> Result<Network, String> {
     if let Some(file) = &cli.network {
         if cli.breakdown {
             return Err("--breakdown reads the logs of a network started here".into());
@@ -304,6 +310,7 @@ fn start_network(cli: &Cli) -> Result<Network, String> {
         &DevnetOptions {
             nodes: cli.nodes,
             log,
+            last_node_core,
             ..DevnetOptions::default()
         },
     )
@@ -907,7 +914,7 @@ async fn bench_longpoll(cli: &Cli, args: &LongpollArgs) -> Result<(), String> {
         return Err("longpoll reads the destination's /proc: run it on a network it starts".into());
     }
     let machine = Machine::describe();
-    let mut network = start_network(cli)?;
+    let mut network = start_network(cli, None)?;
     let out = out_dir(cli);
     let measured = measure_longpoll(cli, args, &mut network).await;
     let unclean = network.stop();
@@ -949,7 +956,10 @@ async fn bench_relay(cli: &Cli, args: &RelayArgs) -> Result<(), String> {
         return Err("relay pins the node processes: run it on a network it starts".into());
     }
     let machine = Machine::describe();
-    let mut network = start_network(cli)?;
+    // The relay is the last node, started on its core as an operator pins one, unless asked to
+    // be pinned only once running (its runtime then keeps a worker per core of the machine).
+    let core = (!args.pin_after_start).then_some(relay::RELAY_CORE);
+    let mut network = start_network(cli, core)?;
     let measured = measure_relay(args, &mut network).await;
     let unclean = network.stop();
     let r = measured?;
@@ -966,7 +976,8 @@ async fn bench_relay(cli: &Cli, args: &RelayArgs) -> Result<(), String> {
             "roster_nodes": cli.nodes + 1,
             "path": "[relay, destination]: one relay, info requests, small class",
             "packets": if args.sessions { "path session packets (onion.md §12)" } else { "onion packets" },
-            "relay_core": 1,
+            "relay_core": relay::RELAY_CORE,
+            "relay_started_pinned": !args.pin_after_start,
             "everything_else_core": 0,
         },
         "results": r.to_json(),
@@ -1020,7 +1031,7 @@ async fn measure_relay(args: &RelayArgs, network: &mut Network) -> Result<relay:
 
 async fn bench_attach(cli: &Cli, args: &AttachArgs) -> Result<(), String> {
     let machine = Machine::describe();
-    let mut network = start_network(cli)?;
+    let mut network = start_network(cli, None)?;
     let out = out_dir(cli);
     let measured = async {
         formed(&mut network, &client()?).await?;
@@ -1248,7 +1259,7 @@ async fn bench(cli: Cli) -> Result<(), String> {
         return bench_sim(&cli, args);
     }
     let machine = Machine::describe();
-    let mut network = start_network(&cli)?;
+    let mut network = start_network(&cli, None)?;
     let out = out_dir(&cli);
     let measured = measure(&cli, &mut network).await;
     let unclean = network.stop();

@@ -1,7 +1,8 @@
 //! `allium-bench relay`: what one relay costs per packet, on a core of its own. One node of the
-//! devnet relays every request (`[relay, destination]` paths); it is pinned to one core and every
-//! other process of the run — the bench's clients, the destinations, the authority — to the
-//! other, which makes the load. Measured in one run: packets relayed per second, the relay's CPU
+//! devnet relays every request (`[relay, destination]` paths); it is started on one core, as an
+//! operator pins a node (so its runtime has one worker), and every other process of the run —
+//! the bench's clients, the destinations, the authority — is pinned to the other, which makes
+//! the load. Measured in one run: packets relayed per second, the relay's CPU
 //! time per packet (from `/proc`), and the floor of a relayed packet from the same run's
 //! primitives (whitepaper performance.md, "Relay capacity per core").
 
@@ -146,6 +147,9 @@ impl RelayRun {
     }
 }
 
+/// The core the relay runs on; everything else runs on core 0.
+pub const RELAY_CORE: usize = 1;
+
 /// Pins every thread of process `pid` to CPU `core` (util-linux `taskset`); threads it starts
 /// later inherit the mask.
 pub fn pin(pid: u32, core: usize) -> Result<(), String> {
@@ -205,7 +209,7 @@ pub async fn run(
         .find(|p| p.identity == Some(relay))
         .map(|p| p.pid)
         .ok_or("the relay is not a process started here")?;
-    pin(relay_pid, 1)?;
+    pin(relay_pid, RELAY_CORE)?;
     for p in processes.iter().filter(|p| p.pid != relay_pid) {
         pin(p.pid, 0)?;
     }

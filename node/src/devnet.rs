@@ -56,6 +56,9 @@ pub struct DevnetOptions {
     /// Client connections a node accepts from one address; `None`: enough for every process
     /// of the devnet and a few clients (see [`DevnetOptions::connections_per_ip`]).
     pub max_connections_per_ip: Option<u32>,
+    /// The CPU core the last node is started on (util-linux `taskset -c`), as an operator pins
+    /// a node: its async runtime then sizes itself for that one core.
+    pub last_node_core: Option<usize>,
 }
 
 impl DevnetOptions {
@@ -87,6 +90,7 @@ impl Default for DevnetOptions {
             client_requests_per_sec: 1_000_000,
             client_request_burst: 1_000_000,
             max_connections_per_ip: None,
+            last_node_core: None,
         }
     }
 }
@@ -437,7 +441,17 @@ impl Devnet {
             .map_err(io(format!("opening {}", node.log.display())))?;
         let run_file = node.data_dir.join("run.json");
         let _ = std::fs::remove_file(&run_file);
-        let child = Command::new(&self.binary)
+        let last = i + 1 == self.nodes.len();
+        let mut command = match self.opts.last_node_core.filter(|_| last) {
+            Some(core) => {
+                let mut c = Command::new("taskset");
+                c.arg("-c").arg(core.to_string()).arg(&self.binary);
+                c
+            }
+            None => Command::new(&self.binary),
+        };
+        let node = &mut self.nodes[i];
+        let child = command
             .arg("run")
             .arg("--config")
             .arg(&node.config)
