@@ -1,6 +1,6 @@
 //! Path sessions for the client's linkable flows (whitepaper onion.md §12.5): the long-poll
-//! retrieves of one mailbox and the chunk reads of one attachment, whose destination links
-//! their requests anyway. The flow's first request opens a session on its path; later ones go
+//! retrieves of one mailbox and the chunk reads or writes of one attachment, whose destination
+//! links their requests anyway. The flow's first request opens a session on its path; later ones go
 //! on that path as session packets, which the hops peel without a key agreement. Sends never
 //! use this.
 
@@ -28,8 +28,8 @@ const MAX_FLOWS: usize = 256;
 pub enum Flow {
     /// Retrieves (long-polls) of one namespace of one mailbox, signed by its key.
     Reads(Mailbox, Namespace),
-    /// Chunk reads of the attachment stored under this mailbox, one flow per lane of chunks in
-    /// flight.
+    /// Chunk reads, or the owner's signed chunk writes, of the attachments stored under this
+    /// mailbox, one flow per lane of chunks in flight.
     Chunks(Mailbox, u8),
 }
 

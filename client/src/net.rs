@@ -1091,8 +1091,41 @@ impl Net {
         body: Body,
         key: &dyn MailboxSigner,
     ) -> Result<ResponseBody, NetError> {
+        self.signed_on(None, mailbox, method, body, key).await
+    }
+
+    /// [`Self::signed`] for a request of `flow`, on the flow's path session (onion.md §12.5).
+    pub(crate) async fn signed_in_flow(
+        &self,
+        flow: Flow,
+        mailbox: &Mailbox,
+        method: Method,
+        body: Body,
+        key: &dyn MailboxSigner,
+    ) -> Result<ResponseBody, NetError> {
+        self.signed_on(Some(flow), mailbox, method, body, key).await
+    }
+
+    async fn signed_on(
+        &self,
+        flow: Option<Flow>,
+        mailbox: &Mailbox,
+        method: Method,
+        body: Body,
+        key: &dyn MailboxSigner,
+    ) -> Result<ResponseBody, NetError> {
         let make = |node: &NodeId, now: u64| key.sign(body.clone(), node, now).encode();
-        let (response, _) = self.request(mailbox, method, Duration::ZERO, make).await?;
+        let anyone = HashSet::new();
+        let (response, _) = self
+            .request_among(
+                mailbox,
+                method,
+                Duration::ZERO,
+                make,
+                Members::Except(&anyone),
+                flow,
+            )
+            .await?;
         response
             .result
             .map_err(|_| NetError::Refused(Status::Internal))

@@ -1,12 +1,14 @@
 //! Path sessions (whitepaper onion.md §12) against real node processes: a path opened by one
 //! onion packet carries later requests as session packets, which every hop on it peels and
 //! counts; a replayed session packet is refused; a hop that restarted has forgotten the
-//! session and drops its packets, which the client sees as an error of the hop before it; and a
-//! client's long-polls of one mailbox go on one session.
+//! session and drops its packets, which the client sees as an error of the hop before it; a
+//! client's long-polls of one mailbox go on one session, and the chunk uploads of one
+//! attachment on one session per lane.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::{Duration, Instant};
 
+use allium_client::attach::{CHUNK, TransferConfig, Transfers, download, upload};
 use allium_client::net::{Net, Timing};
 use allium_client::onion::Hop;
 use allium_link::{Deadlines, Kind, Link, LinkLimits, Status};
@@ -205,5 +207,75 @@ async fn a_clients_reads_of_one_mailbox_go_on_one_path_session() {
     // The first read opened the session (an onion packet, 4 layers); every later one went as a
     // session packet peeled at each of its 4 hops.
     assert_eq!(peeled, (READS - 1) * 4);
+    net.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attachments_chunk_uploads_go_on_a_path_session_per_lane() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut net = start_devnet(&dir.path().join("net"), 4).unwrap();
+    let network = NetworkFile::load(&net.network_file).unwrap();
+    let c = client();
+    formed(&mut net, c.pool(), &network, 5, T * 6).await;
+    let sender = Net::new(network.clone(), None, None, &[], 0, Timing::default()).unwrap();
+    let key = SigningKey::from_bytes(&[8; 32]);
+    let mailbox = Mailbox::from_bytes(key.verifying_key().to_bytes());
+
+    const CHUNKS: u64 = 8;
+    const LANES: u64 = 2;
+    let bytes: Vec<u8> = (0..CHUNKS as usize * CHUNK - 100)
+        .map(|i| (i % 251) as u8)
+        .collect();
+    let file = dir.path().join("file.bin");
+    std::fs::write(&file, &bytes).unwrap();
+    std::fs::create_dir(dir.path().join("sender")).unwrap();
+    let transfers = Transfers::open(&dir.path().join("sender")).unwrap();
+    let cfg = TransferConfig {
+        paths: LANES as usize,
+    };
+    let up = upload(
+        &sender,
+        &key,
+        mailbox,
+        &transfers,
+        &[1; 32],
+        &file,
+        "application/octet-stream",
+        cfg,
+        &mut |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(u64::from(up.progress.transferred), CHUNKS);
+    let mut peeled = 0;
+    for node in &net.nodes {
+        peeled += sample(node, "allium_path_session_packets_total").await;
+    }
+    // Each lane's first chunk opened its session (a second chunk of the lane may have left
+    // before that answer came and opened one too); the others went as session packets, peeled
+    // at each of their 4 hops.
+    assert_eq!(peeled % 4, 0, "{peeled}");
+    let sessions = peeled / 4;
+    assert!(
+        (CHUNKS - 2 * LANES..=CHUNKS - LANES).contains(&sessions),
+        "{sessions} of {CHUNKS} chunks went as session packets"
+    );
+
+    // And the chunks are the file's: a reader gets it back.
+    let reader = Net::new(network, None, None, &[], 0, Timing::default()).unwrap();
+    let inbox = dir.path().join("reader");
+    std::fs::create_dir(&inbox).unwrap();
+    let (got, _) = download(
+        &reader,
+        &Transfers::open(&inbox).unwrap(),
+        &up.file,
+        &inbox,
+        TransferConfig::default(),
+        &mut |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(std::fs::read(got).unwrap(), bytes);
     net.stop();
 }

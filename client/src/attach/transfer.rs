@@ -321,11 +321,12 @@ fn hex32(s: &str, name: &str) -> Result<[u8; 32], AttachError> {
     Ok(out)
 }
 
-/// Stores one sealed chunk; returns its expiry and whether the node already held it.
+/// Stores one sealed chunk in `lane`; returns its expiry and whether the node already held it.
 async fn store_chunk(
     net: &Net,
     owner: &dyn MailboxSigner,
     mailbox: Mailbox,
+    lane: u8,
     ttl_ms: u64,
     data: Vec<u8>,
 ) -> Result<(u64, bool), NetError> {
@@ -336,7 +337,12 @@ async fn store_chunk(
         data,
         token: None,
     });
-    match net.signed(&mailbox, Method::Store, body, owner).await? {
+    // The member links the chunks by the key that signs them: a lane is a flow (onion.md §12.5).
+    let flow = Flow::Chunks(mailbox, lane);
+    match net
+        .signed_in_flow(flow, &mailbox, Method::Store, body, owner)
+        .await?
+    {
         ResponseBody::Store(s) => Ok((s.expiry, s.duplicate)),
         _ => Err(NetError::Refused(allium_proto::Status::Internal)),
     }
@@ -432,7 +438,11 @@ pub async fn upload(
         while flight.len() < paths {
             let Some(i) = todo.next() else { break };
             let data = keys.seal(i, n, &read_chunk(&file, &path, size, i)?)?;
-            flight.push(async move { (i, store_chunk(net, owner, mailbox, ttl_ms, data).await) });
+            let lane = u8::try_from(i as usize % paths).unwrap_or(u8::MAX);
+            flight.push(async move {
+                let stored = store_chunk(net, owner, mailbox, lane, ttl_ms, data).await;
+                (i, stored)
+            });
         }
         let Some((i, result)) = flight.next().await else {
             break;
