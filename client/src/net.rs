@@ -111,6 +111,13 @@ pub struct PathReport {
     pub attempts: usize,
 }
 
+impl PathReport {
+    /// The node that answered: the path's last hop.
+    pub fn destination(&self) -> Option<NodeId> {
+        self.hops.last().map(IdentityPublicKey::node_id)
+    }
+}
+
 /// A guard and whether it answers.
 #[derive(Debug, Clone)]
 pub struct GuardHealth {
@@ -1020,11 +1027,7 @@ impl Net {
                     exclude,
                 )
                 .await?;
-            let answered = path
-                .hops
-                .last()
-                .map(IdentityPublicKey::node_id)
-                .ok_or(NetError::NoSwarm)?;
+            let answered = path.destination().ok_or(NetError::NoSwarm)?;
             node.get_or_insert(answered);
             let Ok(ResponseBody::Retrieve(page)) = response.result else {
                 return Err(NetError::Refused(Status::Internal));
@@ -1202,11 +1205,7 @@ impl Net {
                 Err(_) if asked.len() > members / 2 => break,
                 Err(e) => return Err(e),
             };
-            let node = path
-                .hops
-                .last()
-                .map(IdentityPublicKey::node_id)
-                .ok_or(NetError::NoSwarm)?;
+            let node = path.destination().ok_or(NetError::NoSwarm)?;
             match response.result {
                 Ok(ResponseBody::DeleteAll(d)) => live = live.max(d.count),
                 _ => return Err(NetError::Refused(Status::Internal)),

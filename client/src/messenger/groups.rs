@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 
-use allium_onion::IdentityPublicKey;
 use allium_proto::cursor::{Cursor, DEFAULT_OVERLAP_MS};
 use allium_proto::storage::{CursorKey, RetrieveResponse};
 use allium_proto::{Mailbox, MessageHash, NodeId};
@@ -1356,10 +1355,7 @@ impl Messenger {
                 }
                 Err(e) => return Err(e.into()),
             };
-            round_at = page
-                .more
-                .then(|| page.path.hops.last().map(IdentityPublicKey::node_id))
-                .flatten();
+            round_at = page.more.then(|| page.path.destination()).flatten();
             let fresh = cursor.accept(
                 page.node_now,
                 &RetrieveResponse {

@@ -29,7 +29,6 @@ pub mod token;
 
 use std::collections::{BTreeMap, HashSet};
 
-use allium_onion::IdentityPublicKey;
 use allium_proto::cursor::{Cursor, DEFAULT_OVERLAP_MS};
 use allium_proto::storage::{
     CursorKey, INBOX, Namespace, PUBLIC, REQUESTS, RetrieveResponse, TOKENS,
@@ -1201,10 +1200,7 @@ impl Messenger {
                 Err(e) => return Err(e.into()),
             };
             wait = std::time::Duration::ZERO;
-            round_at = page
-                .more
-                .then(|| page.path.hops.last().map(IdentityPublicKey::node_id))
-                .flatten();
+            round_at = page.more.then(|| page.path.destination()).flatten();
             let fresh = cursor.accept(
                 page.node_now,
                 &RetrieveResponse {
