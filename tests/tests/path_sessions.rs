@@ -6,15 +6,17 @@
 //! attachment on one session per lane.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use allium_client::attach::{CHUNK, TransferConfig, Transfers, download, upload};
 use allium_client::net::{Net, Timing};
-use allium_client::onion::Hop;
+use allium_client::onion::{Hop, OnionClient};
 use allium_link::{Deadlines, Kind, Link, LinkLimits, Status};
 use allium_node::devnet::{Devnet, DevnetNode};
-use allium_onion::{ErrorCode, SizeClass};
+use allium_onion::{BuiltPacket, ErrorCode, PathSession, SizeClass};
 use allium_proto::network::NetworkFile;
+use allium_proto::roster::Roster;
 use allium_proto::storage::Mailbox;
 use allium_proto::{Body, Method, Request, Response, ResponseBody};
 use allium_tests::onion::{client, hops};
@@ -42,6 +44,37 @@ fn info_answered(body: &[u8]) {
     }
 }
 
+/// A devnet of four nodes and an authority in `dir`, once formed: the network, its file, a
+/// client and the roster.
+async fn devnet(dir: &Path) -> (Devnet, NetworkFile, OnionClient, Roster) {
+    let mut net = start_devnet(dir, 4).unwrap();
+    let network = NetworkFile::load(&net.network_file).unwrap();
+    let c = client();
+    let roster = formed(&mut net, c.pool(), &network, 5, T * 6).await;
+    (net, network, c, roster)
+}
+
+/// The next packet of `session`, carrying `request` in the small class both ways.
+fn next_packet(session: &mut PathSession, request: &[u8]) -> BuiltPacket {
+    session
+        .build(
+            &mut rand_core::OsRng,
+            request,
+            SizeClass::Small,
+            SizeClass::Small,
+        )
+        .unwrap()
+}
+
+/// Session packets peeled by all the nodes of `net` together.
+async fn session_packets_peeled(net: &Devnet) -> u64 {
+    let mut peeled = 0;
+    for node in &net.nodes {
+        peeled += sample(node, "allium_path_session_packets_total").await;
+    }
+    peeled
+}
+
 fn index_of(net: &Devnet, hop: &Hop) -> usize {
     net.nodes
         .iter()
@@ -53,10 +86,7 @@ fn index_of(net: &Devnet, hop: &Hop) -> usize {
 async fn a_path_session_carries_requests_refuses_replays_and_ends_at_a_restart() {
     let _serial = serial().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut net = start_devnet(dir.path(), 4).unwrap();
-    let network = NetworkFile::load(&net.network_file).unwrap();
-    let c = client();
-    let roster = formed(&mut net, c.pool(), &network, 5, T * 6).await;
+    let (mut net, network, c, roster) = devnet(dir.path()).await;
     // Two relays and a destination, none of them the authority.
     let entries: Vec<_> = net
         .nodes
@@ -84,14 +114,7 @@ async fn a_path_session_carries_requests_refuses_replays_and_ends_at_a_restart()
     }
     const PACKETS: u64 = 3;
     for _ in 0..PACKETS {
-        let built = session
-            .build(
-                &mut rand_core::OsRng,
-                &info,
-                SizeClass::Small,
-                SizeClass::Small,
-            )
-            .unwrap();
+        let built = next_packet(&mut session, &info);
         assert_eq!(built.packet[0], 2, "a session packet");
         info_answered(&c.send_built(&path[0], built, T).await.unwrap());
     }
@@ -105,14 +128,7 @@ async fn a_path_session_carries_requests_refuses_replays_and_ends_at_a_restart()
     }
 
     // The same packet twice over a raw link: the guard's window refuses the second.
-    let built = session
-        .build(
-            &mut rand_core::OsRng,
-            &info,
-            SizeClass::Small,
-            SizeClass::Small,
-        )
-        .unwrap();
+    let built = next_packet(&mut session, &info);
     let link = Link::bind_client("127.0.0.1:0".parse().unwrap(), LinkLimits::default()).unwrap();
     let conn = link.connect(path[0].addr, &path[0].identity).await.unwrap();
     let raw = || allium_link::request(&conn, Kind::Onion, &built.packet, Deadlines::uniform(T));
@@ -141,14 +157,7 @@ async fn a_path_session_carries_requests_refuses_replays_and_ends_at_a_restart()
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let failed = loop {
-        let built = session
-            .build(
-                &mut rand_core::OsRng,
-                &info,
-                SizeClass::Small,
-                SizeClass::Small,
-            )
-            .unwrap();
+        let built = next_packet(&mut session, &info);
         match c.send_built(&path[0], built, T).await {
             Err(allium_client::onion::SendError::Hop {
                 hop: 0,
@@ -184,10 +193,7 @@ async fn a_path_session_carries_requests_refuses_replays_and_ends_at_a_restart()
 async fn a_clients_reads_of_one_mailbox_go_on_one_path_session() {
     let _serial = serial().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut net = start_devnet(dir.path(), 4).unwrap();
-    let network = NetworkFile::load(&net.network_file).unwrap();
-    let c = client();
-    formed(&mut net, c.pool(), &network, 5, T * 6).await;
+    let (mut net, network, _, _) = devnet(dir.path()).await;
     let reader = Net::new(network.clone(), None, None, &[], 0, Timing::default()).unwrap();
     let key = SigningKey::from_bytes(&[7; 32]);
     let mailbox = Mailbox::from_bytes(key.verifying_key().to_bytes());
@@ -200,10 +206,7 @@ async fn a_clients_reads_of_one_mailbox_go_on_one_path_session() {
             .unwrap();
         assert!(fetched.messages.is_empty());
     }
-    let mut peeled = 0;
-    for node in &net.nodes {
-        peeled += sample(node, "allium_path_session_packets_total").await;
-    }
+    let peeled = session_packets_peeled(&net).await;
     // The first read opened the session (an onion packet, 4 layers); every later one went as a
     // session packet peeled at each of its 4 hops.
     assert_eq!(peeled, (READS - 1) * 4);
@@ -214,10 +217,7 @@ async fn a_clients_reads_of_one_mailbox_go_on_one_path_session() {
 async fn an_attachments_chunk_uploads_go_on_a_path_session_per_lane() {
     let _serial = serial().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut net = start_devnet(&dir.path().join("net"), 4).unwrap();
-    let network = NetworkFile::load(&net.network_file).unwrap();
-    let c = client();
-    formed(&mut net, c.pool(), &network, 5, T * 6).await;
+    let (mut net, network, _, _) = devnet(&dir.path().join("net")).await;
     let sender = Net::new(network.clone(), None, None, &[], 0, Timing::default()).unwrap();
     let key = SigningKey::from_bytes(&[8; 32]);
     let mailbox = Mailbox::from_bytes(key.verifying_key().to_bytes());
@@ -248,10 +248,7 @@ async fn an_attachments_chunk_uploads_go_on_a_path_session_per_lane() {
     .await
     .unwrap();
     assert_eq!(u64::from(up.progress.transferred), CHUNKS);
-    let mut peeled = 0;
-    for node in &net.nodes {
-        peeled += sample(node, "allium_path_session_packets_total").await;
-    }
+    let peeled = session_packets_peeled(&net).await;
     // Each lane's first chunk opened its session (a second chunk of the lane may have left
     // before that answer came and opened one too); the others went as session packets, peeled
     // at each of their 4 hops.
