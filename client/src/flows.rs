@@ -198,22 +198,29 @@ mod tests {
         Flow::Chunks(Mailbox::from_bytes([b; 32]), 0)
     }
 
+    /// Records `session`, opened on `path`, for flow `f` with `lifetime` left at its hops;
+    /// returns the path's destination.
+    fn open_on(
+        flows: &Flows,
+        f: Flow,
+        path: &[Hop],
+        session: PathSession,
+        lifetime: Duration,
+    ) -> NodeId {
+        let destination = path[path.len() - 1].identity.node_id();
+        flows.opened(f, destination, path.to_vec(), session, lifetime);
+        destination
+    }
+
     #[test]
     fn a_flow_opens_a_session_then_sends_on_it_on_its_path_only() {
         let flows = Flows::default();
         let (path, session) = opened_path(4);
-        let destination = path[3].identity.node_id();
         assert!(matches!(
             flows.plan(&flow(1), &path, b"x", SizeClass::Small),
             Ok(Plan::Open)
         ));
-        flows.opened(
-            flow(1),
-            destination,
-            path.clone(),
-            session,
-            SESSION_LIFETIME,
-        );
+        let destination = open_on(&flows, flow(1), &path, session, SESSION_LIFETIME);
         assert_eq!(
             flows
                 .live_path(&flow(1), |_| true)
@@ -241,14 +248,7 @@ mod tests {
     fn a_session_that_fails_at_once_sends_its_flow_plain_and_one_that_worked_reopens() {
         let flows = Flows::default();
         let (path, session) = opened_path(2);
-        let destination = path[1].identity.node_id();
-        flows.opened(
-            flow(1),
-            destination,
-            path.clone(),
-            session,
-            SESSION_LIFETIME,
-        );
+        open_on(&flows, flow(1), &path, session, SESSION_LIFETIME);
         flows.failed(&flow(1));
         assert!(flows.live_path(&flow(1), |_| true).is_none());
         assert!(matches!(
@@ -257,13 +257,7 @@ mod tests {
         ));
 
         let (path, session) = opened_path(2);
-        flows.opened(
-            flow(2),
-            destination,
-            path.clone(),
-            session,
-            SESSION_LIFETIME,
-        );
+        open_on(&flows, flow(2), &path, session, SESSION_LIFETIME);
         assert!(matches!(
             flows.plan(&flow(2), &path, b"x", SizeClass::Small),
             Ok(Plan::Session(_))
@@ -280,15 +274,8 @@ mod tests {
     fn a_session_about_to_be_forgotten_is_not_used() {
         let flows = Flows::default();
         let (path, session) = opened_path(3);
-        let destination = path[2].identity.node_id();
         // The hops forget it in 20 s (their epoch's key goes): less than the margin.
-        flows.opened(
-            flow(1),
-            destination,
-            path.clone(),
-            session,
-            Duration::from_secs(20),
-        );
+        open_on(&flows, flow(1), &path, session, Duration::from_secs(20));
         assert!(flows.live_path(&flow(1), |_| true).is_none());
         assert!(matches!(
             flows.plan(&flow(1), &path, b"x", SizeClass::Small),
