@@ -68,6 +68,14 @@ fn open(rng: &mut ChaCha20Rng, hops: &mut [Hop], class: SizeClass) -> PathSessio
     session
 }
 
+/// The bytes of `session`'s next packet carrying `request`, small both ways.
+fn small(session: &mut PathSession, rng: &mut ChaCha20Rng, request: &[u8]) -> Vec<u8> {
+    session
+        .build(rng, request, SizeClass::Small, SizeClass::Small)
+        .unwrap()
+        .packet
+}
+
 /// Peels a session packet as a node does: look the session up, then check its window.
 fn peel_at<'a>(hop: &Hop, packet: &'a mut [u8]) -> Result<Peeled<'a>, PeelError> {
     peel_session(
@@ -147,7 +155,7 @@ proptest! {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let mut hops = hops(&mut rng, 3);
         let mut session = open(&mut rng, &mut hops, SizeClass::Small);
-        let mut packet = session.build(&mut rng, b"x", SizeClass::Small, SizeClass::Small).unwrap().packet;
+        let mut packet = small(&mut session, &mut rng, b"x");
         packet[at] ^= 1 << bit;
         prop_assert!(peel_at(&hops[0], &mut packet).is_err());
     }
@@ -172,10 +180,7 @@ fn a_replayed_session_packet_is_refused() {
     let mut rng = ChaCha20Rng::seed_from_u64(9);
     let mut hops = hops(&mut rng, 2);
     let mut session = open(&mut rng, &mut hops, SizeClass::Small);
-    let packet = session
-        .build(&mut rng, b"x", SizeClass::Small, SizeClass::Small)
-        .unwrap()
-        .packet;
+    let packet = small(&mut session, &mut rng, b"x");
     assert!(peel_at(&hops[0], &mut packet.clone()).is_ok());
     assert_eq!(
         peel_at(&hops[0], &mut packet.clone()).unwrap_err(),
@@ -183,21 +188,12 @@ fn a_replayed_session_packet_is_refused() {
     );
     // Later packets still pass, and one that fell 64 behind is refused.
     for _ in 0..64 {
-        let mut p = session
-            .build(&mut rng, b"y", SizeClass::Small, SizeClass::Small)
-            .unwrap()
-            .packet;
+        let mut p = small(&mut session, &mut rng, b"y");
         assert!(peel_at(&hops[0], &mut p).is_ok());
     }
-    let mut late = session
-        .build(&mut rng, b"z", SizeClass::Small, SizeClass::Small)
-        .unwrap()
-        .packet;
+    let mut late = small(&mut session, &mut rng, b"z");
     for _ in 0..64 {
-        let mut p = session
-            .build(&mut rng, b"y", SizeClass::Small, SizeClass::Small)
-            .unwrap()
-            .packet;
+        let mut p = small(&mut session, &mut rng, b"y");
         assert!(peel_at(&hops[0], &mut p).is_ok());
     }
     assert_eq!(peel_at(&hops[0], &mut late).unwrap_err(), PeelError::Replay);
@@ -208,10 +204,7 @@ fn a_hop_without_the_session_drops_its_packets() {
     let mut rng = ChaCha20Rng::seed_from_u64(10);
     let mut hops = hops(&mut rng, 2);
     let mut session = open(&mut rng, &mut hops, SizeClass::Small);
-    let mut packet = session
-        .build(&mut rng, b"x", SizeClass::Small, SizeClass::Small)
-        .unwrap()
-        .packet;
+    let mut packet = small(&mut session, &mut rng, b"x");
     // Sent to the wrong hop: the destination keeps no session under the first hop's id.
     assert_eq!(
         peel_at(&hops[1], &mut packet.clone()).unwrap_err(),
@@ -274,10 +267,7 @@ fn session_packets_on_one_link_share_only_the_session_id() {
     let mut second_ids = Vec::new();
     let mut nonces = Vec::new();
     for _ in 0..4 {
-        let mut packet = session
-            .build(&mut rng, b"x", SizeClass::Small, SizeClass::Small)
-            .unwrap()
-            .packet;
+        let mut packet = small(&mut session, &mut rng, b"x");
         first_ids.push(packet[5..21].to_vec());
         nonces.push(packet[21..37].to_vec());
         peel_at(&hops[0], &mut packet).unwrap();
