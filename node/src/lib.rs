@@ -15,3 +15,8 @@ pub mod onion_service;
 pub mod ratelimit;
 pub mod replication;
 pub mod shutdown;
+
+/// Locks `m`, taking its data even if a thread panicked while it held the lock.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -14,6 +14,7 @@ use allium_onion::{
 };
 use tokio::sync::Semaphore;
 
+use crate::lock;
 use crate::metrics::{DropReason, Metrics};
 use allium_link::{Deadlines, Kind, LinkError, Pool, Status};
 use allium_swarm::stage;
@@ -149,11 +150,8 @@ impl<N: Neighbours, D: Destination> OnionService<N, D> {
     /// Drops the replay filters and path sessions of epochs whose keys were deleted, and the
     /// sessions that expired.
     pub fn forget_epochs(&self, mut keep: impl FnMut(Epoch) -> bool) {
-        self.replay
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(&mut keep);
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        lock(&self.replay).retain(&mut keep);
+        let mut sessions = lock(&self.sessions);
         sessions.retain_epochs(keep);
         sessions.expire(unix_now());
         self.metrics.set_path_sessions(sessions.len());
@@ -184,7 +182,7 @@ impl<N: Neighbours, D: Destination> OnionService<N, D> {
     /// Keeps the session a layer asked for; a full table only means its sender's later
     /// packets fall back to onion packets.
     fn keep_session(&self, grant: &SessionGrant, role: SessionRole, epoch: Epoch, now: u64) {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sessions = lock(&self.sessions);
         match sessions.open(grant.clone(), role, epoch, now) {
             Ok(()) => {}
             Err(OpenError::Full) => self.metrics.path_session_refused(),
@@ -195,7 +193,7 @@ impl<N: Neighbours, D: Destination> OnionService<N, D> {
 
     fn peel_session_at<'a>(&self, now: u64, packet: &'a mut [u8]) -> Result<Peeled<'a>, PeelError> {
         // The lock is held for the look-up and the window update, not across the decryption.
-        let sessions = || self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let sessions = || lock(&self.sessions);
         let peeled = peel_session(
             packet,
             |sid| sessions().get(sid, now),
@@ -215,7 +213,7 @@ impl<N: Neighbours, D: Destination> OnionService<N, D> {
         let key = ring.get(epoch, now).ok_or(PeelError::UnknownEpoch(epoch))?;
         // The replay lock is taken only for the filter update, not across the key exchange.
         peel(key, packet, |e, tag| {
-            let mut replay = self.replay.lock().unwrap_or_else(|p| p.into_inner());
+            let mut replay = lock(&self.replay);
             let recorded = replay.record(e, tag);
             if let (Some(load), Some(generations)) = (replay.load(e), replay.generations(e)) {
                 self.metrics.set_replay_filter_load(load, generations);

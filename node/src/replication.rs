@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::NodeClock;
 use crate::config::ReplicationConfig;
 use crate::directory::RosterState;
+use crate::lock;
 use crate::metrics::{Metrics, ReplicationResult, SyncDirection};
 use allium_link::{Deadlines, Kind, LinkError, Peer, Pool};
 
@@ -51,10 +52,6 @@ pub struct Membership {
     /// This node's clock against its swarm peers', as the last round that reached one found.
     clock: Mutex<ClockVerdict>,
     metrics: Metrics,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn members(nodes: &[&allium_proto::roster::NodeEntry]) -> Vec<Member> {
