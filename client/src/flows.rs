@@ -68,7 +68,7 @@ pub(crate) struct Flows {
 
 impl Flows {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Flow, State>> {
-        self.states.lock().unwrap_or_else(|p| p.into_inner())
+        crate::net::lock(&self.states)
     }
 
     /// The destination and path of `flow`'s live session, if it goes to a member `allowed`.
@@ -108,7 +108,7 @@ impl Flows {
                     .zip(path)
                     .all(|(a, b)| a.identity == b.identity);
             if live.until > now && same_path {
-                let class = SizeClass::for_request(request.len()).unwrap_or(SizeClass::Large);
+                let class = crate::onion::request_class(request);
                 match live.session.build(&mut OsRng, request, class, reply_class) {
                     Ok(built) => return Ok(Plan::Session(built)),
                     Err(BuildError::SessionExhausted) => state.live = None,

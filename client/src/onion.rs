@@ -35,6 +35,12 @@ impl Hop {
     }
 }
 
+/// The size class a request travels in: the smallest that holds it (a request too large for
+/// any is refused when the packet is built).
+pub(crate) fn request_class(request: &[u8]) -> SizeClass {
+    SizeClass::for_request(request.len()).unwrap_or(SizeClass::Large)
+}
+
 /// Why a request through the onion path failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -206,7 +212,7 @@ impl OnionClient {
         timeout: Duration,
         open_session: bool,
     ) -> Result<(Vec<u8>, Option<PathSession>), SendError> {
-        let class = SizeClass::for_request(request.len()).unwrap_or(SizeClass::Large);
+        let class = request_class(request);
         let hops: Vec<PathHop> = path.iter().map(Hop::path_hop).collect();
         let (prepared, repeat) = {
             let mut ahead = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
